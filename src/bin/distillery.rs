@@ -1,0 +1,289 @@
+//! The `distillery` command line: parses arguments and calls the library; one function per verb.
+
+use clap::{Parser, Subcommand};
+use distillery::config::{self, Role};
+use distillery::data::{self, csv::CsvOptions, idx, Task};
+use distillery::error::{Error, Result};
+use distillery::pipeline::{self, RunOptions};
+use distillery::progress::Progress;
+use std::path::{Path, PathBuf};
+
+/// The demo experiment (also in configs/demo.toml).
+const DEMO_CONFIG: &str = include_str!("../../configs/demo.toml");
+
+#[derive(Parser)]
+#[command(name = "distillery", version, about = "Distil large neural networks into small, fast models.")]
+struct Cli {
+    #[command(subcommand)]
+    verb: Verb,
+}
+
+#[derive(clap::Args, Clone)]
+struct Common {
+    /// Override a config value, e.g. --set model.teacher.train.epochs=5 (repeatable).
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    set: Vec<String>,
+    /// Tiny end-to-end check: at most 300 training samples and 2 epochs per model.
+    #[arg(long)]
+    quick: bool,
+    /// No progress output.
+    #[arg(long, short)]
+    quiet: bool,
+}
+
+#[derive(Subcommand)]
+enum Verb {
+    /// Train a teacher and distilled students on the embedded 8×8 digits and write the report.
+    Demo {
+        /// Output folder.
+        #[arg(long, default_value = "runs/demo")]
+        out: PathBuf,
+        #[command(flatten)]
+        common: Common,
+    },
+    /// Run a whole experiment from a TOML file (resumes when --out holds a killed run).
+    Run {
+        /// Experiment file.
+        config: PathBuf,
+        /// Output folder.
+        #[arg(long)]
+        out: PathBuf,
+        #[command(flatten)]
+        common: Common,
+    },
+    /// Train only the teacher models of an experiment (or the models named with --model).
+    Train {
+        /// Experiment file.
+        config: PathBuf,
+        /// Output folder.
+        #[arg(long)]
+        out: PathBuf,
+        /// Train this model (repeatable); default: every teacher.
+        #[arg(long = "model", value_name = "NAME")]
+        models: Vec<String>,
+        #[command(flatten)]
+        common: Common,
+    },
+    /// Distil the students of an experiment from a saved teacher model file.
+    Distill {
+        /// Experiment file.
+        config: PathBuf,
+        /// The teacher: FILE, or NAME=FILE when the experiment has several teachers.
+        #[arg(long)]
+        teacher: String,
+        /// Output folder.
+        #[arg(long)]
+        out: PathBuf,
+        #[command(flatten)]
+        common: Common,
+    },
+    /// Evaluate a saved model on a data set.
+    Evaluate {
+        /// Model file (.safetensors written by distillery).
+        model: PathBuf,
+        /// IDX images file.
+        #[arg(long, requires = "labels", conflicts_with_all = ["csv", "digits"])]
+        images: Option<PathBuf>,
+        /// IDX labels file.
+        #[arg(long)]
+        labels: Option<PathBuf>,
+        /// CSV file with a header row.
+        #[arg(long, requires = "label", conflicts_with = "digits")]
+        csv: Option<PathBuf>,
+        /// CSV label column.
+        #[arg(long)]
+        label: Option<String>,
+        /// Use the embedded digits.
+        #[arg(long)]
+        digits: bool,
+        /// Print one JSON object.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Check an experiment file without running it.
+    Check {
+        /// Experiment file.
+        config: PathBuf,
+        #[command(flatten)]
+        common: Common,
+    },
+}
+
+fn main() {
+    let cli = Cli::parse();
+    if let Err(e) = dispatch(cli) {
+        eprintln!("error: {e}");
+        std::process::exit(e.exit_code());
+    }
+}
+
+fn dispatch(cli: Cli) -> Result<()> {
+    match cli.verb {
+        Verb::Demo { out, common } => demo(&out, &common),
+        Verb::Run { config, out, common } => run(&config, &out, &common),
+        Verb::Train { config, out, models, common } => train(&config, &out, models, &common),
+        Verb::Distill { config, teacher, out, common } => distill(&config, &teacher, &out, &common),
+        Verb::Evaluate { model, images, labels, csv, label, digits, json } => {
+            evaluate(&model, images, labels, csv, label, digits, json)
+        }
+        Verb::Check { config, common } => check(&config, &common),
+    }
+}
+
+fn load_config(path: &Path, common: &Common) -> Result<config::ExperimentConfig> {
+    let mut cfg = config::load(path, &common.set)?;
+    if common.quick {
+        cfg.make_quick();
+    }
+    cfg.validate().map_err(|e| Error::Input(format!("{}: {e}", path.display())))?;
+    Ok(cfg)
+}
+
+fn execute(cfg: &config::ExperimentConfig, out: &Path, common: &Common, only: Option<Vec<String>>) -> Result<()> {
+    let opts = RunOptions { out: out.to_path_buf(), progress: Progress::detect(common.quiet), only };
+    let summary = pipeline::run_experiment(cfg, &opts)?;
+    println!("{}", summary.report_markdown);
+    println!("results written to {}", out.display());
+    Ok(())
+}
+
+fn demo(out: &Path, common: &Common) -> Result<()> {
+    let mut cfg = config::load_str(DEMO_CONFIG, "configs/demo.toml (embedded)", &common.set)?;
+    if common.quick {
+        cfg.make_quick();
+    }
+    execute(&cfg, out, common, None)
+}
+
+fn run(path: &Path, out: &Path, common: &Common) -> Result<()> {
+    let cfg = load_config(path, common)?;
+    execute(&cfg, out, common, None)
+}
+
+fn train(path: &Path, out: &Path, models: Vec<String>, common: &Common) -> Result<()> {
+    let cfg = load_config(path, common)?;
+    let names: Vec<String> = if models.is_empty() {
+        cfg.models.iter().filter(|m| m.role() == Role::Teacher).map(|m| m.name.clone()).collect()
+    } else {
+        for n in &models {
+            if !cfg.models.iter().any(|m| &m.name == n) {
+                return Err(Error::Input(format!("--model {n}: no [[model]] named '{n}' in {}", path.display())));
+            }
+        }
+        models
+    };
+    if names.is_empty() {
+        return Err(Error::Input(format!("{}: no teacher model to train (name one with --model)", path.display())));
+    }
+    execute(&cfg, out, common, Some(names))
+}
+
+fn distill(path: &Path, teacher: &str, out: &Path, common: &Common) -> Result<()> {
+    let mut cfg = load_config(path, common)?;
+    let teachers: Vec<usize> = (0..cfg.models.len()).filter(|&i| cfg.models[i].role() == Role::Teacher).collect();
+    let (idx, file) = match teacher.split_once('=') {
+        Some((name, file)) => {
+            let i = cfg.models.iter().position(|m| m.name == name).ok_or_else(|| {
+                Error::Input(format!("--teacher {teacher}: no [[model]] named '{name}' in {}", path.display()))
+            })?;
+            (i, PathBuf::from(file))
+        }
+        None => match teachers.as_slice() {
+            [i] => (*i, PathBuf::from(teacher)),
+            [] => return Err(Error::Input(format!("{}: the experiment has no teacher model", path.display()))),
+            _ => return Err(Error::Input(format!("--teacher: {} has several teachers; use --teacher NAME=FILE", path.display()))),
+        },
+    };
+    if !file.exists() {
+        return Err(Error::Input(format!("--teacher: model file '{}' does not exist", file.display())));
+    }
+    cfg.models[idx].arch = None;
+    cfg.models[idx].from = Some(file);
+    cfg.validate()?;
+    let teacher_name = cfg.models[idx].name.clone();
+    let students: Vec<String> = cfg
+        .models
+        .iter()
+        .filter(|m| m.role() != Role::Teacher || m.name == teacher_name)
+        .map(|m| m.name.clone())
+        .collect();
+    execute(&cfg, out, common, Some(students))
+}
+
+fn evaluate(
+    model: &Path,
+    images: Option<PathBuf>,
+    labels: Option<PathBuf>,
+    csv: Option<PathBuf>,
+    label: Option<String>,
+    digits: bool,
+    json: bool,
+) -> Result<()> {
+    let (_, meta) = distillery::models::load_model(model)?;
+    let data = if let (Some(i), Some(l)) = (images, labels) {
+        idx::load_idx_pair(&i, &l, None)?
+    } else if let Some(c) = csv {
+        let opts = CsvOptions {
+            label: label.unwrap_or_default(),
+            task: meta.task,
+            image_shape: if meta.spec.input_shape.len() == 3 { Some(meta.spec.input_shape.clone()) } else { None },
+        };
+        data::csv::read_csv(&c, &opts, None)?
+    } else if digits {
+        data::embedded_digits()?
+    } else {
+        return Err(Error::Input("evaluate: give a data set: --images F --labels F, --csv F --label COL, or --digits".into()));
+    };
+    let n = data.len();
+    let (scores, meta) = pipeline::evaluate_file(model, data)?;
+    if json {
+        let v = serde_json::json!({
+            "model": meta.name, "samples": n, "task": meta.task,
+            "accuracy": scores.accuracy, "errors": scores.errors,
+            "mse": scores.mse, "mae": scores.mae, "loss": scores.loss,
+        });
+        println!("{v}");
+    } else {
+        match meta.task {
+            Task::Classification => println!(
+                "{}: accuracy {:.2}% ({} errors in {n} samples), mean cross-entropy {:.4}",
+                meta.name,
+                100.0 * scores.accuracy.unwrap_or(0.0),
+                scores.errors.unwrap_or(0),
+                scores.loss
+            ),
+            Task::Regression => println!(
+                "{}: MSE {:.4}, MAE {:.4} on {n} samples",
+                meta.name,
+                scores.mse.unwrap_or(f64::NAN),
+                scores.mae.unwrap_or(f64::NAN)
+            ),
+        }
+    }
+    Ok(())
+}
+
+fn check(path: &Path, common: &Common) -> Result<()> {
+    let cfg = load_config(path, common)?;
+    let splits = pipeline::load_splits(&cfg)?;
+    for m in &cfg.models {
+        if let Some(a) = &m.arch {
+            let spec = distillery::models::ModelSpec {
+                arch: a.clone(),
+                input_shape: splits.train.shape.clone(),
+                outputs: splits.train.outputs(),
+            };
+            spec.param_shapes().map_err(|e| Error::Input(format!("model.{}: {e}", m.name)))?;
+            let n: usize = spec.param_shapes()?.iter().map(|(_, s)| s.iter().product::<usize>()).sum();
+            println!("model {}: {} ({n} parameters)", m.name, spec.describe());
+        }
+    }
+    println!(
+        "{}: OK ({} train / {} val / {} test samples)",
+        path.display(),
+        splits.train.len(),
+        splits.val.len(),
+        splits.test.len()
+    );
+    Ok(())
+}

@@ -1,0 +1,723 @@
+//! The experiment file: one TOML file describes a whole run. It is parsed strictly (unknown
+//! keys and wrong types are errors that name the field and line), then validated completely
+//! ([`ExperimentConfig::validate`]) before any work starts.
+//!
+//! ```toml
+//! name = "digits"
+//! seed = 42
+//! [data]
+//! format = "digits"            # or "idx", "csv"
+//! [[model]]
+//! name = "teacher"
+//! arch = { kind = "mlp", hidden = [256, 256], dropout = 0.2 }
+//! train = { epochs = 20, lr = 1e-3 }
+//! [[model]]
+//! name = "student"
+//! arch = { kind = "mlp", hidden = [32] }
+//! train = { epochs = 30 }
+//! distill = { teacher = "teacher", temperature = 4.0, alpha = 0.9 }
+//! ```
+
+use crate::data::{NormalizeKind, Task};
+use crate::error::{Error, Result};
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+
+/// A whole experiment.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExperimentConfig {
+    /// Experiment name (used in reports).
+    #[serde(default = "default_name")]
+    pub name: String,
+    /// Seed for every random draw (splits, initialisation, shuffles, dropout, jitter).
+    #[serde(default = "default_seed")]
+    pub seed: u64,
+    /// Data source and splits.
+    pub data: DataConfig,
+    /// Evaluation settings.
+    #[serde(default)]
+    pub eval: EvalConfig,
+    /// The models, trained in file order; a student names its teacher.
+    #[serde(rename = "model", default)]
+    pub models: Vec<ModelConfig>,
+}
+
+fn default_name() -> String {
+    "experiment".into()
+}
+fn default_seed() -> u64 {
+    42
+}
+
+/// Where the data comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum DataFormat {
+    /// IDX files (MNIST and alike).
+    Idx,
+    /// A CSV file with a header row.
+    Csv,
+    /// The UCI 8×8 digits compiled into the binary.
+    Digits,
+}
+
+/// The `[data]` table.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DataConfig {
+    /// `idx`, `csv` or `digits`.
+    pub format: DataFormat,
+    /// IDX: training images.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub train_images: Option<PathBuf>,
+    /// IDX: training labels.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub train_labels: Option<PathBuf>,
+    /// IDX: test images (used as given).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub test_images: Option<PathBuf>,
+    /// IDX: test labels.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub test_labels: Option<PathBuf>,
+    /// CSV: the data file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<PathBuf>,
+    /// CSV: an optional separate test file (used as given).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub test_path: Option<PathBuf>,
+    /// CSV: the label (target) column.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub label: Option<String>,
+    /// Classification or regression.
+    #[serde(default = "default_task")]
+    pub task: Task,
+    /// CSV: treat the features as images of this shape `[c, h, w]`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_shape: Option<Vec<usize>>,
+    /// Feature scaling; default `global` for images, `per-feature` for tabular data.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub normalize: Option<NormalizeKind>,
+    /// Fraction of the non-test data held out for validation.
+    #[serde(default = "default_val_fraction")]
+    pub val_fraction: f64,
+    /// Fraction held out for testing when no test file is given.
+    #[serde(default = "default_test_fraction")]
+    pub test_fraction: f64,
+    /// Use at most this many training samples.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_train: Option<usize>,
+    /// Use at most this many validation and test samples each.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_test: Option<usize>,
+}
+
+fn default_task() -> Task {
+    Task::Classification
+}
+fn default_val_fraction() -> f64 {
+    0.1
+}
+fn default_test_fraction() -> f64 {
+    0.2
+}
+
+/// The `[eval]` table.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EvalConfig {
+    /// Minimum timed runs per latency figure (the median is reported).
+    #[serde(default = "default_latency_runs")]
+    pub latency_runs: usize,
+    /// Time budget per latency figure, in milliseconds (runs stop when both limits are met).
+    #[serde(default = "default_latency_budget_ms")]
+    pub latency_budget_ms: u64,
+}
+
+fn default_latency_runs() -> usize {
+    20
+}
+fn default_latency_budget_ms() -> u64 {
+    300
+}
+
+impl Default for EvalConfig {
+    fn default() -> Self {
+        EvalConfig {
+            latency_runs: default_latency_runs(),
+            latency_budget_ms: default_latency_budget_ms(),
+        }
+    }
+}
+
+/// What a model is for in the experiment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Role {
+    /// Trained on labels; other models learn from it.
+    Teacher,
+    /// A smaller model; distilled when it has a `distill` table, else trained on labels alone.
+    Student,
+}
+
+impl Role {
+    /// Lower-case name as written in files.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Role::Teacher => "teacher",
+            Role::Student => "student",
+        }
+    }
+}
+
+/// Model family.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ArchKind {
+    /// Multi-layer perceptron.
+    Mlp,
+    /// LeNet-style convolutional network.
+    Cnn,
+}
+
+/// A model architecture.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ArchConfig {
+    /// `mlp` or `cnn`.
+    pub kind: ArchKind,
+    /// Widths of the hidden dense layers.
+    #[serde(default)]
+    pub hidden: Vec<usize>,
+    /// Dropout probability after each hidden layer during training.
+    #[serde(default)]
+    pub dropout: f32,
+    /// Dropout probability on the input during training.
+    #[serde(default)]
+    pub input_dropout: f32,
+    /// CNN: output channels of each conv + ReLU + 2×2 max-pool block.
+    #[serde(default)]
+    pub channels: Vec<usize>,
+    /// CNN: square kernel size (odd; "same" padding).
+    #[serde(default = "default_kernel")]
+    pub kernel: usize,
+}
+
+fn default_kernel() -> usize {
+    5
+}
+
+/// Optimizer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum OptimizerKind {
+    /// Adam; `weight_decay` is an L2 term added to the gradient (as PyTorch's Adam).
+    Adam,
+    /// AdamW; decoupled weight decay.
+    Adamw,
+    /// SGD with (heavy-ball) momentum; `weight_decay` as an L2 term.
+    Sgd,
+}
+
+/// Learning-rate schedule.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ScheduleKind {
+    /// Constant.
+    Constant,
+    /// Multiply by `gamma` every `step_size` epochs.
+    Step,
+    /// Cosine decay from `lr` to `min_lr` over the epochs.
+    Cosine,
+}
+
+/// How a model is trained.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrainConfig {
+    /// Maximum number of epochs.
+    #[serde(default = "default_epochs")]
+    pub epochs: usize,
+    /// Mini-batch size.
+    #[serde(default = "default_batch")]
+    pub batch_size: usize,
+    /// `adam`, `adamw` or `sgd`.
+    #[serde(default = "default_optimizer")]
+    pub optimizer: OptimizerKind,
+    /// Initial learning rate.
+    #[serde(default = "default_lr")]
+    pub lr: f64,
+    /// SGD momentum.
+    #[serde(default = "default_momentum")]
+    pub momentum: f64,
+    /// Weight decay.
+    #[serde(default)]
+    pub weight_decay: f64,
+    /// `constant`, `step` or `cosine`.
+    #[serde(default = "default_schedule")]
+    pub schedule: ScheduleKind,
+    /// Step schedule: epochs between decays.
+    #[serde(default = "default_step_size")]
+    pub step_size: usize,
+    /// Step schedule: decay factor.
+    #[serde(default = "default_gamma")]
+    pub gamma: f64,
+    /// Cosine schedule: final learning rate.
+    #[serde(default)]
+    pub min_lr: f64,
+    /// Random shifts of the input images by up to this many pixels.
+    #[serde(default)]
+    pub jitter: usize,
+    /// Stop when the validation loss has not improved for this many epochs (the best
+    /// epoch's weights are kept).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub patience: Option<usize>,
+    /// A training loss above this (or NaN) stops the run as diverged.
+    #[serde(default = "default_max_loss")]
+    pub max_loss: f64,
+}
+
+fn default_epochs() -> usize {
+    10
+}
+fn default_batch() -> usize {
+    128
+}
+fn default_optimizer() -> OptimizerKind {
+    OptimizerKind::Adam
+}
+fn default_lr() -> f64 {
+    1e-3
+}
+fn default_momentum() -> f64 {
+    0.9
+}
+fn default_schedule() -> ScheduleKind {
+    ScheduleKind::Constant
+}
+fn default_step_size() -> usize {
+    10
+}
+fn default_gamma() -> f64 {
+    0.1
+}
+fn default_max_loss() -> f64 {
+    1e4
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        TrainConfig {
+            epochs: default_epochs(),
+            batch_size: default_batch(),
+            optimizer: default_optimizer(),
+            lr: default_lr(),
+            momentum: default_momentum(),
+            weight_decay: 0.0,
+            schedule: default_schedule(),
+            step_size: default_step_size(),
+            gamma: default_gamma(),
+            min_lr: 0.0,
+            jitter: 0,
+            patience: None,
+            max_loss: default_max_loss(),
+        }
+    }
+}
+
+/// Hinton distillation settings for a student.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DistillConfig {
+    /// Name of the teacher (an earlier `[[model]]`).
+    pub teacher: String,
+    /// Softmax temperature T.
+    #[serde(default = "default_temperature")]
+    pub temperature: f32,
+    /// Weight α of the soft-target term; (1 − α) weighs the label term.
+    #[serde(default = "default_alpha")]
+    pub alpha: f32,
+}
+
+fn default_temperature() -> f32 {
+    4.0
+}
+fn default_alpha() -> f32 {
+    0.9
+}
+
+/// One `[[model]]` entry.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelConfig {
+    /// Unique name (letters, digits, '-', '_'); also the file name of the saved model.
+    pub name: String,
+    /// `teacher` or `student`; default: `student` when `distill` is given, else `teacher`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub role: Option<Role>,
+    /// Architecture (ignored when `from` loads a saved model).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub arch: Option<ArchConfig>,
+    /// Training settings.
+    #[serde(default)]
+    pub train: TrainConfig,
+    /// Learn from a teacher's soft targets.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub distill: Option<DistillConfig>,
+    /// Load this saved model instead of training one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from: Option<PathBuf>,
+}
+
+impl ModelConfig {
+    /// The effective role.
+    pub fn role(&self) -> Role {
+        self.role.unwrap_or(if self.distill.is_some() {
+            Role::Student
+        } else {
+            Role::Teacher
+        })
+    }
+}
+
+/// Parses TOML text into a config. Errors name the file, the line and the field.
+pub fn parse_toml(text: &str, file: &str) -> Result<ExperimentConfig> {
+    toml::from_str::<ExperimentConfig>(text).map_err(|e| Error::Input(format_toml_error(file, text, &e)))
+}
+
+fn format_toml_error(file: &str, text: &str, e: &toml::de::Error) -> String {
+    let msg = e.message().trim().to_string();
+    match e.span() {
+        Some(span) => {
+            let line = text[..span.start.min(text.len())].matches('\n').count() + 1;
+            let src = text.lines().nth(line - 1).unwrap_or("").trim();
+            format!("{file}:{line}: {msg} (in `{src}`)")
+        }
+        None => format!("{file}: {msg}"),
+    }
+}
+
+/// Reads a config file, applies `--set key=value` overrides, and parses it.
+pub fn load(path: &Path, overrides: &[String]) -> Result<ExperimentConfig> {
+    let bytes = crate::io::read_file(path)?;
+    let file = path.display().to_string();
+    let text = String::from_utf8(bytes).map_err(|_| Error::Input(format!("{file}: not valid UTF-8 text")))?;
+    load_str(&text, &file, overrides)
+}
+
+/// Like [`load`], from a string.
+pub fn load_str(text: &str, file: &str, overrides: &[String]) -> Result<ExperimentConfig> {
+    if overrides.is_empty() {
+        return parse_toml(text, file);
+    }
+    let mut value: toml::Table = toml::from_str(text).map_err(|e| Error::Input(format_toml_error(file, text, &e)))?;
+    for o in overrides {
+        apply_override(&mut value, o)?;
+    }
+    let merged = toml::to_string(&value).map_err(|e| Error::Other(e.to_string()))?;
+    parse_toml(&merged, &format!("{file} (with --set overrides)"))
+}
+
+/// Applies one `a.b.c=value` override. A path segment that meets an array of tables selects
+/// the element whose `name` equals the segment (or a numeric index).
+pub fn apply_override(root: &mut toml::Table, spec: &str) -> Result<()> {
+    let mut v = toml::Value::Table(std::mem::take(root));
+    let r = apply_override_value(&mut v, spec);
+    if let toml::Value::Table(t) = v {
+        *root = t;
+    }
+    r
+}
+
+fn apply_override_value(root: &mut toml::Value, spec: &str) -> Result<()> {
+    let (key, raw) = spec.split_once('=').ok_or_else(|| {
+        Error::Input(format!(
+            "--set {spec}: expected KEY=VALUE, e.g. model.teacher.train.epochs=5"
+        ))
+    })?;
+    let value: toml::Value = toml::from_str::<toml::Table>(&format!("v = {raw}"))
+        .ok()
+        .and_then(|mut t| t.remove("v"))
+        .unwrap_or_else(|| toml::Value::String(raw.to_string()));
+    let parts: Vec<&str> = key.trim().split('.').collect();
+    let mut cur = root;
+    for (i, part) in parts.iter().enumerate() {
+        let last = i + 1 == parts.len();
+        cur = match cur {
+            toml::Value::Table(t) => {
+                if last {
+                    t.insert(part.to_string(), value);
+                    return Ok(());
+                }
+                t.entry(part.to_string())
+                    .or_insert_with(|| toml::Value::Table(toml::Table::new()))
+            }
+            toml::Value::Array(a) => {
+                let idx = a
+                    .iter()
+                    .position(|el| el.get("name").and_then(|n| n.as_str()) == Some(part))
+                    .or_else(|| part.parse::<usize>().ok().filter(|&k| k < a.len()))
+                    .ok_or_else(|| {
+                        Error::Input(format!(
+                            "--set {spec}: no entry named '{part}' in {}",
+                            parts[..i].join(".")
+                        ))
+                    })?;
+                if last {
+                    a[idx] = value;
+                    return Ok(());
+                }
+                &mut a[idx]
+            }
+            _ => {
+                return Err(Error::Input(format!(
+                    "--set {spec}: '{}' is not a table",
+                    parts[..i].join(".")
+                )))
+            }
+        };
+    }
+    Ok(())
+}
+
+impl ExperimentConfig {
+    /// Checks everything that can be checked without reading the data: value ranges, names,
+    /// references between models, files that must exist. Every error names its field.
+    pub fn validate(&self) -> Result<()> {
+        let d = &self.data;
+        let check_file = |field: &str, p: &Option<PathBuf>, required: bool| -> Result<()> {
+            match p {
+                Some(p) if !p.exists() => Err(Error::Input(format!(
+                    "data.{field}: file '{}' does not exist",
+                    p.display()
+                ))),
+                None if required => Err(Error::Input(format!(
+                    "data.{field}: required when data.format = \"{}\"",
+                    fmt_name(self.data.format)
+                ))),
+                _ => Ok(()),
+            }
+        };
+        let forbid = |field: &str, present: bool| -> Result<()> {
+            if present {
+                Err(Error::Input(format!(
+                    "data.{field}: not used with data.format = \"{}\"",
+                    fmt_name(self.data.format)
+                )))
+            } else {
+                Ok(())
+            }
+        };
+        match d.format {
+            DataFormat::Idx => {
+                check_file("train_images", &d.train_images, true)?;
+                check_file("train_labels", &d.train_labels, true)?;
+                check_file("test_images", &d.test_images, false)?;
+                check_file("test_labels", &d.test_labels, false)?;
+                if d.test_images.is_some() != d.test_labels.is_some() {
+                    bad_field("data.test_images", "test_images and test_labels must be given together")?;
+                }
+                forbid("path", d.path.is_some())?;
+                forbid("test_path", d.test_path.is_some())?;
+                forbid("label", d.label.is_some())?;
+                if d.task == Task::Regression {
+                    bad_field("data.task", "IDX data is read as classification (labels file); use CSV for regression")?;
+                }
+            }
+            DataFormat::Csv => {
+                check_file("path", &d.path, true)?;
+                check_file("test_path", &d.test_path, false)?;
+                if d.label.as_deref().map(str::is_empty).unwrap_or(true) {
+                    bad_field("data.label", "required with data.format = \"csv\": the name of the label column")?;
+                }
+                for f in ["train_images", "train_labels", "test_images", "test_labels"] {
+                    let present = match f {
+                        "train_images" => d.train_images.is_some(),
+                        "train_labels" => d.train_labels.is_some(),
+                        "test_images" => d.test_images.is_some(),
+                        _ => d.test_labels.is_some(),
+                    };
+                    forbid(f, present)?;
+                }
+            }
+            DataFormat::Digits => {
+                for (f, present) in [
+                    ("path", d.path.is_some()),
+                    ("test_path", d.test_path.is_some()),
+                    ("train_images", d.train_images.is_some()),
+                    ("train_labels", d.train_labels.is_some()),
+                    ("test_images", d.test_images.is_some()),
+                    ("test_labels", d.test_labels.is_some()),
+                    ("label", d.label.is_some()),
+                    ("image_shape", d.image_shape.is_some()),
+                ] {
+                    forbid(f, present)?;
+                }
+                if d.task == Task::Regression {
+                    bad_field("data.task", "the embedded digits are a classification set")?;
+                }
+            }
+        }
+        if let Some(s) = &d.image_shape {
+            if s.len() != 3 || s.iter().any(|&v| v == 0) {
+                bad_field("data.image_shape", &format!("expected [channels, height, width], all > 0; got {s:?}"))?;
+            }
+        }
+        if !(0.0..1.0).contains(&d.val_fraction) || d.val_fraction == 0.0 {
+            bad_field("data.val_fraction", &format!("expected a number in (0, 1), got {}", d.val_fraction))?;
+        }
+        if !(0.0..1.0).contains(&d.test_fraction) {
+            bad_field("data.test_fraction", &format!("expected a number in [0, 1), got {}", d.test_fraction))?;
+        }
+        if d.max_train == Some(0) {
+            bad_field("data.max_train", "must be at least 1")?;
+        }
+        if d.max_test == Some(0) {
+            bad_field("data.max_test", "must be at least 1")?;
+        }
+        if self.eval.latency_runs == 0 {
+            bad_field("eval.latency_runs", "must be at least 1")?;
+        }
+        if self.models.is_empty() {
+            bad_field("model", "the experiment declares no [[model]]")?;
+        }
+        let images = d.format != DataFormat::Csv || d.image_shape.is_some();
+        let mut seen: Vec<&str> = Vec::new();
+        for m in &self.models {
+            let p = format!("model.{}", m.name);
+            if m.name.is_empty()
+                || m.name.len() > 64
+                || !m.name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+            {
+                bad_field(
+                    "model.name",
+                    &format!("'{}' is not a valid name (1-64 letters, digits, '-' or '_')", m.name),
+                )?;
+            }
+            if seen.contains(&m.name.as_str()) {
+                bad_field(&format!("{p}.name"), "duplicate model name")?;
+            }
+            match (&m.arch, &m.from) {
+                (None, None) => bad_field(&format!("{p}.arch"), "required (or give `from` to load a saved model)")?,
+                (Some(_), Some(_)) => bad_field(&format!("{p}.from"), "give either `arch` (train a new model) or `from` (load one), not both")?,
+                (None, Some(f)) if !f.exists() => {
+                    bad_field(&format!("{p}.from"), &format!("model file '{}' does not exist", f.display()))?
+                }
+                _ => {}
+            }
+            if let Some(a) = &m.arch {
+                validate_arch(a, &p, images)?;
+            }
+            let t = &m.train;
+            if t.epochs == 0 {
+                bad_field(&format!("{p}.train.epochs"), "must be at least 1")?;
+            }
+            if t.batch_size == 0 {
+                bad_field(&format!("{p}.train.batch_size"), "must be at least 1")?;
+            }
+            if !(t.lr.is_finite() && t.lr > 0.0) {
+                bad_field(&format!("{p}.train.lr"), &format!("must be a positive number, got {}", t.lr))?;
+            }
+            if !(0.0..1.0).contains(&t.momentum) {
+                bad_field(&format!("{p}.train.momentum"), &format!("expected [0, 1), got {}", t.momentum))?;
+            }
+            if !(t.weight_decay.is_finite() && t.weight_decay >= 0.0) {
+                bad_field(&format!("{p}.train.weight_decay"), &format!("must be ≥ 0, got {}", t.weight_decay))?;
+            }
+            if t.schedule == ScheduleKind::Step && (t.step_size == 0 || !(t.gamma > 0.0 && t.gamma <= 1.0)) {
+                bad_field(&format!("{p}.train.step_size"), "step schedule needs step_size ≥ 1 and gamma in (0, 1]")?;
+            }
+            if !(t.min_lr >= 0.0 && t.min_lr <= t.lr) {
+                bad_field(&format!("{p}.train.min_lr"), &format!("expected 0 ≤ min_lr ≤ lr, got {}", t.min_lr))?;
+            }
+            if t.jitter > 0 && !images {
+                bad_field(&format!("{p}.train.jitter"), "jitter shifts images; the data are not images (set data.image_shape)")?;
+            }
+            if t.patience == Some(0) {
+                bad_field(&format!("{p}.train.patience"), "must be at least 1 epoch")?;
+            }
+            if !(t.max_loss > 0.0) {
+                bad_field(&format!("{p}.train.max_loss"), "must be positive")?;
+            }
+            if let Some(ds) = &m.distill {
+                if !seen.contains(&ds.teacher.as_str()) {
+                    bad_field(
+                        &format!("{p}.distill.teacher"),
+                        &format!(
+                            "'{}' is not the name of an earlier [[model]] (known: {})",
+                            ds.teacher,
+                            if seen.is_empty() { "none".to_string() } else { seen.join(", ") }
+                        ),
+                    )?;
+                }
+                if !(ds.temperature.is_finite() && ds.temperature > 0.0) {
+                    bad_field(&format!("{p}.distill.temperature"), &format!("must be positive, got {}", ds.temperature))?;
+                }
+                if !(0.0..=1.0).contains(&ds.alpha) {
+                    bad_field(&format!("{p}.distill.alpha"), &format!("expected [0, 1], got {}", ds.alpha))?;
+                }
+            }
+            seen.push(&m.name);
+        }
+        Ok(())
+    }
+
+    /// The config as TOML (what is saved with every run).
+    pub fn to_toml(&self) -> Result<String> {
+        toml::to_string_pretty(self).map_err(|e| Error::Other(format!("cannot serialise config: {e}")))
+    }
+
+    /// Shrinks the experiment to a quick end-to-end check: at most 2 epochs per model and a
+    /// few hundred samples, fast latency timing.
+    pub fn make_quick(&mut self) {
+        self.data.max_train = Some(self.data.max_train.unwrap_or(usize::MAX).min(300));
+        self.data.max_test = Some(self.data.max_test.unwrap_or(usize::MAX).min(200));
+        self.eval.latency_runs = self.eval.latency_runs.min(3);
+        self.eval.latency_budget_ms = self.eval.latency_budget_ms.min(20);
+        for m in &mut self.models {
+            m.train.epochs = m.train.epochs.min(2);
+        }
+    }
+}
+
+fn fmt_name(f: DataFormat) -> &'static str {
+    match f {
+        DataFormat::Idx => "idx",
+        DataFormat::Csv => "csv",
+        DataFormat::Digits => "digits",
+    }
+}
+
+fn bad_field(field: &str, what: &str) -> Result<()> {
+    Err(Error::Input(format!("{field}: {what}")))
+}
+
+fn validate_arch(a: &ArchConfig, p: &str, images: bool) -> Result<()> {
+    if a.hidden.iter().any(|&h| h == 0) {
+        bad_field(&format!("{p}.arch.hidden"), &format!("widths must be ≥ 1, got {:?}", a.hidden))?;
+    }
+    for (f, v) in [("dropout", a.dropout), ("input_dropout", a.input_dropout)] {
+        if !(0.0..1.0).contains(&v) {
+            bad_field(&format!("{p}.arch.{f}"), &format!("expected a probability in [0, 1), got {v}"))?;
+        }
+    }
+    match a.kind {
+        ArchKind::Mlp => {
+            if !a.channels.is_empty() {
+                bad_field(&format!("{p}.arch.channels"), "only for kind = \"cnn\"")?;
+            }
+        }
+        ArchKind::Cnn => {
+            if !images {
+                bad_field(&format!("{p}.arch.kind"), "a CNN needs image data (IDX images, the digits, or CSV with data.image_shape)")?;
+            }
+            if a.channels.is_empty() || a.channels.iter().any(|&c| c == 0) {
+                bad_field(&format!("{p}.arch.channels"), &format!("a CNN needs at least one conv block with ≥ 1 channels, got {:?}", a.channels))?;
+            }
+            if a.kernel == 0 || a.kernel % 2 == 0 {
+                bad_field(&format!("{p}.arch.kernel"), &format!("expected an odd kernel size ≥ 1, got {}", a.kernel))?;
+            }
+        }
+    }
+    Ok(())
+}

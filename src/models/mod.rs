@@ -1,0 +1,357 @@
+//! Models: a multi-layer perceptron ([`mlp`]) and a LeNet-style CNN ([`cnn`]), with named
+//! parameters held as candle `Var`s, seeded initialisation and safetensors files that carry
+//! everything needed to use the model alone (architecture, input shape, normalisation, class
+//! names).
+
+pub mod cnn;
+pub mod mlp;
+
+use crate::config::{ArchConfig, ArchKind};
+use crate::data::{Normalizer, TargetScale, Task};
+use crate::error::{Error, Result};
+use crate::rng::Rng;
+use candle_core::{DType, Device, Tensor, Var};
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::path::Path;
+
+/// Architecture plus the data shape it is built for.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ModelSpec {
+    /// The architecture.
+    pub arch: ArchConfig,
+    /// Per-sample input shape: `[d]` or `[c, h, w]`.
+    pub input_shape: Vec<usize>,
+    /// Number of outputs (classes, or 1 for regression).
+    pub outputs: usize,
+}
+
+impl ModelSpec {
+    /// Input features per sample.
+    pub fn input_dim(&self) -> usize {
+        self.input_shape.iter().product()
+    }
+
+    /// The (name, shape) of every parameter, in order.
+    pub fn param_shapes(&self) -> Result<Vec<(String, Vec<usize>)>> {
+        match self.arch.kind {
+            ArchKind::Mlp => Ok(mlp::param_shapes(self)),
+            ArchKind::Cnn => cnn::param_shapes(self),
+        }
+    }
+
+    /// A one-line description, e.g. `mlp 784-1200-1200-10`.
+    pub fn describe(&self) -> String {
+        let dims = |v: &[usize]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>().join("-");
+        match self.arch.kind {
+            ArchKind::Mlp => {
+                let mut all = vec![self.input_dim()];
+                all.extend(&self.arch.hidden);
+                all.push(self.outputs);
+                format!("mlp {}", dims(&all))
+            }
+            ArchKind::Cnn => format!(
+                "cnn {} conv{}x{} [{}] fc [{}] → {}",
+                dims(&self.input_shape),
+                self.arch.kernel,
+                self.arch.kernel,
+                dims(&self.arch.channels),
+                dims(&self.arch.hidden),
+                self.outputs
+            ),
+        }
+    }
+}
+
+/// Train mode draws dropout masks from the given generator; eval mode is deterministic.
+pub enum Mode<'a> {
+    /// Inference: no dropout.
+    Eval,
+    /// Training: dropout active, masks drawn from this generator.
+    Train(&'a mut Rng),
+}
+
+/// Everything a model file carries besides its weights.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ModelMeta {
+    /// Model name.
+    pub name: String,
+    /// Role in the experiment that produced it.
+    pub role: String,
+    /// Architecture and shapes.
+    pub spec: ModelSpec,
+    /// Task.
+    pub task: Task,
+    /// Class names (classification).
+    #[serde(default)]
+    pub class_names: Option<Vec<String>>,
+    /// Feature normalisation to apply to raw inputs.
+    pub normalizer: Normalizer,
+    /// Regression target scaling (outputs are standardised; map back with this).
+    #[serde(default)]
+    pub target_scale: Option<TargetScale>,
+    /// Free-form training record (curves, best epoch, ...).
+    #[serde(default)]
+    pub training: serde_json::Value,
+}
+
+/// A model: its spec and named parameters.
+pub struct Model {
+    /// Architecture and shapes.
+    pub spec: ModelSpec,
+    /// Parameters in a fixed order, with names like `fc0.weight`.
+    pub params: Vec<(String, Var)>,
+}
+
+impl Model {
+    /// A freshly initialised model (He-uniform weights, zero biases) from a seeded generator.
+    pub fn new(spec: ModelSpec, rng: &mut Rng) -> Result<Model> {
+        let shapes = spec.param_shapes()?;
+        let mut params = Vec::with_capacity(shapes.len());
+        for (name, shape) in shapes {
+            let n: usize = shape.iter().product();
+            let data: Vec<f32> = if name.ends_with(".bias") {
+                vec![0.0; n]
+            } else {
+                // Dense weights are [in, out]; conv weights [c_out, c_in, k, k].
+                let fan_in: usize = if shape.len() == 2 { shape[0] } else { shape[1..].iter().product() };
+                let bound = (6.0 / fan_in as f32).sqrt();
+                (0..n).map(|_| rng.uniform_range(-bound, bound)).collect()
+            };
+            let t = Tensor::from_vec(data, shape, &Device::Cpu)?;
+            params.push((name, Var::from_tensor(&t)?));
+        }
+        Ok(Model { spec, params })
+    }
+
+    /// Builds a model from named weight arrays, checking every shape.
+    pub fn from_weights(spec: ModelSpec, weights: &HashMap<String, (Vec<usize>, Vec<f32>)>, file: &str) -> Result<Model> {
+        let mut params = Vec::new();
+        for (name, shape) in spec.param_shapes()? {
+            let (s, v) = weights.get(&name).ok_or_else(|| {
+                Error::Input(format!("{file}: missing tensor '{name}' (expected shape {shape:?})"))
+            })?;
+            if *s != shape {
+                return Err(Error::Input(format!(
+                    "{file}: tensor '{name}' has shape {s:?}, expected {shape:?}"
+                )));
+            }
+            if let Some(p) = v.iter().position(|x| !x.is_finite()) {
+                return Err(Error::Input(format!("{file}: tensor '{name}' holds a non-finite value at index {p}")));
+            }
+            let t = Tensor::from_vec(v.clone(), shape, &Device::Cpu)?;
+            params.push((name, Var::from_tensor(&t)?));
+        }
+        Ok(Model { spec, params })
+    }
+
+    /// Forward pass on a `[batch, input_dim]` tensor; returns `[batch, outputs]`.
+    pub fn forward(&self, x: &Tensor, mode: Mode) -> Result<Tensor> {
+        match self.spec.arch.kind {
+            ArchKind::Mlp => mlp::forward(self, x, mode),
+            ArchKind::Cnn => cnn::forward(self, x, mode),
+        }
+    }
+
+    /// The parameter tensor named `name`.
+    pub fn param(&self, name: &str) -> Result<&Tensor> {
+        self.params
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_tensor())
+            .ok_or_else(|| Error::Other(format!("no parameter named {name}")))
+    }
+
+    /// Number of trainable parameters.
+    pub fn num_params(&self) -> usize {
+        self.params.iter().map(|(_, v)| v.elem_count()).sum()
+    }
+
+    /// Size of the weights in bytes (f32).
+    pub fn bytes(&self) -> usize {
+        self.num_params() * 4
+    }
+
+    /// The weights as flat vectors, in parameter order.
+    pub fn weights(&self) -> Result<Vec<Vec<f32>>> {
+        self.params
+            .iter()
+            .map(|(_, v)| Ok(v.as_tensor().flatten_all()?.to_vec1::<f32>()?))
+            .collect()
+    }
+
+    /// Overwrites the weights (same order and sizes as [`Model::weights`]).
+    pub fn set_weights(&self, w: &[Vec<f32>]) -> Result<()> {
+        for ((_, var), data) in self.params.iter().zip(w) {
+            let t = Tensor::from_slice(data, var.shape(), &Device::Cpu)?;
+            var.set(&t)?;
+        }
+        Ok(())
+    }
+
+    /// A deep copy.
+    pub fn duplicate(&self) -> Result<Model> {
+        let params = self
+            .params
+            .iter()
+            .map(|(n, v)| Ok((n.clone(), Var::from_tensor(&v.as_tensor().copy()?)?)))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Model {
+            spec: self.spec.clone(),
+            params,
+        })
+    }
+
+    /// Runs the model over `x` (`n * input_dim` values) in eval mode, in batches; returns
+    /// `n * outputs` values.
+    pub fn predict(&self, x: &[f32], batch: usize) -> Result<Vec<f32>> {
+        let d = self.spec.input_dim();
+        let mut out = Vec::with_capacity(x.len() / d * self.spec.outputs);
+        for chunk in x.chunks(batch.max(1) * d) {
+            let b = chunk.len() / d;
+            let t = Tensor::from_slice(chunk, (b, d), &Device::Cpu)?;
+            let y = self.forward(&t, Mode::Eval)?;
+            out.extend(y.flatten_all()?.to_vec1::<f32>()?);
+        }
+        Ok(out)
+    }
+}
+
+/// Builds a dropout mask `[rows, cols]` of 0 and 1/(1-p).
+pub(crate) fn dropout(x: &Tensor, p: f32, mode: &mut Mode) -> Result<Tensor> {
+    match mode {
+        Mode::Train(rng) if p > 0.0 => {
+            let keep = 1.0 / (1.0 - p);
+            let n = x.elem_count();
+            let mask: Vec<f32> = (0..n)
+                .map(|_| if rng.uniform() < p { 0.0 } else { keep })
+                .collect();
+            let m = Tensor::from_vec(mask, x.shape(), x.device())?;
+            Ok(x.mul(&m)?)
+        }
+        _ => Ok(x.clone()),
+    }
+}
+
+/// `x · W + b` for an `[in, out]` weight (stored input-major so that both the forward GEMM
+/// and the weight gradient `xᵀ · dy` are contiguous, with no transposed copies).
+pub(crate) fn linear(x: &Tensor, w: &Tensor, b: &Tensor) -> Result<Tensor> {
+    Ok(x.matmul(w)?.broadcast_add(b)?)
+}
+
+const META_KEY: &str = "distillery";
+
+/// Serialises a model and its metadata to safetensors bytes. `extra` tensors (optimizer
+/// state, best weights) are stored beside the parameters under their own names.
+pub fn to_safetensors(
+    model: &Model,
+    meta_json: &str,
+    extra: &[(String, Vec<usize>, Vec<f32>)],
+) -> Result<Vec<u8>> {
+    let mut owned: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::new();
+    for (name, var) in &model.params {
+        let v = var.as_tensor().flatten_all()?.to_vec1::<f32>()?;
+        owned.push((name.clone(), var.dims().to_vec(), f32_bytes(&v)));
+    }
+    for (name, shape, v) in extra {
+        owned.push((name.clone(), shape.clone(), f32_bytes(v)));
+    }
+    let views = owned
+        .iter()
+        .map(|(n, s, b)| {
+            safetensors::tensor::TensorView::new(safetensors::Dtype::F32, s.clone(), b)
+                .map(|v| (n.clone(), v))
+                .map_err(|e| Error::Other(format!("safetensors: {e}")))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let mut md = HashMap::new();
+    md.insert(META_KEY.to_string(), meta_json.to_string());
+    safetensors::serialize(views, Some(md)).map_err(|e| Error::Other(format!("safetensors: {e}")))
+}
+
+fn f32_bytes(v: &[f32]) -> Vec<u8> {
+    let mut b = Vec::with_capacity(v.len() * 4);
+    for x in v {
+        b.extend_from_slice(&x.to_le_bytes());
+    }
+    b
+}
+
+/// The tensors and metadata string of a safetensors file.
+pub struct RawModelFile {
+    /// Tensors by name: shape and values.
+    pub tensors: HashMap<String, (Vec<usize>, Vec<f32>)>,
+    /// distillery's metadata JSON.
+    pub meta_json: String,
+}
+
+/// Parses safetensors bytes written by distillery; every failure names the file.
+pub fn parse_safetensors(bytes: &[u8], file: &str) -> Result<RawModelFile> {
+    let st = safetensors::SafeTensors::deserialize(bytes).map_err(|e| {
+        Error::Input(format!("{file}: not a valid safetensors model file ({e}); the file may be truncated or corrupt"))
+    })?;
+    let (_, md) = safetensors::SafeTensors::read_metadata(bytes)
+        .map_err(|e| Error::Input(format!("{file}: unreadable safetensors header: {e}")))?;
+    let meta_json = md
+        .metadata()
+        .as_ref()
+        .and_then(|m| m.get(META_KEY).cloned())
+        .ok_or_else(|| Error::Input(format!("{file}: safetensors file without distillery metadata (not written by distillery)")))?;
+    let mut tensors = HashMap::new();
+    for (name, view) in st.tensors() {
+        if view.dtype() != safetensors::Dtype::F32 {
+            return Err(Error::Input(format!("{file}: tensor '{name}' has dtype {:?}, expected F32", view.dtype())));
+        }
+        let data: Vec<f32> = view
+            .data()
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect();
+        tensors.insert(name, (view.shape().to_vec(), data));
+    }
+    Ok(RawModelFile { tensors, meta_json })
+}
+
+/// Saves a model file atomically.
+pub fn save_model(path: &Path, model: &Model, meta: &ModelMeta) -> Result<()> {
+    let json = serde_json::to_string(meta).map_err(|e| Error::Other(e.to_string()))?;
+    let bytes = to_safetensors(model, &json, &[])?;
+    crate::io::write_atomic(path, &bytes)
+}
+
+/// Loads a model file written by [`save_model`].
+pub fn load_model(path: &Path) -> Result<(Model, ModelMeta)> {
+    let bytes = crate::io::read_file(path)?;
+    let file = path.display().to_string();
+    let raw = parse_safetensors(&bytes, &file)?;
+    let meta: ModelMeta = serde_json::from_str(&raw.meta_json)
+        .map_err(|e| Error::Input(format!("{file}: malformed distillery metadata: {e}")))?;
+    let model = Model::from_weights(meta.spec.clone(), &raw.tensors, &file)?;
+    Ok((model, meta))
+}
+
+/// Checks that `spec` fits data of `input_shape` with `outputs` outputs.
+pub fn check_fits(spec: &ModelSpec, input_shape: &[usize], outputs: usize, what: &str) -> Result<()> {
+    if spec.input_dim() != input_shape.iter().product::<usize>() {
+        return Err(Error::Input(format!(
+            "{what}: the model takes inputs of shape {:?} but the data have shape {input_shape:?}",
+            spec.input_shape
+        )));
+    }
+    if spec.outputs != outputs {
+        return Err(Error::Input(format!(
+            "{what}: the model has {} outputs but the data have {outputs} {}",
+            spec.outputs,
+            if outputs == 1 { "target" } else { "classes" }
+        )));
+    }
+    Ok(())
+}
+
+/// Tensor of `dtype` f32 check helper.
+pub(crate) fn ensure_f32(t: &Tensor) -> Result<()> {
+    if t.dtype() != DType::F32 {
+        return Err(Error::Other(format!("expected f32 tensor, got {:?}", t.dtype())));
+    }
+    Ok(())
+}

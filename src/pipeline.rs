@@ -1,0 +1,418 @@
+//! Runs a whole experiment into an output folder.
+//!
+//! Stages run in file order: each `[[model]]` is trained (or loaded), then every model is
+//! evaluated and the report written. A model is finished when `models/<name>.safetensors`
+//! exists (written atomically), so a run killed and restarted with the same `--out` skips
+//! finished models and continues the current one from its last epoch checkpoint.
+
+use crate::config::{DataFormat, ExperimentConfig, ModelConfig, Role};
+use crate::data::{self, csv::CsvOptions, idx, Dataset, NormalizeKind, Splits, Task};
+use crate::error::{Error, Result};
+use crate::eval::{self, Scores};
+use crate::models::{self, Model, ModelMeta, ModelSpec};
+use crate::progress::Progress;
+use crate::report::{self, DataSummary, DistillSummary, Metrics, ModelMetrics, Ratios};
+use crate::rng::Rng;
+use crate::train::{self, Objective, TeacherSignal, TrainJob, TrainRecord};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+/// Options of one invocation.
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    /// Output folder.
+    pub out: PathBuf,
+    /// Progress display.
+    pub progress: Progress,
+    /// Train only these models (others are neither trained nor reported).
+    pub only: Option<Vec<String>>,
+}
+
+impl RunOptions {
+    /// Defaults: progress lines or bars as the terminal allows, all models.
+    pub fn new(out: impl Into<PathBuf>) -> Self {
+        RunOptions {
+            out: out.into(),
+            progress: Progress::detect(false),
+            only: None,
+        }
+    }
+}
+
+/// What a run produced.
+#[derive(Debug, Clone)]
+pub struct RunSummary {
+    /// All figures.
+    pub metrics: Metrics,
+    /// The Markdown report.
+    pub report_markdown: String,
+}
+
+/// Loads the data the config names and makes the train/val/test splits.
+pub fn load_splits(cfg: &ExperimentConfig) -> Result<Splits> {
+    let d = &cfg.data;
+    let (full, test, default_norm) = match d.format {
+        DataFormat::Digits => (data::embedded_digits()?, None, NormalizeKind::Global),
+        DataFormat::Idx => {
+            let ti = d.train_images.as_deref().ok_or_else(|| Error::Input("data.train_images: required".into()))?;
+            let tl = d.train_labels.as_deref().ok_or_else(|| Error::Input("data.train_labels: required".into()))?;
+            let train = idx::load_idx_pair(ti, tl, None)?;
+            let test = match (&d.test_images, &d.test_labels) {
+                (Some(i), Some(l)) => {
+                    let t = idx::load_idx_pair(i, l, Some(train.outputs()))?;
+                    if t.shape != train.shape {
+                        return Err(Error::Input(format!(
+                            "{}: test images have shape {:?} but training images {:?}",
+                            i.display(),
+                            t.shape,
+                            train.shape
+                        )));
+                    }
+                    Some(t)
+                }
+                _ => None,
+            };
+            (train, test, NormalizeKind::Global)
+        }
+        DataFormat::Csv => {
+            let path = d.path.as_deref().ok_or_else(|| Error::Input("data.path: required".into()))?;
+            let opts = CsvOptions {
+                label: d.label.clone().unwrap_or_default(),
+                task: d.task,
+                image_shape: d.image_shape.clone(),
+            };
+            let train = data::csv::read_csv(path, &opts, None)?;
+            let test = match &d.test_path {
+                Some(p) => {
+                    let t = data::csv::read_csv(p, &opts, train.class_names())?;
+                    if t.dim() != train.dim() {
+                        return Err(Error::Input(format!(
+                            "{}: {} feature columns, but the training file has {}",
+                            p.display(),
+                            t.dim(),
+                            train.dim()
+                        )));
+                    }
+                    Some(t)
+                }
+                None => None,
+            };
+            let norm = if d.image_shape.is_some() { NormalizeKind::Global } else { NormalizeKind::PerFeature };
+            (train, test, norm)
+        }
+    };
+    Splits::make(
+        full,
+        test,
+        d.val_fraction,
+        d.test_fraction,
+        d.normalize.unwrap_or(default_norm),
+        d.max_train,
+        d.max_test,
+        cfg.seed,
+    )
+}
+
+fn data_source(cfg: &ExperimentConfig) -> String {
+    let d = &cfg.data;
+    match d.format {
+        DataFormat::Digits => "embedded UCI 8×8 digits".into(),
+        DataFormat::Idx => format!(
+            "IDX {}",
+            d.train_images.as_ref().map(|p| p.display().to_string()).unwrap_or_default()
+        ),
+        DataFormat::Csv => format!(
+            "CSV {} (label '{}')",
+            d.path.as_ref().map(|p| p.display().to_string()).unwrap_or_default(),
+            d.label.clone().unwrap_or_default()
+        ),
+    }
+}
+
+/// A trained or loaded model with what is known about it.
+struct Entry {
+    cfg: ModelConfig,
+    model: Model,
+    meta: ModelMeta,
+    source: String,
+    file: PathBuf,
+}
+
+/// Runs the experiment. The config must already carry any overrides; it is validated here
+/// before anything else happens.
+pub fn run_experiment(cfg: &ExperimentConfig, opts: &RunOptions) -> Result<RunSummary> {
+    let start = Instant::now();
+    cfg.validate()?;
+    let out = &opts.out;
+    std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
+    let resolved = cfg.to_toml()?;
+    let cfg_path = out.join("config.toml");
+    if cfg_path.exists() {
+        let old = std::fs::read_to_string(&cfg_path).map_err(|e| Error::io(&cfg_path, e))?;
+        if old != resolved {
+            return Err(Error::Input(format!(
+                "{}: this output folder holds a run of a different config; use another --out (or delete the folder) to start a new run",
+                cfg_path.display()
+            )));
+        }
+    } else {
+        crate::io::write_atomic_str(&cfg_path, &resolved)?;
+    }
+    for sub in ["", "models", "checkpoints", "plots"] {
+        crate::io::clean_temp_files(&out.join(sub));
+    }
+
+    let splits = load_splits(cfg)?;
+    let shape = splits.train.shape.clone();
+    let outputs = splits.train.outputs();
+    let task = splits.train.targets.task();
+    let progress = opts.progress;
+    progress.say(&format!(
+        "data: {} train / {} val / {} test samples, input {:?}, {} outputs",
+        splits.train.len(),
+        splits.val.len(),
+        splits.test.len(),
+        shape,
+        outputs
+    ));
+
+    // Check every model against the data before training anything.
+    let selected = |m: &ModelConfig| opts.only.as_ref().map(|o| o.contains(&m.name)).unwrap_or(true);
+    for m in &cfg.models {
+        if let Some(a) = &m.arch {
+            let spec = ModelSpec { arch: a.clone(), input_shape: shape.clone(), outputs };
+            spec.param_shapes().map_err(|e| Error::Input(format!("model.{}: {e}", m.name)))?;
+        }
+        if let Some(f) = &m.from {
+            let (model, meta) = models::load_model(f)?;
+            models::check_fits(&model.spec, &shape, outputs, &format!("model.{}.from ({})", m.name, f.display()))?;
+            if meta.task != task {
+                return Err(Error::Input(format!("model.{}.from: {} is a {:?} model but the data are {:?}", m.name, f.display(), meta.task, task)));
+            }
+        }
+        if let Some(ds) = &m.distill {
+            if selected(m) && opts.only.as_ref().map(|o| !o.contains(&ds.teacher)).unwrap_or(false) {
+                let t = cfg.models.iter().find(|t| t.name == ds.teacher);
+                let trained = out.join("models").join(format!("{}.safetensors", ds.teacher)).exists();
+                if !trained && t.map(|t| t.from.is_none()).unwrap_or(true) {
+                    return Err(Error::Input(format!(
+                        "model.{}.distill.teacher: teacher '{}' is not trained in this run folder; train it first or give --teacher FILE",
+                        m.name, ds.teacher
+                    )));
+                }
+            }
+        }
+    }
+
+    let mut entries: Vec<Entry> = Vec::new();
+    let needed: Vec<String> = cfg
+        .models
+        .iter()
+        .filter(|m| selected(m))
+        .filter_map(|m| m.distill.as_ref().map(|d| d.teacher.clone()))
+        .collect();
+    for m in &cfg.models {
+        if !selected(m) && !needed.contains(&m.name) {
+            continue;
+        }
+        let file = out.join("models").join(format!("{}.safetensors", m.name));
+        let entry = if let Some(f) = &m.from {
+            let (model, mut meta) = models::load_model(f)?;
+            meta.name = m.name.clone();
+            meta.role = m.role().as_str().into();
+            Entry { cfg: m.clone(), model, meta, source: format!("loaded from {}", f.display()), file: f.clone() }
+        } else if file.exists() {
+            let (model, meta) = models::load_model(&file)?;
+            progress.say(&format!("{}: already trained ({}); skipping", m.name, file.display()));
+            Entry { cfg: m.clone(), model, meta, source: "trained (earlier session)".into(), file }
+        } else if !selected(m) {
+            return Err(Error::Input(format!("model '{}' is needed as a teacher but is not trained in {}", m.name, out.display())));
+        } else {
+            let (model, meta) = train_model(cfg, m, &splits, &entries, out, progress)?;
+            Entry { cfg: m.clone(), model, meta, source: "trained".into(), file }
+        };
+        entries.push(entry);
+    }
+
+    // Evaluate.
+    progress.say("evaluating on the test split (accuracy, latency at batch 1 and 256)...");
+    let mut rows: Vec<ModelMetrics> = Vec::new();
+    for e in entries.iter().filter(|e| selected(&e.cfg)) {
+        let scores: Scores = eval::evaluate(&e.model, &splits.test, splits.target_scale.as_ref())?;
+        let b1 = eval::latency_us(&e.model, &splits.test, 1, &cfg.eval)?;
+        let b256 = eval::latency_us(&e.model, &splits.test, 256, &cfg.eval)?;
+        let training: Option<TrainRecord> = serde_json::from_value(e.meta.training.clone()).ok();
+        rows.push(ModelMetrics {
+            name: e.cfg.name.clone(),
+            role: e.cfg.role().as_str().into(),
+            architecture: e.model.spec.describe(),
+            params: e.model.num_params(),
+            bytes: e.model.bytes(),
+            file_bytes: std::fs::metadata(&e.file).map(|m| m.len()).unwrap_or(0),
+            precision: "f32".into(),
+            accuracy: scores.accuracy,
+            test_errors: scores.errors,
+            mse: scores.mse,
+            mae: scores.mae,
+            test_loss: scores.loss,
+            latency_us_b1: b1,
+            latency_us_b256: b256,
+            vs_teacher: None,
+            distill: e.cfg.distill.as_ref().map(|d| DistillSummary { teacher: d.teacher.clone(), temperature: d.temperature, alpha: d.alpha }),
+            source: e.source.clone(),
+            training,
+        });
+    }
+    let reference = cfg
+        .models
+        .iter()
+        .find(|m| m.role() == Role::Teacher && rows.iter().any(|r| r.name == m.name))
+        .map(|m| m.name.clone());
+    if let Some(rn) = &reference {
+        if let Some(t) = rows.iter().find(|r| &r.name == rn).cloned() {
+            for r in rows.iter_mut() {
+                r.vs_teacher = Some(Ratios {
+                    reference: rn.clone(),
+                    params: r.params as f64 / t.params as f64,
+                    bytes: r.bytes as f64 / t.bytes as f64,
+                    accuracy: r.accuracy.zip(t.accuracy).map(|(a, b)| a / b),
+                    test_errors: r.test_errors.zip(t.test_errors).map(|(a, b)| a as f64 / (b.max(1)) as f64),
+                    mse: r.mse.zip(t.mse).map(|(a, b)| a / b),
+                    latency_b1: r.latency_us_b1 / t.latency_us_b1,
+                    latency_b256: r.latency_us_b256 / t.latency_us_b256,
+                });
+            }
+        }
+    }
+    let metrics = Metrics {
+        experiment: cfg.name.clone(),
+        distillery_version: env!("CARGO_PKG_VERSION").into(),
+        seed: cfg.seed,
+        task,
+        data: DataSummary {
+            source: data_source(cfg),
+            input_shape: shape,
+            train: splits.train.len(),
+            val: splits.val.len(),
+            test: splits.test.len(),
+            classes: splits.train.class_names().map(|c| c.to_vec()),
+        },
+        models: rows,
+        wall_seconds: start.elapsed().as_secs_f64(),
+    };
+    let md = report::write_reports(out, &metrics)?;
+    Ok(RunSummary { metrics, report_markdown: md })
+}
+
+fn train_model(
+    cfg: &ExperimentConfig,
+    m: &ModelConfig,
+    splits: &Splits,
+    done: &[Entry],
+    out: &Path,
+    progress: Progress,
+) -> Result<(Model, ModelMeta)> {
+    let arch = m.arch.clone().ok_or_else(|| Error::Input(format!("model.{}.arch: required", m.name)))?;
+    let spec = ModelSpec { arch, input_shape: splits.train.shape.clone(), outputs: splits.train.outputs() };
+    let mut init_rng = Rng::derive(cfg.seed, &format!("init/{}", m.name));
+    let model = Model::new(spec, &mut init_rng)?;
+    let teacher = match &m.distill {
+        Some(ds) => Some(
+            done.iter()
+                .find(|e| e.cfg.name == ds.teacher)
+                .ok_or_else(|| Error::Input(format!("model.{}.distill.teacher: '{}' is not available", m.name, ds.teacher)))?,
+        ),
+        None => None,
+    };
+    let objective = match (&m.distill, teacher) {
+        (Some(ds), Some(t)) => {
+            let signal = if m.train.jitter == 0 {
+                progress.say(&format!("{}: computing {}'s soft targets once for the whole training set", m.name, t.cfg.name));
+                TeacherSignal::Cached(t.model.predict(&splits.train.x, 512)?)
+            } else {
+                TeacherSignal::Live(&t.model)
+            };
+            Objective::Distill { teacher: signal, temperature: ds.temperature, alpha: ds.alpha }
+        }
+        _ => Objective::Supervised,
+    };
+    progress.say(&format!(
+        "{}: training {} ({} parameters) for up to {} epochs",
+        m.name,
+        model.spec.describe(),
+        model.num_params(),
+        m.train.epochs
+    ));
+    let ckpt = out.join("checkpoints").join(format!("{}.ckpt.safetensors", m.name));
+    let record = train::fit(
+        &model,
+        TrainJob {
+            name: &m.name,
+            cfg: &m.train,
+            train: &splits.train,
+            val: &splits.val,
+            objective,
+            fill: splits.normalizer.zero_value(),
+            checkpoint: Some(ckpt.clone()),
+            seed: cfg.seed,
+            progress,
+        },
+    )?;
+    let meta = ModelMeta {
+        name: m.name.clone(),
+        role: m.role().as_str().into(),
+        spec: model.spec.clone(),
+        task: splits.train.targets.task(),
+        class_names: splits.train.class_names().map(|c| c.to_vec()),
+        normalizer: splits.normalizer.clone(),
+        target_scale: splits.target_scale,
+        training: serde_json::to_value(&record).map_err(|e| Error::Other(e.to_string()))?,
+    };
+    let file = out.join("models").join(format!("{}.safetensors", m.name));
+    models::save_model(&file, &model, &meta)?;
+    let _ = std::fs::remove_file(&ckpt);
+    Ok((model, meta))
+}
+
+/// Evaluates a saved model on a data set given by raw files (the normalisation stored in the
+/// model file is applied). Returns the scores and the number of samples.
+pub fn evaluate_file(model_path: &Path, data: Dataset) -> Result<(Scores, ModelMeta)> {
+    let (model, meta) = models::load_model(model_path)?;
+    let mut data = data;
+    models::check_fits(&model.spec, &data.shape, data.outputs().max(if meta.task == Task::Regression { 1 } else { 0 }), &model_path.display().to_string())
+        .or_else(|e| {
+            // Test files may hold fewer classes than the model knows; only the input must fit.
+            if model.spec.input_dim() == data.dim() && meta.task == Task::Classification {
+                Ok(())
+            } else {
+                Err(e)
+            }
+        })?;
+    let dim = data.dim();
+    meta.normalizer.apply(&mut data.x, dim);
+    if let (Some(ts), data::Targets::Values(v)) = (&meta.target_scale, &mut data.targets) {
+        for t in v.iter_mut() {
+            *t = ts.forward(*t);
+        }
+    }
+    if let (Some(names), data::Targets::Classes { labels, names: dn }) = (&meta.class_names, &mut data.targets) {
+        // Map the file's class names onto the model's.
+        let map: Vec<Option<usize>> = dn.iter().map(|n| names.iter().position(|m| m == n)).collect();
+        for l in labels.iter_mut() {
+            match map[*l as usize] {
+                Some(k) => *l = k as u32,
+                None => {
+                    return Err(Error::Input(format!(
+                        "the data hold class '{}', which model {} does not know (classes: {})",
+                        dn[*l as usize],
+                        model_path.display(),
+                        names.join(", ")
+                    )))
+                }
+            }
+        }
+        *dn = names.clone();
+    }
+    let scores = eval::evaluate(&model, &data, meta.target_scale.as_ref())?;
+    Ok((scores, meta))
+}

@@ -1,0 +1,278 @@
+//! Run reports: `metrics.json` (machine-readable), `report.md` (the side-by-side table) and
+//! SVG plots (training curves; accuracy vs size). Built from what the stages recorded, never by
+//! re-training.
+
+pub mod plot;
+
+use crate::data::Task;
+use crate::error::{Error, Result};
+use crate::train::TrainRecord;
+use plot::{line_chart, scatter_chart, Series};
+use serde::{Deserialize, Serialize};
+use std::fmt::Write;
+use std::path::Path;
+
+/// Summary of the data used.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DataSummary {
+    /// Source description.
+    pub source: String,
+    /// Per-sample input shape.
+    pub input_shape: Vec<usize>,
+    /// Training samples.
+    pub train: usize,
+    /// Validation samples.
+    pub val: usize,
+    /// Test samples.
+    pub test: usize,
+    /// Class names (classification).
+    pub classes: Option<Vec<String>>,
+}
+
+/// Ratios of a model's figures to the reference teacher's.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Ratios {
+    /// Name of the reference model.
+    pub reference: String,
+    /// params / teacher params.
+    pub params: f64,
+    /// bytes / teacher bytes.
+    pub bytes: f64,
+    /// accuracy / teacher accuracy (classification).
+    pub accuracy: Option<f64>,
+    /// test errors / teacher test errors (classification).
+    pub test_errors: Option<f64>,
+    /// mse / teacher mse (regression).
+    pub mse: Option<f64>,
+    /// latency at batch 1 / teacher's.
+    pub latency_b1: f64,
+    /// latency at batch 256 / teacher's.
+    pub latency_b256: f64,
+}
+
+/// Distillation settings used for a model.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DistillSummary {
+    /// Teacher name.
+    pub teacher: String,
+    /// Temperature.
+    pub temperature: f32,
+    /// Soft-target weight.
+    pub alpha: f32,
+}
+
+/// All figures for one model.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ModelMetrics {
+    /// Model name.
+    pub name: String,
+    /// Role: teacher, student, ...
+    pub role: String,
+    /// Architecture description.
+    pub architecture: String,
+    /// Trainable parameters.
+    pub params: usize,
+    /// Weight bytes (f32).
+    pub bytes: usize,
+    /// Size of the saved model file.
+    pub file_bytes: u64,
+    /// Numeric precision of the weights.
+    pub precision: String,
+    /// Test accuracy in [0, 1] (classification).
+    pub accuracy: Option<f64>,
+    /// Misclassified test samples (classification).
+    pub test_errors: Option<usize>,
+    /// Test MSE in target units (regression).
+    pub mse: Option<f64>,
+    /// Test MAE in target units (regression).
+    pub mae: Option<f64>,
+    /// Mean test loss (cross-entropy, or MSE on the standardised target).
+    pub test_loss: f64,
+    /// Median latency of one forward pass at batch 1, microseconds.
+    pub latency_us_b1: f64,
+    /// Median latency of one forward pass at batch 256, microseconds.
+    pub latency_us_b256: f64,
+    /// Ratios to the teacher.
+    pub vs_teacher: Option<Ratios>,
+    /// Distillation settings, for distilled students.
+    pub distill: Option<DistillSummary>,
+    /// How it was obtained: trained, resumed, loaded.
+    pub source: String,
+    /// Training record with per-epoch curves.
+    pub training: Option<TrainRecord>,
+}
+
+/// The whole run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Metrics {
+    /// Experiment name.
+    pub experiment: String,
+    /// distillery version.
+    pub distillery_version: String,
+    /// Seed.
+    pub seed: u64,
+    /// Task.
+    pub task: Task,
+    /// Data summary.
+    pub data: DataSummary,
+    /// One entry per model.
+    pub models: Vec<ModelMetrics>,
+    /// Wall time of this invocation, seconds.
+    pub wall_seconds: f64,
+}
+
+fn fmt_bytes(b: usize) -> String {
+    if b >= 1 << 20 {
+        format!("{:.2} MiB", b as f64 / (1 << 20) as f64)
+    } else {
+        format!("{:.1} KiB", b as f64 / 1024.0)
+    }
+}
+
+fn fmt_us(us: f64) -> String {
+    if us >= 10_000.0 {
+        format!("{:.1} ms", us / 1000.0)
+    } else {
+        format!("{us:.0} µs")
+    }
+}
+
+/// The Markdown report.
+pub fn markdown(m: &Metrics) -> String {
+    let mut s = String::new();
+    let _ = writeln!(s, "# distillery report: {}\n", m.experiment);
+    let d = &m.data;
+    let _ = writeln!(
+        s,
+        "Data: {} — input shape {:?}, {} train / {} validation / {} test samples{}. Seed {}. Wall time {:.1} s.\n",
+        d.source,
+        d.input_shape,
+        d.train,
+        d.val,
+        d.test,
+        d.classes.as_ref().map(|c| format!(", {} classes", c.len())).unwrap_or_default(),
+        m.seed,
+        m.wall_seconds
+    );
+    let cls = m.task == Task::Classification;
+    if cls {
+        s.push_str("| model | role | architecture | params | size | test accuracy | test errors | latency b=1 | latency b=256 | size vs teacher | b=1 speed-up | accuracy Δ vs teacher |\n");
+        s.push_str("|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
+    } else {
+        s.push_str("| model | role | architecture | params | size | test MSE | test MAE | latency b=1 | latency b=256 | size vs teacher | b=1 speed-up | MSE vs teacher |\n");
+        s.push_str("|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
+    }
+    let teacher = m.models.iter().find(|x| x.vs_teacher.as_ref().map(|r| r.reference == x.name).unwrap_or(false));
+    for x in &m.models {
+        let r = x.vs_teacher.as_ref();
+        let size_vs = r.map(|r| format!("{:.1}× smaller", 1.0 / r.params)).unwrap_or_else(|| "—".into());
+        let speed = r.map(|r| format!("{:.1}×", 1.0 / r.latency_b1)).unwrap_or_else(|| "—".into());
+        let mut role = x.role.clone();
+        if let Some(ds) = &x.distill {
+            role = format!("{role} (KD from {}, T={}, α={})", ds.teacher, ds.temperature, ds.alpha);
+        }
+        if cls {
+            let delta = match (x.accuracy, teacher.and_then(|t| t.accuracy)) {
+                (Some(a), Some(t)) => format!("{:+.2} pts", 100.0 * (a - t)),
+                _ => "—".into(),
+            };
+            let _ = writeln!(
+                s,
+                "| {} | {} | {} | {} | {} | {:.2}% | {} | {} | {} | {} | {} | {} |",
+                x.name,
+                role,
+                x.architecture,
+                x.params,
+                fmt_bytes(x.bytes),
+                100.0 * x.accuracy.unwrap_or(0.0),
+                x.test_errors.unwrap_or(0),
+                fmt_us(x.latency_us_b1),
+                fmt_us(x.latency_us_b256),
+                size_vs,
+                speed,
+                delta
+            );
+        } else {
+            let mse_vs = r.and_then(|r| r.mse).map(|v| format!("{v:.2}×")).unwrap_or_else(|| "—".into());
+            let _ = writeln!(
+                s,
+                "| {} | {} | {} | {} | {} | {:.4} | {:.4} | {} | {} | {} | {} | {} |",
+                x.name,
+                role,
+                x.architecture,
+                x.params,
+                fmt_bytes(x.bytes),
+                x.mse.unwrap_or(f64::NAN),
+                x.mae.unwrap_or(f64::NAN),
+                fmt_us(x.latency_us_b1),
+                fmt_us(x.latency_us_b256),
+                size_vs,
+                speed,
+                mse_vs
+            );
+        }
+    }
+    s.push_str("\nLatency: median of repeated timed forward passes on this machine (after warm-up). Size: f32 weights.\n\n## Training\n\n");
+    s.push_str("| model | source | epochs run | best epoch | early stop | train time |\n|---|---|---:|---:|---|---:|\n");
+    for x in &m.models {
+        match &x.training {
+            Some(t) => {
+                let _ = writeln!(
+                    s,
+                    "| {} | {} | {} | {} | {} | {:.1} s |",
+                    x.name,
+                    x.source,
+                    t.epochs_run,
+                    t.best_epoch,
+                    if t.stopped_early { "yes" } else { "no" },
+                    t.seconds
+                );
+            }
+            None => {
+                let _ = writeln!(s, "| {} | {} | — | — | — | — |", x.name, x.source);
+            }
+        }
+    }
+    s.push_str("\n## Plots\n\n![training loss](plots/loss.svg)\n\n");
+    if cls {
+        s.push_str("![validation accuracy](plots/val_accuracy.svg)\n\n![accuracy vs size](plots/accuracy_vs_size.svg)\n");
+    } else {
+        s.push_str("![validation MSE](plots/val_mse.svg)\n\n![MSE vs size](plots/mse_vs_size.svg)\n");
+    }
+    s
+}
+
+/// Writes metrics.json, report.md and the plots into `out`, atomically.
+pub fn write_reports(out: &Path, m: &Metrics) -> Result<String> {
+    let json = serde_json::to_string_pretty(m).map_err(|e| Error::Other(e.to_string()))?;
+    crate::io::write_atomic_str(&out.join("metrics.json"), &json)?;
+    let md = markdown(m);
+    crate::io::write_atomic_str(&out.join("report.md"), &md)?;
+    let plots = out.join("plots");
+    let mut loss = Vec::new();
+    let mut val = Vec::new();
+    for x in &m.models {
+        if let Some(t) = &x.training {
+            let c = &t.curves;
+            let ep: Vec<f64> = c.epoch.iter().map(|&e| e as f64).collect();
+            loss.push(Series { name: format!("{} train", x.name), points: ep.iter().copied().zip(c.train_loss.iter().copied()).collect(), dashed: false });
+            loss.push(Series { name: format!("{} val", x.name), points: ep.iter().copied().zip(c.val_loss.iter().copied()).collect(), dashed: true });
+            let v = if m.task == Task::Classification { &c.val_accuracy } else { &c.val_mse };
+            val.push(Series { name: x.name.clone(), points: ep.iter().copied().zip(v.iter().copied()).collect(), dashed: false });
+        }
+    }
+    crate::io::write_atomic_str(&plots.join("loss.svg"), &line_chart("Loss per epoch (train: solid, validation: dashed)", "epoch", "loss", &loss, true))?;
+    let pts_of = |f: &dyn Fn(&ModelMetrics) -> Option<f64>| -> Vec<(String, f64, f64)> {
+        m.models.iter().filter_map(|x| f(x).map(|v| (x.name.clone(), x.params as f64, v))).collect()
+    };
+    if m.task == Task::Classification {
+        crate::io::write_atomic_str(&plots.join("val_accuracy.svg"), &line_chart("Validation accuracy per epoch", "epoch", "accuracy", &val, false))?;
+        let pts = pts_of(&|x| x.accuracy.map(|a| 100.0 * a));
+        crate::io::write_atomic_str(&plots.join("accuracy_vs_size.svg"), &scatter_chart("Test accuracy vs parameters", "parameters (log scale)", "test accuracy (%)", &pts, true))?;
+    } else {
+        crate::io::write_atomic_str(&plots.join("val_mse.svg"), &line_chart("Validation MSE (standardised target) per epoch", "epoch", "MSE", &val, true))?;
+        let pts = pts_of(&|x| x.mse);
+        crate::io::write_atomic_str(&plots.join("mse_vs_size.svg"), &scatter_chart("Test MSE vs parameters", "parameters (log scale)", "test MSE", &pts, true))?;
+    }
+    Ok(md)
+}

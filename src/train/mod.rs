@@ -1,0 +1,368 @@
+//! The training loop: mini-batches from a seeded shuffle, optional image jitter, a supervised
+//! or distillation objective, fused optimizer steps, a learning-rate schedule, validation every
+//! epoch, early stopping that keeps the best epoch's weights, divergence detection, and an
+//! atomic checkpoint after every epoch from which a killed run resumes exactly.
+
+pub mod optim;
+
+use crate::config::TrainConfig;
+use crate::data::{Dataset, Targets};
+use crate::error::{Error, Result};
+use crate::eval::{score_outputs, Scores};
+use crate::losses;
+use crate::models::{self, Mode, Model};
+use crate::progress::Progress;
+use crate::rng::Rng;
+use candle_core::{Device, Tensor};
+use optim::{learning_rate, Optimizer};
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+/// Where the soft targets come from.
+pub enum TeacherSignal<'a> {
+    /// The teacher's outputs on the training set, computed once (no augmentation: the teacher
+    /// sees the same inputs every epoch, so its forward pass is not repeated).
+    Cached(Vec<f32>),
+    /// Run the teacher on each (jittered) batch.
+    Live(&'a Model),
+}
+
+/// What the model learns from.
+pub enum Objective<'a> {
+    /// Labels only: cross-entropy or MSE.
+    Supervised,
+    /// Hinton distillation.
+    Distill {
+        /// Soft-target source.
+        teacher: TeacherSignal<'a>,
+        /// Temperature T.
+        temperature: f32,
+        /// Soft-target weight α.
+        alpha: f32,
+    },
+}
+
+/// Per-epoch curves.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Curves {
+    /// Epoch numbers (1-based).
+    pub epoch: Vec<usize>,
+    /// Mean training loss (the objective being minimised).
+    pub train_loss: Vec<f64>,
+    /// Training accuracy on the (augmented) batches, classification only.
+    pub train_accuracy: Vec<f64>,
+    /// Validation loss (cross-entropy or MSE against labels).
+    pub val_loss: Vec<f64>,
+    /// Validation accuracy (classification) — empty for regression.
+    pub val_accuracy: Vec<f64>,
+    /// Validation MSE in target units (regression) — empty for classification.
+    pub val_mse: Vec<f64>,
+    /// Learning rate used in the epoch.
+    pub lr: Vec<f64>,
+    /// Seconds spent in the epoch.
+    pub seconds: Vec<f64>,
+}
+
+/// The result of training.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct TrainRecord {
+    /// Curves.
+    pub curves: Curves,
+    /// Epochs completed.
+    pub epochs_run: usize,
+    /// The epoch whose weights were kept (1-based).
+    pub best_epoch: usize,
+    /// True if early stopping ended training.
+    pub stopped_early: bool,
+    /// Training wall time in seconds (summed across resumed sessions).
+    pub seconds: f64,
+    /// Epoch training resumed from, if it was resumed.
+    #[serde(default)]
+    pub resumed_from_epoch: Option<usize>,
+}
+
+/// Checkpoint state besides tensors.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct CheckpointState {
+    kind: String,
+    name: String,
+    epoch: usize,
+    opt_step: u64,
+    rng: [u64; 4],
+    best_val_loss: f64,
+    best_epoch: usize,
+    bad_epochs: usize,
+    record: TrainRecord,
+}
+
+/// Everything the loop needs besides the model.
+pub struct TrainJob<'a> {
+    /// Model name (messages, checkpoint identity).
+    pub name: &'a str,
+    /// Training settings.
+    pub cfg: &'a TrainConfig,
+    /// Training split.
+    pub train: &'a Dataset,
+    /// Validation split.
+    pub val: &'a Dataset,
+    /// The objective.
+    pub objective: Objective<'a>,
+    /// Value of a blank pixel after normalisation (jitter fill).
+    pub fill: f32,
+    /// Checkpoint file, written after every epoch; resumed from if present.
+    pub checkpoint: Option<PathBuf>,
+    /// Seed for this job's random stream.
+    pub seed: u64,
+    /// Progress display.
+    pub progress: Progress,
+}
+
+fn labels_tensor(data: &Dataset, idx: &[usize]) -> Result<Tensor> {
+    Ok(match &data.targets {
+        Targets::Classes { labels, .. } => {
+            let v: Vec<u32> = idx.iter().map(|&i| labels[i]).collect();
+            Tensor::from_vec(v, idx.len(), &Device::Cpu)?
+        }
+        Targets::Values(vals) => {
+            let v: Vec<f32> = idx.iter().map(|&i| vals[i]).collect();
+            Tensor::from_vec(v, (idx.len(), 1), &Device::Cpu)?
+        }
+    })
+}
+
+/// Validation scores of `model` on `val`.
+fn validate(model: &Model, val: &Dataset) -> Result<Scores> {
+    let out = model.predict(&val.x, 512)?;
+    Ok(score_outputs(&out, val, None))
+}
+
+/// Trains `model` in place; returns its training record. Resumes from `job.checkpoint` when
+/// that file exists.
+pub fn fit(model: &Model, job: TrainJob) -> Result<TrainRecord> {
+    let cfg = job.cfg;
+    let n = job.train.len();
+    let d = job.train.dim();
+    let classification = matches!(job.train.targets, Targets::Classes { .. });
+    let sizes: Vec<usize> = model.params.iter().map(|(_, v)| v.elem_count()).collect();
+    let mut opt = Optimizer::new(cfg, &sizes);
+    let mut rng = Rng::derive(job.seed, &format!("train/{}", job.name));
+    let mut record = TrainRecord::default();
+    let mut best_val_loss = f64::INFINITY;
+    let mut best_weights: Option<Vec<Vec<f32>>> = None;
+    let mut bad_epochs = 0usize;
+    let mut start_epoch = 0usize;
+
+    if let Some(ck) = &job.checkpoint {
+        if ck.exists() {
+            let st = load_checkpoint(ck, model, &mut opt, &mut best_weights)?;
+            if st.name == job.name {
+                start_epoch = st.epoch;
+                rng = Rng::from_state(st.rng);
+                opt.step = st.opt_step;
+                best_val_loss = st.best_val_loss;
+                bad_epochs = st.bad_epochs;
+                record = st.record;
+                record.resumed_from_epoch = Some(st.epoch);
+                job.progress.say(&format!("{}: resuming from the checkpoint after epoch {}", job.name, st.epoch));
+            }
+        }
+    }
+    let patience_hit = |bad: usize| cfg.patience.map(|p| bad >= p).unwrap_or(false);
+    if patience_hit(bad_epochs) {
+        start_epoch = cfg.epochs; // already stopped early before the kill
+    }
+
+    let mut xbuf = Vec::with_capacity(cfg.batch_size * d);
+    let mut teacher_buf: Vec<f32> = Vec::new();
+    let outputs = model.spec.outputs;
+    for epoch in start_epoch..cfg.epochs {
+        let t0 = Instant::now();
+        let lr = learning_rate(cfg, epoch);
+        let perm = rng.permutation(n);
+        let batches = n.div_ceil(cfg.batch_size);
+        let bar = job.progress.epoch(job.name, epoch, cfg.epochs, batches);
+        let (mut loss_sum, mut seen, mut correct) = (0f64, 0usize, 0usize);
+        for (bi, idx) in perm.chunks(cfg.batch_size).enumerate() {
+            let b = idx.len();
+            job.train.gather(idx, cfg.jitter, job.fill, &mut rng, &mut xbuf);
+            let x = Tensor::from_slice(&xbuf, (b, d), &Device::Cpu)?;
+            let y = labels_tensor(job.train, idx)?;
+            let logits = model.forward(&x, Mode::Train(&mut rng))?;
+            let loss = match &job.objective {
+                Objective::Supervised => {
+                    if classification {
+                        losses::cross_entropy(&logits, &y)?
+                    } else {
+                        losses::mse(&logits, &y)?
+                    }
+                }
+                Objective::Distill { teacher, temperature, alpha } => {
+                    let t_out: &[f32] = match teacher {
+                        TeacherSignal::Cached(all) => {
+                            teacher_buf.clear();
+                            for &i in idx {
+                                teacher_buf.extend_from_slice(&all[i * outputs..(i + 1) * outputs]);
+                            }
+                            &teacher_buf
+                        }
+                        TeacherSignal::Live(t) => {
+                            teacher_buf = t.forward(&x, Mode::Eval)?.flatten_all()?.to_vec1::<f32>()?;
+                            &teacher_buf
+                        }
+                    };
+                    if classification {
+                        losses::kd_loss_classification(&logits, t_out, &y, *temperature, *alpha)?
+                    } else {
+                        let tt = Tensor::from_slice(t_out, (b, 1), &Device::Cpu)?;
+                        losses::kd_loss_regression(&logits, &tt, &y, *alpha)?
+                    }
+                }
+            };
+            let lv = loss.to_scalar::<f32>()? as f64;
+            if !lv.is_finite() || lv > cfg.max_loss {
+                let keep = match &job.checkpoint {
+                    Some(p) if p.exists() => format!("the last good checkpoint (after epoch {epoch}) is kept in {}", p.display()),
+                    _ => "no earlier checkpoint exists".to_string(),
+                };
+                return Err(Error::Diverged(format!(
+                    "model '{}' diverged in epoch {} (batch {}): training loss = {lv}{}; {keep}; try a lower learning rate (e.g. model.{}.train.lr = {:e})",
+                    job.name,
+                    epoch + 1,
+                    bi + 1,
+                    if lv.is_finite() { format!(" > max_loss {}", cfg.max_loss) } else { String::new() },
+                    job.name,
+                    cfg.lr / 10.0
+                )));
+            }
+            let grads = loss.backward()?;
+            opt.step(model, &grads, lr)?;
+            loss_sum += lv * b as f64;
+            seen += b;
+            if classification {
+                let v = logits.argmax(1)?.to_vec1::<u32>()?;
+                let yl = y.to_vec1::<u32>()?;
+                correct += v.iter().zip(&yl).filter(|(a, b)| a == b).count();
+            }
+            bar.step(loss_sum / seen as f64, classification.then(|| correct as f64 / seen as f64));
+        }
+        let vs = validate(model, job.val)?;
+        let secs = t0.elapsed().as_secs_f64();
+        let c = &mut record.curves;
+        c.epoch.push(epoch + 1);
+        c.train_loss.push(loss_sum / seen.max(1) as f64);
+        if classification {
+            c.train_accuracy.push(correct as f64 / seen.max(1) as f64);
+            c.val_accuracy.push(vs.accuracy.unwrap_or(0.0));
+        } else {
+            c.val_mse.push(vs.loss);
+        }
+        c.val_loss.push(vs.loss);
+        c.lr.push(lr);
+        c.seconds.push(secs);
+        record.seconds += secs;
+        record.epochs_run = epoch + 1;
+        if vs.loss < best_val_loss {
+            best_val_loss = vs.loss;
+            record.best_epoch = epoch + 1;
+            bad_epochs = 0;
+            if cfg.patience.is_some() {
+                best_weights = Some(model.weights()?);
+            }
+        } else {
+            bad_epochs += 1;
+        }
+        let summary = match vs.accuracy {
+            Some(a) => format!(
+                "loss {:.4}  val_loss {:.4}  val_acc {:.2}%  lr {lr:.2e}  {secs:.1}s",
+                loss_sum / seen.max(1) as f64,
+                vs.loss,
+                100.0 * a
+            ),
+            None => format!("loss {:.4}  val_mse(std) {:.4}  lr {lr:.2e}  {secs:.1}s", loss_sum / seen.max(1) as f64, vs.loss),
+        };
+        bar.finish(&summary);
+        let stop = patience_hit(bad_epochs);
+        record.stopped_early = stop && epoch + 1 < cfg.epochs;
+        if let Some(ck) = &job.checkpoint {
+            let st = CheckpointState {
+                kind: "checkpoint".into(),
+                name: job.name.to_string(),
+                epoch: epoch + 1,
+                opt_step: opt.step,
+                rng: rng.state(),
+                best_val_loss,
+                best_epoch: record.best_epoch,
+                bad_epochs,
+                record: record.clone(),
+            };
+            save_checkpoint(ck, model, &opt, best_weights.as_deref(), &st)?;
+        }
+        if stop {
+            job.progress.say(&format!(
+                "{}: early stop after epoch {} (no val-loss improvement for {} epochs); keeping epoch {}",
+                job.name,
+                epoch + 1,
+                bad_epochs,
+                record.best_epoch
+            ));
+            break;
+        }
+    }
+    if let Some(w) = &best_weights {
+        model.set_weights(w)?;
+    } else if cfg.patience.is_none() {
+        record.best_epoch = record.epochs_run;
+    }
+    Ok(record)
+}
+
+fn save_checkpoint(path: &Path, model: &Model, opt: &Optimizer, best: Option<&[Vec<f32>]>, st: &CheckpointState) -> Result<()> {
+    let mut extra = Vec::new();
+    for (i, (name, var)) in model.params.iter().enumerate() {
+        let shape = var.dims().to_vec();
+        extra.push((format!("__opt.m.{name}"), shape.clone(), opt.m[i].clone()));
+        if !opt.v[i].is_empty() {
+            extra.push((format!("__opt.v.{name}"), shape.clone(), opt.v[i].clone()));
+        }
+        if let Some(b) = best {
+            extra.push((format!("__best.{name}"), shape, b[i].clone()));
+        }
+    }
+    let json = serde_json::to_string(st).map_err(|e| Error::Other(e.to_string()))?;
+    let bytes = models::to_safetensors(model, &json, &extra)?;
+    crate::io::write_atomic(path, &bytes)
+}
+
+fn load_checkpoint(path: &Path, model: &Model, opt: &mut Optimizer, best: &mut Option<Vec<Vec<f32>>>) -> Result<CheckpointState> {
+    let file = path.display().to_string();
+    let bytes = crate::io::read_file(path)?;
+    let raw = models::parse_safetensors(&bytes, &file)?;
+    let st: CheckpointState = serde_json::from_str(&raw.meta_json)
+        .map_err(|e| Error::Input(format!("{file}: malformed checkpoint state: {e}")))?;
+    let restored = Model::from_weights(model.spec.clone(), &raw.tensors, &file)?;
+    model.set_weights(&restored.weights()?)?;
+    let mut bw = Vec::new();
+    for (i, (name, _)) in model.params.iter().enumerate() {
+        let get = |k: String| raw.tensors.get(&k).map(|(_, v)| v.clone());
+        if let Some(m) = get(format!("__opt.m.{name}")) {
+            if m.len() != opt.m[i].len() {
+                return Err(Error::Input(format!("{file}: optimizer state for {name} has the wrong size")));
+            }
+            opt.m[i] = m;
+        }
+        if let Some(v) = get(format!("__opt.v.{name}")) {
+            if v.len() != opt.v[i].len() {
+                return Err(Error::Input(format!("{file}: optimizer state for {name} has the wrong size")));
+            }
+            opt.v[i] = v;
+        }
+        if let Some(b) = get(format!("__best.{name}")) {
+            bw.push(b);
+        }
+    }
+    if bw.len() == model.params.len() {
+        *best = Some(bw);
+    }
+    Ok(st)
+}

@@ -1,0 +1,182 @@
+//! Optimizers with fused, in-place parameter updates.
+//!
+//! candle-nn's AdamW builds about fifteen temporary tensors per parameter per step, each a
+//! separate single-threaded pass over memory. Here one pass per parameter reads the gradient
+//! and updates the weight and both moment buffers in place (a candle in-place custom op), split
+//! across threads for large tensors.
+
+use crate::config::{OptimizerKind, TrainConfig};
+use crate::error::{Error, Result};
+use crate::models::Model;
+use candle_core::backprop::GradStore;
+use candle_core::{CpuStorage, InplaceOp2, Layout};
+use rayon::prelude::*;
+use std::cell::RefCell;
+
+const BETA1: f32 = 0.9;
+const BETA2: f32 = 0.999;
+const EPS: f32 = 1e-8;
+/// Elements per parallel chunk; smaller tensors are updated on the calling thread.
+const CHUNK: usize = 1 << 15;
+
+/// Optimizer state: per-parameter first (and second) moment buffers and the step count.
+pub struct Optimizer {
+    kind: OptimizerKind,
+    momentum: f32,
+    weight_decay: f32,
+    /// Number of steps taken.
+    pub step: u64,
+    /// First moments (Adam) or momentum buffers (SGD), one per parameter.
+    pub m: Vec<Vec<f32>>,
+    /// Second moments (Adam); empty vectors for SGD.
+    pub v: Vec<Vec<f32>>,
+}
+
+/// Hyper-parameters of one update, with Adam's bias corrections folded in.
+#[derive(Clone, Copy)]
+struct StepParams {
+    kind: OptimizerKind,
+    lr: f32,
+    momentum: f32,
+    weight_decay: f32,
+    bc1: f32,
+    bc2: f32,
+    first_step: bool,
+}
+
+struct FusedUpdate<'a> {
+    p: StepParams,
+    m: RefCell<&'a mut [f32]>,
+    v: RefCell<&'a mut [f32]>,
+}
+
+fn update_chunk(sp: StepParams, w: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32]) {
+    match sp.kind {
+        OptimizerKind::Adam | OptimizerKind::Adamw => {
+            let decoupled = sp.kind == OptimizerKind::Adamw;
+            let l2 = if decoupled { 0.0 } else { sp.weight_decay };
+            let shrink = if decoupled { 1.0 - sp.lr * sp.weight_decay } else { 1.0 };
+            let step = sp.lr / sp.bc1;
+            let inv_bc2 = 1.0 / sp.bc2;
+            for i in 0..w.len() {
+                let gi = g[i] + l2 * w[i];
+                let mi = BETA1 * m[i] + (1.0 - BETA1) * gi;
+                let vi = BETA2 * v[i] + (1.0 - BETA2) * gi * gi;
+                m[i] = mi;
+                v[i] = vi;
+                w[i] = w[i] * shrink - step * mi / ((vi * inv_bc2).sqrt() + EPS);
+            }
+        }
+        OptimizerKind::Sgd => {
+            for i in 0..w.len() {
+                let gi = g[i] + sp.weight_decay * w[i];
+                // PyTorch: the buffer starts as the first gradient.
+                let bi = if sp.first_step { gi } else { sp.momentum * m[i] + gi };
+                m[i] = bi;
+                w[i] -= sp.lr * bi;
+            }
+        }
+    }
+}
+
+fn f32_slice<'s>(s: &'s CpuStorage, l: &Layout, what: &str) -> candle_core::Result<&'s [f32]> {
+    match (s, l.contiguous_offsets()) {
+        (CpuStorage::F32(v), Some((a, b))) => Ok(&v[a..b]),
+        _ => Err(candle_core::Error::Msg(format!("fused optimizer: {what} must be a contiguous f32 tensor"))),
+    }
+}
+
+impl InplaceOp2 for FusedUpdate<'_> {
+    fn name(&self) -> &'static str {
+        "fused-optimizer-step"
+    }
+
+    fn cpu_fwd(&self, dst: &mut CpuStorage, dst_l: &Layout, gs: &CpuStorage, gl: &Layout) -> candle_core::Result<()> {
+        let g = f32_slice(gs, gl, "gradient")?;
+        let (a, b) = dst_l
+            .contiguous_offsets()
+            .ok_or_else(|| candle_core::Error::Msg("fused optimizer: parameter must be contiguous".into()))?;
+        let w = match dst {
+            CpuStorage::F32(v) => &mut v[a..b],
+            _ => return Err(candle_core::Error::Msg("fused optimizer: parameter must be f32".into())),
+        };
+        let mut m = self.m.borrow_mut();
+        let mut v = self.v.borrow_mut();
+        let sp = self.p;
+        if w.len() != g.len() || m.len() != w.len() {
+            return Err(candle_core::Error::Msg("fused optimizer: size mismatch".into()));
+        }
+        if w.len() < 2 * CHUNK {
+            update_chunk(sp, w, g, &mut m[..], &mut v[..]);
+        } else if v.is_empty() {
+            w.par_chunks_mut(CHUNK)
+                .zip(g.par_chunks(CHUNK))
+                .zip(m.par_chunks_mut(CHUNK))
+                .for_each(|((w, g), m)| update_chunk(sp, w, g, m, &mut []));
+        } else {
+            w.par_chunks_mut(CHUNK)
+                .zip(g.par_chunks(CHUNK))
+                .zip(m.par_chunks_mut(CHUNK))
+                .zip(v.par_chunks_mut(CHUNK))
+                .for_each(|(((w, g), m), v)| update_chunk(sp, w, g, m, v));
+        }
+        Ok(())
+    }
+}
+
+impl Optimizer {
+    /// A fresh optimizer for parameters of the given sizes.
+    pub fn new(cfg: &TrainConfig, sizes: &[usize]) -> Optimizer {
+        let adam = cfg.optimizer != OptimizerKind::Sgd;
+        Optimizer {
+            kind: cfg.optimizer,
+            momentum: cfg.momentum as f32,
+            weight_decay: cfg.weight_decay as f32,
+            step: 0,
+            m: sizes.iter().map(|&n| vec![0.0; n]).collect(),
+            v: sizes.iter().map(|&n| if adam { vec![0.0; n] } else { Vec::new() }).collect(),
+        }
+    }
+
+    /// Applies one update with learning rate `lr` to every parameter of `model` that has a
+    /// gradient in `grads`.
+    pub fn step(&mut self, model: &Model, grads: &GradStore, lr: f64) -> Result<()> {
+        self.step += 1;
+        let t = self.step as i32;
+        let sp = StepParams {
+            kind: self.kind,
+            lr: lr as f32,
+            momentum: self.momentum,
+            weight_decay: self.weight_decay,
+            bc1: 1.0 - BETA1.powi(t),
+            bc2: 1.0 - BETA2.powi(t),
+            first_step: self.step == 1,
+        };
+        for (i, (name, var)) in model.params.iter().enumerate() {
+            let Some(g) = grads.get(var.as_tensor()) else { continue };
+            let g = if g.is_contiguous() { g.clone() } else { g.contiguous()? };
+            let op = FusedUpdate {
+                p: sp,
+                m: RefCell::new(&mut self.m[i][..]),
+                v: RefCell::new(&mut self.v[i][..]),
+            };
+            var.as_tensor()
+                .inplace_op2(&g, &op)
+                .map_err(|e| Error::Other(format!("optimizer step on {name}: {e}")))?;
+        }
+        Ok(())
+    }
+}
+
+/// Learning rate at `epoch` (0-based) under the configured schedule.
+pub fn learning_rate(cfg: &TrainConfig, epoch: usize) -> f64 {
+    use crate::config::ScheduleKind::*;
+    match cfg.schedule {
+        Constant => cfg.lr,
+        Step => cfg.lr * cfg.gamma.powi((epoch / cfg.step_size.max(1)) as i32),
+        Cosine => {
+            let t = if cfg.epochs <= 1 { 0.0 } else { epoch as f64 / (cfg.epochs - 1) as f64 };
+            cfg.min_lr + 0.5 * (cfg.lr - cfg.min_lr) * (1.0 + (std::f64::consts::PI * t).cos())
+        }
+    }
+}
