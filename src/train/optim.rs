@@ -175,7 +175,9 @@ pub fn learning_rate(cfg: &TrainConfig, epoch: usize) -> f64 {
         Constant => cfg.lr,
         Step => cfg.lr * cfg.gamma.powi((epoch / cfg.step_size.max(1)) as i32),
         Cosine => {
-            let t = if cfg.epochs <= 1 { 0.0 } else { epoch as f64 / (cfg.epochs - 1) as f64 };
+            // As PyTorch's CosineAnnealingLR with T_max = epochs: min_lr is reached after the
+            // last epoch, so every epoch trains with a non-zero rate.
+            let t = epoch as f64 / cfg.epochs.max(1) as f64;
             cfg.min_lr + 0.5 * (cfg.lr - cfg.min_lr) * (1.0 + (std::f64::consts::PI * t).cos())
         }
     }

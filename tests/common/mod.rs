@@ -1,0 +1,57 @@
+//! Helpers for the end-to-end tests: run the real binary and inspect its output folder.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+pub fn bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_distillery"))
+}
+
+pub fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Runs distillery with `args` from the repository root.
+pub fn run(args: &[&str]) -> Output {
+    Command::new(bin())
+        .args(args)
+        .current_dir(repo())
+        .output()
+        .expect("failed to start the distillery binary")
+}
+
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).to_string()
+}
+
+pub fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).to_string()
+}
+
+pub fn metrics(out: &Path) -> serde_json::Value {
+    let text = std::fs::read_to_string(out.join("metrics.json")).expect("metrics.json missing");
+    serde_json::from_str(&text).expect("metrics.json is not valid JSON")
+}
+
+/// The metrics without timing figures (latency, seconds), which differ between runs.
+pub fn metrics_without_timings(out: &Path) -> serde_json::Value {
+    let mut m = metrics(out);
+    strip(&mut m);
+    m
+}
+
+fn strip(v: &mut serde_json::Value) {
+    match v {
+        serde_json::Value::Object(o) => {
+            o.retain(|k, _| {
+                !(k.starts_with("latency") || k.contains("seconds") || k == "vs_teacher" || k == "file_bytes" || k == "source" || k == "resumed_from_epoch")
+            });
+            for (_, x) in o.iter_mut() {
+                strip(x);
+            }
+        }
+        serde_json::Value::Array(a) => a.iter_mut().for_each(strip),
+        _ => {}
+    }
+}
