@@ -382,11 +382,12 @@ impl ModelConfig {
 
 /// Parses TOML text into a config. Errors name the file, the line and the field.
 pub fn parse_toml(text: &str, file: &str) -> Result<ExperimentConfig> {
-    toml::from_str::<ExperimentConfig>(text).map_err(|e| Error::Input(format_toml_error(file, text, &e)))
+    toml::from_str::<ExperimentConfig>(text)
+        .map_err(|e| Error::Input(format_toml_error(file, text, &e)))
 }
 
 fn format_toml_error(file: &str, text: &str, e: &toml::de::Error) -> String {
-    let msg = e.message().trim().to_string();
+    let msg = e.message().trim().replace('\n', "; ");
     match e.span() {
         Some(span) => {
             let line = text[..span.start.min(text.len())].matches('\n').count() + 1;
@@ -401,7 +402,8 @@ fn format_toml_error(file: &str, text: &str, e: &toml::de::Error) -> String {
 pub fn load(path: &Path, overrides: &[String]) -> Result<ExperimentConfig> {
     let bytes = crate::io::read_file(path)?;
     let file = path.display().to_string();
-    let text = String::from_utf8(bytes).map_err(|_| Error::Input(format!("{file}: not valid UTF-8 text")))?;
+    let text = String::from_utf8(bytes)
+        .map_err(|_| Error::Input(format!("{file}: not valid UTF-8 text")))?;
     load_str(&text, &file, overrides)
 }
 
@@ -410,7 +412,8 @@ pub fn load_str(text: &str, file: &str, overrides: &[String]) -> Result<Experime
     if overrides.is_empty() {
         return parse_toml(text, file);
     }
-    let mut value: toml::Table = toml::from_str(text).map_err(|e| Error::Input(format_toml_error(file, text, &e)))?;
+    let mut value: toml::Table =
+        toml::from_str(text).map_err(|e| Error::Input(format_toml_error(file, text, &e)))?;
     for o in overrides {
         apply_override(&mut value, o)?;
     }
@@ -515,20 +518,29 @@ impl ExperimentConfig {
                 check_file("test_images", &d.test_images, false)?;
                 check_file("test_labels", &d.test_labels, false)?;
                 if d.test_images.is_some() != d.test_labels.is_some() {
-                    bad_field("data.test_images", "test_images and test_labels must be given together")?;
+                    bad_field(
+                        "data.test_images",
+                        "test_images and test_labels must be given together",
+                    )?;
                 }
                 forbid("path", d.path.is_some())?;
                 forbid("test_path", d.test_path.is_some())?;
                 forbid("label", d.label.is_some())?;
                 if d.task == Task::Regression {
-                    bad_field("data.task", "IDX data is read as classification (labels file); use CSV for regression")?;
+                    bad_field(
+                        "data.task",
+                        "IDX data is read as classification (labels file); use CSV for regression",
+                    )?;
                 }
             }
             DataFormat::Csv => {
                 check_file("path", &d.path, true)?;
                 check_file("test_path", &d.test_path, false)?;
                 if d.label.as_deref().map(str::is_empty).unwrap_or(true) {
-                    bad_field("data.label", "required with data.format = \"csv\": the name of the label column")?;
+                    bad_field(
+                        "data.label",
+                        "required with data.format = \"csv\": the name of the label column",
+                    )?;
                 }
                 for f in ["train_images", "train_labels", "test_images", "test_labels"] {
                     let present = match f {
@@ -559,15 +571,24 @@ impl ExperimentConfig {
             }
         }
         if let Some(s) = &d.image_shape {
-            if s.len() != 3 || s.iter().any(|&v| v == 0) {
-                bad_field("data.image_shape", &format!("expected [channels, height, width], all > 0; got {s:?}"))?;
+            if s.len() != 3 || s.contains(&0) {
+                bad_field(
+                    "data.image_shape",
+                    &format!("expected [channels, height, width], all > 0; got {s:?}"),
+                )?;
             }
         }
         if !(0.0..1.0).contains(&d.val_fraction) || d.val_fraction == 0.0 {
-            bad_field("data.val_fraction", &format!("expected a number in (0, 1), got {}", d.val_fraction))?;
+            bad_field(
+                "data.val_fraction",
+                &format!("expected a number in (0, 1), got {}", d.val_fraction),
+            )?;
         }
         if !(0.0..1.0).contains(&d.test_fraction) {
-            bad_field("data.test_fraction", &format!("expected a number in [0, 1), got {}", d.test_fraction))?;
+            bad_field(
+                "data.test_fraction",
+                &format!("expected a number in [0, 1), got {}", d.test_fraction),
+            )?;
         }
         if d.max_train == Some(0) {
             bad_field("data.max_train", "must be at least 1")?;
@@ -587,22 +608,35 @@ impl ExperimentConfig {
             let p = format!("model.{}", m.name);
             if m.name.is_empty()
                 || m.name.len() > 64
-                || !m.name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+                || !m
+                    .name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
             {
                 bad_field(
                     "model.name",
-                    &format!("'{}' is not a valid name (1-64 letters, digits, '-' or '_')", m.name),
+                    &format!(
+                        "'{}' is not a valid name (1-64 letters, digits, '-' or '_')",
+                        m.name
+                    ),
                 )?;
             }
             if seen.contains(&m.name.as_str()) {
                 bad_field(&format!("{p}.name"), "duplicate model name")?;
             }
             match (&m.arch, &m.from) {
-                (None, None) => bad_field(&format!("{p}.arch"), "required (or give `from` to load a saved model)")?,
-                (Some(_), Some(_)) => bad_field(&format!("{p}.from"), "give either `arch` (train a new model) or `from` (load one), not both")?,
-                (None, Some(f)) if !f.exists() => {
-                    bad_field(&format!("{p}.from"), &format!("model file '{}' does not exist", f.display()))?
-                }
+                (None, None) => bad_field(
+                    &format!("{p}.arch"),
+                    "required (or give `from` to load a saved model)",
+                )?,
+                (Some(_), Some(_)) => bad_field(
+                    &format!("{p}.from"),
+                    "give either `arch` (train a new model) or `from` (load one), not both",
+                )?,
+                (None, Some(f)) if !f.exists() => bad_field(
+                    &format!("{p}.from"),
+                    &format!("model file '{}' does not exist", f.display()),
+                )?,
                 _ => {}
             }
             if let Some(a) = &m.arch {
@@ -616,27 +650,47 @@ impl ExperimentConfig {
                 bad_field(&format!("{p}.train.batch_size"), "must be at least 1")?;
             }
             if !(t.lr.is_finite() && t.lr > 0.0) {
-                bad_field(&format!("{p}.train.lr"), &format!("must be a positive number, got {}", t.lr))?;
+                bad_field(
+                    &format!("{p}.train.lr"),
+                    &format!("must be a positive number, got {}", t.lr),
+                )?;
             }
             if !(0.0..1.0).contains(&t.momentum) {
-                bad_field(&format!("{p}.train.momentum"), &format!("expected [0, 1), got {}", t.momentum))?;
+                bad_field(
+                    &format!("{p}.train.momentum"),
+                    &format!("expected [0, 1), got {}", t.momentum),
+                )?;
             }
             if !(t.weight_decay.is_finite() && t.weight_decay >= 0.0) {
-                bad_field(&format!("{p}.train.weight_decay"), &format!("must be ≥ 0, got {}", t.weight_decay))?;
+                bad_field(
+                    &format!("{p}.train.weight_decay"),
+                    &format!("must be ≥ 0, got {}", t.weight_decay),
+                )?;
             }
-            if t.schedule == ScheduleKind::Step && (t.step_size == 0 || !(t.gamma > 0.0 && t.gamma <= 1.0)) {
-                bad_field(&format!("{p}.train.step_size"), "step schedule needs step_size ≥ 1 and gamma in (0, 1]")?;
+            if t.schedule == ScheduleKind::Step
+                && (t.step_size == 0 || !(t.gamma > 0.0 && t.gamma <= 1.0))
+            {
+                bad_field(
+                    &format!("{p}.train.step_size"),
+                    "step schedule needs step_size ≥ 1 and gamma in (0, 1]",
+                )?;
             }
             if !(t.min_lr >= 0.0 && t.min_lr <= t.lr) {
-                bad_field(&format!("{p}.train.min_lr"), &format!("expected 0 ≤ min_lr ≤ lr, got {}", t.min_lr))?;
+                bad_field(
+                    &format!("{p}.train.min_lr"),
+                    &format!("expected 0 ≤ min_lr ≤ lr, got {}", t.min_lr),
+                )?;
             }
             if t.jitter > 0 && !images {
-                bad_field(&format!("{p}.train.jitter"), "jitter shifts images; the data are not images (set data.image_shape)")?;
+                bad_field(
+                    &format!("{p}.train.jitter"),
+                    "jitter shifts images; the data are not images (set data.image_shape)",
+                )?;
             }
             if t.patience == Some(0) {
                 bad_field(&format!("{p}.train.patience"), "must be at least 1 epoch")?;
             }
-            if !(t.max_loss > 0.0) {
+            if t.max_loss.is_nan() || t.max_loss <= 0.0 {
                 bad_field(&format!("{p}.train.max_loss"), "must be positive")?;
             }
             if let Some(ds) = &m.distill {
@@ -646,15 +700,25 @@ impl ExperimentConfig {
                         &format!(
                             "'{}' is not the name of an earlier [[model]] (known: {})",
                             ds.teacher,
-                            if seen.is_empty() { "none".to_string() } else { seen.join(", ") }
+                            if seen.is_empty() {
+                                "none".to_string()
+                            } else {
+                                seen.join(", ")
+                            }
                         ),
                     )?;
                 }
                 if !(ds.temperature.is_finite() && ds.temperature > 0.0) {
-                    bad_field(&format!("{p}.distill.temperature"), &format!("must be positive, got {}", ds.temperature))?;
+                    bad_field(
+                        &format!("{p}.distill.temperature"),
+                        &format!("must be positive, got {}", ds.temperature),
+                    )?;
                 }
                 if !(0.0..=1.0).contains(&ds.alpha) {
-                    bad_field(&format!("{p}.distill.alpha"), &format!("expected [0, 1], got {}", ds.alpha))?;
+                    bad_field(
+                        &format!("{p}.distill.alpha"),
+                        &format!("expected [0, 1], got {}", ds.alpha),
+                    )?;
                 }
             }
             seen.push(&m.name);
@@ -664,7 +728,8 @@ impl ExperimentConfig {
 
     /// The config as TOML (what is saved with every run).
     pub fn to_toml(&self) -> Result<String> {
-        toml::to_string_pretty(self).map_err(|e| Error::Other(format!("cannot serialise config: {e}")))
+        toml::to_string_pretty(self)
+            .map_err(|e| Error::Other(format!("cannot serialise config: {e}")))
     }
 
     /// Shrinks the experiment to a quick end-to-end check: at most 2 epochs per model and a
@@ -693,12 +758,18 @@ fn bad_field(field: &str, what: &str) -> Result<()> {
 }
 
 fn validate_arch(a: &ArchConfig, p: &str, images: bool) -> Result<()> {
-    if a.hidden.iter().any(|&h| h == 0) {
-        bad_field(&format!("{p}.arch.hidden"), &format!("widths must be ≥ 1, got {:?}", a.hidden))?;
+    if a.hidden.contains(&0) {
+        bad_field(
+            &format!("{p}.arch.hidden"),
+            &format!("widths must be ≥ 1, got {:?}", a.hidden),
+        )?;
     }
     for (f, v) in [("dropout", a.dropout), ("input_dropout", a.input_dropout)] {
         if !(0.0..1.0).contains(&v) {
-            bad_field(&format!("{p}.arch.{f}"), &format!("expected a probability in [0, 1), got {v}"))?;
+            bad_field(
+                &format!("{p}.arch.{f}"),
+                &format!("expected a probability in [0, 1), got {v}"),
+            )?;
         }
     }
     match a.kind {
@@ -709,13 +780,25 @@ fn validate_arch(a: &ArchConfig, p: &str, images: bool) -> Result<()> {
         }
         ArchKind::Cnn => {
             if !images {
-                bad_field(&format!("{p}.arch.kind"), "a CNN needs image data (IDX images, the digits, or CSV with data.image_shape)")?;
+                bad_field(
+                    &format!("{p}.arch.kind"),
+                    "a CNN needs image data (IDX images, the digits, or CSV with data.image_shape)",
+                )?;
             }
-            if a.channels.is_empty() || a.channels.iter().any(|&c| c == 0) {
-                bad_field(&format!("{p}.arch.channels"), &format!("a CNN needs at least one conv block with ≥ 1 channels, got {:?}", a.channels))?;
+            if a.channels.is_empty() || a.channels.contains(&0) {
+                bad_field(
+                    &format!("{p}.arch.channels"),
+                    &format!(
+                        "a CNN needs at least one conv block with ≥ 1 channels, got {:?}",
+                        a.channels
+                    ),
+                )?;
             }
-            if a.kernel == 0 || a.kernel % 2 == 0 {
-                bad_field(&format!("{p}.arch.kernel"), &format!("expected an odd kernel size ≥ 1, got {}", a.kernel))?;
+            if a.kernel == 0 || a.kernel.is_multiple_of(2) {
+                bad_field(
+                    &format!("{p}.arch.kernel"),
+                    &format!("expected an odd kernel size ≥ 1, got {}", a.kernel),
+                )?;
             }
         }
     }

@@ -33,7 +33,12 @@ pub fn score_outputs(out: &[f32], data: &Dataset, scale: Option<&TargetScale>) -
             let mut correct = 0usize;
             for (row, &y) in out.chunks_exact(c).zip(labels) {
                 let max = row.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
-                let lse = row.iter().map(|&z| ((z - max) as f64).exp()).sum::<f64>().ln() + max as f64;
+                let lse = row
+                    .iter()
+                    .map(|&z| ((z - max) as f64).exp())
+                    .sum::<f64>()
+                    .ln()
+                    + max as f64;
                 loss += lse - row[y as usize] as f64;
                 let arg = argmax(row);
                 if arg == y as usize {

@@ -50,9 +50,7 @@ pub fn write_atomic_str(path: &Path, s: &str) -> Result<()> {
 /// Reads a whole file, naming it in the error.
 pub fn read_file(path: &Path) -> Result<Vec<u8>> {
     fs::read(path).map_err(|e| match e.kind() {
-        std::io::ErrorKind::NotFound => {
-            Error::Input(format!("{}: file not found", path.display()))
-        }
+        std::io::ErrorKind::NotFound => Error::Input(format!("{}: file not found", path.display())),
         _ => Error::io(path, e),
     })
 }

@@ -54,8 +54,14 @@ pub fn load_splits(cfg: &ExperimentConfig) -> Result<Splits> {
     let (full, test, default_norm) = match d.format {
         DataFormat::Digits => (data::embedded_digits()?, None, NormalizeKind::Global),
         DataFormat::Idx => {
-            let ti = d.train_images.as_deref().ok_or_else(|| Error::Input("data.train_images: required".into()))?;
-            let tl = d.train_labels.as_deref().ok_or_else(|| Error::Input("data.train_labels: required".into()))?;
+            let ti = d
+                .train_images
+                .as_deref()
+                .ok_or_else(|| Error::Input("data.train_images: required".into()))?;
+            let tl = d
+                .train_labels
+                .as_deref()
+                .ok_or_else(|| Error::Input("data.train_labels: required".into()))?;
             let train = idx::load_idx_pair(ti, tl, None)?;
             let test = match (&d.test_images, &d.test_labels) {
                 (Some(i), Some(l)) => {
@@ -75,7 +81,10 @@ pub fn load_splits(cfg: &ExperimentConfig) -> Result<Splits> {
             (train, test, NormalizeKind::Global)
         }
         DataFormat::Csv => {
-            let path = d.path.as_deref().ok_or_else(|| Error::Input("data.path: required".into()))?;
+            let path = d
+                .path
+                .as_deref()
+                .ok_or_else(|| Error::Input("data.path: required".into()))?;
             let opts = CsvOptions {
                 label: d.label.clone().unwrap_or_default(),
                 task: d.task,
@@ -97,7 +106,11 @@ pub fn load_splits(cfg: &ExperimentConfig) -> Result<Splits> {
                 }
                 None => None,
             };
-            let norm = if d.image_shape.is_some() { NormalizeKind::Global } else { NormalizeKind::PerFeature };
+            let norm = if d.image_shape.is_some() {
+                NormalizeKind::Global
+            } else {
+                NormalizeKind::PerFeature
+            };
             (train, test, norm)
         }
     };
@@ -119,11 +132,17 @@ fn data_source(cfg: &ExperimentConfig) -> String {
         DataFormat::Digits => "embedded UCI 8×8 digits".into(),
         DataFormat::Idx => format!(
             "IDX {}",
-            d.train_images.as_ref().map(|p| p.display().to_string()).unwrap_or_default()
+            d.train_images
+                .as_ref()
+                .map(|p| p.display().to_string())
+                .unwrap_or_default()
         ),
         DataFormat::Csv => format!(
             "CSV {} (label '{}')",
-            d.path.as_ref().map(|p| p.display().to_string()).unwrap_or_default(),
+            d.path
+                .as_ref()
+                .map(|p| p.display().to_string())
+                .unwrap_or_default(),
             d.label.clone().unwrap_or_default()
         ),
     }
@@ -177,23 +196,53 @@ pub fn run_experiment(cfg: &ExperimentConfig, opts: &RunOptions) -> Result<RunSu
     ));
 
     // Check every model against the data before training anything.
-    let selected = |m: &ModelConfig| opts.only.as_ref().map(|o| o.contains(&m.name)).unwrap_or(true);
+    let selected = |m: &ModelConfig| {
+        opts.only
+            .as_ref()
+            .map(|o| o.contains(&m.name))
+            .unwrap_or(true)
+    };
     for m in &cfg.models {
         if let Some(a) = &m.arch {
-            let spec = ModelSpec { arch: a.clone(), input_shape: shape.clone(), outputs };
-            spec.param_shapes().map_err(|e| Error::Input(format!("model.{}: {e}", m.name)))?;
+            let spec = ModelSpec {
+                arch: a.clone(),
+                input_shape: shape.clone(),
+                outputs,
+            };
+            spec.param_shapes()
+                .map_err(|e| Error::Input(format!("model.{}: {e}", m.name)))?;
         }
         if let Some(f) = &m.from {
             let (model, meta) = models::load_model(f)?;
-            models::check_fits(&model.spec, &shape, outputs, &format!("model.{}.from ({})", m.name, f.display()))?;
+            models::check_fits(
+                &model.spec,
+                &shape,
+                outputs,
+                &format!("model.{}.from ({})", m.name, f.display()),
+            )?;
             if meta.task != task {
-                return Err(Error::Input(format!("model.{}.from: {} is a {:?} model but the data are {:?}", m.name, f.display(), meta.task, task)));
+                return Err(Error::Input(format!(
+                    "model.{}.from: {} is a {:?} model but the data are {:?}",
+                    m.name,
+                    f.display(),
+                    meta.task,
+                    task
+                )));
             }
         }
         if let Some(ds) = &m.distill {
-            if selected(m) && opts.only.as_ref().map(|o| !o.contains(&ds.teacher)).unwrap_or(false) {
+            if selected(m)
+                && opts
+                    .only
+                    .as_ref()
+                    .map(|o| !o.contains(&ds.teacher))
+                    .unwrap_or(false)
+            {
                 let t = cfg.models.iter().find(|t| t.name == ds.teacher);
-                let trained = out.join("models").join(format!("{}.safetensors", ds.teacher)).exists();
+                let trained = out
+                    .join("models")
+                    .join(format!("{}.safetensors", ds.teacher))
+                    .exists();
                 if !trained && t.map(|t| t.from.is_none()).unwrap_or(true) {
                     return Err(Error::Input(format!(
                         "model.{}.distill.teacher: teacher '{}' is not trained in this run folder; train it first or give --teacher FILE",
@@ -220,16 +269,42 @@ pub fn run_experiment(cfg: &ExperimentConfig, opts: &RunOptions) -> Result<RunSu
             let (model, mut meta) = models::load_model(f)?;
             meta.name = m.name.clone();
             meta.role = m.role().as_str().into();
-            Entry { cfg: m.clone(), model, meta, source: format!("loaded from {}", f.display()), file: f.clone() }
+            Entry {
+                cfg: m.clone(),
+                model,
+                meta,
+                source: format!("loaded from {}", f.display()),
+                file: f.clone(),
+            }
         } else if file.exists() {
             let (model, meta) = models::load_model(&file)?;
-            progress.say(&format!("{}: already trained ({}); skipping", m.name, file.display()));
-            Entry { cfg: m.clone(), model, meta, source: "trained (earlier session)".into(), file }
+            progress.say(&format!(
+                "{}: already trained ({}); skipping",
+                m.name,
+                file.display()
+            ));
+            Entry {
+                cfg: m.clone(),
+                model,
+                meta,
+                source: "trained (earlier session)".into(),
+                file,
+            }
         } else if !selected(m) {
-            return Err(Error::Input(format!("model '{}' is needed as a teacher but is not trained in {}", m.name, out.display())));
+            return Err(Error::Input(format!(
+                "model '{}' is needed as a teacher but is not trained in {}",
+                m.name,
+                out.display()
+            )));
         } else {
             let (model, meta) = train_model(cfg, m, &splits, &entries, out, progress)?;
-            Entry { cfg: m.clone(), model, meta, source: "trained".into(), file }
+            Entry {
+                cfg: m.clone(),
+                model,
+                meta,
+                source: "trained".into(),
+                file,
+            }
         };
         entries.push(entry);
     }
@@ -258,7 +333,11 @@ pub fn run_experiment(cfg: &ExperimentConfig, opts: &RunOptions) -> Result<RunSu
             latency_us_b1: b1,
             latency_us_b256: b256,
             vs_teacher: None,
-            distill: e.cfg.distill.as_ref().map(|d| DistillSummary { teacher: d.teacher.clone(), temperature: d.temperature, alpha: d.alpha }),
+            distill: e.cfg.distill.as_ref().map(|d| DistillSummary {
+                teacher: d.teacher.clone(),
+                temperature: d.temperature,
+                alpha: d.alpha,
+            }),
             source: e.source.clone(),
             training,
         });
@@ -276,7 +355,10 @@ pub fn run_experiment(cfg: &ExperimentConfig, opts: &RunOptions) -> Result<RunSu
                     params: r.params as f64 / t.params as f64,
                     bytes: r.bytes as f64 / t.bytes as f64,
                     accuracy: r.accuracy.zip(t.accuracy).map(|(a, b)| a / b),
-                    test_errors: r.test_errors.zip(t.test_errors).map(|(a, b)| a as f64 / (b.max(1)) as f64),
+                    test_errors: r
+                        .test_errors
+                        .zip(t.test_errors)
+                        .map(|(a, b)| a as f64 / (b.max(1)) as f64),
                     mse: r.mse.zip(t.mse).map(|(a, b)| a / b),
                     latency_b1: r.latency_us_b1 / t.latency_us_b1,
                     latency_b256: r.latency_us_b256 / t.latency_us_b256,
@@ -301,7 +383,10 @@ pub fn run_experiment(cfg: &ExperimentConfig, opts: &RunOptions) -> Result<RunSu
         wall_seconds: start.elapsed().as_secs_f64(),
     };
     let md = report::write_reports(out, &metrics)?;
-    Ok(RunSummary { metrics, report_markdown: md })
+    Ok(RunSummary {
+        metrics,
+        report_markdown: md,
+    })
 }
 
 fn train_model(
@@ -312,27 +397,46 @@ fn train_model(
     out: &Path,
     progress: Progress,
 ) -> Result<(Model, ModelMeta)> {
-    let arch = m.arch.clone().ok_or_else(|| Error::Input(format!("model.{}.arch: required", m.name)))?;
-    let spec = ModelSpec { arch, input_shape: splits.train.shape.clone(), outputs: splits.train.outputs() };
+    let arch = m
+        .arch
+        .clone()
+        .ok_or_else(|| Error::Input(format!("model.{}.arch: required", m.name)))?;
+    let spec = ModelSpec {
+        arch,
+        input_shape: splits.train.shape.clone(),
+        outputs: splits.train.outputs(),
+    };
     let mut init_rng = Rng::derive(cfg.seed, &format!("init/{}", m.name));
     let model = Model::new(spec, &mut init_rng)?;
     let teacher = match &m.distill {
         Some(ds) => Some(
             done.iter()
                 .find(|e| e.cfg.name == ds.teacher)
-                .ok_or_else(|| Error::Input(format!("model.{}.distill.teacher: '{}' is not available", m.name, ds.teacher)))?,
+                .ok_or_else(|| {
+                    Error::Input(format!(
+                        "model.{}.distill.teacher: '{}' is not available",
+                        m.name, ds.teacher
+                    ))
+                })?,
         ),
         None => None,
     };
     let objective = match (&m.distill, teacher) {
         (Some(ds), Some(t)) => {
             let signal = if m.train.jitter == 0 {
-                progress.say(&format!("{}: computing {}'s soft targets once for the whole training set", m.name, t.cfg.name));
+                progress.say(&format!(
+                    "{}: computing {}'s soft targets once for the whole training set",
+                    m.name, t.cfg.name
+                ));
                 TeacherSignal::Cached(t.model.predict(&splits.train.x, 512)?)
             } else {
                 TeacherSignal::Live(&t.model)
             };
-            Objective::Distill { teacher: signal, temperature: ds.temperature, alpha: ds.alpha }
+            Objective::Distill {
+                teacher: signal,
+                temperature: ds.temperature,
+                alpha: ds.alpha,
+            }
         }
         _ => Objective::Supervised,
     };
@@ -343,7 +447,9 @@ fn train_model(
         model.num_params(),
         m.train.epochs
     ));
-    let ckpt = out.join("checkpoints").join(format!("{}.ckpt.safetensors", m.name));
+    let ckpt = out
+        .join("checkpoints")
+        .join(format!("{}.ckpt.safetensors", m.name));
     let record = train::fit(
         &model,
         TrainJob {
@@ -379,15 +485,21 @@ fn train_model(
 pub fn evaluate_file(model_path: &Path, data: Dataset) -> Result<(Scores, ModelMeta)> {
     let (model, meta) = models::load_model(model_path)?;
     let mut data = data;
-    models::check_fits(&model.spec, &data.shape, data.outputs().max(if meta.task == Task::Regression { 1 } else { 0 }), &model_path.display().to_string())
-        .or_else(|e| {
-            // Test files may hold fewer classes than the model knows; only the input must fit.
-            if model.spec.input_dim() == data.dim() && meta.task == Task::Classification {
-                Ok(())
-            } else {
-                Err(e)
-            }
-        })?;
+    models::check_fits(
+        &model.spec,
+        &data.shape,
+        data.outputs()
+            .max(if meta.task == Task::Regression { 1 } else { 0 }),
+        &model_path.display().to_string(),
+    )
+    .or_else(|e| {
+        // Test files may hold fewer classes than the model knows; only the input must fit.
+        if model.spec.input_dim() == data.dim() && meta.task == Task::Classification {
+            Ok(())
+        } else {
+            Err(e)
+        }
+    })?;
     let dim = data.dim();
     meta.normalizer.apply(&mut data.x, dim);
     if let (Some(ts), data::Targets::Values(v)) = (&meta.target_scale, &mut data.targets) {
@@ -395,9 +507,14 @@ pub fn evaluate_file(model_path: &Path, data: Dataset) -> Result<(Scores, ModelM
             *t = ts.forward(*t);
         }
     }
-    if let (Some(names), data::Targets::Classes { labels, names: dn }) = (&meta.class_names, &mut data.targets) {
+    if let (Some(names), data::Targets::Classes { labels, names: dn }) =
+        (&meta.class_names, &mut data.targets)
+    {
         // Map the file's class names onto the model's.
-        let map: Vec<Option<usize>> = dn.iter().map(|n| names.iter().position(|m| m == n)).collect();
+        let map: Vec<Option<usize>> = dn
+            .iter()
+            .map(|n| names.iter().position(|m| m == n))
+            .collect();
         for l in labels.iter_mut() {
             match map[*l as usize] {
                 Some(k) => *l = k as u32,

@@ -32,8 +32,10 @@ impl Progress {
             Progress::Bars => {
                 let b = ProgressBar::new(batches as u64);
                 b.set_style(
-                    ProgressStyle::with_template("{prefix:>18} {bar:28.cyan/blue} {pos:>4}/{len:4} {msg} ETA {eta}")
-                        .unwrap_or_else(|_| ProgressStyle::default_bar()),
+                    ProgressStyle::with_template(
+                        "{prefix:>18} {bar:28.cyan/blue} {pos:>4}/{len:4} {msg} ETA {eta}",
+                    )
+                    .unwrap_or_else(|_| ProgressStyle::default_bar()),
                 );
                 b.set_prefix(format!("{model} {}/{epochs}", epoch + 1));
                 Some(b)

@@ -18,18 +18,31 @@ fn demo_end_to_end() {
         let acc = x["accuracy"].as_f64().unwrap();
         assert!((0.0..=1.0).contains(&acc));
         assert!(x["params"].as_u64().unwrap() > 0);
-        assert_eq!(x["bytes"].as_u64().unwrap(), 4 * x["params"].as_u64().unwrap());
+        assert_eq!(
+            x["bytes"].as_u64().unwrap(),
+            4 * x["params"].as_u64().unwrap()
+        );
         assert!(x["test_errors"].as_u64().is_some());
         assert!(x["latency_us_b1"].as_f64().unwrap() > 0.0);
         assert!(x["latency_us_b256"].as_f64().unwrap() > 0.0);
-        assert!(!x["training"]["curves"]["val_loss"].as_array().unwrap().is_empty());
+        assert!(!x["training"]["curves"]["val_loss"]
+            .as_array()
+            .unwrap()
+            .is_empty());
         assert!(x["vs_teacher"]["params"].as_f64().unwrap() > 0.0);
-        assert!(out.join("models").join(format!("{}.safetensors", x["name"].as_str().unwrap())).exists());
+        assert!(out
+            .join("models")
+            .join(format!("{}.safetensors", x["name"].as_str().unwrap()))
+            .exists());
     }
     assert_eq!(models[0]["role"], "teacher");
     assert_eq!(models[1]["role"], "student");
     // A real teacher on the digits, not a stub.
-    assert!(models[0]["accuracy"].as_f64().unwrap() > 0.95, "{}", models[0]["accuracy"]);
+    assert!(
+        models[0]["accuracy"].as_f64().unwrap() > 0.95,
+        "{}",
+        models[0]["accuracy"]
+    );
     // The students are much smaller.
     assert!(models[1]["params"].as_u64().unwrap() * 50 < models[0]["params"].as_u64().unwrap());
     let report = std::fs::read_to_string(out.join("report.md")).unwrap();
@@ -41,7 +54,13 @@ fn demo_end_to_end() {
     let cfg = std::fs::read_to_string(out.join("config.toml")).unwrap();
     assert!(cfg.contains("format = \"digits\""));
     // No checkpoints or temporary files are left once the run is complete.
-    let leftovers: Vec<_> = walk(&out).into_iter().filter(|p| p.to_string_lossy().contains(".tmp-") || p.to_string_lossy().ends_with(".ckpt.safetensors")).collect();
+    let leftovers: Vec<_> = walk(&out)
+        .into_iter()
+        .filter(|p| {
+            p.to_string_lossy().contains(".tmp-")
+                || p.to_string_lossy().ends_with(".ckpt.safetensors")
+        })
+        .collect();
     assert!(leftovers.is_empty(), "{leftovers:?}");
     // Stdout carries the report.
     assert!(stdout(&o).contains("| student-labels |"));
@@ -79,7 +98,13 @@ fn every_config_runs_on_tiny_data() {
         n += 1;
         let name = path.file_stem().unwrap().to_string_lossy().to_string();
         let out = dir.path().join(&name);
-        let o = run(&["run", path.to_str().unwrap(), "--out", out.to_str().unwrap(), "--quick"]);
+        let o = run(&[
+            "run",
+            path.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+            "--quick",
+        ]);
         assert!(o.status.success(), "{name}: {}", stderr(&o));
         let m = metrics(&out);
         let models = m["models"].as_array().unwrap();
@@ -105,13 +130,28 @@ fn same_seed_same_metrics() {
     assert_eq!(metrics_without_timings(&a), metrics_without_timings(&b));
     // And the saved weights are bit-identical.
     for f in ["teacher", "student-kd"] {
-        let (ma, _) = distillery::models::load_model(&a.join("models").join(format!("{f}.safetensors"))).unwrap();
-        let (mb, _) = distillery::models::load_model(&b.join("models").join(format!("{f}.safetensors"))).unwrap();
-        assert!(ma.weights().unwrap() == mb.weights().unwrap(), "{f} weights differ between identical runs");
+        let (ma, _) =
+            distillery::models::load_model(&a.join("models").join(format!("{f}.safetensors")))
+                .unwrap();
+        let (mb, _) =
+            distillery::models::load_model(&b.join("models").join(format!("{f}.safetensors")))
+                .unwrap();
+        assert!(
+            ma.weights().unwrap() == mb.weights().unwrap(),
+            "{f} weights differ between identical runs"
+        );
     }
     // A different seed gives different numbers.
     let c = dir.path().join("c");
-    let o = run(&["demo", "--quick", "--quiet", "--set", "seed=7", "--out", c.to_str().unwrap()]);
+    let o = run(&[
+        "demo",
+        "--quick",
+        "--quiet",
+        "--set",
+        "seed=7",
+        "--out",
+        c.to_str().unwrap(),
+    ]);
     assert!(o.status.success());
     assert_ne!(metrics_without_timings(&a), metrics_without_timings(&c));
 }
@@ -121,8 +161,21 @@ fn train_distill_evaluate_verbs() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = repo().join("configs/demo.toml");
     let t_out = dir.path().join("teacher-run");
-    let short = ["--set", "model.teacher.train.epochs=8", "--set", "model.student-kd.train.epochs=15", "--set", "model.student-labels.train.epochs=15"];
-    let mut args = vec!["train", cfg.to_str().unwrap(), "-q", "--out", t_out.to_str().unwrap()];
+    let short = [
+        "--set",
+        "model.teacher.train.epochs=8",
+        "--set",
+        "model.student-kd.train.epochs=15",
+        "--set",
+        "model.student-labels.train.epochs=15",
+    ];
+    let mut args = vec![
+        "train",
+        cfg.to_str().unwrap(),
+        "-q",
+        "--out",
+        t_out.to_str().unwrap(),
+    ];
     args.extend(short);
     let o = run(&args);
     assert!(o.status.success(), "{}", stderr(&o));
@@ -132,17 +185,41 @@ fn train_distill_evaluate_verbs() {
     assert!(teacher_file.exists());
 
     let s_out = dir.path().join("student-run");
-    let mut args = vec!["distill", cfg.to_str().unwrap(), "-q", "--teacher", teacher_file.to_str().unwrap(), "--out", s_out.to_str().unwrap()];
+    let mut args = vec![
+        "distill",
+        cfg.to_str().unwrap(),
+        "-q",
+        "--teacher",
+        teacher_file.to_str().unwrap(),
+        "--out",
+        s_out.to_str().unwrap(),
+    ];
     args.extend(short);
     let o = run(&args);
     assert!(o.status.success(), "{}", stderr(&o));
     let m = metrics(&s_out);
-    let names: Vec<&str> = m["models"].as_array().unwrap().iter().map(|x| x["name"].as_str().unwrap()).collect();
+    let names: Vec<&str> = m["models"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x["name"].as_str().unwrap())
+        .collect();
     assert_eq!(names, ["teacher", "student-kd", "student-labels"]);
-    assert!(m["models"][0]["source"].as_str().unwrap().starts_with("loaded"));
+    assert!(m["models"][0]["source"]
+        .as_str()
+        .unwrap()
+        .starts_with("loaded"));
 
     // evaluate the saved student on the embedded digits; accuracy matches a plausible value
-    let o = run(&["evaluate", s_out.join("models/student-kd.safetensors").to_str().unwrap(), "--digits", "--json"]);
+    let o = run(&[
+        "evaluate",
+        s_out
+            .join("models/student-kd.safetensors")
+            .to_str()
+            .unwrap(),
+        "--digits",
+        "--json",
+    ]);
     assert!(o.status.success(), "{}", stderr(&o));
     let v: serde_json::Value = serde_json::from_str(stdout(&o).trim()).unwrap();
     assert_eq!(v["samples"], 1797);
@@ -151,7 +228,10 @@ fn train_distill_evaluate_verbs() {
     // evaluate on a CSV copy of the digits gives the same figures
     let o2 = run(&[
         "evaluate",
-        s_out.join("models/student-kd.safetensors").to_str().unwrap(),
+        s_out
+            .join("models/student-kd.safetensors")
+            .to_str()
+            .unwrap(),
         "--csv",
         "data/sklearn/digits.csv.gz",
         "--label",
@@ -167,7 +247,19 @@ fn train_distill_evaluate_verbs() {
 fn regression_reports_mse_and_mae() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("reg");
-    let o = run(&["run", "configs/diabetes-regression.toml", "--out", out.to_str().unwrap(), "-q", "--set", "model.teacher.train.epochs=30", "--set", "model.student-kd.train.epochs=30", "--set", "model.student-labels.train.epochs=30"]);
+    let o = run(&[
+        "run",
+        "configs/diabetes-regression.toml",
+        "--out",
+        out.to_str().unwrap(),
+        "-q",
+        "--set",
+        "model.teacher.train.epochs=30",
+        "--set",
+        "model.student-kd.train.epochs=30",
+        "--set",
+        "model.student-labels.train.epochs=30",
+    ]);
     assert!(o.status.success(), "{}", stderr(&o));
     let m = metrics(&out);
     assert_eq!(m["task"], "regression");

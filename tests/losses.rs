@@ -45,7 +45,11 @@ fn close(a: f64, b: f64, tol: f64) {
 #[test]
 fn cross_entropy_golden() {
     let l = losses::cross_entropy(student().as_tensor(), &labels()).unwrap();
-    close(l.to_scalar::<f32>().unwrap() as f64, 0.31618662316395996, 1e-6);
+    close(
+        l.to_scalar::<f32>().unwrap() as f64,
+        0.31618662316395996,
+        1e-6,
+    );
 }
 
 #[test]
@@ -53,18 +57,29 @@ fn mse_golden() {
     let a = Tensor::from_slice(&[0.5f32, -1.0, 2.0], (3, 1), &Device::Cpu).unwrap();
     let b = Tensor::from_slice(&[1.0f32, -1.5, 2.5], (3, 1), &Device::Cpu).unwrap();
     // (0.25 + 0.25 + 0.25) / 3
-    close(losses::mse(&a, &b).unwrap().to_scalar::<f32>().unwrap() as f64, 0.25, 1e-7);
+    close(
+        losses::mse(&a, &b).unwrap().to_scalar::<f32>().unwrap() as f64,
+        0.25,
+        1e-7,
+    );
 }
 
 fn check_kd(temperature: f32, alpha: f32, loss_ref: f64, grad_ref: [f64; 6]) {
     let s = student();
-    let l = losses::kd_loss_classification(s.as_tensor(), &T, &labels(), temperature, alpha).unwrap();
+    let l =
+        losses::kd_loss_classification(s.as_tensor(), &T, &labels(), temperature, alpha).unwrap();
     // f32 tolerance: at high T the KL is a small difference of O(1) log-probabilities, scaled
     // by T²; each element carries ~1e-7 relative rounding, so allow 3e-8·T² absolute.
     let tol = 2e-6f64.max(3e-8 * (temperature as f64).powi(2));
     close(l.to_scalar::<f32>().unwrap() as f64, loss_ref, tol);
     let g = l.backward().unwrap();
-    let g = g.get(s.as_tensor()).unwrap().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    let g = g
+        .get(s.as_tensor())
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap();
     for (a, b) in g.iter().zip(grad_ref) {
         close(*a as f64, b, 2e-6);
     }
@@ -76,7 +91,14 @@ fn hinton_kd_t2_alpha07() {
         2.0,
         0.7,
         0.2977254201103018,
-        [-0.11226867070978869, 0.06799443776465322, 0.04427423294513552, 0.08799836976289191, -0.04713597707939037, -0.04086239268350137],
+        [
+            -0.11226867070978869,
+            0.06799443776465322,
+            0.04427423294513552,
+            0.08799836976289191,
+            -0.04713597707939037,
+            -0.04086239268350137,
+        ],
     );
 }
 
@@ -86,7 +108,14 @@ fn hinton_kd_t20_alpha09() {
         20.0,
         0.9,
         0.3365013272187368,
-        [-0.16097687714650255, 0.1147924566584938, 0.04618442048800876, 0.15532753661567847, -0.1358770669211645, -0.019450469694513948],
+        [
+            -0.16097687714650255,
+            0.1147924566584938,
+            0.04618442048800876,
+            0.15532753661567847,
+            -0.1358770669211645,
+            -0.019450469694513948,
+        ],
     );
 }
 
@@ -97,7 +126,14 @@ fn hinton_kd_pure_soft_targets_is_kl() {
         1.0,
         1.0,
         0.2427481282448275,
-        [-0.21388862063190942, 0.19304937425352425, 0.02083924637838515, 0.04122568066078251, -0.022154674916339136, -0.019071005744443315],
+        [
+            -0.21388862063190942,
+            0.19304937425352425,
+            0.02083924637838515,
+            0.04122568066078251,
+            -0.022154674916339136,
+            -0.019071005744443315,
+        ],
     );
 }
 
@@ -107,7 +143,14 @@ fn hinton_kd_alpha0_is_cross_entropy() {
         4.0,
         0.0,
         0.31618662316395996,
-        [0.11561194881107453, -0.18573414039411879, 0.07012219158304424, 0.06321892080681143, 0.014106047924034732, -0.07732496873084616],
+        [
+            0.11561194881107453,
+            -0.18573414039411879,
+            0.07012219158304424,
+            0.06321892080681143,
+            0.014106047924034732,
+            -0.07732496873084616,
+        ],
     );
 }
 

@@ -12,7 +12,11 @@ use std::path::{Path, PathBuf};
 const DEMO_CONFIG: &str = include_str!("../../configs/demo.toml");
 
 #[derive(Parser)]
-#[command(name = "distillery", version, about = "Distil large neural networks into small, fast models.")]
+#[command(
+    name = "distillery",
+    version,
+    about = "Distil large neural networks into small, fast models."
+)]
 struct Cli {
     #[command(subcommand)]
     verb: Verb,
@@ -120,12 +124,32 @@ fn main() {
 fn dispatch(cli: Cli) -> Result<()> {
     match cli.verb {
         Verb::Demo { out, common } => demo(&out, &common),
-        Verb::Run { config, out, common } => run(&config, &out, &common),
-        Verb::Train { config, out, models, common } => train(&config, &out, models, &common),
-        Verb::Distill { config, teacher, out, common } => distill(&config, &teacher, &out, &common),
-        Verb::Evaluate { model, images, labels, csv, label, digits, json } => {
-            evaluate(&model, images, labels, csv, label, digits, json)
-        }
+        Verb::Run {
+            config,
+            out,
+            common,
+        } => run(&config, &out, &common),
+        Verb::Train {
+            config,
+            out,
+            models,
+            common,
+        } => train(&config, &out, models, &common),
+        Verb::Distill {
+            config,
+            teacher,
+            out,
+            common,
+        } => distill(&config, &teacher, &out, &common),
+        Verb::Evaluate {
+            model,
+            images,
+            labels,
+            csv,
+            label,
+            digits,
+            json,
+        } => evaluate(&model, images, labels, csv, label, digits, json),
         Verb::Check { config, common } => check(&config, &common),
     }
 }
@@ -135,12 +159,22 @@ fn load_config(path: &Path, common: &Common) -> Result<config::ExperimentConfig>
     if common.quick {
         cfg.make_quick();
     }
-    cfg.validate().map_err(|e| Error::Input(format!("{}: {e}", path.display())))?;
+    cfg.validate()
+        .map_err(|e| Error::Input(format!("{}: {e}", path.display())))?;
     Ok(cfg)
 }
 
-fn execute(cfg: &config::ExperimentConfig, out: &Path, common: &Common, only: Option<Vec<String>>) -> Result<()> {
-    let opts = RunOptions { out: out.to_path_buf(), progress: Progress::detect(common.quiet), only };
+fn execute(
+    cfg: &config::ExperimentConfig,
+    out: &Path,
+    common: &Common,
+    only: Option<Vec<String>>,
+) -> Result<()> {
+    let opts = RunOptions {
+        out: out.to_path_buf(),
+        progress: Progress::detect(common.quiet),
+        only,
+    };
     let summary = pipeline::run_experiment(cfg, &opts)?;
     println!("{}", summary.report_markdown);
     println!("results written to {}", out.display());
@@ -163,39 +197,71 @@ fn run(path: &Path, out: &Path, common: &Common) -> Result<()> {
 fn train(path: &Path, out: &Path, models: Vec<String>, common: &Common) -> Result<()> {
     let cfg = load_config(path, common)?;
     let names: Vec<String> = if models.is_empty() {
-        cfg.models.iter().filter(|m| m.role() == Role::Teacher).map(|m| m.name.clone()).collect()
+        cfg.models
+            .iter()
+            .filter(|m| m.role() == Role::Teacher)
+            .map(|m| m.name.clone())
+            .collect()
     } else {
         for n in &models {
             if !cfg.models.iter().any(|m| &m.name == n) {
-                return Err(Error::Input(format!("--model {n}: no [[model]] named '{n}' in {}", path.display())));
+                return Err(Error::Input(format!(
+                    "--model {n}: no [[model]] named '{n}' in {}",
+                    path.display()
+                )));
             }
         }
         models
     };
     if names.is_empty() {
-        return Err(Error::Input(format!("{}: no teacher model to train (name one with --model)", path.display())));
+        return Err(Error::Input(format!(
+            "{}: no teacher model to train (name one with --model)",
+            path.display()
+        )));
     }
     execute(&cfg, out, common, Some(names))
 }
 
 fn distill(path: &Path, teacher: &str, out: &Path, common: &Common) -> Result<()> {
     let mut cfg = load_config(path, common)?;
-    let teachers: Vec<usize> = (0..cfg.models.len()).filter(|&i| cfg.models[i].role() == Role::Teacher).collect();
+    let teachers: Vec<usize> = (0..cfg.models.len())
+        .filter(|&i| cfg.models[i].role() == Role::Teacher)
+        .collect();
     let (idx, file) = match teacher.split_once('=') {
         Some((name, file)) => {
-            let i = cfg.models.iter().position(|m| m.name == name).ok_or_else(|| {
-                Error::Input(format!("--teacher {teacher}: no [[model]] named '{name}' in {}", path.display()))
-            })?;
+            let i = cfg
+                .models
+                .iter()
+                .position(|m| m.name == name)
+                .ok_or_else(|| {
+                    Error::Input(format!(
+                        "--teacher {teacher}: no [[model]] named '{name}' in {}",
+                        path.display()
+                    ))
+                })?;
             (i, PathBuf::from(file))
         }
         None => match teachers.as_slice() {
             [i] => (*i, PathBuf::from(teacher)),
-            [] => return Err(Error::Input(format!("{}: the experiment has no teacher model", path.display()))),
-            _ => return Err(Error::Input(format!("--teacher: {} has several teachers; use --teacher NAME=FILE", path.display()))),
+            [] => {
+                return Err(Error::Input(format!(
+                    "{}: the experiment has no teacher model",
+                    path.display()
+                )))
+            }
+            _ => {
+                return Err(Error::Input(format!(
+                    "--teacher: {} has several teachers; use --teacher NAME=FILE",
+                    path.display()
+                )))
+            }
         },
     };
     if !file.exists() {
-        return Err(Error::Input(format!("--teacher: model file '{}' does not exist", file.display())));
+        return Err(Error::Input(format!(
+            "--teacher: model file '{}' does not exist",
+            file.display()
+        )));
     }
     cfg.models[idx].arch = None;
     cfg.models[idx].from = Some(file);
@@ -226,13 +292,17 @@ fn evaluate(
         let opts = CsvOptions {
             label: label.unwrap_or_default(),
             task: meta.task,
-            image_shape: if meta.spec.input_shape.len() == 3 { Some(meta.spec.input_shape.clone()) } else { None },
+            // The model's own input shape is checked against the column count below.
+            image_shape: None,
         };
         data::csv::read_csv(&c, &opts, None)?
     } else if digits {
         data::embedded_digits()?
     } else {
-        return Err(Error::Input("evaluate: give a data set: --images F --labels F, --csv F --label COL, or --digits".into()));
+        return Err(Error::Input(
+            "evaluate: give a data set: --images F --labels F, --csv F --label COL, or --digits"
+                .into(),
+        ));
     };
     let n = data.len();
     let (scores, meta) = pipeline::evaluate_file(model, data)?;
@@ -273,8 +343,13 @@ fn check(path: &Path, common: &Common) -> Result<()> {
                 input_shape: splits.train.shape.clone(),
                 outputs: splits.train.outputs(),
             };
-            spec.param_shapes().map_err(|e| Error::Input(format!("model.{}: {e}", m.name)))?;
-            let n: usize = spec.param_shapes()?.iter().map(|(_, s)| s.iter().product::<usize>()).sum();
+            spec.param_shapes()
+                .map_err(|e| Error::Input(format!("model.{}: {e}", m.name)))?;
+            let n: usize = spec
+                .param_shapes()?
+                .iter()
+                .map(|(_, s)| s.iter().product::<usize>())
+                .sum();
             println!("model {}: {} ({n} parameters)", m.name, spec.describe());
         }
     }

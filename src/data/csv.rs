@@ -65,21 +65,29 @@ pub fn parse_csv_bytes(
         .map_err(|e| Error::Input(format!("{name}: cannot read the header row: {e}")))?
         .clone();
     if headers.is_empty() || (headers.len() == 1 && headers[0].is_empty()) {
-        return Err(Error::Input(format!("{name}: empty file (expected a header row)")));
+        return Err(Error::Input(format!(
+            "{name}: empty file (expected a header row)"
+        )));
     }
-    let label_col = headers.iter().position(|h| h == opts.label).ok_or_else(|| {
-        let cols: Vec<&str> = headers.iter().take(12).collect();
-        Error::Input(format!(
-            "{name}: label column '{}' not found; the header has {} columns: {}{}",
-            opts.label,
-            headers.len(),
-            cols.join(", "),
-            if headers.len() > 12 { ", ..." } else { "" }
-        ))
-    })?;
+    let label_col = headers
+        .iter()
+        .position(|h| h == opts.label)
+        .ok_or_else(|| {
+            let cols: Vec<&str> = headers.iter().take(12).collect();
+            Error::Input(format!(
+                "{name}: label column '{}' not found; the header has {} columns: {}{}",
+                opts.label,
+                headers.len(),
+                cols.join(", "),
+                if headers.len() > 12 { ", ..." } else { "" }
+            ))
+        })?;
     let d = headers.len() - 1;
     if d == 0 {
-        return Err(Error::Input(format!("{name}: no feature columns besides the label '{}'", opts.label)));
+        return Err(Error::Input(format!(
+            "{name}: no feature columns besides the label '{}'",
+            opts.label
+        )));
     }
     if let Some(shape) = &opts.image_shape {
         let prod: usize = shape.iter().product();
@@ -132,7 +140,9 @@ pub fn parse_csv_bytes(
     }
     let n = x.len() / d;
     if n == 0 {
-        return Err(Error::Input(format!("{name}: no data rows after the header")));
+        return Err(Error::Input(format!(
+            "{name}: no data rows after the header"
+        )));
     }
     let targets = match opts.task {
         Task::Regression => Targets::Values(values),
@@ -227,31 +237,67 @@ mod tests {
 
     #[test]
     fn string_labels_map_to_sorted_classes() {
-        let d = parse_csv_bytes(b"a,b,y\n1,2,cat\n3,4,dog\n5,6,cat\n", "t.csv", &opts(Task::Classification), None).unwrap();
-        assert_eq!(d.class_names().unwrap(), &["cat".to_string(), "dog".to_string()]);
+        let d = parse_csv_bytes(
+            b"a,b,y\n1,2,cat\n3,4,dog\n5,6,cat\n",
+            "t.csv",
+            &opts(Task::Classification),
+            None,
+        )
+        .unwrap();
+        assert_eq!(
+            d.class_names().unwrap(),
+            &["cat".to_string(), "dog".to_string()]
+        );
         assert_eq!(d.labels().unwrap(), &[0, 1, 0]);
         assert_eq!(d.x, vec![1.0, 2.0, 3.0, 4.0, 5.0, 6.0]);
     }
 
     #[test]
     fn numeric_labels_sort_numerically() {
-        let d = parse_csv_bytes(b"a,y\n1,10\n2,9\n3,2\n", "t.csv", &opts(Task::Classification), None).unwrap();
+        let d = parse_csv_bytes(
+            b"a,y\n1,10\n2,9\n3,2\n",
+            "t.csv",
+            &opts(Task::Classification),
+            None,
+        )
+        .unwrap();
         assert_eq!(d.class_names().unwrap(), &["2", "9", "10"]);
     }
 
     #[test]
     fn errors_name_line_and_column() {
-        let e = parse_csv_bytes(b"a,y\n1,0\nabc,1\n", "t.csv", &opts(Task::Classification), None)
-            .unwrap_err()
-            .to_string();
-        assert!(e.contains("t.csv:3") && e.contains("'a'") && e.contains("not a number"), "{e}");
-        let e = parse_csv_bytes(b"a,y\n1,0\nNaN,1\n", "t.csv", &opts(Task::Classification), None)
-            .unwrap_err()
-            .to_string();
+        let e = parse_csv_bytes(
+            b"a,y\n1,0\nabc,1\n",
+            "t.csv",
+            &opts(Task::Classification),
+            None,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("t.csv:3") && e.contains("'a'") && e.contains("not a number"),
+            "{e}"
+        );
+        let e = parse_csv_bytes(
+            b"a,y\n1,0\nNaN,1\n",
+            "t.csv",
+            &opts(Task::Classification),
+            None,
+        )
+        .unwrap_err()
+        .to_string();
         assert!(e.contains("t.csv:3") && e.contains("finite"), "{e}");
-        let e = parse_csv_bytes(b"a,y\n1,0\n", "t.csv", &CsvOptions { label: "z".into(), ..opts(Task::Regression) }, None)
-            .unwrap_err()
-            .to_string();
+        let e = parse_csv_bytes(
+            b"a,y\n1,0\n",
+            "t.csv",
+            &CsvOptions {
+                label: "z".into(),
+                ..opts(Task::Regression)
+            },
+            None,
+        )
+        .unwrap_err()
+        .to_string();
         assert!(e.contains("label column 'z' not found"), "{e}");
         let e = parse_csv_bytes(b"a,y\n1,0\n1,2,3\n", "t.csv", &opts(Task::Regression), None)
             .unwrap_err()

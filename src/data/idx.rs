@@ -114,7 +114,11 @@ fn expected_len(dims: &[usize], t: u8, name: &str) -> Result<usize> {
     dims.iter()
         .try_fold(es, |acc, &d| acc.checked_mul(d))
         .filter(|&n| n <= (1usize << 40))
-        .ok_or_else(|| Error::Input(format!("{name}: IDX header dimensions {dims:?} are impossibly large")))
+        .ok_or_else(|| {
+            Error::Input(format!(
+                "{name}: IDX header dimensions {dims:?} are impossibly large"
+            ))
+        })
 }
 
 fn size_mismatch(name: &str, dims: &[usize], expected: usize, got: usize) -> Error {
@@ -182,8 +186,11 @@ pub fn load_idx_pair(images: &Path, labels: &Path, num_classes: Option<usize>) -
             )))
         }
     };
-    if shape.iter().any(|&d| d == 0) {
-        return Err(Error::Input(format!("{iname}: a sample dimension is zero: {:?}", img.dims)));
+    if shape.contains(&0) {
+        return Err(Error::Input(format!(
+            "{iname}: a sample dimension is zero: {:?}",
+            img.dims
+        )));
     }
     let mut labels_u32 = Vec::with_capacity(lab.data.len());
     for (i, &v) in lab.data.iter().enumerate() {

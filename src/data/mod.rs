@@ -141,7 +141,14 @@ impl Dataset {
     /// Copies the features of samples `idx` into `out` (cleared first), optionally shifting
     /// each image by a random offset of up to `jitter` pixels in x and y, filling the
     /// uncovered border with `fill` (the normalised value of a blank pixel).
-    pub fn gather(&self, idx: &[usize], jitter: usize, fill: f32, rng: &mut Rng, out: &mut Vec<f32>) {
+    pub fn gather(
+        &self,
+        idx: &[usize],
+        jitter: usize,
+        fill: f32,
+        rng: &mut Rng,
+        out: &mut Vec<f32>,
+    ) {
         let d = self.dim();
         out.clear();
         out.reserve(idx.len() * d);
@@ -242,7 +249,11 @@ impl Normalizer {
                     let m = s[j] / n as f64;
                     let var = (s2[j] / n as f64 - m * m).max(0.0);
                     mean[j] = m as f32;
-                    std[j] = if var.sqrt() > 1e-8 { var.sqrt() as f32 } else { 1.0 };
+                    std[j] = if var.sqrt() > 1e-8 {
+                        var.sqrt() as f32
+                    } else {
+                        1.0
+                    };
                 }
                 Normalizer::PerFeature { mean, std }
             }
@@ -309,7 +320,11 @@ impl TargetScale {
         let var = v.iter().map(|&x| (x as f64 - m).powi(2)).sum::<f64>() / n;
         TargetScale {
             mean: m as f32,
-            std: if var.sqrt() > 1e-12 { var.sqrt() as f32 } else { 1.0 },
+            std: if var.sqrt() > 1e-12 {
+                var.sqrt() as f32
+            } else {
+                1.0
+            },
         }
     }
     /// Raw → standardised.
@@ -394,7 +409,9 @@ impl Splits {
             );
         }
         if test_set.is_empty() {
-            crate::bad_input!("data: the test split is empty; raise test_fraction or provide a test file");
+            crate::bad_input!(
+                "data: the test split is empty; raise test_fraction or provide a test file"
+            );
         }
         let normalizer = Normalizer::fit(normalize, &train);
         let d = train.dim();
@@ -444,7 +461,12 @@ pub fn embedded_digits() -> Result<Dataset> {
         task: Task::Classification,
         image_shape: Some(vec![1, 8, 8]),
     };
-    csv::parse_csv_bytes(EMBEDDED_DIGITS_CSV_GZ, "<embedded digits.csv.gz>", &opts, None)
+    csv::parse_csv_bytes(
+        EMBEDDED_DIGITS_CSV_GZ,
+        "<embedded digits.csv.gz>",
+        &opts,
+        None,
+    )
 }
 
 #[cfg(test)]
@@ -464,7 +486,17 @@ mod tests {
 
     #[test]
     fn splits_are_disjoint_and_normalised_on_train() {
-        let s = Splits::make(toy(100), None, 0.1, 0.2, NormalizeKind::PerFeature, None, None, 1).unwrap();
+        let s = Splits::make(
+            toy(100),
+            None,
+            0.1,
+            0.2,
+            NormalizeKind::PerFeature,
+            None,
+            None,
+            1,
+        )
+        .unwrap();
         assert_eq!(s.test.len(), 20);
         assert_eq!(s.val.len(), 8);
         assert_eq!(s.train.len(), 72);

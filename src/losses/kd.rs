@@ -15,12 +15,19 @@ use crate::error::Result;
 use candle_core::{Tensor, D};
 
 /// Softened teacher probabilities `softmax(z/T)` and their logarithms, row-major.
-pub fn soft_targets(teacher_logits: &[f32], classes: usize, temperature: f32) -> (Vec<f32>, Vec<f32>) {
+pub fn soft_targets(
+    teacher_logits: &[f32],
+    classes: usize,
+    temperature: f32,
+) -> (Vec<f32>, Vec<f32>) {
     let mut p = Vec::with_capacity(teacher_logits.len());
     let mut logp = Vec::with_capacity(teacher_logits.len());
     for row in teacher_logits.chunks_exact(classes) {
         let max = row.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
-        let sum: f64 = row.iter().map(|&z| (((z - max) / temperature) as f64).exp()).sum();
+        let sum: f64 = row
+            .iter()
+            .map(|&z| (((z - max) / temperature) as f64).exp())
+            .sum();
         let log_sum = sum.ln();
         for &z in row {
             let lp = ((z - max) / temperature) as f64 - log_sum;
@@ -48,7 +55,8 @@ pub fn kd_loss_classification(
         let (p, logp) = soft_targets(teacher_logits, c, temperature);
         let p = Tensor::from_vec(p, (b, c), student_logits.device())?;
         let logp = Tensor::from_vec(logp, (b, c), student_logits.device())?;
-        let log_q = candle_nn::ops::log_softmax(&(student_logits / temperature as f64)?, D::Minus1)?;
+        let log_q =
+            candle_nn::ops::log_softmax(&(student_logits / temperature as f64)?, D::Minus1)?;
         // KL = Σ p (log p − log q), element-wise as PyTorch's kl_div, averaged over the batch.
         let kl = (p.mul(&logp.sub(&log_q)?)?.sum_all()? / b as f64)?;
         total = Some((kl * (alpha as f64 * (temperature as f64).powi(2)))?);
@@ -64,7 +72,12 @@ pub fn kd_loss_classification(
 }
 
 /// The distillation loss for regression: `α·MSE(student, teacher) + (1−α)·MSE(student, y)`.
-pub fn kd_loss_regression(student: &Tensor, teacher: &Tensor, target: &Tensor, alpha: f32) -> Result<Tensor> {
+pub fn kd_loss_regression(
+    student: &Tensor,
+    teacher: &Tensor,
+    target: &Tensor,
+    alpha: f32,
+) -> Result<Tensor> {
     let a = (mse(student, teacher)? * alpha as f64)?;
     let b = (mse(student, target)? * (1.0 - alpha as f64))?;
     Ok((a + b)?)

@@ -42,7 +42,12 @@ pub fn param_shapes(spec: &ModelSpec) -> Result<Vec<(String, Vec<usize>)>> {
         out.push((format!("conv{i}.bias"), vec![c_out]));
         c_in = c_out;
     }
-    out.extend(mlp::dense_shapes(ch * h * w, &spec.arch.hidden, spec.outputs, "fc"));
+    out.extend(mlp::dense_shapes(
+        ch * h * w,
+        &spec.arch.hidden,
+        spec.outputs,
+        "fc",
+    ));
     Ok(out)
 }
 
@@ -51,7 +56,11 @@ pub fn forward(model: &Model, x: &Tensor, mut mode: Mode) -> Result<Tensor> {
     super::ensure_f32(x)?;
     let spec = &model.spec;
     let b = x.dim(0)?;
-    let (c, h, w) = (spec.input_shape[0], spec.input_shape[1], spec.input_shape[2]);
+    let (c, h, w) = (
+        spec.input_shape[0],
+        spec.input_shape[1],
+        spec.input_shape[2],
+    );
     let mut t = dropout(x, spec.arch.input_dropout, &mut mode)?.reshape((b, c, h, w))?;
     let pad = spec.arch.kernel / 2;
     let blocks = spec.arch.channels.len();

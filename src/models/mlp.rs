@@ -11,7 +11,12 @@ pub fn param_shapes(spec: &ModelSpec) -> Vec<(String, Vec<usize>)> {
 }
 
 /// Shapes of a stack of dense layers `input → hidden… → outputs`.
-pub(crate) fn dense_shapes(input: usize, hidden: &[usize], outputs: usize, prefix: &str) -> Vec<(String, Vec<usize>)> {
+pub(crate) fn dense_shapes(
+    input: usize,
+    hidden: &[usize],
+    outputs: usize,
+    prefix: &str,
+) -> Vec<(String, Vec<usize>)> {
     let mut dims = vec![input];
     dims.extend_from_slice(hidden);
     dims.push(outputs);
@@ -24,7 +29,12 @@ pub(crate) fn dense_shapes(input: usize, hidden: &[usize], outputs: usize, prefi
 }
 
 /// Forward pass of the dense stack whose parameters start at `first` in `model.params`.
-pub(crate) fn dense_forward(model: &Model, mut h: Tensor, first: usize, mut mode: Mode) -> Result<Tensor> {
+pub(crate) fn dense_forward(
+    model: &Model,
+    mut h: Tensor,
+    first: usize,
+    mut mode: Mode,
+) -> Result<Tensor> {
     let layers = (model.params.len() - first) / 2;
     let p = model.spec.arch.dropout;
     for l in 0..layers {

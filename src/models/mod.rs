@@ -42,7 +42,12 @@ impl ModelSpec {
 
     /// A one-line description, e.g. `mlp 784-1200-1200-10`.
     pub fn describe(&self) -> String {
-        let dims = |v: &[usize]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>().join("-");
+        let dims = |v: &[usize]| {
+            v.iter()
+                .map(|x| x.to_string())
+                .collect::<Vec<_>>()
+                .join("-")
+        };
         match self.arch.kind {
             ArchKind::Mlp => {
                 let mut all = vec![self.input_dim()];
@@ -114,7 +119,11 @@ impl Model {
                 vec![0.0; n]
             } else {
                 // Dense weights are [in, out]; conv weights [c_out, c_in, k, k].
-                let fan_in: usize = if shape.len() == 2 { shape[0] } else { shape[1..].iter().product() };
+                let fan_in: usize = if shape.len() == 2 {
+                    shape[0]
+                } else {
+                    shape[1..].iter().product()
+                };
                 let bound = (6.0 / fan_in as f32).sqrt();
                 (0..n).map(|_| rng.uniform_range(-bound, bound)).collect()
             };
@@ -125,11 +134,17 @@ impl Model {
     }
 
     /// Builds a model from named weight arrays, checking every shape.
-    pub fn from_weights(spec: ModelSpec, weights: &HashMap<String, (Vec<usize>, Vec<f32>)>, file: &str) -> Result<Model> {
+    pub fn from_weights(
+        spec: ModelSpec,
+        weights: &HashMap<String, (Vec<usize>, Vec<f32>)>,
+        file: &str,
+    ) -> Result<Model> {
         let mut params = Vec::new();
         for (name, shape) in spec.param_shapes()? {
             let (s, v) = weights.get(&name).ok_or_else(|| {
-                Error::Input(format!("{file}: missing tensor '{name}' (expected shape {shape:?})"))
+                Error::Input(format!(
+                    "{file}: missing tensor '{name}' (expected shape {shape:?})"
+                ))
             })?;
             if *s != shape {
                 return Err(Error::Input(format!(
@@ -137,7 +152,9 @@ impl Model {
                 )));
             }
             if let Some(p) = v.iter().position(|x| !x.is_finite()) {
-                return Err(Error::Input(format!("{file}: tensor '{name}' holds a non-finite value at index {p}")));
+                return Err(Error::Input(format!(
+                    "{file}: tensor '{name}' holds a non-finite value at index {p}"
+                )));
             }
             let t = Tensor::from_vec(v.clone(), shape, &Device::Cpu)?;
             params.push((name, Var::from_tensor(&t)?));
@@ -296,11 +313,18 @@ pub fn parse_safetensors(bytes: &[u8], file: &str) -> Result<RawModelFile> {
         .metadata()
         .as_ref()
         .and_then(|m| m.get(META_KEY).cloned())
-        .ok_or_else(|| Error::Input(format!("{file}: safetensors file without distillery metadata (not written by distillery)")))?;
+        .ok_or_else(|| {
+            Error::Input(format!(
+                "{file}: safetensors file without distillery metadata (not written by distillery)"
+            ))
+        })?;
     let mut tensors = HashMap::new();
     for (name, view) in st.tensors() {
         if view.dtype() != safetensors::Dtype::F32 {
-            return Err(Error::Input(format!("{file}: tensor '{name}' has dtype {:?}, expected F32", view.dtype())));
+            return Err(Error::Input(format!(
+                "{file}: tensor '{name}' has dtype {:?}, expected F32",
+                view.dtype()
+            )));
         }
         let data: Vec<f32> = view
             .data()
@@ -331,7 +355,12 @@ pub fn load_model(path: &Path) -> Result<(Model, ModelMeta)> {
 }
 
 /// Checks that `spec` fits data of `input_shape` with `outputs` outputs.
-pub fn check_fits(spec: &ModelSpec, input_shape: &[usize], outputs: usize, what: &str) -> Result<()> {
+pub fn check_fits(
+    spec: &ModelSpec,
+    input_shape: &[usize],
+    outputs: usize,
+    what: &str,
+) -> Result<()> {
     if spec.input_dim() != input_shape.iter().product::<usize>() {
         return Err(Error::Input(format!(
             "{what}: the model takes inputs of shape {:?} but the data have shape {input_shape:?}",
@@ -351,7 +380,10 @@ pub fn check_fits(spec: &ModelSpec, input_shape: &[usize], outputs: usize, what:
 /// Tensor of `dtype` f32 check helper.
 pub(crate) fn ensure_f32(t: &Tensor) -> Result<()> {
     if t.dtype() != DType::F32 {
-        return Err(Error::Other(format!("expected f32 tensor, got {:?}", t.dtype())));
+        return Err(Error::Other(format!(
+            "expected f32 tensor, got {:?}",
+            t.dtype()
+        )));
     }
     Ok(())
 }

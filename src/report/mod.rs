@@ -162,14 +162,26 @@ pub fn markdown(m: &Metrics) -> String {
         s.push_str("| model | role | architecture | params | size | test MSE | test MAE | latency b=1 | latency b=256 | size vs teacher | b=1 speed-up | MSE vs teacher |\n");
         s.push_str("|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
     }
-    let teacher = m.models.iter().find(|x| x.vs_teacher.as_ref().map(|r| r.reference == x.name).unwrap_or(false));
+    let teacher = m.models.iter().find(|x| {
+        x.vs_teacher
+            .as_ref()
+            .map(|r| r.reference == x.name)
+            .unwrap_or(false)
+    });
     for x in &m.models {
         let r = x.vs_teacher.as_ref();
-        let size_vs = r.map(|r| format!("{:.1}× smaller", 1.0 / r.params)).unwrap_or_else(|| "—".into());
-        let speed = r.map(|r| format!("{:.1}×", 1.0 / r.latency_b1)).unwrap_or_else(|| "—".into());
+        let size_vs = r
+            .map(|r| format!("{:.1}× smaller", 1.0 / r.params))
+            .unwrap_or_else(|| "—".into());
+        let speed = r
+            .map(|r| format!("{:.1}×", 1.0 / r.latency_b1))
+            .unwrap_or_else(|| "—".into());
         let mut role = x.role.clone();
         if let Some(ds) = &x.distill {
-            role = format!("{role} (KD from {}, T={}, α={})", ds.teacher, ds.temperature, ds.alpha);
+            role = format!(
+                "{role} (KD from {}, T={}, α={})",
+                ds.teacher, ds.temperature, ds.alpha
+            );
         }
         if cls {
             let delta = match (x.accuracy, teacher.and_then(|t| t.accuracy)) {
@@ -193,7 +205,10 @@ pub fn markdown(m: &Metrics) -> String {
                 delta
             );
         } else {
-            let mse_vs = r.and_then(|r| r.mse).map(|v| format!("{v:.2}×")).unwrap_or_else(|| "—".into());
+            let mse_vs = r
+                .and_then(|r| r.mse)
+                .map(|v| format!("{v:.2}×"))
+                .unwrap_or_else(|| "—".into());
             let _ = writeln!(
                 s,
                 "| {} | {} | {} | {} | {} | {:.4} | {:.4} | {} | {} | {} | {} | {} |",
@@ -237,7 +252,9 @@ pub fn markdown(m: &Metrics) -> String {
     if cls {
         s.push_str("![validation accuracy](plots/val_accuracy.svg)\n\n![accuracy vs size](plots/accuracy_vs_size.svg)\n");
     } else {
-        s.push_str("![validation MSE](plots/val_mse.svg)\n\n![MSE vs size](plots/mse_vs_size.svg)\n");
+        s.push_str(
+            "![validation MSE](plots/val_mse.svg)\n\n![MSE vs size](plots/mse_vs_size.svg)\n",
+        );
     }
     s
 }
@@ -255,24 +272,92 @@ pub fn write_reports(out: &Path, m: &Metrics) -> Result<String> {
         if let Some(t) = &x.training {
             let c = &t.curves;
             let ep: Vec<f64> = c.epoch.iter().map(|&e| e as f64).collect();
-            loss.push(Series { name: format!("{} train", x.name), points: ep.iter().copied().zip(c.train_loss.iter().copied()).collect(), dashed: false });
-            loss.push(Series { name: format!("{} val", x.name), points: ep.iter().copied().zip(c.val_loss.iter().copied()).collect(), dashed: true });
-            let v = if m.task == Task::Classification { &c.val_accuracy } else { &c.val_mse };
-            val.push(Series { name: x.name.clone(), points: ep.iter().copied().zip(v.iter().copied()).collect(), dashed: false });
+            loss.push(Series {
+                name: format!("{} train", x.name),
+                points: ep
+                    .iter()
+                    .copied()
+                    .zip(c.train_loss.iter().copied())
+                    .collect(),
+                dashed: false,
+            });
+            loss.push(Series {
+                name: format!("{} val", x.name),
+                points: ep.iter().copied().zip(c.val_loss.iter().copied()).collect(),
+                dashed: true,
+            });
+            let v = if m.task == Task::Classification {
+                &c.val_accuracy
+            } else {
+                &c.val_mse
+            };
+            val.push(Series {
+                name: x.name.clone(),
+                points: ep.iter().copied().zip(v.iter().copied()).collect(),
+                dashed: false,
+            });
         }
     }
-    crate::io::write_atomic_str(&plots.join("loss.svg"), &line_chart("Loss per epoch (train: solid, validation: dashed)", "epoch", "loss", &loss, true))?;
+    crate::io::write_atomic_str(
+        &plots.join("loss.svg"),
+        &line_chart(
+            "Loss per epoch (train: solid, validation: dashed)",
+            "epoch",
+            "loss",
+            &loss,
+            true,
+        ),
+    )?;
     let pts_of = |f: &dyn Fn(&ModelMetrics) -> Option<f64>| -> Vec<(String, f64, f64)> {
-        m.models.iter().filter_map(|x| f(x).map(|v| (x.name.clone(), x.params as f64, v))).collect()
+        m.models
+            .iter()
+            .filter_map(|x| f(x).map(|v| (x.name.clone(), x.params as f64, v)))
+            .collect()
     };
     if m.task == Task::Classification {
-        crate::io::write_atomic_str(&plots.join("val_accuracy.svg"), &line_chart("Validation accuracy per epoch", "epoch", "accuracy", &val, false))?;
+        crate::io::write_atomic_str(
+            &plots.join("val_accuracy.svg"),
+            &line_chart(
+                "Validation accuracy per epoch",
+                "epoch",
+                "accuracy",
+                &val,
+                false,
+            ),
+        )?;
         let pts = pts_of(&|x| x.accuracy.map(|a| 100.0 * a));
-        crate::io::write_atomic_str(&plots.join("accuracy_vs_size.svg"), &scatter_chart("Test accuracy vs parameters", "parameters (log scale)", "test accuracy (%)", &pts, true))?;
+        crate::io::write_atomic_str(
+            &plots.join("accuracy_vs_size.svg"),
+            &scatter_chart(
+                "Test accuracy vs parameters",
+                "parameters (log scale)",
+                "test accuracy (%)",
+                &pts,
+                true,
+            ),
+        )?;
     } else {
-        crate::io::write_atomic_str(&plots.join("val_mse.svg"), &line_chart("Validation MSE (standardised target) per epoch", "epoch", "MSE", &val, true))?;
+        crate::io::write_atomic_str(
+            &plots.join("val_mse.svg"),
+            &line_chart(
+                "Validation MSE (standardised target) per epoch",
+                "epoch",
+                "MSE",
+                &val,
+                true,
+            ),
+        )?;
         let pts = pts_of(&|x| x.mse);
-        crate::io::write_atomic_str(&plots.join("mse_vs_size.svg"), &scatter_chart("Test MSE vs parameters", "parameters (log scale)", "test MSE", &pts, true))?;
+        crate::io::write_atomic_str(
+            &plots.join("mse_vs_size.svg"),
+            &scatter_chart(
+                "Test MSE vs parameters",
+                "parameters (log scale)",
+                "test MSE",
+                &pts,
+                true,
+            ),
+        )?;
     }
     Ok(md)
 }

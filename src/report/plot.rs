@@ -10,7 +10,8 @@ const MR: f64 = 170.0;
 const MT: f64 = 40.0;
 const MB: f64 = 55.0;
 const COLORS: [&str; 10] = [
-    "#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf",
+    "#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
+    "#bcbd22", "#17becf",
 ];
 
 /// One named line.
@@ -46,7 +47,11 @@ impl Axis {
             hi += 0.5;
         }
         let pad = (hi - lo) * 0.05;
-        Axis { lo: lo - pad, hi: hi + pad, log }
+        Axis {
+            lo: lo - pad,
+            hi: hi + pad,
+            log,
+        }
     }
     fn frac(&self, v: f64) -> f64 {
         let v = if self.log { v.max(1e-300).log10() } else { v };
@@ -60,7 +65,11 @@ impl Axis {
         let span = self.hi - self.lo;
         let raw = span / 6.0;
         let mag = 10f64.powf(raw.log10().floor());
-        let step = [1.0, 2.0, 5.0, 10.0].iter().map(|m| m * mag).find(|s| span / s <= 7.0).unwrap_or(10.0 * mag);
+        let step = [1.0, 2.0, 5.0, 10.0]
+            .iter()
+            .map(|m| m * mag)
+            .find(|s| span / s <= 7.0)
+            .unwrap_or(10.0 * mag);
         let mut t = (self.lo / step).ceil() * step;
         let mut out = Vec::new();
         while t <= self.hi + 1e-12 && out.len() < 20 {
@@ -87,7 +96,9 @@ fn fmt_tick(v: f64) -> String {
 }
 
 fn esc(s: &str) -> String {
-    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;")
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
 }
 
 fn frame(svg: &mut String, title: &str, xl: &str, yl: &str, xa: &Axis, ya: &Axis) {
@@ -136,9 +147,21 @@ fn frame(svg: &mut String, title: &str, xl: &str, yl: &str, xa: &Axis, ya: &Axis
 }
 
 /// A line chart of several series.
-pub fn line_chart(title: &str, x_label: &str, y_label: &str, series: &[Series], log_y: bool) -> String {
-    let xa = Axis::new(series.iter().flat_map(|s| s.points.iter().map(|p| p.0)), false);
-    let ya = Axis::new(series.iter().flat_map(|s| s.points.iter().map(|p| p.1)), log_y);
+pub fn line_chart(
+    title: &str,
+    x_label: &str,
+    y_label: &str,
+    series: &[Series],
+    log_y: bool,
+) -> String {
+    let xa = Axis::new(
+        series.iter().flat_map(|s| s.points.iter().map(|p| p.0)),
+        false,
+    );
+    let ya = Axis::new(
+        series.iter().flat_map(|s| s.points.iter().map(|p| p.1)),
+        log_y,
+    );
     let mut svg = String::new();
     frame(&mut svg, title, x_label, y_label, &xa, &ya);
     let pw = W - ML - MR;
@@ -149,14 +172,28 @@ pub fn line_chart(title: &str, x_label: &str, y_label: &str, series: &[Series], 
             .points
             .iter()
             .filter(|p| p.1.is_finite() && (!log_y || p.1 > 0.0))
-            .map(|p| format!("{:.1},{:.1}", ML + xa.frac(p.0) * pw, MT + (1.0 - ya.frac(p.1)) * ph))
+            .map(|p| {
+                format!(
+                    "{:.1},{:.1}",
+                    ML + xa.frac(p.0) * pw,
+                    MT + (1.0 - ya.frac(p.1)) * ph
+                )
+            })
             .collect();
-        let dash = if s.dashed { r#" stroke-dasharray="6,4""# } else { "" };
+        let dash = if s.dashed {
+            r#" stroke-dasharray="6,4""#
+        } else {
+            ""
+        };
         if pts.len() == 1 {
             let (x, y) = pts[0].split_once(',').unwrap_or(("0", "0"));
             let _ = writeln!(svg, r#"<circle cx="{x}" cy="{y}" r="3" fill="{c}"/>"#);
         }
-        let _ = writeln!(svg, r#"<polyline fill="none" stroke="{c}" stroke-width="2"{dash} points="{}"/>"#, pts.join(" "));
+        let _ = writeln!(
+            svg,
+            r#"<polyline fill="none" stroke="{c}" stroke-width="2"{dash} points="{}"/>"#,
+            pts.join(" ")
+        );
         let ly = MT + 10.0 + i as f64 * 18.0;
         let _ = writeln!(
             svg,
@@ -173,7 +210,13 @@ pub fn line_chart(title: &str, x_label: &str, y_label: &str, series: &[Series], 
 }
 
 /// A scatter plot of labelled points.
-pub fn scatter_chart(title: &str, x_label: &str, y_label: &str, points: &[(String, f64, f64)], log_x: bool) -> String {
+pub fn scatter_chart(
+    title: &str,
+    x_label: &str,
+    y_label: &str,
+    points: &[(String, f64, f64)],
+    log_x: bool,
+) -> String {
     let xa = Axis::new(points.iter().map(|p| p.1), log_x);
     let ya = Axis::new(points.iter().map(|p| p.2), false);
     let mut svg = String::new();
@@ -206,12 +249,22 @@ mod tests {
             "t",
             "x",
             "y",
-            &[Series { name: "a<b".into(), points: vec![(1.0, 0.5), (2.0, 0.25)], dashed: false }],
+            &[Series {
+                name: "a<b".into(),
+                points: vec![(1.0, 0.5), (2.0, 0.25)],
+                dashed: false,
+            }],
             true,
         );
         assert!(s.starts_with("<svg") && s.trim_end().ends_with("</svg>"));
         assert!(s.contains("a&lt;b") && s.contains("polyline"));
-        let s = scatter_chart("t", "x", "y", &[("m".into(), 1000.0, 0.9), ("n".into(), 10.0, 0.8)], true);
+        let s = scatter_chart(
+            "t",
+            "x",
+            "y",
+            &[("m".into(), 1000.0, 0.9), ("n".into(), 10.0, 0.8)],
+            true,
+        );
         assert_eq!(s.matches("<circle").count(), 2);
     }
 }

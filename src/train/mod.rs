@@ -164,7 +164,10 @@ pub fn fit(model: &Model, job: TrainJob) -> Result<TrainRecord> {
                 bad_epochs = st.bad_epochs;
                 record = st.record;
                 record.resumed_from_epoch = Some(st.epoch);
-                job.progress.say(&format!("{}: resuming from the checkpoint after epoch {}", job.name, st.epoch));
+                job.progress.say(&format!(
+                    "{}: resuming from the checkpoint after epoch {}",
+                    job.name, st.epoch
+                ));
             }
         }
     }
@@ -185,7 +188,8 @@ pub fn fit(model: &Model, job: TrainJob) -> Result<TrainRecord> {
         let (mut loss_sum, mut seen, mut correct) = (0f64, 0usize, 0usize);
         for (bi, idx) in perm.chunks(cfg.batch_size).enumerate() {
             let b = idx.len();
-            job.train.gather(idx, cfg.jitter, job.fill, &mut rng, &mut xbuf);
+            job.train
+                .gather(idx, cfg.jitter, job.fill, &mut rng, &mut xbuf);
             let x = Tensor::from_slice(&xbuf, (b, d), &Device::Cpu)?;
             let y = labels_tensor(job.train, idx)?;
             let logits = model.forward(&x, Mode::Train(&mut rng))?;
@@ -197,7 +201,11 @@ pub fn fit(model: &Model, job: TrainJob) -> Result<TrainRecord> {
                         losses::mse(&logits, &y)?
                     }
                 }
-                Objective::Distill { teacher, temperature, alpha } => {
+                Objective::Distill {
+                    teacher,
+                    temperature,
+                    alpha,
+                } => {
                     let t_out: &[f32] = match teacher {
                         TeacherSignal::Cached(all) => {
                             teacher_buf.clear();
@@ -207,7 +215,8 @@ pub fn fit(model: &Model, job: TrainJob) -> Result<TrainRecord> {
                             &teacher_buf
                         }
                         TeacherSignal::Live(t) => {
-                            teacher_buf = t.forward(&x, Mode::Eval)?.flatten_all()?.to_vec1::<f32>()?;
+                            teacher_buf =
+                                t.forward(&x, Mode::Eval)?.flatten_all()?.to_vec1::<f32>()?;
                             &teacher_buf
                         }
                     };
@@ -222,7 +231,10 @@ pub fn fit(model: &Model, job: TrainJob) -> Result<TrainRecord> {
             let lv = loss.to_scalar::<f32>()? as f64;
             if !lv.is_finite() || lv > cfg.max_loss {
                 let keep = match &job.checkpoint {
-                    Some(p) if p.exists() => format!("the last good checkpoint (after epoch {epoch}) is kept in {}", p.display()),
+                    Some(p) if p.exists() => format!(
+                        "the last good checkpoint (after epoch {epoch}) is kept in {}",
+                        p.display()
+                    ),
                     _ => "no earlier checkpoint exists".to_string(),
                 };
                 return Err(Error::Diverged(format!(
@@ -244,7 +256,10 @@ pub fn fit(model: &Model, job: TrainJob) -> Result<TrainRecord> {
                 let yl = y.to_vec1::<u32>()?;
                 correct += v.iter().zip(&yl).filter(|(a, b)| a == b).count();
             }
-            bar.step(loss_sum / seen as f64, classification.then(|| correct as f64 / seen as f64));
+            bar.step(
+                loss_sum / seen as f64,
+                classification.then(|| correct as f64 / seen as f64),
+            );
         }
         let vs = validate(model, job.val)?;
         let secs = t0.elapsed().as_secs_f64();
@@ -279,7 +294,11 @@ pub fn fit(model: &Model, job: TrainJob) -> Result<TrainRecord> {
                 vs.loss,
                 100.0 * a
             ),
-            None => format!("loss {:.4}  val_mse(std) {:.4}  lr {lr:.2e}  {secs:.1}s", loss_sum / seen.max(1) as f64, vs.loss),
+            None => format!(
+                "loss {:.4}  val_mse(std) {:.4}  lr {lr:.2e}  {secs:.1}s",
+                loss_sum / seen.max(1) as f64,
+                vs.loss
+            ),
         };
         bar.finish(&summary);
         let stop = patience_hit(bad_epochs);
@@ -317,7 +336,13 @@ pub fn fit(model: &Model, job: TrainJob) -> Result<TrainRecord> {
     Ok(record)
 }
 
-fn save_checkpoint(path: &Path, model: &Model, opt: &Optimizer, best: Option<&[Vec<f32>]>, st: &CheckpointState) -> Result<()> {
+fn save_checkpoint(
+    path: &Path,
+    model: &Model,
+    opt: &Optimizer,
+    best: Option<&[Vec<f32>]>,
+    st: &CheckpointState,
+) -> Result<()> {
     let mut extra = Vec::new();
     for (i, (name, var)) in model.params.iter().enumerate() {
         let shape = var.dims().to_vec();
@@ -334,7 +359,12 @@ fn save_checkpoint(path: &Path, model: &Model, opt: &Optimizer, best: Option<&[V
     crate::io::write_atomic(path, &bytes)
 }
 
-fn load_checkpoint(path: &Path, model: &Model, opt: &mut Optimizer, best: &mut Option<Vec<Vec<f32>>>) -> Result<CheckpointState> {
+fn load_checkpoint(
+    path: &Path,
+    model: &Model,
+    opt: &mut Optimizer,
+    best: &mut Option<Vec<Vec<f32>>>,
+) -> Result<CheckpointState> {
     let file = path.display().to_string();
     let bytes = crate::io::read_file(path)?;
     let raw = models::parse_safetensors(&bytes, &file)?;
@@ -347,13 +377,17 @@ fn load_checkpoint(path: &Path, model: &Model, opt: &mut Optimizer, best: &mut O
         let get = |k: String| raw.tensors.get(&k).map(|(_, v)| v.clone());
         if let Some(m) = get(format!("__opt.m.{name}")) {
             if m.len() != opt.m[i].len() {
-                return Err(Error::Input(format!("{file}: optimizer state for {name} has the wrong size")));
+                return Err(Error::Input(format!(
+                    "{file}: optimizer state for {name} has the wrong size"
+                )));
             }
             opt.m[i] = m;
         }
         if let Some(v) = get(format!("__opt.v.{name}")) {
             if v.len() != opt.v[i].len() {
-                return Err(Error::Input(format!("{file}: optimizer state for {name} has the wrong size")));
+                return Err(Error::Input(format!(
+                    "{file}: optimizer state for {name} has the wrong size"
+                )));
             }
             opt.v[i] = v;
         }

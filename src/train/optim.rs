@@ -55,7 +55,11 @@ fn update_chunk(sp: StepParams, w: &mut [f32], g: &[f32], m: &mut [f32], v: &mut
         OptimizerKind::Adam | OptimizerKind::Adamw => {
             let decoupled = sp.kind == OptimizerKind::Adamw;
             let l2 = if decoupled { 0.0 } else { sp.weight_decay };
-            let shrink = if decoupled { 1.0 - sp.lr * sp.weight_decay } else { 1.0 };
+            let shrink = if decoupled {
+                1.0 - sp.lr * sp.weight_decay
+            } else {
+                1.0
+            };
             let step = sp.lr / sp.bc1;
             let inv_bc2 = 1.0 / sp.bc2;
             for i in 0..w.len() {
@@ -71,7 +75,11 @@ fn update_chunk(sp: StepParams, w: &mut [f32], g: &[f32], m: &mut [f32], v: &mut
             for i in 0..w.len() {
                 let gi = g[i] + sp.weight_decay * w[i];
                 // PyTorch: the buffer starts as the first gradient.
-                let bi = if sp.first_step { gi } else { sp.momentum * m[i] + gi };
+                let bi = if sp.first_step {
+                    gi
+                } else {
+                    sp.momentum * m[i] + gi
+                };
                 m[i] = bi;
                 w[i] -= sp.lr * bi;
             }
@@ -82,7 +90,9 @@ fn update_chunk(sp: StepParams, w: &mut [f32], g: &[f32], m: &mut [f32], v: &mut
 fn f32_slice<'s>(s: &'s CpuStorage, l: &Layout, what: &str) -> candle_core::Result<&'s [f32]> {
     match (s, l.contiguous_offsets()) {
         (CpuStorage::F32(v), Some((a, b))) => Ok(&v[a..b]),
-        _ => Err(candle_core::Error::Msg(format!("fused optimizer: {what} must be a contiguous f32 tensor"))),
+        _ => Err(candle_core::Error::Msg(format!(
+            "fused optimizer: {what} must be a contiguous f32 tensor"
+        ))),
     }
 }
 
@@ -91,20 +101,32 @@ impl InplaceOp2 for FusedUpdate<'_> {
         "fused-optimizer-step"
     }
 
-    fn cpu_fwd(&self, dst: &mut CpuStorage, dst_l: &Layout, gs: &CpuStorage, gl: &Layout) -> candle_core::Result<()> {
+    fn cpu_fwd(
+        &self,
+        dst: &mut CpuStorage,
+        dst_l: &Layout,
+        gs: &CpuStorage,
+        gl: &Layout,
+    ) -> candle_core::Result<()> {
         let g = f32_slice(gs, gl, "gradient")?;
-        let (a, b) = dst_l
-            .contiguous_offsets()
-            .ok_or_else(|| candle_core::Error::Msg("fused optimizer: parameter must be contiguous".into()))?;
+        let (a, b) = dst_l.contiguous_offsets().ok_or_else(|| {
+            candle_core::Error::Msg("fused optimizer: parameter must be contiguous".into())
+        })?;
         let w = match dst {
             CpuStorage::F32(v) => &mut v[a..b],
-            _ => return Err(candle_core::Error::Msg("fused optimizer: parameter must be f32".into())),
+            _ => {
+                return Err(candle_core::Error::Msg(
+                    "fused optimizer: parameter must be f32".into(),
+                ))
+            }
         };
         let mut m = self.m.borrow_mut();
         let mut v = self.v.borrow_mut();
         let sp = self.p;
         if w.len() != g.len() || m.len() != w.len() {
-            return Err(candle_core::Error::Msg("fused optimizer: size mismatch".into()));
+            return Err(candle_core::Error::Msg(
+                "fused optimizer: size mismatch".into(),
+            ));
         }
         if w.len() < 2 * CHUNK {
             update_chunk(sp, w, g, &mut m[..], &mut v[..]);
@@ -134,7 +156,10 @@ impl Optimizer {
             weight_decay: cfg.weight_decay as f32,
             step: 0,
             m: sizes.iter().map(|&n| vec![0.0; n]).collect(),
-            v: sizes.iter().map(|&n| if adam { vec![0.0; n] } else { Vec::new() }).collect(),
+            v: sizes
+                .iter()
+                .map(|&n| if adam { vec![0.0; n] } else { Vec::new() })
+                .collect(),
         }
     }
 
@@ -153,8 +178,14 @@ impl Optimizer {
             first_step: self.step == 1,
         };
         for (i, (name, var)) in model.params.iter().enumerate() {
-            let Some(g) = grads.get(var.as_tensor()) else { continue };
-            let g = if g.is_contiguous() { g.clone() } else { g.contiguous()? };
+            let Some(g) = grads.get(var.as_tensor()) else {
+                continue;
+            };
+            let g = if g.is_contiguous() {
+                g.clone()
+            } else {
+                g.contiguous()?
+            };
             let op = FusedUpdate {
                 p: sp,
                 m: RefCell::new(&mut self.m[i][..]),

@@ -45,7 +45,12 @@ fn strip(v: &mut serde_json::Value) {
     match v {
         serde_json::Value::Object(o) => {
             o.retain(|k, _| {
-                !(k.starts_with("latency") || k.contains("seconds") || k == "vs_teacher" || k == "file_bytes" || k == "source" || k == "resumed_from_epoch")
+                !(k.starts_with("latency")
+                    || k.contains("seconds")
+                    || k == "vs_teacher"
+                    || k == "file_bytes"
+                    || k == "source"
+                    || k == "resumed_from_epoch")
             });
             for (_, x) in o.iter_mut() {
                 strip(x);

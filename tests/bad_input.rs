@@ -1,0 +1,372 @@
+//! Bad input through the real binary: every case must exit with code 2 and a one-line error
+//! naming the file, line or field, and never panic.
+
+mod common;
+use common::*;
+use std::path::Path;
+
+fn write(dir: &Path, name: &str, bytes: &[u8]) -> String {
+    let p = dir.join(name);
+    std::fs::write(&p, bytes).unwrap();
+    p.to_str().unwrap().to_string()
+}
+
+fn idx_u8(dims: &[u32], data: &[u8]) -> Vec<u8> {
+    distillery::data::idx::encode_idx_u8(dims, data)
+}
+
+fn gzip(b: &[u8]) -> Vec<u8> {
+    use std::io::Write;
+    let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    e.write_all(b).unwrap();
+    e.finish().unwrap()
+}
+
+/// Runs `distillery run CONFIG` for a config text and checks exit code 2 and the message.
+fn expect_bad_config(dir: &Path, name: &str, toml: &str, needles: &[&str]) {
+    let cfg = write(dir, &format!("{name}.toml"), toml.as_bytes());
+    let out = dir.join(format!("out-{name}"));
+    let o = run(&["run", &cfg, "--out", out.to_str().unwrap(), "-q"]);
+    check(&o, name, needles);
+}
+
+fn check(o: &std::process::Output, name: &str, needles: &[&str]) {
+    let err = stderr(o);
+    assert_eq!(
+        o.status.code(),
+        Some(2),
+        "{name}: expected exit code 2, got {:?}; stderr: {err}",
+        o.status.code()
+    );
+    assert!(
+        !err.contains("panicked") && !err.contains("RUST_BACKTRACE"),
+        "{name}: panic: {err}"
+    );
+    assert!(err.starts_with("error: "), "{name}: {err}");
+    assert_eq!(
+        err.trim_end().lines().count(),
+        1,
+        "{name}: not a one-line error: {err}"
+    );
+    for n in needles {
+        assert!(err.contains(n), "{name}: expected '{n}' in: {err}");
+    }
+}
+
+fn idx_config(images: &str, labels: &str) -> String {
+    format!(
+        "[data]\nformat = \"idx\"\ntrain_images = \"{images}\"\ntrain_labels = \"{labels}\"\n[[model]]\nname = \"t\"\narch = {{ kind = \"mlp\", hidden = [8] }}\n"
+    )
+}
+
+fn csv_config(path: &str, label: &str) -> String {
+    format!(
+        "[data]\nformat = \"csv\"\npath = \"{path}\"\nlabel = \"{label}\"\n[[model]]\nname = \"t\"\narch = {{ kind = \"mlp\", hidden = [8] }}\n"
+    )
+}
+
+#[test]
+fn bad_data_files() {
+    let d = tempfile::tempdir().unwrap();
+    let dir = d.path();
+    let labels = write(dir, "labels.idx", &idx_u8(&[4], &[0, 1, 0, 1]));
+    let good_images = idx_u8(&[4, 2, 2], &[0; 16]);
+
+    // Truncated IDX: the header promises 16 bytes of pixels, the file holds 10.
+    let p = write(dir, "trunc.idx", &good_images[..good_images.len() - 6]);
+    expect_bad_config(
+        dir,
+        "truncated-idx",
+        &idx_config(&p, &labels),
+        &["trunc.idx", "truncated"],
+    );
+
+    // Header sizes far beyond the file (a 20-byte file claiming 16 GB) are rejected before allocating.
+    let mut huge = vec![0, 0, 0x08, 2];
+    huge.extend_from_slice(&0x0001_0000u32.to_be_bytes());
+    huge.extend_from_slice(&0x0004_0000u32.to_be_bytes());
+    huge.extend_from_slice(&[1; 8]);
+    let p = write(dir, "huge.idx", &huge);
+    expect_bad_config(
+        dir,
+        "idx-header-vs-length",
+        &idx_config(&p, &labels),
+        &["huge.idx", "dimensions", "8 data bytes"],
+    );
+
+    // Not an IDX file at all.
+    let p = write(dir, "text.idx", b"this is not idx data");
+    expect_bad_config(
+        dir,
+        "idx-bad-magic",
+        &idx_config(&p, &labels),
+        &["text.idx", "not an IDX file"],
+    );
+
+    // Corrupt gzip: valid gzip header, garbage after.
+    let mut gz = gzip(&good_images);
+    let n = gz.len();
+    for b in &mut gz[12..n - 8] {
+        *b ^= 0x5a;
+    }
+    let p = write(dir, "corrupt.idx.gz", &gz);
+    expect_bad_config(
+        dir,
+        "idx-corrupt-gzip",
+        &idx_config(&p, &labels),
+        &["corrupt.idx.gz"],
+    );
+
+    // Images and labels disagree in count.
+    let p = write(dir, "five.idx", &idx_u8(&[5, 2, 2], &[0; 20]));
+    expect_bad_config(
+        dir,
+        "idx-count-mismatch",
+        &idx_config(&p, &labels),
+        &["5 samples", "4 labels"],
+    );
+
+    // CSV: the label column does not exist.
+    let csv = write(dir, "ok.csv", b"a,b,y\n1,2,x\n3,4,z\n5,6,x\n7,8,z\n");
+    expect_bad_config(
+        dir,
+        "csv-no-label",
+        &csv_config(&csv, "target"),
+        &["ok.csv", "label column 'target' not found", "a, b, y"],
+    );
+
+    // CSV: a non-numeric cell, a NaN, an infinity, a ragged row, an empty cell, an empty file.
+    let p = write(dir, "word.csv", b"a,b,y\n1,2,x\n3,four,z\n");
+    expect_bad_config(
+        dir,
+        "csv-non-numeric",
+        &csv_config(&p, "y"),
+        &["word.csv:3", "column 'b'", "'four' is not a number"],
+    );
+    let p = write(dir, "nan.csv", b"a,b,y\n1,2,x\n3,NaN,z\n");
+    expect_bad_config(
+        dir,
+        "csv-nan",
+        &csv_config(&p, "y"),
+        &["nan.csv:3", "column 'b'", "not a finite number"],
+    );
+    let p = write(dir, "inf.csv", b"a,b,y\n1,inf,x\n3,4,z\n");
+    expect_bad_config(
+        dir,
+        "csv-inf",
+        &csv_config(&p, "y"),
+        &["inf.csv:2", "not a finite number"],
+    );
+    let p = write(dir, "ragged.csv", b"a,b,y\n1,2,x\n3,4\n");
+    expect_bad_config(
+        dir,
+        "csv-ragged",
+        &csv_config(&p, "y"),
+        &["ragged.csv:3", "2 fields, expected 3"],
+    );
+    let p = write(dir, "hole.csv", b"a,b,y\n1,,x\n3,4,z\n");
+    expect_bad_config(
+        dir,
+        "csv-empty-cell",
+        &csv_config(&p, "y"),
+        &["hole.csv:2", "empty cell"],
+    );
+    let p = write(dir, "empty.csv", b"");
+    expect_bad_config(
+        dir,
+        "csv-empty-file",
+        &csv_config(&p, "y"),
+        &["empty.csv", "empty file"],
+    );
+}
+
+#[test]
+fn bad_configs() {
+    let d = tempfile::tempdir().unwrap();
+    let dir = d.path();
+    let base = "[data]\nformat = \"digits\"\n[[model]]\nname = \"t\"\narch = { kind = \"mlp\", hidden = [8] }\n";
+    expect_bad_config(
+        dir,
+        "unknown-key",
+        &base.replace("format", "colour = 1\nformat"),
+        &["unknown field `colour`", ":2"],
+    );
+    expect_bad_config(
+        dir,
+        "wrong-type",
+        &base.replace("hidden = [8]", "hidden = \"big\""),
+        &["invalid type", "hidden"],
+    );
+    expect_bad_config(
+        dir,
+        "malformed-toml",
+        "[data\nformat = 1",
+        &["malformed-toml.toml:1"],
+    );
+    expect_bad_config(
+        dir,
+        "negative-lr",
+        &format!("{base}train = {{ lr = -0.1 }}\n"),
+        &["model.t.train.lr", "positive"],
+    );
+    expect_bad_config(
+        dir,
+        "zero-epochs",
+        &format!("{base}train = {{ epochs = 0 }}\n"),
+        &["model.t.train.epochs"],
+    );
+    expect_bad_config(
+        dir,
+        "bad-dropout",
+        &base.replace("hidden = [8]", "hidden = [8], dropout = 1.5"),
+        &["model.t.arch.dropout"],
+    );
+    expect_bad_config(
+        dir,
+        "unknown-teacher",
+        &format!("{base}[[model]]\nname = \"s\"\narch = {{ kind = \"mlp\", hidden = [4] }}\ndistill = {{ teacher = \"nobody\" }}\n"),
+        &["model.s.distill.teacher", "'nobody'", "known: t"],
+    );
+    expect_bad_config(
+        dir,
+        "bad-temperature",
+        &format!("{base}[[model]]\nname = \"s\"\narch = {{ kind = \"mlp\", hidden = [4] }}\ndistill = {{ teacher = \"t\", temperature = 0.0 }}\n"),
+        &["model.s.distill.temperature"],
+    );
+    expect_bad_config(
+        dir,
+        "duplicate-name",
+        &format!("{base}[[model]]\nname = \"t\"\narch = {{ kind = \"mlp\", hidden = [4] }}\n"),
+        &["duplicate model name"],
+    );
+    expect_bad_config(
+        dir,
+        "missing-file",
+        "[data]\nformat = \"csv\"\npath = \"no/such.csv\"\nlabel = \"y\"\n[[model]]\nname = \"t\"\narch = { kind = \"mlp\" }\n",
+        &["data.path", "no/such.csv", "does not exist"],
+    );
+    expect_bad_config(
+        dir,
+        "cnn-on-tabular",
+        "[data]\nformat = \"csv\"\npath = \"data/sklearn/iris.csv\"\nlabel = \"species\"\n[[model]]\nname = \"t\"\narch = { kind = \"cnn\", channels = [4] }\n",
+        &["model.t.arch.kind", "image data"],
+    );
+    expect_bad_config(
+        dir,
+        "cnn-too-deep",
+        &base.replace(
+            "kind = \"mlp\", hidden = [8]",
+            "kind = \"cnn\", channels = [4, 4, 4, 4]",
+        ),
+        &["model.t", "pool"],
+    );
+    expect_bad_config(
+        dir,
+        "no-models",
+        "[data]\nformat = \"digits\"\n",
+        &["model", "no [[model]]"],
+    );
+    expect_bad_config(
+        dir,
+        "bad-val-fraction",
+        &base.replace(
+            "format = \"digits\"",
+            "format = \"digits\"\nval_fraction = 1.5",
+        ),
+        &["data.val_fraction"],
+    );
+    expect_bad_config(dir, "jitter-on-tabular", "[data]\nformat = \"csv\"\npath = \"data/sklearn/iris.csv\"\nlabel = \"species\"\n[[model]]\nname = \"t\"\narch = { kind = \"mlp\" }\ntrain = { jitter = 2 }\n", &["model.t.train.jitter"]);
+}
+
+#[test]
+fn bad_arguments_and_model_files() {
+    let d = tempfile::tempdir().unwrap();
+    let dir = d.path();
+    // --set without '='
+    let o = run(&[
+        "run",
+        "configs/demo.toml",
+        "--out",
+        dir.join("x").to_str().unwrap(),
+        "--set",
+        "seed",
+    ]);
+    check(&o, "set-syntax", &["--set seed", "KEY=VALUE"]);
+    // --set naming a model that does not exist
+    let o = run(&[
+        "run",
+        "configs/demo.toml",
+        "--out",
+        dir.join("x").to_str().unwrap(),
+        "--set",
+        "model.nobody.train.lr=1",
+    ]);
+    check(&o, "set-unknown-model", &["no entry named 'nobody'"]);
+    // An unknown verb or flag: clap's own error, exit code 2.
+    let o = run(&["frobnicate"]);
+    assert_eq!(o.status.code(), Some(2));
+    // A config file that does not exist.
+    let o = run(&["run", "nope.toml", "--out", dir.join("y").to_str().unwrap()]);
+    check(&o, "missing-config", &["nope.toml", "not found"]);
+
+    // A corrupt and a truncated model file.
+    let junk = write(
+        dir,
+        "junk.safetensors",
+        b"\x10\x00\x00\x00\x00\x00\x00\x00{not json}",
+    );
+    let o = run(&["evaluate", &junk, "--digits"]);
+    check(
+        &o,
+        "corrupt-model",
+        &["junk.safetensors", "not a valid safetensors"],
+    );
+    let out = dir.join("m");
+    let o = run(&["demo", "--quick", "-q", "--out", out.to_str().unwrap()]);
+    assert!(o.status.success());
+    let good = std::fs::read(out.join("models/student-kd.safetensors")).unwrap();
+    let cut = write(dir, "cut.safetensors", &good[..good.len() / 2]);
+    let o = run(&["evaluate", &cut, "--digits"]);
+    check(&o, "truncated-model", &["cut.safetensors"]);
+
+    // A model whose input size does not match the data (8×8 digits model on iris features).
+    let o = run(&[
+        "evaluate",
+        out.join("models/student-kd.safetensors").to_str().unwrap(),
+        "--csv",
+        "data/sklearn/iris.csv",
+        "--label",
+        "species",
+    ]);
+    check(
+        &o,
+        "evaluate-shape-mismatch",
+        &["inputs of shape [1, 8, 8]", "[4]"],
+    );
+    let cfg = format!(
+        "[data]\nformat = \"csv\"\npath = \"data/sklearn/iris.csv\"\nlabel = \"species\"\n[[model]]\nname = \"t\"\nfrom = \"{}\"\n",
+        out.join("models/teacher.safetensors").display()
+    );
+    expect_bad_config(
+        dir,
+        "from-shape-mismatch",
+        &cfg,
+        &["model.t.from", "inputs of shape [1, 8, 8]", "[4]"],
+    );
+
+    // Re-using an output folder with a different config.
+    let o = run(&[
+        "demo",
+        "--quick",
+        "-q",
+        "--set",
+        "seed=9",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    check(
+        &o,
+        "out-folder-different-config",
+        &["config.toml", "different config"],
+    );
+}

@@ -1,0 +1,221 @@
+//! Lost work: a run killed with SIGKILL at random moments and restarted with the same --out
+//! resumes from its last completed epoch and ends with exactly the metrics of an uninterrupted
+//! run; a diverging loss stops the run, names the epoch and keeps the last good checkpoint.
+
+mod common;
+use common::*;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+const CONFIG: &str = r#"
+name = "resume-test"
+seed = 5
+[data]
+format = "digits"
+[eval]
+latency_runs = 2
+latency_budget_ms = 5
+[[model]]
+name = "teacher"
+arch = { kind = "mlp", hidden = [768, 768], dropout = 0.2 }
+train = { epochs = 8, batch_size = 8, lr = 5e-4, patience = 6 }
+[[model]]
+name = "student"
+arch = { kind = "mlp", hidden = [32] }
+train = { epochs = 8, batch_size = 4, lr = 2e-3, schedule = "cosine" }
+distill = { teacher = "teacher", temperature = 4.0, alpha = 0.9 }
+"#;
+
+fn walk(dir: &std::path::Path, out: &mut Vec<std::path::PathBuf>) {
+    for e in std::fs::read_dir(dir).unwrap().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            walk(&p, out)
+        } else {
+            out.push(p)
+        }
+    }
+}
+
+#[test]
+fn killed_runs_resume_to_identical_metrics() {
+    let d = tempfile::tempdir().unwrap();
+    let cfg = d.path().join("resume.toml");
+    std::fs::write(&cfg, CONFIG).unwrap();
+    let reference = d.path().join("reference");
+    let t0 = Instant::now();
+    let o = run(&[
+        "run",
+        cfg.to_str().unwrap(),
+        "--out",
+        reference.to_str().unwrap(),
+        "-q",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let full = t0.elapsed();
+
+    // Kill at pseudo-random moments spread over the run's length until it completes.
+    let out = d.path().join("killed");
+    let mut kills = 0;
+    let mut resumed_lines = 0;
+    let mut x: u64 = 0x2545_f491_4f6c_dd1d;
+    for attempt in 0..60 {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        let frac = (x % 1000) as f64 / 1000.0;
+        let wait = Duration::from_secs_f64(0.05 + frac * full.as_secs_f64() * 0.5);
+        let mut child = Command::new(bin())
+            .args(["run", cfg.to_str().unwrap(), "--out", out.to_str().unwrap()])
+            .current_dir(repo())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let start = Instant::now();
+        let mut finished = None;
+        while start.elapsed() < wait {
+            if let Some(s) = child.try_wait().unwrap() {
+                finished = Some(s);
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        match finished {
+            Some(s) => {
+                let o = child.wait_with_output().unwrap();
+                assert!(s.success(), "attempt {attempt}: {}", stderr(&o));
+                resumed_lines += stderr(&o).matches("resuming from the checkpoint").count();
+                break;
+            }
+            None => {
+                child.kill().unwrap(); // SIGKILL
+                let o = child.wait_with_output().unwrap();
+                resumed_lines += stderr(&o).matches("resuming from the checkpoint").count();
+                kills += 1;
+            }
+        }
+        // Every file under the folder is complete at every moment: models and checkpoints parse.
+        let mut files = Vec::new();
+        if out.exists() {
+            walk(&out, &mut files);
+        }
+        for f in files
+            .iter()
+            .filter(|f| f.extension().map(|e| e == "safetensors").unwrap_or(false))
+        {
+            let bytes = std::fs::read(f).unwrap();
+            distillery::models::parse_safetensors(&bytes, &f.display().to_string())
+                .expect("a truncated or corrupt file was left behind");
+        }
+    }
+    assert!(
+        out.join("metrics.json").exists(),
+        "the killed run never completed"
+    );
+    assert!(
+        kills >= 3,
+        "only {kills} kills happened; the test did not exercise resume"
+    );
+    assert!(resumed_lines >= 1, "no restart resumed from a checkpoint");
+    assert_eq!(
+        metrics_without_timings(&reference),
+        metrics_without_timings(&out),
+        "resumed run differs from the uninterrupted one ({kills} kills)"
+    );
+    let mut files = Vec::new();
+    walk(&out, &mut files);
+    assert!(
+        !files.iter().any(|f| f.to_string_lossy().contains(".tmp-")),
+        "temporary files left: {files:?}"
+    );
+    eprintln!("survived {kills} kills; {resumed_lines} restarts resumed mid-model");
+}
+
+#[test]
+fn diverging_loss_stops_names_epoch_and_keeps_checkpoint() {
+    use distillery::config::TrainConfig;
+    use distillery::data::{embedded_digits, NormalizeKind, Splits};
+    use distillery::models::{Model, ModelSpec};
+    use distillery::progress::Progress;
+    use distillery::train::{fit, Objective, TrainJob};
+
+    let d = tempfile::tempdir().unwrap();
+    let ck = d.path().join("m.ckpt.safetensors");
+    let s = Splits::make(
+        embedded_digits().unwrap(),
+        None,
+        0.1,
+        0.2,
+        NormalizeKind::Global,
+        None,
+        None,
+        1,
+    )
+    .unwrap();
+    let arch: distillery::config::ArchConfig =
+        toml::from_str("kind = \"mlp\"\nhidden = [16]").unwrap();
+    let spec = ModelSpec {
+        arch,
+        input_shape: s.train.shape.clone(),
+        outputs: 10,
+    };
+    let model = Model::new(spec, &mut distillery::rng::Rng::new(0)).unwrap();
+    fn job<'a>(cfg: &'a TrainConfig, s: &'a Splits, ck: &std::path::Path) -> TrainJob<'a> {
+        TrainJob {
+            name: "m",
+            cfg,
+            train: &s.train,
+            val: &s.val,
+            objective: Objective::Supervised,
+            fill: 0.0,
+            checkpoint: Some(ck.to_path_buf()),
+            seed: 1,
+            progress: Progress::Quiet,
+        }
+    }
+    let good = TrainConfig {
+        epochs: 1,
+        ..TrainConfig::default()
+    };
+    fit(&model, job(&good, &s, &ck)).unwrap();
+    let before = std::fs::read(&ck).unwrap();
+    // Resume for two more epochs with an absurd learning rate: epoch 2 diverges.
+    let bad = TrainConfig {
+        epochs: 3,
+        lr: 1e9,
+        ..TrainConfig::default()
+    };
+    let err = fit(&model, job(&bad, &s, &ck)).unwrap_err();
+    let msg = err.to_string();
+    assert!(matches!(err, distillery::Error::Diverged(_)), "{msg}");
+    assert!(
+        msg.contains("epoch 2") && msg.contains("kept in") && msg.contains("lower learning rate"),
+        "{msg}"
+    );
+    assert_eq!(err.exit_code(), 1);
+    // The last good checkpoint is intact and loadable.
+    assert_eq!(std::fs::read(&ck).unwrap(), before);
+    distillery::models::parse_safetensors(&before, "ckpt").unwrap();
+}
+
+#[test]
+fn diverging_run_through_the_cli() {
+    let d = tempfile::tempdir().unwrap();
+    let out = d.path().join("nan");
+    let o = run(&[
+        "demo",
+        "-q",
+        "--out",
+        out.to_str().unwrap(),
+        "--set",
+        "model.teacher.train.lr=1e12",
+    ]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    let e = stderr(&o);
+    assert!(
+        e.contains("model 'teacher' diverged in epoch 1") && e.contains("lower learning rate"),
+        "{e}"
+    );
+    assert!(!e.contains("panicked"));
+}
