@@ -41,6 +41,151 @@ pub struct ExperimentConfig {
     /// The models, trained in file order; a student names its teacher.
     #[serde(rename = "model", default)]
     pub models: Vec<ModelConfig>,
+    /// Groups of K sub-models with knowledge transfer between them (run after the models).
+    #[serde(rename = "submodels", default, skip_serializing_if = "Vec::is_empty")]
+    pub submodels: Vec<SubmodelsConfig>,
+}
+
+/// How sub-models are formed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SubmodelInit {
+    /// Independent sub-models, initialised afresh.
+    Fresh,
+    /// Cut out of the trained teacher: disjoint subsets of its hidden units.
+    Split,
+}
+
+/// Whose state peers' predictions come from during transfer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum PeerMode {
+    /// `live` on shared data, `stale` on shards.
+    Auto,
+    /// Peers' current predictions on every mini-batch (deep mutual learning).
+    Live,
+    /// Peers' predictions from the end of the previous round (codistillation).
+    Stale,
+}
+
+/// Phase 2: rounds of knowledge transfer between the sub-models.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TransferConfig {
+    /// Maximum number of rounds (0: phase 1 only).
+    #[serde(default = "default_rounds")]
+    pub rounds: usize,
+    /// Stop when the validation disagreement falls below this.
+    #[serde(default = "default_tolerance")]
+    pub tolerance: f64,
+    /// Epochs each sub-model trains per round.
+    #[serde(default = "default_epochs_per_round")]
+    pub epochs_per_round: usize,
+    /// Weight β of the peer term; (1 − β) weighs the label (and teacher) loss.
+    #[serde(default = "default_peer_weight")]
+    pub peer_weight: f32,
+    /// Temperature of the peer term (default: the group's temperature).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub temperature: Option<f32>,
+    /// `auto`, `live` or `stale`.
+    #[serde(default = "default_peer_mode")]
+    pub peers: PeerMode,
+    /// Optimizer settings for the rounds (`epochs` is ignored: see `epochs_per_round`).
+    #[serde(default)]
+    pub train: TrainConfig,
+}
+
+fn default_rounds() -> usize {
+    10
+}
+fn default_tolerance() -> f64 {
+    1e-3
+}
+fn default_epochs_per_round() -> usize {
+    1
+}
+fn default_peer_weight() -> f32 {
+    0.5
+}
+fn default_peer_mode() -> PeerMode {
+    PeerMode::Auto
+}
+
+impl Default for TransferConfig {
+    fn default() -> Self {
+        TransferConfig {
+            rounds: default_rounds(),
+            tolerance: default_tolerance(),
+            epochs_per_round: default_epochs_per_round(),
+            peer_weight: default_peer_weight(),
+            temperature: None,
+            peers: default_peer_mode(),
+            train: TrainConfig::default(),
+        }
+    }
+}
+
+/// A student distilled from the sub-models' ensemble.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FinalStudentConfig {
+    /// Model name.
+    pub name: String,
+    /// Architecture.
+    pub arch: ArchConfig,
+    /// Training settings.
+    #[serde(default)]
+    pub train: TrainConfig,
+    /// Temperature.
+    #[serde(default = "default_temperature")]
+    pub temperature: f32,
+    /// Soft-target weight.
+    #[serde(default = "default_alpha")]
+    pub alpha: f32,
+}
+
+/// One `[[submodels]]` group: K sub-models, phase 1 training, then transfer rounds.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SubmodelsConfig {
+    /// Group name; sub-models are `<name>-1` … `<name>-K`, the ensemble `<name>-ensemble`.
+    pub name: String,
+    /// Number of sub-models.
+    pub k: usize,
+    /// `fresh` or `split`.
+    #[serde(default = "default_init")]
+    pub init: SubmodelInit,
+    /// A `[[model]]` to split (init = split) and/or whose soft targets are mixed in (alpha > 0).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub teacher: Option<String>,
+    /// The architecture of every sub-model (fresh), or dropout settings (split).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub arch: Option<ArchConfig>,
+    /// One architecture per sub-model (fresh), instead of `arch`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub archs: Vec<ArchConfig>,
+    /// Train each sub-model on its own disjoint 1/K shard of the training data.
+    #[serde(default)]
+    pub shards: bool,
+    /// Weight of the teacher's soft targets in the sub-models' base loss.
+    #[serde(default)]
+    pub alpha: f32,
+    /// Temperature for teacher and peer soft targets.
+    #[serde(default = "default_temperature")]
+    pub temperature: f32,
+    /// Phase 1 training.
+    #[serde(default)]
+    pub phase1: TrainConfig,
+    /// Phase 2 transfer rounds.
+    #[serde(default)]
+    pub transfer: TransferConfig,
+    /// Optionally distil the ensemble into one final student.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub final_student: Option<FinalStudentConfig>,
+}
+
+fn default_init() -> SubmodelInit {
+    SubmodelInit::Fresh
 }
 
 fn default_name() -> String {
@@ -156,6 +301,8 @@ impl Default for EvalConfig {
 pub enum Role {
     /// Trained on labels; other models learn from it.
     Teacher,
+    /// An intermediate model in a teacher-assistant chain.
+    Assistant,
     /// A smaller model; distilled when it has a `distill` table, else trained on labels alone.
     Student,
 }
@@ -165,6 +312,7 @@ impl Role {
     pub fn as_str(&self) -> &'static str {
         match self {
             Role::Teacher => "teacher",
+            Role::Assistant => "assistant",
             Role::Student => "student",
         }
     }
@@ -337,6 +485,31 @@ pub struct DistillConfig {
     /// Weight α of the soft-target term; (1 − α) weighs the label term.
     #[serde(default = "default_alpha")]
     pub alpha: f32,
+    /// Teacher-assistant chain (Mirzadeh et al. 2020): intermediate models, largest first,
+    /// each distilled from the one before; the student then learns from the last.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub assistants: Vec<ArchConfig>,
+    /// Add a FitNets hint term (Romero et al. 2015) on a hidden layer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hint: Option<HintConfig>,
+}
+
+/// FitNets hint: match the student's hidden layer, through a learned linear adapter, to the
+/// teacher's hidden layer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HintConfig {
+    /// The teacher's hint layer (0-based dense hidden layer).
+    pub teacher_layer: usize,
+    /// The student's guided layer (0-based dense hidden layer).
+    pub student_layer: usize,
+    /// Weight of the hint term, added to the distillation loss.
+    #[serde(default = "default_hint_weight")]
+    pub weight: f32,
+}
+
+fn default_hint_weight() -> f32 {
+    1.0
 }
 
 fn default_temperature() -> f32 {
@@ -367,6 +540,31 @@ pub struct ModelConfig {
     /// Load this saved model instead of training one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub from: Option<PathBuf>,
+    /// Born-again generations (Furlanello et al. 2018) that follow this model.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub born_again: Option<BornAgainConfig>,
+}
+
+/// Born-again networks: `generations` further models of the same architecture, each
+/// distilled from the previous generation.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BornAgainConfig {
+    /// Number of further generations (≥ 1).
+    pub generations: usize,
+    /// Temperature of each generation's distillation.
+    #[serde(default = "default_ban_temperature")]
+    pub temperature: f32,
+    /// Soft-target weight α (1.0: the paper's soft targets only).
+    #[serde(default = "default_ban_alpha")]
+    pub alpha: f32,
+}
+
+fn default_ban_temperature() -> f32 {
+    1.0
+}
+fn default_ban_alpha() -> f32 {
+    1.0
 }
 
 impl ModelConfig {
@@ -599,8 +797,11 @@ impl ExperimentConfig {
         if self.eval.latency_runs == 0 {
             bad_field("eval.latency_runs", "must be at least 1")?;
         }
-        if self.models.is_empty() {
-            bad_field("model", "the experiment declares no [[model]]")?;
+        if self.models.is_empty() && self.submodels.is_empty() {
+            bad_field(
+                "model",
+                "the experiment declares no [[model]] and no [[submodels]]",
+            )?;
         }
         let images = d.format != DataFormat::Csv || d.image_shape.is_some();
         let mut seen: Vec<&str> = Vec::new();
@@ -640,59 +841,26 @@ impl ExperimentConfig {
                 _ => {}
             }
             if let Some(a) = &m.arch {
-                validate_arch(a, &p, images)?;
+                validate_arch(a, &format!("{p}.arch"), images)?;
             }
-            let t = &m.train;
-            if t.epochs == 0 {
-                bad_field(&format!("{p}.train.epochs"), "must be at least 1")?;
+            if let Some(b) = &m.born_again {
+                if b.generations == 0 {
+                    bad_field(&format!("{p}.born_again.generations"), "must be at least 1")?;
+                }
+                if !(b.temperature.is_finite() && b.temperature > 0.0) {
+                    bad_field(&format!("{p}.born_again.temperature"), "must be positive")?;
+                }
+                if !(0.0..=1.0).contains(&b.alpha) {
+                    bad_field(&format!("{p}.born_again.alpha"), "expected [0, 1]")?;
+                }
+                if m.arch.is_none() {
+                    bad_field(
+                        &format!("{p}.born_again"),
+                        "needs `arch` (each generation repeats it)",
+                    )?;
+                }
             }
-            if t.batch_size == 0 {
-                bad_field(&format!("{p}.train.batch_size"), "must be at least 1")?;
-            }
-            if !(t.lr.is_finite() && t.lr > 0.0) {
-                bad_field(
-                    &format!("{p}.train.lr"),
-                    &format!("must be a positive number, got {}", t.lr),
-                )?;
-            }
-            if !(0.0..1.0).contains(&t.momentum) {
-                bad_field(
-                    &format!("{p}.train.momentum"),
-                    &format!("expected [0, 1), got {}", t.momentum),
-                )?;
-            }
-            if !(t.weight_decay.is_finite() && t.weight_decay >= 0.0) {
-                bad_field(
-                    &format!("{p}.train.weight_decay"),
-                    &format!("must be ≥ 0, got {}", t.weight_decay),
-                )?;
-            }
-            if t.schedule == ScheduleKind::Step
-                && (t.step_size == 0 || !(t.gamma > 0.0 && t.gamma <= 1.0))
-            {
-                bad_field(
-                    &format!("{p}.train.step_size"),
-                    "step schedule needs step_size ≥ 1 and gamma in (0, 1]",
-                )?;
-            }
-            if !(t.min_lr >= 0.0 && t.min_lr <= t.lr) {
-                bad_field(
-                    &format!("{p}.train.min_lr"),
-                    &format!("expected 0 ≤ min_lr ≤ lr, got {}", t.min_lr),
-                )?;
-            }
-            if t.jitter > 0 && !images {
-                bad_field(
-                    &format!("{p}.train.jitter"),
-                    "jitter shifts images; the data are not images (set data.image_shape)",
-                )?;
-            }
-            if t.patience == Some(0) {
-                bad_field(&format!("{p}.train.patience"), "must be at least 1 epoch")?;
-            }
-            if t.max_loss.is_nan() || t.max_loss <= 0.0 {
-                bad_field(&format!("{p}.train.max_loss"), "must be positive")?;
-            }
+            validate_train(&m.train, &format!("{p}.train"), images)?;
             if let Some(ds) = &m.distill {
                 if !seen.contains(&ds.teacher.as_str()) {
                     bad_field(
@@ -723,6 +891,178 @@ impl ExperimentConfig {
             }
             seen.push(&m.name);
         }
+        for g in &self.submodels {
+            self.validate_group(g, &seen, images)?;
+        }
+        Ok(())
+    }
+
+    fn validate_group(&self, g: &SubmodelsConfig, models: &[&str], images: bool) -> Result<()> {
+        let p = format!("submodels.{}", g.name);
+        let valid = |n: &str| {
+            !n.is_empty()
+                && n.len() <= 48
+                && n.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        };
+        if !valid(&g.name) {
+            bad_field(
+                "submodels.name",
+                &format!(
+                    "'{}' is not a valid name (1-48 letters, digits, '-' or '_')",
+                    g.name
+                ),
+            )?;
+        }
+        let clash = models
+            .iter()
+            .any(|m| *m == g.name || m.starts_with(&format!("{}-", g.name)))
+            || self.submodels.iter().filter(|o| o.name == g.name).count() > 1;
+        if clash {
+            bad_field(
+                &format!("{p}.name"),
+                "clashes with another model or group name",
+            )?;
+        }
+        if g.k < 2 {
+            bad_field(
+                &format!("{p}.k"),
+                &format!("needs at least 2 sub-models, got {}", g.k),
+            )?;
+        }
+        let teacher = match &g.teacher {
+            Some(t) => Some(self.models.iter().find(|m| &m.name == t).ok_or_else(|| {
+                Error::Input(format!(
+                    "{p}.teacher: '{t}' is not the name of a [[model]] (known: {})",
+                    models.join(", ")
+                ))
+            })?),
+            None => None,
+        };
+        match g.init {
+            SubmodelInit::Split => {
+                let Some(t) = teacher else {
+                    return bad_field(
+                        &format!("{p}.teacher"),
+                        "init = \"split\" needs the teacher to cut the sub-models from",
+                    );
+                };
+                if !g.archs.is_empty() {
+                    bad_field(
+                        &format!("{p}.archs"),
+                        "not used with init = \"split\" (sizes come from the teacher)",
+                    )?;
+                }
+                if let Some(ta) = &t.arch {
+                    if ta.kind != ArchKind::Mlp {
+                        bad_field(
+                            &format!("{p}.init"),
+                            "splitting needs an MLP teacher; use init = \"fresh\" with a CNN",
+                        )?;
+                    }
+                    if let Some(&min) = ta.hidden.iter().min() {
+                        if g.k > min {
+                            bad_field(&format!("{p}.k"), &format!("cannot split a hidden layer of {min} units of '{}' into {} sub-models", t.name, g.k))?;
+                        }
+                    } else {
+                        bad_field(
+                            &format!("{p}.init"),
+                            &format!("teacher '{}' has no hidden units to split", t.name),
+                        )?;
+                    }
+                }
+            }
+            SubmodelInit::Fresh => match (&g.arch, g.archs.len()) {
+                (None, 0) => bad_field(
+                    &format!("{p}.arch"),
+                    "required with init = \"fresh\" (or give `archs`, one per sub-model)",
+                )?,
+                (Some(_), n) if n > 0 => bad_field(
+                    &format!("{p}.archs"),
+                    "give either `arch` or `archs`, not both",
+                )?,
+                (None, n) if n != g.k => bad_field(
+                    &format!("{p}.archs"),
+                    &format!("has {n} entries for k = {}", g.k),
+                )?,
+                _ => {}
+            },
+        }
+        if let Some(a) = &g.arch {
+            validate_arch(a, &format!("{p}.arch"), images)?;
+        }
+        for (i, a) in g.archs.iter().enumerate() {
+            validate_arch(a, &format!("{p}.archs[{i}]"), images)?;
+        }
+        if !(0.0..=1.0).contains(&g.alpha) {
+            bad_field(
+                &format!("{p}.alpha"),
+                &format!("expected [0, 1], got {}", g.alpha),
+            )?;
+        }
+        if g.alpha > 0.0 && teacher.is_none() {
+            bad_field(
+                &format!("{p}.alpha"),
+                "alpha > 0 mixes in a teacher's soft targets: name the teacher",
+            )?;
+        }
+        if !(g.temperature.is_finite() && g.temperature > 0.0) {
+            bad_field(
+                &format!("{p}.temperature"),
+                &format!("must be positive, got {}", g.temperature),
+            )?;
+        }
+        let tr = &g.transfer;
+        if !(tr.tolerance.is_finite() && tr.tolerance > 0.0) {
+            bad_field(
+                &format!("{p}.transfer.tolerance"),
+                &format!("must be a positive number, got {}", tr.tolerance),
+            )?;
+        }
+        if tr.epochs_per_round == 0 {
+            bad_field(
+                &format!("{p}.transfer.epochs_per_round"),
+                "must be at least 1",
+            )?;
+        }
+        if !(0.0..=1.0).contains(&tr.peer_weight) {
+            bad_field(
+                &format!("{p}.transfer.peer_weight"),
+                &format!("expected [0, 1], got {}", tr.peer_weight),
+            )?;
+        }
+        if let Some(t) = tr.temperature {
+            if !(t.is_finite() && t > 0.0) {
+                bad_field(&format!("{p}.transfer.temperature"), "must be positive")?;
+            }
+        }
+        if g.shards && tr.peers == PeerMode::Live {
+            bad_field(&format!("{p}.transfer.peers"), "live peers need shared data: on shards each sub-model only sees its own part, so peers' predictions are taken from the previous round (stale)")?;
+        }
+        validate_train(&g.phase1, &format!("{p}.phase1"), images)?;
+        validate_train(&tr.train, &format!("{p}.transfer.train"), images)?;
+        if let Some(f) = &g.final_student {
+            if !valid(&f.name)
+                || models.contains(&f.name.as_str())
+                || f.name.starts_with(&format!("{}-", g.name))
+            {
+                bad_field(
+                    &format!("{p}.final_student.name"),
+                    &format!("'{}' is not a valid, unused model name", f.name),
+                )?;
+            }
+            validate_arch(&f.arch, &format!("{p}.final_student.arch"), images)?;
+            validate_train(&f.train, &format!("{p}.final_student.train"), images)?;
+            if !(f.temperature.is_finite() && f.temperature > 0.0) {
+                bad_field(
+                    &format!("{p}.final_student.temperature"),
+                    "must be positive",
+                )?;
+            }
+            if !(0.0..=1.0).contains(&f.alpha) {
+                bad_field(&format!("{p}.final_student.alpha"), "expected [0, 1]")?;
+            }
+        }
         Ok(())
     }
 
@@ -742,6 +1082,14 @@ impl ExperimentConfig {
         for m in &mut self.models {
             m.train.epochs = m.train.epochs.min(2);
         }
+        for g in &mut self.submodels {
+            g.phase1.epochs = g.phase1.epochs.min(1);
+            g.transfer.rounds = g.transfer.rounds.min(2);
+            g.transfer.epochs_per_round = 1;
+            if let Some(f) = &mut g.final_student {
+                f.train.epochs = f.train.epochs.min(1);
+            }
+        }
     }
 }
 
@@ -757,17 +1105,70 @@ fn bad_field(field: &str, what: &str) -> Result<()> {
     Err(Error::Input(format!("{field}: {what}")))
 }
 
+fn validate_train(t: &TrainConfig, p: &str, images: bool) -> Result<()> {
+    if t.epochs == 0 {
+        bad_field(&format!("{p}.epochs"), "must be at least 1")?;
+    }
+    if t.batch_size == 0 {
+        bad_field(&format!("{p}.batch_size"), "must be at least 1")?;
+    }
+    if !(t.lr.is_finite() && t.lr > 0.0) {
+        bad_field(
+            &format!("{p}.lr"),
+            &format!("must be a positive number, got {}", t.lr),
+        )?;
+    }
+    if !(0.0..1.0).contains(&t.momentum) {
+        bad_field(
+            &format!("{p}.momentum"),
+            &format!("expected [0, 1), got {}", t.momentum),
+        )?;
+    }
+    if !(t.weight_decay.is_finite() && t.weight_decay >= 0.0) {
+        bad_field(
+            &format!("{p}.weight_decay"),
+            &format!("must be ≥ 0, got {}", t.weight_decay),
+        )?;
+    }
+    if t.schedule == ScheduleKind::Step && (t.step_size == 0 || !(t.gamma > 0.0 && t.gamma <= 1.0))
+    {
+        bad_field(
+            &format!("{p}.step_size"),
+            "step schedule needs step_size ≥ 1 and gamma in (0, 1]",
+        )?;
+    }
+    if !(t.min_lr >= 0.0 && t.min_lr <= t.lr) {
+        bad_field(
+            &format!("{p}.min_lr"),
+            &format!("expected 0 ≤ min_lr ≤ lr, got {}", t.min_lr),
+        )?;
+    }
+    if t.jitter > 0 && !images {
+        bad_field(
+            &format!("{p}.jitter"),
+            "jitter shifts images; the data are not images (set data.image_shape)",
+        )?;
+    }
+    if t.patience == Some(0) {
+        bad_field(&format!("{p}.patience"), "must be at least 1 epoch")?;
+    }
+    if t.max_loss.is_nan() || t.max_loss <= 0.0 {
+        bad_field(&format!("{p}.max_loss"), "must be positive")?;
+    }
+    Ok(())
+}
+
 fn validate_arch(a: &ArchConfig, p: &str, images: bool) -> Result<()> {
     if a.hidden.contains(&0) {
         bad_field(
-            &format!("{p}.arch.hidden"),
+            &format!("{p}.hidden"),
             &format!("widths must be ≥ 1, got {:?}", a.hidden),
         )?;
     }
     for (f, v) in [("dropout", a.dropout), ("input_dropout", a.input_dropout)] {
         if !(0.0..1.0).contains(&v) {
             bad_field(
-                &format!("{p}.arch.{f}"),
+                &format!("{p}.{f}"),
                 &format!("expected a probability in [0, 1), got {v}"),
             )?;
         }
@@ -775,19 +1176,19 @@ fn validate_arch(a: &ArchConfig, p: &str, images: bool) -> Result<()> {
     match a.kind {
         ArchKind::Mlp => {
             if !a.channels.is_empty() {
-                bad_field(&format!("{p}.arch.channels"), "only for kind = \"cnn\"")?;
+                bad_field(&format!("{p}.channels"), "only for kind = \"cnn\"")?;
             }
         }
         ArchKind::Cnn => {
             if !images {
                 bad_field(
-                    &format!("{p}.arch.kind"),
+                    &format!("{p}.kind"),
                     "a CNN needs image data (IDX images, the digits, or CSV with data.image_shape)",
                 )?;
             }
             if a.channels.is_empty() || a.channels.contains(&0) {
                 bad_field(
-                    &format!("{p}.arch.channels"),
+                    &format!("{p}.channels"),
                     &format!(
                         "a CNN needs at least one conv block with ≥ 1 channels, got {:?}",
                         a.channels
@@ -796,7 +1197,7 @@ fn validate_arch(a: &ArchConfig, p: &str, images: bool) -> Result<()> {
             }
             if a.kernel == 0 || a.kernel.is_multiple_of(2) {
                 bad_field(
-                    &format!("{p}.arch.kernel"),
+                    &format!("{p}.kernel"),
                     &format!("expected an odd kernel size ≥ 1, got {}", a.kernel),
                 )?;
             }

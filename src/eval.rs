@@ -88,16 +88,73 @@ pub fn argmax(row: &[f32]) -> usize {
     best
 }
 
-/// Evaluates `model` on `data`.
-pub fn evaluate(model: &Model, data: &Dataset, scale: Option<&TargetScale>) -> Result<Scores> {
-    let out = model.predict(&data.x, 512)?;
+/// Anything that maps a batch of inputs to outputs: a model, or an ensemble of models.
+pub trait Predictor {
+    /// Outputs for a `[b, input_dim]` batch, row-major `b * outputs` values (logits or
+    /// log-probabilities for classification, values for regression).
+    fn predict_batch(&self, x: &Tensor) -> Result<Vec<f32>>;
+}
+
+impl Predictor for Model {
+    fn predict_batch(&self, x: &Tensor) -> Result<Vec<f32>> {
+        Ok(self
+            .forward(x, Mode::Eval)?
+            .flatten_all()?
+            .to_vec1::<f32>()?)
+    }
+}
+
+/// Averages its members: probabilities for classification (output: log of the mean
+/// probability, so arg-max and cross-entropy work as for logits), values for regression.
+pub struct Ensemble<'a> {
+    /// The members.
+    pub members: Vec<&'a Model>,
+    /// Regression (average outputs) or classification (average probabilities).
+    pub regression: bool,
+}
+
+impl Predictor for Ensemble<'_> {
+    fn predict_batch(&self, x: &Tensor) -> Result<Vec<f32>> {
+        let outs = self
+            .members
+            .iter()
+            .map(|m| m.predict_batch(x))
+            .collect::<Result<Vec<_>>>()?;
+        let refs: Vec<&[f32]> = outs.iter().map(|o| o.as_slice()).collect();
+        if self.regression {
+            return Ok(crate::losses::mutual::mean_outputs(&refs));
+        }
+        let classes = self.members.first().map(|m| m.spec.outputs).unwrap_or(1);
+        let p = crate::losses::mutual::peer_average(&refs, classes, 1.0);
+        Ok(p.iter().map(|&v| v.max(1e-30).ln()).collect())
+    }
+}
+
+/// Runs a predictor over `x` (`n * dim` values) in batches.
+pub fn predict_all(p: &dyn Predictor, x: &[f32], dim: usize, batch: usize) -> Result<Vec<f32>> {
+    let mut out = Vec::new();
+    for chunk in x.chunks(batch.max(1) * dim) {
+        let t = Tensor::from_slice(chunk, (chunk.len() / dim, dim), &Device::Cpu)?;
+        out.extend(p.predict_batch(&t)?);
+    }
+    Ok(out)
+}
+
+/// Evaluates a model or ensemble on `data`.
+pub fn evaluate(p: &dyn Predictor, data: &Dataset, scale: Option<&TargetScale>) -> Result<Scores> {
+    let out = predict_all(p, &data.x, data.dim(), 512)?;
     Ok(score_outputs(&out, data, scale))
 }
 
 /// Median wall time in microseconds of one forward pass at batch size `batch` (inputs taken
 /// from `data`, cycled if it holds fewer samples), after warm-up runs; runs repeat until both
 /// `cfg.latency_runs` runs and `cfg.latency_budget_ms` have passed (at most 10,000 runs).
-pub fn latency_us(model: &Model, data: &Dataset, batch: usize, cfg: &EvalConfig) -> Result<f64> {
+pub fn latency_us(
+    model: &dyn Predictor,
+    data: &Dataset,
+    batch: usize,
+    cfg: &EvalConfig,
+) -> Result<f64> {
     let d = data.dim();
     let mut x = Vec::with_capacity(batch * d);
     for i in 0..batch {
@@ -106,8 +163,7 @@ pub fn latency_us(model: &Model, data: &Dataset, batch: usize, cfg: &EvalConfig)
     }
     let t = Tensor::from_vec(x, (batch, d), &Device::Cpu)?;
     let run = || -> Result<()> {
-        let y = model.forward(&t, Mode::Eval)?;
-        let _ = y.flatten_all()?.to_vec1::<f32>()?;
+        let _ = model.predict_batch(&t)?;
         Ok(())
     };
     for _ in 0..3 {

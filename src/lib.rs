@@ -23,11 +23,13 @@ pub mod error;
 pub mod eval;
 pub mod io;
 pub mod losses;
+pub mod methods;
 pub mod models;
 pub mod pipeline;
 pub mod progress;
 pub mod report;
 pub mod rng;
+pub mod submodels;
 pub mod train;
 
 pub use error::{Error, Result};

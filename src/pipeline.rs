@@ -5,7 +5,9 @@
 //! exists (written atomically), so a run killed and restarted with the same `--out` skips
 //! finished models and continues the current one from its last epoch checkpoint.
 
-use crate::config::{DataFormat, ExperimentConfig, ModelConfig, Role};
+use crate::config::{
+    DataFormat, ExperimentConfig, FinalStudentConfig, ModelConfig, Role, SubmodelsConfig,
+};
 use crate::data::{self, csv::CsvOptions, idx, Dataset, NormalizeKind, Splits, Task};
 use crate::error::{Error, Result};
 use crate::eval::{self, Scores};
@@ -13,7 +15,8 @@ use crate::models::{self, Model, ModelMeta, ModelSpec};
 use crate::progress::Progress;
 use crate::report::{self, DataSummary, DistillSummary, Metrics, ModelMetrics, Ratios};
 use crate::rng::Rng;
-use crate::train::{self, Objective, TeacherSignal, TrainJob, TrainRecord};
+use crate::submodels::{self, GroupJob, GroupRecord};
+use crate::train::{self, HintTerm, Objective, TeacherSignal, TrainJob, TrainRecord};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -26,6 +29,8 @@ pub struct RunOptions {
     pub progress: Progress,
     /// Train only these models (others are neither trained nor reported).
     pub only: Option<Vec<String>>,
+    /// Run the `[[submodels]]` groups (off when training teachers alone).
+    pub groups: bool,
 }
 
 impl RunOptions {
@@ -35,6 +40,7 @@ impl RunOptions {
             out: out.into(),
             progress: Progress::detect(false),
             only: None,
+            groups: true,
         }
     }
 }
@@ -159,12 +165,16 @@ struct Entry {
 
 /// Runs the experiment. The config must already carry any overrides; it is validated here
 /// before anything else happens.
-pub fn run_experiment(cfg: &ExperimentConfig, opts: &RunOptions) -> Result<RunSummary> {
+pub fn run_experiment(user_cfg: &ExperimentConfig, opts: &RunOptions) -> Result<RunSummary> {
     let start = Instant::now();
-    cfg.validate()?;
+    user_cfg.validate()?;
+    let resolved = user_cfg.to_toml()?;
+    // Born-again generations and assistant chains become plain [[model]] entries.
+    let expanded = crate::methods::expand(user_cfg);
+    expanded.validate()?;
+    let cfg = &expanded;
     let out = &opts.out;
     std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
-    let resolved = cfg.to_toml()?;
     let cfg_path = out.join("config.toml");
     if cfg_path.exists() {
         let old = std::fs::read_to_string(&cfg_path).map_err(|e| Error::io(&cfg_path, e))?;
@@ -199,7 +209,15 @@ pub fn run_experiment(cfg: &ExperimentConfig, opts: &RunOptions) -> Result<RunSu
     let selected = |m: &ModelConfig| {
         opts.only
             .as_ref()
-            .map(|o| o.contains(&m.name))
+            .map(|o| {
+                // Models generated from a selected entry (assistants, born-again generations)
+                // are selected with it.
+                o.iter().any(|n| {
+                    m.name == *n
+                        || m.name.starts_with(&format!("{n}-ta"))
+                        || m.name.starts_with(&format!("{n}-gen"))
+                })
+            })
             .unwrap_or(true)
     };
     for m in &cfg.models {
@@ -309,21 +327,79 @@ pub fn run_experiment(cfg: &ExperimentConfig, opts: &RunOptions) -> Result<RunSu
         entries.push(entry);
     }
 
+    // Sub-model groups.
+    let mut groups: Vec<GroupDone> = Vec::new();
+    if opts.groups {
+        for g in &cfg.submodels {
+            groups.push(run_or_load_group(cfg, g, &splits, &entries, out, progress)?);
+        }
+    }
+
     // Evaluate.
     progress.say("evaluating on the test split (accuracy, latency at batch 1 and 256)...");
     let mut rows: Vec<ModelMetrics> = Vec::new();
+    let ev = |p: &dyn eval::Predictor| -> Result<(Scores, f64, f64)> {
+        Ok((
+            eval::evaluate(p, &splits.test, splits.target_scale.as_ref())?,
+            eval::latency_us(p, &splits.test, 1, &cfg.eval)?,
+            eval::latency_us(p, &splits.test, 256, &cfg.eval)?,
+        ))
+    };
     for e in entries.iter().filter(|e| selected(&e.cfg)) {
-        let scores: Scores = eval::evaluate(&e.model, &splits.test, splits.target_scale.as_ref())?;
-        let b1 = eval::latency_us(&e.model, &splits.test, 1, &cfg.eval)?;
-        let b256 = eval::latency_us(&e.model, &splits.test, 256, &cfg.eval)?;
+        let (scores, b1, b256) = ev(&e.model)?;
         let training: Option<TrainRecord> = serde_json::from_value(e.meta.training.clone()).ok();
+        let distill = e.cfg.distill.as_ref().map(|d| DistillSummary {
+            teacher: d.teacher.clone(),
+            temperature: d.temperature,
+            alpha: d.alpha,
+        });
+        rows.push(row(
+            &e.cfg.name,
+            e.cfg.role().as_str(),
+            &e.model,
+            &e.file,
+            scores,
+            b1,
+            b256,
+            distill,
+            &e.source,
+            training,
+        ));
+    }
+    for gd in &groups {
+        for (i, (name, m, file)) in gd.members.iter().enumerate() {
+            let (scores, b1, b256) = ev(m)?;
+            let phase1 = gd.record.phase1.get(i).cloned();
+            rows.push(row(
+                name, "submodel", m, file, scores, b1, b256, None, &gd.source, phase1,
+            ));
+        }
+        let regression = task == Task::Regression;
+        let ens = eval::Ensemble {
+            members: gd.members.iter().map(|(_, m, _)| m).collect(),
+            regression,
+        };
+        let (scores, b1, b256) = ev(&ens)?;
+        let params: usize = gd.members.iter().map(|(_, m, _)| m.num_params()).sum();
         rows.push(ModelMetrics {
-            name: e.cfg.name.clone(),
-            role: e.cfg.role().as_str().into(),
-            architecture: e.model.spec.describe(),
-            params: e.model.num_params(),
-            bytes: e.model.bytes(),
-            file_bytes: std::fs::metadata(&e.file).map(|m| m.len()).unwrap_or(0),
+            name: format!("{}-ensemble", gd.record.name),
+            role: "ensemble".into(),
+            architecture: format!(
+                "average of {} sub-models ({})",
+                gd.members.len(),
+                gd.members
+                    .iter()
+                    .map(|(_, m, _)| m.spec.describe())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+            params,
+            bytes: params * 4,
+            file_bytes: gd
+                .members
+                .iter()
+                .map(|(_, _, f)| std::fs::metadata(f).map(|m| m.len()).unwrap_or(0))
+                .sum(),
             precision: "f32".into(),
             accuracy: scores.accuracy,
             test_errors: scores.errors,
@@ -333,14 +409,22 @@ pub fn run_experiment(cfg: &ExperimentConfig, opts: &RunOptions) -> Result<RunSu
             latency_us_b1: b1,
             latency_us_b256: b256,
             vs_teacher: None,
-            distill: e.cfg.distill.as_ref().map(|d| DistillSummary {
-                teacher: d.teacher.clone(),
-                temperature: d.temperature,
-                alpha: d.alpha,
-            }),
-            source: e.source.clone(),
-            training,
+            distill: None,
+            source: gd.source.clone(),
+            training: None,
         });
+        if let Some((fcfg, m, file, meta)) = &gd.final_student {
+            let (scores, b1, b256) = ev(m)?;
+            let training: Option<TrainRecord> = serde_json::from_value(meta.training.clone()).ok();
+            let distill = Some(DistillSummary {
+                teacher: format!("{}-ensemble", gd.record.name),
+                temperature: fcfg.temperature,
+                alpha: fcfg.alpha,
+            });
+            rows.push(row(
+                &fcfg.name, "student", m, file, scores, b1, b256, distill, &gd.source, training,
+            ));
+        }
     }
     let reference = cfg
         .models
@@ -380,12 +464,230 @@ pub fn run_experiment(cfg: &ExperimentConfig, opts: &RunOptions) -> Result<RunSu
             classes: splits.train.class_names().map(|c| c.to_vec()),
         },
         models: rows,
+        transfer_rounds: groups
+            .iter()
+            .flat_map(|g| g.record.rounds.clone())
+            .collect(),
+        submodel_groups: groups.iter().map(|g| g.record.clone()).collect(),
         wall_seconds: start.elapsed().as_secs_f64(),
     };
     let md = report::write_reports(out, &metrics)?;
     Ok(RunSummary {
         metrics,
         report_markdown: md,
+    })
+}
+
+#[allow(clippy::too_many_arguments)]
+fn row(
+    name: &str,
+    role: &str,
+    m: &Model,
+    file: &Path,
+    scores: Scores,
+    b1: f64,
+    b256: f64,
+    distill: Option<DistillSummary>,
+    source: &str,
+    training: Option<TrainRecord>,
+) -> ModelMetrics {
+    ModelMetrics {
+        name: name.to_string(),
+        role: role.to_string(),
+        architecture: m.spec.describe(),
+        params: m.num_params(),
+        bytes: m.bytes(),
+        file_bytes: std::fs::metadata(file).map(|m| m.len()).unwrap_or(0),
+        precision: "f32".into(),
+        accuracy: scores.accuracy,
+        test_errors: scores.errors,
+        mse: scores.mse,
+        mae: scores.mae,
+        test_loss: scores.loss,
+        latency_us_b1: b1,
+        latency_us_b256: b256,
+        vs_teacher: None,
+        distill,
+        source: source.to_string(),
+        training,
+    }
+}
+
+/// A finished sub-model group.
+struct GroupDone {
+    record: GroupRecord,
+    members: Vec<(String, Model, PathBuf)>,
+    final_student: Option<(FinalStudentConfig, Model, PathBuf, ModelMeta)>,
+    source: String,
+}
+
+fn model_meta(
+    name: &str,
+    role: &str,
+    model: &Model,
+    splits: &Splits,
+    training: serde_json::Value,
+) -> ModelMeta {
+    ModelMeta {
+        name: name.to_string(),
+        role: role.to_string(),
+        spec: model.spec.clone(),
+        task: splits.train.targets.task(),
+        class_names: splits.train.class_names().map(|c| c.to_vec()),
+        normalizer: splits.normalizer.clone(),
+        target_scale: splits.target_scale,
+        training,
+    }
+}
+
+/// Runs a sub-model group (or loads it when a previous session finished it), then its final
+/// student. The group is finished when `models/<group>.group.json` exists; it is written after
+/// every member's model file.
+fn run_or_load_group(
+    cfg: &ExperimentConfig,
+    g: &SubmodelsConfig,
+    splits: &Splits,
+    entries: &[Entry],
+    out: &Path,
+    progress: Progress,
+) -> Result<GroupDone> {
+    let mdir = out.join("models");
+    let group_file = mdir.join(format!("{}.group.json", g.name));
+    let member_files: Vec<PathBuf> = (0..g.k)
+        .map(|i| mdir.join(format!("{}-{}.safetensors", g.name, i + 1)))
+        .collect();
+    let teacher = g
+        .teacher
+        .as_ref()
+        .and_then(|t| entries.iter().find(|e| &e.cfg.name == t))
+        .map(|e| &e.model);
+    let (record, members, source) = if group_file.exists() {
+        progress.say(&format!(
+            "{}: sub-models already trained ({}); skipping",
+            g.name,
+            group_file.display()
+        ));
+        let text = std::fs::read_to_string(&group_file).map_err(|e| Error::io(&group_file, e))?;
+        let record: GroupRecord = serde_json::from_str(&text).map_err(|e| {
+            Error::Input(format!(
+                "{}: malformed group record: {e}",
+                group_file.display()
+            ))
+        })?;
+        let members = member_files
+            .iter()
+            .enumerate()
+            .map(|(i, f)| {
+                Ok((
+                    format!("{}-{}", g.name, i + 1),
+                    models::load_model(f)?.0,
+                    f.clone(),
+                ))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        (record, members, "trained (earlier session)".to_string())
+    } else {
+        let outcome = submodels::run_group(GroupJob {
+            cfg: g,
+            splits,
+            teacher,
+            seed: cfg.seed,
+            out,
+            progress,
+        })?;
+        let mut members = Vec::new();
+        for (i, ((name, m), f)) in outcome.members.into_iter().zip(&member_files).enumerate() {
+            let training = serde_json::to_value(&outcome.record.phase1[i])
+                .map_err(|e| Error::Other(e.to_string()))?;
+            models::save_model(f, &m, &model_meta(&name, "submodel", &m, splits, training))?;
+            members.push((name, m, f.clone()));
+        }
+        let json = serde_json::to_string_pretty(&outcome.record)
+            .map_err(|e| Error::Other(e.to_string()))?;
+        crate::io::write_atomic_str(&group_file, &json)?;
+        let _ = std::fs::remove_file(
+            out.join("checkpoints")
+                .join(format!("{}.rounds.safetensors", g.name)),
+        );
+        (outcome.record, members, "trained".to_string())
+    };
+    let final_student = match &g.final_student {
+        None => None,
+        Some(f) => {
+            let file = mdir.join(format!("{}.safetensors", f.name));
+            if file.exists() {
+                let (m, meta) = models::load_model(&file)?;
+                Some((f.clone(), m, file, meta))
+            } else {
+                let regression = splits.train.targets.task() == Task::Regression;
+                let outs: Vec<Vec<f32>> = members
+                    .iter()
+                    .map(|(_, m, _)| m.predict(&splits.train.x, 512))
+                    .collect::<Result<_>>()?;
+                let refs: Vec<&[f32]> = outs.iter().map(|o| o.as_slice()).collect();
+                let soft = if regression {
+                    crate::losses::mutual::mean_outputs(&refs)
+                } else {
+                    let c = splits.train.outputs();
+                    crate::losses::mutual::probs_as_logits(
+                        &crate::losses::mutual::peer_average(&refs, c, f.temperature),
+                        f.temperature,
+                    )
+                };
+                let spec = ModelSpec {
+                    arch: f.arch.clone(),
+                    input_shape: splits.train.shape.clone(),
+                    outputs: splits.train.outputs(),
+                };
+                let model = Model::new(
+                    spec,
+                    &mut Rng::derive(cfg.seed, &format!("init/{}", f.name)),
+                )?;
+                progress.say(&format!(
+                    "{}: distilling the {}-ensemble into {}",
+                    f.name,
+                    g.name,
+                    model.spec.describe()
+                ));
+                let ckpt = out
+                    .join("checkpoints")
+                    .join(format!("{}.ckpt.safetensors", f.name));
+                let rec = train::fit(
+                    &model,
+                    TrainJob {
+                        name: &f.name,
+                        cfg: &f.train,
+                        train: &splits.train,
+                        val: &splits.val,
+                        objective: Objective::hinton(
+                            TeacherSignal::Cached(soft),
+                            f.temperature,
+                            f.alpha,
+                        ),
+                        fill: splits.normalizer.zero_value(),
+                        checkpoint: Some(ckpt.clone()),
+                        seed: cfg.seed,
+                        progress,
+                    },
+                )?;
+                let meta = model_meta(
+                    &f.name,
+                    "student",
+                    &model,
+                    splits,
+                    serde_json::to_value(&rec).map_err(|e| Error::Other(e.to_string()))?,
+                );
+                models::save_model(&file, &model, &meta)?;
+                let _ = std::fs::remove_file(&ckpt);
+                Some((f.clone(), model, file, meta))
+            }
+        }
+    };
+    Ok(GroupDone {
+        record,
+        members,
+        final_student,
+        source,
     })
 }
 
@@ -432,13 +734,16 @@ fn train_model(
             } else {
                 TeacherSignal::Live(&t.model)
             };
-            Objective::Distill {
-                teacher: signal,
-                temperature: ds.temperature,
-                alpha: ds.alpha,
-            }
+            let mut obj = Objective::hinton(signal, ds.temperature, ds.alpha);
+            obj.hint = ds.hint.as_ref().map(|h| HintTerm {
+                teacher: &t.model,
+                teacher_layer: h.teacher_layer,
+                student_layer: h.student_layer,
+                weight: h.weight,
+            });
+            obj
         }
-        _ => Objective::Supervised,
+        _ => Objective::supervised(),
     };
     progress.say(&format!(
         "{}: training {} ({} parameters) for up to {} epochs",

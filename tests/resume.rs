@@ -167,7 +167,7 @@ fn diverging_loss_stops_names_epoch_and_keeps_checkpoint() {
             cfg,
             train: &s.train,
             val: &s.val,
-            objective: Objective::Supervised,
+            objective: Objective::supervised(),
             fill: 0.0,
             checkpoint: Some(ck.to_path_buf()),
             seed: 1,

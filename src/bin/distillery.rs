@@ -170,10 +170,22 @@ fn execute(
     common: &Common,
     only: Option<Vec<String>>,
 ) -> Result<()> {
+    // `train` (teachers only) skips the sub-model groups; `run` and `distill` include them.
+    let groups = only
+        .as_ref()
+        .map(|o| {
+            o.iter().any(|n| {
+                cfg.models
+                    .iter()
+                    .any(|m| &m.name == n && m.role() != Role::Teacher)
+            })
+        })
+        .unwrap_or(true);
     let opts = RunOptions {
         out: out.to_path_buf(),
         progress: Progress::detect(common.quiet),
         only,
+        groups,
     };
     let summary = pipeline::run_experiment(cfg, &opts)?;
     println!("{}", summary.report_markdown);

@@ -38,7 +38,25 @@ pub fn soft_targets(
     (p, logp)
 }
 
-/// Hinton's distillation loss for classification.
+/// The soft-target term alone: `T² · KL(softmax(z_t/T) ‖ softmax(z_s/T))`, averaged over the
+/// batch, for student logits `[b, c]` and the teacher's logits for the same samples.
+pub fn soft_target_loss(
+    student_logits: &Tensor,
+    teacher_logits: &[f32],
+    temperature: f32,
+) -> Result<Tensor> {
+    let (b, c) = student_logits.dims2()?;
+    let (p, logp) = soft_targets(teacher_logits, c, temperature);
+    let p = Tensor::from_vec(p, (b, c), student_logits.device())?;
+    let logp = Tensor::from_vec(logp, (b, c), student_logits.device())?;
+    let log_q = candle_nn::ops::log_softmax(&(student_logits / temperature as f64)?, D::Minus1)?;
+    // KL = Σ p (log p − log q), element-wise as PyTorch's kl_div, averaged over the batch.
+    let kl = (p.mul(&logp.sub(&log_q)?)?.sum_all()? / b as f64)?;
+    Ok((kl * (temperature as f64).powi(2))?)
+}
+
+/// Hinton's distillation loss for classification:
+/// `α · T² · KL + (1 − α) · CE`.
 ///
 /// `student_logits` `[b, c]`; `teacher_logits` the teacher's raw logits for the same `b`
 /// samples (row-major); `labels` `[b]` u32.
@@ -49,26 +67,9 @@ pub fn kd_loss_classification(
     temperature: f32,
     alpha: f32,
 ) -> Result<Tensor> {
-    let (b, c) = student_logits.dims2()?;
-    let mut total: Option<Tensor> = None;
-    if alpha > 0.0 {
-        let (p, logp) = soft_targets(teacher_logits, c, temperature);
-        let p = Tensor::from_vec(p, (b, c), student_logits.device())?;
-        let logp = Tensor::from_vec(logp, (b, c), student_logits.device())?;
-        let log_q =
-            candle_nn::ops::log_softmax(&(student_logits / temperature as f64)?, D::Minus1)?;
-        // KL = Σ p (log p − log q), element-wise as PyTorch's kl_div, averaged over the batch.
-        let kl = (p.mul(&logp.sub(&log_q)?)?.sum_all()? / b as f64)?;
-        total = Some((kl * (alpha as f64 * (temperature as f64).powi(2)))?);
-    }
-    if alpha < 1.0 {
-        let ce = (cross_entropy(student_logits, labels)? * (1.0 - alpha as f64))?;
-        total = Some(match total {
-            Some(t) => (t + ce)?,
-            None => ce,
-        });
-    }
-    Ok(total.expect("alpha is in [0, 1], so at least one term exists"))
+    let soft = (soft_target_loss(student_logits, teacher_logits, temperature)? * alpha as f64)?;
+    let hard = (cross_entropy(student_logits, labels)? * (1.0 - alpha as f64))?;
+    Ok((soft + hard)?)
 }
 
 /// The distillation loss for regression: `α·MSE(student, teacher) + (1−α)·MSE(student, y)`.

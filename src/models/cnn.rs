@@ -51,8 +51,13 @@ pub fn param_shapes(spec: &ModelSpec) -> Result<Vec<(String, Vec<usize>)>> {
     Ok(out)
 }
 
-/// Forward pass.
-pub fn forward(model: &Model, x: &Tensor, mut mode: Mode) -> Result<Tensor> {
+/// Forward pass; with `capture = Some(l)` also returns dense hidden layer `l`'s activations.
+pub fn forward(
+    model: &Model,
+    x: &Tensor,
+    mut mode: Mode,
+    capture: Option<usize>,
+) -> Result<(Tensor, Option<Tensor>)> {
     super::ensure_f32(x)?;
     let spec = &model.spec;
     let b = x.dim(0)?;
@@ -72,5 +77,5 @@ pub fn forward(model: &Model, x: &Tensor, mut mode: Mode) -> Result<Tensor> {
         t = t.relu()?.max_pool2d(2)?;
     }
     let t = t.flatten_from(1)?;
-    mlp::dense_forward(model, t, 2 * blocks, mode)
+    mlp::dense_forward(model, t, 2 * blocks, mode, capture)
 }

@@ -1,5 +1,6 @@
 //! Multi-layer perceptron: `Linear → ReLU → Dropout` per hidden layer, then a linear output.
-//! Weights are `[in, out]` (the transpose of PyTorch's `Linear.weight`); parameters `fc{i}.weight`, `fc{i}.bias`.
+//! Weights are `[in, out]` (the transpose of PyTorch's `Linear.weight`); parameters
+//! `fc{i}.weight`, `fc{i}.bias`.
 
 use super::{dropout, linear, Mode, Model, ModelSpec};
 use crate::error::Result;
@@ -29,29 +30,41 @@ pub(crate) fn dense_shapes(
 }
 
 /// Forward pass of the dense stack whose parameters start at `first` in `model.params`.
+/// With `capture = Some(l)` also returns hidden layer `l`'s activations (after ReLU, before
+/// dropout).
 pub(crate) fn dense_forward(
     model: &Model,
     mut h: Tensor,
     first: usize,
     mut mode: Mode,
-) -> Result<Tensor> {
+    capture: Option<usize>,
+) -> Result<(Tensor, Option<Tensor>)> {
     let layers = (model.params.len() - first) / 2;
     let p = model.spec.arch.dropout;
+    let mut captured = None;
     for l in 0..layers {
         let w = model.params[first + 2 * l].1.as_tensor();
         let b = model.params[first + 2 * l + 1].1.as_tensor();
         h = linear(&h, w, b)?;
         if l + 1 < layers {
             h = h.relu()?;
+            if capture == Some(l) {
+                captured = Some(h.clone());
+            }
             h = dropout(&h, p, &mut mode)?;
         }
     }
-    Ok(h)
+    Ok((h, captured))
 }
 
-/// Forward pass.
-pub fn forward(model: &Model, x: &Tensor, mut mode: Mode) -> Result<Tensor> {
+/// Forward pass; with `capture = Some(l)` also returns hidden layer `l`'s activations.
+pub fn forward(
+    model: &Model,
+    x: &Tensor,
+    mut mode: Mode,
+    capture: Option<usize>,
+) -> Result<(Tensor, Option<Tensor>)> {
     super::ensure_f32(x)?;
     let h = dropout(x, model.spec.arch.input_dropout, &mut mode)?;
-    dense_forward(model, h, 0, mode)
+    dense_forward(model, h, 0, mode, capture)
 }

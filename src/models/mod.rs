@@ -164,9 +164,28 @@ impl Model {
 
     /// Forward pass on a `[batch, input_dim]` tensor; returns `[batch, outputs]`.
     pub fn forward(&self, x: &Tensor, mode: Mode) -> Result<Tensor> {
+        Ok(self.forward_hidden(x, mode, None)?.0)
+    }
+
+    /// Forward pass that also returns the activations of dense hidden layer `layer`
+    /// (0-based, after ReLU) when asked; used for hint (FitNets) losses.
+    pub fn forward_hidden(
+        &self,
+        x: &Tensor,
+        mode: Mode,
+        layer: Option<usize>,
+    ) -> Result<(Tensor, Option<Tensor>)> {
+        if let Some(l) = layer {
+            if l >= self.spec.arch.hidden.len() {
+                return Err(Error::Input(format!(
+                    "hint layer {l}: the model has {} hidden dense layers",
+                    self.spec.arch.hidden.len()
+                )));
+            }
+        }
         match self.spec.arch.kind {
-            ArchKind::Mlp => mlp::forward(self, x, mode),
-            ArchKind::Cnn => cnn::forward(self, x, mode),
+            ArchKind::Mlp => mlp::forward(self, x, mode, layer),
+            ArchKind::Cnn => cnn::forward(self, x, mode, layer),
         }
     }
 
@@ -265,12 +284,22 @@ pub fn to_safetensors(
     meta_json: &str,
     extra: &[(String, Vec<usize>, Vec<f32>)],
 ) -> Result<Vec<u8>> {
-    let mut owned: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::new();
+    let mut all: Vec<(String, Vec<usize>, Vec<f32>)> = Vec::new();
     for (name, var) in &model.params {
         let v = var.as_tensor().flatten_all()?.to_vec1::<f32>()?;
-        owned.push((name.clone(), var.dims().to_vec(), f32_bytes(&v)));
+        all.push((name.clone(), var.dims().to_vec(), v));
     }
-    for (name, shape, v) in extra {
+    all.extend(extra.iter().cloned());
+    tensors_to_safetensors(&all, meta_json)
+}
+
+/// Serialises named f32 tensors and distillery metadata to safetensors bytes.
+pub fn tensors_to_safetensors(
+    tensors: &[(String, Vec<usize>, Vec<f32>)],
+    meta_json: &str,
+) -> Result<Vec<u8>> {
+    let mut owned: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::new();
+    for (name, shape, v) in tensors {
         owned.push((name.clone(), shape.clone(), f32_bytes(v)));
     }
     let views = owned

@@ -117,6 +117,12 @@ pub struct Metrics {
     pub data: DataSummary,
     /// One entry per model.
     pub models: Vec<ModelMetrics>,
+    /// One entry per transfer round of every sub-model group (round 0: after phase 1).
+    #[serde(default)]
+    pub transfer_rounds: Vec<crate::submodels::RoundRecord>,
+    /// What each sub-model group recorded.
+    #[serde(default)]
+    pub submodel_groups: Vec<crate::submodels::GroupRecord>,
     /// Wall time of this invocation, seconds.
     pub wall_seconds: f64,
 }
@@ -248,7 +254,97 @@ pub fn markdown(m: &Metrics) -> String {
             }
         }
     }
+    for g in &m.submodel_groups {
+        let _ = writeln!(
+            s,
+            "\n## Sub-models: {} (K = {}, {}, {}, peers {})\n",
+            g.name,
+            g.k,
+            match g.init {
+                crate::config::SubmodelInit::Fresh => "fresh",
+                crate::config::SubmodelInit::Split => "split from the teacher",
+            },
+            if g.shards {
+                "each on its own shard"
+            } else {
+                "all on the full training set"
+            },
+            g.peers
+        );
+        let _ = writeln!(s, "Training samples per sub-model: {:?}.", g.shard_sizes);
+        if let Some(k) = &g.weight_mass_kept {
+            let total: f64 = k.iter().sum();
+            let parts: Vec<String> = k.iter().map(|v| format!("{:.1}%", 100.0 * v)).collect();
+            let _ = writeln!(
+                s,
+                "Teacher weight mass (Σ|w|) kept by each sub-model: {} — {:.1}% in all{}.",
+                parts.join(", "),
+                100.0 * total,
+                if total < 0.999 {
+                    " (weights between different sub-models' units are dropped)"
+                } else {
+                    ""
+                }
+            );
+        }
+        for w in &g.warnings {
+            let _ = writeln!(s, "\n**Warning:** {w}");
+        }
+        let _ = writeln!(s, "\n| round | disagreement | validation accuracy per sub-model | ensemble validation accuracy | ensemble validation loss |\n|---:|---:|---|---:|---:|");
+        for r in &g.rounds {
+            let accs: Vec<String> = if r.val_accuracy.is_empty() {
+                r.val_loss.iter().map(|l| format!("loss {l:.4}")).collect()
+            } else {
+                r.val_accuracy
+                    .iter()
+                    .map(|a| format!("{:.2}%", 100.0 * a))
+                    .collect()
+            };
+            let _ = writeln!(
+                s,
+                "| {}{} | {:.3e} | {} | {} | {:.4} |",
+                r.round,
+                if r.round == g.chosen_round {
+                    " (kept)"
+                } else {
+                    ""
+                },
+                r.disagreement,
+                accs.join(", "),
+                r.ensemble_val_accuracy
+                    .map(|a| format!("{:.2}%", 100.0 * a))
+                    .unwrap_or_else(|| "—".into()),
+                r.ensemble_val_loss
+            );
+        }
+        let _ = writeln!(
+            s,
+            "\nKept round {}: {}. Stopped: {}.",
+            g.chosen_round, g.chosen_reason, g.stop_reason
+        );
+        let alone: Vec<String> = g
+            .phase1_test
+            .iter()
+            .map(|t| match t.accuracy {
+                Some(a) => format!("{:.2}%", 100.0 * a),
+                None => format!("MSE {:.4}", t.mse.unwrap_or(f64::NAN)),
+            })
+            .collect();
+        let _ = writeln!(
+            s,
+            "After phase 1 (each sub-model trained alone{}), test: {} ; their ensemble: {}.",
+            if g.shards { " on its shard" } else { "" },
+            alone.join(", "),
+            match g.phase1_ensemble_test.accuracy {
+                Some(a) => format!("{:.2}%", 100.0 * a),
+                None => format!("MSE {:.4}", g.phase1_ensemble_test.mse.unwrap_or(f64::NAN)),
+            }
+        );
+    }
     s.push_str("\n## Plots\n\n![training loss](plots/loss.svg)\n\n");
+    if !m.submodel_groups.is_empty() {
+        s.push_str("![disagreement per round](plots/disagreement.svg)\n\n");
+    }
     if cls {
         s.push_str("![validation accuracy](plots/val_accuracy.svg)\n\n![accuracy vs size](plots/accuracy_vs_size.svg)\n");
     } else {
@@ -308,6 +404,31 @@ pub fn write_reports(out: &Path, m: &Metrics) -> Result<String> {
             true,
         ),
     )?;
+    if !m.submodel_groups.is_empty() {
+        let series: Vec<Series> = m
+            .submodel_groups
+            .iter()
+            .map(|g| Series {
+                name: g.name.clone(),
+                points: g
+                    .rounds
+                    .iter()
+                    .map(|r| (r.round as f64, r.disagreement.max(1e-12)))
+                    .collect(),
+                dashed: false,
+            })
+            .collect();
+        crate::io::write_atomic_str(
+            &plots.join("disagreement.svg"),
+            &line_chart(
+                "Sub-model disagreement on validation data per transfer round",
+                "round (0 = after phase 1)",
+                "disagreement (log scale)",
+                &series,
+                true,
+            ),
+        )?;
+    }
     let pts_of = |f: &dyn Fn(&ModelMetrics) -> Option<f64>| -> Vec<(String, f64, f64)> {
         m.models
             .iter()

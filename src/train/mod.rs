@@ -13,7 +13,7 @@ use crate::losses;
 use crate::models::{self, Mode, Model};
 use crate::progress::Progress;
 use crate::rng::Rng;
-use candle_core::{Device, Tensor};
+use candle_core::{Device, Tensor, Var};
 use optim::{learning_rate, Optimizer};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
@@ -28,19 +28,61 @@ pub enum TeacherSignal<'a> {
     Live(&'a Model),
 }
 
-/// What the model learns from.
-pub enum Objective<'a> {
-    /// Labels only: cross-entropy or MSE.
-    Supervised,
-    /// Hinton distillation.
-    Distill {
-        /// Soft-target source.
-        teacher: TeacherSignal<'a>,
-        /// Temperature T.
-        temperature: f32,
-        /// Soft-target weight α.
-        alpha: f32,
-    },
+/// One soft-target term: `weight · T² · KL(softmax(signal/T) ‖ softmax(z/T))` for
+/// classification, `weight · MSE(z, signal)` for regression.
+pub struct SoftTerm<'a> {
+    /// Where the targets come from.
+    pub signal: TeacherSignal<'a>,
+    /// Temperature T.
+    pub temperature: f32,
+    /// Weight of the term.
+    pub weight: f32,
+}
+
+/// A FitNets hint term: `weight · MSE(h_s · A, h_t)` with a learned adapter `A`.
+pub struct HintTerm<'a> {
+    /// The model whose hidden layer is the hint.
+    pub teacher: &'a Model,
+    /// The teacher's hint layer (dense hidden layer index).
+    pub teacher_layer: usize,
+    /// The student's guided layer (dense hidden layer index).
+    pub student_layer: usize,
+    /// Weight of the term.
+    pub weight: f32,
+}
+
+/// What the model learns from: a weighted sum of loss terms.
+pub struct Objective<'a> {
+    /// Weight of the label loss (cross-entropy or MSE).
+    pub label_weight: f32,
+    /// Soft-target terms (teacher, peers, ensembles).
+    pub soft: Vec<SoftTerm<'a>>,
+    /// Optional hint term.
+    pub hint: Option<HintTerm<'a>>,
+}
+
+impl<'a> Objective<'a> {
+    /// Labels only.
+    pub fn supervised() -> Self {
+        Objective {
+            label_weight: 1.0,
+            soft: Vec::new(),
+            hint: None,
+        }
+    }
+
+    /// Hinton et al. (2015): `α · T² · KL + (1 − α) · CE` (regression: `α · MSE(teacher) + (1 − α) · MSE(y)`).
+    pub fn hinton(signal: TeacherSignal<'a>, temperature: f32, alpha: f32) -> Self {
+        Objective {
+            label_weight: 1.0 - alpha,
+            soft: vec![SoftTerm {
+                signal,
+                temperature,
+                weight: alpha,
+            }],
+            hint: None,
+        }
+    }
 }
 
 /// Per-epoch curves.
@@ -147,6 +189,47 @@ pub fn fit(model: &Model, job: TrainJob) -> Result<TrainRecord> {
     let sizes: Vec<usize> = model.params.iter().map(|(_, v)| v.elem_count()).collect();
     let mut opt = Optimizer::new(cfg, &sizes);
     let mut rng = Rng::derive(job.seed, &format!("train/{}", job.name));
+    // FitNets: a learned linear adapter from the student's hidden width to the teacher's.
+    let adapter: Option<Var> = match &job.objective.hint {
+        Some(h) => {
+            let s_w = *model.spec.arch.hidden.get(h.student_layer).ok_or_else(|| {
+                Error::Input(format!(
+                    "model {}: hint student_layer {} does not exist ({} hidden layers)",
+                    job.name,
+                    h.student_layer,
+                    model.spec.arch.hidden.len()
+                ))
+            })?;
+            let t_w = *h
+                .teacher
+                .spec
+                .arch
+                .hidden
+                .get(h.teacher_layer)
+                .ok_or_else(|| {
+                    Error::Input(format!(
+                        "model {}: hint teacher_layer {} does not exist ({} hidden layers)",
+                        job.name,
+                        h.teacher_layer,
+                        h.teacher.spec.arch.hidden.len()
+                    ))
+                })?;
+            let mut arng = Rng::derive(job.seed, &format!("adapter/{}", job.name));
+            let bound = (1.0 / s_w as f32).sqrt();
+            let v: Vec<f32> = (0..s_w * t_w)
+                .map(|_| arng.uniform_range(-bound, bound))
+                .collect();
+            Some(Var::from_tensor(&Tensor::from_vec(
+                v,
+                (s_w, t_w),
+                &Device::Cpu,
+            )?)?)
+        }
+        None => None,
+    };
+    let mut adapter_opt = adapter
+        .as_ref()
+        .map(|a| Optimizer::new(cfg, &[a.elem_count()]));
     let mut record = TrainRecord::default();
     let mut best_val_loss = f64::INFINITY;
     let mut best_weights: Option<Vec<Vec<f32>>> = None;
@@ -192,42 +275,60 @@ pub fn fit(model: &Model, job: TrainJob) -> Result<TrainRecord> {
                 .gather(idx, cfg.jitter, job.fill, &mut rng, &mut xbuf);
             let x = Tensor::from_slice(&xbuf, (b, d), &Device::Cpu)?;
             let y = labels_tensor(job.train, idx)?;
-            let logits = model.forward(&x, Mode::Train(&mut rng))?;
-            let loss = match &job.objective {
-                Objective::Supervised => {
-                    if classification {
-                        losses::cross_entropy(&logits, &y)?
-                    } else {
-                        losses::mse(&logits, &y)?
-                    }
+            let obj = &job.objective;
+            let (logits, s_hidden) = model.forward_hidden(
+                &x,
+                Mode::Train(&mut rng),
+                obj.hint.as_ref().map(|h| h.student_layer),
+            )?;
+            let mut terms: Vec<Tensor> = Vec::new();
+            if obj.label_weight > 0.0 {
+                let l = if classification {
+                    losses::cross_entropy(&logits, &y)?
+                } else {
+                    losses::mse(&logits, &y)?
+                };
+                terms.push((l * obj.label_weight as f64)?);
+            }
+            for term in &obj.soft {
+                if term.weight == 0.0 {
+                    continue;
                 }
-                Objective::Distill {
-                    teacher,
-                    temperature,
-                    alpha,
-                } => {
-                    let t_out: &[f32] = match teacher {
-                        TeacherSignal::Cached(all) => {
-                            teacher_buf.clear();
-                            for &i in idx {
-                                teacher_buf.extend_from_slice(&all[i * outputs..(i + 1) * outputs]);
-                            }
-                            &teacher_buf
+                let t_out: &[f32] = match &term.signal {
+                    TeacherSignal::Cached(all) => {
+                        teacher_buf.clear();
+                        for &i in idx {
+                            teacher_buf.extend_from_slice(&all[i * outputs..(i + 1) * outputs]);
                         }
-                        TeacherSignal::Live(t) => {
-                            teacher_buf =
-                                t.forward(&x, Mode::Eval)?.flatten_all()?.to_vec1::<f32>()?;
-                            &teacher_buf
-                        }
-                    };
-                    if classification {
-                        losses::kd_loss_classification(&logits, t_out, &y, *temperature, *alpha)?
-                    } else {
-                        let tt = Tensor::from_slice(t_out, (b, 1), &Device::Cpu)?;
-                        losses::kd_loss_regression(&logits, &tt, &y, *alpha)?
+                        &teacher_buf
                     }
-                }
-            };
+                    TeacherSignal::Live(t) => {
+                        teacher_buf = t.forward(&x, Mode::Eval)?.flatten_all()?.to_vec1::<f32>()?;
+                        &teacher_buf
+                    }
+                };
+                let l = if classification {
+                    losses::soft_target_loss(&logits, t_out, term.temperature)?
+                } else {
+                    losses::mse(&logits, &Tensor::from_slice(t_out, (b, 1), &Device::Cpu)?)?
+                };
+                terms.push((l * term.weight as f64)?);
+            }
+            if let (Some(h), Some(sh), Some(a)) = (&obj.hint, &s_hidden, &adapter) {
+                let (_, th) = h
+                    .teacher
+                    .forward_hidden(&x, Mode::Eval, Some(h.teacher_layer))?;
+                let th = th
+                    .ok_or_else(|| Error::Other("teacher hint layer missing".into()))?
+                    .detach();
+                terms.push((losses::hint_loss(sh, a.as_tensor(), &th)? * h.weight as f64)?);
+            }
+            let mut loss = terms.pop().ok_or_else(|| {
+                Error::Input(format!("model {}: every loss term has weight 0", job.name))
+            })?;
+            for t in terms {
+                loss = (loss + t)?;
+            }
             let lv = loss.to_scalar::<f32>()? as f64;
             if !lv.is_finite() || lv > cfg.max_loss {
                 let keep = match &job.checkpoint {
@@ -249,6 +350,9 @@ pub fn fit(model: &Model, job: TrainJob) -> Result<TrainRecord> {
             }
             let grads = loss.backward()?;
             opt.step(model, &grads, lr)?;
+            if let (Some(a), Some(ao)) = (&adapter, adapter_opt.as_mut()) {
+                ao.step(&adapter_model(a), &grads, lr)?;
+            }
             loss_sum += lv * b as f64;
             seen += b;
             if classification {
@@ -399,4 +503,24 @@ fn load_checkpoint(
         *best = Some(bw);
     }
     Ok(st)
+}
+
+/// Wraps the hint adapter as a one-parameter model so the fused optimizer can update it.
+fn adapter_model(a: &Var) -> Model {
+    let arch = crate::config::ArchConfig {
+        kind: crate::config::ArchKind::Mlp,
+        hidden: Vec::new(),
+        dropout: 0.0,
+        input_dropout: 0.0,
+        channels: Vec::new(),
+        kernel: 5,
+    };
+    Model {
+        spec: models::ModelSpec {
+            arch,
+            input_shape: vec![a.dims()[0]],
+            outputs: a.dims()[1],
+        },
+        params: vec![("adapter".to_string(), a.clone())],
+    }
 }

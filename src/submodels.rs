@@ -1,0 +1,810 @@
+//! K sub-models with knowledge transfer until they agree.
+//!
+//! 1. **Form** K sub-models: fresh ones, or slices of a trained MLP teacher (each takes a
+//!    disjoint subset of the hidden units of every hidden layer, with the weights that connect
+//!    its own units; see [`split_teacher`]).
+//! 2. **Phase 1**: each trains on its data — all of the training set, or its own 1/K shard —
+//!    on labels, optionally mixed with the teacher's soft targets.
+//! 3. **Phase 2**: transfer rounds. Each sub-model trains on
+//!    `(1 − β)·[(1 − α)·CE + α·T²·KL(teacher)] + β·T²·KL(peers)`, with the peers' averaged
+//!    softened outputs either live on every shared mini-batch (deep mutual learning) or from the
+//!    end of the previous round on the sub-model's own shard (codistillation). After each round
+//!    the validation disagreement is measured; the rounds stop below the tolerance.
+//! 4. The round with the best ensemble validation accuracy (lowest validation loss for
+//!    regression) is kept. Optionally the ensemble is distilled into one final student.
+
+use crate::config::{ArchConfig, ArchKind, PeerMode, SubmodelInit, SubmodelsConfig, TrainConfig};
+use crate::data::{self, Dataset, Splits, Targets};
+use crate::error::{Error, Result};
+use crate::eval::{self, Ensemble, Scores};
+use crate::losses::{self, mutual};
+use crate::models::{self, Mode, Model, ModelSpec};
+use crate::progress::Progress;
+use crate::rng::Rng;
+use crate::train::optim::{learning_rate, Optimizer};
+use crate::train::{self, Objective, SoftTerm, TeacherSignal, TrainJob, TrainRecord};
+use candle_core::{Device, Tensor};
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::path::Path;
+use std::time::Instant;
+
+/// Figures of one transfer round (round 0 = after phase 1).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RoundRecord {
+    /// Group name.
+    pub group: String,
+    /// Round number; 0 is the state after phase 1.
+    pub round: usize,
+    /// Mean KL between each sub-model's softened validation output and its peers' average
+    /// (MSE for regression).
+    pub disagreement: f64,
+    /// Each sub-model's validation accuracy (classification).
+    pub val_accuracy: Vec<f64>,
+    /// Each sub-model's validation loss.
+    pub val_loss: Vec<f64>,
+    /// The ensemble's validation accuracy (classification).
+    pub ensemble_val_accuracy: Option<f64>,
+    /// The ensemble's validation loss.
+    pub ensemble_val_loss: f64,
+    /// Seconds spent in the round.
+    pub seconds: f64,
+}
+
+/// What a group run recorded.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GroupRecord {
+    /// Group name.
+    pub name: String,
+    /// Number of sub-models.
+    pub k: usize,
+    /// `fresh` or `split`.
+    pub init: SubmodelInit,
+    /// Trained on disjoint shards.
+    pub shards: bool,
+    /// Peers' predictions: live (DML) or stale (codistillation).
+    pub peers: String,
+    /// Training samples each sub-model saw.
+    pub shard_sizes: Vec<usize>,
+    /// Split from a teacher: the fraction of the teacher's weight mass (Σ|w|) each sub-model
+    /// keeps, and their sum (1 for one hidden layer; less for deeper teachers, whose weights
+    /// between different sub-models' units are dropped).
+    pub weight_mass_kept: Option<Vec<f64>>,
+    /// Phase 1 training records.
+    pub phase1: Vec<TrainRecord>,
+    /// Each sub-model's test scores right after phase 1 (trained alone).
+    pub phase1_test: Vec<Scores>,
+    /// The ensemble's test scores right after phase 1.
+    pub phase1_ensemble_test: Scores,
+    /// One record per round, round 0 first.
+    pub rounds: Vec<RoundRecord>,
+    /// The round whose weights were kept.
+    pub chosen_round: usize,
+    /// Why that round.
+    pub chosen_reason: String,
+    /// Why the rounds stopped.
+    pub stop_reason: String,
+    /// Warnings (e.g. a class absent from a shard).
+    pub warnings: Vec<String>,
+}
+
+/// The outcome: the kept sub-models and the record.
+pub struct GroupOutcome {
+    /// `(name, model)` per sub-model.
+    pub members: Vec<(String, Model)>,
+    /// The record.
+    pub record: GroupRecord,
+}
+
+/// Contiguous near-equal partition of `n` units into `k` groups.
+fn partition(n: usize, k: usize) -> Vec<std::ops::Range<usize>> {
+    let base = n / k;
+    let extra = n % k;
+    let mut start = 0;
+    (0..k)
+        .map(|i| {
+            let len = base + usize::from(i < extra);
+            let r = start..start + len;
+            start += len;
+            r
+        })
+        .collect()
+}
+
+/// Cuts an MLP teacher into `k` sub-models. Sub-model `i` takes the `i`-th contiguous block of
+/// units in every hidden layer, with the teacher's weights among its own units (first layer:
+/// the columns of its units; later layers: the rows of its previous-layer units and the
+/// columns of its units; output layer: the rows of its last-layer units) and the output bias
+/// divided by `k`. With one hidden layer the sub-models' logits therefore sum exactly to the
+/// teacher's. Returns the models and the fraction of the teacher's Σ|w| each keeps.
+pub fn split_teacher(
+    teacher: &Model,
+    k: usize,
+    arch_override: Option<&ArchConfig>,
+) -> Result<(Vec<Model>, Vec<f64>)> {
+    let spec = &teacher.spec;
+    if spec.arch.kind != ArchKind::Mlp {
+        return Err(Error::Input(
+            "splitting needs an MLP teacher; use init = \"fresh\" with a CNN".into(),
+        ));
+    }
+    let hidden = &spec.arch.hidden;
+    if hidden.is_empty() {
+        return Err(Error::Input(
+            "the teacher has no hidden units to split".into(),
+        ));
+    }
+    if let Some(&min) = hidden.iter().min() {
+        if k > min {
+            return Err(Error::Input(format!(
+                "cannot split a hidden layer of {min} units into {k} sub-models"
+            )));
+        }
+    }
+    let parts: Vec<Vec<std::ops::Range<usize>>> = hidden.iter().map(|&h| partition(h, k)).collect();
+    let w = teacher.weights()?;
+    let total_mass: f64 = teacher
+        .params
+        .iter()
+        .zip(&w)
+        .filter(|((n, _), _)| n.ends_with(".weight"))
+        .map(|(_, v)| v.iter().map(|x| x.abs() as f64).sum::<f64>())
+        .sum();
+    let layers = hidden.len() + 1;
+    let mut out = Vec::with_capacity(k);
+    let mut kept = Vec::with_capacity(k);
+    for i in 0..k {
+        let mut arch = spec.arch.clone();
+        if let Some(o) = arch_override {
+            arch.dropout = o.dropout;
+            arch.input_dropout = o.input_dropout;
+        }
+        arch.hidden = parts.iter().map(|p| p[i].len()).collect();
+        let sub_spec = ModelSpec {
+            arch,
+            input_shape: spec.input_shape.clone(),
+            outputs: spec.outputs,
+        };
+        let mut tensors: HashMap<String, (Vec<usize>, Vec<f32>)> = HashMap::new();
+        let mut mass = 0f64;
+        for l in 0..layers {
+            let (wt, bt) = (&w[2 * l], &w[2 * l + 1]);
+            let shape = teacher.params[2 * l].1.dims();
+            let (fan_in, fan_out) = (shape[0], shape[1]);
+            let rows: std::ops::Range<usize> = if l == 0 {
+                0..fan_in
+            } else {
+                parts[l - 1][i].clone()
+            };
+            let cols: std::ops::Range<usize> = if l + 1 == layers {
+                0..fan_out
+            } else {
+                parts[l][i].clone()
+            };
+            let mut sw = Vec::with_capacity(rows.len() * cols.len());
+            for r in rows.clone() {
+                sw.extend_from_slice(&wt[r * fan_out + cols.start..r * fan_out + cols.end]);
+            }
+            mass += sw.iter().map(|x| x.abs() as f64).sum::<f64>();
+            let sb: Vec<f32> = if l + 1 == layers {
+                bt.iter().map(|b| b / k as f32).collect()
+            } else {
+                bt[cols.clone()].to_vec()
+            };
+            tensors.insert(format!("fc{l}.weight"), (vec![rows.len(), cols.len()], sw));
+            tensors.insert(format!("fc{l}.bias"), (vec![cols.len()], sb));
+        }
+        out.push(Model::from_weights(sub_spec, &tensors, "teacher split")?);
+        kept.push(if total_mass > 0.0 {
+            mass / total_mass
+        } else {
+            0.0
+        });
+    }
+    Ok((out, kept))
+}
+
+/// Inputs for a group run.
+pub struct GroupJob<'a> {
+    /// The group's config.
+    pub cfg: &'a SubmodelsConfig,
+    /// Data.
+    pub splits: &'a Splits,
+    /// The teacher, when the group names one.
+    pub teacher: Option<&'a Model>,
+    /// Base seed.
+    pub seed: u64,
+    /// Output folder of the run.
+    pub out: &'a Path,
+    /// Progress display.
+    pub progress: Progress,
+}
+
+fn member_name(g: &str, i: usize) -> String {
+    format!("{g}-{}", i + 1)
+}
+
+/// Validation figures of all members: (disagreement, per-member scores, ensemble scores).
+fn measure(
+    members: &[Model],
+    val: &Dataset,
+    temperature: f32,
+    regression: bool,
+) -> Result<(f64, Vec<Scores>, Scores)> {
+    let outs: Vec<Vec<f32>> = members
+        .iter()
+        .map(|m| m.predict(&val.x, 512))
+        .collect::<Result<_>>()?;
+    let classes = members[0].spec.outputs;
+    let dis = mutual::disagreement(&outs, classes, temperature, regression);
+    let scores = outs
+        .iter()
+        .map(|o| eval::score_outputs(o, val, None))
+        .collect();
+    let ens = Ensemble {
+        members: members.iter().collect(),
+        regression,
+    };
+    let ens_scores = eval::evaluate(&ens, val, None)?;
+    Ok((dis, scores, ens_scores))
+}
+
+fn better(a: &RoundRecord, b: &RoundRecord) -> bool {
+    match (a.ensemble_val_accuracy, b.ensemble_val_accuracy) {
+        (Some(x), Some(y)) if x != y => x > y,
+        _ => a.ensemble_val_loss < b.ensemble_val_loss,
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+struct RoundState {
+    kind: String,
+    group: String,
+    round: usize,
+    best_round: usize,
+    record: GroupRecord,
+}
+
+fn save_state(
+    path: &Path,
+    members: &[Model],
+    best: &[Vec<Vec<f32>>],
+    st: &RoundState,
+) -> Result<()> {
+    let mut tensors = Vec::new();
+    for (i, m) in members.iter().enumerate() {
+        for ((name, var), (bw, cw)) in m.params.iter().zip(best[i].iter().zip(m.weights()?)) {
+            tensors.push((format!("m{i}.{name}"), var.dims().to_vec(), cw));
+            tensors.push((format!("best{i}.{name}"), var.dims().to_vec(), bw.clone()));
+        }
+    }
+    let json = serde_json::to_string(st).map_err(|e| Error::Other(e.to_string()))?;
+    crate::io::write_atomic(path, &models::tensors_to_safetensors(&tensors, &json)?)
+}
+
+fn load_state(path: &Path, members: &[Model]) -> Result<(RoundState, Vec<Vec<Vec<f32>>>)> {
+    let file = path.display().to_string();
+    let raw = models::parse_safetensors(&crate::io::read_file(path)?, &file)?;
+    let st: RoundState = serde_json::from_str(&raw.meta_json)
+        .map_err(|e| Error::Input(format!("{file}: malformed round state: {e}")))?;
+    let mut best = Vec::new();
+    for (i, m) in members.iter().enumerate() {
+        let mut cur = Vec::new();
+        let mut b = Vec::new();
+        for (name, var) in &m.params {
+            let get = |k: String| {
+                raw.tensors
+                    .get(&k)
+                    .filter(|(_, v)| v.len() == var.elem_count())
+                    .map(|(_, v)| v.clone())
+                    .ok_or_else(|| Error::Input(format!("{file}: missing or mis-sized tensor {k}")))
+            };
+            cur.push(get(format!("m{i}.{name}"))?);
+            b.push(get(format!("best{i}.{name}"))?);
+        }
+        m.set_weights(&cur)?;
+        best.push(b);
+    }
+    Ok((st, best))
+}
+
+/// Runs a whole group: forms the sub-models, phase 1, the transfer rounds, and keeps the best
+/// round. Resumes from `checkpoints/<group>.rounds.safetensors` (and phase-1 epoch checkpoints).
+pub fn run_group(job: GroupJob) -> Result<GroupOutcome> {
+    let g = job.cfg;
+    let s = job.splits;
+    let regression = matches!(s.train.targets, Targets::Values(_));
+    let outputs = s.train.outputs();
+    let ckdir = job.out.join("checkpoints");
+    let state_path = ckdir.join(format!("{}.rounds.safetensors", g.name));
+    let peer_t = g.transfer.temperature.unwrap_or(g.temperature);
+    let live = match g.transfer.peers {
+        PeerMode::Live => true,
+        PeerMode::Stale => false,
+        PeerMode::Auto => !g.shards,
+    };
+
+    // Form the sub-models.
+    let (members, kept): (Vec<Model>, Option<Vec<f64>>) = match g.init {
+        SubmodelInit::Split => {
+            let t = job.teacher.ok_or_else(|| {
+                Error::Input(format!(
+                    "submodels.{}.teacher: required for init = \"split\"",
+                    g.name
+                ))
+            })?;
+            let (m, kept) = split_teacher(t, g.k, g.arch.as_ref())
+                .map_err(|e| Error::Input(format!("submodels.{}: {e}", g.name)))?;
+            (m, Some(kept))
+        }
+        SubmodelInit::Fresh => {
+            let mut v = Vec::new();
+            for i in 0..g.k {
+                let arch = if g.archs.is_empty() {
+                    g.arch.clone()
+                } else {
+                    g.archs.get(i).cloned()
+                }
+                .ok_or_else(|| Error::Input(format!("submodels.{}.arch: required", g.name)))?;
+                let spec = ModelSpec {
+                    arch,
+                    input_shape: s.train.shape.clone(),
+                    outputs,
+                };
+                let mut rng = Rng::derive(job.seed, &format!("init/{}", member_name(&g.name, i)));
+                v.push(Model::new(spec, &mut rng)?);
+            }
+            (v, None)
+        }
+    };
+
+    // Each sub-model's data.
+    let n = s.train.len();
+    if g.shards && g.k > n {
+        return Err(Error::Input(format!(
+            "submodels.{}.k: {} shards of {n} training samples would leave shards empty",
+            g.name, g.k
+        )));
+    }
+    let mut warnings = Vec::new();
+    let data: Vec<Dataset> = if g.shards {
+        let sh = data::shards(n, g.k, job.seed);
+        let sets: Vec<Dataset> = sh.iter().map(|idx| s.train.subset(idx)).collect();
+        if let Targets::Classes { names, .. } = &s.train.targets {
+            for (i, d) in sets.iter().enumerate() {
+                let labels = d.labels().unwrap_or(&[]);
+                let missing: Vec<&str> = (0..names.len())
+                    .filter(|c| !labels.contains(&(*c as u32)))
+                    .map(|c| names[c].as_str())
+                    .collect();
+                if !missing.is_empty() {
+                    let w = format!(
+                        "submodels.{}: shard {} ({} samples) holds no sample of class {}",
+                        g.name,
+                        i + 1,
+                        d.len(),
+                        missing.join(", ")
+                    );
+                    job.progress.say(&format!("warning: {w}"));
+                    warnings.push(w);
+                }
+            }
+        }
+        sets
+    } else {
+        vec![s.train.clone(); 1]
+    };
+    let data_of = |i: usize| if g.shards { &data[i] } else { &data[0] };
+    let teacher_out: Vec<Option<Vec<f32>>> = (0..g.k)
+        .map(|i| match job.teacher {
+            Some(t) if g.alpha > 0.0 => t.predict(&data_of(i).x, 512).map(Some),
+            _ => Ok(None),
+        })
+        .collect::<Result<_>>()?;
+
+    let mut record;
+    let mut best: Vec<Vec<Vec<f32>>>;
+    let mut best_round;
+    let start_round;
+    if state_path.exists() {
+        let (st, b) = load_state(&state_path, &members)?;
+        job.progress.say(&format!(
+            "{}: resuming after transfer round {}",
+            g.name, st.round
+        ));
+        record = st.record;
+        best = b;
+        best_round = st.best_round;
+        start_round = st.round + 1;
+    } else {
+        // Phase 1.
+        let mut phase1 = Vec::new();
+        for (i, m) in members.iter().enumerate() {
+            let name = member_name(&g.name, i);
+            job.progress.say(&format!(
+                "{name}: phase 1, {} on {} samples{}",
+                m.spec.describe(),
+                data_of(i).len(),
+                if g.shards { " (its own shard)" } else { "" }
+            ));
+            let objective = match &teacher_out[i] {
+                Some(t) => {
+                    Objective::hinton(TeacherSignal::Cached(t.clone()), g.temperature, g.alpha)
+                }
+                None => Objective::supervised(),
+            };
+            let rec = train::fit(
+                m,
+                TrainJob {
+                    name: &name,
+                    cfg: &g.phase1,
+                    train: data_of(i),
+                    val: &s.val,
+                    objective,
+                    fill: s.normalizer.zero_value(),
+                    checkpoint: Some(ckdir.join(format!("{name}.phase1.ckpt.safetensors"))),
+                    seed: job.seed,
+                    progress: job.progress,
+                },
+            )?;
+            phase1.push(rec);
+        }
+        let phase1_test = members
+            .iter()
+            .map(|m| eval::evaluate(m, &s.test, s.target_scale.as_ref()))
+            .collect::<Result<Vec<_>>>()?;
+        let ens = Ensemble {
+            members: members.iter().collect(),
+            regression,
+        };
+        let phase1_ensemble_test = eval::evaluate(&ens, &s.test, s.target_scale.as_ref())?;
+        let (dis, sc, es) = measure(&members, &s.val, peer_t, regression)?;
+        let r0 = round_record(&g.name, 0, dis, &sc, &es, 0.0);
+        job.progress.say(&round_line(&r0));
+        record = GroupRecord {
+            name: g.name.clone(),
+            k: g.k,
+            init: g.init,
+            shards: g.shards,
+            peers: if live {
+                "live (deep mutual learning)"
+            } else {
+                "stale (codistillation)"
+            }
+            .into(),
+            shard_sizes: (0..g.k).map(|i| data_of(i).len()).collect(),
+            weight_mass_kept: kept,
+            phase1,
+            phase1_test,
+            phase1_ensemble_test,
+            rounds: vec![r0],
+            chosen_round: 0,
+            chosen_reason: String::new(),
+            stop_reason: String::new(),
+            warnings,
+        };
+        best = members.iter().map(|m| m.weights()).collect::<Result<_>>()?;
+        best_round = 0;
+        start_round = 1;
+        let st = RoundState {
+            kind: "rounds".into(),
+            group: g.name.clone(),
+            round: 0,
+            best_round,
+            record: record.clone(),
+        };
+        save_state(&state_path, &members, &best, &st)?;
+        for i in 0..g.k {
+            let _ = std::fs::remove_file(ckdir.join(format!(
+                "{}.phase1.ckpt.safetensors",
+                member_name(&g.name, i)
+            )));
+        }
+    }
+
+    // Phase 2: transfer rounds.
+    let last = record.rounds.last().cloned();
+    let mut stop = last
+        .as_ref()
+        .map(|r| r.disagreement < g.transfer.tolerance && r.round > 0)
+        .unwrap_or(false);
+    if stop {
+        record.stop_reason = format!(
+            "disagreement {:.3e} fell below the tolerance {:.1e}",
+            last.as_ref().map(|r| r.disagreement).unwrap_or(0.0),
+            g.transfer.tolerance
+        );
+    }
+    let mut round = start_round;
+    while !stop && round <= g.transfer.rounds {
+        let t0 = Instant::now();
+        let mut tcfg = g.transfer.train.clone();
+        tcfg.epochs = g.transfer.epochs_per_round;
+        if live {
+            mutual_round(
+                &members,
+                &data[0],
+                &teacher_out[0],
+                g,
+                &tcfg,
+                peer_t,
+                round,
+                job.seed,
+                s.normalizer.zero_value(),
+                job.progress,
+            )?;
+        } else {
+            // Peers' predictions on each sub-model's data, from the state at the round's start.
+            let outs_per: Vec<Vec<f32>> = (0..g.k)
+                .map(|i| -> Result<Vec<f32>> {
+                    let peers: Vec<Vec<f32>> = (0..g.k)
+                        .filter(|&j| j != i)
+                        .map(|j| members[j].predict(&data_of(i).x, 512))
+                        .collect::<Result<_>>()?;
+                    let refs: Vec<&[f32]> = peers.iter().map(|p| p.as_slice()).collect();
+                    Ok(if regression {
+                        mutual::mean_outputs(&refs)
+                    } else {
+                        mutual::probs_as_logits(
+                            &mutual::peer_average(&refs, outputs, peer_t),
+                            peer_t,
+                        )
+                    })
+                })
+                .collect::<Result<_>>()?;
+            for (i, m) in members.iter().enumerate() {
+                let name = format!("{}-r{round}", member_name(&g.name, i));
+                let beta = g.transfer.peer_weight;
+                let mut soft = vec![SoftTerm {
+                    signal: TeacherSignal::Cached(outs_per[i].clone()),
+                    temperature: peer_t,
+                    weight: beta,
+                }];
+                if let Some(t) = &teacher_out[i] {
+                    soft.push(SoftTerm {
+                        signal: TeacherSignal::Cached(t.clone()),
+                        temperature: g.temperature,
+                        weight: (1.0 - beta) * g.alpha,
+                    });
+                }
+                let objective = Objective {
+                    label_weight: (1.0 - beta) * (1.0 - g.alpha),
+                    soft,
+                    hint: None,
+                };
+                train::fit(
+                    m,
+                    TrainJob {
+                        name: &name,
+                        cfg: &tcfg,
+                        train: data_of(i),
+                        val: &s.val,
+                        objective,
+                        fill: s.normalizer.zero_value(),
+                        checkpoint: None,
+                        seed: job.seed,
+                        progress: job.progress,
+                    },
+                )?;
+            }
+        }
+        let (dis, sc, es) = measure(&members, &s.val, peer_t, regression)?;
+        let rr = round_record(&g.name, round, dis, &sc, &es, t0.elapsed().as_secs_f64());
+        job.progress.say(&round_line(&rr));
+        if better(&rr, &record.rounds[best_round]) {
+            best_round = round;
+            best = members.iter().map(|m| m.weights()).collect::<Result<_>>()?;
+        }
+        record.rounds.push(rr);
+        if dis < g.transfer.tolerance {
+            stop = true;
+            record.stop_reason = format!(
+                "disagreement {dis:.3e} fell below the tolerance {:.1e} after round {round}",
+                g.transfer.tolerance
+            );
+        }
+        let st = RoundState {
+            kind: "rounds".into(),
+            group: g.name.clone(),
+            round,
+            best_round,
+            record: record.clone(),
+        };
+        save_state(&state_path, &members, &best, &st)?;
+        round += 1;
+    }
+    if record.stop_reason.is_empty() {
+        record.stop_reason = format!(
+            "reached the maximum of {} rounds (disagreement {:.3e}, tolerance {:.1e})",
+            g.transfer.rounds,
+            record.rounds.last().map(|r| r.disagreement).unwrap_or(0.0),
+            g.transfer.tolerance
+        );
+    }
+    let b = &record.rounds[best_round];
+    record.chosen_round = best_round;
+    record.chosen_reason = match b.ensemble_val_accuracy {
+        Some(a) => format!("round {best_round} had the highest ensemble validation accuracy ({:.2}%, ties broken by lower validation loss {:.4}); later rounds did not improve it", 100.0 * a, b.ensemble_val_loss),
+        None => format!("round {best_round} had the lowest ensemble validation loss ({:.4})", b.ensemble_val_loss),
+    };
+    for (m, w) in members.iter().zip(&best) {
+        m.set_weights(w)?;
+    }
+    let named = members
+        .into_iter()
+        .enumerate()
+        .map(|(i, m)| (member_name(&g.name, i), m))
+        .collect();
+    Ok(GroupOutcome {
+        members: named,
+        record,
+    })
+}
+
+fn round_record(
+    group: &str,
+    round: usize,
+    dis: f64,
+    sc: &[Scores],
+    es: &Scores,
+    secs: f64,
+) -> RoundRecord {
+    RoundRecord {
+        group: group.to_string(),
+        round,
+        disagreement: dis,
+        val_accuracy: sc.iter().filter_map(|x| x.accuracy).collect(),
+        val_loss: sc.iter().map(|x| x.loss).collect(),
+        ensemble_val_accuracy: es.accuracy,
+        ensemble_val_loss: es.loss,
+        seconds: secs,
+    }
+}
+
+fn round_line(r: &RoundRecord) -> String {
+    let accs: Vec<String> = r
+        .val_accuracy
+        .iter()
+        .map(|a| format!("{:.2}%", 100.0 * a))
+        .collect();
+    format!(
+        "{} round {}: disagreement {:.3e}  val acc [{}]  ensemble {}",
+        r.group,
+        r.round,
+        r.disagreement,
+        accs.join(", "),
+        r.ensemble_val_accuracy
+            .map(|a| format!("{:.2}%", 100.0 * a))
+            .unwrap_or_else(|| format!("loss {:.4}", r.ensemble_val_loss))
+    )
+}
+
+/// One round of deep mutual learning on shared data: every mini-batch, all sub-models predict,
+/// then each takes a step towards the labels (and teacher) and its peers' current averaged
+/// softened predictions.
+#[allow(clippy::too_many_arguments)]
+fn mutual_round(
+    members: &[Model],
+    data: &Dataset,
+    teacher_out: &Option<Vec<f32>>,
+    g: &SubmodelsConfig,
+    cfg: &TrainConfig,
+    peer_t: f32,
+    round: usize,
+    seed: u64,
+    fill: f32,
+    progress: Progress,
+) -> Result<()> {
+    let regression = matches!(data.targets, Targets::Values(_));
+    let mut rng = Rng::derive(seed, &format!("dml/{}/{round}", g.name));
+    let mut opts: Vec<Optimizer> = members
+        .iter()
+        .map(|m| {
+            Optimizer::new(
+                cfg,
+                &m.params
+                    .iter()
+                    .map(|(_, v)| v.elem_count())
+                    .collect::<Vec<_>>(),
+            )
+        })
+        .collect();
+    let d = data.dim();
+    let c = data.outputs();
+    let beta = g.transfer.peer_weight;
+    let mut xbuf = Vec::new();
+    for epoch in 0..cfg.epochs {
+        let lr = learning_rate(cfg, epoch);
+        let perm = rng.permutation(data.len());
+        let bar = progress.epoch(
+            &format!("{} round {round}", g.name),
+            epoch,
+            cfg.epochs,
+            data.len().div_ceil(cfg.batch_size),
+        );
+        let mut loss_sum = 0f64;
+        let mut seen = 0usize;
+        for idx in perm.chunks(cfg.batch_size) {
+            let b = idx.len();
+            data.gather(idx, cfg.jitter, fill, &mut rng, &mut xbuf);
+            let x = Tensor::from_slice(&xbuf, (b, d), &Device::Cpu)?;
+            let y = match &data.targets {
+                Targets::Classes { labels, .. } => Tensor::from_vec(
+                    idx.iter().map(|&i| labels[i]).collect::<Vec<u32>>(),
+                    b,
+                    &Device::Cpu,
+                )?,
+                Targets::Values(v) => Tensor::from_vec(
+                    idx.iter().map(|&i| v[i]).collect::<Vec<f32>>(),
+                    (b, 1),
+                    &Device::Cpu,
+                )?,
+            };
+            let logits: Vec<Tensor> = members
+                .iter()
+                .map(|m| m.forward(&x, Mode::Train(&mut rng)))
+                .collect::<Result<_>>()?;
+            let vals: Vec<Vec<f32>> = logits
+                .iter()
+                .map(|l| Ok(l.flatten_all()?.to_vec1::<f32>()?))
+                .collect::<Result<_>>()?;
+            let t_batch: Option<Vec<f32>> = teacher_out.as_ref().map(|t| {
+                idx.iter()
+                    .flat_map(|&i| t[i * c..(i + 1) * c].iter().copied())
+                    .collect()
+            });
+            for (k, m) in members.iter().enumerate() {
+                let peers: Vec<&[f32]> = (0..members.len())
+                    .filter(|&j| j != k)
+                    .map(|j| vals[j].as_slice())
+                    .collect();
+                let lk = &logits[k];
+                let mut loss = if regression {
+                    let avg = mutual::mean_outputs(&peers);
+                    (losses::mse(lk, &Tensor::from_vec(avg, (b, 1), &Device::Cpu)?)? * beta as f64)?
+                } else {
+                    let avg =
+                        mutual::probs_as_logits(&mutual::peer_average(&peers, c, peer_t), peer_t);
+                    (losses::soft_target_loss(lk, &avg, peer_t)? * beta as f64)?
+                };
+                let label_w = (1.0 - beta) * (1.0 - g.alpha);
+                if label_w > 0.0 {
+                    let l = if regression {
+                        losses::mse(lk, &y)?
+                    } else {
+                        losses::cross_entropy(lk, &y)?
+                    };
+                    loss = (loss + (l * label_w as f64)?)?;
+                }
+                if let Some(tb) = &t_batch {
+                    let tw = (1.0 - beta) * g.alpha;
+                    let l = if regression {
+                        losses::mse(lk, &Tensor::from_slice(tb, (b, 1), &Device::Cpu)?)?
+                    } else {
+                        losses::soft_target_loss(lk, tb, g.temperature)?
+                    };
+                    loss = (loss + (l * tw as f64)?)?;
+                }
+                let lv = loss.to_scalar::<f32>()? as f64;
+                if !lv.is_finite() || lv > cfg.max_loss {
+                    return Err(Error::Diverged(format!(
+                        "sub-model {} diverged in transfer round {round}: loss = {lv}; the state after round {} is kept in checkpoints/; try a lower submodels.{}.transfer.train.lr",
+                        member_name(&g.name, k),
+                        round - 1,
+                        g.name
+                    )));
+                }
+                loss_sum += lv * b as f64;
+                let grads = loss.backward()?;
+                opts[k].step(m, &grads, lr)?;
+            }
+            seen += b;
+            bar.step(loss_sum / (seen * members.len()) as f64, None);
+        }
+        bar.finish(&format!(
+            "mean loss {:.4}",
+            loss_sum / (seen.max(1) * members.len()) as f64
+        ));
+    }
+    Ok(())
+}
