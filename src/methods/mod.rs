@@ -15,3 +15,55 @@ pub fn expand(cfg: &ExperimentConfig) -> ExperimentConfig {
     out.models = born_again::expand(&out.models);
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chains_and_generations_are_written_out() {
+        let cfg = crate::config::load_str(
+            r#"
+[data]
+format = "digits"
+[[model]]
+name = "t"
+arch = { kind = "mlp", hidden = [64] }
+[[model]]
+name = "s"
+arch = { kind = "mlp", hidden = [8] }
+distill = { teacher = "t", temperature = 3.0, alpha = 0.5, assistants = [{ kind = "mlp", hidden = [32] }, { kind = "mlp", hidden = [16] }] }
+born_again = { generations = 2 }
+"#,
+            "t.toml",
+            &[],
+        )
+        .unwrap();
+        let e = expand(&cfg);
+        let names: Vec<&str> = e.models.iter().map(|m| m.name.as_str()).collect();
+        assert_eq!(names, ["t", "s-ta1", "s-ta2", "s", "s-gen2", "s-gen3"]);
+        let teacher_of = |n: &str| {
+            e.models
+                .iter()
+                .find(|m| m.name == n)
+                .unwrap()
+                .distill
+                .as_ref()
+                .unwrap()
+                .teacher
+                .clone()
+        };
+        assert_eq!(teacher_of("s-ta1"), "t");
+        assert_eq!(teacher_of("s-ta2"), "s-ta1");
+        assert_eq!(teacher_of("s"), "s-ta2");
+        assert_eq!(teacher_of("s-gen2"), "s");
+        assert_eq!(teacher_of("s-gen3"), "s-gen2");
+        assert_eq!(e.models[1].arch.as_ref().unwrap().hidden, vec![32]);
+        assert_eq!(e.models[1].role(), crate::config::Role::Assistant);
+        // the born-again generations repeat the student's architecture and use BAN's defaults
+        let g2 = &e.models[4];
+        assert_eq!(g2.arch.as_ref().unwrap().hidden, vec![8]);
+        assert_eq!(g2.distill.as_ref().unwrap().alpha, 1.0);
+        e.validate().unwrap();
+    }
+}
