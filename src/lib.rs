@@ -17,6 +17,7 @@
 //! println!("{}", summary.report_markdown);
 //! ```
 
+pub mod bench;
 pub mod config;
 pub mod data;
 pub mod error;

@@ -273,3 +273,33 @@ fn regression_reports_mse_and_mae() {
     }
     assert!(out.join("plots/mse_vs_size.svg").exists());
 }
+
+#[test]
+fn bench_verb_reports_figures_as_json() {
+    for (w, keys) in [
+        (
+            "train-student",
+            &["samples_per_s", "gflops", "peak_rss_bytes"][..],
+        ),
+        (
+            "infer",
+            &[
+                "latency_us_p50",
+                "latency_us_p90",
+                "latency_us_p50_b256",
+                "peak_rss_bytes",
+            ][..],
+        ),
+        ("gemm", &["gflops"][..]),
+    ] {
+        let o = run(&["bench", w, "--steps", "2", "--json"]);
+        assert!(o.status.success(), "{w}: {}", stderr(&o));
+        let v: serde_json::Value = serde_json::from_str(stdout(&o).trim()).unwrap();
+        for k in keys {
+            assert!(v[k].as_f64().unwrap() > 0.0, "{w}: {k} in {v}");
+        }
+    }
+    let o = run(&["bench", "nope"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("unknown workload 'nope'"));
+}

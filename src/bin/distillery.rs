@@ -104,6 +104,20 @@ enum Verb {
         #[arg(long)]
         json: bool,
     },
+    /// Time a named workload: train-mlp, train-student, train-cnn, infer, gemm.
+    Bench {
+        /// Workload name.
+        workload: String,
+        /// Timed training steps or inference calls.
+        #[arg(long, default_value_t = 50)]
+        steps: usize,
+        /// Model file for `infer` (default: a 784-1200-1200-10 MLP).
+        #[arg(long)]
+        model: Option<PathBuf>,
+        /// Print one JSON object.
+        #[arg(long)]
+        json: bool,
+    },
     /// Check an experiment file without running it.
     Check {
         /// Experiment file.
@@ -151,6 +165,23 @@ fn dispatch(cli: Cli) -> Result<()> {
             json,
         } => evaluate(&model, images, labels, csv, label, digits, json),
         Verb::Check { config, common } => check(&config, &common),
+        Verb::Bench {
+            workload,
+            steps,
+            model,
+            json,
+        } => {
+            let r = distillery::bench::run(&workload, steps, model.as_deref())?;
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string(&r).map_err(|e| Error::Other(e.to_string()))?
+                );
+            } else {
+                println!("{}", r.describe());
+            }
+            Ok(())
+        }
     }
 }
 

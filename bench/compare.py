@@ -1,0 +1,52 @@
+"""Runs distillery and the PyTorch reference interleaved (A B A B ...) on each workload and prints
+the median of each side and the median of the per-pair ratios, as a Markdown table.
+
+usage: python3 bench/compare.py [--pairs 5] [--steps 30] [WORKLOAD ...]
+Needs target/release/distillery (cargo build --release) and .venv (bench/setup_reference.sh).
+"""
+import argparse, json, statistics, subprocess, sys
+
+OURS = ["target/release/distillery", "bench"]
+THEIRS = [".venv/bin/python", "bench/reference/bench.py"]
+# (key, higher is better)
+KEYS = {
+    "train-mlp": [("samples_per_s", True)],
+    "train-student": [("samples_per_s", True)],
+    "train-cnn": [("samples_per_s", True)],
+    "infer": [("latency_us_p50", False), ("latency_us_p50_b256", False)],
+    "gemm": [("gflops", True)],
+}
+
+
+def once(cmd, workload, steps):
+    out = subprocess.run(cmd + [workload, "--steps", str(steps), "--json"], check=True,
+                         capture_output=True, text=True).stdout
+    return json.loads(out.strip().splitlines()[-1])
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--pairs", type=int, default=5)
+    ap.add_argument("--steps", type=int, default=30)
+    ap.add_argument("workloads", nargs="*", default=list(KEYS))
+    a = ap.parse_args()
+    print("| workload | figure | distillery (median) | PyTorch (median) | distillery better by (median of pair ratios) | peak RSS ours / theirs |")
+    print("|---|---|---:|---:|---:|---:|")
+    for w in a.workloads:
+        ours, theirs = [], []
+        for _ in range(a.pairs):
+            ours.append(once(OURS, w, a.steps))
+            theirs.append(once(THEIRS, w, a.steps))
+        rss = (statistics.median(r["peak_rss_bytes"] for r in ours) / 2**20,
+               statistics.median(r["peak_rss_bytes"] for r in theirs) / 2**20)
+        for key, higher in KEYS[w]:
+            o = [r[key] for r in ours]
+            t = [r[key] for r in theirs]
+            ratios = [(x / y) if higher else (y / x) for x, y in zip(o, t)]
+            print(f"| {w} | {key} | {statistics.median(o):.1f} | {statistics.median(t):.1f} | "
+                  f"{statistics.median(ratios):.2f}× | {rss[0]:.0f} / {rss[1]:.0f} MiB |")
+        sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    main()

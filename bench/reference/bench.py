@@ -1,0 +1,140 @@
+"""PyTorch reference for `distillery bench`: the same workloads, shapes, batch size, optimizer
+and distillation loss, run as PyTorch's docs recommend for CPU (default intra-op threads = the
+machine's cores, the fused Adam implementation, eval mode + inference_mode for inference).
+
+usage: bench.py WORKLOAD [--steps N] [--json]      WORKLOAD: train-mlp train-student train-cnn infer gemm
+Prints the same JSON keys as distillery: samples_per_s, latency_us_p50, latency_us_p90,
+latency_us_p50_b256, latency_us_p90_b256, gflops, peak_rss_bytes.
+"""
+import argparse, json, resource, statistics, time
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+def mlp(hidden):
+    layers, d = [], 784
+    for h in hidden:
+        layers += [nn.Linear(d, h), nn.ReLU()]
+        d = h
+    layers.append(nn.Linear(d, 10))
+    return nn.Sequential(nn.Flatten(), *layers)
+
+
+def lenet():
+    return nn.Sequential(
+        nn.Conv2d(1, 6, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(6, 16, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Flatten(), nn.Linear(16 * 7 * 7, 120), nn.ReLU(), nn.Linear(120, 84), nn.ReLU(), nn.Linear(84, 10))
+
+
+def macs(model):
+    total, hw = 0, 28 * 28
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d):
+            total += m.weight.numel() * hw
+            hw //= 4
+        elif isinstance(m, nn.Linear):
+            total += m.weight.numel()
+    return total
+
+
+def peak_rss():
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def kd_loss(s, t, y, T=4.0, alpha=0.9):
+    kl = F.kl_div(F.log_softmax(s / T, 1), F.softmax(t / T, 1), reduction="batchmean")
+    return alpha * T * T * kl + (1 - alpha) * F.cross_entropy(s, y)
+
+
+def train(name, model, steps):
+    batch = 128
+    try:
+        opt = torch.optim.Adam(model.parameters(), lr=1e-3, fused=True)
+    except (RuntimeError, TypeError):
+        opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    g = torch.Generator().manual_seed(1)
+    pool = [(torch.rand(batch, 1, 28, 28, generator=g), torch.randint(0, 10, (batch,), generator=g),
+             torch.rand(batch, 10, generator=g) * 6 - 3) for _ in range(8)]
+
+    def step(i):
+        x, y, t = pool[i % len(pool)]
+        opt.zero_grad(set_to_none=True)
+        loss = kd_loss(model(x), t, y)
+        loss.backward()
+        opt.step()
+
+    for i in range(3):
+        step(i)
+    t0 = time.perf_counter()
+    for i in range(steps):
+        step(i)
+    secs = time.perf_counter() - t0
+    sps = steps * batch / secs
+    return {"workload": name, "steps": steps, "samples_per_s": sps,
+            "gflops": 6 * macs(model) * sps / 1e9, "peak_rss_bytes": peak_rss()}
+
+
+def infer(steps):
+    model = mlp([1200, 1200]).eval()
+
+    def timed(b):
+        x = torch.rand(b, 1, 28, 28)
+        with torch.inference_mode():
+            for _ in range(5):
+                model(x).numpy()
+            ts = []
+            for _ in range(steps):
+                t0 = time.perf_counter()
+                model(x).numpy()
+                ts.append((time.perf_counter() - t0) * 1e6)
+        ts.sort()
+        return statistics.median(ts), ts[round((len(ts) - 1) * 0.9)]
+
+    p50, p90 = timed(1)
+    q50, q90 = timed(256)
+    return {"workload": "infer", "steps": steps, "latency_us_p50": p50, "latency_us_p90": p90,
+            "latency_us_p50_b256": q50, "latency_us_p90_b256": q90, "peak_rss_bytes": peak_rss()}
+
+
+def gemm(steps):
+    n = 1024
+    a, b = torch.rand(n, n), torch.rand(n, n)
+    for _ in range(2):
+        a @ b
+    ts = []
+    for _ in range(steps):
+        t0 = time.perf_counter()
+        a @ b
+        ts.append(time.perf_counter() - t0)
+    m = statistics.median(ts)
+    return {"workload": "gemm", "steps": steps, "latency_us_p50": m * 1e6,
+            "gflops": 2 * n ** 3 / m / 1e9, "peak_rss_bytes": peak_rss()}
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("workload")
+    ap.add_argument("--steps", type=int, default=50)
+    ap.add_argument("--json", action="store_true")
+    a = ap.parse_args()
+    torch.manual_seed(0)
+    if a.workload == "train-mlp":
+        r = train(a.workload, mlp([1200, 1200]), a.steps)
+    elif a.workload == "train-student":
+        r = train(a.workload, mlp([800, 800]), a.steps)
+    elif a.workload == "train-cnn":
+        r = train(a.workload, lenet(), a.steps)
+    elif a.workload == "infer":
+        r = infer(a.steps)
+    elif a.workload == "gemm":
+        r = gemm(a.steps)
+    else:
+        raise SystemExit(f"unknown workload {a.workload}")
+    print(json.dumps(r) if a.json else r)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,327 @@
+//! `distillery bench`: named workloads timed like `trtexec` times an engine, so a user can size
+//! a job. Training workloads report samples per second; inference reports median and p90
+//! latency; every workload reports the process's peak resident memory.
+//!
+//! The workloads mirror `bench/reference/bench.py` (PyTorch) exactly: the same shapes, batch
+//! size, optimizer and distillation loss on synthetic MNIST-shaped data.
+
+use crate::config::{ArchConfig, ArchKind, TrainConfig};
+use crate::error::{Error, Result};
+use crate::eval::median;
+use crate::losses;
+use crate::models::{self, Mode, Model, ModelSpec};
+use crate::rng::Rng;
+use crate::train::optim::Optimizer;
+use candle_core::{Device, Tensor};
+use serde::Serialize;
+use std::path::Path;
+use std::time::Instant;
+
+/// A workload's figures.
+#[derive(Debug, Clone, Serialize)]
+pub struct BenchResult {
+    /// Workload name.
+    pub workload: String,
+    /// Timed steps (training) or calls (inference).
+    pub steps: usize,
+    /// Training throughput.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub samples_per_s: Option<f64>,
+    /// Median latency of one call (inference at batch 1), microseconds.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub latency_us_p50: Option<f64>,
+    /// 90th percentile latency (inference at batch 1), microseconds.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub latency_us_p90: Option<f64>,
+    /// Median latency at batch 256, microseconds.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub latency_us_p50_b256: Option<f64>,
+    /// 90th percentile latency at batch 256, microseconds.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub latency_us_p90_b256: Option<f64>,
+    /// Achieved GFLOP/s (GEMM workload, or training at 6 FLOPs per weight per sample).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub gflops: Option<f64>,
+    /// Peak resident set size of the process, bytes.
+    pub peak_rss_bytes: u64,
+}
+
+/// The workloads.
+pub const WORKLOADS: &[&str] = &["train-mlp", "train-student", "train-cnn", "infer", "gemm"];
+
+/// Peak resident set size (VmHWM) of this process in bytes; 0 where /proc is unavailable.
+pub fn peak_rss_bytes() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| {
+                l.split_whitespace()
+                    .nth(1)
+                    .and_then(|v| v.parse::<u64>().ok())
+            })
+        })
+        .map(|kb| kb * 1024)
+        .unwrap_or(0)
+}
+
+fn percentile(v: &mut [f64], p: f64) -> f64 {
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
+    let idx = ((v.len() - 1) as f64 * p).round() as usize;
+    v[idx]
+}
+
+fn mlp_spec(hidden: &[usize]) -> ModelSpec {
+    ModelSpec {
+        arch: ArchConfig {
+            kind: ArchKind::Mlp,
+            hidden: hidden.to_vec(),
+            dropout: 0.0,
+            input_dropout: 0.0,
+            channels: Vec::new(),
+            kernel: 5,
+        },
+        input_shape: vec![1, 28, 28],
+        outputs: 10,
+    }
+}
+
+fn lenet_spec() -> ModelSpec {
+    ModelSpec {
+        arch: ArchConfig {
+            kind: ArchKind::Cnn,
+            hidden: vec![120, 84],
+            dropout: 0.0,
+            input_dropout: 0.0,
+            channels: vec![6, 16],
+            kernel: 5,
+        },
+        input_shape: vec![1, 28, 28],
+        outputs: 10,
+    }
+}
+
+/// Weights (multiply-accumulates per sample) of the dense and conv layers.
+fn macs_per_sample(m: &Model) -> f64 {
+    let spec = &m.spec;
+    let mut macs = 0f64;
+    let (mut h, mut w) = (
+        spec.input_shape.get(1).copied().unwrap_or(1),
+        spec.input_shape.get(2).copied().unwrap_or(1),
+    );
+    for (name, var) in &m.params {
+        let d = var.dims();
+        if name.starts_with("conv") && name.ends_with(".weight") {
+            macs += (d.iter().product::<usize>() * h * w) as f64;
+            h /= 2;
+            w /= 2;
+        } else if name.ends_with(".weight") {
+            macs += d.iter().product::<usize>() as f64;
+        }
+    }
+    macs
+}
+
+/// One training workload: batch 128, Adam (lr 1e-3), loss 0.9·T²·KL(teacher ‖ student) at
+/// T = 4 plus 0.1·CE, with fixed synthetic teacher logits.
+fn train_workload(name: &str, spec: ModelSpec, steps: usize) -> Result<BenchResult> {
+    let batch = 128usize;
+    let d = spec.input_dim();
+    let mut rng = Rng::new(1);
+    let model = Model::new(spec, &mut rng)?;
+    let cfg = TrainConfig {
+        lr: 1e-3,
+        ..TrainConfig::default()
+    };
+    let sizes: Vec<usize> = model.params.iter().map(|(_, v)| v.elem_count()).collect();
+    let mut opt = Optimizer::new(&cfg, &sizes);
+    // A pool of 8 synthetic batches, cycled, so data generation is not timed.
+    let pool: Vec<(Tensor, Tensor, Vec<f32>)> = (0..8)
+        .map(|_| -> Result<_> {
+            let x: Vec<f32> = (0..batch * d).map(|_| rng.uniform()).collect();
+            let y: Vec<u32> = (0..batch).map(|_| rng.below(10) as u32).collect();
+            let t: Vec<f32> = (0..batch * 10)
+                .map(|_| rng.uniform_range(-3.0, 3.0))
+                .collect();
+            Ok((
+                Tensor::from_vec(x, (batch, d), &Device::Cpu)?,
+                Tensor::from_vec(y, batch, &Device::Cpu)?,
+                t,
+            ))
+        })
+        .collect::<Result<_>>()?;
+    let mut phases = [Vec::new(), Vec::new(), Vec::new()];
+    let mut step = |i: usize, phases: &mut [Vec<f64>; 3]| -> Result<()> {
+        let (x, y, t) = &pool[i % pool.len()];
+        let t0 = Instant::now();
+        let logits = model.forward(x, Mode::Eval)?;
+        let loss = losses::kd_loss_classification(&logits, t, y, 4.0, 0.9)?;
+        let t1 = Instant::now();
+        let grads = loss.backward()?;
+        let t2 = Instant::now();
+        opt.step(&model, &grads, 1e-3)?;
+        let t3 = Instant::now();
+        phases[0].push((t1 - t0).as_secs_f64() * 1e3);
+        phases[1].push((t2 - t1).as_secs_f64() * 1e3);
+        phases[2].push((t3 - t2).as_secs_f64() * 1e3);
+        Ok(())
+    };
+    for i in 0..3 {
+        step(i, &mut phases)?;
+    }
+    phases.iter_mut().for_each(Vec::clear);
+    let t0 = Instant::now();
+    for i in 0..steps {
+        step(i, &mut phases)?;
+    }
+    let secs = t0.elapsed().as_secs_f64();
+    if std::env::var_os("DISTILLERY_BENCH_BREAKDOWN").is_some() {
+        let [f, b, o] = &mut phases;
+        eprintln!(
+            "{name}: median per step: forward+loss {:.2} ms, backward {:.2} ms, optimizer {:.2} ms",
+            median(f),
+            median(b),
+            median(o)
+        );
+    }
+    let sps = (steps * batch) as f64 / secs;
+    Ok(BenchResult {
+        workload: name.into(),
+        steps,
+        samples_per_s: Some(sps),
+        latency_us_p50: None,
+        latency_us_p90: None,
+        latency_us_p50_b256: None,
+        latency_us_p90_b256: None,
+        gflops: Some(6.0 * macs_per_sample(&model) * sps / 1e9),
+        peak_rss_bytes: peak_rss_bytes(),
+    })
+}
+
+fn infer_workload(model_path: Option<&Path>, steps: usize) -> Result<BenchResult> {
+    let model = match model_path {
+        Some(p) => models::load_model(p)?.0,
+        None => Model::new(mlp_spec(&[1200, 1200]), &mut Rng::new(1))?,
+    };
+    let d = model.spec.input_dim();
+    let mut rng = Rng::new(2);
+    let time = |b: usize, rng: &mut Rng| -> Result<(f64, f64)> {
+        let x = Tensor::from_vec(
+            (0..b * d).map(|_| rng.uniform()).collect::<Vec<f32>>(),
+            (b, d),
+            &Device::Cpu,
+        )?;
+        for _ in 0..5 {
+            model
+                .forward(&x, Mode::Eval)?
+                .flatten_all()?
+                .to_vec1::<f32>()?;
+        }
+        let mut t = Vec::with_capacity(steps);
+        for _ in 0..steps {
+            let t0 = Instant::now();
+            model
+                .forward(&x, Mode::Eval)?
+                .flatten_all()?
+                .to_vec1::<f32>()?;
+            t.push(t0.elapsed().as_secs_f64() * 1e6);
+        }
+        let p90 = percentile(&mut t, 0.9);
+        Ok((median(&mut t), p90))
+    };
+    let (p50, p90) = time(1, &mut rng)?;
+    let (q50, q90) = time(256, &mut rng)?;
+    Ok(BenchResult {
+        workload: "infer".into(),
+        steps,
+        samples_per_s: None,
+        latency_us_p50: Some(p50),
+        latency_us_p90: Some(p90),
+        latency_us_p50_b256: Some(q50),
+        latency_us_p90_b256: Some(q90),
+        gflops: None,
+        peak_rss_bytes: peak_rss_bytes(),
+    })
+}
+
+/// Peak matrix-multiply rate: the median of `steps` 1024×1024×1024 f32 GEMMs through candle.
+fn gemm_workload(steps: usize) -> Result<BenchResult> {
+    let n = 1024usize;
+    let mut rng = Rng::new(3);
+    let a = Tensor::from_vec(
+        (0..n * n).map(|_| rng.uniform()).collect::<Vec<f32>>(),
+        (n, n),
+        &Device::Cpu,
+    )?;
+    let b = Tensor::from_vec(
+        (0..n * n).map(|_| rng.uniform()).collect::<Vec<f32>>(),
+        (n, n),
+        &Device::Cpu,
+    )?;
+    for _ in 0..2 {
+        a.matmul(&b)?;
+    }
+    let mut t = Vec::new();
+    for _ in 0..steps {
+        let t0 = Instant::now();
+        let c = a.matmul(&b)?;
+        drop(c);
+        t.push(t0.elapsed().as_secs_f64());
+    }
+    let m = median(&mut t);
+    Ok(BenchResult {
+        workload: "gemm".into(),
+        steps,
+        samples_per_s: None,
+        latency_us_p50: Some(m * 1e6),
+        latency_us_p90: None,
+        latency_us_p50_b256: None,
+        latency_us_p90_b256: None,
+        gflops: Some(2.0 * (n * n * n) as f64 / m / 1e9),
+        peak_rss_bytes: peak_rss_bytes(),
+    })
+}
+
+/// Runs a named workload.
+pub fn run(workload: &str, steps: usize, model: Option<&Path>) -> Result<BenchResult> {
+    if steps == 0 {
+        return Err(Error::Input("--steps: must be at least 1".into()));
+    }
+    match workload {
+        "train-mlp" => train_workload(workload, mlp_spec(&[1200, 1200]), steps),
+        "train-student" => train_workload(workload, mlp_spec(&[800, 800]), steps),
+        "train-cnn" => train_workload(workload, lenet_spec(), steps),
+        "infer" => infer_workload(model, steps),
+        "gemm" => gemm_workload(steps),
+        other => Err(Error::Input(format!(
+            "unknown workload '{other}'; expected one of: {}",
+            WORKLOADS.join(", ")
+        ))),
+    }
+}
+
+impl BenchResult {
+    /// Human-readable lines.
+    pub fn describe(&self) -> String {
+        let mut s = format!("{}: {} steps", self.workload, self.steps);
+        if let Some(v) = self.samples_per_s {
+            s += &format!(", {v:.0} samples/s");
+        }
+        if let (Some(a), Some(b)) = (self.latency_us_p50, self.latency_us_p90) {
+            s += &format!(", batch 1: p50 {a:.1} µs, p90 {b:.1} µs");
+        }
+        if let (Some(a), Some(b)) = (self.latency_us_p50_b256, self.latency_us_p90_b256) {
+            s += &format!(", batch 256: p50 {a:.0} µs, p90 {b:.0} µs");
+        }
+        if let Some(g) = self.gflops {
+            s += &format!(", {g:.1} GFLOP/s");
+        }
+        s += &format!(
+            ", peak RSS {:.1} MiB",
+            self.peak_rss_bytes as f64 / (1 << 20) as f64
+        );
+        s
+    }
+}
