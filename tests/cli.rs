@@ -13,8 +13,33 @@ fn demo_end_to_end() {
     let m = metrics(&out);
     let models = m["models"].as_array().unwrap();
     let names: Vec<&str> = models.iter().map(|x| x["name"].as_str().unwrap()).collect();
-    assert_eq!(names, ["teacher", "student-kd", "student-labels"]);
-    for x in models {
+    assert_eq!(
+        names,
+        [
+            "teacher",
+            "student-kd",
+            "student-labels",
+            "sub-1",
+            "sub-2",
+            "sub-ensemble"
+        ]
+    );
+    let roles: Vec<&str> = models.iter().map(|x| x["role"].as_str().unwrap()).collect();
+    assert_eq!(
+        roles,
+        ["teacher", "student", "student", "submodel", "submodel", "ensemble"]
+    );
+    // The sub-model scheme: one record per transfer round, with the disagreement.
+    let rounds = m["transfer_rounds"].as_array().unwrap();
+    assert!(rounds.len() >= 2, "{rounds:?}");
+    for r in rounds {
+        assert!(r["disagreement"].as_f64().unwrap() >= 0.0);
+        assert_eq!(r["val_accuracy"].as_array().unwrap().len(), 2);
+    }
+    assert!(std::fs::read_to_string(out.join("plots/disagreement.svg"))
+        .unwrap()
+        .contains("polyline"));
+    for x in models.iter().filter(|x| x["role"] != "ensemble") {
         let acc = x["accuracy"].as_f64().unwrap();
         assert!((0.0..=1.0).contains(&acc));
         assert!(x["params"].as_u64().unwrap() > 0);
@@ -204,7 +229,17 @@ fn train_distill_evaluate_verbs() {
         .iter()
         .map(|x| x["name"].as_str().unwrap())
         .collect();
-    assert_eq!(names, ["teacher", "student-kd", "student-labels"]);
+    assert_eq!(
+        names,
+        [
+            "teacher",
+            "student-kd",
+            "student-labels",
+            "sub-1",
+            "sub-2",
+            "sub-ensemble"
+        ]
+    );
     assert!(m["models"][0]["source"]
         .as_str()
         .unwrap()

@@ -267,7 +267,17 @@ mod tests {
         b.extend_from_slice(&0xEE6B_2800u32.to_be_bytes());
         b.extend_from_slice(&[1, 2, 3, 4]);
         let e = parse_idx(&b, "f.idx").unwrap_err().to_string();
-        assert!(e.contains("f.idx") && e.contains("truncated"), "{e}");
+        assert!(e.contains("f.idx") && e.contains("impossibly large"), "{e}");
+        // 100,000 x 100,000 bytes (10 GB) claimed by a 20-byte file: checked against the length.
+        let mut b = vec![0, 0, 0x08, 2];
+        b.extend_from_slice(&100_000u32.to_be_bytes());
+        b.extend_from_slice(&100_000u32.to_be_bytes());
+        b.extend_from_slice(&[1, 2, 3, 4]);
+        let e = parse_idx(&b, "f.idx").unwrap_err().to_string();
+        assert!(
+            e.contains("f.idx") && e.contains("truncated") && e.contains("4 data bytes"),
+            "{e}"
+        );
     }
 
     #[test]
