@@ -32,6 +32,7 @@ fn expect_bad_config(dir: &Path, name: &str, toml: &str, needles: &[&str]) {
 
 fn check(o: &std::process::Output, name: &str, needles: &[&str]) {
     let err = stderr(o);
+    catalogue(name, &err);
     assert_eq!(
         o.status.code(),
         Some(2),
@@ -305,6 +306,7 @@ fn bad_arguments_and_model_files() {
     // An unknown verb or flag: clap's own error, exit code 2.
     let o = run(&["frobnicate"]);
     assert_eq!(o.status.code(), Some(2));
+    catalogue("unknown-verb", stderr(&o).lines().next().unwrap_or(""));
     // A config file that does not exist.
     let o = run(&["run", "nope.toml", "--out", dir.join("y").to_str().unwrap()]);
     check(&o, "missing-config", &["nope.toml", "not found"]);

@@ -365,6 +365,7 @@ fn submodel_bad_input() {
             "--quick",
         ]);
         let e = stderr(&o);
+        catalogue(name, &e);
         assert_eq!(o.status.code(), Some(2), "{name}: {e}");
         assert!(!e.contains("panicked"), "{name}: {e}");
         for n in *needles {

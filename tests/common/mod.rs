@@ -60,3 +60,31 @@ fn strip(v: &mut serde_json::Value) {
         _ => {}
     }
 }
+
+/// When DISTILLERY_CATALOGUE is set to a file path, appends `| case | message |` to it: the
+/// bad-input catalogue in docs/bad-input.md is generated from exactly what the tests observe
+/// (`DISTILLERY_CATALOGUE=/tmp/cat.md cargo test --test bad_input --test submodels`).
+pub fn catalogue(case: &str, message: &str) {
+    let Some(path) = std::env::var_os("DISTILLERY_CATALOGUE") else {
+        return;
+    };
+    // Drop the random temporary-folder part of paths.
+    let mut msg = message.trim().to_string();
+    while let Some(i) = msg.find("/tmp/.tmp") {
+        let rest = &msg[i + 9..];
+        let end = rest.find('/').map(|j| i + 9 + j + 1).unwrap_or(msg.len());
+        msg.replace_range(i..end, "");
+    }
+    let line = format!(
+        "| {case} | `{}` |\n",
+        msg.replace('|', "\\|").replace('`', "'")
+    );
+    use std::io::Write;
+    if let Ok(mut f) = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+    {
+        let _ = f.write_all(line.as_bytes());
+    }
+}
