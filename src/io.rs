@@ -49,6 +49,14 @@ pub fn write_atomic_str(path: &Path, s: &str) -> Result<()> {
 
 /// Reads a whole file, naming it in the error.
 pub fn read_file(path: &Path) -> Result<Vec<u8>> {
+    if let Ok(m) = fs::metadata(path) {
+        if m.is_dir() {
+            return Err(Error::Input(format!(
+                "{}: is a folder, expected a file",
+                path.display()
+            )));
+        }
+    }
     fs::read(path).map_err(|e| match e.kind() {
         std::io::ErrorKind::NotFound => Error::Input(format!("{}: file not found", path.display())),
         _ => Error::io(path, e),

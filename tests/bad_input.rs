@@ -372,3 +372,42 @@ fn bad_arguments_and_model_files() {
         &["config.toml", "different config"],
     );
 }
+
+#[test]
+fn enormous_lines_and_columns_fail_cleanly() {
+    let d = tempfile::tempdir().unwrap();
+    let dir = d.path();
+    // One 70 MB line.
+    let mut big = b"a,y\n".to_vec();
+    big.extend(std::iter::repeat_n(b'1', 70 << 20));
+    big.extend_from_slice(b",0\n");
+    let p = write(dir, "long-line.csv", &big);
+    expect_bad_config(
+        dir,
+        "csv-enormous-line",
+        &csv_config(&p, "y"),
+        &["long-line.csv", "exceeds the 67108864-byte limit"],
+    );
+    // Two million columns.
+    let mut wide = String::with_capacity(16 << 20);
+    for i in 0..2_000_000 {
+        wide.push_str(&format!("c{i},"));
+    }
+    wide.push_str("y\n");
+    let p = write(dir, "wide.csv", wide.as_bytes());
+    expect_bad_config(
+        dir,
+        "csv-millions-of-columns",
+        &csv_config(&p, "y"),
+        &["wide.csv", "2000001 columns", "at most 1000000"],
+    );
+    // A folder where a file is expected.
+    let sub = dir.join("folder.csv");
+    std::fs::create_dir(&sub).unwrap();
+    expect_bad_config(
+        dir,
+        "csv-is-a-folder",
+        &csv_config(sub.to_str().unwrap(), "y"),
+        &["folder.csv", "is a folder"],
+    );
+}

@@ -7,6 +7,9 @@ use common::*;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+/// Kills before the run is allowed to finish.
+const KILLS: usize = 20;
+
 const CONFIG: &str = r#"
 name = "resume-test"
 seed = 5
@@ -58,19 +61,27 @@ fn killed_runs_resume_to_identical_metrics() {
         "-q",
     ]);
     assert!(o.status.success(), "{}", stderr(&o));
-    let full = t0.elapsed();
+    let full = t0.elapsed().as_secs_f64();
+    let want = metrics_without_timings(&reference);
 
-    // Kill at pseudo-random moments spread over the run's length until it completes.
-    let out = d.path().join("killed");
+    // Kill at pseudo-random moments (mid-epoch, mid-checkpoint-write, between models, between
+    // transfer rounds), restarting with the same --out each time, until at least KILLS kills
+    // have happened and a run has completed; every completed run must equal the reference.
     let mut kills = 0;
+    let mut completed = 0;
     let mut resumed_lines = 0;
     let mut x: u64 = 0x2545_f491_4f6c_dd1d;
-    for attempt in 0..60 {
+    let mut out = d.path().join("killed-0");
+    for attempt in 0..1000 {
         x ^= x << 13;
         x ^= x >> 7;
         x ^= x << 17;
         let frac = (x % 1000) as f64 / 1000.0;
-        let wait = Duration::from_secs_f64(0.05 + frac * full.as_secs_f64() * 0.3);
+        let wait = if kills >= KILLS {
+            Duration::from_secs(3600)
+        } else {
+            Duration::from_secs_f64(0.02 + frac * full * 0.25)
+        };
         let mut child = Command::new(bin())
             .args(["run", cfg.to_str().unwrap(), "--out", out.to_str().unwrap()])
             .current_dir(repo())
@@ -87,55 +98,67 @@ fn killed_runs_resume_to_identical_metrics() {
             }
             std::thread::sleep(Duration::from_millis(5));
         }
-        match finished {
-            Some(s) => {
-                let o = child.wait_with_output().unwrap();
-                assert!(s.success(), "attempt {attempt}: {}", stderr(&o));
-                resumed_lines += stderr(&o).matches("resuming").count();
+        if finished.is_none() {
+            child.kill().unwrap(); // SIGKILL
+            kills += 1;
+        }
+        let o = child.wait_with_output().unwrap();
+        resumed_lines += stderr(&o).matches("resuming").count();
+        check_files_complete(&out);
+        if finished.is_some() {
+            assert!(o.status.success(), "attempt {attempt}: {}", stderr(&o));
+            assert_eq!(
+                want,
+                metrics_without_timings(&out),
+                "a resumed run differs from the uninterrupted one"
+            );
+            let mut files = Vec::new();
+            walk(&out, &mut files);
+            assert!(
+                !files.iter().any(|f| f.to_string_lossy().contains(".tmp-")),
+                "temporary files left: {files:?}"
+            );
+            completed += 1;
+            if kills >= KILLS {
                 break;
             }
-            None => {
-                child.kill().unwrap(); // SIGKILL
-                let o = child.wait_with_output().unwrap();
-                resumed_lines += stderr(&o).matches("resuming").count();
-                kills += 1;
-            }
-        }
-        // Every file under the folder is complete at every moment: models and checkpoints parse.
-        let mut files = Vec::new();
-        if out.exists() {
-            walk(&out, &mut files);
-        }
-        for f in files
-            .iter()
-            .filter(|f| f.extension().map(|e| e == "safetensors").unwrap_or(false))
-        {
-            let bytes = std::fs::read(f).unwrap();
-            distillery::models::parse_safetensors(&bytes, &f.display().to_string())
-                .expect("a truncated or corrupt file was left behind");
+            out = d.path().join(format!("killed-{completed}"));
         }
     }
     assert!(
-        out.join("metrics.json").exists(),
-        "the killed run never completed"
-    );
-    assert!(
-        kills >= 3,
-        "only {kills} kills happened; the test did not exercise resume"
+        kills >= KILLS && completed >= 1,
+        "{kills} kills, {completed} completed runs"
     );
     assert!(resumed_lines >= 1, "no restart resumed from a checkpoint");
-    assert_eq!(
-        metrics_without_timings(&reference),
-        metrics_without_timings(&out),
-        "resumed run differs from the uninterrupted one ({kills} kills)"
-    );
+    eprintln!("survived {kills} kills in {completed} run(s); {resumed_lines} restarts resumed mid-model or mid-rounds; every completed run equals the uninterrupted one");
+}
+
+/// Every file under the folder is complete at every moment: models, checkpoints, JSON and the
+/// config all parse.
+fn check_files_complete(out: &std::path::Path) {
     let mut files = Vec::new();
-    walk(&out, &mut files);
-    assert!(
-        !files.iter().any(|f| f.to_string_lossy().contains(".tmp-")),
-        "temporary files left: {files:?}"
-    );
-    eprintln!("survived {kills} kills; {resumed_lines} restarts resumed mid-model");
+    if out.exists() {
+        walk(out, &mut files);
+    }
+    for f in &files {
+        let name = f.display().to_string();
+        let bytes = std::fs::read(f).unwrap();
+        match f.extension().and_then(|e| e.to_str()) {
+            Some("safetensors") => {
+                distillery::models::parse_safetensors(&bytes, &name)
+                    .expect("a truncated or corrupt model file was left behind");
+            }
+            Some("json") => {
+                serde_json::from_slice::<serde_json::Value>(&bytes)
+                    .expect("a truncated JSON file was left behind");
+            }
+            Some("toml") => {
+                distillery::config::load_str(std::str::from_utf8(&bytes).unwrap(), &name, &[])
+                    .expect("a truncated config was left behind");
+            }
+            _ => {}
+        }
+    }
 }
 
 #[test]

@@ -29,6 +29,10 @@ pub fn read_csv(path: &Path, opts: &CsvOptions, classes: Option<&[String]>) -> R
 
 /// Longest line accepted, so that one enormous line cannot exhaust memory.
 const MAX_LINE_BYTES: usize = 64 << 20;
+/// Most columns accepted.
+const MAX_COLUMNS: usize = 1_000_000;
+/// Largest CSV accepted, after decompression (a gzip bomb stops here).
+const MAX_CSV_BYTES: u64 = 4 << 30;
 
 /// Parses CSV bytes; `name` appears in error messages.
 pub fn parse_csv_bytes(
@@ -41,8 +45,14 @@ pub fn parse_csv_bytes(
     let data: &[u8] = if bytes.len() >= 2 && bytes[0] == 0x1f && bytes[1] == 0x8b {
         let mut out = Vec::new();
         GzDecoder::new(bytes)
+            .take(MAX_CSV_BYTES + 1)
             .read_to_end(&mut out)
             .map_err(|e| Error::Input(format!("{name}: corrupt gzip stream: {e}")))?;
+        if out.len() as u64 > MAX_CSV_BYTES {
+            return Err(Error::Input(format!(
+                "{name}: decompresses to more than {MAX_CSV_BYTES} bytes; distillery reads CSV files of up to 4 GiB"
+            )));
+        }
         text = out;
         &text
     } else {
@@ -64,6 +74,12 @@ pub fn parse_csv_bytes(
         .headers()
         .map_err(|e| Error::Input(format!("{name}: cannot read the header row: {e}")))?
         .clone();
+    if headers.len() > MAX_COLUMNS {
+        return Err(Error::Input(format!(
+            "{name}: the header has {} columns; at most {MAX_COLUMNS} are supported",
+            headers.len()
+        )));
+    }
     if headers.is_empty() || (headers.len() == 1 && headers[0].is_empty()) {
         return Err(Error::Input(format!(
             "{name}: empty file (expected a header row)"

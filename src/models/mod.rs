@@ -375,8 +375,13 @@ pub fn save_model(path: &Path, model: &Model, meta: &ModelMeta) -> Result<()> {
 /// Loads a model file written by [`save_model`].
 pub fn load_model(path: &Path) -> Result<(Model, ModelMeta)> {
     let bytes = crate::io::read_file(path)?;
-    let file = path.display().to_string();
-    let raw = parse_safetensors(&bytes, &file)?;
+    load_model_bytes(&bytes, &path.display().to_string())
+}
+
+/// Loads a model from the bytes of a model file; `file` names it in errors.
+pub fn load_model_bytes(bytes: &[u8], file: &str) -> Result<(Model, ModelMeta)> {
+    let file = file.to_string();
+    let raw = parse_safetensors(bytes, &file)?;
     let meta: ModelMeta = serde_json::from_str(&raw.meta_json)
         .map_err(|e| Error::Input(format!("{file}: malformed distillery metadata: {e}")))?;
     let model = Model::from_weights(meta.spec.clone(), &raw.tensors, &file)?;
