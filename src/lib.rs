@@ -11,8 +11,8 @@
 //!
 //! ```no_run
 //! use distillery::{config, pipeline};
-//! let cfg = config::load(std::path::Path::new("configs/digits.toml"), &[]).unwrap();
-//! let opts = pipeline::RunOptions::new("runs/digits");
+//! let cfg = config::load(std::path::Path::new("configs/demo.toml"), &[]).unwrap();
+//! let opts = pipeline::RunOptions::new("runs/demo");
 //! let summary = pipeline::run_experiment(&cfg, &opts).unwrap();
 //! println!("{}", summary.report_markdown);
 //! ```

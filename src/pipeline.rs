@@ -381,38 +381,40 @@ pub fn run_experiment(user_cfg: &ExperimentConfig, opts: &RunOptions) -> Result<
         };
         let (scores, b1, b256) = ev(&ens)?;
         let params: usize = gd.members.iter().map(|(_, m, _)| m.num_params()).sum();
-        rows.push(ModelMetrics {
-            name: format!("{}-ensemble", gd.record.name),
-            role: "ensemble".into(),
-            architecture: format!(
-                "average of {} sub-models ({})",
-                gd.members.len(),
-                gd.members
-                    .iter()
-                    .map(|(_, m, _)| m.spec.describe())
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ),
-            params,
-            bytes: params * 4,
-            file_bytes: gd
-                .members
+        let (first, first_file) = gd
+            .members
+            .first()
+            .map(|(_, m, f)| (m, f))
+            .ok_or_else(|| Error::Other(format!("group {} has no members", gd.record.name)))?;
+        let mut ens_row = row(
+            &format!("{}-ensemble", gd.record.name),
+            "ensemble",
+            first,
+            first_file,
+            scores,
+            b1,
+            b256,
+            None,
+            &gd.source,
+            None,
+        );
+        ens_row.architecture = format!(
+            "average of {} sub-models ({})",
+            gd.members.len(),
+            gd.members
                 .iter()
-                .map(|(_, _, f)| std::fs::metadata(f).map(|m| m.len()).unwrap_or(0))
-                .sum(),
-            precision: "f32".into(),
-            accuracy: scores.accuracy,
-            test_errors: scores.errors,
-            mse: scores.mse,
-            mae: scores.mae,
-            test_loss: scores.loss,
-            latency_us_b1: b1,
-            latency_us_b256: b256,
-            vs_teacher: None,
-            distill: None,
-            source: gd.source.clone(),
-            training: None,
-        });
+                .map(|(_, m, _)| m.spec.describe())
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        ens_row.params = params;
+        ens_row.bytes = params * 4;
+        ens_row.file_bytes = gd
+            .members
+            .iter()
+            .map(|(_, _, f)| std::fs::metadata(f).map(|m| m.len()).unwrap_or(0))
+            .sum();
+        rows.push(ens_row);
         if let Some((fcfg, m, file, meta)) = &gd.final_student {
             let (scores, b1, b256) = ev(m)?;
             let training: Option<TrainRecord> = serde_json::from_value(meta.training.clone()).ok();
@@ -769,16 +771,8 @@ fn train_model(
             progress,
         },
     )?;
-    let meta = ModelMeta {
-        name: m.name.clone(),
-        role: m.role().as_str().into(),
-        spec: model.spec.clone(),
-        task: splits.train.targets.task(),
-        class_names: splits.train.class_names().map(|c| c.to_vec()),
-        normalizer: splits.normalizer.clone(),
-        target_scale: splits.target_scale,
-        training: serde_json::to_value(&record).map_err(|e| Error::Other(e.to_string()))?,
-    };
+    let training = serde_json::to_value(&record).map_err(|e| Error::Other(e.to_string()))?;
+    let meta = model_meta(&m.name, m.role().as_str(), &model, splits, training);
     let file = out.join("models").join(format!("{}.safetensors", m.name));
     models::save_model(&file, &model, &meta)?;
     let _ = std::fs::remove_file(&ckpt);

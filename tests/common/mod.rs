@@ -75,8 +75,15 @@ pub fn catalogue(case: &str, message: &str) {
         let end = rest.find('/').map(|j| i + 9 + j + 1).unwrap_or(msg.len());
         msg.replace_range(i..end, "");
     }
+    // Test threads are named after their test function.
+    let test = std::thread::current().name().unwrap_or("?").to_string();
+    let file = if test.starts_with("submodel") || test.starts_with("shard") {
+        "tests/submodels.rs"
+    } else {
+        "tests/bad_input.rs"
+    };
     let line = format!(
-        "| {case} | `{}` |\n",
+        "| {case} | `{}` | `{file}::{test}` |\n",
         msg.replace('|', "\\|").replace('`', "'")
     );
     use std::io::Write;
