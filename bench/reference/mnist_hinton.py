@@ -4,7 +4,7 @@ normalisation (one mean/std from the training split), models (784-1200-1200-10 t
 dropout 0.5 / input dropout 0.2 and ±2-pixel jitter; 784-800-800-10 students), Adam with a
 cosine schedule to min_lr, batch 128, and the distillation loss α·T²·KL + (1−α)·CE at T = 20.
 
-usage: mnist_hinton.py [--teacher-epochs N] [--student-epochs M]   (defaults: the config's 40 / 20)
+usage: mnist_hinton.py [--teacher-epochs N] [--student-epochs M]   (defaults: the config's 80 / 30)
 Prints one JSON object: wall seconds, peak RSS, test errors of the three models.
 """
 import argparse, gzip, json, resource, struct, time
@@ -79,8 +79,8 @@ def predict(model, x):
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--teacher-epochs", type=int, default=40)
-    ap.add_argument("--student-epochs", type=int, default=20)
+    ap.add_argument("--teacher-epochs", type=int, default=80)
+    ap.add_argument("--student-epochs", type=int, default=30)
     a = ap.parse_args()
     t0 = time.perf_counter()
     xtr = idx("data/mnist/train-images-idx3-ubyte.gz").reshape(-1, 784).astype(np.float32) / 255
