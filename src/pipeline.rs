@@ -651,36 +651,12 @@ fn run_or_load_group(
                     g.name,
                     model.spec.describe()
                 ));
-                let ckpt = out
-                    .join("checkpoints")
-                    .join(format!("{}.ckpt.safetensors", f.name));
-                let rec = train::fit(
-                    &model,
-                    TrainJob {
-                        name: &f.name,
-                        cfg: &f.train,
-                        train: &splits.train,
-                        val: &splits.val,
-                        objective: Objective::hinton(
-                            TeacherSignal::Cached(soft),
-                            f.temperature,
-                            f.alpha,
-                        ),
-                        fill: splits.normalizer.zero_value(),
-                        checkpoint: Some(ckpt.clone()),
-                        seed: cfg.seed,
-                        progress,
-                    },
+                let objective =
+                    Objective::hinton(TeacherSignal::Cached(soft), f.temperature, f.alpha);
+                let meta = fit_and_save(
+                    cfg.seed, &f.name, "student", &model, &f.train, objective, splits, out,
+                    progress,
                 )?;
-                let meta = model_meta(
-                    &f.name,
-                    "student",
-                    &model,
-                    splits,
-                    serde_json::to_value(&rec).map_err(|e| Error::Other(e.to_string()))?,
-                );
-                models::save_model(&file, &model, &meta)?;
-                let _ = std::fs::remove_file(&ckpt);
                 Some((f.clone(), model, file, meta))
             }
         }
@@ -754,29 +730,61 @@ fn train_model(
         model.num_params(),
         m.train.epochs
     ));
+    let meta = fit_and_save(
+        cfg.seed,
+        &m.name,
+        m.role().as_str(),
+        &model,
+        &m.train,
+        objective,
+        splits,
+        out,
+        progress,
+    )?;
+    Ok((model, meta))
+}
+
+/// Trains `model` on the training split with a per-epoch checkpoint in `checkpoints/`, saves it
+/// atomically as `models/<name>.safetensors` with its training record, then drops the checkpoint
+/// (the model file now marks the stage as finished).
+#[allow(clippy::too_many_arguments)]
+fn fit_and_save(
+    seed: u64,
+    name: &str,
+    role: &str,
+    model: &Model,
+    train_cfg: &crate::config::TrainConfig,
+    objective: Objective,
+    splits: &Splits,
+    out: &Path,
+    progress: Progress,
+) -> Result<ModelMeta> {
     let ckpt = out
         .join("checkpoints")
-        .join(format!("{}.ckpt.safetensors", m.name));
+        .join(format!("{name}.ckpt.safetensors"));
     let record = train::fit(
-        &model,
+        model,
         TrainJob {
-            name: &m.name,
-            cfg: &m.train,
+            name,
+            cfg: train_cfg,
             train: &splits.train,
             val: &splits.val,
             objective,
             fill: splits.normalizer.zero_value(),
             checkpoint: Some(ckpt.clone()),
-            seed: cfg.seed,
+            seed,
             progress,
         },
     )?;
     let training = serde_json::to_value(&record).map_err(|e| Error::Other(e.to_string()))?;
-    let meta = model_meta(&m.name, m.role().as_str(), &model, splits, training);
-    let file = out.join("models").join(format!("{}.safetensors", m.name));
-    models::save_model(&file, &model, &meta)?;
+    let meta = model_meta(name, role, model, splits, training);
+    models::save_model(
+        &out.join("models").join(format!("{name}.safetensors")),
+        model,
+        &meta,
+    )?;
     let _ = std::fs::remove_file(&ckpt);
-    Ok((model, meta))
+    Ok(meta)
 }
 
 /// Evaluates a saved model on a data set given by raw files (the normalisation stored in the

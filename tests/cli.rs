@@ -98,19 +98,6 @@ fn demo_end_to_end() {
     assert_eq!(again["models"][0]["accuracy"], m["models"][0]["accuracy"]);
 }
 
-fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
-    let mut out = Vec::new();
-    for e in std::fs::read_dir(dir).unwrap().flatten() {
-        let p = e.path();
-        if p.is_dir() {
-            out.extend(walk(&p));
-        } else {
-            out.push(p);
-        }
-    }
-    out
-}
-
 #[test]
 fn every_config_runs_on_tiny_data() {
     let dir = tempfile::tempdir().unwrap();

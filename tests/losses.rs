@@ -41,7 +41,9 @@
 //! print((0.3*F.mse_loss(ps,pt)+0.7*F.mse_loss(ps,yy)).item())   # 0.304
 //! ```
 
+mod common;
 use candle_core::{Device, Tensor, Var};
+use common::close;
 use distillery::losses;
 
 const S: [f32; 6] = [1.0, 2.0, 0.5, 0.3, -1.2, 2.2];
@@ -52,10 +54,6 @@ fn student() -> Var {
 }
 fn labels() -> Tensor {
     Tensor::from_slice(&[1u32, 2], 2, &Device::Cpu).unwrap()
-}
-
-fn close(a: f64, b: f64, tol: f64) {
-    assert!((a - b).abs() <= tol, "got {a}, expected {b} (tol {tol})");
 }
 
 #[test]

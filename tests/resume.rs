@@ -35,17 +35,6 @@ phase1 = { epochs = 3, batch_size = 4 }
 transfer = { rounds = 3, tolerance = 1e-9, train = { batch_size = 4 } }
 "#;
 
-fn walk(dir: &std::path::Path, out: &mut Vec<std::path::PathBuf>) {
-    for e in std::fs::read_dir(dir).unwrap().flatten() {
-        let p = e.path();
-        if p.is_dir() {
-            walk(&p, out)
-        } else {
-            out.push(p)
-        }
-    }
-}
-
 #[test]
 fn killed_runs_resume_to_identical_metrics() {
     let d = tempfile::tempdir().unwrap();
@@ -112,8 +101,7 @@ fn killed_runs_resume_to_identical_metrics() {
                 metrics_without_timings(&out),
                 "a resumed run differs from the uninterrupted one"
             );
-            let mut files = Vec::new();
-            walk(&out, &mut files);
+            let files = walk(&out);
             assert!(
                 !files.iter().any(|f| f.to_string_lossy().contains(".tmp-")),
                 "temporary files left: {files:?}"
@@ -136,10 +124,7 @@ fn killed_runs_resume_to_identical_metrics() {
 /// Every file under the folder is complete at every moment: models, checkpoints, JSON and the
 /// config all parse.
 fn check_files_complete(out: &std::path::Path) {
-    let mut files = Vec::new();
-    if out.exists() {
-        walk(out, &mut files);
-    }
+    let files = if out.exists() { walk(out) } else { Vec::new() };
     for f in &files {
         let name = f.display().to_string();
         let bytes = std::fs::read(f).unwrap();

@@ -42,10 +42,6 @@ const A: [f32; 6] = [1.0, 2.0, 0.5, 0.3, -1.2, 2.2];
 const B: [f32; 6] = [0.2, 0.1, 1.5, 2.0, 0.0, -1.0];
 const S: [f32; 6] = [0.5, 0.5, 0.0, 1.0, 1.0, 1.0];
 
-fn close(a: f64, b: f64, tol: f64) {
-    assert!((a - b).abs() <= tol, "got {a}, expected {b}");
-}
-
 #[test]
 fn deep_mutual_learning_loss_golden() {
     let pbar = mutual::peer_average(&[&A, &B], 3, 2.0);

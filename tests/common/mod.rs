@@ -95,3 +95,22 @@ pub fn catalogue(case: &str, message: &str) {
         let _ = f.write_all(line.as_bytes());
     }
 }
+
+/// Every file under `dir`, recursively.
+pub fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}
+
+/// Asserts `|a − b| ≤ tol`.
+pub fn close(a: f64, b: f64, tol: f64) {
+    assert!((a - b).abs() <= tol, "got {a}, expected {b} (tol {tol})");
+}
