@@ -43,7 +43,7 @@
 
 mod common;
 use candle_core::{Device, Tensor, Var};
-use common::close;
+use common::{close, grad_of};
 use distillery::losses;
 
 const S: [f32; 6] = [1.0, 2.0, 0.5, 0.3, -1.2, 2.2];
@@ -86,14 +86,7 @@ fn check_kd(temperature: f32, alpha: f32, loss_ref: f64, grad_ref: [f64; 6]) {
     // by T²; each element carries ~1e-7 relative rounding, so allow 3e-8·T² absolute.
     let tol = 2e-6f64.max(3e-8 * (temperature as f64).powi(2));
     close(l.to_scalar::<f32>().unwrap() as f64, loss_ref, tol);
-    let g = l.backward().unwrap();
-    let g = g
-        .get(s.as_tensor())
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .to_vec1::<f32>()
-        .unwrap();
+    let g = grad_of(&l, &s);
     for (a, b) in g.iter().zip(grad_ref) {
         close(*a as f64, b, 2e-6);
     }

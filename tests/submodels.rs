@@ -65,14 +65,7 @@ fn deep_mutual_learning_loss_golden() {
         0.17419880935075785,
         2e-6,
     );
-    let g = l.backward().unwrap();
-    let g = g
-        .get(s.as_tensor())
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .to_vec1::<f32>()
-        .unwrap();
+    let g = grad_of(&l, &s);
     let want = [
         0.08468260472413003,
         -0.003645174048677313,

@@ -114,3 +114,15 @@ pub fn walk(dir: &Path) -> Vec<PathBuf> {
 pub fn close(a: f64, b: f64, tol: f64) {
     assert!((a - b).abs() <= tol, "got {a}, expected {b} (tol {tol})");
 }
+
+/// The gradient of `loss` with respect to `var`, flattened.
+pub fn grad_of(loss: &candle_core::Tensor, var: &candle_core::Var) -> Vec<f32> {
+    let grads = loss.backward().unwrap();
+    grads
+        .get(var.as_tensor())
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap()
+}
