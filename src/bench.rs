@@ -47,7 +47,14 @@ pub struct BenchResult {
 }
 
 /// The workloads.
-pub const WORKLOADS: &[&str] = &["train-mlp", "train-student", "train-cnn", "infer", "gemm"];
+pub const WORKLOADS: &[&str] = &[
+    "train-mlp",
+    "train-student",
+    "train-cnn",
+    "infer",
+    "infer-int8",
+    "gemm",
+];
 
 /// Peak resident set size (VmHWM) of this process in bytes; 0 where /proc is unavailable.
 pub fn peak_rss_bytes() -> u64 {
@@ -200,13 +207,43 @@ fn train_workload(name: &str, spec: ModelSpec, steps: usize) -> Result<BenchResu
     })
 }
 
-fn infer_workload(model_path: Option<&Path>, steps: usize) -> Result<BenchResult> {
-    let model = match model_path {
-        Some(p) => models::load_model(p)?.0,
-        None => Model::new(mlp_spec(&[1200, 1200]), &mut Rng::new(1))?,
+fn infer_workload(model_path: Option<&Path>, steps: usize, int8: bool) -> Result<BenchResult> {
+    use crate::compress::{self, AnyModel};
+    use crate::eval::Predictor;
+    let mut model: AnyModel = match model_path {
+        Some(p) => compress::load_any(p)?,
+        None => {
+            let m = Model::new(mlp_spec(&[1200, 1200]), &mut Rng::new(1))?;
+            let meta = models::ModelMeta {
+                name: "bench".into(),
+                role: "teacher".into(),
+                spec: m.spec.clone(),
+                task: crate::data::Task::Classification,
+                class_names: None,
+                normalizer: crate::data::Normalizer::None,
+                target_scale: None,
+                training: serde_json::Value::Null,
+                quantization: None,
+                compression: None,
+            };
+            AnyModel::float(m, meta)
+        }
     };
-    let d = model.spec.input_dim();
+    let d = model.meta.spec.input_dim();
     let mut rng = Rng::new(2);
+    if int8 {
+        let f = model.float_model().ok_or_else(|| {
+            Error::Input("infer-int8: the model is already int8; use `infer`".into())
+        })?;
+        let calib: Vec<f32> = (0..256 * d).map(|_| rng.uniform()).collect();
+        model = compress::quantize(
+            f,
+            &model.meta,
+            compress::quant::Precision::Int8,
+            Some((&calib, compress::quant::Calibration::Minmax, 100.0)),
+            32,
+        )?;
+    }
     let time = |b: usize, rng: &mut Rng| -> Result<(f64, f64)> {
         let x = Tensor::from_vec(
             (0..b * d).map(|_| rng.uniform()).collect::<Vec<f32>>(),
@@ -214,18 +251,12 @@ fn infer_workload(model_path: Option<&Path>, steps: usize) -> Result<BenchResult
             &Device::Cpu,
         )?;
         for _ in 0..5 {
-            model
-                .forward(&x, Mode::Eval)?
-                .flatten_all()?
-                .to_vec1::<f32>()?;
+            model.predict_batch(&x)?;
         }
         let mut t = Vec::with_capacity(steps);
         for _ in 0..steps {
             let t0 = Instant::now();
-            model
-                .forward(&x, Mode::Eval)?
-                .flatten_all()?
-                .to_vec1::<f32>()?;
+            model.predict_batch(&x)?;
             t.push(t0.elapsed().as_secs_f64() * 1e6);
         }
         let p90 = percentile(&mut t, 0.9);
@@ -234,7 +265,7 @@ fn infer_workload(model_path: Option<&Path>, steps: usize) -> Result<BenchResult
     let (p50, p90) = time(1, &mut rng)?;
     let (q50, q90) = time(256, &mut rng)?;
     Ok(BenchResult {
-        workload: "infer".into(),
+        workload: if int8 { "infer-int8" } else { "infer" }.into(),
         steps,
         samples_per_s: None,
         latency_us_p50: Some(p50),
@@ -293,7 +324,8 @@ pub fn run(workload: &str, steps: usize, model: Option<&Path>) -> Result<BenchRe
         "train-mlp" => train_workload(workload, mlp_spec(&[1200, 1200]), steps),
         "train-student" => train_workload(workload, mlp_spec(&[800, 800]), steps),
         "train-cnn" => train_workload(workload, lenet_spec(), steps),
-        "infer" => infer_workload(model, steps),
+        "infer" => infer_workload(model, steps, false),
+        "infer-int8" => infer_workload(model, steps, true),
         "gemm" => gemm_workload(steps),
         other => Err(Error::Input(format!(
             "unknown workload '{other}'; expected one of: {}",

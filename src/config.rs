@@ -44,6 +44,125 @@ pub struct ExperimentConfig {
     /// Groups of K sub-models with knowledge transfer between them (run after the models).
     #[serde(rename = "submodels", default, skip_serializing_if = "Vec::is_empty")]
     pub submodels: Vec<SubmodelsConfig>,
+    /// Pruning stages, run in file order after the models and sub-model groups.
+    #[serde(rename = "prune", default, skip_serializing_if = "Vec::is_empty")]
+    pub prune: Vec<PruneConfig>,
+    /// Quantization stages, run in file order after the pruning stages.
+    #[serde(rename = "quantize", default, skip_serializing_if = "Vec::is_empty")]
+    pub quantize: Vec<QuantizeConfig>,
+}
+
+/// Pruning method.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum PruneMethod {
+    /// Zero the smallest-magnitude weights (unstructured; same shapes, sparse weights).
+    Magnitude,
+    /// Remove whole hidden units and conv channels (a smaller dense model).
+    Structured,
+}
+
+/// Fine-tuning after pruning, or quantization-aware training: from labels, or from a teacher's
+/// soft targets (the KD loss) when `teacher` is given.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RecoverConfig {
+    /// The model whose soft targets guide fine-tuning (omit for labels only).
+    #[serde(default)]
+    pub teacher: Option<String>,
+    /// Distillation temperature T.
+    #[serde(default = "default_recover_temperature")]
+    pub temperature: f32,
+    /// Weight α of the soft-target term.
+    #[serde(default = "default_recover_alpha")]
+    pub alpha: f32,
+    /// Optimisation settings.
+    #[serde(default)]
+    pub train: TrainConfig,
+}
+
+fn default_recover_temperature() -> f32 {
+    4.0
+}
+fn default_recover_alpha() -> f32 {
+    0.9
+}
+
+/// One pruning stage: `from` is pruned to `sparsity`, then (optionally) fine-tuned.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PruneConfig {
+    /// Name of the pruned model.
+    pub name: String,
+    /// The model to prune (a `[[model]]`, a final student, or an earlier stage).
+    pub from: String,
+    /// Magnitude (unstructured) or structured.
+    pub method: PruneMethod,
+    /// Fraction removed in [0, 1): of weights (magnitude) or of the hidden units and channels
+    /// of every layer (structured).
+    pub sparsity: f64,
+    /// Magnitude pruning: one threshold over all layers, or the same sparsity per layer.
+    #[serde(default = "default_scope")]
+    pub scope: crate::compress::prune::Scope,
+    /// Structured pruning: rank units by incoming weight norm or by mean activation.
+    #[serde(default = "default_rank")]
+    pub rank: crate::compress::prune::Rank,
+    /// Magnitude pruning with recovery: epochs over which sparsity ramps up along the cubic
+    /// schedule (default: two thirds of the recovery epochs).
+    #[serde(default)]
+    pub ramp_epochs: Option<usize>,
+    /// Training samples used to rank units by activation.
+    #[serde(default = "default_calibration_samples")]
+    pub rank_samples: usize,
+    /// Fine-tuning after pruning (distillation-aware when it names a teacher).
+    #[serde(default)]
+    pub recover: Option<RecoverConfig>,
+}
+
+fn default_scope() -> crate::compress::prune::Scope {
+    crate::compress::prune::Scope::Global
+}
+fn default_rank() -> crate::compress::prune::Rank {
+    crate::compress::prune::Rank::WeightNorm
+}
+fn default_calibration_samples() -> usize {
+    1000
+}
+fn default_percentile() -> f64 {
+    99.99
+}
+fn default_group_size() -> usize {
+    32
+}
+fn default_calibration() -> crate::compress::quant::Calibration {
+    crate::compress::quant::Calibration::Minmax
+}
+
+/// One quantization stage.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QuantizeConfig {
+    /// Name of the quantized model.
+    pub name: String,
+    /// The f32 model to quantize (a `[[model]]`, a final student, or a pruning stage).
+    pub from: String,
+    /// `int8` (integer inference, MLPs), `int8-weights` or `int4-weights` (weight-only).
+    pub precision: crate::compress::quant::Precision,
+    /// Activation range calibration for int8: `minmax` or `percentile`.
+    #[serde(default = "default_calibration")]
+    pub calibration: crate::compress::quant::Calibration,
+    /// Percentile for `calibration = "percentile"`, in (50, 100].
+    #[serde(default = "default_percentile")]
+    pub percentile: f64,
+    /// Training samples used for calibration.
+    #[serde(default = "default_calibration_samples")]
+    pub calibration_samples: usize,
+    /// Inputs per scale for int4.
+    #[serde(default = "default_group_size")]
+    pub group_size: usize,
+    /// Quantization-aware fine-tuning (int8) before conversion.
+    #[serde(default)]
+    pub qat: Option<RecoverConfig>,
 }
 
 /// How sub-models are formed.
@@ -894,6 +1013,167 @@ impl ExperimentConfig {
         for g in &self.submodels {
             self.validate_group(g, &seen, images)?;
         }
+        self.validate_compression(&seen, images)
+    }
+
+    fn validate_compression(&self, models: &[&str], images: bool) -> Result<()> {
+        // Models a stage may start from: [[model]]s, final students, sub-models, earlier stages.
+        let mut known: Vec<String> = models.iter().map(|s| s.to_string()).collect();
+        for g in &self.submodels {
+            known.extend((1..=g.k).map(|i| format!("{}-{i}", g.name)));
+            if let Some(f) = &g.final_student {
+                known.push(f.name.clone());
+            }
+        }
+        let float_models = known.clone();
+        let check_name = |field: &str, name: &str, known: &[String]| -> Result<()> {
+            if name.is_empty()
+                || name.len() > 64
+                || !name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+            {
+                bad_field(
+                    field,
+                    &format!("'{name}' is not a valid name (1-64 letters, digits, '-' or '_')"),
+                )?;
+            }
+            if known.iter().any(|k| k == name) {
+                bad_field(
+                    field,
+                    &format!("'{name}' is already the name of another model"),
+                )?;
+            }
+            Ok(())
+        };
+        let check_from = |field: &str, from: &str, known: &[String]| -> Result<()> {
+            if !known.iter().any(|k| k == from) {
+                bad_field(
+                    field,
+                    &format!(
+                        "'{from}' is not an earlier model or stage (known: {})",
+                        known.join(", ")
+                    ),
+                )?;
+            }
+            Ok(())
+        };
+        let check_recover = |p: &str, r: &RecoverConfig, known: &[String]| -> Result<()> {
+            if let Some(t) = &r.teacher {
+                if !float_models.iter().any(|k| k == t) && !known.iter().any(|k| k == t) {
+                    bad_field(
+                        &format!("{p}.teacher"),
+                        &format!(
+                            "'{t}' is not an earlier model (known: {})",
+                            known.join(", ")
+                        ),
+                    )?;
+                }
+            }
+            if !(r.temperature.is_finite() && r.temperature > 0.0) {
+                bad_field(&format!("{p}.temperature"), "must be positive")?;
+            }
+            if !(0.0..=1.0).contains(&r.alpha) {
+                bad_field(&format!("{p}.alpha"), "expected [0, 1]")?;
+            }
+            validate_train(&r.train, &format!("{p}.train"), images)
+        };
+        for st in &self.prune {
+            let p = format!("prune.{}", st.name);
+            check_name("prune.name", &st.name, &known)?;
+            check_from(&format!("{p}.from"), &st.from, &known)?;
+            if !(st.sparsity.is_finite() && (0.0..1.0).contains(&st.sparsity)) {
+                bad_field(
+                    &format!("{p}.sparsity"),
+                    &format!("expected a fraction in [0, 1), got {}", st.sparsity),
+                )?;
+            }
+            if st.rank_samples == 0 {
+                bad_field(&format!("{p}.rank_samples"), "must be at least 1")?;
+            }
+            if let Some(r) = &st.recover {
+                check_recover(&format!("{p}.recover"), r, &known)?;
+                if let Some(e) = st.ramp_epochs {
+                    if e == 0 || e > r.train.epochs {
+                        bad_field(
+                            &format!("{p}.ramp_epochs"),
+                            &format!(
+                                "expected 1 ≤ ramp_epochs ≤ recover.train.epochs ({}), got {e}",
+                                r.train.epochs
+                            ),
+                        )?;
+                    }
+                }
+            } else if st.ramp_epochs.is_some() {
+                bad_field(
+                    &format!("{p}.ramp_epochs"),
+                    "gradual pruning needs a [prune.recover] fine-tuning table",
+                )?;
+            }
+            if st.method == PruneMethod::Structured && st.ramp_epochs.is_some() {
+                bad_field(
+                    &format!("{p}.ramp_epochs"),
+                    "only for method = \"magnitude\" (structured pruning removes units at once)",
+                )?;
+            }
+            known.push(st.name.clone());
+        }
+        let floats = known.clone();
+        for st in &self.quantize {
+            use crate::compress::quant::Precision;
+            let p = format!("quantize.{}", st.name);
+            check_name("quantize.name", &st.name, &known)?;
+            check_from(&format!("{p}.from"), &st.from, &floats)?;
+            if st.precision == Precision::F32 {
+                bad_field(
+                    &format!("{p}.precision"),
+                    "expected \"int8\", \"int8-weights\" or \"int4-weights\"",
+                )?;
+            }
+            if st.calibration_samples == 0 {
+                bad_field(
+                    &format!("{p}.calibration_samples"),
+                    "the calibration set must hold at least 1 sample",
+                )?;
+            }
+            if !(st.percentile > 50.0 && st.percentile <= 100.0) {
+                bad_field(
+                    &format!("{p}.percentile"),
+                    &format!("expected a percentile in (50, 100], got {}", st.percentile),
+                )?;
+            }
+            if st.group_size == 0 {
+                bad_field(&format!("{p}.group_size"), "must be at least 1")?;
+            }
+            // Follow `from` back through pruning stages to a [[model]] to learn its family.
+            let mut origin = st.from.as_str();
+            while let Some(pr) = self.prune.iter().find(|x| x.name == origin) {
+                origin = pr.from.as_str();
+            }
+            let is_cnn = self
+                .models
+                .iter()
+                .find(|m| m.name == origin)
+                .and_then(|m| m.arch.as_ref())
+                .map(|a| a.kind == ArchKind::Cnn)
+                .unwrap_or(false);
+            if st.precision == Precision::Int8 && is_cnn {
+                bad_field(
+                    &format!("{p}.precision"),
+                    &format!("\"int8\" (integer inference) supports MLPs; '{}' is a CNN — use \"int8-weights\" or \"int4-weights\"", st.from),
+                )?;
+            }
+            if let Some(q) = &st.qat {
+                if st.precision != Precision::Int8 {
+                    bad_field(
+                        &format!("{p}.qat"),
+                        "quantization-aware training is for precision = \"int8\"",
+                    )?;
+                }
+                check_recover(&format!("{p}.qat"), q, &floats)?;
+            }
+            known.push(st.name.clone());
+        }
         Ok(())
     }
 
@@ -1081,6 +1361,19 @@ impl ExperimentConfig {
         self.eval.latency_budget_ms = self.eval.latency_budget_ms.min(20);
         for m in &mut self.models {
             m.train.epochs = m.train.epochs.min(2);
+        }
+        for p in &mut self.prune {
+            p.rank_samples = p.rank_samples.min(200);
+            if let Some(r) = &mut p.recover {
+                r.train.epochs = r.train.epochs.min(2);
+            }
+            p.ramp_epochs = p.ramp_epochs.map(|e| e.min(2));
+        }
+        for q in &mut self.quantize {
+            q.calibration_samples = q.calibration_samples.min(200);
+            if let Some(r) = &mut q.qat {
+                r.train.epochs = r.train.epochs.min(1);
+            }
         }
         for g in &mut self.submodels {
             g.phase1.epochs = g.phase1.epochs.min(1);

@@ -18,6 +18,7 @@
 //! ```
 
 pub mod bench;
+pub mod compress;
 pub mod config;
 pub mod data;
 pub mod error;
@@ -27,6 +28,7 @@ pub mod losses;
 pub mod methods;
 pub mod models;
 pub mod pipeline;
+pub mod predict;
 pub mod progress;
 pub mod report;
 pub mod rng;

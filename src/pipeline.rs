@@ -335,6 +335,37 @@ pub fn run_experiment(user_cfg: &ExperimentConfig, opts: &RunOptions) -> Result<
         }
     }
 
+    // Compression stages.
+    let stages = if cfg.prune.is_empty() && cfg.quantize.is_empty() {
+        Vec::new()
+    } else {
+        let mut base: Vec<crate::compress::stages::Available> = entries
+            .iter()
+            .map(|e| crate::compress::stages::Available {
+                name: e.cfg.name.clone(),
+                model: &e.model,
+                meta: e.meta.clone(),
+            })
+            .collect();
+        for gd in &groups {
+            for (name, m, _) in &gd.members {
+                base.push(crate::compress::stages::Available {
+                    name: name.clone(),
+                    model: m,
+                    meta: model_meta(name, "submodel", m, &splits, serde_json::Value::Null),
+                });
+            }
+            if let Some((f, m, _, meta)) = &gd.final_student {
+                base.push(crate::compress::stages::Available {
+                    name: f.name.clone(),
+                    model: m,
+                    meta: meta.clone(),
+                });
+            }
+        }
+        crate::compress::stages::run_stages(cfg, &splits, base, out, progress)?
+    };
+
     // Evaluate.
     progress.say("evaluating on the test split (accuracy, latency at batch 1 and 256)...");
     let mut rows: Vec<ModelMetrics> = Vec::new();
@@ -428,6 +459,10 @@ pub fn run_experiment(user_cfg: &ExperimentConfig, opts: &RunOptions) -> Result<
             ));
         }
     }
+    for st in &stages {
+        let (scores, b1, b256) = ev(&st.model)?;
+        rows.push(crate::compress::stages::stage_row(st, scores, b1, b256)?);
+    }
     let reference = cfg
         .models
         .iter()
@@ -481,7 +516,7 @@ pub fn run_experiment(user_cfg: &ExperimentConfig, opts: &RunOptions) -> Result<
 }
 
 #[allow(clippy::too_many_arguments)]
-fn row(
+pub(crate) fn row(
     name: &str,
     role: &str,
     m: &Model,
@@ -512,6 +547,9 @@ fn row(
         distill,
         source: source.to_string(),
         training,
+        nonzero_params: None,
+        compression: None,
+        kernel: None,
     }
 }
 
@@ -523,7 +561,7 @@ struct GroupDone {
     source: String,
 }
 
-fn model_meta(
+pub(crate) fn model_meta(
     name: &str,
     role: &str,
     model: &Model,
@@ -539,6 +577,8 @@ fn model_meta(
         normalizer: splits.normalizer.clone(),
         target_scale: splits.target_scale,
         training,
+        quantization: None,
+        compression: None,
     }
 }
 
@@ -654,8 +694,17 @@ fn run_or_load_group(
                 let objective =
                     Objective::hinton(TeacherSignal::Cached(soft), f.temperature, f.alpha);
                 let meta = fit_and_save(
-                    cfg.seed, &f.name, "student", &model, &f.train, objective, splits, out,
+                    cfg.seed,
+                    &f.name,
+                    "student",
+                    &model,
+                    &f.train,
+                    objective,
+                    splits,
+                    out,
                     progress,
+                    Default::default(),
+                    None,
                 )?;
                 Some((f.clone(), model, file, meta))
             }
@@ -740,6 +789,8 @@ fn train_model(
         splits,
         out,
         progress,
+        Default::default(),
+        None,
     )?;
     Ok((model, meta))
 }
@@ -748,7 +799,7 @@ fn train_model(
 /// atomically as `models/<name>.safetensors` with its training record, then drops the checkpoint
 /// (the model file now marks the stage as finished).
 #[allow(clippy::too_many_arguments)]
-fn fit_and_save(
+pub(crate) fn fit_and_save(
     seed: u64,
     name: &str,
     role: &str,
@@ -758,6 +809,8 @@ fn fit_and_save(
     splits: &Splits,
     out: &Path,
     progress: Progress,
+    extras: train::TrainExtras,
+    compression: Option<crate::compress::StageRecord>,
 ) -> Result<ModelMeta> {
     let ckpt = out
         .join("checkpoints")
@@ -774,10 +827,12 @@ fn fit_and_save(
             checkpoint: Some(ckpt.clone()),
             seed,
             progress,
+            extras,
         },
     )?;
     let training = serde_json::to_value(&record).map_err(|e| Error::Other(e.to_string()))?;
-    let meta = model_meta(name, role, model, splits, training);
+    let mut meta = model_meta(name, role, model, splits, training);
+    meta.compression = compression;
     models::save_model(
         &out.join("models").join(format!("{name}.safetensors")),
         model,
@@ -790,15 +845,16 @@ fn fit_and_save(
 /// Evaluates a saved model on a data set given by raw files (the normalisation stored in the
 /// model file is applied). Returns the scores and the number of samples.
 pub fn evaluate_file(model_path: &Path, data: Dataset) -> Result<(Scores, ModelMeta)> {
-    let (model, meta) = models::load_model(model_path)?;
+    let model = crate::compress::load_any(model_path)?;
+    let meta = model.meta.clone();
     let mut data = data;
     // Only the input must fit: a test file may hold fewer classes than the model knows (the
     // class names are mapped below), and regression files have one target.
-    if model.spec.input_dim() != data.dim() {
+    if meta.spec.input_dim() != data.dim() {
         return Err(Error::Input(format!(
             "{}: the model takes inputs of shape {:?} but the data have shape {:?}",
             model_path.display(),
-            model.spec.input_shape,
+            meta.spec.input_shape,
             data.shape
         )));
     }

@@ -445,6 +445,7 @@ pub fn run_group(job: GroupJob) -> Result<GroupOutcome> {
                     checkpoint: Some(ckdir.join(format!("{name}.phase1.ckpt.safetensors"))),
                     seed: job.seed,
                     progress: job.progress,
+                    extras: Default::default(),
                 },
             )?;
             phase1.push(rec);
@@ -584,6 +585,7 @@ pub fn run_group(job: GroupJob) -> Result<GroupOutcome> {
                         checkpoint: None,
                         seed: job.seed,
                         progress: job.progress,
+                        extras: Default::default(),
                     },
                 )?;
             }

@@ -411,3 +411,187 @@ fn enormous_lines_and_columns_fail_cleanly() {
         &["folder.csv", "is a folder"],
     );
 }
+
+#[test]
+fn bad_compression_export_and_predict_input() {
+    let d = tempfile::tempdir().unwrap();
+    let dir = d.path();
+    let base = "[data]\nformat = \"digits\"\n[[model]]\nname = \"t\"\narch = { kind = \"mlp\", hidden = [8] }\ntrain = { epochs = 1 }\n";
+    expect_bad_config(
+        dir,
+        "prune-sparsity-range",
+        &format!(
+            "{base}[[prune]]\nname = \"p\"\nfrom = \"t\"\nmethod = \"magnitude\"\nsparsity = 1.5\n"
+        ),
+        &["prune.p.sparsity", "[0, 1)", "1.5"],
+    );
+    expect_bad_config(
+        dir,
+        "prune-unknown-from",
+        &format!("{base}[[prune]]\nname = \"p\"\nfrom = \"nobody\"\nmethod = \"structured\"\nsparsity = 0.5\n"),
+        &["prune.p.from", "'nobody'"],
+    );
+    expect_bad_config(
+        dir,
+        "quantize-zero-calibration",
+        &format!("{base}[[quantize]]\nname = \"q\"\nfrom = \"t\"\nprecision = \"int8\"\ncalibration_samples = 0\n"),
+        &["quantize.q.calibration_samples", "at least 1 sample"],
+    );
+    expect_bad_config(
+        dir,
+        "quantize-unknown-precision",
+        &format!("{base}[[quantize]]\nname = \"q\"\nfrom = \"t\"\nprecision = \"int3\"\n"),
+        &["unknown variant `int3`", "int8-weights"],
+    );
+    expect_bad_config(
+        dir,
+        "quantize-qat-weight-only",
+        &format!("{base}[[quantize]]\nname = \"q\"\nfrom = \"t\"\nprecision = \"int4-weights\"\nqat = {{ teacher = \"t\" }}\n"),
+        &["quantize.q.qat", "int8"],
+    );
+    // int8 integer inference of a CNN is refused before training starts, naming the
+    // alternative.
+    let cnn = "[data]\nformat = \"digits\"\n[[model]]\nname = \"c\"\narch = { kind = \"cnn\", channels = [2], hidden = [4] }\ntrain = { epochs = 1 }\n[[quantize]]\nname = \"q\"\nfrom = \"c\"\nprecision = \"int8\"\n";
+    expect_bad_config(
+        dir,
+        "quantize-int8-cnn",
+        cnn,
+        &["int8", "CNN", "int8-weights"],
+    );
+
+    // A trained model and its int8 form to feed bad inputs to.
+    let out = dir.join("m");
+    let cfg = write(
+        dir,
+        "ok.toml",
+        format!("{base}[[quantize]]\nname = \"q\"\nfrom = \"t\"\nprecision = \"int8\"\ncalibration_samples = 50\n").as_bytes(),
+    );
+    let o = run(&["run", &cfg, "--out", out.to_str().unwrap(), "-q"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let q = out.join("models/q.safetensors.gz");
+    let good = std::fs::read(&q).unwrap();
+    let cut = write(dir, "cut.safetensors.gz", &good[..good.len() / 2]);
+    let o = run(&["predict", &cut, &cfg]);
+    check(
+        &o,
+        "truncated-quantized-model",
+        &["cut.safetensors.gz", "truncated"],
+    );
+    let o = run(&[
+        "export",
+        &cut,
+        "--out",
+        dir.join("x.onnx").to_str().unwrap(),
+    ]);
+    check(&o, "export-truncated-model", &["cut.safetensors.gz"]);
+    // Inputs of the wrong shape for the model: a 28×28 IDX file, a 3-column CSV, a 5×5 PNG.
+    let idx = write(dir, "big.idx", &idx_u8(&[2, 28, 28], &[0u8; 2 * 784]));
+    let qs = q.to_str().unwrap();
+    let o = run(&["predict", qs, &idx]);
+    check(
+        &o,
+        "predict-idx-shape",
+        &["big.idx", "[2, 28, 28]", "[1, 8, 8]"],
+    );
+    let csv = write(dir, "three.csv", b"a,b,c\n1,2,3\n");
+    let o = run(&["predict", qs, &csv]);
+    check(
+        &o,
+        "predict-csv-columns",
+        &["three.csv", "3 feature columns", "64 features"],
+    );
+    let png_path = dir.join("small.png");
+    {
+        let f = std::fs::File::create(&png_path).unwrap();
+        let mut enc = png::Encoder::new(std::io::BufWriter::new(f), 5, 5);
+        enc.set_color(png::ColorType::Grayscale);
+        enc.write_header()
+            .unwrap()
+            .write_image_data(&[0u8; 25])
+            .unwrap();
+    }
+    let o = run(&["predict", qs, png_path.to_str().unwrap()]);
+    check(&o, "predict-png-size", &["small.png", "5×5", "8×8"]);
+    let notpng = write(dir, "fake.png", b"hello");
+    let o = run(&["predict", qs, &notpng]);
+    check(&o, "predict-not-png", &["fake.png", "PNG"]);
+    let csv_nan = write(
+        dir,
+        "nan.csv",
+        format!(
+            "{}\n{}\n",
+            (0..64)
+                .map(|i| format!("c{i}"))
+                .collect::<Vec<_>>()
+                .join(","),
+            (0..64)
+                .map(|i| if i == 3 {
+                    "x".to_string()
+                } else {
+                    "0".to_string()
+                })
+                .collect::<Vec<_>>()
+                .join(",")
+        )
+        .as_bytes(),
+    );
+    let o = run(&["predict", qs, &csv_nan]);
+    check(
+        &o,
+        "predict-csv-not-number",
+        &["nan.csv:2", "column 'c3'", "expected a number"],
+    );
+    // A quantized model cannot be a teacher: only f32 models train further.
+    let t = write(
+        dir,
+        "from-q.toml",
+        format!("[data]\nformat = \"digits\"\n[[model]]\nname = \"t\"\nfrom = \"{qs}\"\n")
+            .as_bytes(),
+    );
+    let o = run(&["run", &t, "--out", dir.join("fq").to_str().unwrap(), "-q"]);
+    check(
+        &o,
+        "quantized-model-as-teacher",
+        &["q.safetensors.gz", "quantized (int8) model"],
+    );
+    // A layer the ONNX exporter does not support: a conv with an even kernel.
+    let spec = distillery::models::ModelSpec {
+        arch: distillery::config::ArchConfig {
+            kind: distillery::config::ArchKind::Cnn,
+            hidden: vec![4],
+            dropout: 0.0,
+            input_dropout: 0.0,
+            channels: vec![2],
+            kernel: 4,
+        },
+        input_shape: vec![1, 8, 8],
+        outputs: 10,
+    };
+    let m =
+        distillery::models::Model::new(spec.clone(), &mut distillery::rng::Rng::new(1)).unwrap();
+    let meta = distillery::models::ModelMeta {
+        name: "even".into(),
+        role: "teacher".into(),
+        spec,
+        task: distillery::data::Task::Classification,
+        class_names: None,
+        normalizer: distillery::data::Normalizer::None,
+        target_scale: None,
+        training: serde_json::Value::Null,
+        quantization: None,
+        compression: None,
+    };
+    let even = dir.join("even.safetensors");
+    distillery::models::save_model(&even, &m, &meta).unwrap();
+    let o = run(&[
+        "export",
+        even.to_str().unwrap(),
+        "--out",
+        dir.join("e.onnx").to_str().unwrap(),
+    ]);
+    check(
+        &o,
+        "export-unsupported-layer",
+        &["even kernel", "ONNX export does not support"],
+    );
+}

@@ -104,7 +104,7 @@ enum Verb {
         #[arg(long)]
         json: bool,
     },
-    /// Time a named workload: train-mlp, train-student, train-cnn, infer, gemm.
+    /// Time a named workload: train-mlp, train-student, train-cnn, infer, infer-int8, gemm.
     Bench {
         /// Workload name.
         workload: String,
@@ -118,6 +118,36 @@ enum Verb {
         #[arg(long)]
         json: bool,
     },
+    /// Convert a saved model (any precision) to ONNX or to a plain safetensors file.
+    Export {
+        /// Model file written by distillery (.safetensors or .safetensors.gz).
+        model: PathBuf,
+        /// Output format.
+        #[arg(long, value_enum, default_value = "onnx")]
+        format: ExportFormat,
+        /// Output file.
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Predict with a saved model: an IDX file, a CSV file, a PNG image or a folder of PNGs.
+    Predict {
+        /// Model file written by distillery (.safetensors or .safetensors.gz).
+        model: PathBuf,
+        /// Inputs: IDX images, CSV with a header row, a .png image, or a folder of .png images.
+        input: PathBuf,
+        /// CSV column to ignore (the label column of a labelled file).
+        #[arg(long)]
+        label: Option<String>,
+        /// Write every prediction (class and all probabilities) to this CSV file.
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Inputs per forward pass.
+        #[arg(long, default_value_t = 256)]
+        batch: usize,
+        /// Print JSON lines instead of text.
+        #[arg(long)]
+        json: bool,
+    },
     /// Check an experiment file without running it.
     Check {
         /// Experiment file.
@@ -125,6 +155,14 @@ enum Verb {
         #[command(flatten)]
         common: Common,
     },
+}
+
+#[derive(clap::ValueEnum, Clone, Copy)]
+enum ExportFormat {
+    /// ONNX (opset 13): f32, or QDQ int8 for int8 models.
+    Onnx,
+    /// Plain (uncompressed) safetensors with distillery metadata.
+    Safetensors,
 }
 
 fn main() {
@@ -165,6 +203,22 @@ fn dispatch(cli: Cli) -> Result<()> {
             json,
         } => evaluate(&model, images, labels, csv, label, digits, json),
         Verb::Check { config, common } => check(&config, &common),
+        Verb::Export { model, format, out } => export(&model, format, &out),
+        Verb::Predict {
+            model,
+            input,
+            label,
+            out,
+            batch,
+            json,
+        } => predict(
+            &model,
+            &input,
+            label.as_deref(),
+            out.as_deref(),
+            batch,
+            json,
+        ),
         Verb::Bench {
             workload,
             steps,
@@ -328,7 +382,7 @@ fn evaluate(
     digits: bool,
     json: bool,
 ) -> Result<()> {
-    let (_, meta) = distillery::models::load_model(model)?;
+    let meta = distillery::compress::load_any(model)?.meta;
     let data = if let (Some(i), Some(l)) = (images, labels) {
         idx::load_idx_pair(&i, &l, None)?
     } else if let Some(c) = csv {
@@ -403,5 +457,62 @@ fn check(path: &Path, common: &Common) -> Result<()> {
         splits.val.len(),
         splits.test.len()
     );
+    Ok(())
+}
+
+fn export(model: &Path, format: ExportFormat, out: &Path) -> Result<()> {
+    let m = distillery::compress::load_any(model)?;
+    let bytes = match format {
+        ExportFormat::Onnx => distillery::compress::onnx::export(&m)?,
+        ExportFormat::Safetensors => m.to_safetensors()?,
+    };
+    distillery::io::write_atomic(out, &bytes)?;
+    println!(
+        "{}: {} ({}, {}) → {} ({} bytes)",
+        model.display(),
+        m.meta.name,
+        m.meta.spec.describe(),
+        m.precision().as_str(),
+        out.display(),
+        bytes.len()
+    );
+    Ok(())
+}
+
+fn predict(
+    model: &Path,
+    input: &Path,
+    label: Option<&str>,
+    out: Option<&Path>,
+    batch: usize,
+    json: bool,
+) -> Result<()> {
+    if batch == 0 {
+        return Err(Error::Input("--batch: must be at least 1".into()));
+    }
+    let m = distillery::compress::load_any(model)?;
+    let inputs = distillery::predict::read_inputs(input, &m.meta.spec.input_shape, label)?;
+    let preds = distillery::predict::predict(&m, inputs, batch)?;
+    if let Some(o) = out {
+        distillery::io::write_atomic_str(o, &distillery::predict::to_csv(&m, &preds))?;
+        eprintln!("{} predictions written to {}", preds.len(), o.display());
+        return Ok(());
+    }
+    use std::io::Write;
+    let stdout = std::io::stdout();
+    let mut w = std::io::BufWriter::new(stdout.lock());
+    for p in &preds {
+        let line = if json {
+            serde_json::to_string(p).map_err(|e| Error::Other(e.to_string()))?
+        } else if let (Some(c), Some(pr)) = (&p.class, &p.probabilities) {
+            let best = pr.iter().fold(0f32, |a, &b| a.max(b));
+            format!("{}\t{c}\t{best:.4}", p.input)
+        } else {
+            format!("{}\t{}", p.input, p.value.unwrap_or(f32::NAN))
+        };
+        if writeln!(w, "{line}").is_err() {
+            break; // closed pipe (e.g. `| head`)
+        }
+    }
     Ok(())
 }

@@ -98,6 +98,12 @@ pub struct ModelMeta {
     /// Free-form training record (curves, best epoch, ...).
     #[serde(default)]
     pub training: serde_json::Value,
+    /// Quantization format and parameters (absent for f32 models).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quantization: Option<crate::compress::quant::QuantMeta>,
+    /// The pruning or quantization stage that produced the model.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compression: Option<crate::compress::StageRecord>,
 }
 
 /// A model: its spec and named parameters.
@@ -254,7 +260,7 @@ impl Model {
 }
 
 /// Builds a dropout mask `[rows, cols]` of 0 and 1/(1-p).
-pub(crate) fn dropout(x: &Tensor, p: f32, mode: &mut Mode) -> Result<Tensor> {
+pub fn dropout(x: &Tensor, p: f32, mode: &mut Mode) -> Result<Tensor> {
     match mode {
         Mode::Train(rng) if p > 0.0 => {
             let keep = 1.0 / (1.0 - p);
@@ -275,7 +281,8 @@ pub(crate) fn linear(x: &Tensor, w: &Tensor, b: &Tensor) -> Result<Tensor> {
     Ok(x.matmul(w)?.broadcast_add(b)?)
 }
 
-const META_KEY: &str = "distillery";
+/// The safetensors metadata key holding distillery's JSON.
+pub const META_KEY: &str = "distillery";
 
 /// Serialises a model and its metadata to safetensors bytes. `extra` tensors (optimizer
 /// state, best weights) are stored beside the parameters under their own names.
@@ -331,6 +338,26 @@ pub struct RawModelFile {
     pub meta_json: String,
 }
 
+/// The distillery metadata of a model file (any precision).
+pub fn read_meta(bytes: &[u8], file: &str) -> Result<ModelMeta> {
+    let (_, md) = safetensors::SafeTensors::read_metadata(bytes).map_err(|e| {
+        Error::Input(format!(
+            "{file}: not a valid safetensors model file ({e}); the file may be truncated or corrupt"
+        ))
+    })?;
+    let json = md
+        .metadata()
+        .as_ref()
+        .and_then(|m| m.get(META_KEY).cloned())
+        .ok_or_else(|| {
+            Error::Input(format!(
+                "{file}: safetensors file without distillery metadata (not written by distillery)"
+            ))
+        })?;
+    serde_json::from_str(&json)
+        .map_err(|e| Error::Input(format!("{file}: malformed distillery metadata: {e}")))
+}
+
 /// Parses safetensors bytes written by distillery; every failure names the file.
 pub fn parse_safetensors(bytes: &[u8], file: &str) -> Result<RawModelFile> {
     let st = safetensors::SafeTensors::deserialize(bytes).map_err(|e| {
@@ -372,15 +399,24 @@ pub fn save_model(path: &Path, model: &Model, meta: &ModelMeta) -> Result<()> {
     crate::io::write_atomic(path, &bytes)
 }
 
-/// Loads a model file written by [`save_model`].
+/// Loads an f32 model file written by [`save_model`] (quantized files are refused here; read
+/// them with [`crate::compress::load_any`]).
 pub fn load_model(path: &Path) -> Result<(Model, ModelMeta)> {
-    let bytes = crate::io::read_file(path)?;
+    let bytes = crate::compress::read_model_file(path)?;
     load_model_bytes(&bytes, &path.display().to_string())
 }
 
 /// Loads a model from the bytes of a model file; `file` names it in errors.
 pub fn load_model_bytes(bytes: &[u8], file: &str) -> Result<(Model, ModelMeta)> {
     let file = file.to_string();
+    if let Ok(m) = read_meta(bytes, &file) {
+        if let Some(q) = &m.quantization {
+            return Err(Error::Input(format!(
+                "{file}: a quantized ({}) model; it can be evaluated, exported and used by `predict`, but not trained further or used as a teacher — use the f32 model it was made from",
+                q.precision.as_str()
+            )));
+        }
+    }
     let raw = parse_safetensors(bytes, &file)?;
     let meta: ModelMeta = serde_json::from_str(&raw.meta_json)
         .map_err(|e| Error::Input(format!("{file}: malformed distillery metadata: {e}")))?;

@@ -100,6 +100,15 @@ pub struct ModelMetrics {
     pub source: String,
     /// Training record with per-epoch curves.
     pub training: Option<TrainRecord>,
+    /// Non-zero parameters (below `params` for magnitude-pruned models).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nonzero_params: Option<usize>,
+    /// What a pruning or quantization stage did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compression: Option<crate::compress::StageRecord>,
+    /// The integer GEMM kernel that ran (int8 models).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kernel: Option<String>,
 }
 
 /// The whole run.
@@ -143,6 +152,68 @@ fn fmt_us(us: f64) -> String {
     }
 }
 
+fn arch_col(x: &ModelMetrics) -> String {
+    let mut a = x.architecture.clone();
+    if x.precision != "f32" {
+        a = format!("{a}, {}", x.precision);
+    }
+    if let Some(nz) = x.nonzero_params {
+        if nz < x.params {
+            a = format!(
+                "{a}, {:.0}% zero",
+                100.0 * (1.0 - nz as f64 / x.params.max(1) as f64)
+            );
+        }
+    }
+    a
+}
+
+fn compression_section(s: &mut String, m: &Metrics) {
+    let stages: Vec<&ModelMetrics> = m
+        .models
+        .iter()
+        .filter(|x| x.compression.is_some())
+        .collect();
+    if stages.is_empty() {
+        return;
+    }
+    let cls = m.task == Task::Classification;
+    s.push_str("## Compression stages\n\n");
+    s.push_str(if cls {
+        "| model | from | stage | params before → after | file size | before fine-tuning | after |\n|---|---|---|---:|---:|---:|---:|\n"
+    } else {
+        "| model | from | stage | params before → after | file size | MSE before fine-tuning | after |\n|---|---|---|---:|---:|---:|---:|\n"
+    });
+    for x in stages {
+        let c = x.compression.as_ref().expect("filtered");
+        let fmt = |a: Option<f64>, e: Option<usize>, mse: Option<f64>| -> String {
+            match (a, mse) {
+                (Some(a), _) => format!("{:.2}% ({} errors)", 100.0 * a, e.unwrap_or(0)),
+                (None, Some(v)) => format!("{v:.4}"),
+                _ => "—".into(),
+            }
+        };
+        let before = c
+            .before
+            .as_ref()
+            .map(|b| fmt(b.accuracy, b.errors, b.mse))
+            .unwrap_or_else(|| "—".into());
+        let _ = writeln!(
+            s,
+            "| {} | {} | {} | {} → {} | {} | {} | {} |",
+            x.name,
+            c.from,
+            c.method,
+            c.params_before,
+            x.nonzero_params.unwrap_or(x.params),
+            fmt_bytes(x.file_bytes as usize),
+            before,
+            fmt(x.accuracy, x.test_errors, x.mse)
+        );
+    }
+    s.push_str("\n\"before fine-tuning\": the model right after pruning (at the final sparsity) or after post-training quantization, before distillation-aware recovery or quantization-aware training; \"—\" when the stage has no fine-tuning.\n\n");
+}
+
 /// The Markdown report.
 pub fn markdown(m: &Metrics) -> String {
     let mut s = String::new();
@@ -177,7 +248,7 @@ pub fn markdown(m: &Metrics) -> String {
     for x in &m.models {
         let r = x.vs_teacher.as_ref();
         let size_vs = r
-            .map(|r| format!("{:.1}× smaller", 1.0 / r.params))
+            .map(|r| format!("{:.1}× smaller", 1.0 / r.bytes))
             .unwrap_or_else(|| "—".into());
         let speed = r
             .map(|r| format!("{:.1}×", 1.0 / r.latency_b1))
@@ -199,7 +270,7 @@ pub fn markdown(m: &Metrics) -> String {
                 "| {} | {} | {} | {} | {} | {:.2}% | {} | {} | {} | {} | {} | {} |",
                 x.name,
                 role,
-                x.architecture,
+                arch_col(x),
                 x.params,
                 fmt_bytes(x.bytes),
                 100.0 * x.accuracy.unwrap_or(0.0),
@@ -220,7 +291,7 @@ pub fn markdown(m: &Metrics) -> String {
                 "| {} | {} | {} | {} | {} | {:.4} | {:.4} | {} | {} | {} | {} | {} |",
                 x.name,
                 role,
-                x.architecture,
+                arch_col(x),
                 x.params,
                 fmt_bytes(x.bytes),
                 x.mse.unwrap_or(f64::NAN),
@@ -233,7 +304,9 @@ pub fn markdown(m: &Metrics) -> String {
             );
         }
     }
-    s.push_str("\nLatency: median of repeated timed forward passes on this machine (after warm-up). Size: f32 weights.\n\n## Training\n\n");
+    s.push_str("\nLatency: median of repeated timed forward passes on this machine (after warm-up). Size: bytes of the stored weights in their precision (f32, int8 codes + scales, packed int4 + scales).\n\n");
+    compression_section(&mut s, m);
+    s.push_str("## Training\n\n");
     s.push_str("| model | source | epochs run | best epoch | early stop | train time |\n|---|---|---:|---:|---|---:|\n");
     for x in &m.models {
         match &x.training {
@@ -432,7 +505,7 @@ pub fn write_reports(out: &Path, m: &Metrics) -> Result<String> {
     let pts_of = |f: &dyn Fn(&ModelMetrics) -> Option<f64>| -> Vec<(String, f64, f64)> {
         m.models
             .iter()
-            .filter_map(|x| f(x).map(|v| (x.name.clone(), x.params as f64, v)))
+            .filter_map(|x| f(x).map(|v| (x.name.clone(), x.bytes as f64, v)))
             .collect()
     };
     if m.task == Task::Classification {
@@ -450,8 +523,8 @@ pub fn write_reports(out: &Path, m: &Metrics) -> Result<String> {
         crate::io::write_atomic_str(
             &plots.join("accuracy_vs_size.svg"),
             &scatter_chart(
-                "Test accuracy vs parameters",
-                "parameters (log scale)",
+                "Test accuracy vs size",
+                "bytes of weights (log scale)",
                 "test accuracy (%)",
                 &pts,
                 true,
@@ -472,8 +545,8 @@ pub fn write_reports(out: &Path, m: &Metrics) -> Result<String> {
         crate::io::write_atomic_str(
             &plots.join("mse_vs_size.svg"),
             &scatter_chart(
-                "Test MSE vs parameters",
-                "parameters (log scale)",
+                "Test MSE vs size",
+                "bytes of weights (log scale)",
                 "test MSE",
                 &pts,
                 true,

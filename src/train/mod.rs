@@ -158,6 +158,30 @@ pub struct TrainJob<'a> {
     pub seed: u64,
     /// Progress display.
     pub progress: Progress,
+    /// Pruning masks and fake quantization during training.
+    pub extras: TrainExtras,
+}
+
+/// Gradual magnitude pruning during training.
+#[derive(Debug, Clone)]
+pub struct PruneSchedule {
+    /// Sparsity reached at the end of the ramp.
+    pub sparsity: f64,
+    /// Global or per-layer threshold.
+    pub scope: crate::compress::prune::Scope,
+    /// Epochs over which sparsity rises along the cubic schedule (then held).
+    pub ramp_epochs: usize,
+}
+
+/// Optional additions to the training loop.
+#[derive(Debug, Clone, Default)]
+pub struct TrainExtras {
+    /// Prune while training: masks recomputed at the start of each epoch, re-applied after
+    /// every optimizer step.
+    pub prune: Option<PruneSchedule>,
+    /// Quantization-aware training: the forward pass fake-quantizes with these activation
+    /// quantizers (one per dense layer) and per-channel int8 weights.
+    pub qat: Option<Vec<crate::compress::quant::ActQuant>>,
 }
 
 fn labels_tensor(data: &Dataset, idx: &[usize]) -> Result<Tensor> {
@@ -173,9 +197,21 @@ fn labels_tensor(data: &Dataset, idx: &[usize]) -> Result<Tensor> {
     })
 }
 
-/// Validation scores of `model` on `val`.
-fn validate(model: &Model, val: &Dataset) -> Result<Scores> {
-    let out = model.predict(&val.x, 512)?;
+/// Validation scores of `model` on `val` (through the fake-quantized forward pass under QAT).
+fn validate(model: &Model, val: &Dataset, extras: &TrainExtras) -> Result<Scores> {
+    let out = match &extras.qat {
+        None => model.predict(&val.x, 512)?,
+        Some(acts) => {
+            let d = val.dim();
+            let mut out = Vec::new();
+            for chunk in val.x.chunks(512 * d) {
+                let t = Tensor::from_slice(chunk, (chunk.len() / d, d), &Device::Cpu)?;
+                let y = crate::compress::quant::qat_forward(model, &t, acts, Mode::Eval)?;
+                out.extend(y.flatten_all()?.to_vec1::<f32>()?);
+            }
+            out
+        }
+    };
     Ok(score_outputs(&out, val, None))
 }
 
@@ -268,6 +304,19 @@ pub fn fit(model: &Model, job: TrainJob) -> Result<TrainRecord> {
         let perm = rng.permutation(n);
         let batches = n.div_ceil(cfg.batch_size);
         let bar = job.progress.epoch(job.name, epoch, cfg.epochs, batches);
+        let masks = match &job.extras.prune {
+            Some(p) => {
+                let s = crate::compress::prune::cubic_sparsity(
+                    p.sparsity,
+                    (epoch + 1).min(p.ramp_epochs.max(1)),
+                    p.ramp_epochs.max(1),
+                );
+                let m = crate::compress::prune::Masks::magnitude(model, s, p.scope)?;
+                m.apply(model)?;
+                Some(m)
+            }
+            None => None,
+        };
         let (mut loss_sum, mut seen, mut correct) = (0f64, 0usize, 0usize);
         for (bi, idx) in perm.chunks(cfg.batch_size).enumerate() {
             let b = idx.len();
@@ -276,11 +325,17 @@ pub fn fit(model: &Model, job: TrainJob) -> Result<TrainRecord> {
             let x = Tensor::from_slice(&xbuf, (b, d), &Device::Cpu)?;
             let y = labels_tensor(job.train, idx)?;
             let obj = &job.objective;
-            let (logits, s_hidden) = model.forward_hidden(
-                &x,
-                Mode::Train(&mut rng),
-                obj.hint.as_ref().map(|h| h.student_layer),
-            )?;
+            let (logits, s_hidden) = match &job.extras.qat {
+                Some(acts) => (
+                    crate::compress::quant::qat_forward(model, &x, acts, Mode::Train(&mut rng))?,
+                    None,
+                ),
+                None => model.forward_hidden(
+                    &x,
+                    Mode::Train(&mut rng),
+                    obj.hint.as_ref().map(|h| h.student_layer),
+                )?,
+            };
             let mut terms: Vec<Tensor> = Vec::new();
             if obj.label_weight > 0.0 {
                 let l = if classification {
@@ -350,6 +405,9 @@ pub fn fit(model: &Model, job: TrainJob) -> Result<TrainRecord> {
             }
             let grads = loss.backward()?;
             opt.step(model, &grads, lr)?;
+            if let Some(m) = &masks {
+                m.apply(model)?;
+            }
             if let (Some(a), Some(ao)) = (&adapter, adapter_opt.as_mut()) {
                 ao.step(&adapter_model(a), &grads, lr)?;
             }
@@ -365,7 +423,7 @@ pub fn fit(model: &Model, job: TrainJob) -> Result<TrainRecord> {
                 classification.then(|| correct as f64 / seen as f64),
             );
         }
-        let vs = validate(model, job.val)?;
+        let vs = validate(model, job.val, &job.extras)?;
         let secs = t0.elapsed().as_secs_f64();
         let c = &mut record.curves;
         c.epoch.push(epoch + 1);
@@ -436,6 +494,10 @@ pub fn fit(model: &Model, job: TrainJob) -> Result<TrainRecord> {
         model.set_weights(w)?;
     } else if cfg.patience.is_none() {
         record.best_epoch = record.epochs_run;
+    }
+    if let Some(p) = &job.extras.prune {
+        // The kept epoch may precede the end of the ramp: enforce the final sparsity.
+        crate::compress::prune::Masks::magnitude(model, p.sparsity, p.scope)?.apply(model)?;
     }
     Ok(record)
 }

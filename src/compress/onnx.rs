@@ -1,0 +1,439 @@
+//! ONNX export, written straight from the ONNX protobuf schema (no protoc, no generated code).
+//!
+//! The graph takes **raw** features (`input`, `[N, d]` float, as in the data files: pixel values
+//! 0–255 for images) and applies the model's normalisation itself, so a deployed model needs
+//! nothing else. Classification graphs output `logits` and `probabilities` (softmax);
+//! regression graphs output `value` in the target's own units.
+//!
+//! * f32 models: `Gemm` (+`Relu`) per dense layer; CNNs `Reshape → (Conv → Relu → MaxPool)… →
+//!   Flatten → Gemm…`.
+//! * int8 models: QDQ form — every dense layer's input passes `QuantizeLinear →
+//!   DequantizeLinear` with its calibrated `u8` scale and zero point, and its weights are stored
+//!   as `int8` and dequantized per output channel (`DequantizeLinear`, `axis = 0`); a runtime
+//!   with int8 kernels fuses these into integer GEMMs.
+//! * int8-weights: weights stored as `int8` with per-channel `DequantizeLinear`, float
+//!   activations. int4-weights: exported with dequantized f32 weights (ONNX `int4` needs
+//!   opset 21, which few runtimes execute).
+//!
+//! Opset 13, IR version 7.
+
+use super::quant::{self, Precision};
+use super::{AnyModel, Body};
+use crate::config::ArchKind;
+use crate::data::{Normalizer, Task};
+use crate::error::{Error, Result};
+
+// --- protobuf wire format -------------------------------------------------------------------
+
+fn varint(buf: &mut Vec<u8>, mut v: u64) {
+    while v >= 0x80 {
+        buf.push((v as u8) | 0x80);
+        v >>= 7;
+    }
+    buf.push(v as u8);
+}
+
+fn key(buf: &mut Vec<u8>, field: u32, wire: u8) {
+    varint(buf, ((field as u64) << 3) | wire as u64);
+}
+
+fn field_varint(buf: &mut Vec<u8>, field: u32, v: i64) {
+    key(buf, field, 0);
+    varint(buf, v as u64);
+}
+
+fn field_bytes(buf: &mut Vec<u8>, field: u32, b: &[u8]) {
+    key(buf, field, 2);
+    varint(buf, b.len() as u64);
+    buf.extend_from_slice(b);
+}
+
+fn field_str(buf: &mut Vec<u8>, field: u32, s: &str) {
+    field_bytes(buf, field, s.as_bytes());
+}
+
+// --- ONNX messages --------------------------------------------------------------------------
+
+const FLOAT: i64 = 1;
+const UINT8: i64 = 2;
+const INT8: i64 = 3;
+const INT64: i64 = 7;
+
+/// An attribute value.
+enum Attr {
+    Int(i64),
+    Ints(Vec<i64>),
+}
+
+struct Node {
+    op: &'static str,
+    inputs: Vec<String>,
+    outputs: Vec<String>,
+    attrs: Vec<(&'static str, Attr)>,
+}
+
+struct Init {
+    name: String,
+    dtype: i64,
+    dims: Vec<i64>,
+    raw: Vec<u8>,
+}
+
+fn encode_tensor(t: &Init) -> Vec<u8> {
+    let mut b = Vec::new();
+    for &d in &t.dims {
+        field_varint(&mut b, 1, d);
+    }
+    field_varint(&mut b, 2, t.dtype);
+    field_str(&mut b, 8, &t.name);
+    field_bytes(&mut b, 9, &t.raw);
+    b
+}
+
+fn encode_node(n: &Node, idx: usize) -> Vec<u8> {
+    let mut b = Vec::new();
+    for i in &n.inputs {
+        field_str(&mut b, 1, i);
+    }
+    for o in &n.outputs {
+        field_str(&mut b, 2, o);
+    }
+    field_str(&mut b, 3, &format!("{}_{idx}", n.op));
+    field_str(&mut b, 4, n.op);
+    for (name, a) in &n.attrs {
+        let mut ab = Vec::new();
+        field_str(&mut ab, 1, name);
+        match a {
+            Attr::Int(i) => {
+                field_varint(&mut ab, 3, *i);
+                field_varint(&mut ab, 20, 2);
+            }
+            Attr::Ints(v) => {
+                for i in v {
+                    field_varint(&mut ab, 8, *i);
+                }
+                field_varint(&mut ab, 20, 7);
+            }
+        }
+        field_bytes(&mut b, 5, &ab);
+    }
+    b
+}
+
+/// `ValueInfoProto` for a float tensor `[N, dims…]` with a symbolic batch dimension.
+fn value_info(name: &str, dims: &[usize]) -> Vec<u8> {
+    let mut shape = Vec::new();
+    let mut d = Vec::new();
+    field_str(&mut d, 2, "N");
+    field_bytes(&mut shape, 1, &d);
+    for &x in dims {
+        let mut d = Vec::new();
+        field_varint(&mut d, 1, x as i64);
+        field_bytes(&mut shape, 1, &d);
+    }
+    let mut tt = Vec::new();
+    field_varint(&mut tt, 1, FLOAT);
+    field_bytes(&mut tt, 2, &shape);
+    let mut ty = Vec::new();
+    field_bytes(&mut ty, 1, &tt);
+    let mut vi = Vec::new();
+    field_str(&mut vi, 1, name);
+    field_bytes(&mut vi, 2, &ty);
+    vi
+}
+
+/// Graph under construction.
+#[derive(Default)]
+struct Graph {
+    nodes: Vec<Node>,
+    inits: Vec<Init>,
+    counter: usize,
+}
+
+impl Graph {
+    fn fresh(&mut self, stem: &str) -> String {
+        self.counter += 1;
+        format!("{stem}_{}", self.counter)
+    }
+
+    fn init_f32(&mut self, stem: &str, dims: &[usize], v: &[f32]) -> String {
+        let name = self.fresh(stem);
+        self.inits.push(Init {
+            name: name.clone(),
+            dtype: FLOAT,
+            dims: dims.iter().map(|&d| d as i64).collect(),
+            raw: v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+        });
+        name
+    }
+
+    fn init_raw(&mut self, stem: &str, dtype: i64, dims: &[usize], raw: Vec<u8>) -> String {
+        let name = self.fresh(stem);
+        self.inits.push(Init {
+            name: name.clone(),
+            dtype,
+            dims: dims.iter().map(|&d| d as i64).collect(),
+            raw,
+        });
+        name
+    }
+
+    fn op(
+        &mut self,
+        op: &'static str,
+        inputs: &[&str],
+        attrs: Vec<(&'static str, Attr)>,
+    ) -> String {
+        let out = self.fresh(&op.to_lowercase());
+        self.op_named(op, inputs, attrs, &out);
+        out
+    }
+
+    fn op_named(
+        &mut self,
+        op: &'static str,
+        inputs: &[&str],
+        attrs: Vec<(&'static str, Attr)>,
+        out: &str,
+    ) {
+        self.nodes.push(Node {
+            op,
+            inputs: inputs.iter().map(|s| s.to_string()).collect(),
+            outputs: vec![out.to_string()],
+            attrs,
+        });
+    }
+
+    /// `DequantizeLinear` of int8 codes `[rows, cols]` with one scale per row.
+    fn dq_weight(&mut self, q: &[i8], scales: &[f32], rows: usize, cols: usize) -> String {
+        let wq = self.init_raw(
+            "w_q",
+            INT8,
+            &[rows, cols],
+            q.iter().map(|&c| c as u8).collect(),
+        );
+        let ws = self.init_f32("w_scale", &[rows], scales);
+        let wz = self.init_raw("w_zero", INT8, &[rows], vec![0; rows]);
+        self.op(
+            "DequantizeLinear",
+            &[&wq, &ws, &wz],
+            vec![("axis", Attr::Int(0))],
+        )
+    }
+
+    /// `QuantizeLinear → DequantizeLinear` of an activation with a per-tensor u8 quantizer.
+    fn qdq(&mut self, x: &str, a: quant::ActQuant) -> String {
+        let s = self.init_f32("x_scale", &[], &[a.scale]);
+        let z = self.init_raw("x_zero", UINT8, &[], vec![a.zero_point]);
+        let q = self.op("QuantizeLinear", &[x, &s, &z], vec![]);
+        self.op("DequantizeLinear", &[&q, &s, &z], vec![])
+    }
+
+    fn encode(&self, input_dims: &[usize], outputs: &[(&str, usize)], doc: &str) -> Vec<u8> {
+        let mut g = Vec::new();
+        for (i, n) in self.nodes.iter().enumerate() {
+            field_bytes(&mut g, 1, &encode_node(n, i));
+        }
+        field_str(&mut g, 2, "distillery");
+        for t in &self.inits {
+            field_bytes(&mut g, 5, &encode_tensor(t));
+        }
+        field_str(&mut g, 10, doc);
+        field_bytes(&mut g, 11, &value_info("input", input_dims));
+        for (name, d) in outputs {
+            field_bytes(&mut g, 12, &value_info(name, &[*d]));
+        }
+        let mut m = Vec::new();
+        field_varint(&mut m, 1, 7);
+        field_str(&mut m, 2, "distillery");
+        field_str(&mut m, 3, env!("CARGO_PKG_VERSION"));
+        field_bytes(&mut m, 7, &g);
+        let mut opset = Vec::new();
+        field_str(&mut opset, 1, "");
+        field_varint(&mut opset, 2, 13);
+        field_bytes(&mut m, 8, &opset);
+        m
+    }
+}
+
+/// The ONNX bytes of `model`.
+pub fn export(model: &AnyModel) -> Result<Vec<u8>> {
+    let meta = &model.meta;
+    let spec = &meta.spec;
+    let d = spec.input_dim();
+    let mut g = Graph::default();
+    // Normalisation.
+    let mut h = "input".to_string();
+    match &meta.normalizer {
+        Normalizer::None => {}
+        Normalizer::Global { mean, std } => {
+            let m = g.init_f32("mean", &[], &[*mean]);
+            let s = g.init_f32("inv_std", &[], &[1.0 / std]);
+            let c = g.op("Sub", &[&h, &m], vec![]);
+            h = g.op("Mul", &[&c, &s], vec![]);
+        }
+        Normalizer::PerFeature { mean, std } => {
+            if mean.len() != d || std.len() != d {
+                return Err(Error::Input(format!(
+                    "model {}: the normaliser has {} features but the model takes {d}",
+                    meta.name,
+                    mean.len()
+                )));
+            }
+            let m = g.init_f32("mean", &[d], mean);
+            let s = g.init_f32("std", &[d], std);
+            let c = g.op("Sub", &[&h, &m], vec![]);
+            h = g.op("Div", &[&c, &s], vec![]);
+        }
+    }
+    let precision = model.precision();
+    match &model.body {
+        Body::Int8(q) => {
+            let n = q.layers.len();
+            for (l, layer) in q.layers.iter().enumerate() {
+                let x = g.qdq(&h, layer.input);
+                let w = g.dq_weight(&layer.w_q, &layer.w_scale, layer.n_out, layer.n_in);
+                let b = g.init_f32("bias", &[layer.n_out], &layer.bias);
+                h = g.op("Gemm", &[&x, &w, &b], vec![("transB", Attr::Int(1))]);
+                if l + 1 < n {
+                    h = g.op("Relu", &[&h], vec![]);
+                }
+            }
+        }
+        Body::Float(m) | Body::WeightOnly { model: m, .. } => {
+            let stored = match &model.body {
+                Body::WeightOnly { stored, .. } if precision == Precision::Int8Weights => {
+                    Some(stored)
+                }
+                _ => None,
+            };
+            let weights = m.weights()?;
+            let shapes: Vec<Vec<usize>> = m.params.iter().map(|(_, v)| v.dims().to_vec()).collect();
+            let mut pi = 0usize;
+            // Weight `i` as an ONNX tensor name: int8 + DequantizeLinear, or f32.
+            let weight = |g: &mut Graph, i: usize, dense: bool| -> Result<String> {
+                if let Some(st) = stored {
+                    if let quant::StoredWeight::I8 { q, scales } = &st[i] {
+                        let rows = scales.len();
+                        let cols = q.len() / rows.max(1);
+                        let dq = g.dq_weight(q, scales, rows, cols);
+                        if dense {
+                            return Ok(dq); // [out, in]: used with transB = 1
+                        }
+                        let shape: Vec<i64> = shapes[i].iter().map(|&x| x as i64).collect();
+                        let sh = g.init_raw(
+                            "shape",
+                            INT64,
+                            &[shape.len()],
+                            shape.iter().flat_map(|x| x.to_le_bytes()).collect(),
+                        );
+                        return Ok(g.op("Reshape", &[&dq, &sh], vec![]));
+                    }
+                }
+                if dense {
+                    // Stored [in, out]; exported [out, in] for a uniform transB = 1.
+                    let (rows, cols, t) =
+                        quant::channel_major(&m.params[i].0, &shapes[i], &weights[i]);
+                    Ok(g.init_f32("weight", &[rows, cols], &t))
+                } else {
+                    Ok(g.init_f32("weight", &shapes[i], &weights[i]))
+                }
+            };
+            if spec.arch.kind == ArchKind::Cnn {
+                let (c, hh, ww) = match spec.input_shape.as_slice() {
+                    [c, h, w] => (*c, *h, *w),
+                    s => {
+                        return Err(Error::Input(format!(
+                            "model {}: a CNN with input shape {s:?} (expected [c, h, w])",
+                            meta.name
+                        )))
+                    }
+                };
+                let k = spec.arch.kernel;
+                if k.is_multiple_of(2) {
+                    return Err(Error::Input(format!(
+                        "model {}: ONNX export does not support conv layers with an even kernel ({k}×{k}): 'same' padding would be asymmetric",
+                        meta.name
+                    )));
+                }
+                let shape: Vec<i64> = vec![-1, c as i64, hh as i64, ww as i64];
+                let sh = g.init_raw(
+                    "shape",
+                    INT64,
+                    &[4],
+                    shape.iter().flat_map(|x| x.to_le_bytes()).collect(),
+                );
+                h = g.op("Reshape", &[&h, &sh], vec![]);
+                let p = (k / 2) as i64;
+                for _ in &spec.arch.channels {
+                    let w = weight(&mut g, pi, false)?;
+                    let b = g.init_f32("bias", &shapes[pi + 1], &weights[pi + 1]);
+                    pi += 2;
+                    h = g.op(
+                        "Conv",
+                        &[&h, &w, &b],
+                        vec![
+                            ("kernel_shape", Attr::Ints(vec![k as i64, k as i64])),
+                            ("pads", Attr::Ints(vec![p, p, p, p])),
+                        ],
+                    );
+                    h = g.op("Relu", &[&h], vec![]);
+                    h = g.op(
+                        "MaxPool",
+                        &[&h],
+                        vec![
+                            ("kernel_shape", Attr::Ints(vec![2, 2])),
+                            ("strides", Attr::Ints(vec![2, 2])),
+                        ],
+                    );
+                }
+                h = g.op("Flatten", &[&h], vec![("axis", Attr::Int(1))]);
+            } else if spec.arch.kind != ArchKind::Mlp {
+                return Err(Error::Input(format!(
+                    "model {}: ONNX export does not support this architecture",
+                    meta.name
+                )));
+            }
+            let dense = (m.params.len() - pi) / 2;
+            for l in 0..dense {
+                let w = weight(&mut g, pi, true)?;
+                let b = g.init_f32("bias", &shapes[pi + 1], &weights[pi + 1]);
+                pi += 2;
+                h = g.op("Gemm", &[&h, &w, &b], vec![("transB", Attr::Int(1))]);
+                if l + 1 < dense {
+                    h = g.op("Relu", &[&h], vec![]);
+                }
+            }
+        }
+    }
+    let outputs: Vec<(&str, usize)> = match meta.task {
+        Task::Classification => {
+            g.op_named("Identity", &[&h], vec![], "logits");
+            g.op_named(
+                "Softmax",
+                &["logits"],
+                vec![("axis", Attr::Int(1))],
+                "probabilities",
+            );
+            vec![("logits", spec.outputs), ("probabilities", spec.outputs)]
+        }
+        Task::Regression => {
+            let ts = meta.target_scale.unwrap_or(crate::data::TargetScale {
+                mean: 0.0,
+                std: 1.0,
+            });
+            let s = g.init_f32("target_std", &[], &[ts.std]);
+            let mu = g.init_f32("target_mean", &[], &[ts.mean]);
+            let scaled = g.op("Mul", &[&h, &s], vec![]);
+            g.op_named("Add", &[&scaled, &mu], vec![], "value");
+            vec![("value", 1)]
+        }
+    };
+    let doc = format!(
+        "distillery model '{}' ({}, {}); input: raw features [N, {d}]",
+        meta.name,
+        spec.describe(),
+        precision.as_str()
+    );
+    Ok(g.encode(&[d], &outputs, &doc))
+}

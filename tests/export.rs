@@ -1,0 +1,187 @@
+//! ONNX export checked in tract (a pure-Rust ONNX runtime): every format distillery exports is
+//! run on real inputs (the UCI digits) and compared with distillery's own outputs.
+//!
+//! Tolerances: f32 graphs agree to 1e-4 (relative to the largest logit); the QDQ int8 graph
+//! evaluates the same quantized arithmetic in float, so an activation exactly on a rounding
+//! boundary can land one u8 step apart — its logits agree to 2% of the largest logit and the
+//! predicted class on at least 99% of inputs.
+
+use distillery::compress::{self, onnx, quant::Calibration, quant::Precision, AnyModel};
+use distillery::config::{ArchConfig, ArchKind};
+use distillery::data::{self, NormalizeKind, Normalizer, Task};
+use distillery::models::{Model, ModelMeta, ModelSpec};
+use distillery::rng::Rng;
+use tract_onnx::prelude::*;
+
+fn digits() -> (Vec<f32>, Vec<f32>, Normalizer, usize) {
+    let d = data::embedded_digits().unwrap();
+    let norm = Normalizer::fit(NormalizeKind::Global, &d);
+    let raw = d.x.clone();
+    let mut x = d.x.clone();
+    norm.apply(&mut x, d.dim());
+    (raw, x, norm, d.len())
+}
+
+fn model(
+    kind: ArchKind,
+    hidden: Vec<usize>,
+    channels: Vec<usize>,
+    seed: u64,
+) -> (Model, ModelMeta) {
+    let (_, x, norm, _) = digits();
+    let spec = ModelSpec {
+        arch: ArchConfig {
+            kind,
+            hidden,
+            dropout: 0.0,
+            input_dropout: 0.0,
+            channels,
+            kernel: 3,
+        },
+        input_shape: vec![1, 8, 8],
+        outputs: 10,
+    };
+    let m = Model::new(spec.clone(), &mut Rng::new(seed)).unwrap();
+    // A few epochs of training so that logits are not just noise.
+    let ds = data::embedded_digits().unwrap();
+    let mut train = ds.clone();
+    train.x = x;
+    let cfg = distillery::config::TrainConfig {
+        epochs: 3,
+        ..Default::default()
+    };
+    distillery::train::fit(
+        &m,
+        distillery::train::TrainJob {
+            name: "m",
+            cfg: &cfg,
+            train: &train,
+            val: &train,
+            objective: distillery::train::Objective::supervised(),
+            fill: norm.zero_value(),
+            checkpoint: None,
+            seed,
+            progress: distillery::progress::Progress::Quiet,
+            extras: Default::default(),
+        },
+    )
+    .unwrap();
+    let meta = ModelMeta {
+        name: "m".into(),
+        role: "student".into(),
+        spec,
+        task: Task::Classification,
+        class_names: Some((0..10).map(|i| i.to_string()).collect()),
+        normalizer: norm,
+        target_scale: None,
+        training: serde_json::Value::Null,
+        quantization: None,
+        compression: None,
+    };
+    (m, meta)
+}
+
+/// Runs ONNX bytes in tract on raw inputs; returns (logits, probabilities).
+fn run_tract(bytes: &[u8], raw: &[f32], n: usize, d: usize) -> (Vec<f32>, Vec<f32>) {
+    let plan = tract_onnx::onnx()
+        .model_for_read(&mut &bytes[..])
+        .expect("tract parses the exported file")
+        .with_input_fact(0, f32::fact([n, d]).into())
+        .unwrap()
+        .into_optimized()
+        .expect("tract optimizes the graph")
+        .into_runnable()
+        .unwrap();
+    let input: Tensor = tract_ndarray::Array2::from_shape_vec((n, d), raw.to_vec())
+        .unwrap()
+        .into();
+    let out = plan.run(tvec!(input.into())).expect("tract runs the graph");
+    let logits = out[0]
+        .to_plain_array_view::<f32>()
+        .unwrap()
+        .iter()
+        .copied()
+        .collect();
+    let probs = out[1]
+        .to_plain_array_view::<f32>()
+        .unwrap()
+        .iter()
+        .copied()
+        .collect();
+    (logits, probs)
+}
+
+fn compare(any: &AnyModel, tol_rel: f32, min_agree: f64) {
+    let (raw, x, _, n) = digits();
+    let d = 64;
+    let ours = any.predict(&x, 256).unwrap();
+    let bytes = onnx::export(any).unwrap();
+    let (theirs, probs) = run_tract(&bytes, &raw, n, d);
+    assert_eq!(ours.len(), theirs.len());
+    let scale = ours.iter().fold(0f32, |a, &b| a.max(b.abs())).max(1e-6);
+    let max_diff = ours
+        .iter()
+        .zip(&theirs)
+        .fold(0f32, |a, (p, q)| a.max((p - q).abs()));
+    assert!(
+        max_diff <= tol_rel * scale,
+        "{}: max |Δlogit| = {max_diff} > {tol_rel} × {scale}",
+        any.precision().as_str()
+    );
+    let agree = ours
+        .chunks(10)
+        .zip(theirs.chunks(10))
+        .filter(|(a, b)| distillery::eval::argmax(a) == distillery::eval::argmax(b))
+        .count() as f64
+        / n as f64;
+    assert!(agree >= min_agree, "class agreement {agree}");
+    // The softmax output sums to one.
+    for row in probs.chunks(10).take(20) {
+        assert!((row.iter().sum::<f32>() - 1.0).abs() < 1e-4);
+    }
+}
+
+#[test]
+fn f32_mlp_in_tract_matches() {
+    let (m, meta) = model(ArchKind::Mlp, vec![32, 16], vec![], 1);
+    compare(&AnyModel::float(m, meta), 1e-4, 1.0);
+}
+
+#[test]
+fn f32_cnn_in_tract_matches() {
+    let (m, meta) = model(ArchKind::Cnn, vec![16], vec![4, 6], 2);
+    compare(&AnyModel::float(m, meta), 1e-4, 1.0);
+}
+
+#[test]
+fn int8_qdq_in_tract_matches_the_integer_kernels() {
+    let (m, meta) = model(ArchKind::Mlp, vec![48, 24], vec![], 3);
+    let (_, x, _, _) = digits();
+    let q = compress::quantize(
+        &m,
+        &meta,
+        Precision::Int8,
+        Some((&x[..500 * 64], Calibration::Minmax, 99.99)),
+        32,
+    )
+    .unwrap();
+    compare(&q, 0.02, 0.99);
+}
+
+#[test]
+fn weight_only_formats_in_tract_match() {
+    let (m, meta) = model(ArchKind::Cnn, vec![16], vec![4], 4);
+    for p in [Precision::Int8Weights, Precision::Int4Weights] {
+        let q = compress::quantize(&m, &meta, p, None, 16).unwrap();
+        compare(&q, 1e-4, 1.0);
+    }
+}
+
+#[test]
+fn unsupported_layers_are_refused_with_a_clear_error() {
+    let (m, mut meta) = model(ArchKind::Cnn, vec![8], vec![2], 5);
+    meta.spec.arch.kernel = 4; // even kernel: asymmetric 'same' padding
+    let any = AnyModel::float(m, meta);
+    let e = onnx::export(&any).expect_err("refused").to_string();
+    assert!(e.contains("even kernel"), "{e}");
+}
