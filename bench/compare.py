@@ -14,6 +14,7 @@ KEYS = {
     "train-student": [("samples_per_s", True)],
     "train-cnn": [("samples_per_s", True)],
     "infer": [("latency_us_p50", False), ("latency_us_p50_b256", False)],
+    "infer-int8": [("latency_us_p50", False), ("latency_us_p50_b256", False)],
     "gemm": [("gflops", True)],
 }
 

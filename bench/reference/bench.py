@@ -2,7 +2,7 @@
 and distillation loss, run as PyTorch's docs recommend for CPU (default intra-op threads = the
 machine's cores, the fused Adam implementation, eval mode + inference_mode for inference).
 
-usage: bench.py WORKLOAD [--steps N] [--json]      WORKLOAD: train-mlp train-student train-cnn infer gemm
+usage: bench.py WORKLOAD [--steps N] [--json]      WORKLOAD: train-mlp train-student train-cnn infer infer-int8 gemm
 Prints the same JSON keys as distillery: samples_per_s, latency_us_p50, latency_us_p90,
 latency_us_p50_b256, latency_us_p90_b256, gflops, peak_rss_bytes.
 """
@@ -77,8 +77,13 @@ def train(name, model, steps):
             "gflops": 6 * macs(model) * sps / 1e9, "peak_rss_bytes": peak_rss()}
 
 
-def infer(steps):
+def infer(steps, int8=False):
     model = mlp([1200, 1200]).eval()
+    if int8:
+        # PyTorch's recommended int8 path for Linear-heavy models on CPU: dynamic quantization
+        # (int8 weights per channel, activations quantized on the fly, fbgemm/x86 int8 GEMM).
+        model = torch.ao.quantization.quantize_dynamic(
+            model, {torch.nn.Linear}, dtype=torch.qint8)
 
     def timed(b):
         x = torch.rand(b, 1, 28, 28)
@@ -95,7 +100,7 @@ def infer(steps):
 
     p50, p90 = timed(1)
     q50, q90 = timed(256)
-    return {"workload": "infer", "steps": steps, "latency_us_p50": p50, "latency_us_p90": p90,
+    return {"workload": "infer-int8" if int8 else "infer", "steps": steps, "latency_us_p50": p50, "latency_us_p90": p90,
             "latency_us_p50_b256": q50, "latency_us_p90_b256": q90, "peak_rss_bytes": peak_rss()}
 
 
@@ -129,6 +134,8 @@ def main():
         r = train(a.workload, lenet(), a.steps)
     elif a.workload == "infer":
         r = infer(a.steps)
+    elif a.workload == "infer-int8":
+        r = infer(a.steps, int8=True)
     elif a.workload == "gemm":
         r = gemm(a.steps)
     else:

@@ -210,24 +210,35 @@ mod x86 {
         let kp = w.k_padded();
         let np = w.n_padded();
         let stride = w.k4 * 64;
-        let mut r = 0;
-        while r < rows {
-            let mr = (rows - r).min(4);
-            let xp = x.as_ptr().add(r * kp);
+        // Panels of rows share each pair of weight blocks while it is hot in L1/L2.
+        const PANEL: usize = 64;
+        let mut p0 = 0;
+        while p0 < rows {
+            let p1 = (p0 + PANEL).min(rows);
             let mut blk = 0;
             while blk < w.blocks {
                 let w0 = w.data.as_ptr().add(blk * stride);
                 let w1 = w.data.as_ptr().add((blk + 1) * stride);
-                let op = out.as_mut_ptr().add(r * np + blk * BLOCK);
-                match mr {
-                    4 => tile_vnni::<4>(xp, kp, w0, w1, w.k4, op, np),
-                    3 => tile_vnni::<3>(xp, kp, w0, w1, w.k4, op, np),
-                    2 => tile_vnni::<2>(xp, kp, w0, w1, w.k4, op, np),
-                    _ => tile_vnni::<1>(xp, kp, w0, w1, w.k4, op, np),
+                let mut r = p0;
+                while r < p1 {
+                    let mr = (p1 - r).min(8);
+                    let xp = x.as_ptr().add(r * kp);
+                    let op = out.as_mut_ptr().add(r * np + blk * BLOCK);
+                    match mr {
+                        8 => tile_vnni::<8>(xp, kp, w0, w1, w.k4, op, np),
+                        7 => tile_vnni::<7>(xp, kp, w0, w1, w.k4, op, np),
+                        6 => tile_vnni::<6>(xp, kp, w0, w1, w.k4, op, np),
+                        5 => tile_vnni::<5>(xp, kp, w0, w1, w.k4, op, np),
+                        4 => tile_vnni::<4>(xp, kp, w0, w1, w.k4, op, np),
+                        3 => tile_vnni::<3>(xp, kp, w0, w1, w.k4, op, np),
+                        2 => tile_vnni::<2>(xp, kp, w0, w1, w.k4, op, np),
+                        _ => tile_vnni::<1>(xp, kp, w0, w1, w.k4, op, np),
+                    }
+                    r += mr;
                 }
                 blk += 2;
             }
-            r += mr;
+            p0 = p1;
         }
     }
 

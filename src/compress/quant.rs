@@ -329,14 +329,12 @@ impl Int8Mlp {
         let first = &self.layers[0];
         let kp = first.packed.k_padded();
         let mut act = vec![0u8; rows * kp];
-        let inv = 1.0 / first.input.scale;
         for r in 0..rows {
-            for (dst, &v) in act[r * kp..r * kp + first.n_in]
-                .iter_mut()
-                .zip(&x[r * first.n_in..(r + 1) * first.n_in])
-            {
-                *dst = first.input.quantize(v, inv);
-            }
+            quantize_row(
+                &x[r * first.n_in..(r + 1) * first.n_in],
+                first.input,
+                &mut act[r * kp..r * kp + first.n_in],
+            );
         }
         let mut acc: Vec<i32> = Vec::new();
         for (l, layer) in self.layers.iter().enumerate() {
@@ -345,19 +343,18 @@ impl Int8Mlp {
             gemm_u8i8(self.kernel, &act, rows, &layer.packed, &mut acc);
             match self.layers.get(l + 1) {
                 Some(next) => {
-                    // Requantize straight into the next layer's u8 input (ReLU folded in: a
-                    // negative value maps below the zero point, then to max(q, z)).
+                    // Requantize straight into the next layer's u8 input; ReLU is the clamp at
+                    // the zero point.
                     let kn = next.packed.k_padded();
                     let mut nact = vec![0u8; rows * kn];
-                    let ninv = 1.0 / next.input.scale;
-                    let zn = next.input.zero_point;
                     for r in 0..rows {
-                        let a = &acc[r * np..r * np + layer.n_out];
-                        let dst = &mut nact[r * kn..r * kn + layer.n_out];
-                        for o in 0..layer.n_out {
-                            let y = (a[o] as f32 * layer.mult[o] + layer.bias_eff[o]).max(0.0);
-                            dst[o] = next.input.quantize(y, ninv).max(zn);
-                        }
+                        requantize_row(
+                            &acc[r * np..r * np + layer.n_out],
+                            &layer.mult,
+                            &layer.bias_eff,
+                            next.input,
+                            &mut nact[r * kn..r * kn + layer.n_out],
+                        );
                     }
                     act = nact;
                 }
@@ -373,6 +370,120 @@ impl Int8Mlp {
             }
         }
     }
+}
+
+/// `1.5 · 2²³`: adding and subtracting it rounds an f32 of magnitude < 2²² to the nearest
+/// integer, ties to even (the default IEEE rounding), without a libm call, so the loops below
+/// vectorize.
+const ROUND_MAGIC: f32 = 12_582_912.0;
+
+#[inline(always)]
+fn round_even(v: f32) -> f32 {
+    // Values outside ±2²² are clamped to the u8 range afterwards anyway.
+    let v = v.clamp(-4_000_000.0, 4_000_000.0);
+    (v + ROUND_MAGIC) - ROUND_MAGIC
+}
+
+#[inline(always)]
+fn quantize_row_generic(x: &[f32], a: ActQuant, dst: &mut [u8]) {
+    let inv = 1.0 / a.scale;
+    let z = a.zero_point as f32;
+    for (d, &v) in dst.iter_mut().zip(x) {
+        // Clamped first, so the integer conversion is exact (and vectorizes).
+        *d = (round_even(v * inv) + z).clamp(0.0, 255.0) as i32 as u8;
+    }
+}
+
+#[inline(always)]
+fn requantize_row_generic(acc: &[i32], mult: &[f32], bias: &[f32], a: ActQuant, dst: &mut [u8]) {
+    let inv = 1.0 / a.scale;
+    let z = a.zero_point as f32;
+    for (((d, &s), &m), &b) in dst.iter_mut().zip(acc).zip(mult).zip(bias) {
+        let y = (s as f32 * m + b).max(0.0);
+        *d = (round_even(y * inv) + z).clamp(z, 255.0) as i32 as u8;
+    }
+}
+
+/// Clamp bound before the f32 → i32 conversion (far outside the u8 range, far inside i32's).
+#[cfg(target_arch = "x86_64")]
+const CONVERT_BOUND: f32 = 1.0e6;
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn quantize_row_avx2(x: &[f32], a: ActQuant, dst: &mut [u8]) {
+    use std::arch::x86_64::*;
+    let n = dst.len().min(x.len());
+    let inv = _mm256_set1_ps(1.0 / a.scale);
+    let lo = _mm256_set1_ps(-CONVERT_BOUND);
+    let hi = _mm256_set1_ps(CONVERT_BOUND);
+    let zv = _mm256_set1_epi32(a.zero_point as i32);
+    let mut i = 0;
+    while i + 8 <= n {
+        let v = _mm256_mul_ps(_mm256_loadu_ps(x.as_ptr().add(i)), inv);
+        let v = _mm256_min_ps(_mm256_max_ps(v, lo), hi);
+        // cvtps rounds to nearest, ties to even (the default MXCSR mode); packus saturates
+        // to [0, 255].
+        let q = _mm256_add_epi32(_mm256_cvtps_epi32(v), zv);
+        store_u8x8(q, dst.as_mut_ptr().add(i));
+        i += 8;
+    }
+    quantize_row_generic(&x[i..n], a, &mut dst[i..n]);
+}
+
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn store_u8x8(q: std::arch::x86_64::__m256i, dst: *mut u8) {
+    use std::arch::x86_64::*;
+    // Signed saturation to i16, then unsigned saturation to u8: exact clamping to [0, 255].
+    let w16 = _mm_packs_epi32(_mm256_castsi256_si128(q), _mm256_extracti128_si256(q, 1));
+    let b8 = _mm_packus_epi16(w16, w16);
+    _mm_storel_epi64(dst as *mut __m128i, b8);
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn requantize_row_avx2(acc: &[i32], mult: &[f32], bias: &[f32], a: ActQuant, dst: &mut [u8]) {
+    use std::arch::x86_64::*;
+    let n = dst.len().min(acc.len()).min(mult.len()).min(bias.len());
+    let inv = _mm256_set1_ps(1.0 / a.scale);
+    let lo = _mm256_set1_ps(-CONVERT_BOUND);
+    let hi = _mm256_set1_ps(CONVERT_BOUND);
+    let zv = _mm256_set1_epi32(a.zero_point as i32);
+    let mut i = 0;
+    while i + 8 <= n {
+        let s = _mm256_cvtepi32_ps(_mm256_loadu_si256(acc.as_ptr().add(i) as *const __m256i));
+        let y = _mm256_fmadd_ps(
+            s,
+            _mm256_loadu_ps(mult.as_ptr().add(i)),
+            _mm256_loadu_ps(bias.as_ptr().add(i)),
+        );
+        let v = _mm256_min_ps(_mm256_max_ps(_mm256_mul_ps(y, inv), lo), hi);
+        // ReLU: a negative value quantizes below the zero point; max restores it.
+        let q = _mm256_max_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(v), zv), zv);
+        store_u8x8(q, dst.as_mut_ptr().add(i));
+        i += 8;
+    }
+    requantize_row_generic(&acc[i..n], &mult[i..n], &bias[i..n], a, &mut dst[i..n]);
+}
+
+/// Quantizes one row of activations to u8 (vectorized with AVX2 where the CPU has it).
+fn quantize_row(x: &[f32], a: ActQuant, dst: &mut [u8]) {
+    #[cfg(target_arch = "x86_64")]
+    if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+        // SAFETY: the CPU supports AVX2 and FMA (checked just above).
+        return unsafe { quantize_row_avx2(x, a, dst) };
+    }
+    quantize_row_generic(x, a, dst)
+}
+
+/// `dst[o] = quantize(relu(acc[o] · mult[o] + bias[o]))` for one row.
+fn requantize_row(acc: &[i32], mult: &[f32], bias: &[f32], a: ActQuant, dst: &mut [u8]) {
+    #[cfg(target_arch = "x86_64")]
+    if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+        // SAFETY: the CPU supports AVX2 and FMA (checked just above).
+        return unsafe { requantize_row_avx2(acc, mult, bias, a, dst) };
+    }
+    requantize_row_generic(acc, mult, bias, a, dst)
 }
 
 /// The inputs of every dense layer of an MLP on a batch, computed in f32: `[x, relu(h1), …]`.
@@ -623,6 +734,35 @@ mod tests {
         for (i, (a, b)) in w.iter().zip(&back).enumerate() {
             let step = s[(i / 35) * 5 + (i % 35) / 8];
             assert!((a - b).abs() <= step / 2.0 + 1e-6, "{i}: {a} vs {b}");
+        }
+    }
+
+    #[test]
+    fn vectorized_requantization_matches_the_scalar_definition() {
+        let mut rng = crate::rng::Rng::new(3);
+        let a = ActQuant::from_range(-0.7, 5.3);
+        let n = 37;
+        // Values on exact rounding ties, large magnitudes and ordinary values.
+        let acc: Vec<i32> = (0..n)
+            .map(|i| match i % 3 {
+                0 => (rng.below(2_000_001) as i32) - 1_000_000,
+                1 => i32::MAX / 3 * if i % 2 == 0 { 1 } else { -1 },
+                _ => (i as i32) * 7,
+            })
+            .collect();
+        let mult: Vec<f32> = (0..n).map(|i| if i % 3 == 2 { a.scale * 0.5 } else { 1e-5 }).collect();
+        let bias: Vec<f32> = (0..n).map(|i| (i as f32) * 0.01 - 0.1).collect();
+        let mut fast = vec![0u8; n];
+        let mut slow = vec![0u8; n];
+        requantize_row(&acc, &mult, &bias, a, &mut fast);
+        requantize_row_generic(&acc, &mult, &bias, a, &mut slow);
+        assert_eq!(fast, slow);
+        let x: Vec<f32> = (0..n).map(|i| (i as f32 - 10.0) * a.scale * 0.5).collect();
+        quantize_row(&x, a, &mut fast);
+        quantize_row_generic(&x, a, &mut slow);
+        assert_eq!(fast, slow);
+        for (q, v) in slow.iter().zip(&x) {
+            assert_eq!(*q, a.quantize(*v, 1.0 / a.scale));
         }
     }
 
