@@ -97,6 +97,19 @@ pub trait Predictor {
 
 impl Predictor for Model {
     fn predict_batch(&self, x: &Tensor) -> Result<Vec<f32>> {
+        if self.spec.arch.kind == crate::config::ArchKind::Mlp {
+            let rows = x.dim(0)?;
+            let (storage, layout) = x.storage_and_layout();
+            if let (candle_core::Storage::Cpu(cs), Some((a, b))) =
+                (&*storage, layout.contiguous_offsets())
+            {
+                return crate::models::mlp::forward_eval_fused(
+                    self,
+                    &cs.as_slice::<f32>()?[a..b],
+                    rows,
+                );
+            }
+        }
         Ok(self
             .forward(x, Mode::Eval)?
             .flatten_all()?

@@ -251,6 +251,10 @@ impl Model {
         let mut out = Vec::with_capacity(x.len() / d * self.spec.outputs);
         for chunk in x.chunks(batch.max(1) * d) {
             let b = chunk.len() / d;
+            if self.spec.arch.kind == ArchKind::Mlp {
+                out.extend(mlp::forward_eval_fused(self, chunk, b)?);
+                continue;
+            }
             let t = Tensor::from_slice(chunk, (b, d), &Device::Cpu)?;
             let y = self.forward(&t, Mode::Eval)?;
             out.extend(y.flatten_all()?.to_vec1::<f32>()?);
