@@ -442,7 +442,13 @@ unsafe fn store_u8x8(q: std::arch::x86_64::__m256i, dst: *mut u8) {
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn requantize_row_avx2(acc: &[i32], mult: &[f32], bias: &[f32], a: ActQuant, dst: &mut [u8]) {
+unsafe fn requantize_row_avx2(
+    acc: &[i32],
+    mult: &[f32],
+    bias: &[f32],
+    a: ActQuant,
+    dst: &mut [u8],
+) {
     use std::arch::x86_64::*;
     let n = dst.len().min(acc.len()).min(mult.len()).min(bias.len());
     let inv = _mm256_set1_ps(1.0 / a.scale);
@@ -750,7 +756,9 @@ mod tests {
                 _ => (i as i32) * 7,
             })
             .collect();
-        let mult: Vec<f32> = (0..n).map(|i| if i % 3 == 2 { a.scale * 0.5 } else { 1e-5 }).collect();
+        let mult: Vec<f32> = (0..n)
+            .map(|i| if i % 3 == 2 { a.scale * 0.5 } else { 1e-5 })
+            .collect();
         let bias: Vec<f32> = (0..n).map(|i| (i as f32) * 0.01 - 0.1).collect();
         let mut fast = vec![0u8; n];
         let mut slow = vec![0u8; n];

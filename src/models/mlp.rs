@@ -72,9 +72,9 @@ pub fn forward(
 /// A contiguous f32 view of a parameter tensor's storage (no copy).
 fn with_slice<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> Result<R> {
     let (storage, layout) = t.storage_and_layout();
-    let (start, end) = layout.contiguous_offsets().ok_or_else(|| {
-        crate::error::Error::Other("parameter tensor is not contiguous".into())
-    })?;
+    let (start, end) = layout
+        .contiguous_offsets()
+        .ok_or_else(|| crate::error::Error::Other("parameter tensor is not contiguous".into()))?;
     match &*storage {
         candle_core::Storage::Cpu(cs) => Ok(f(&cs.as_slice::<f32>()?[start..end])),
         _ => Err(crate::error::Error::Other(
@@ -181,7 +181,9 @@ mod tests {
         let m = Model::new(spec, &mut Rng::new(9)).unwrap();
         let mut rng = Rng::new(10);
         for rows in [1usize, 3, 64, 301] {
-            let x: Vec<f32> = (0..rows * 50).map(|_| rng.uniform_range(-2.0, 2.0)).collect();
+            let x: Vec<f32> = (0..rows * 50)
+                .map(|_| rng.uniform_range(-2.0, 2.0))
+                .collect();
             let t = Tensor::from_slice(&x, (rows, 50), &Device::Cpu).unwrap();
             let want = forward(&m, &t, Mode::Eval, None)
                 .unwrap()
@@ -193,7 +195,10 @@ mod tests {
             let got = forward_eval_fused(&m, &x, rows).unwrap();
             assert_eq!(got.len(), want.len());
             for (a, b) in got.iter().zip(&want) {
-                assert!((a - b).abs() <= 1e-5 * (1.0 + b.abs()), "rows {rows}: {a} vs {b}");
+                assert!(
+                    (a - b).abs() <= 1e-5 * (1.0 + b.abs()),
+                    "rows {rows}: {a} vs {b}"
+                );
             }
         }
     }

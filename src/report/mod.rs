@@ -147,8 +147,10 @@ fn fmt_bytes(b: usize) -> String {
 fn fmt_us(us: f64) -> String {
     if us >= 10_000.0 {
         format!("{:.1} ms", us / 1000.0)
-    } else {
+    } else if us >= 10.0 {
         format!("{us:.0} µs")
+    } else {
+        format!("{us:.1} µs")
     }
 }
 
