@@ -3,6 +3,7 @@
 //! epoch, early stopping that keeps the best epoch's weights, divergence detection, and an
 //! atomic checkpoint after every epoch from which a killed run resumes exactly.
 
+pub mod fast;
 pub mod optim;
 
 use crate::config::TrainConfig;
@@ -296,6 +297,10 @@ pub fn fit(model: &Model, job: TrainJob) -> Result<TrainRecord> {
     }
 
     let mut xbuf = Vec::with_capacity(cfg.batch_size * d);
+    // MLPs without a hint term or fake quantization train without autograd.
+    let fast_path =
+        fast::eligible(model) && job.objective.hint.is_none() && job.extras.qat.is_none();
+    let mut ws = fast::Workspace::default();
     let mut teacher_buf: Vec<f32> = Vec::new();
     let outputs = model.spec.outputs;
     for epoch in start_epoch..cfg.epochs {
@@ -322,6 +327,72 @@ pub fn fit(model: &Model, job: TrainJob) -> Result<TrainRecord> {
             let b = idx.len();
             job.train
                 .gather(idx, cfg.jitter, job.fill, &mut rng, &mut xbuf);
+            if fast_path {
+                // The same objective without autograd (see `fast`).
+                ws.forward(model, &xbuf, b, Some(&mut rng))?;
+                let mut soft_bufs: Vec<Vec<f32>> = Vec::new();
+                for term in &job.objective.soft {
+                    soft_bufs.push(match &term.signal {
+                        TeacherSignal::Cached(all) => idx
+                            .iter()
+                            .flat_map(|&i| all[i * outputs..(i + 1) * outputs].iter().copied())
+                            .collect(),
+                        TeacherSignal::Live(t) => t.predict(&xbuf, b)?,
+                    });
+                }
+                let soft: Vec<fast::SoftBatch> = job
+                    .objective
+                    .soft
+                    .iter()
+                    .zip(&soft_bufs)
+                    .map(|(t, v)| fast::SoftBatch {
+                        targets: v,
+                        temperature: t.temperature,
+                        weight: t.weight,
+                    })
+                    .collect();
+                let (cls_buf, val_buf): (Vec<u32>, Vec<f32>) = match &job.train.targets {
+                    Targets::Classes { labels, .. } => {
+                        (idx.iter().map(|&i| labels[i]).collect(), Vec::new())
+                    }
+                    Targets::Values(v) => (Vec::new(), idx.iter().map(|&i| v[i]).collect()),
+                };
+                let labels = if classification {
+                    fast::BatchLabels::Classes(&cls_buf)
+                } else {
+                    fast::BatchLabels::Values(&val_buf)
+                };
+                if job.objective.label_weight == 0.0 && soft.iter().all(|t| t.weight == 0.0) {
+                    return Err(Error::Input(format!(
+                        "model {}: every loss term has weight 0",
+                        job.name
+                    )));
+                }
+                let lv = ws.loss_and_grad(&labels, job.objective.label_weight, &soft, outputs)?;
+                if !lv.is_finite() || lv > cfg.max_loss {
+                    return Err(divergence(&job, epoch, bi, lv));
+                }
+                ws.backward(model, b)?;
+                opt.step_slices(model, &ws.grads, lr)?;
+                if let Some(m) = &masks {
+                    m.apply(model)?;
+                }
+                loss_sum += lv * b as f64;
+                seen += b;
+                if classification {
+                    correct += ws
+                        .logits
+                        .chunks_exact(outputs)
+                        .zip(&cls_buf)
+                        .filter(|(row, &y)| crate::eval::argmax(row) == y as usize)
+                        .count();
+                }
+                bar.step(
+                    loss_sum / seen as f64,
+                    classification.then(|| correct as f64 / seen as f64),
+                );
+                continue;
+            }
             let x = Tensor::from_slice(&xbuf, (b, d), &Device::Cpu)?;
             let y = labels_tensor(job.train, idx)?;
             let obj = &job.objective;
@@ -386,22 +457,7 @@ pub fn fit(model: &Model, job: TrainJob) -> Result<TrainRecord> {
             }
             let lv = loss.to_scalar::<f32>()? as f64;
             if !lv.is_finite() || lv > cfg.max_loss {
-                let keep = match &job.checkpoint {
-                    Some(p) if p.exists() => format!(
-                        "the last good checkpoint (after epoch {epoch}) is kept in {}",
-                        p.display()
-                    ),
-                    _ => "no earlier checkpoint exists".to_string(),
-                };
-                return Err(Error::Diverged(format!(
-                    "model '{}' diverged in epoch {} (batch {}): training loss = {lv}{}; {keep}; try a lower learning rate (e.g. model.{}.train.lr = {:e})",
-                    job.name,
-                    epoch + 1,
-                    bi + 1,
-                    if lv.is_finite() { format!(" > max_loss {}", cfg.max_loss) } else { String::new() },
-                    job.name,
-                    cfg.lr / 10.0
-                )));
+                return Err(divergence(&job, epoch, bi, lv));
             }
             let grads = loss.backward()?;
             opt.step(model, &grads, lr)?;
@@ -565,6 +621,27 @@ fn load_checkpoint(
         *best = Some(bw);
     }
     Ok(st)
+}
+
+/// The error for a diverged loss, naming the epoch and what was kept.
+fn divergence(job: &TrainJob, epoch: usize, bi: usize, lv: f64) -> Error {
+    let cfg = job.cfg;
+    let keep = match &job.checkpoint {
+        Some(p) if p.exists() => format!(
+            "the last good checkpoint (after epoch {epoch}) is kept in {}",
+            p.display()
+        ),
+        _ => "no earlier checkpoint exists".to_string(),
+    };
+    Error::Diverged(format!(
+        "model '{}' diverged in epoch {} (batch {}): training loss = {lv}{}; {keep}; try a lower learning rate (e.g. model.{}.train.lr = {:e})",
+        job.name,
+        epoch + 1,
+        bi + 1,
+        if lv.is_finite() { format!(" > max_loss {}", cfg.max_loss) } else { String::new() },
+        job.name,
+        cfg.lr / 10.0
+    ))
 }
 
 /// Wraps the hint adapter as a one-parameter model so the fused optimizer can update it.

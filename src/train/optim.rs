@@ -9,7 +9,7 @@ use crate::config::{OptimizerKind, TrainConfig};
 use crate::error::{Error, Result};
 use crate::models::Model;
 use candle_core::backprop::GradStore;
-use candle_core::{CpuStorage, InplaceOp2, Layout};
+use candle_core::{CpuStorage, InplaceOp1, InplaceOp2, Layout};
 use rayon::prelude::*;
 use std::cell::RefCell;
 
@@ -122,27 +122,68 @@ impl InplaceOp2 for FusedUpdate<'_> {
         };
         let mut m = self.m.borrow_mut();
         let mut v = self.v.borrow_mut();
-        let sp = self.p;
-        if w.len() != g.len() || m.len() != w.len() {
-            return Err(candle_core::Error::Msg(
-                "fused optimizer: size mismatch".into(),
-            ));
-        }
-        if w.len() < 2 * CHUNK {
-            update_chunk(sp, w, g, &mut m[..], &mut v[..]);
-        } else if v.is_empty() {
-            w.par_chunks_mut(CHUNK)
-                .zip(g.par_chunks(CHUNK))
-                .zip(m.par_chunks_mut(CHUNK))
-                .for_each(|((w, g), m)| update_chunk(sp, w, g, m, &mut []));
-        } else {
-            w.par_chunks_mut(CHUNK)
-                .zip(g.par_chunks(CHUNK))
-                .zip(m.par_chunks_mut(CHUNK))
-                .zip(v.par_chunks_mut(CHUNK))
-                .for_each(|(((w, g), m), v)| update_chunk(sp, w, g, m, v));
-        }
-        Ok(())
+        apply_update(self.p, w, g, &mut m, &mut v)
+    }
+}
+
+/// One fused update of `w` from gradient `g`, split across threads for large tensors.
+fn apply_update(
+    sp: StepParams,
+    w: &mut [f32],
+    g: &[f32],
+    m: &mut [f32],
+    v: &mut [f32],
+) -> candle_core::Result<()> {
+    if w.len() != g.len() || m.len() != w.len() {
+        return Err(candle_core::Error::Msg(
+            "fused optimizer: size mismatch".into(),
+        ));
+    }
+    if w.len() < 2 * CHUNK {
+        update_chunk(sp, w, g, m, v);
+    } else if v.is_empty() {
+        w.par_chunks_mut(CHUNK)
+            .zip(g.par_chunks(CHUNK))
+            .zip(m.par_chunks_mut(CHUNK))
+            .for_each(|((w, g), m)| update_chunk(sp, w, g, m, &mut []));
+    } else {
+        w.par_chunks_mut(CHUNK)
+            .zip(g.par_chunks(CHUNK))
+            .zip(m.par_chunks_mut(CHUNK))
+            .zip(v.par_chunks_mut(CHUNK))
+            .for_each(|(((w, g), m), v)| update_chunk(sp, w, g, m, v));
+    }
+    Ok(())
+}
+
+/// The same update with the gradient given as a slice (the fast MLP path).
+struct SliceUpdate<'a> {
+    p: StepParams,
+    g: &'a [f32],
+    m: RefCell<&'a mut [f32]>,
+    v: RefCell<&'a mut [f32]>,
+}
+
+impl InplaceOp1 for SliceUpdate<'_> {
+    fn name(&self) -> &'static str {
+        "fused-optimizer-step"
+    }
+
+    fn cpu_fwd(&self, dst: &mut CpuStorage, dst_l: &Layout) -> candle_core::Result<()> {
+        let (a, b) = dst_l.contiguous_offsets().ok_or_else(|| {
+            candle_core::Error::Msg("fused optimizer: parameter must be contiguous".into())
+        })?;
+        let w = match dst {
+            CpuStorage::F32(v) => &mut v[a..b],
+            _ => {
+                return Err(candle_core::Error::Msg(
+                    "fused optimizer: parameter must be f32".into(),
+                ))
+            }
+        };
+        let mut m = self.m.borrow_mut();
+        let mut v = self.v.borrow_mut();
+        apply_update(self.p, w, self.g, &mut m, &mut v)
     }
 }
 
@@ -163,12 +204,10 @@ impl Optimizer {
         }
     }
 
-    /// Applies one update with learning rate `lr` to every parameter of `model` that has a
-    /// gradient in `grads`.
-    pub fn step(&mut self, model: &Model, grads: &GradStore, lr: f64) -> Result<()> {
+    fn next_params(&mut self, lr: f64) -> StepParams {
         self.step += 1;
         let t = self.step as i32;
-        let sp = StepParams {
+        StepParams {
             kind: self.kind,
             lr: lr as f32,
             momentum: self.momentum,
@@ -176,7 +215,37 @@ impl Optimizer {
             bc1: 1.0 - BETA1.powi(t),
             bc2: 1.0 - BETA2.powi(t),
             first_step: self.step == 1,
-        };
+        }
+    }
+
+    /// Applies one update with gradients given as slices, one per parameter in order.
+    pub fn step_slices(&mut self, model: &Model, grads: &[Vec<f32>], lr: f64) -> Result<()> {
+        if grads.len() != model.params.len() {
+            return Err(Error::Other(format!(
+                "{} gradients for {} parameters",
+                grads.len(),
+                model.params.len()
+            )));
+        }
+        let sp = self.next_params(lr);
+        for (i, (name, var)) in model.params.iter().enumerate() {
+            let op = SliceUpdate {
+                p: sp,
+                g: &grads[i],
+                m: RefCell::new(&mut self.m[i][..]),
+                v: RefCell::new(&mut self.v[i][..]),
+            };
+            var.as_tensor()
+                .inplace_op1(&op)
+                .map_err(|e| Error::Other(format!("optimizer step on {name}: {e}")))?;
+        }
+        Ok(())
+    }
+
+    /// Applies one update with learning rate `lr` to every parameter of `model` that has a
+    /// gradient in `grads`.
+    pub fn step(&mut self, model: &Model, grads: &GradStore, lr: f64) -> Result<()> {
+        let sp = self.next_params(lr);
         for (i, (name, var)) in model.params.iter().enumerate() {
             let Some(g) = grads.get(var.as_tensor()) else {
                 continue;
