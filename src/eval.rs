@@ -99,16 +99,9 @@ impl Predictor for Model {
     fn predict_batch(&self, x: &Tensor) -> Result<Vec<f32>> {
         if self.spec.arch.kind == crate::config::ArchKind::Mlp {
             let rows = x.dim(0)?;
-            let (storage, layout) = x.storage_and_layout();
-            if let (candle_core::Storage::Cpu(cs), Some((a, b))) =
-                (&*storage, layout.contiguous_offsets())
-            {
-                return crate::models::mlp::forward_eval_fused(
-                    self,
-                    &cs.as_slice::<f32>()?[a..b],
-                    rows,
-                );
-            }
+            return crate::models::mlp::with_slice(x, |v| {
+                crate::models::mlp::forward_eval_fused(self, v, rows)
+            })?;
         }
         Ok(self
             .forward(x, Mode::Eval)?

@@ -5,73 +5,25 @@
 mod common;
 use common::*;
 use distillery::compress::{self, prune, quant, AnyModel, Body};
-use distillery::config::{ArchConfig, ArchKind};
-use distillery::data::{self, NormalizeKind, Normalizer, Task};
-use distillery::models::{Model, ModelMeta, ModelSpec};
-use distillery::rng::Rng;
+use distillery::config::ArchKind;
+use distillery::data;
+use distillery::models::{Model, ModelMeta};
 
-/// The digits, normalised.
-fn digits() -> (data::Dataset, Normalizer) {
-    let mut d = data::embedded_digits().unwrap();
-    let norm = Normalizer::fit(NormalizeKind::Global, &d);
-    let dim = d.dim();
-    norm.apply(&mut d.x, dim);
-    (d, norm)
-}
-
-fn spec(kind: ArchKind, hidden: Vec<usize>, channels: Vec<usize>) -> ModelSpec {
-    ModelSpec {
-        arch: ArchConfig {
-            kind,
-            hidden,
-            dropout: 0.0,
-            input_dropout: 0.0,
-            channels,
-            kernel: 3,
-        },
-        input_shape: vec![1, 8, 8],
-        outputs: 10,
-    }
+fn spec(
+    kind: ArchKind,
+    hidden: Vec<usize>,
+    channels: Vec<usize>,
+) -> (ArchKind, Vec<usize>, Vec<usize>) {
+    (kind, hidden, channels)
 }
 
 /// A model trained for a few epochs on the digits.
-fn trained(s: ModelSpec, epochs: usize, seed: u64) -> (Model, ModelMeta, data::Dataset) {
-    let (d, norm) = digits();
-    let m = Model::new(s.clone(), &mut Rng::new(seed)).unwrap();
-    let cfg = distillery::config::TrainConfig {
-        epochs,
-        lr: 2e-3,
-        ..Default::default()
-    };
-    distillery::train::fit(
-        &m,
-        distillery::train::TrainJob {
-            name: "m",
-            cfg: &cfg,
-            train: &d,
-            val: &d,
-            objective: distillery::train::Objective::supervised(),
-            fill: norm.zero_value(),
-            checkpoint: None,
-            seed,
-            progress: distillery::progress::Progress::Quiet,
-            extras: Default::default(),
-        },
-    )
-    .unwrap();
-    let meta = ModelMeta {
-        name: "m".into(),
-        role: "student".into(),
-        spec: s,
-        task: Task::Classification,
-        class_names: Some((0..10).map(|i| i.to_string()).collect()),
-        normalizer: norm,
-        target_scale: None,
-        training: serde_json::Value::Null,
-        quantization: None,
-        compression: None,
-    };
-    (m, meta, d)
+fn trained(
+    s: (ArchKind, Vec<usize>, Vec<usize>),
+    epochs: usize,
+    seed: u64,
+) -> (Model, ModelMeta, data::Dataset) {
+    trained_digits_model(s.0, s.1, s.2, epochs, seed)
 }
 
 fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {

@@ -6,11 +6,11 @@
 //! boundary can land one u8 step apart — its logits agree to 2% of the largest logit and the
 //! predicted class on at least 99% of inputs.
 
+mod common;
 use distillery::compress::{self, onnx, quant::Calibration, quant::Precision, AnyModel};
-use distillery::config::{ArchConfig, ArchKind};
-use distillery::data::{self, NormalizeKind, Normalizer, Task};
-use distillery::models::{Model, ModelMeta, ModelSpec};
-use distillery::rng::Rng;
+use distillery::config::ArchKind;
+use distillery::data::{self, NormalizeKind, Normalizer};
+
 use tract_onnx::prelude::*;
 
 fn digits() -> (Vec<f32>, Vec<f32>, Normalizer, usize) {
@@ -27,57 +27,8 @@ fn model(
     hidden: Vec<usize>,
     channels: Vec<usize>,
     seed: u64,
-) -> (Model, ModelMeta) {
-    let (_, x, norm, _) = digits();
-    let spec = ModelSpec {
-        arch: ArchConfig {
-            kind,
-            hidden,
-            dropout: 0.0,
-            input_dropout: 0.0,
-            channels,
-            kernel: 3,
-        },
-        input_shape: vec![1, 8, 8],
-        outputs: 10,
-    };
-    let m = Model::new(spec.clone(), &mut Rng::new(seed)).unwrap();
-    // A few epochs of training so that logits are not just noise.
-    let ds = data::embedded_digits().unwrap();
-    let mut train = ds.clone();
-    train.x = x;
-    let cfg = distillery::config::TrainConfig {
-        epochs: 3,
-        ..Default::default()
-    };
-    distillery::train::fit(
-        &m,
-        distillery::train::TrainJob {
-            name: "m",
-            cfg: &cfg,
-            train: &train,
-            val: &train,
-            objective: distillery::train::Objective::supervised(),
-            fill: norm.zero_value(),
-            checkpoint: None,
-            seed,
-            progress: distillery::progress::Progress::Quiet,
-            extras: Default::default(),
-        },
-    )
-    .unwrap();
-    let meta = ModelMeta {
-        name: "m".into(),
-        role: "student".into(),
-        spec,
-        task: Task::Classification,
-        class_names: Some((0..10).map(|i| i.to_string()).collect()),
-        normalizer: norm,
-        target_scale: None,
-        training: serde_json::Value::Null,
-        quantization: None,
-        compression: None,
-    };
+) -> (distillery::models::Model, distillery::models::ModelMeta) {
+    let (m, meta, _) = common::trained_digits_model(kind, hidden, channels, 3, seed);
     (m, meta)
 }
 

@@ -69,8 +69,8 @@ pub fn forward(
     dense_forward(model, h, 0, mode, capture)
 }
 
-/// A contiguous f32 view of a parameter tensor's storage (no copy).
-fn with_slice<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> Result<R> {
+/// A contiguous f32 view of a CPU tensor's storage (no copy).
+pub(crate) fn with_slice<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> Result<R> {
     let (storage, layout) = t.storage_and_layout();
     let (start, end) = layout
         .contiguous_offsets()
@@ -78,7 +78,7 @@ fn with_slice<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> Result<R> {
     match &*storage {
         candle_core::Storage::Cpu(cs) => Ok(f(&cs.as_slice::<f32>()?[start..end])),
         _ => Err(crate::error::Error::Other(
-            "the fused inference path runs on the CPU".into(),
+            "the fused MLP paths run on the CPU".into(),
         )),
     }
 }

@@ -342,23 +342,26 @@ pub struct RawModelFile {
     pub meta_json: String,
 }
 
-/// The distillery metadata of a model file (any precision).
-pub fn read_meta(bytes: &[u8], file: &str) -> Result<ModelMeta> {
+/// The raw metadata JSON of a distillery model file.
+fn meta_json(bytes: &[u8], file: &str) -> Result<String> {
     let (_, md) = safetensors::SafeTensors::read_metadata(bytes).map_err(|e| {
         Error::Input(format!(
             "{file}: not a valid safetensors model file ({e}); the file may be truncated or corrupt"
         ))
     })?;
-    let json = md
-        .metadata()
+    md.metadata()
         .as_ref()
         .and_then(|m| m.get(META_KEY).cloned())
         .ok_or_else(|| {
             Error::Input(format!(
                 "{file}: safetensors file without distillery metadata (not written by distillery)"
             ))
-        })?;
-    serde_json::from_str(&json)
+        })
+}
+
+/// The distillery metadata of a model file (any precision).
+pub fn read_meta(bytes: &[u8], file: &str) -> Result<ModelMeta> {
+    serde_json::from_str(&meta_json(bytes, file)?)
         .map_err(|e| Error::Input(format!("{file}: malformed distillery metadata: {e}")))
 }
 
@@ -367,17 +370,7 @@ pub fn parse_safetensors(bytes: &[u8], file: &str) -> Result<RawModelFile> {
     let st = safetensors::SafeTensors::deserialize(bytes).map_err(|e| {
         Error::Input(format!("{file}: not a valid safetensors model file ({e}); the file may be truncated or corrupt"))
     })?;
-    let (_, md) = safetensors::SafeTensors::read_metadata(bytes)
-        .map_err(|e| Error::Input(format!("{file}: unreadable safetensors header: {e}")))?;
-    let meta_json = md
-        .metadata()
-        .as_ref()
-        .and_then(|m| m.get(META_KEY).cloned())
-        .ok_or_else(|| {
-            Error::Input(format!(
-                "{file}: safetensors file without distillery metadata (not written by distillery)"
-            ))
-        })?;
+    let meta_json = meta_json(bytes, file)?;
     let mut tensors = HashMap::new();
     for (name, view) in st.tensors() {
         if view.dtype() != safetensors::Dtype::F32 {

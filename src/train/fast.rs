@@ -7,7 +7,7 @@
 //! same dropout masks drawn from the same generator in the same order, same loss definitions;
 //! results agree to float rounding (tested against autograd in `tests/losses.rs`).
 
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::models::Model;
 use crate::rng::Rng;
 use rayon::prelude::*;
@@ -104,17 +104,7 @@ fn matmul(
 
 /// Reads a parameter's contiguous f32 storage.
 fn with_param<R>(model: &Model, i: usize, f: impl FnOnce(&[f32]) -> R) -> Result<R> {
-    let t = model.params[i].1.as_tensor();
-    let (storage, layout) = t.storage_and_layout();
-    let (a, b) = layout
-        .contiguous_offsets()
-        .ok_or_else(|| Error::Other("parameter is not contiguous".into()))?;
-    match &*storage {
-        candle_core::Storage::Cpu(cs) => Ok(f(&cs.as_slice::<f32>()?[a..b])),
-        _ => Err(Error::Other(
-            "the fast training path runs on the CPU".into(),
-        )),
-    }
+    crate::models::mlp::with_slice(model.params[i].1.as_tensor(), f)
 }
 
 /// Whether the fast path can train this model (an MLP).

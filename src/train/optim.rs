@@ -96,6 +96,19 @@ fn f32_slice<'s>(s: &'s CpuStorage, l: &Layout, what: &str) -> candle_core::Resu
     }
 }
 
+/// The parameter's f32 values, mutable, checked contiguous.
+fn param_slice<'s>(dst: &'s mut CpuStorage, l: &Layout) -> candle_core::Result<&'s mut [f32]> {
+    let (a, b) = l.contiguous_offsets().ok_or_else(|| {
+        candle_core::Error::Msg("fused optimizer: parameter must be contiguous".into())
+    })?;
+    match dst {
+        CpuStorage::F32(v) => Ok(&mut v[a..b]),
+        _ => Err(candle_core::Error::Msg(
+            "fused optimizer: parameter must be f32".into(),
+        )),
+    }
+}
+
 impl InplaceOp2 for FusedUpdate<'_> {
     fn name(&self) -> &'static str {
         "fused-optimizer-step"
@@ -109,17 +122,7 @@ impl InplaceOp2 for FusedUpdate<'_> {
         gl: &Layout,
     ) -> candle_core::Result<()> {
         let g = f32_slice(gs, gl, "gradient")?;
-        let (a, b) = dst_l.contiguous_offsets().ok_or_else(|| {
-            candle_core::Error::Msg("fused optimizer: parameter must be contiguous".into())
-        })?;
-        let w = match dst {
-            CpuStorage::F32(v) => &mut v[a..b],
-            _ => {
-                return Err(candle_core::Error::Msg(
-                    "fused optimizer: parameter must be f32".into(),
-                ))
-            }
-        };
+        let w = param_slice(dst, dst_l)?;
         let mut m = self.m.borrow_mut();
         let mut v = self.v.borrow_mut();
         apply_update(self.p, w, g, &mut m, &mut v)
@@ -170,17 +173,7 @@ impl InplaceOp1 for SliceUpdate<'_> {
     }
 
     fn cpu_fwd(&self, dst: &mut CpuStorage, dst_l: &Layout) -> candle_core::Result<()> {
-        let (a, b) = dst_l.contiguous_offsets().ok_or_else(|| {
-            candle_core::Error::Msg("fused optimizer: parameter must be contiguous".into())
-        })?;
-        let w = match dst {
-            CpuStorage::F32(v) => &mut v[a..b],
-            _ => {
-                return Err(candle_core::Error::Msg(
-                    "fused optimizer: parameter must be f32".into(),
-                ))
-            }
-        };
+        let w = param_slice(dst, dst_l)?;
         let mut m = self.m.borrow_mut();
         let mut v = self.v.borrow_mut();
         apply_update(self.p, w, self.g, &mut m, &mut v)

@@ -126,3 +126,77 @@ pub fn grad_of(loss: &candle_core::Tensor, var: &candle_core::Var) -> Vec<f32> {
         .to_vec1::<f32>()
         .unwrap()
 }
+
+/// The embedded digits, normalised, and the normaliser.
+pub fn digits_normalised() -> (distillery::data::Dataset, distillery::data::Normalizer) {
+    use distillery::data::{self, NormalizeKind, Normalizer};
+    let mut d = data::embedded_digits().unwrap();
+    let norm = Normalizer::fit(NormalizeKind::Global, &d);
+    let dim = d.dim();
+    norm.apply(&mut d.x, dim);
+    (d, norm)
+}
+
+/// A digits classifier of the given family, trained for `epochs` on the normalised digits, with
+/// metadata as a run would save it; also returns the normalised data.
+pub fn trained_digits_model(
+    kind: distillery::config::ArchKind,
+    hidden: Vec<usize>,
+    channels: Vec<usize>,
+    epochs: usize,
+    seed: u64,
+) -> (
+    distillery::models::Model,
+    distillery::models::ModelMeta,
+    distillery::data::Dataset,
+) {
+    use distillery::models::{Model, ModelMeta, ModelSpec};
+    let (d, norm) = digits_normalised();
+    let spec = ModelSpec {
+        arch: distillery::config::ArchConfig {
+            kind,
+            hidden,
+            dropout: 0.0,
+            input_dropout: 0.0,
+            channels,
+            kernel: 3,
+        },
+        input_shape: vec![1, 8, 8],
+        outputs: 10,
+    };
+    let m = Model::new(spec.clone(), &mut distillery::rng::Rng::new(seed)).unwrap();
+    let cfg = distillery::config::TrainConfig {
+        epochs,
+        lr: 2e-3,
+        ..Default::default()
+    };
+    distillery::train::fit(
+        &m,
+        distillery::train::TrainJob {
+            name: "m",
+            cfg: &cfg,
+            train: &d,
+            val: &d,
+            objective: distillery::train::Objective::supervised(),
+            fill: norm.zero_value(),
+            checkpoint: None,
+            seed,
+            progress: distillery::progress::Progress::Quiet,
+            extras: Default::default(),
+        },
+    )
+    .unwrap();
+    let meta = ModelMeta {
+        name: "m".into(),
+        role: "student".into(),
+        spec,
+        task: distillery::data::Task::Classification,
+        class_names: Some((0..10).map(|i| i.to_string()).collect()),
+        normalizer: norm,
+        target_scale: None,
+        training: serde_json::Value::Null,
+        quantization: None,
+        compression: None,
+    };
+    (m, meta, d)
+}
