@@ -136,3 +136,61 @@ fn unsupported_layers_are_refused_with_a_clear_error() {
     let e = onnx::export(&any).expect_err("refused").to_string();
     assert!(e.contains("even kernel"), "{e}");
 }
+
+#[test]
+fn regression_graph_outputs_values_in_target_units() {
+    use distillery::data::{TargetScale, Task};
+    let (m, mut meta) = model(ArchKind::Mlp, vec![16], vec![], 6);
+    // Reinterpret as a 1-output regression model: keep only the first output column.
+    let w = m.weights().unwrap();
+    let h = 16usize;
+    let mut spec = meta.spec.clone();
+    spec.outputs = 1;
+    let reg =
+        distillery::models::Model::new(spec.clone(), &mut distillery::rng::Rng::new(1)).unwrap();
+    let mut rw = reg.weights().unwrap();
+    rw[0] = w[0].clone();
+    rw[1] = w[1].clone();
+    rw[2] = (0..h).map(|i| w[2][i * 10]).collect();
+    rw[3] = vec![w[3][0]];
+    reg.set_weights(&rw).unwrap();
+    meta.spec = spec;
+    meta.task = Task::Regression;
+    meta.class_names = None;
+    meta.target_scale = Some(TargetScale {
+        mean: 150.0,
+        std: 75.0,
+    });
+    let any = AnyModel::float(reg, meta);
+    let (raw, x, _, n) = digits();
+    let ours: Vec<f32> = any
+        .predict(&x, 256)
+        .unwrap()
+        .iter()
+        .map(|v| v * 75.0 + 150.0)
+        .collect();
+    let bytes = onnx::export(&any).unwrap();
+    let plan = tract_onnx::onnx()
+        .model_for_read(&mut &bytes[..])
+        .unwrap()
+        .with_input_fact(0, f32::fact([n, 64]).into())
+        .unwrap()
+        .into_optimized()
+        .unwrap()
+        .into_runnable()
+        .unwrap();
+    let input: Tensor = tract_ndarray::Array2::from_shape_vec((n, 64), raw)
+        .unwrap()
+        .into();
+    let out = plan.run(tvec!(input.into())).unwrap();
+    let theirs: Vec<f32> = out[0]
+        .to_plain_array_view::<f32>()
+        .unwrap()
+        .iter()
+        .copied()
+        .collect();
+    assert_eq!(theirs.len(), n);
+    for (a, b) in ours.iter().zip(&theirs) {
+        assert!((a - b).abs() < 1e-3 * (1.0 + a.abs()), "{a} vs {b}");
+    }
+}

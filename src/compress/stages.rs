@@ -408,30 +408,30 @@ pub fn stage_row(
         _ => None,
     };
     let training: Option<train::TrainRecord> = serde_json::from_value(m.meta.training.clone()).ok();
-    Ok(crate::report::ModelMetrics {
-        name: s.name.clone(),
-        role: s.role.clone(),
-        architecture: arch,
-        params: m.num_params(),
-        bytes: m.bytes(),
-        file_bytes: std::fs::metadata(&s.file).map(|x| x.len()).unwrap_or(0),
-        precision: m.precision().short().into(),
-        accuracy: scores.accuracy,
-        test_errors: scores.errors,
-        mse: scores.mse,
-        mae: scores.mae,
-        test_loss: scores.loss,
-        latency_us_b1: b1,
-        latency_us_b256: b256,
-        vs_teacher: None,
-        distill: None,
-        source: s.source.clone(),
+    let mut row = crate::pipeline::row(
+        &s.name,
+        &s.role,
+        m.float_model().unwrap_or(&Model {
+            spec: m.meta.spec.clone(),
+            params: Vec::new(),
+        }),
+        &s.file,
+        scores,
+        b1,
+        b256,
+        None,
+        &s.source,
         training,
-        nonzero_params: nonzero,
-        compression: m.meta.compression.clone(),
-        kernel: match &m.body {
-            Body::Int8(q) => Some(q.kernel.name().into()),
-            _ => None,
-        },
-    })
+    );
+    row.architecture = arch;
+    row.params = m.num_params();
+    row.bytes = m.bytes();
+    row.precision = m.precision().short().into();
+    row.nonzero_params = nonzero;
+    row.compression = m.meta.compression.clone();
+    row.kernel = match &m.body {
+        Body::Int8(q) => Some(q.kernel.name().into()),
+        _ => None,
+    };
+    Ok(row)
 }
