@@ -41,6 +41,23 @@ pub struct Workspace {
     pub grads: Vec<Vec<f32>>,
     dz: Vec<f32>,
     da: Vec<f32>,
+    /// Per conv block: what the backward pass needs.
+    conv: Vec<ConvCache>,
+}
+
+/// One conv block's saved state: im2col columns, ReLU output, pooling arg-max.
+#[derive(Default)]
+struct ConvCache {
+    c_in: usize,
+    c_out: usize,
+    h: usize,
+    w: usize,
+    /// im2col columns `[c_in·k·k, rows·h·w]`.
+    cols: Vec<f32>,
+    /// ReLU output `[c_out, rows·h·w]`.
+    relu: Vec<f32>,
+    /// For each pooled output, the index (within `h·w`) of the maximum.
+    arg: Vec<u32>,
 }
 
 fn par() -> gemm::Parallelism {
@@ -107,9 +124,22 @@ fn with_param<R>(model: &Model, i: usize, f: impl FnOnce(&[f32]) -> R) -> Result
     crate::models::mlp::with_slice(model.params[i].1.as_tensor(), f)
 }
 
-/// Whether the fast path can train this model (an MLP).
+/// Whether the fast path can train this model (an MLP, or a CNN: same-padded k×k convolutions
+/// with ReLU and 2×2 max-pooling, then dense layers).
 pub fn eligible(model: &Model) -> bool {
-    model.spec.arch.kind == crate::config::ArchKind::Mlp
+    use crate::config::ArchKind;
+    match model.spec.arch.kind {
+        ArchKind::Mlp => true,
+        ArchKind::Cnn => model.spec.arch.kernel % 2 == 1 && model.spec.input_shape.len() == 3,
+    }
+}
+
+fn conv_blocks(model: &Model) -> usize {
+    if model.spec.arch.kind == crate::config::ArchKind::Cnn {
+        model.spec.arch.channels.len()
+    } else {
+        0
+    }
 }
 
 /// Applies a dropout mask drawn from `rng` (one uniform per element, row-major, as
@@ -134,7 +164,8 @@ impl Workspace {
         rows: usize,
         rng: Option<&mut Rng>,
     ) -> Result<()> {
-        let layers = model.params.len() / 2;
+        let blocks = conv_blocks(model);
+        let layers = model.params.len() / 2 - blocks;
         let spec = &model.spec;
         self.acts.resize_with(layers, Vec::new);
         self.acts[0].clear();
@@ -143,21 +174,27 @@ impl Workspace {
         if let Some(r) = rng.as_deref_mut() {
             dropout_in_place(&mut self.acts[0], spec.arch.input_dropout, r);
         }
+        if blocks > 0 {
+            let pooled = self.conv_forward(model, rows)?;
+            self.acts[0] = pooled;
+        }
+        let first = 2 * blocks;
         for l in 0..layers {
-            let (k, n) = model.params[2 * l].1.as_tensor().dims2()?;
+            let pi = first + 2 * l;
+            let (k, n) = model.params[pi].1.as_tensor().dims2()?;
             let mut out = if l + 1 < layers {
                 std::mem::take(&mut self.acts[l + 1])
             } else {
                 std::mem::take(&mut self.logits)
             };
             out.resize(rows * n, 0.0);
-            with_param(model, 2 * l + 1, |b| {
+            with_param(model, pi + 1, |b| {
                 for row in out.chunks_exact_mut(n) {
                     row.copy_from_slice(b);
                 }
             })?;
             let input = &self.acts[l];
-            with_param(model, 2 * l, |w| {
+            with_param(model, pi, |w| {
                 matmul(&mut out, rows, n, k, true, input, k, 1, w, n, 1)
             })?;
             if l + 1 < layers {
@@ -253,19 +290,22 @@ impl Workspace {
 
     /// Backward pass from `self.dz` into `self.grads` (parameter order).
     pub fn backward(&mut self, model: &Model, rows: usize) -> Result<()> {
-        let layers = model.params.len() / 2;
+        let blocks = conv_blocks(model);
+        let layers = model.params.len() / 2 - blocks;
+        let first = 2 * blocks;
         self.grads.resize_with(model.params.len(), Vec::new);
         let p = model.spec.arch.dropout;
         let keep = if p > 0.0 { 1.0 / (1.0 - p) } else { 1.0 };
         for l in (0..layers).rev() {
-            let (k, n) = model.params[2 * l].1.as_tensor().dims2()?;
+            let pi = first + 2 * l;
+            let (k, n) = model.params[pi].1.as_tensor().dims2()?;
             let a = &self.acts[l];
             // dW = aᵀ · dz  ([k, rows] · [rows, n]).
-            let gw = &mut self.grads[2 * l];
+            let gw = &mut self.grads[pi];
             gw.resize(k * n, 0.0);
             matmul(gw, k, n, rows, false, a, 1, k, &self.dz, n, 1);
             // db = Σ_rows dz.
-            let gb = &mut self.grads[2 * l + 1];
+            let gb = &mut self.grads[pi + 1];
             gb.clear();
             gb.resize(n, 0.0);
             for row in self.dz.chunks_exact(n) {
@@ -273,16 +313,22 @@ impl Workspace {
                     *g += d;
                 }
             }
-            if l == 0 {
+            if l == 0 && blocks == 0 {
                 break;
             }
             // da = dz · Wᵀ, then through dropout and ReLU: dz_prev = da · keep where a > 0.
             self.da.resize(rows * k, 0.0);
             let dz = &self.dz;
             let da = &mut self.da;
-            with_param(model, 2 * l, |w| {
+            with_param(model, pi, |w| {
                 matmul(da, rows, k, n, false, dz, n, 1, w, 1, n)
             })?;
+            if l == 0 {
+                // The gradient with respect to the pooled conv features.
+                let dpool = std::mem::take(&mut self.da);
+                self.conv_backward(model, rows, dpool)?;
+                break;
+            }
             let mut next = std::mem::take(&mut self.dz);
             next.resize(rows * k, 0.0);
             relu_dropout_grad(&mut next, &self.da, a, keep);
@@ -290,6 +336,184 @@ impl Workspace {
         }
         Ok(())
     }
+}
+
+impl Workspace {
+    /// Conv blocks on `self.acts[0]` (`[rows, c, h, w]`); returns the flattened pooled output.
+    /// Each block is one GEMM over the whole batch: `out[c_out, rows·h·w] = W[c_out, c·k·k] ·
+    /// cols[c·k·k, rows·h·w]`.
+    fn conv_forward(&mut self, model: &Model, rows: usize) -> Result<Vec<f32>> {
+        let spec = &model.spec;
+        let k = spec.arch.kernel;
+        let (mut c, mut h, mut w) = (spec.input_shape[0], spec.input_shape[1], spec.input_shape[2]);
+        let blocks = spec.arch.channels.len();
+        self.conv.resize_with(blocks, ConvCache::default);
+        let mut input = std::mem::take(&mut self.acts[0]);
+        for (i, &c_out) in spec.arch.channels.iter().enumerate() {
+            let hw = h * w;
+            let n = rows * hw;
+            let ckk = c * k * k;
+            let (hp, wp) = (h / 2, w / 2);
+            let pq = hp * wp;
+            let cache = &mut self.conv[i];
+            cache.c_in = c;
+            cache.c_out = c_out;
+            cache.h = h;
+            cache.w = w;
+            cache.cols.resize(ckk * n, 0.0);
+            cache.relu.resize(c_out * n, 0.0);
+            cache.arg.resize(rows * c_out * pq, 0);
+            // im2col, one row (input channel, ky, kx) at a time across the batch.
+            let p = (k / 2) as isize;
+            cache
+                .cols
+                .par_chunks_mut(n)
+                .enumerate()
+                .for_each(|(r, row)| {
+                    let (ci, ky, kx) = (r / (k * k), (r / k) % k, r % k);
+                    for b in 0..rows {
+                        let x = &input[(b * c + ci) * hw..][..hw];
+                        let dst = &mut row[b * hw..(b + 1) * hw];
+                        for y in 0..h {
+                            let sy = y as isize + ky as isize - p;
+                            let d = &mut dst[y * w..(y + 1) * w];
+                            if sy < 0 || sy >= h as isize {
+                                d.iter_mut().for_each(|v| *v = 0.0);
+                                continue;
+                            }
+                            let src = &x[sy as usize * w..][..w];
+                            // Output columns whose source column lies inside the image.
+                            let (lo, hi) = valid_range(w, kx, p);
+                            d[..lo].iter_mut().for_each(|v| *v = 0.0);
+                            d[hi..].iter_mut().for_each(|v| *v = 0.0);
+                            let off = lo as isize + kx as isize - p;
+                            d[lo..hi].copy_from_slice(&src[off as usize..off as usize + (hi - lo)]);
+                        }
+                    }
+                });
+            let out = &mut cache.relu;
+            with_param(model, 2 * i + 1, |bias| {
+                for (o, row) in out.chunks_exact_mut(n).enumerate() {
+                    row.iter_mut().for_each(|v| *v = bias[o]);
+                }
+            })?;
+            let cols = &cache.cols;
+            with_param(model, 2 * i, |wt| {
+                matmul(out, c_out, n, ckk, true, wt, ckk, 1, cols, n, 1)
+            })?;
+            relu_in_place(out);
+            // 2×2 max-pool, stride 2 (floor), first maximum on ties; into [rows, c_out, pq].
+            let mut pooled = vec![0f32; rows * c_out * pq];
+            let out = &cache.relu;
+            pooled
+                .par_chunks_mut(c_out * pq)
+                .zip(cache.arg.par_chunks_mut(c_out * pq))
+                .enumerate()
+                .for_each(|(b, (pool, arg))| {
+                    for o in 0..c_out {
+                        let plane = &out[o * n + b * hw..][..hw];
+                        for py in 0..hp {
+                            for px in 0..wp {
+                                let mut best = (2 * py) * w + 2 * px;
+                                for (dy, dx) in [(0, 1), (1, 0), (1, 1)] {
+                                    let j = (2 * py + dy) * w + 2 * px + dx;
+                                    if plane[j] > plane[best] {
+                                        best = j;
+                                    }
+                                }
+                                let q = o * pq + py * wp + px;
+                                pool[q] = plane[best];
+                                arg[q] = best as u32;
+                            }
+                        }
+                    }
+                });
+            input = pooled;
+            c = c_out;
+            h = hp;
+            w = wp;
+        }
+        Ok(input)
+    }
+
+    /// Backward through the conv blocks from the gradient of the pooled features.
+    fn conv_backward(&mut self, model: &Model, rows: usize, dpool: Vec<f32>) -> Result<()> {
+        let k = model.spec.arch.kernel;
+        let mut grad = dpool;
+        for i in (0..self.conv.len()).rev() {
+            let cache = &self.conv[i];
+            let (c_in, c_out, h, w) = (cache.c_in, cache.c_out, cache.h, cache.w);
+            let (hw, ckk) = (h * w, c_in * k * k);
+            let n = rows * hw;
+            let pq = (h / 2) * (w / 2);
+            // Un-pool and ReLU into [c_out, rows·hw]: the gradient reaches each window's
+            // maximum when it was positive.
+            let mut dconv = vec![0f32; c_out * n];
+            dconv.par_chunks_mut(n).enumerate().for_each(|(o, d)| {
+                for b in 0..rows {
+                    for q in 0..pq {
+                        let src = (b * c_out + o) * pq + q;
+                        let j = b * hw + cache.arg[src] as usize;
+                        if cache.relu[o * n + j] > 0.0 {
+                            d[j] += grad[src];
+                        }
+                    }
+                }
+            });
+            // dW = dconv · colsᵀ, db = Σ dconv.
+            let mut gw = vec![0f32; c_out * ckk];
+            matmul(&mut gw, c_out, ckk, n, false, &dconv, n, 1, &cache.cols, 1, n);
+            let gb: Vec<f32> = dconv.chunks_exact(n).map(|r| r.iter().sum()).collect();
+            self.grads[2 * i] = gw;
+            self.grads[2 * i + 1] = gb;
+            if i == 0 {
+                break;
+            }
+            // dcols = Wᵀ · dconv, then col2im into the previous block's pooled output.
+            let mut dcols = vec![0f32; ckk * n];
+            with_param(model, 2 * i, |wt| {
+                matmul(&mut dcols, ckk, n, c_out, false, wt, 1, ckk, &dconv, n, 1)
+            })?;
+            let mut dx = vec![0f32; rows * c_in * hw];
+            let p = (k / 2) as isize;
+            dx.par_chunks_mut(c_in * hw).enumerate().for_each(|(b, dxb)| {
+                for ci in 0..c_in {
+                    for ky in 0..k {
+                        for kx in 0..k {
+                            let r = (ci * k + ky) * k + kx;
+                            let row = &dcols[r * n + b * hw..][..hw];
+                            for y in 0..h {
+                                let sy = y as isize + ky as isize - p;
+                                if sy < 0 || sy >= h as isize {
+                                    continue;
+                                }
+                                let dst = &mut dxb[ci * hw + sy as usize * w..][..w];
+                                let (lo, hi) = valid_range(w, kx, p);
+                                let off = (lo as isize + kx as isize - p) as usize;
+                                for (a, b) in dst[off..off + (hi - lo)]
+                                    .iter_mut()
+                                    .zip(&row[y * w + lo..y * w + hi])
+                                {
+                                    *a += b;
+                                }
+                            }
+                        }
+                    }
+                }
+            });
+            grad = dx;
+        }
+        Ok(())
+    }
+}
+
+/// The output columns `lo..hi` of a same-padded row whose source column `x + kx − p` lies in
+/// `0..w`.
+fn valid_range(w: usize, kx: usize, p: isize) -> (usize, usize) {
+    let shift = kx as isize - p;
+    let lo = (-shift).clamp(0, w as isize) as usize;
+    let hi = (w as isize - shift).clamp(0, w as isize) as usize;
+    (lo, hi.max(lo))
 }
 
 fn relu_in_place(v: &mut [f32]) {
@@ -426,6 +650,134 @@ mod tests {
                         "dropout {dropout}, classes {classes}, {name}: {a} vs {b}"
                     );
                 }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod cnn_tests {
+    use super::*;
+    use crate::config::{ArchConfig, ArchKind};
+    use crate::losses;
+    use crate::models::{Mode, ModelSpec};
+    use candle_core::{Device, Tensor};
+
+    fn cnn(shape: &[usize], channels: Vec<usize>, dropout: f32) -> Model {
+        let spec = ModelSpec {
+            arch: ArchConfig {
+                kind: ArchKind::Cnn,
+                hidden: vec![10],
+                dropout,
+                input_dropout: dropout / 2.0,
+                channels,
+                kernel: 3,
+            },
+            input_shape: shape.to_vec(),
+            outputs: 5,
+        };
+        let m = Model::new(spec, &mut Rng::new(3)).unwrap();
+        // Non-zero biases, so that no ReLU input sits exactly on its kink.
+        let mut r = Rng::new(4);
+        let w: Vec<Vec<f32>> = m
+            .params
+            .iter()
+            .zip(m.weights().unwrap())
+            .map(|((n, _), v)| {
+                if n.ends_with(".bias") {
+                    v.iter().map(|_| r.uniform_range(-0.2, 0.2)).collect()
+                } else {
+                    v
+                }
+            })
+            .collect();
+        m.set_weights(&w).unwrap();
+        m
+    }
+
+    /// The CNN fast path against the definition: the forward pass and loss equal candle's (with
+    /// dropout, same masks); dense gradients equal candle autograd's; conv gradients equal
+    /// central finite differences of the loss. (candle's own max-pool backward multiplies the
+    /// gradient by the fraction of maxima in each window — 1/4 for a unique maximum — so it is
+    /// not a reference for conv layers.)
+    #[test]
+    fn fast_cnn_step_matches_the_definition() {
+        let mut r = Rng::new(8);
+        for (shape, channels, dropout) in [
+            (vec![2usize, 6, 7], vec![3usize, 4], 0.0f32),
+            (vec![1, 9, 8], vec![5], 0.3),
+        ] {
+            let m = cnn(&shape, channels, dropout);
+            let d: usize = shape.iter().product();
+            let rows = 9;
+            let x: Vec<f32> = (0..rows * d).map(|_| r.uniform_range(-1.0, 1.0)).collect();
+            let t: Vec<f32> = (0..rows * 5).map(|_| r.uniform_range(-2.0, 2.0)).collect();
+            let y: Vec<u32> = (0..rows).map(|_| r.below(5) as u32).collect();
+            let xt = Tensor::from_slice(&x, (rows, d), &Device::Cpu).unwrap();
+            let mut ra = Rng::new(21);
+            let z = m.forward(&xt, Mode::Train(&mut ra)).unwrap();
+            let yt = Tensor::from_slice(&y, rows, &Device::Cpu).unwrap();
+            let loss = ((losses::cross_entropy(&z, &yt).unwrap() * 0.3).unwrap()
+                + (losses::soft_target_loss(&z, &t, 3.0).unwrap() * 0.7).unwrap())
+            .unwrap();
+            let want = loss.to_scalar::<f32>().unwrap() as f64;
+            let grads = loss.backward().unwrap();
+            let soft = [SoftBatch {
+                targets: &t,
+                temperature: 3.0,
+                weight: 0.7,
+            }];
+            let run = |ws: &mut Workspace| -> f64 {
+                let mut rb = Rng::new(21);
+                ws.forward(&m, &x, rows, Some(&mut rb)).unwrap();
+                ws.loss_and_grad(&BatchLabels::Classes(&y), 0.3, &soft, 5)
+                    .unwrap()
+            };
+            let mut ws = Workspace::default();
+            let got = run(&mut ws);
+            assert!((got - want).abs() < 1e-5 * (1.0 + want.abs()), "{got} vs {want}");
+            ws.backward(&m, rows).unwrap();
+            let analytic = ws.grads.clone();
+            let blocks = m.spec.arch.channels.len();
+            for (i, (name, var)) in m.params.iter().enumerate() {
+                if i >= 2 * blocks {
+                    let g = grads
+                        .get(var.as_tensor())
+                        .unwrap()
+                        .flatten_all()
+                        .unwrap()
+                        .to_vec1::<f32>()
+                        .unwrap();
+                    let scale = g.iter().fold(0f32, |a, &b| a.max(b.abs())).max(1e-6);
+                    for (a, b) in analytic[i].iter().zip(&g) {
+                        assert!((a - b).abs() <= 1e-4 * scale, "{name}: {a} vs {b}");
+                    }
+                    continue;
+                }
+                // Central differences on every entry of the conv parameter.
+                let scale = analytic[i].iter().fold(0f32, |a, &b| a.max(b.abs())).max(1e-6);
+                let base = m.weights().unwrap();
+                let eps = 1e-3f32;
+                let mut ok = 0;
+                for j in 0..base[i].len() {
+                    let mut w = base.clone();
+                    w[i][j] += eps;
+                    m.set_weights(&w).unwrap();
+                    let up = run(&mut Workspace::default());
+                    w[i][j] -= 2.0 * eps;
+                    m.set_weights(&w).unwrap();
+                    let down = run(&mut Workspace::default());
+                    m.set_weights(&base).unwrap();
+                    let fd = ((up - down) / (2.0 * eps as f64)) as f32;
+                    if (fd - analytic[i][j]).abs() <= 0.02 * scale {
+                        ok += 1;
+                    }
+                }
+                assert!(
+                    ok as f64 >= 0.95 * base[i].len() as f64,
+                    "{shape:?} {name}: {ok} of {} entries agree with finite differences",
+                    base[i].len()
+                );
             }
         }
     }
