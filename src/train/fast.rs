@@ -43,6 +43,9 @@ pub struct Workspace {
     da: Vec<f32>,
     /// Per conv block: what the backward pass needs.
     conv: Vec<ConvCache>,
+    /// Reused conv backward buffers (gradients of the conv output and of the im2col columns).
+    dconv: Vec<f32>,
+    dcols: Vec<f32>,
 }
 
 /// One conv block's saved state: im2col columns, ReLU output, pooling arg-max.
@@ -345,7 +348,11 @@ impl Workspace {
     fn conv_forward(&mut self, model: &Model, rows: usize) -> Result<Vec<f32>> {
         let spec = &model.spec;
         let k = spec.arch.kernel;
-        let (mut c, mut h, mut w) = (spec.input_shape[0], spec.input_shape[1], spec.input_shape[2]);
+        let (mut c, mut h, mut w) = (
+            spec.input_shape[0],
+            spec.input_shape[1],
+            spec.input_shape[2],
+        );
         let blocks = spec.arch.channels.len();
         self.conv.resize_with(blocks, ConvCache::default);
         let mut input = std::mem::take(&mut self.acts[0]);
@@ -448,7 +455,9 @@ impl Workspace {
             let pq = (h / 2) * (w / 2);
             // Un-pool and ReLU into [c_out, rows·hw]: the gradient reaches each window's
             // maximum when it was positive.
-            let mut dconv = vec![0f32; c_out * n];
+            let mut dconv = std::mem::take(&mut self.dconv);
+            dconv.clear();
+            dconv.resize(c_out * n, 0.0);
             dconv.par_chunks_mut(n).enumerate().for_each(|(o, d)| {
                 for b in 0..rows {
                     for q in 0..pq {
@@ -460,48 +469,97 @@ impl Workspace {
                     }
                 }
             });
-            // dW = dconv · colsᵀ, db = Σ dconv.
+            // dW = dconv · colsᵀ, db = Σ dconv. The reduction runs over all rows·h·w
+            // positions while the output is tiny, so it is split over positions (one partial
+            // product per thread, summed) rather than over the output.
+            let threads = rayon::current_num_threads().max(1);
+            let span = n.div_ceil(threads);
+            let partials: Vec<Vec<f32>> = (0..threads)
+                .into_par_iter()
+                .map(|t| {
+                    let (a, b) = ((t * span).min(n), ((t + 1) * span).min(n));
+                    let mut g = vec![0f32; c_out * ckk];
+                    if b > a {
+                        // SAFETY: g is [c_out, ckk]; lhs dconv[:, a..b] (row stride n) is
+                        // [c_out, b−a]; rhs colsᵀ over positions a..b is [b−a, ckk] (cols is
+                        // [ckk, n], row stride n). All indices stay inside the buffers.
+                        unsafe {
+                            gemm::gemm(
+                                c_out,
+                                ckk,
+                                b - a,
+                                g.as_mut_ptr(),
+                                1,
+                                ckk as isize,
+                                false,
+                                dconv.as_ptr().add(a),
+                                1,
+                                n as isize,
+                                cache.cols.as_ptr().add(a),
+                                n as isize,
+                                1,
+                                0.0,
+                                1.0,
+                                false,
+                                false,
+                                false,
+                                gemm::Parallelism::None,
+                            )
+                        }
+                    }
+                    g
+                })
+                .collect();
             let mut gw = vec![0f32; c_out * ckk];
-            matmul(&mut gw, c_out, ckk, n, false, &dconv, n, 1, &cache.cols, 1, n);
+            for part in &partials {
+                gw.iter_mut().zip(part).for_each(|(x, y)| *x += y);
+            }
             let gb: Vec<f32> = dconv.chunks_exact(n).map(|r| r.iter().sum()).collect();
             self.grads[2 * i] = gw;
             self.grads[2 * i + 1] = gb;
             if i == 0 {
+                self.dconv = dconv;
                 break;
             }
-            // dcols = Wᵀ · dconv, then col2im into the previous block's pooled output.
-            let mut dcols = vec![0f32; ckk * n];
+            // dcols = Wᵀ · dconv (fully overwritten), then col2im into the previous block's
+            // pooled output.
+            let mut dcols = std::mem::take(&mut self.dcols);
+            dcols.resize(ckk * n, 0.0);
             with_param(model, 2 * i, |wt| {
                 matmul(&mut dcols, ckk, n, c_out, false, wt, 1, ckk, &dconv, n, 1)
             })?;
             let mut dx = vec![0f32; rows * c_in * hw];
             let p = (k / 2) as isize;
-            dx.par_chunks_mut(c_in * hw).enumerate().for_each(|(b, dxb)| {
-                for ci in 0..c_in {
-                    for ky in 0..k {
-                        for kx in 0..k {
-                            let r = (ci * k + ky) * k + kx;
-                            let row = &dcols[r * n + b * hw..][..hw];
-                            for y in 0..h {
-                                let sy = y as isize + ky as isize - p;
-                                if sy < 0 || sy >= h as isize {
-                                    continue;
-                                }
-                                let dst = &mut dxb[ci * hw + sy as usize * w..][..w];
-                                let (lo, hi) = valid_range(w, kx, p);
-                                let off = (lo as isize + kx as isize - p) as usize;
-                                for (a, b) in dst[off..off + (hi - lo)]
-                                    .iter_mut()
-                                    .zip(&row[y * w + lo..y * w + hi])
-                                {
-                                    *a += b;
+            dx.par_chunks_mut(c_in * hw)
+                .enumerate()
+                .for_each(|(b, dxb)| {
+                    for ci in 0..c_in {
+                        for ky in 0..k {
+                            for kx in 0..k {
+                                let r = (ci * k + ky) * k + kx;
+                                let row = &dcols[r * n + b * hw..][..hw];
+                                for y in 0..h {
+                                    let sy = y as isize + ky as isize - p;
+                                    if sy < 0 || sy >= h as isize {
+                                        continue;
+                                    }
+                                    let dst = &mut dxb[ci * hw + sy as usize * w..][..w];
+                                    let (lo, hi) = valid_range(w, kx, p);
+                                    let off = (lo as isize + kx as isize - p) as usize;
+                                    for (a, b) in dst[off..off + (hi - lo)]
+                                        .iter_mut()
+                                        .zip(&row[y * w + lo..y * w + hi])
+                                    {
+                                        *a += b;
+                                    }
                                 }
                             }
                         }
                     }
-                }
-            });
+                });
             grad = dx;
+            self.dconv = dconv;
+            self.dcols = dcols;
         }
         Ok(())
     }
@@ -735,7 +793,10 @@ mod cnn_tests {
             };
             let mut ws = Workspace::default();
             let got = run(&mut ws);
-            assert!((got - want).abs() < 1e-5 * (1.0 + want.abs()), "{got} vs {want}");
+            assert!(
+                (got - want).abs() < 1e-5 * (1.0 + want.abs()),
+                "{got} vs {want}"
+            );
             ws.backward(&m, rows).unwrap();
             let analytic = ws.grads.clone();
             let blocks = m.spec.arch.channels.len();
@@ -755,7 +816,10 @@ mod cnn_tests {
                     continue;
                 }
                 // Central differences on every entry of the conv parameter.
-                let scale = analytic[i].iter().fold(0f32, |a, &b| a.max(b.abs())).max(1e-6);
+                let scale = analytic[i]
+                    .iter()
+                    .fold(0f32, |a, &b| a.max(b.abs()))
+                    .max(1e-6);
                 let base = m.weights().unwrap();
                 let eps = 1e-3f32;
                 let mut ok = 0;
