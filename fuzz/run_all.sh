@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs every fuzz target for SECONDS (default 600), two at a time, on stable Rust.
 # cargo-fuzz needs nightly flags; RUSTC_BOOTSTRAP=1 lets the stable toolchain accept them, and
-# `-s none` skips the sanitizer runtime (distillery has no `unsafe` code of its own).
+# `-s none` skips the sanitizer runtime (distillery's own `unsafe` code is limited to SIMD kernels
+# and GEMM calls with asserted bounds).
 # usage: fuzz/run_all.sh [SECONDS]        (cargo install cargo-fuzz first)
 set -euo pipefail
 cd "$(dirname "$0")"

@@ -73,6 +73,6 @@ fn config_inputs() {
 #[test]
 fn model_inputs() {
     for (p, b) in inputs("model") {
-        let _ = distillery::models::load_model_bytes(&b, &p.display().to_string());
+        let _ = distillery::compress::load_any_bytes(&b, &p.display().to_string());
     }
 }

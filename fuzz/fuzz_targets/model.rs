@@ -1,7 +1,8 @@
 #![no_main]
 use libfuzzer_sys::fuzz_target;
 
-// The model-file loader: safetensors header, distillery metadata, tensor shapes.
+// The model-file loader: safetensors header, distillery metadata, tensor shapes, dtypes.
 fuzz_target!(|data: &[u8]| {
-    let _ = distillery::models::load_model_bytes(data, "fuzz.safetensors");
+    // Any precision: f32 files and quantized ones (int8 layers, int8/int4 weight-only).
+    let _ = distillery::compress::load_any_bytes(data, "fuzz.safetensors");
 });
