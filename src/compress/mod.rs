@@ -174,11 +174,7 @@ impl AnyModel {
             Body::WeightOnly { stored, model } => {
                 for ((name, var), s) in model.params.iter().zip(stored) {
                     let shape = var.dims().to_vec();
-                    let rows = if shape.len() == 2 && name.starts_with("fc") {
-                        shape[1]
-                    } else {
-                        shape[0]
-                    };
+                    let (rows, _) = quant::channel_dims(name, &shape);
                     match s {
                         StoredWeight::F32(v) => t.push((name.clone(), Dtype::F32, shape, f32b(v))),
                         StoredWeight::I8 { q, scales } => {
@@ -390,7 +386,6 @@ pub fn load_any_bytes(bytes: &[u8], file: &str) -> Result<AnyModel> {
             let mut stored = Vec::new();
             let mut params = Vec::new();
             for (name, shape) in &shapes {
-                let n: usize = shape.iter().product();
                 if !quant::is_weight(name) {
                     let v = as_f32(get(name, Dtype::F32, shape)?, name)?;
                     params.push((
@@ -400,11 +395,7 @@ pub fn load_any_bytes(bytes: &[u8], file: &str) -> Result<AnyModel> {
                     stored.push(StoredWeight::F32(v));
                     continue;
                 }
-                let (rows, cols) = if shape.len() == 2 && name.starts_with("fc") {
-                    (shape[1], shape[0])
-                } else {
-                    (shape[0], n / shape[0].max(1))
-                };
+                let (rows, cols) = quant::channel_dims(name, shape);
                 let sn = format!("{name}.scale");
                 let (back, sw) = if qm.precision == Precision::Int8Weights {
                     let q: Vec<i8> = get(&format!("{name}.q"), Dtype::I8, &[rows, cols])?

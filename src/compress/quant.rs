@@ -186,35 +186,48 @@ pub fn dequantize_rows_i4(
     out
 }
 
+/// `(channels, inputs)` of a parameter seen channel-major: dense `fc*` weights are stored
+/// `[in, out]` (channels = out), conv weights `[c_out, c_in, k, k]` (channels = c_out).
+pub fn channel_dims(name: &str, shape: &[usize]) -> (usize, usize) {
+    let n: usize = shape.iter().product();
+    if shape.len() == 2 && name.starts_with("fc") {
+        (shape[1], shape[0])
+    } else {
+        let rows = shape.first().copied().unwrap_or(1);
+        (rows, n / rows.max(1))
+    }
+}
+
+fn transpose(v: &[f32], rows: usize, cols: usize) -> Vec<f32> {
+    let mut t = vec![0f32; v.len()];
+    for r in 0..rows {
+        for c in 0..cols {
+            t[c * rows + r] = v[r * cols + c];
+        }
+    }
+    t
+}
+
+fn is_dense(name: &str, shape: &[usize]) -> bool {
+    shape.len() == 2 && name.starts_with("fc")
+}
+
 /// A parameter seen as `channels × inputs` (dense `[in, out]` weights are transposed; conv
 /// `[c_out, c_in, k, k]` weights are already channel-major). Returns `(rows, cols, data)`.
 pub fn channel_major(name: &str, shape: &[usize], v: &[f32]) -> (usize, usize, Vec<f32>) {
-    if shape.len() == 2 && name.starts_with("fc") {
-        let (i, o) = (shape[0], shape[1]);
-        let mut t = vec![0f32; v.len()];
-        for a in 0..i {
-            for b in 0..o {
-                t[b * i + a] = v[a * o + b];
-            }
-        }
-        (o, i, t)
+    let (rows, cols) = channel_dims(name, shape);
+    if is_dense(name, shape) {
+        (rows, cols, transpose(v, cols, rows))
     } else {
-        let rows = shape.first().copied().unwrap_or(1);
-        (rows, v.len() / rows.max(1), v.to_vec())
+        (rows, cols, v.to_vec())
     }
 }
 
 /// Inverse of [`channel_major`].
 pub fn from_channel_major(name: &str, shape: &[usize], t: &[f32]) -> Vec<f32> {
-    if shape.len() == 2 && name.starts_with("fc") {
-        let (i, o) = (shape[0], shape[1]);
-        let mut v = vec![0f32; t.len()];
-        for a in 0..i {
-            for b in 0..o {
-                v[a * o + b] = t[b * i + a];
-            }
-        }
-        v
+    if is_dense(name, shape) {
+        let (rows, cols) = channel_dims(name, shape);
+        transpose(t, rows, cols)
     } else {
         t.to_vec()
     }

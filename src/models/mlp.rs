@@ -83,77 +83,14 @@ pub(crate) fn with_slice<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> Result<R
     }
 }
 
-/// Inference for an MLP without the tensor machinery: per layer one GEMM (the same `gemm`
-/// crate candle uses, multi-threaded for large products) into a buffer pre-filled with the bias,
-/// then ReLU in place. `x` holds `rows` samples; returns `rows * outputs` values. Same
-/// arithmetic as [`forward`] in eval mode (outputs agree to float rounding).
+/// Inference for an MLP without the tensor machinery: the forward pass of the autograd-free
+/// training step ([`crate::train::fast::Workspace::forward`]) without dropout. `x` holds `rows`
+/// samples; returns `rows * outputs` values. Same arithmetic as [`forward`] in eval mode
+/// (outputs agree to float rounding).
 pub fn forward_eval_fused(model: &Model, x: &[f32], rows: usize) -> Result<Vec<f32>> {
-    let layers = model.params.len() / 2;
-    let mut h: Vec<f32> = x.to_vec();
-    let mut width = model.spec.input_dim();
-    let threads = rayon::current_num_threads();
-    for l in 0..layers {
-        let w = model.params[2 * l].1.as_tensor();
-        let b = model.params[2 * l + 1].1.as_tensor();
-        let (k, n) = w.dims2()?;
-        if k != width {
-            return Err(crate::error::Error::Other(format!(
-                "layer {l}: weight has {k} inputs, activations {width}"
-            )));
-        }
-        let mut out = vec![0f32; rows * n];
-        with_slice(b, |bias| {
-            for row in out.chunks_exact_mut(n) {
-                row.copy_from_slice(bias);
-            }
-        })?;
-        // Small products run on the calling thread: dispatching to the pool costs more than
-        // it saves below about a million multiply-adds.
-        let par = if threads > 1 && rows * k * n >= 1 << 20 {
-            gemm::Parallelism::Rayon(threads)
-        } else {
-            gemm::Parallelism::None
-        };
-        with_slice(w, |wv| {
-            // SAFETY: `out` is rows×n, `h` rows×k, `wv` k×n, all row-major and contiguous; the
-            // strides passed describe exactly those shapes.
-            unsafe {
-                gemm::gemm(
-                    rows,
-                    n,
-                    k,
-                    out.as_mut_ptr(),
-                    1,
-                    n as isize,
-                    true,
-                    h.as_ptr(),
-                    1,
-                    k as isize,
-                    wv.as_ptr(),
-                    1,
-                    n as isize,
-                    1.0,
-                    1.0,
-                    false,
-                    false,
-                    false,
-                    par,
-                )
-            }
-        })?;
-        if l + 1 < layers {
-            if out.len() >= 1 << 16 && threads > 1 {
-                use rayon::prelude::*;
-                out.par_chunks_mut(1 << 14)
-                    .for_each(|c| c.iter_mut().for_each(|v| *v = v.max(0.0)));
-            } else {
-                out.iter_mut().for_each(|v| *v = v.max(0.0));
-            }
-        }
-        h = out;
-        width = n;
-    }
-    Ok(h)
+    let mut ws = crate::train::fast::Workspace::default();
+    ws.forward(model, x, rows, None)?;
+    Ok(ws.logits)
 }
 
 #[cfg(test)]

@@ -322,7 +322,7 @@ pub fn fit(model: &Model, job: TrainJob) -> Result<TrainRecord> {
             }
             None => None,
         };
-        let (mut loss_sum, mut seen, mut correct) = (0f64, 0usize, 0usize);
+        let mut tally = Tally::default();
         for (bi, idx) in perm.chunks(cfg.batch_size).enumerate() {
             let b = idx.len();
             job.train
@@ -374,23 +374,14 @@ pub fn fit(model: &Model, job: TrainJob) -> Result<TrainRecord> {
                 }
                 ws.backward(model, b)?;
                 opt.step_slices(model, &ws.grads, lr)?;
-                if let Some(m) = &masks {
-                    m.apply(model)?;
-                }
-                loss_sum += lv * b as f64;
-                seen += b;
-                if classification {
-                    correct += ws
-                        .logits
-                        .chunks_exact(outputs)
-                        .zip(&cls_buf)
-                        .filter(|(row, &y)| crate::eval::argmax(row) == y as usize)
-                        .count();
-                }
-                bar.step(
-                    loss_sum / seen as f64,
-                    classification.then(|| correct as f64 / seen as f64),
-                );
+                let hits = ws
+                    .logits
+                    .chunks_exact(outputs)
+                    .zip(&cls_buf)
+                    .filter(|(row, &y)| crate::eval::argmax(row) == y as usize)
+                    .count();
+                tally.add(model, masks.as_ref(), lv, b, hits)?;
+                bar.step(tally.loss(), classification.then(|| tally.accuracy()));
                 continue;
             }
             let x = Tensor::from_slice(&xbuf, (b, d), &Device::Cpu)?;
@@ -461,31 +452,26 @@ pub fn fit(model: &Model, job: TrainJob) -> Result<TrainRecord> {
             }
             let grads = loss.backward()?;
             opt.step(model, &grads, lr)?;
-            if let Some(m) = &masks {
-                m.apply(model)?;
-            }
             if let (Some(a), Some(ao)) = (&adapter, adapter_opt.as_mut()) {
                 ao.step(&adapter_model(a), &grads, lr)?;
             }
-            loss_sum += lv * b as f64;
-            seen += b;
-            if classification {
+            let hits = if classification {
                 let v = logits.argmax(1)?.to_vec1::<u32>()?;
                 let yl = y.to_vec1::<u32>()?;
-                correct += v.iter().zip(&yl).filter(|(a, b)| a == b).count();
-            }
-            bar.step(
-                loss_sum / seen as f64,
-                classification.then(|| correct as f64 / seen as f64),
-            );
+                v.iter().zip(&yl).filter(|(a, b)| a == b).count()
+            } else {
+                0
+            };
+            tally.add(model, masks.as_ref(), lv, b, hits)?;
+            bar.step(tally.loss(), classification.then(|| tally.accuracy()));
         }
         let vs = validate(model, job.val, &job.extras)?;
         let secs = t0.elapsed().as_secs_f64();
         let c = &mut record.curves;
         c.epoch.push(epoch + 1);
-        c.train_loss.push(loss_sum / seen.max(1) as f64);
+        c.train_loss.push(tally.loss());
         if classification {
-            c.train_accuracy.push(correct as f64 / seen.max(1) as f64);
+            c.train_accuracy.push(tally.accuracy());
             c.val_accuracy.push(vs.accuracy.unwrap_or(0.0));
         } else {
             c.val_mse.push(vs.loss);
@@ -508,13 +494,13 @@ pub fn fit(model: &Model, job: TrainJob) -> Result<TrainRecord> {
         let summary = match vs.accuracy {
             Some(a) => format!(
                 "loss {:.4}  val_loss {:.4}  val_acc {:.2}%  lr {lr:.2e}  {secs:.1}s",
-                loss_sum / seen.max(1) as f64,
+                tally.loss(),
                 vs.loss,
                 100.0 * a
             ),
             None => format!(
                 "loss {:.4}  val_mse(std) {:.4}  lr {lr:.2e}  {secs:.1}s",
-                loss_sum / seen.max(1) as f64,
+                tally.loss(),
                 vs.loss
             ),
         };
@@ -621,6 +607,42 @@ fn load_checkpoint(
         *best = Some(bw);
     }
     Ok(st)
+}
+
+/// Running training figures of an epoch.
+#[derive(Default)]
+struct Tally {
+    loss_sum: f64,
+    seen: usize,
+    correct: usize,
+}
+
+impl Tally {
+    /// After an optimizer step: re-applies pruning masks, then counts the batch.
+    fn add(
+        &mut self,
+        model: &Model,
+        masks: Option<&crate::compress::prune::Masks>,
+        loss: f64,
+        batch: usize,
+        correct: usize,
+    ) -> Result<()> {
+        if let Some(m) = masks {
+            m.apply(model)?;
+        }
+        self.loss_sum += loss * batch as f64;
+        self.seen += batch;
+        self.correct += correct;
+        Ok(())
+    }
+
+    fn loss(&self) -> f64 {
+        self.loss_sum / self.seen.max(1) as f64
+    }
+
+    fn accuracy(&self) -> f64 {
+        self.correct as f64 / self.seen.max(1) as f64
+    }
 }
 
 /// The error for a diverged loss, naming the epoch and what was kept.
