@@ -97,7 +97,7 @@ pub trait Predictor {
 
 impl Predictor for Model {
     fn predict_batch(&self, x: &Tensor) -> Result<Vec<f32>> {
-        if self.spec.arch.kind == crate::config::ArchKind::Mlp {
+        if crate::train::fast::eligible(self) {
             let rows = x.dim(0)?;
             return crate::models::mlp::with_slice(x, |v| {
                 crate::models::mlp::forward_eval_fused(self, v, rows)

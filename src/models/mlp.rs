@@ -83,10 +83,11 @@ pub(crate) fn with_slice<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> Result<R
     }
 }
 
-/// Inference for an MLP without the tensor machinery: the forward pass of the autograd-free
+/// Inference for an MLP, or a CNN the fast path takes ([`crate::train::fast::eligible`]), without
+/// the tensor machinery: the forward pass of the autograd-free
 /// training step ([`crate::train::fast::Workspace::forward`]) without dropout. `x` holds `rows`
 /// samples; returns `rows * outputs` values. Same arithmetic as [`forward`] in eval mode
-/// (outputs agree to float rounding).
+/// or [`super::cnn::forward`] (outputs agree to float rounding).
 pub fn forward_eval_fused(model: &Model, x: &[f32], rows: usize) -> Result<Vec<f32>> {
     let mut ws = crate::train::fast::Workspace::default();
     ws.forward(model, x, rows, None)?;
@@ -136,6 +137,54 @@ mod tests {
                     (a - b).abs() <= 1e-5 * (1.0 + b.abs()),
                     "rows {rows}: {a} vs {b}"
                 );
+            }
+        }
+    }
+
+    #[test]
+    fn fused_cnn_inference_matches_the_tensor_forward() {
+        // Odd sizes (floor pooling), two blocks, 3×3 and 5×5 kernels, several channels in.
+        for (shape, channels, kernel) in [
+            (vec![1usize, 28, 28], vec![6usize, 16], 5usize),
+            (vec![3, 9, 11], vec![4, 5], 3),
+        ] {
+            let spec = ModelSpec {
+                arch: ArchConfig {
+                    kind: ArchKind::Cnn,
+                    hidden: vec![20],
+                    dropout: 0.5,
+                    input_dropout: 0.1,
+                    channels,
+                    kernel,
+                },
+                input_shape: shape.clone(),
+                outputs: 4,
+            };
+            let m = Model::new(spec, &mut Rng::new(2)).unwrap();
+            assert!(crate::train::fast::eligible(&m));
+            let d: usize = shape.iter().product();
+            let mut rng = Rng::new(3);
+            for rows in [1usize, 5, 37] {
+                let x: Vec<f32> = (0..rows * d)
+                    .map(|_| rng.uniform_range(-1.0, 1.0))
+                    .collect();
+                let t = Tensor::from_slice(&x, (rows, d), &Device::Cpu).unwrap();
+                let want = m
+                    .forward(&t, Mode::Eval)
+                    .unwrap()
+                    .flatten_all()
+                    .unwrap()
+                    .to_vec1::<f32>()
+                    .unwrap();
+                let got = forward_eval_fused(&m, &x, rows).unwrap();
+                assert_eq!(got.len(), want.len());
+                let scale = want.iter().fold(0f32, |a, &b| a.max(b.abs())).max(1e-3);
+                for (a, b) in got.iter().zip(&want) {
+                    assert!(
+                        (a - b).abs() <= 1e-5 * scale,
+                        "{shape:?} rows {rows}: {a} vs {b}"
+                    );
+                }
             }
         }
     }
