@@ -252,15 +252,18 @@ fn matmul(
 
 /// `out[n] += x[k] · w[k×n]` (one sample through a dense layer): batch-1 inference, bound by how
 /// fast the weights stream in. With AVX2 and FMA: blocks of 64 outputs held in eight registers
-/// while the weight rows stream past, four rows per iteration; otherwise the gemm crate's
-/// matrix-vector product.
+/// while the weight rows stream past, four rows per iteration, column blocks shared between the
+/// threads (the gemm crate runs a matrix-vector product on one thread); otherwise the gemm
+/// crate's product.
 fn gemv(out: &mut [f32], n: usize, k: usize, x: &[f32], w: &[f32]) {
     assert!(out.len() >= n && x.len() >= k && w.len() >= n * k);
     #[cfg(target_arch = "x86_64")]
     if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
         let threads = rayon::current_num_threads();
         if threads > 1 && n * k >= 1 << 16 && n >= 128 {
-            let block = n.div_ceil(threads).next_multiple_of(64);
+            // Blocks of 128 outputs, several per thread: rayon's caller runs the blocks nobody
+            // has stolen, so a late or descheduled second thread costs at most its share.
+            let block = 128;
             out[..n]
                 .par_chunks_mut(block)
                 .enumerate()
