@@ -208,12 +208,15 @@ fn train_workload(name: &str, spec: ModelSpec, steps: usize) -> Result<BenchResu
         step(i, &mut phases)?;
     }
     phases.iter_mut().for_each(Vec::clear);
+    let breakdown = std::env::var_os("DISTILLERY_BENCH_BREAKDOWN").is_some();
+    crate::train::fast::profile::enable(breakdown);
     let t0 = Instant::now();
     for i in 0..steps {
         step(i, &mut phases)?;
     }
     let secs = t0.elapsed().as_secs_f64();
-    if std::env::var_os("DISTILLERY_BENCH_BREAKDOWN").is_some() {
+    crate::train::fast::profile::enable(false);
+    if breakdown {
         let [f, b, o] = &mut phases;
         eprintln!(
             "{name}: median per step: forward+loss {:.2} ms, backward {:.2} ms, optimizer {:.2} ms",
@@ -221,6 +224,23 @@ fn train_workload(name: &str, spec: ModelSpec, steps: usize) -> Result<BenchResu
             median(b),
             median(o)
         );
+        // Per GEMM shape (the step's dense products, in order of first use).
+        let mut shapes: Vec<((usize, usize, usize), Vec<f64>)> = Vec::new();
+        for (m, n, k, s) in crate::train::fast::profile::take() {
+            match shapes.iter_mut().find(|(sh, _)| *sh == (m, n, k)) {
+                Some((_, v)) => v.push(s),
+                None => shapes.push(((m, n, k), vec![s])),
+            }
+        }
+        for ((m, n, k), mut t) in shapes {
+            let per_step = t.len() as f64 / steps as f64;
+            let med = median(&mut t);
+            eprintln!(
+                "  GEMM {m}×{n}×{k} (×{per_step:.0} per step): median {:.3} ms, {:.0} GFLOP/s",
+                med * 1e3,
+                2.0 * (m * n * k) as f64 / med / 1e9
+            );
+        }
     }
     let sps = (steps * batch) as f64 / secs;
     Ok(BenchResult {

@@ -63,6 +63,44 @@ struct ConvCache {
 /// so that per-chunk gradient sums, added in chunk order, give the same bits on any machine.
 const CONV_CHUNKS: usize = 16;
 
+/// GEMM timing for `distillery bench` (`DISTILLERY_BENCH_BREAKDOWN`): when on, every
+/// multi-threaded product of the step records its shape and time. Off, it costs one relaxed
+/// load per product.
+pub mod profile {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Mutex;
+
+    static ON: AtomicBool = AtomicBool::new(false);
+    /// (m, n, k, seconds) per product.
+    static RECORDS: Mutex<Vec<(usize, usize, usize, f64)>> = Mutex::new(Vec::new());
+
+    /// Starts (clearing earlier records) or stops recording.
+    pub fn enable(on: bool) {
+        if on {
+            take();
+        }
+        ON.store(on, Ordering::Relaxed);
+    }
+
+    pub(super) fn on() -> bool {
+        ON.load(Ordering::Relaxed)
+    }
+
+    pub(super) fn record(m: usize, n: usize, k: usize, secs: f64) {
+        if let Ok(mut r) = RECORDS.lock() {
+            r.push((m, n, k, secs));
+        }
+    }
+
+    /// The records so far, emptied.
+    pub fn take() -> Vec<(usize, usize, usize, f64)> {
+        RECORDS
+            .lock()
+            .map(|mut r| std::mem::take(&mut *r))
+            .unwrap_or_default()
+    }
+}
+
 /// The geometry of one conv block: a same-padded k×k convolution computed on a "wide" grid.
 ///
 /// The input image is zero-padded to `[c_in, h + k − 1, w + k − 1]` (plus `k` floats of slack).
@@ -245,9 +283,13 @@ fn matmul(
     } else {
         gemm::Parallelism::None
     };
+    let t0 = profile::on().then(std::time::Instant::now);
     matmul_with(
         p, dst, m, n, k, read, lhs, lhs_rs, lhs_cs, rhs, rhs_rs, rhs_cs,
-    )
+    );
+    if let Some(t0) = t0 {
+        profile::record(m, n, k, t0.elapsed().as_secs_f64());
+    }
 }
 
 /// `out[n] += x[k] · w[k×n]` (one sample through a dense layer): batch-1 inference, bound by how
