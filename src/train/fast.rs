@@ -59,13 +59,14 @@ struct ConvCache {
     arg: Vec<u32>,
 }
 
-/// Images per parallel work item are fixed by the batch size alone (not by the thread count),
-/// so that per-chunk gradient sums, added in chunk order, give the same bits on any machine.
+/// The conv blocks split a batch into at most this many chunks of consecutive images, a number
+/// fixed by the batch size alone (not by the thread count), so that per-chunk gradient sums,
+/// added in chunk order, give the same bits on any machine.
 const CONV_CHUNKS: usize = 16;
 
-/// GEMM timing for `distillery bench` (`DISTILLERY_BENCH_BREAKDOWN`): when on, every
-/// multi-threaded product of the step records its shape and time. Off, it costs one relaxed
-/// load per product.
+/// GEMM timing for `distillery bench` (`DISTILLERY_BENCH_BREAKDOWN`): when on, every dense-layer
+/// product of the step (those through `matmul`; not the per-image conv products) records its
+/// shape and time. Off, it costs one relaxed load per product.
 pub mod profile {
     use std::sync::atomic::{AtomicBool, Ordering};
     use std::sync::Mutex;
@@ -302,7 +303,8 @@ fn gemv(out: &mut [f32], n: usize, k: usize, x: &[f32], w: &[f32]) {
     #[cfg(target_arch = "x86_64")]
     if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
         let threads = rayon::current_num_threads();
-        if threads > 1 && n * k >= 1 << 16 && n >= 128 {
+        // Worth waking the other thread (tens of µs on a VM) only for about 2 MB of weights.
+        if threads > 1 && n * k >= 1 << 19 && n >= 128 {
             // Blocks of 128 outputs, several per thread: rayon's caller runs the blocks nobody
             // has stolen, so a late or descheduled second thread costs at most its share.
             let block = 128;
