@@ -163,6 +163,7 @@ mod tests {
             let m = Model::new(spec, &mut Rng::new(2)).unwrap();
             assert!(crate::train::fast::eligible(&m));
             let d: usize = shape.iter().product();
+            assert!(forward_eval_fused(&m, &[], 0).unwrap().is_empty());
             let mut rng = Rng::new(3);
             for rows in [1usize, 5, 37] {
                 let x: Vec<f32> = (0..rows * d)

@@ -660,9 +660,9 @@ impl Workspace {
         let blocks = spec.arch.channels.len();
         self.conv.resize_with(blocks, ConvCache::default);
         self.conv_input = std::mem::take(&mut self.acts[0]);
-        let span = rows.div_ceil(rows.clamp(1, CONV_CHUNKS));
+        let span = rows.div_ceil(rows.clamp(1, CONV_CHUNKS)).max(1);
         self.scratch
-            .resize_with(rows.div_ceil(span.max(1)), ConvScratch::default);
+            .resize_with(rows.div_ceil(span), ConvScratch::default);
         for (i, &c_out) in spec.arch.channels.iter().enumerate() {
             let g = ConvGeom::new(c, c_out, h, w, k);
             let (done, rest) = self.conv.split_at_mut(i);
@@ -731,8 +731,8 @@ impl Workspace {
     /// over chunks in order.
     fn conv_backward(&mut self, model: &Model, rows: usize, dpool: Vec<f32>) -> Result<()> {
         let mut grad = dpool;
-        let span = rows.div_ceil(rows.clamp(1, CONV_CHUNKS));
-        let chunks = rows.div_ceil(span.max(1));
+        let span = rows.div_ceil(rows.clamp(1, CONV_CHUNKS)).max(1);
+        let chunks = rows.div_ceil(span);
         for i in (0..self.conv.len()).rev() {
             let g = self.conv[i].g;
             let input: &[f32] = if i == 0 {
