@@ -119,25 +119,33 @@ mod tests {
         let m = Model::new(spec, &mut Rng::new(9)).unwrap();
         let mut rng = Rng::new(10);
         for rows in [1usize, 3, 64, 301] {
-            let x: Vec<f32> = (0..rows * 50)
-                .map(|_| rng.uniform_range(-2.0, 2.0))
-                .collect();
-            let t = Tensor::from_slice(&x, (rows, 50), &Device::Cpu).unwrap();
-            let want = forward(&m, &t, Mode::Eval, None)
-                .unwrap()
-                .0
-                .flatten_all()
-                .unwrap()
-                .to_vec1::<f32>()
-                .unwrap();
-            let got = forward_eval_fused(&m, &x, rows).unwrap();
-            assert_eq!(got.len(), want.len());
-            for (a, b) in got.iter().zip(&want) {
-                assert!(
-                    (a - b).abs() <= 1e-5 * (1.0 + b.abs()),
-                    "rows {rows}: {a} vs {b}"
-                );
-            }
+            assert_fused_matches(&m, rows, &mut rng, "mlp");
+        }
+    }
+
+    /// The fused forward of `rows` random samples against [`Model::forward`] in eval mode, to
+    /// 1e-5 of the largest output (at least 1).
+    fn assert_fused_matches(m: &Model, rows: usize, rng: &mut Rng, what: &str) {
+        let d: usize = m.spec.input_shape.iter().product();
+        let x: Vec<f32> = (0..rows * d)
+            .map(|_| rng.uniform_range(-2.0, 2.0))
+            .collect();
+        let t = Tensor::from_slice(&x, (rows, d), &Device::Cpu).unwrap();
+        let want = m
+            .forward(&t, Mode::Eval)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
+        let got = forward_eval_fused(m, &x, rows).unwrap();
+        assert_eq!(got.len(), want.len());
+        let scale = want.iter().fold(1f32, |a, &b| a.max(b.abs()));
+        for (a, b) in got.iter().zip(&want) {
+            assert!(
+                (a - b).abs() <= 1e-5 * scale,
+                "{what}, rows {rows}: {a} vs {b}"
+            );
         }
     }
 
@@ -162,30 +170,10 @@ mod tests {
             };
             let m = Model::new(spec, &mut Rng::new(2)).unwrap();
             assert!(crate::train::fast::eligible(&m));
-            let d: usize = shape.iter().product();
             assert!(forward_eval_fused(&m, &[], 0).unwrap().is_empty());
             let mut rng = Rng::new(3);
             for rows in [1usize, 5, 37] {
-                let x: Vec<f32> = (0..rows * d)
-                    .map(|_| rng.uniform_range(-1.0, 1.0))
-                    .collect();
-                let t = Tensor::from_slice(&x, (rows, d), &Device::Cpu).unwrap();
-                let want = m
-                    .forward(&t, Mode::Eval)
-                    .unwrap()
-                    .flatten_all()
-                    .unwrap()
-                    .to_vec1::<f32>()
-                    .unwrap();
-                let got = forward_eval_fused(&m, &x, rows).unwrap();
-                assert_eq!(got.len(), want.len());
-                let scale = want.iter().fold(0f32, |a, &b| a.max(b.abs())).max(1e-3);
-                for (a, b) in got.iter().zip(&want) {
-                    assert!(
-                        (a - b).abs() <= 1e-5 * scale,
-                        "{shape:?} rows {rows}: {a} vs {b}"
-                    );
-                }
+                assert_fused_matches(&m, rows, &mut rng, &format!("{shape:?}"));
             }
         }
     }
