@@ -426,10 +426,7 @@ const CONVERT_BOUND: f32 = 1.0e6;
 unsafe fn quantize_row_avx2(x: &[f32], a: ActQuant, dst: &mut [u8]) {
     use std::arch::x86_64::*;
     let n = dst.len().min(x.len());
-    let inv = _mm256_set1_ps(1.0 / a.scale);
-    let lo = _mm256_set1_ps(-CONVERT_BOUND);
-    let hi = _mm256_set1_ps(CONVERT_BOUND);
-    let zv = _mm256_set1_epi32(a.zero_point as i32);
+    let (inv, lo, hi, zv) = quant_consts(a);
     let mut i = 0;
     while i + 8 <= n {
         let v = _mm256_mul_ps(_mm256_loadu_ps(x.as_ptr().add(i)), inv);
@@ -441,6 +438,27 @@ unsafe fn quantize_row_avx2(x: &[f32], a: ActQuant, dst: &mut [u8]) {
         i += 8;
     }
     quantize_row_generic(&x[i..n], a, &mut dst[i..n]);
+}
+
+/// Broadcast constants of u8 quantization: `1/scale`, the conversion clamp bounds, the zero
+/// point.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn quant_consts(
+    a: ActQuant,
+) -> (
+    std::arch::x86_64::__m256,
+    std::arch::x86_64::__m256,
+    std::arch::x86_64::__m256,
+    std::arch::x86_64::__m256i,
+) {
+    use std::arch::x86_64::*;
+    (
+        _mm256_set1_ps(1.0 / a.scale),
+        _mm256_set1_ps(-CONVERT_BOUND),
+        _mm256_set1_ps(CONVERT_BOUND),
+        _mm256_set1_epi32(a.zero_point as i32),
+    )
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -464,10 +482,7 @@ unsafe fn requantize_row_avx2(
 ) {
     use std::arch::x86_64::*;
     let n = dst.len().min(acc.len()).min(mult.len()).min(bias.len());
-    let inv = _mm256_set1_ps(1.0 / a.scale);
-    let lo = _mm256_set1_ps(-CONVERT_BOUND);
-    let hi = _mm256_set1_ps(CONVERT_BOUND);
-    let zv = _mm256_set1_epi32(a.zero_point as i32);
+    let (inv, lo, hi, zv) = quant_consts(a);
     let mut i = 0;
     while i + 8 <= n {
         let s = _mm256_cvtepi32_ps(_mm256_loadu_si256(acc.as_ptr().add(i) as *const __m256i));

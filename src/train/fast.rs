@@ -239,6 +239,8 @@ struct ConvScratch {
     cols: Vec<f32>,
     out: Vec<f32>,
     dcols: Vec<f32>,
+    /// Gradient of the padded input image (col2im target).
+    dxpad: Vec<f32>,
     /// Gradient sums of this chunk: weights `[c_out, ckk]`, biases `[c_out]`.
     gw: Vec<f32>,
     gb: Vec<f32>,
@@ -469,15 +471,23 @@ impl Workspace {
         let layers = model.params.len() / 2 - blocks;
         let spec = &model.spec;
         self.acts.resize_with(layers, Vec::new);
-        self.acts[0].clear();
-        self.acts[0].extend_from_slice(x);
+        // The input (after input dropout) goes to the first dense layer, or to the conv blocks,
+        // whose last pooled output then feeds the first dense layer.
+        let input = if blocks > 0 {
+            &mut self.conv_input
+        } else {
+            &mut self.acts[0]
+        };
+        input.clear();
+        input.extend_from_slice(x);
         let mut rng = rng;
         if let Some(r) = rng.as_deref_mut() {
-            dropout_in_place(&mut self.acts[0], spec.arch.input_dropout, r);
+            dropout_in_place(input, spec.arch.input_dropout, r);
         }
         if blocks > 0 {
-            let pooled = self.conv_forward(model, rows)?;
-            self.acts[0] = pooled;
+            self.conv_forward(model, rows)?;
+            self.acts[0].clear();
+            self.acts[0].extend_from_slice(&self.conv[blocks - 1].pooled);
         }
         let first = 2 * blocks;
         for l in 0..layers {
@@ -644,12 +654,12 @@ impl Workspace {
 }
 
 impl Workspace {
-    /// Conv blocks on `self.acts[0]` (`[rows, c, h, w]`, moved into `self.conv_input`); returns
-    /// the flattened pooled output of the last block. Images are processed in fixed chunks in
+    /// Conv blocks on `self.conv_input` (`[rows, c, h, w]`), leaving each block's pooled output
+    /// (flattened, `[rows, c_out · h/2 · w/2]`) in its cache. Images are processed in fixed chunks in
     /// parallel; per image and block: pad, im2col (long copies), one GEMM
     /// `out[c_out, h·wp] = W[c_out, c·k·k] · cols[c·k·k, h·wp]` on bias-prefilled scratch, and
     /// one pass for max-pool and ReLU. Everything an image touches stays in cache.
-    fn conv_forward(&mut self, model: &Model, rows: usize) -> Result<Vec<f32>> {
+    fn conv_forward(&mut self, model: &Model, rows: usize) -> Result<()> {
         let spec = &model.spec;
         let k = spec.arch.kernel;
         let (mut c, mut h, mut w) = (
@@ -659,7 +669,6 @@ impl Workspace {
         );
         let blocks = spec.arch.channels.len();
         self.conv.resize_with(blocks, ConvCache::default);
-        self.conv_input = std::mem::take(&mut self.acts[0]);
         let span = rows.div_ceil(rows.clamp(1, CONV_CHUNKS)).max(1);
         self.scratch
             .resize_with(rows.div_ceil(span), ConvScratch::default);
@@ -721,7 +730,7 @@ impl Workspace {
             h /= 2;
             w /= 2;
         }
-        Ok(self.conv[blocks - 1].pooled.clone())
+        Ok(())
     }
 
     /// Backward through the conv blocks from the gradient of the pooled features. Per image and
@@ -765,7 +774,6 @@ impl Workspace {
                             s.dcols.resize(ckk * l, 0.0);
                         }
                         let images = (rows - chunk * span).min(span);
-                        let mut dxpad = Vec::new();
                         for t in 0..images {
                             let b = chunk * span + t;
                             let pooled = &cache.pooled[b * os..][..os];
@@ -818,14 +826,14 @@ impl Workspace {
                                 l,
                                 1,
                             );
-                            dxpad.clear();
-                            dxpad.resize(g.padded(), 0.0);
-                            g.col2im(&s.dcols, &mut dxpad);
+                            s.dxpad.clear();
+                            s.dxpad.resize(g.padded(), 0.0);
+                            g.col2im(&s.dcols, &mut s.dxpad);
                             let (p, h, w) = (g.k / 2, g.h, g.w);
                             for ci in 0..g.c_in {
                                 for y in 0..h {
                                     dxp[t * g.in_size() + (ci * h + y) * w..][..w].copy_from_slice(
-                                        &dxpad[ci * g.plane() + (y + p) * g.wp + p..][..w],
+                                        &s.dxpad[ci * g.plane() + (y + p) * g.wp + p..][..w],
                                     );
                                 }
                             }
@@ -833,17 +841,29 @@ impl Workspace {
                     })
             })?;
             drop(parts);
-            let mut gw = vec![0f32; c_out * ckk];
-            let mut gb = vec![0f32; c_out];
-            for s in &self.scratch[..chunks] {
-                gw.iter_mut().zip(&s.gw).for_each(|(a, b)| *a += b);
-                gb.iter_mut().zip(&s.gb).for_each(|(a, b)| *a += b);
-            }
-            self.grads[2 * i] = gw;
-            self.grads[2 * i + 1] = gb;
+            let parts = &self.scratch[..chunks];
+            sum_into(
+                &mut self.grads[2 * i],
+                c_out * ckk,
+                parts.iter().map(|s| &s.gw[..]),
+            );
+            sum_into(
+                &mut self.grads[2 * i + 1],
+                c_out,
+                parts.iter().map(|s| &s.gb[..]),
+            );
             grad = dx;
         }
         Ok(())
+    }
+}
+
+/// `dst = Σ parts` (each of length `len`), added in order, reusing `dst`'s buffer.
+fn sum_into<'a>(dst: &mut Vec<f32>, len: usize, parts: impl Iterator<Item = &'a [f32]>) {
+    dst.clear();
+    dst.resize(len, 0.0);
+    for part in parts {
+        dst.iter_mut().zip(part).for_each(|(a, b)| *a += b);
     }
 }
 
