@@ -11,6 +11,8 @@ fn demo_end_to_end() {
     let o = run(&["demo", "--out", out.to_str().unwrap()]);
     assert!(o.status.success(), "demo failed: {}", stderr(&o));
     let m = metrics(&out);
+    // The same figures as before the redesign.
+    assert_matches_fixture("demo", &metrics_without_timings(&out));
     let models = m["models"].as_array().unwrap();
     let names: Vec<&str> = models.iter().map(|x| x["name"].as_str().unwrap()).collect();
     assert_eq!(
@@ -126,6 +128,8 @@ fn every_config_runs_on_tiny_data() {
             assert!(has_quality, "{name}: {x}");
         }
         assert!(out.join("report.md").exists());
+        // The same figures as before the redesign (tests/fixtures/quick-*.json).
+        assert_matches_fixture(&format!("quick-{name}"), &metrics_without_timings(&out));
     }
     assert!(n >= 5, "expected the ready configs, found {n}");
 }

@@ -200,3 +200,64 @@ pub fn trained_digits_model(
     };
     (m, meta, d)
 }
+
+/// Compares `actual` (metrics without timings) with the committed fixture
+/// `tests/fixtures/<name>.json`, recorded before the redesign. Numbers may differ by a relative
+/// 1e-4 (float rounding on another CPU's kernels); anything else must be equal. With
+/// `DISTILLERY_BLESS=1` the fixture is (re)written instead — only ever on purpose, when a change
+/// is meant to move the figures, and said so in the commit.
+pub fn assert_matches_fixture(name: &str, actual: &serde_json::Value) {
+    let path = repo().join("tests/fixtures").join(format!("{name}.json"));
+    if std::env::var_os("DISTILLERY_BLESS").is_some() {
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(&path, serde_json::to_string_pretty(actual).unwrap()).unwrap();
+        return;
+    }
+    let text = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("{}: {e} (record it with DISTILLERY_BLESS=1)", path.display()));
+    let expected: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let mut diffs = Vec::new();
+    json_diff("", &expected, actual, &mut diffs);
+    assert!(
+        diffs.is_empty(),
+        "{name}: {} difference(s) from {}:\n{}",
+        diffs.len(),
+        path.display(),
+        diffs
+            .iter()
+            .take(20)
+            .cloned()
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+}
+
+fn json_diff(at: &str, e: &serde_json::Value, a: &serde_json::Value, out: &mut Vec<String>) {
+    use serde_json::Value;
+    match (e, a) {
+        (Value::Number(x), Value::Number(y)) => {
+            let (x, y) = (x.as_f64().unwrap(), y.as_f64().unwrap());
+            if (x - y).abs() > 1e-4 * x.abs().max(y.abs()) + 1e-9 {
+                out.push(format!("{at}: expected {x}, got {y}"));
+            }
+        }
+        (Value::Object(x), Value::Object(y)) => {
+            for (k, v) in x {
+                match y.get(k) {
+                    Some(w) => json_diff(&format!("{at}.{k}"), v, w, out),
+                    None => out.push(format!("{at}.{k}: missing")),
+                }
+            }
+            for k in y.keys().filter(|k| !x.contains_key(*k)) {
+                out.push(format!("{at}.{k}: not in the fixture"));
+            }
+        }
+        (Value::Array(x), Value::Array(y)) if x.len() == y.len() => {
+            for (i, (v, w)) in x.iter().zip(y).enumerate() {
+                json_diff(&format!("{at}[{i}]"), v, w, out);
+            }
+        }
+        _ if e == a => {}
+        _ => out.push(format!("{at}: expected {e}, got {a}")),
+    }
+}
