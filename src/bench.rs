@@ -161,19 +161,19 @@ fn train_workload(name: &str, spec: ModelSpec, steps: usize) -> Result<BenchResu
         .collect::<Result<_>>()?;
     let mut phases = [Vec::new(), Vec::new(), Vec::new()];
     // The training loop's own step: the autograd-free path for MLPs, candle autograd otherwise.
-    let fast_path = crate::train::fast::eligible(&model);
+    let fast_path = crate::models::fused::eligible(&model);
     let host: Vec<(Vec<f32>, Vec<u32>)> = pool
         .iter()
         .map(|(x, y, _)| -> Result<_> {
             Ok((x.flatten_all()?.to_vec1::<f32>()?, y.to_vec1::<u32>()?))
         })
         .collect::<Result<_>>()?;
-    let mut ws = crate::train::fast::Workspace::default();
+    let mut ws = crate::models::fused::Workspace::default();
     let mut step = |i: usize, phases: &mut [Vec<f64>; 3]| -> Result<()> {
         let (x, y, t) = &pool[i % pool.len()];
         let t0 = Instant::now();
         if fast_path {
-            use crate::train::fast::{BatchLabels, SoftBatch};
+            use crate::train::objective::{BatchLabels, SoftBatch};
             let (xh, yh) = &host[i % host.len()];
             ws.forward(&model, xh, batch, None)?;
             let soft = [SoftBatch {
@@ -209,13 +209,13 @@ fn train_workload(name: &str, spec: ModelSpec, steps: usize) -> Result<BenchResu
     }
     phases.iter_mut().for_each(Vec::clear);
     let breakdown = std::env::var_os("DISTILLERY_BENCH_BREAKDOWN").is_some();
-    crate::train::fast::profile::enable(breakdown);
+    crate::models::fused::profile::enable(breakdown);
     let t0 = Instant::now();
     for i in 0..steps {
         step(i, &mut phases)?;
     }
     let secs = t0.elapsed().as_secs_f64();
-    crate::train::fast::profile::enable(false);
+    crate::models::fused::profile::enable(false);
     if breakdown {
         let [f, b, o] = &mut phases;
         eprintln!(
@@ -226,7 +226,7 @@ fn train_workload(name: &str, spec: ModelSpec, steps: usize) -> Result<BenchResu
         );
         // Per GEMM shape (the step's dense products, in order of first use).
         let mut shapes: Vec<((usize, usize, usize), Vec<f64>)> = Vec::new();
-        for (m, n, k, s) in crate::train::fast::profile::take() {
+        for (m, n, k, s) in crate::models::fused::profile::take() {
             match shapes.iter_mut().find(|(sh, _)| *sh == (m, n, k)) {
                 Some((_, v)) => v.push(s),
                 None => shapes.push(((m, n, k), vec![s])),

@@ -1,6 +1,5 @@
 //! Evaluation: accuracy and error count (or MSE and MAE), and inference latency.
 
-use crate::config::EvalConfig;
 use crate::data::{Dataset, TargetScale, Targets};
 use crate::error::Result;
 use crate::models::{Mode, Model};
@@ -97,7 +96,7 @@ pub trait Predictor {
 
 impl Predictor for Model {
     fn predict_batch(&self, x: &Tensor) -> Result<Vec<f32>> {
-        if crate::train::fast::eligible(self) {
+        if crate::models::fused::eligible(self) {
             let rows = x.dim(0)?;
             return crate::models::mlp::with_slice(x, |v| {
                 crate::models::mlp::forward_eval_fused(self, v, rows)
@@ -197,5 +196,33 @@ pub fn median(v: &mut [f64]) -> f64 {
         v[n / 2]
     } else {
         0.5 * (v[n / 2 - 1] + v[n / 2])
+    }
+}
+
+/// The `[eval]` table.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EvalConfig {
+    /// Minimum timed runs per latency figure (the median is reported).
+    #[serde(default = "default_latency_runs")]
+    pub latency_runs: usize,
+    /// Time budget per latency figure, in milliseconds (runs stop when both limits are met).
+    #[serde(default = "default_latency_budget_ms")]
+    pub latency_budget_ms: u64,
+}
+
+fn default_latency_runs() -> usize {
+    20
+}
+fn default_latency_budget_ms() -> u64 {
+    300
+}
+
+impl Default for EvalConfig {
+    fn default() -> Self {
+        EvalConfig {
+            latency_runs: default_latency_runs(),
+            latency_budget_ms: default_latency_budget_ms(),
+        }
     }
 }

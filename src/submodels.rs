@@ -13,21 +13,173 @@
 //! 4. The round with the best ensemble validation accuracy (lowest validation loss for
 //!    regression) is kept. Optionally the ensemble is distilled into one final student.
 
-use crate::config::{ArchConfig, ArchKind, PeerMode, SubmodelInit, SubmodelsConfig, TrainConfig};
 use crate::data::{self, Dataset, Splits, Targets};
 use crate::error::{Error, Result};
 use crate::eval::{self, Ensemble, Scores};
 use crate::losses::{self, mutual};
 use crate::models::{self, Mode, Model, ModelSpec};
+use crate::models::{ArchConfig, ArchKind};
 use crate::progress::Progress;
 use crate::rng::Rng;
 use crate::train::optim::{learning_rate, Optimizer};
+use crate::train::TrainConfig;
 use crate::train::{self, Objective, SoftTerm, TeacherSignal, TrainJob, TrainRecord};
 use candle_core::{Device, Tensor};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::path::Path;
 use std::time::Instant;
+
+/// How sub-models are formed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SubmodelInit {
+    /// Independent sub-models, initialised afresh.
+    Fresh,
+    /// Cut out of the trained teacher: disjoint subsets of its hidden units.
+    Split,
+}
+
+/// Whose state peers' predictions come from during transfer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum PeerMode {
+    /// `live` on shared data, `stale` on shards.
+    Auto,
+    /// Peers' current predictions on every mini-batch (deep mutual learning).
+    Live,
+    /// Peers' predictions from the end of the previous round (codistillation).
+    Stale,
+}
+
+/// Phase 2: rounds of knowledge transfer between the sub-models.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TransferConfig {
+    /// Maximum number of rounds (0: phase 1 only).
+    #[serde(default = "default_rounds")]
+    pub rounds: usize,
+    /// Stop when the validation disagreement falls below this.
+    #[serde(default = "default_tolerance")]
+    pub tolerance: f64,
+    /// Epochs each sub-model trains per round.
+    #[serde(default = "default_epochs_per_round")]
+    pub epochs_per_round: usize,
+    /// Weight β of the peer term; (1 − β) weighs the label (and teacher) loss.
+    #[serde(default = "default_peer_weight")]
+    pub peer_weight: f32,
+    /// Temperature of the peer term (default: the group's temperature).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub temperature: Option<f32>,
+    /// `auto`, `live` or `stale`.
+    #[serde(default = "default_peer_mode")]
+    pub peers: PeerMode,
+    /// Optimizer settings for the rounds (`epochs` is ignored: see `epochs_per_round`).
+    #[serde(default)]
+    pub train: TrainConfig,
+}
+
+fn default_rounds() -> usize {
+    10
+}
+fn default_tolerance() -> f64 {
+    1e-3
+}
+fn default_epochs_per_round() -> usize {
+    1
+}
+fn default_peer_weight() -> f32 {
+    0.5
+}
+fn default_peer_mode() -> PeerMode {
+    PeerMode::Auto
+}
+
+impl Default for TransferConfig {
+    fn default() -> Self {
+        TransferConfig {
+            rounds: default_rounds(),
+            tolerance: default_tolerance(),
+            epochs_per_round: default_epochs_per_round(),
+            peer_weight: default_peer_weight(),
+            temperature: None,
+            peers: default_peer_mode(),
+            train: TrainConfig::default(),
+        }
+    }
+}
+
+/// A student distilled from the sub-models' ensemble.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FinalStudentConfig {
+    /// Model name.
+    pub name: String,
+    /// Architecture.
+    pub arch: ArchConfig,
+    /// Training settings.
+    #[serde(default)]
+    pub train: TrainConfig,
+    /// Temperature.
+    #[serde(default = "default_temperature")]
+    pub temperature: f32,
+    /// Soft-target weight.
+    #[serde(default = "default_alpha")]
+    pub alpha: f32,
+}
+
+/// One `[[submodels]]` group: K sub-models, phase 1 training, then transfer rounds.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SubmodelsConfig {
+    /// Group name; sub-models are `<name>-1` … `<name>-K`, the ensemble `<name>-ensemble`.
+    pub name: String,
+    /// Number of sub-models.
+    pub k: usize,
+    /// `fresh` or `split`.
+    #[serde(default = "default_init")]
+    pub init: SubmodelInit,
+    /// A `[[model]]` to split (init = split) and/or whose soft targets are mixed in (alpha > 0).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub teacher: Option<String>,
+    /// The architecture of every sub-model (fresh), or dropout settings (split).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub arch: Option<ArchConfig>,
+    /// One architecture per sub-model (fresh), instead of `arch`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub archs: Vec<ArchConfig>,
+    /// Train each sub-model on its own disjoint 1/K shard of the training data.
+    #[serde(default)]
+    pub shards: bool,
+    /// Weight of the teacher's soft targets in the sub-models' base loss.
+    #[serde(default)]
+    pub alpha: f32,
+    /// Temperature for teacher and peer soft targets.
+    #[serde(default = "default_temperature")]
+    pub temperature: f32,
+    /// Phase 1 training.
+    #[serde(default)]
+    pub phase1: TrainConfig,
+    /// Phase 2 transfer rounds.
+    #[serde(default)]
+    pub transfer: TransferConfig,
+    /// Optionally distil the ensemble into one final student.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub final_student: Option<FinalStudentConfig>,
+}
+
+/// Default distillation temperature of a group and its final student.
+fn default_temperature() -> f32 {
+    4.0
+}
+/// Default soft-target weight of a final student.
+fn default_alpha() -> f32 {
+    0.9
+}
+
+fn default_init() -> SubmodelInit {
+    SubmodelInit::Fresh
+}
 
 /// Figures of one transfer round (round 0 = after phase 1).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -14,7 +14,9 @@ pub mod kernels;
 pub mod onnx;
 pub mod prune;
 pub mod quant;
-pub mod stages;
+
+pub use crate::models::meta::{StageRecord, StageScores};
+pub use crate::models::{maybe_gunzip, read_model_file};
 
 use crate::error::{Error, Result};
 use crate::eval::Predictor;
@@ -23,39 +25,8 @@ use candle_core::{Device, Tensor, Var};
 use quant::{Int8Layer, Int8Mlp, Precision, QuantMeta, StoredWeight};
 use safetensors::Dtype;
 use std::collections::HashMap;
-use std::io::{Read, Write};
+use std::io::Write;
 use std::path::Path;
-
-/// Test scores of a stage's model before fine-tuning.
-#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct StageScores {
-    /// Accuracy (classification).
-    pub accuracy: Option<f64>,
-    /// Errors (classification).
-    pub errors: Option<usize>,
-    /// MSE in target units (regression).
-    pub mse: Option<f64>,
-}
-
-/// What a pruning or quantization stage did.
-#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct StageRecord {
-    /// The model it started from.
-    pub from: String,
-    /// A one-line description (method, settings).
-    pub method: String,
-    /// Parameters of the starting model.
-    pub params_before: usize,
-    /// Fraction of weight entries that are zero (pruning).
-    #[serde(default)]
-    pub weight_sparsity: Option<f64>,
-    /// Test scores right after pruning / post-training quantization, before fine-tuning.
-    #[serde(default)]
-    pub before: Option<StageScores>,
-    /// Teacher of the fine-tuning (KD recovery or QAT), if any.
-    #[serde(default)]
-    pub teacher: Option<String>,
-}
 
 /// What runs inference.
 pub enum Body {
@@ -257,33 +228,6 @@ pub fn write_safetensors(
     let mut md = HashMap::new();
     md.insert(crate::models::META_KEY.to_string(), meta_json.to_string());
     safetensors::serialize(views, Some(md)).map_err(|e| Error::Other(format!("safetensors: {e}")))
-}
-
-/// Largest decompressed model file accepted (guards against gzip bombs).
-const MAX_MODEL_BYTES: u64 = 8 << 30;
-
-/// Reads a model file, gunzipping it when it is compressed.
-pub fn read_model_file(path: &Path) -> Result<Vec<u8>> {
-    let bytes = crate::io::read_file(path)?;
-    maybe_gunzip(bytes, &path.display().to_string())
-}
-
-/// Gunzips `bytes` when they start with the gzip magic.
-pub fn maybe_gunzip(bytes: Vec<u8>, file: &str) -> Result<Vec<u8>> {
-    if bytes.len() >= 2 && bytes[0] == 0x1f && bytes[1] == 0x8b {
-        let mut out = Vec::new();
-        flate2::read::GzDecoder::new(&bytes[..])
-            .take(MAX_MODEL_BYTES)
-            .read_to_end(&mut out)
-            .map_err(|e| {
-                Error::Input(format!(
-                    "{file}: corrupt or truncated gzip-compressed model file ({e})"
-                ))
-            })?;
-        Ok(out)
-    } else {
-        Ok(bytes)
-    }
 }
 
 /// Loads a model file of any precision.

@@ -19,9 +19,9 @@
 
 use super::quant::{self, Precision};
 use super::{AnyModel, Body};
-use crate::config::ArchKind;
 use crate::data::{Normalizer, Task};
 use crate::error::{Error, Result};
+use crate::models::ArchKind;
 
 // --- protobuf wire format -------------------------------------------------------------------
 

@@ -12,8 +12,8 @@
 //! smaller matrix products.
 
 use super::quant::is_weight;
-use crate::config::ArchKind;
 use crate::error::{Error, Result};
+use crate::models::ArchKind;
 use crate::models::{cnn, Model, ModelSpec};
 use candle_core::{Device, Tensor, Var};
 use serde::{Deserialize, Serialize};

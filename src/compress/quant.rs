@@ -13,47 +13,14 @@
 //! load time, so they save disk and download size, not compute.
 
 use super::kernels::{gemm_u8i8, Kernel, PackedI8};
-use crate::config::ArchKind;
 use crate::error::{Error, Result};
+use crate::models::ArchKind;
 use crate::models::{Mode, Model};
 use candle_core::{Device, Tensor};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
-/// Numeric format of a model's weights.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Precision {
-    /// 32-bit float.
-    F32,
-    /// int8 weights and activations, integer inference.
-    Int8,
-    /// int8 weights (per channel), f32 compute.
-    Int8Weights,
-    /// Packed 4-bit weights (per group of inputs), f32 compute.
-    Int4Weights,
-}
-
-impl Precision {
-    /// Short name for reports (`f32`, `int8`, `int4`).
-    pub fn short(&self) -> &'static str {
-        match self {
-            Precision::F32 => "f32",
-            Precision::Int8 | Precision::Int8Weights => "int8",
-            Precision::Int4Weights => "int4",
-        }
-    }
-
-    /// Name as written in configs.
-    pub fn as_str(&self) -> &'static str {
-        match self {
-            Precision::F32 => "f32",
-            Precision::Int8 => "int8",
-            Precision::Int8Weights => "int8-weights",
-            Precision::Int4Weights => "int4-weights",
-        }
-    }
-}
+pub use crate::models::meta::{ActQuant, Precision, QuantMeta};
 
 /// How activation ranges are calibrated.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -63,55 +30,6 @@ pub enum Calibration {
     Minmax,
     /// The `p`-th and `(100 − p)`-th percentiles (clips outliers).
     Percentile,
-}
-
-/// Per-tensor asymmetric `u8` quantization of an activation: `x ≈ scale · (q − zero_point)`.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-pub struct ActQuant {
-    /// Step size.
-    pub scale: f32,
-    /// The `u8` code of 0.0.
-    pub zero_point: u8,
-}
-
-impl ActQuant {
-    /// From an observed range (widened to contain 0, so that zero is exact).
-    pub fn from_range(lo: f32, hi: f32) -> ActQuant {
-        let lo = lo.min(0.0);
-        let hi = hi.max(0.0);
-        let scale = if hi - lo > 1e-12 {
-            (hi - lo) / 255.0
-        } else {
-            1.0
-        };
-        let zero_point = (-lo / scale).round_ties_even().clamp(0.0, 255.0) as u8;
-        ActQuant { scale, zero_point }
-    }
-
-    /// Quantizes one value (round half to even, as ONNX QuantizeLinear).
-    #[inline]
-    pub fn quantize(&self, v: f32, inv_scale: f32) -> u8 {
-        ((v * inv_scale).round_ties_even() + self.zero_point as f32).clamp(0.0, 255.0) as u8
-    }
-}
-
-/// What a quantized model file records besides its tensors.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct QuantMeta {
-    /// The format.
-    pub precision: Precision,
-    /// Calibration method (int8).
-    #[serde(default)]
-    pub calibration: Option<String>,
-    /// Calibration samples used (int8).
-    #[serde(default)]
-    pub calibration_samples: Option<usize>,
-    /// Inputs per scale (int4).
-    #[serde(default)]
-    pub group_size: Option<usize>,
-    /// Quantization of each dense layer's input (int8).
-    #[serde(default)]
-    pub activations: Vec<ActQuant>,
 }
 
 /// Symmetric int8 quantization of each row of `w` (`rows × cols`): `(codes, scales)`.

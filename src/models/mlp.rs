@@ -83,13 +83,13 @@ pub(crate) fn with_slice<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> Result<R
     }
 }
 
-/// Inference for an MLP, or a CNN the fast path takes ([`crate::train::fast::eligible`]), without
+/// Inference for an MLP, or a CNN the fast path takes ([`super::fused::eligible`]), without
 /// the tensor machinery: the forward pass of the autograd-free
-/// training step ([`crate::train::fast::Workspace::forward`]) without dropout. `x` holds `rows`
+/// training step ([`super::fused::Workspace::forward`]) without dropout. `x` holds `rows`
 /// samples; returns `rows * outputs` values. Same arithmetic as [`forward`] in eval mode
 /// or [`super::cnn::forward`] (outputs agree to float rounding).
 pub fn forward_eval_fused(model: &Model, x: &[f32], rows: usize) -> Result<Vec<f32>> {
-    let mut ws = crate::train::fast::Workspace::default();
+    let mut ws = super::fused::Workspace::default();
     ws.forward(model, x, rows, None)?;
     Ok(ws.logits)
 }
@@ -97,8 +97,8 @@ pub fn forward_eval_fused(model: &Model, x: &[f32], rows: usize) -> Result<Vec<f
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{ArchConfig, ArchKind};
     use crate::models::ModelSpec;
+    use crate::models::{ArchConfig, ArchKind};
     use crate::rng::Rng;
     use candle_core::Device;
 
@@ -169,7 +169,7 @@ mod tests {
                 outputs: 4,
             };
             let m = Model::new(spec, &mut Rng::new(2)).unwrap();
-            assert!(crate::train::fast::eligible(&m));
+            assert!(crate::models::fused::eligible(&m));
             assert!(forward_eval_fused(&m, &[], 0).unwrap().is_empty());
             let mut rng = Rng::new(3);
             for rows in [1usize, 5, 37] {

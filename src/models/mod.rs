@@ -4,16 +4,55 @@
 //! names).
 
 pub mod cnn;
+pub mod fused;
+pub mod meta;
 pub mod mlp;
 
-use crate::config::{ArchConfig, ArchKind};
 use crate::data::{Normalizer, TargetScale, Task};
 use crate::error::{Error, Result};
 use crate::rng::Rng;
 use candle_core::{DType, Device, Tensor, Var};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
+use std::io::Read;
 use std::path::Path;
+
+/// Model family.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ArchKind {
+    /// Multi-layer perceptron.
+    Mlp,
+    /// LeNet-style convolutional network.
+    Cnn,
+}
+
+/// A model architecture.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ArchConfig {
+    /// `mlp` or `cnn`.
+    pub kind: ArchKind,
+    /// Widths of the hidden dense layers.
+    #[serde(default)]
+    pub hidden: Vec<usize>,
+    /// Dropout probability after each hidden layer during training.
+    #[serde(default)]
+    pub dropout: f32,
+    /// Dropout probability on the input during training.
+    #[serde(default)]
+    pub input_dropout: f32,
+    /// CNN: output channels of each conv + ReLU + 2×2 max-pool block.
+    #[serde(default)]
+    pub channels: Vec<usize>,
+    /// CNN: square kernel size (odd; "same" padding).
+    #[serde(default = "default_kernel")]
+    pub kernel: usize,
+}
+
+fn default_kernel() -> usize {
+    5
+}
 
 /// Architecture plus the data shape it is built for.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -100,10 +139,10 @@ pub struct ModelMeta {
     pub training: serde_json::Value,
     /// Quantization format and parameters (absent for f32 models).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub quantization: Option<crate::compress::quant::QuantMeta>,
+    pub quantization: Option<meta::QuantMeta>,
     /// The pruning or quantization stage that produced the model.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub compression: Option<crate::compress::StageRecord>,
+    pub compression: Option<meta::StageRecord>,
 }
 
 /// A model: its spec and named parameters.
@@ -399,7 +438,7 @@ pub fn save_model(path: &Path, model: &Model, meta: &ModelMeta) -> Result<()> {
 /// Loads an f32 model file written by [`save_model`] (quantized files are refused here; read
 /// them with [`crate::compress::load_any`]).
 pub fn load_model(path: &Path) -> Result<(Model, ModelMeta)> {
-    let bytes = crate::compress::read_model_file(path)?;
+    let bytes = read_model_file(path)?;
     load_model_bytes(&bytes, &path.display().to_string())
 }
 
@@ -453,4 +492,31 @@ pub(crate) fn ensure_f32(t: &Tensor) -> Result<()> {
         )));
     }
     Ok(())
+}
+
+/// Largest decompressed model file accepted (guards against gzip bombs).
+const MAX_MODEL_BYTES: u64 = 8 << 30;
+
+/// Reads a model file, gunzipping it when it is compressed.
+pub fn read_model_file(path: &Path) -> Result<Vec<u8>> {
+    let bytes = crate::io::read_file(path)?;
+    maybe_gunzip(bytes, &path.display().to_string())
+}
+
+/// Gunzips `bytes` when they start with the gzip magic.
+pub fn maybe_gunzip(bytes: Vec<u8>, file: &str) -> Result<Vec<u8>> {
+    if bytes.len() >= 2 && bytes[0] == 0x1f && bytes[1] == 0x8b {
+        let mut out = Vec::new();
+        flate2::read::GzDecoder::new(&bytes[..])
+            .take(MAX_MODEL_BYTES)
+            .read_to_end(&mut out)
+            .map_err(|e| {
+                Error::Input(format!(
+                    "{file}: corrupt or truncated gzip-compressed model file ({e})"
+                ))
+            })?;
+        Ok(out)
+    } else {
+        Ok(bytes)
+    }
 }

@@ -3,10 +3,12 @@
 //! epoch, early stopping that keeps the best epoch's weights, divergence detection, and an
 //! atomic checkpoint after every epoch from which a killed run resumes exactly.
 
-pub mod fast;
+pub mod objective;
 pub mod optim;
+mod settings;
 
-use crate::config::TrainConfig;
+pub use settings::{OptimizerKind, ScheduleKind, TrainConfig};
+
 use crate::data::{Dataset, Targets};
 use crate::error::{Error, Result};
 use crate::eval::{score_outputs, Scores};
@@ -298,9 +300,10 @@ pub fn fit(model: &Model, job: TrainJob) -> Result<TrainRecord> {
 
     let mut xbuf = Vec::with_capacity(cfg.batch_size * d);
     // MLPs without a hint term or fake quantization train without autograd.
-    let fast_path =
-        fast::eligible(model) && job.objective.hint.is_none() && job.extras.qat.is_none();
-    let mut ws = fast::Workspace::default();
+    let fast_path = crate::models::fused::eligible(model)
+        && job.objective.hint.is_none()
+        && job.extras.qat.is_none();
+    let mut ws = crate::models::fused::Workspace::default();
     let mut teacher_buf: Vec<f32> = Vec::new();
     let outputs = model.spec.outputs;
     for epoch in start_epoch..cfg.epochs {
@@ -340,12 +343,12 @@ pub fn fit(model: &Model, job: TrainJob) -> Result<TrainRecord> {
                         TeacherSignal::Live(t) => t.predict(&xbuf, b)?,
                     });
                 }
-                let soft: Vec<fast::SoftBatch> = job
+                let soft: Vec<objective::SoftBatch> = job
                     .objective
                     .soft
                     .iter()
                     .zip(&soft_bufs)
-                    .map(|(t, v)| fast::SoftBatch {
+                    .map(|(t, v)| objective::SoftBatch {
                         targets: v,
                         temperature: t.temperature,
                         weight: t.weight,
@@ -358,9 +361,9 @@ pub fn fit(model: &Model, job: TrainJob) -> Result<TrainRecord> {
                     Targets::Values(v) => (Vec::new(), idx.iter().map(|&i| v[i]).collect()),
                 };
                 let labels = if classification {
-                    fast::BatchLabels::Classes(&cls_buf)
+                    objective::BatchLabels::Classes(&cls_buf)
                 } else {
-                    fast::BatchLabels::Values(&val_buf)
+                    objective::BatchLabels::Values(&val_buf)
                 };
                 if job.objective.label_weight == 0.0 && soft.iter().all(|t| t.weight == 0.0) {
                     return Err(Error::Input(format!(
@@ -668,8 +671,8 @@ fn divergence(job: &TrainJob, epoch: usize, bi: usize, lv: f64) -> Error {
 
 /// Wraps the hint adapter as a one-parameter model so the fused optimizer can update it.
 fn adapter_model(a: &Var) -> Model {
-    let arch = crate::config::ArchConfig {
-        kind: crate::config::ArchKind::Mlp,
+    let arch = crate::models::ArchConfig {
+        kind: crate::models::ArchKind::Mlp,
         hidden: Vec::new(),
         dropout: 0.0,
         input_dropout: 0.0,

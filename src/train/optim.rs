@@ -5,7 +5,7 @@
 //! and updates the weight and both moment buffers in place (a candle in-place custom op), split
 //! across threads for large tensors.
 
-use crate::config::{OptimizerKind, TrainConfig};
+use super::{OptimizerKind, TrainConfig};
 use crate::error::{Error, Result};
 use crate::models::Model;
 use candle_core::backprop::GradStore;
@@ -263,7 +263,7 @@ impl Optimizer {
 
 /// Learning rate at `epoch` (0-based) under the configured schedule.
 pub fn learning_rate(cfg: &TrainConfig, epoch: usize) -> f64 {
-    use crate::config::ScheduleKind::*;
+    use super::ScheduleKind::*;
     match cfg.schedule {
         Constant => cfg.lr,
         Step => cfg.lr * cfg.gamma.powi((epoch / cfg.step_size.max(1)) as i32),

@@ -213,8 +213,12 @@ pub fn assert_matches_fixture(name: &str, actual: &serde_json::Value) {
         std::fs::write(&path, serde_json::to_string_pretty(actual).unwrap()).unwrap();
         return;
     }
-    let text = std::fs::read_to_string(&path)
-        .unwrap_or_else(|e| panic!("{}: {e} (record it with DISTILLERY_BLESS=1)", path.display()));
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| {
+        panic!(
+            "{}: {e} (record it with DISTILLERY_BLESS=1)",
+            path.display()
+        )
+    });
     let expected: serde_json::Value = serde_json::from_str(&text).unwrap();
     let mut diffs = Vec::new();
     json_diff("", &expected, actual, &mut diffs);

@@ -1,6 +1,6 @@
-//! The MLP training step without candle's autograd: forward, the fused gradient of the whole
-//! objective (cross-entropy / MSE plus soft-target terms, in one pass over the logits), and the
-//! backward pass, all on reused buffers — one multi-threaded GEMM per product (the `gemm`
+//! The MLP and CNN forward and backward passes without candle's autograd (the objective's
+//! gradient with respect to the logits comes from `train::objective`), used for training and
+//! for inference, all on reused buffers — one multi-threaded GEMM per product (the `gemm`
 //! crate candle itself uses) and single passes for bias, ReLU, dropout and their gradients.
 //!
 //! It computes exactly the objective of the generic path (`train::fit` with candle autograd):
@@ -12,24 +12,6 @@ use crate::models::Model;
 use crate::rng::Rng;
 use rayon::prelude::*;
 
-/// A soft-target term of the objective for one batch.
-pub struct SoftBatch<'a> {
-    /// Targets for the batch rows: teacher logits (classification) or values (regression).
-    pub targets: &'a [f32],
-    /// Temperature T (classification).
-    pub temperature: f32,
-    /// Weight of the term.
-    pub weight: f32,
-}
-
-/// Labels of one batch.
-pub enum BatchLabels<'a> {
-    /// Class indices.
-    Classes(&'a [u32]),
-    /// Regression targets (standardised).
-    Values(&'a [f32]),
-}
-
 /// Buffers reused from step to step.
 #[derive(Default)]
 pub struct Workspace {
@@ -39,7 +21,8 @@ pub struct Workspace {
     pub logits: Vec<f32>,
     /// Gradients, one per parameter, in parameter order.
     pub grads: Vec<Vec<f32>>,
-    dz: Vec<f32>,
+    /// The gradient of the objective with respect to the logits.
+    pub(crate) dz: Vec<f32>,
     da: Vec<f32>,
     /// Per conv block: what the backward pass needs.
     conv: Vec<ConvCache>,
@@ -430,7 +413,7 @@ fn with_param<R>(model: &Model, i: usize, f: impl FnOnce(&[f32]) -> R) -> Result
 /// Whether the fast path can train this model (an MLP, or a CNN: same-padded k×k convolutions
 /// with ReLU and 2×2 max-pooling, then dense layers).
 pub fn eligible(model: &Model) -> bool {
-    use crate::config::ArchKind;
+    use crate::models::ArchKind;
     match model.spec.arch.kind {
         ArchKind::Mlp => true,
         ArchKind::Cnn => model.spec.arch.kernel % 2 == 1 && model.spec.input_shape.len() == 3,
@@ -438,7 +421,7 @@ pub fn eligible(model: &Model) -> bool {
 }
 
 fn conv_blocks(model: &Model) -> usize {
-    if model.spec.arch.kind == crate::config::ArchKind::Cnn {
+    if model.spec.arch.kind == crate::models::ArchKind::Cnn {
         model.spec.arch.channels.len()
     } else {
         0
@@ -524,85 +507,6 @@ impl Workspace {
         }
         Ok(())
     }
-
-    /// The objective's value and its gradient with respect to the logits (into `self.dz`).
-    pub fn loss_and_grad(
-        &mut self,
-        labels: &BatchLabels,
-        label_weight: f32,
-        soft: &[SoftBatch],
-        classes: usize,
-    ) -> Result<f64> {
-        let z = &self.logits;
-        let rows = z.len() / classes.max(1);
-        self.dz.clear();
-        self.dz.resize(z.len(), 0.0);
-        let inv_b = 1.0 / rows.max(1) as f32;
-        let mut loss = 0f64;
-        match labels {
-            BatchLabels::Classes(y) => {
-                let mut q = vec![0f32; classes];
-                for (r, (zr, dr)) in z
-                    .chunks_exact(classes)
-                    .zip(self.dz.chunks_exact_mut(classes))
-                    .enumerate()
-                {
-                    let max = zr.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
-                    if label_weight != 0.0 {
-                        let sum: f32 = zr.iter().map(|&v| (v - max).exp()).sum();
-                        let lse = sum.ln();
-                        let yi = y[r] as usize;
-                        loss += label_weight as f64 * (lse - (zr[yi] - max)) as f64;
-                        for c in 0..classes {
-                            let p = (zr[c] - max - lse).exp();
-                            let t = if c == yi { 1.0 } else { 0.0 };
-                            dr[c] += label_weight * (p - t) * inv_b;
-                        }
-                    }
-                    for s in soft {
-                        if s.weight == 0.0 {
-                            continue;
-                        }
-                        let t = s.temperature;
-                        let tr = &s.targets[r * classes..(r + 1) * classes];
-                        // Teacher: p = softmax(t/T) (in f64, as the generic path).
-                        let tmax = tr.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
-                        let tsum: f64 = tr.iter().map(|&v| (((v - tmax) / t) as f64).exp()).sum();
-                        let tlse = tsum.ln();
-                        // Student: log q = z/T − logsumexp(z/T).
-                        let ssum: f32 = zr.iter().map(|&v| ((v - max) / t).exp()).sum();
-                        let slse = ssum.ln();
-                        let mut kl = 0f64;
-                        for c in 0..classes {
-                            let logp = (((tr[c] - tmax) / t) as f64 - tlse) as f32;
-                            let p = logp.exp();
-                            let logq = (zr[c] - max) / t - slse;
-                            q[c] = logq.exp();
-                            kl += (p * (logp - logq)) as f64;
-                            dr[c] += s.weight * t * (q[c] - p) * inv_b;
-                        }
-                        loss += (s.weight * t * t) as f64 * kl;
-                    }
-                }
-            }
-            BatchLabels::Values(y) => {
-                for (r, (&zr, dr)) in z.iter().zip(self.dz.iter_mut()).enumerate() {
-                    if label_weight != 0.0 {
-                        let d = zr - y[r];
-                        loss += label_weight as f64 * (d * d) as f64;
-                        *dr += label_weight * 2.0 * d * inv_b;
-                    }
-                    for s in soft {
-                        let d = zr - s.targets[r];
-                        loss += s.weight as f64 * (d * d) as f64;
-                        *dr += s.weight * 2.0 * d * inv_b;
-                    }
-                }
-            }
-        }
-        Ok(loss / rows.max(1) as f64)
-    }
-
     /// Backward pass from `self.dz` into `self.grads` (parameter order).
     pub fn backward(&mut self, model: &Model, rows: usize) -> Result<()> {
         let blocks = conv_blocks(model);
@@ -891,9 +795,10 @@ fn relu_dropout_grad(out: &mut [f32], da: &[f32], a: &[f32], keep: f32) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{ArchConfig, ArchKind};
     use crate::losses;
+    use crate::models::{ArchConfig, ArchKind};
     use crate::models::{Mode, ModelSpec};
+    use crate::train::objective::{BatchLabels, SoftBatch};
     use candle_core::{Device, Tensor};
 
     fn model(dropout: f32, outputs: usize) -> Model {
@@ -1037,9 +942,10 @@ mod tests {
 #[cfg(test)]
 mod cnn_tests {
     use super::*;
-    use crate::config::{ArchConfig, ArchKind};
     use crate::losses;
+    use crate::models::{ArchConfig, ArchKind};
     use crate::models::{Mode, ModelSpec};
+    use crate::train::objective::{BatchLabels, SoftBatch};
     use candle_core::{Device, Tensor};
 
     fn cnn(shape: &[usize], channels: Vec<usize>, dropout: f32) -> Model {

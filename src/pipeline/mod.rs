@@ -5,6 +5,8 @@
 //! exists (written atomically), so a run killed and restarted with the same `--out` skips
 //! finished models and continues the current one from its last epoch checkpoint.
 
+mod compression;
+
 use crate::config::{
     DataFormat, ExperimentConfig, FinalStudentConfig, ModelConfig, Role, SubmodelsConfig,
 };
@@ -339,9 +341,9 @@ pub fn run_experiment(user_cfg: &ExperimentConfig, opts: &RunOptions) -> Result<
     let stages = if cfg.prune.is_empty() && cfg.quantize.is_empty() {
         Vec::new()
     } else {
-        let mut base: Vec<crate::compress::stages::Available> = entries
+        let mut base: Vec<compression::Available> = entries
             .iter()
-            .map(|e| crate::compress::stages::Available {
+            .map(|e| compression::Available {
                 name: e.cfg.name.clone(),
                 model: &e.model,
                 meta: e.meta.clone(),
@@ -349,21 +351,21 @@ pub fn run_experiment(user_cfg: &ExperimentConfig, opts: &RunOptions) -> Result<
             .collect();
         for gd in &groups {
             for (name, m, _) in &gd.members {
-                base.push(crate::compress::stages::Available {
+                base.push(compression::Available {
                     name: name.clone(),
                     model: m,
                     meta: model_meta(name, "submodel", m, &splits, serde_json::Value::Null),
                 });
             }
             if let Some((f, m, _, meta)) = &gd.final_student {
-                base.push(crate::compress::stages::Available {
+                base.push(compression::Available {
                     name: f.name.clone(),
                     model: m,
                     meta: meta.clone(),
                 });
             }
         }
-        crate::compress::stages::run_stages(cfg, &splits, base, out, progress)?
+        compression::run_stages(cfg, &splits, base, out, progress)?
     };
 
     // Evaluate.
@@ -461,7 +463,7 @@ pub fn run_experiment(user_cfg: &ExperimentConfig, opts: &RunOptions) -> Result<
     }
     for st in &stages {
         let (scores, b1, b256) = ev(&st.model)?;
-        rows.push(crate::compress::stages::stage_row(st, scores, b1, b256)?);
+        rows.push(compression::stage_row(st, scores, b1, b256)?);
     }
     let reference = cfg
         .models

@@ -3,9 +3,9 @@
 //! (written atomically), so a killed run resumes at the first unfinished stage, and a stage
 //! with fine-tuning resumes from its last epoch checkpoint.
 
-use super::prune::{self, Masks};
-use super::quant::{self, Precision};
-use super::{AnyModel, Body, StageRecord, StageScores};
+use crate::compress::prune::{self, Masks};
+use crate::compress::quant::{self, Precision};
+use crate::compress::{self, AnyModel, Body, StageRecord, StageScores};
 use crate::config::{ExperimentConfig, PruneMethod, RecoverConfig};
 use crate::data::Splits;
 use crate::error::{Error, Result};
@@ -267,7 +267,7 @@ pub fn run_stages(
             done.push(StageDone {
                 name: st.name.clone(),
                 role: "quantized".into(),
-                model: super::load_any(&file)?,
+                model: compress::load_any(&file)?,
                 file,
                 source: "quantized (earlier session)".into(),
             });
@@ -281,7 +281,7 @@ pub fn run_stages(
         src_meta.role = "quantized".into();
         src_meta.compression = None;
         src_meta.training = serde_json::Value::Null;
-        let ptq = super::quantize(src, &src_meta, st.precision, calib_arg, st.group_size)?;
+        let ptq = compress::quantize(src, &src_meta, st.precision, calib_arg, st.group_size)?;
         let mut method = match st.precision {
             Precision::Int8 => format!(
                 "int8 post-training ({} calibration, {} samples; per-channel weights, per-tensor u8 activations)",

@@ -1,0 +1,121 @@
+//! Training settings: the `train = { … }` table of a model, a recovery or a transfer round.
+
+use serde::{Deserialize, Serialize};
+
+/// Optimizer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum OptimizerKind {
+    /// Adam; `weight_decay` is an L2 term added to the gradient (as PyTorch's Adam).
+    Adam,
+    /// AdamW; decoupled weight decay.
+    Adamw,
+    /// SGD with (heavy-ball) momentum; `weight_decay` as an L2 term.
+    Sgd,
+}
+
+/// Learning-rate schedule.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ScheduleKind {
+    /// Constant.
+    Constant,
+    /// Multiply by `gamma` every `step_size` epochs.
+    Step,
+    /// Cosine decay from `lr` to `min_lr` over the epochs.
+    Cosine,
+}
+
+/// How a model is trained.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrainConfig {
+    /// Maximum number of epochs.
+    #[serde(default = "default_epochs")]
+    pub epochs: usize,
+    /// Mini-batch size.
+    #[serde(default = "default_batch")]
+    pub batch_size: usize,
+    /// `adam`, `adamw` or `sgd`.
+    #[serde(default = "default_optimizer")]
+    pub optimizer: OptimizerKind,
+    /// Initial learning rate.
+    #[serde(default = "default_lr")]
+    pub lr: f64,
+    /// SGD momentum.
+    #[serde(default = "default_momentum")]
+    pub momentum: f64,
+    /// Weight decay.
+    #[serde(default)]
+    pub weight_decay: f64,
+    /// `constant`, `step` or `cosine`.
+    #[serde(default = "default_schedule")]
+    pub schedule: ScheduleKind,
+    /// Step schedule: epochs between decays.
+    #[serde(default = "default_step_size")]
+    pub step_size: usize,
+    /// Step schedule: decay factor.
+    #[serde(default = "default_gamma")]
+    pub gamma: f64,
+    /// Cosine schedule: final learning rate.
+    #[serde(default)]
+    pub min_lr: f64,
+    /// Random shifts of the input images by up to this many pixels.
+    #[serde(default)]
+    pub jitter: usize,
+    /// Stop when the validation loss has not improved for this many epochs (the best
+    /// epoch's weights are kept).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub patience: Option<usize>,
+    /// A training loss above this (or NaN) stops the run as diverged.
+    #[serde(default = "default_max_loss")]
+    pub max_loss: f64,
+}
+
+fn default_epochs() -> usize {
+    10
+}
+fn default_batch() -> usize {
+    128
+}
+fn default_optimizer() -> OptimizerKind {
+    OptimizerKind::Adam
+}
+fn default_lr() -> f64 {
+    1e-3
+}
+fn default_momentum() -> f64 {
+    0.9
+}
+fn default_schedule() -> ScheduleKind {
+    ScheduleKind::Constant
+}
+fn default_step_size() -> usize {
+    10
+}
+fn default_gamma() -> f64 {
+    0.1
+}
+fn default_max_loss() -> f64 {
+    1e4
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        TrainConfig {
+            epochs: default_epochs(),
+            batch_size: default_batch(),
+            optimizer: default_optimizer(),
+            lr: default_lr(),
+            momentum: default_momentum(),
+            weight_decay: 0.0,
+            schedule: default_schedule(),
+            step_size: default_step_size(),
+            gamma: default_gamma(),
+            min_lr: 0.0,
+            jitter: 0,
+            patience: None,
+            max_loss: default_max_loss(),
+        }
+    }
+}
