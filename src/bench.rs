@@ -180,6 +180,7 @@ fn train_workload(name: &str, spec: ModelSpec, steps: usize) -> Result<BenchResu
                 targets: t,
                 temperature: 4.0,
                 weight: 0.9,
+                loss: crate::losses::SoftLoss::Kd,
             }];
             ws.loss_and_grad(&BatchLabels::Classes(yh), 0.1, &soft, 10)?;
             let t1 = Instant::now();

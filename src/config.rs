@@ -292,6 +292,11 @@ pub struct DistillConfig {
     /// Add a FitNets hint term (Romero et al. 2015) on a hidden layer.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hint: Option<HintConfig>,
+    /// The soft-target loss: `{ kind = "kd" }` (Hinton, the default), `{ kind = "dkd",
+    /// target_weight = 1.0, non_target_weight = 8.0 }` or `{ kind = "dist", inter_weight = 1.0,
+    /// intra_weight = 1.0 }`.
+    #[serde(default, skip_serializing_if = "is_kd")]
+    pub loss: crate::losses::SoftLoss,
 }
 
 /// FitNets hint: match the student's hidden layer, through a learned linear adapter, to the
@@ -310,6 +315,10 @@ pub struct HintConfig {
 
 fn default_hint_weight() -> f32 {
     1.0
+}
+
+fn is_kd(l: &crate::losses::SoftLoss) -> bool {
+    *l == crate::losses::SoftLoss::Kd
 }
 
 fn default_temperature() -> f32 {
@@ -686,6 +695,23 @@ impl ExperimentConfig {
                     bad_field(
                         &format!("{p}.distill.alpha"),
                         &format!("expected [0, 1], got {}", ds.alpha),
+                    )?;
+                }
+                for (k, w) in ds.loss.weights() {
+                    if !(w.is_finite() && w >= 0.0) {
+                        bad_field(
+                            &format!("{p}.distill.loss.{k}"),
+                            &format!("expected a finite weight >= 0, got {w}"),
+                        )?;
+                    }
+                }
+                if ds.loss != crate::losses::SoftLoss::Kd && self.data.task == Task::Regression {
+                    bad_field(
+                        &format!("{p}.distill.loss"),
+                        &format!(
+                            "'{}' needs class probabilities; a regression student matches its teacher by MSE (remove the loss table)",
+                            ds.loss.describe()
+                        ),
                     )?;
                 }
             }

@@ -31,13 +31,8 @@ pub fn score_outputs(out: &[f32], data: &Dataset, scale: Option<&TargetScale>) -
             let mut loss = 0f64;
             let mut correct = 0usize;
             for (row, &y) in out.chunks_exact(c).zip(labels) {
-                let max = row.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
-                let lse = row
-                    .iter()
-                    .map(|&z| ((z - max) as f64).exp())
-                    .sum::<f64>()
-                    .ln()
-                    + max as f64;
+                let (max, lse) = crate::losses::softmax::log_sum_exp::<f64>(row, 1.0, None);
+                let lse = lse + max as f64;
                 loss += lse - row[y as usize] as f64;
                 let arg = argmax(row);
                 if arg == y as usize {

@@ -244,10 +244,8 @@ pub fn predict(model: &AnyModel, inputs: Inputs, batch: usize) -> Result<Vec<Pre
         .zip(out.chunks_exact(c))
         .map(|(src, row)| match meta.task {
             Task::Classification => {
-                let m = row.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
-                let e: Vec<f32> = row.iter().map(|&z| (z - m).exp()).collect();
-                let s: f32 = e.iter().sum();
-                let p: Vec<f32> = e.iter().map(|v| v / s).collect();
+                let mut p = vec![0f32; row.len()];
+                crate::losses::softmax::softmax_into(row, 1.0, &mut p);
                 let k = crate::eval::argmax(row);
                 Prediction {
                     input: src,

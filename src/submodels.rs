@@ -16,6 +16,7 @@
 use crate::data::{self, Dataset, Splits, Targets};
 use crate::error::{Error, Result};
 use crate::eval::{self, Ensemble, Scores};
+use crate::losses::SoftLoss;
 use crate::losses::{self, mutual};
 use crate::models::{self, Mode, Model, ModelSpec};
 use crate::models::{ArchConfig, ArchKind};
@@ -712,12 +713,14 @@ pub fn run_group(job: GroupJob) -> Result<GroupOutcome> {
                     signal: TeacherSignal::Cached(outs_per[i].clone()),
                     temperature: peer_t,
                     weight: beta,
+                    loss: SoftLoss::Kd,
                 }];
                 if let Some(t) = &teacher_out[i] {
                     soft.push(SoftTerm {
                         signal: TeacherSignal::Cached(t.clone()),
                         temperature: g.temperature,
                         weight: (1.0 - beta) * g.alpha,
+                        loss: SoftLoss::Kd,
                     });
                 }
                 let objective = Objective {

@@ -10,6 +10,7 @@
 //! (PyTorch's `reduction="batchmean"`). For regression the soft target is the teacher's output:
 //! `L = α · MSE(z_s, z_t) + (1 − α) · MSE(z_s, y)`.
 
+use super::softmax::log_sum_exp;
 use super::supervised::{cross_entropy, mse};
 use crate::error::Result;
 use candle_core::{Tensor, D};
@@ -20,22 +21,7 @@ pub fn soft_targets(
     classes: usize,
     temperature: f32,
 ) -> (Vec<f32>, Vec<f32>) {
-    let mut p = Vec::with_capacity(teacher_logits.len());
-    let mut logp = Vec::with_capacity(teacher_logits.len());
-    for row in teacher_logits.chunks_exact(classes) {
-        let max = row.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
-        let sum: f64 = row
-            .iter()
-            .map(|&z| (((z - max) / temperature) as f64).exp())
-            .sum();
-        let log_sum = sum.ln();
-        for &z in row {
-            let lp = ((z - max) / temperature) as f64 - log_sum;
-            logp.push(lp as f32);
-            p.push(lp.exp() as f32);
-        }
-    }
-    (p, logp)
+    super::softmax::softmax_and_log_rows(teacher_logits, classes, temperature)
 }
 
 /// The soft-target term alone: `T² · KL(softmax(z_t/T) ‖ softmax(z_s/T))`, averaged over the
@@ -82,4 +68,32 @@ pub fn kd_loss_regression(
     let a = (mse(student, teacher)? * alpha as f64)?;
     let b = (mse(student, target)? * (1.0 - alpha as f64))?;
     Ok((a + b)?)
+}
+
+/// The soft-target term for one row, the fast path's form of [`soft_target_loss`]: returns
+/// `weight · T² · KL(softmax(t/T) ‖ softmax(z/T))` and adds its gradient
+/// `weight · T · (softmax(z/T) − softmax(t/T)) · scale` to `grad`. The teacher's distribution is
+/// computed in f64 (as [`soft_targets`]), the student's in f32.
+#[inline]
+pub fn kd_row(
+    z: &[f32],
+    teacher: &[f32],
+    temperature: f32,
+    weight: f32,
+    scale: f32,
+    grad: &mut [f32],
+) -> f64 {
+    let t = temperature;
+    let (tmax, tlse) = log_sum_exp::<f64>(teacher, t, None);
+    let (max, slse) = log_sum_exp::<f32>(z, t, None);
+    let mut kl = 0f64;
+    for c in 0..z.len() {
+        let logp = (((teacher[c] - tmax) / t) as f64 - tlse) as f32;
+        let p = logp.exp();
+        let logq = (z[c] - max) / t - slse;
+        let q = logq.exp();
+        kl += (p * (logp - logq)) as f64;
+        grad[c] += weight * t * (q - p) * scale;
+    }
+    (weight * t * t) as f64 * kl
 }

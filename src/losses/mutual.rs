@@ -12,20 +12,7 @@
 //! `L_k = T² · KL(p̄_{−k} ‖ softmax(z_k / T))`, `p̄_{−k} = mean_{j≠k} softmax(z_j / T)`.
 //! For regression, `L_k = MSE(f_k, mean_{j≠k} f_j)`.
 
-/// Row-wise softmax of `logits / temperature` (f64 inside for stability).
-pub fn softmax_rows(logits: &[f32], classes: usize, temperature: f32) -> Vec<f32> {
-    let mut out = Vec::with_capacity(logits.len());
-    for row in logits.chunks_exact(classes) {
-        let max = row.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
-        let e: Vec<f64> = row
-            .iter()
-            .map(|&z| (((z - max) / temperature) as f64).exp())
-            .collect();
-        let s: f64 = e.iter().sum();
-        out.extend(e.iter().map(|v| (v / s) as f32));
-    }
-    out
-}
+pub use super::softmax::softmax_rows;
 
 /// Average of the peers' softened outputs: `mean_j softmax(z_j / T)`, row-major.
 pub fn peer_average(peers: &[&[f32]], classes: usize, temperature: f32) -> Vec<f32> {

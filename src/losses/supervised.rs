@@ -15,3 +15,26 @@ pub fn cross_entropy(logits: &Tensor, labels: &Tensor) -> Result<Tensor> {
 pub fn mse(pred: &Tensor, target: &Tensor) -> Result<Tensor> {
     Ok(pred.sub(target)?.sqr()?.mean_all()?)
 }
+
+/// Cross-entropy of one row of logits `z` against class `y`, weighted by `weight`: returns the
+/// row's loss and adds `weight · (softmax(z) − onehot(y)) · scale` to `grad` (`scale` = 1/batch,
+/// for the batch mean). The fast path's form of [`cross_entropy`].
+#[inline]
+pub fn cross_entropy_row(z: &[f32], y: usize, weight: f32, scale: f32, grad: &mut [f32]) -> f64 {
+    let (max, lse) = super::softmax::log_sum_exp::<f32>(z, 1.0, None);
+    for (c, (g, &v)) in grad.iter_mut().zip(z).enumerate() {
+        let p = (v - max - lse).exp();
+        let t = if c == y { 1.0 } else { 0.0 };
+        *g += weight * (p - t) * scale;
+    }
+    weight as f64 * (lse - (z[y] - max)) as f64
+}
+
+/// Squared error of one output against `target`, weighted: returns the loss and adds its
+/// gradient `weight · 2 (z − target) · scale`. The fast path's form of [`mse`].
+#[inline]
+pub fn squared_error(z: f32, target: f32, weight: f32, scale: f32, grad: &mut f32) -> f64 {
+    let d = z - target;
+    *grad += weight * 2.0 * d * scale;
+    weight as f64 * (d * d) as f64
+}

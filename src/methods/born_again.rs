@@ -29,6 +29,7 @@ pub fn expand(models: &[ModelConfig]) -> Vec<ModelConfig> {
                         alpha: b.alpha,
                         assistants: Vec::new(),
                         hint: None,
+                        loss: crate::losses::SoftLoss::Kd,
                     }),
                     from: None,
                     born_again: None,

@@ -893,11 +893,13 @@ mod tests {
                             targets: &t1,
                             temperature: 4.0,
                             weight: 0.7,
+                            loss: crate::losses::SoftLoss::Kd,
                         },
                         SoftBatch {
                             targets: &t2,
                             temperature: 2.0,
                             weight: 0.1,
+                            loss: crate::losses::SoftLoss::Kd,
                         },
                     ],
                     0.2,
@@ -909,6 +911,7 @@ mod tests {
                         targets: &t1,
                         temperature: 1.0,
                         weight: 0.6,
+                        loss: crate::losses::SoftLoss::Kd,
                     }],
                     0.4,
                 )
@@ -1012,6 +1015,7 @@ mod cnn_tests {
                 targets: &t,
                 temperature: 3.0,
                 weight: 0.7,
+                loss: crate::losses::SoftLoss::Kd,
             }];
             let run = |ws: &mut Workspace| -> f64 {
                 let mut rb = Rng::new(21);

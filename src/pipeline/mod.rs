@@ -763,7 +763,7 @@ fn train_model(
             } else {
                 TeacherSignal::Live(&t.model)
             };
-            let mut obj = Objective::hinton(signal, ds.temperature, ds.alpha);
+            let mut obj = Objective::distill(signal, ds.loss, ds.temperature, ds.alpha);
             obj.hint = ds.hint.as_ref().map(|h| HintTerm {
                 teacher: &t.model,
                 teacher_layer: h.teacher_layer,

@@ -12,7 +12,7 @@ pub use settings::{OptimizerKind, ScheduleKind, TrainConfig};
 use crate::data::{Dataset, Targets};
 use crate::error::{Error, Result};
 use crate::eval::{score_outputs, Scores};
-use crate::losses;
+use crate::losses::{self, SoftLoss};
 use crate::models::{self, Mode, Model};
 use crate::progress::Progress;
 use crate::rng::Rng;
@@ -31,8 +31,9 @@ pub enum TeacherSignal<'a> {
     Live(&'a Model),
 }
 
-/// One soft-target term: `weight · T² · KL(softmax(signal/T) ‖ softmax(z/T))` for
-/// classification, `weight · MSE(z, signal)` for regression.
+/// One soft-target term: `weight · loss(signal, z; T)` for classification (Hinton's
+/// `T² · KL(softmax(signal/T) ‖ softmax(z/T))` unless another [`SoftLoss`] is chosen),
+/// `weight · MSE(z, signal)` for regression.
 pub struct SoftTerm<'a> {
     /// Where the targets come from.
     pub signal: TeacherSignal<'a>,
@@ -40,6 +41,8 @@ pub struct SoftTerm<'a> {
     pub temperature: f32,
     /// Weight of the term.
     pub weight: f32,
+    /// The soft-target loss (classification).
+    pub loss: SoftLoss,
 }
 
 /// A FitNets hint term: `weight · MSE(h_s · A, h_t)` with a learned adapter `A`.
@@ -76,12 +79,24 @@ impl<'a> Objective<'a> {
 
     /// Hinton et al. (2015): `α · T² · KL + (1 − α) · CE` (regression: `α · MSE(teacher) + (1 − α) · MSE(y)`).
     pub fn hinton(signal: TeacherSignal<'a>, temperature: f32, alpha: f32) -> Self {
+        Self::distill(signal, SoftLoss::Kd, temperature, alpha)
+    }
+
+    /// `α · loss(teacher, student; T) + (1 − α) · CE` with any soft-target loss
+    /// (regression: `α · MSE(teacher) + (1 − α) · MSE(y)`).
+    pub fn distill(
+        signal: TeacherSignal<'a>,
+        loss: SoftLoss,
+        temperature: f32,
+        alpha: f32,
+    ) -> Self {
         Objective {
             label_weight: 1.0 - alpha,
             soft: vec![SoftTerm {
                 signal,
                 temperature,
                 weight: alpha,
+                loss,
             }],
             hint: None,
         }
@@ -352,6 +367,7 @@ pub fn fit(model: &Model, job: TrainJob) -> Result<TrainRecord> {
                         targets: v,
                         temperature: t.temperature,
                         weight: t.weight,
+                        loss: t.loss,
                     })
                     .collect();
                 let (cls_buf, val_buf): (Vec<u32>, Vec<f32>) = match &job.train.targets {
@@ -428,7 +444,7 @@ pub fn fit(model: &Model, job: TrainJob) -> Result<TrainRecord> {
                     }
                 };
                 let l = if classification {
-                    losses::soft_target_loss(&logits, t_out, term.temperature)?
+                    term.loss.autograd(&logits, t_out, &y, term.temperature)?
                 } else {
                     losses::mse(&logits, &Tensor::from_slice(t_out, (b, 1), &Device::Cpu)?)?
                 };
