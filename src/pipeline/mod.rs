@@ -385,6 +385,7 @@ pub fn run_experiment(user_cfg: &ExperimentConfig, opts: &RunOptions) -> Result<
             teacher: d.teacher.clone(),
             temperature: d.temperature,
             alpha: d.alpha,
+            loss: (d.loss != crate::losses::SoftLoss::Kd).then(|| d.loss.describe().to_uppercase()),
         });
         rows.push(row(
             &e.cfg.name,
@@ -455,6 +456,7 @@ pub fn run_experiment(user_cfg: &ExperimentConfig, opts: &RunOptions) -> Result<
                 teacher: format!("{}-ensemble", gd.record.name),
                 temperature: fcfg.temperature,
                 alpha: fcfg.alpha,
+                loss: None,
             });
             rows.push(row(
                 &fcfg.name, "student", m, file, scores, b1, b256, distill, &gd.source, training,

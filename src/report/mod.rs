@@ -59,6 +59,9 @@ pub struct DistillSummary {
     pub temperature: f32,
     /// Soft-target weight.
     pub alpha: f32,
+    /// The soft-target loss when it is not Hinton's (`dkd(1,8)`, `dist(2,2)`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub loss: Option<String>,
 }
 
 /// All figures for one model.
@@ -258,8 +261,11 @@ pub fn markdown(m: &Metrics) -> String {
         let mut role = x.role.clone();
         if let Some(ds) = &x.distill {
             role = format!(
-                "{role} (KD from {}, T={}, α={})",
-                ds.teacher, ds.temperature, ds.alpha
+                "{role} ({} from {}, T={}, α={})",
+                ds.loss.as_deref().unwrap_or("KD"),
+                ds.teacher,
+                ds.temperature,
+                ds.alpha
             );
         }
         if cls {
