@@ -70,6 +70,7 @@ fn one_minus_pearson(
 /// DIST for a batch (the fast path): `z` the student's logits `[rows, classes]`, `teacher` the
 /// teacher's logits for the same rows. Returns `weight · DIST` and adds its gradient with respect
 /// to `z` to `grad`.
+#[allow(clippy::too_many_arguments)]
 pub fn dist_batch(
     z: &[f32],
     teacher: &[f32],
