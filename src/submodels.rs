@@ -16,16 +16,14 @@
 use crate::data::{self, Dataset, Splits, Targets};
 use crate::error::{Error, Result};
 use crate::eval::{self, Ensemble, Scores};
+use crate::losses::mutual;
 use crate::losses::SoftLoss;
-use crate::losses::{self, mutual};
-use crate::models::{self, Mode, Model, ModelSpec};
+use crate::models::{self, Model, ModelSpec};
 use crate::models::{ArchConfig, ArchKind};
 use crate::progress::Progress;
 use crate::rng::Rng;
-use crate::train::optim::{learning_rate, Optimizer};
 use crate::train::TrainConfig;
 use crate::train::{self, Objective, SoftTerm, TeacherSignal, TrainJob, TrainRecord};
-use candle_core::{Device, Tensor};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::path::Path;
@@ -598,7 +596,7 @@ pub fn run_group(job: GroupJob) -> Result<GroupOutcome> {
                     checkpoint: Some(ckdir.join(format!("{name}.phase1.ckpt.safetensors"))),
                     seed: job.seed,
                     progress: job.progress,
-                    extras: Default::default(),
+                    hooks: Vec::new(),
                 },
             )?;
             phase1.push(rec);
@@ -675,18 +673,48 @@ pub fn run_group(job: GroupJob) -> Result<GroupOutcome> {
         let mut tcfg = g.transfer.train.clone();
         tcfg.epochs = g.transfer.epochs_per_round;
         if live {
-            mutual_round(
-                &members,
-                &data[0],
-                &teacher_out[0],
-                g,
-                &tcfg,
-                peer_t,
-                round,
-                job.seed,
-                s.normalizer.zero_value(),
-                job.progress,
-            )?;
+            // Deep mutual learning: all members through the one training loop together, each
+            // learning from its peers' current predictions on the same batch.
+            let beta = g.transfer.peer_weight;
+            let names: Vec<String> = (0..g.k)
+                .map(|i| format!("{}-r{round}", member_name(&g.name, i)))
+                .collect();
+            let jobs = (0..g.k)
+                .map(|k| {
+                    let mut soft = vec![SoftTerm {
+                        signal: TeacherSignal::Peers((0..g.k).filter(|&j| j != k).collect()),
+                        temperature: peer_t,
+                        weight: beta,
+                        loss: SoftLoss::Kd,
+                    }];
+                    if let Some(t) = &teacher_out[0] {
+                        soft.push(SoftTerm {
+                            signal: TeacherSignal::Cached(t.clone()),
+                            temperature: g.temperature,
+                            weight: (1.0 - beta) * g.alpha,
+                            loss: SoftLoss::Kd,
+                        });
+                    }
+                    TrainJob {
+                        name: &names[k],
+                        cfg: &tcfg,
+                        train: &data[0],
+                        val: &s.val,
+                        objective: Objective {
+                            label_weight: (1.0 - beta) * (1.0 - g.alpha),
+                            soft,
+                            hint: None,
+                        },
+                        fill: s.normalizer.zero_value(),
+                        checkpoint: None,
+                        seed: job.seed,
+                        progress: job.progress,
+                        hooks: Vec::new(),
+                    }
+                })
+                .collect();
+            let refs: Vec<&Model> = members.iter().collect();
+            train::fit_together(&refs, jobs, &format!("dml/{}/{round}", g.name))?;
         } else {
             // Peers' predictions on each sub-model's data, from the state at the round's start.
             let outs_per: Vec<Vec<f32>> = (0..g.k)
@@ -740,7 +768,7 @@ pub fn run_group(job: GroupJob) -> Result<GroupOutcome> {
                         checkpoint: None,
                         seed: job.seed,
                         progress: job.progress,
-                        extras: Default::default(),
+                        hooks: Vec::new(),
                     },
                 )?;
             }
@@ -834,134 +862,4 @@ fn round_line(r: &RoundRecord) -> String {
             .map(|a| format!("{:.2}%", 100.0 * a))
             .unwrap_or_else(|| format!("loss {:.4}", r.ensemble_val_loss))
     )
-}
-
-/// One round of deep mutual learning on shared data: every mini-batch, all sub-models predict,
-/// then each takes a step towards the labels (and teacher) and its peers' current averaged
-/// softened predictions.
-#[allow(clippy::too_many_arguments)]
-fn mutual_round(
-    members: &[Model],
-    data: &Dataset,
-    teacher_out: &Option<Vec<f32>>,
-    g: &SubmodelsConfig,
-    cfg: &TrainConfig,
-    peer_t: f32,
-    round: usize,
-    seed: u64,
-    fill: f32,
-    progress: Progress,
-) -> Result<()> {
-    let regression = matches!(data.targets, Targets::Values(_));
-    let mut rng = Rng::derive(seed, &format!("dml/{}/{round}", g.name));
-    let mut opts: Vec<Optimizer> = members
-        .iter()
-        .map(|m| {
-            Optimizer::new(
-                cfg,
-                &m.params
-                    .iter()
-                    .map(|(_, v)| v.elem_count())
-                    .collect::<Vec<_>>(),
-            )
-        })
-        .collect();
-    let d = data.dim();
-    let c = data.outputs();
-    let beta = g.transfer.peer_weight;
-    let mut xbuf = Vec::new();
-    for epoch in 0..cfg.epochs {
-        let lr = learning_rate(cfg, epoch);
-        let perm = rng.permutation(data.len());
-        let bar = progress.epoch(
-            &format!("{} round {round}", g.name),
-            epoch,
-            cfg.epochs,
-            data.len().div_ceil(cfg.batch_size),
-        );
-        let mut loss_sum = 0f64;
-        let mut seen = 0usize;
-        for idx in perm.chunks(cfg.batch_size) {
-            let b = idx.len();
-            data.gather(idx, cfg.jitter, fill, &mut rng, &mut xbuf);
-            let x = Tensor::from_slice(&xbuf, (b, d), &Device::Cpu)?;
-            let y = match &data.targets {
-                Targets::Classes { labels, .. } => Tensor::from_vec(
-                    idx.iter().map(|&i| labels[i]).collect::<Vec<u32>>(),
-                    b,
-                    &Device::Cpu,
-                )?,
-                Targets::Values(v) => Tensor::from_vec(
-                    idx.iter().map(|&i| v[i]).collect::<Vec<f32>>(),
-                    (b, 1),
-                    &Device::Cpu,
-                )?,
-            };
-            let logits: Vec<Tensor> = members
-                .iter()
-                .map(|m| m.forward(&x, Mode::Train(&mut rng)))
-                .collect::<Result<_>>()?;
-            let vals: Vec<Vec<f32>> = logits
-                .iter()
-                .map(|l| Ok(l.flatten_all()?.to_vec1::<f32>()?))
-                .collect::<Result<_>>()?;
-            let t_batch: Option<Vec<f32>> = teacher_out.as_ref().map(|t| {
-                idx.iter()
-                    .flat_map(|&i| t[i * c..(i + 1) * c].iter().copied())
-                    .collect()
-            });
-            for (k, m) in members.iter().enumerate() {
-                let peers: Vec<&[f32]> = (0..members.len())
-                    .filter(|&j| j != k)
-                    .map(|j| vals[j].as_slice())
-                    .collect();
-                let lk = &logits[k];
-                let mut loss = if regression {
-                    let avg = mutual::mean_outputs(&peers);
-                    (losses::mse(lk, &Tensor::from_vec(avg, (b, 1), &Device::Cpu)?)? * beta as f64)?
-                } else {
-                    let avg =
-                        mutual::probs_as_logits(&mutual::peer_average(&peers, c, peer_t), peer_t);
-                    (losses::soft_target_loss(lk, &avg, peer_t)? * beta as f64)?
-                };
-                let label_w = (1.0 - beta) * (1.0 - g.alpha);
-                if label_w > 0.0 {
-                    let l = if regression {
-                        losses::mse(lk, &y)?
-                    } else {
-                        losses::cross_entropy(lk, &y)?
-                    };
-                    loss = (loss + (l * label_w as f64)?)?;
-                }
-                if let Some(tb) = &t_batch {
-                    let tw = (1.0 - beta) * g.alpha;
-                    let l = if regression {
-                        losses::mse(lk, &Tensor::from_slice(tb, (b, 1), &Device::Cpu)?)?
-                    } else {
-                        losses::soft_target_loss(lk, tb, g.temperature)?
-                    };
-                    loss = (loss + (l * tw as f64)?)?;
-                }
-                let lv = loss.to_scalar::<f32>()? as f64;
-                if !lv.is_finite() || lv > cfg.max_loss {
-                    return Err(Error::Diverged(format!(
-                        "sub-model {} diverged in transfer round {round}: loss = {lv}; the state after round {} is kept in checkpoints/; try a lower submodels.{}.transfer.train.lr",
-                        member_name(&g.name, k),
-                        round - 1,
-                        g.name
-                    )));
-                }
-                loss_sum += lv * b as f64;
-                let grads = loss.backward()?;
-                opts[k].step(m, &grads, lr)?;
-            }
-            seen += b;
-            bar.step(loss_sum / (seen * members.len()) as f64, None);
-        }
-        bar.finish(&format!(
-            "mean loss {:.4}",
-            loss_sum / (seen.max(1) * members.len()) as f64
-        ));
-    }
-    Ok(())
 }

@@ -128,14 +128,12 @@ fn magnitude_masks_reach_the_sparsity_and_survive_fine_tuning() {
             checkpoint: None,
             seed: 1,
             progress: distillery::progress::Progress::Quiet,
-            extras: distillery::train::TrainExtras {
-                prune: Some(distillery::train::PruneSchedule {
-                    sparsity: 0.8,
-                    scope: prune::Scope::Global,
-                    ramp_epochs: 3,
-                }),
-                qat: None,
-            },
+            hooks: vec![Box::new(prune::GradualPruning {
+                sparsity: 0.8,
+                scope: prune::Scope::Global,
+                ramp_epochs: 3,
+                masks: None,
+            })],
         },
     )
     .unwrap();

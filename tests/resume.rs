@@ -186,7 +186,7 @@ fn diverging_loss_stops_names_epoch_and_keeps_checkpoint() {
             checkpoint: Some(ck.to_path_buf()),
             seed: 1,
             progress: Progress::Quiet,
-            extras: Default::default(),
+            hooks: Vec::new(),
         }
     }
     let good = TrainConfig {

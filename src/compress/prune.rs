@@ -15,6 +15,7 @@ use super::quant::is_weight;
 use crate::error::{Error, Result};
 use crate::models::ArchKind;
 use crate::models::{cnn, Model, ModelSpec};
+use crate::train::StepHook;
 use candle_core::{Device, Tensor, Var};
 use serde::{Deserialize, Serialize};
 
@@ -369,6 +370,43 @@ pub fn structured(model: &Model, fraction: f64, rank: Rank, x: Option<&[f32]>) -
         spec: new_spec,
         params,
     })
+}
+
+/// Gradual magnitude pruning as a hook on the training loop (Zhu & Gupta 2017): at the start of
+/// each epoch the masks are recomputed at the cubic schedule's sparsity and applied, after every
+/// optimizer step they are re-applied, and at the end the final sparsity is enforced on the kept
+/// weights (the kept epoch may precede the end of the ramp).
+pub struct GradualPruning {
+    /// Sparsity reached at the end of the ramp.
+    pub sparsity: f64,
+    /// Global or per-layer threshold.
+    pub scope: Scope,
+    /// Epochs over which sparsity rises along the cubic schedule (then held).
+    pub ramp_epochs: usize,
+    /// The current epoch's masks.
+    pub masks: Option<Masks>,
+}
+
+impl StepHook for GradualPruning {
+    fn start_epoch(&mut self, model: &Model, epoch: usize) -> Result<()> {
+        let ramp = self.ramp_epochs.max(1);
+        let s = cubic_sparsity(self.sparsity, (epoch + 1).min(ramp), ramp);
+        let m = Masks::magnitude(model, s, self.scope)?;
+        m.apply(model)?;
+        self.masks = Some(m);
+        Ok(())
+    }
+
+    fn after_step(&mut self, model: &Model) -> Result<()> {
+        match &self.masks {
+            Some(m) => m.apply(model),
+            None => Ok(()),
+        }
+    }
+
+    fn finish(&mut self, model: &Model) -> Result<()> {
+        Masks::magnitude(model, self.sparsity, self.scope)?.apply(model)
+    }
 }
 
 #[cfg(test)]

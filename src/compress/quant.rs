@@ -16,6 +16,7 @@ use super::kernels::{gemm_u8i8, Kernel, PackedI8};
 use crate::error::{Error, Result};
 use crate::models::ArchKind;
 use crate::models::{Mode, Model};
+use crate::train::StepHook;
 use candle_core::{Device, Tensor};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
@@ -670,6 +671,24 @@ pub fn qat_forward(model: &Model, x: &Tensor, acts: &[ActQuant], mut mode: Mode)
         }
     }
     Ok(h)
+}
+
+/// Quantization-aware training as a hook: the forward pass fake-quantizes activations with these
+/// quantizers (one per dense layer) and weights per channel to int8, with straight-through
+/// gradients.
+pub struct FakeQuantization {
+    /// One activation quantizer per dense layer.
+    pub acts: Vec<ActQuant>,
+}
+
+impl StepHook for FakeQuantization {
+    fn replaces_forward(&self) -> bool {
+        true
+    }
+
+    fn forward(&self, model: &Model, x: &Tensor, mode: Mode) -> Result<Tensor> {
+        qat_forward(model, x, &self.acts, mode)
+    }
 }
 
 #[cfg(test)]

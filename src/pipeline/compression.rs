@@ -13,7 +13,7 @@ use crate::eval;
 use crate::models::{Model, ModelMeta};
 use crate::pipeline::{fit_and_save, model_meta};
 use crate::progress::Progress;
-use crate::train::{self, Objective, PruneSchedule, TeacherSignal, TrainExtras, TrainJob};
+use crate::train::{self, Objective, StepHook, TeacherSignal, TrainJob};
 use std::path::{Path, PathBuf};
 
 /// A finished stage.
@@ -193,13 +193,14 @@ pub fn run_stages(
                     None => None,
                 };
                 let objective = recover_objective(r, teacher, splits)?;
-                let extras = TrainExtras {
-                    prune: ramp.map(|e| PruneSchedule {
+                let hooks: Vec<Box<dyn StepHook>> = match ramp {
+                    Some(e) => vec![Box::new(prune::GradualPruning {
                         sparsity: st.sparsity,
                         scope: st.scope,
                         ramp_epochs: e,
-                    }),
-                    qat: None,
+                        masks: None,
+                    })],
+                    None => Vec::new(),
                 };
                 progress.say(&format!(
                     "{}: fine-tuning {} for {} epochs with {}",
@@ -225,7 +226,7 @@ pub fn run_stages(
                     splits,
                     out,
                     progress,
-                    extras,
+                    hooks,
                     Some(record.clone()),
                 )?;
                 record.weight_sparsity = Some(prune::sparsity(&model)?.0);
@@ -349,10 +350,7 @@ pub fn run_stages(
                         checkpoint: Some(ckpt.clone()),
                         seed: cfg.seed,
                         progress,
-                        extras: TrainExtras {
-                            prune: None,
-                            qat: Some(acts.clone()),
-                        },
+                        hooks: vec![Box::new(quant::FakeQuantization { acts: acts.clone() })],
                     },
                 )?;
                 let _ = std::fs::remove_file(&ckpt);

@@ -707,7 +707,7 @@ fn run_or_load_group(
                     splits,
                     out,
                     progress,
-                    Default::default(),
+                    Vec::new(),
                     None,
                 )?;
                 Some((f.clone(), model, file, meta))
@@ -793,7 +793,7 @@ fn train_model(
         splits,
         out,
         progress,
-        Default::default(),
+        Vec::new(),
         None,
     )?;
     Ok((model, meta))
@@ -813,7 +813,7 @@ pub(crate) fn fit_and_save(
     splits: &Splits,
     out: &Path,
     progress: Progress,
-    extras: train::TrainExtras,
+    hooks: Vec<Box<dyn train::StepHook + '_>>,
     compression: Option<crate::compress::StageRecord>,
 ) -> Result<ModelMeta> {
     let ckpt = out
@@ -831,7 +831,7 @@ pub(crate) fn fit_and_save(
             checkpoint: Some(ckpt.clone()),
             seed,
             progress,
-            extras,
+            hooks,
         },
     )?;
     let training = serde_json::to_value(&record).map_err(|e| Error::Other(e.to_string()))?;

@@ -29,6 +29,10 @@ pub enum TeacherSignal<'a> {
     Cached(Vec<f32>),
     /// Run the teacher on each (jittered) batch.
     Live(&'a Model),
+    /// The current predictions, on the same batch, of these members of the set being trained
+    /// together ([`fit_together`]): their averaged softened outputs (classification) or mean
+    /// output (regression). Deep mutual learning.
+    Peers(Vec<usize>),
 }
 
 /// One soft-target term: `weight · loss(signal, z; T)` for classification (Hinton's
@@ -176,30 +180,38 @@ pub struct TrainJob<'a> {
     pub seed: u64,
     /// Progress display.
     pub progress: Progress,
-    /// Pruning masks and fake quantization during training.
-    pub extras: TrainExtras,
+    /// Hooks on the loop: pruning masks, fake quantization.
+    pub hooks: Vec<Box<dyn StepHook + 'a>>,
 }
 
-/// Gradual magnitude pruning during training.
-#[derive(Debug, Clone)]
-pub struct PruneSchedule {
-    /// Sparsity reached at the end of the ramp.
-    pub sparsity: f64,
-    /// Global or per-layer threshold.
-    pub scope: crate::compress::prune::Scope,
-    /// Epochs over which sparsity rises along the cubic schedule (then held).
-    pub ramp_epochs: usize,
-}
-
-/// Optional additions to the training loop.
-#[derive(Debug, Clone, Default)]
-pub struct TrainExtras {
-    /// Prune while training: masks recomputed at the start of each epoch, re-applied after
-    /// every optimizer step.
-    pub prune: Option<PruneSchedule>,
-    /// Quantization-aware training: the forward pass fake-quantizes with these activation
-    /// quantizers (one per dense layer) and per-channel int8 weights.
-    pub qat: Option<Vec<crate::compress::quant::ActQuant>>,
+/// A hook on the training loop. Pruning (masks recomputed per epoch and re-applied after every
+/// step) and quantization-aware training (a fake-quantized forward pass) are hooks, so the loop
+/// itself knows neither.
+pub trait StepHook {
+    /// Before each epoch (0-based).
+    fn start_epoch(&mut self, _model: &Model, _epoch: usize) -> Result<()> {
+        Ok(())
+    }
+    /// After every optimizer step.
+    fn after_step(&mut self, _model: &Model) -> Result<()> {
+        Ok(())
+    }
+    /// True when [`StepHook::forward`] replaces the model's forward pass (which also rules out
+    /// the autograd-free fast path).
+    fn replaces_forward(&self) -> bool {
+        false
+    }
+    /// The forward pass to train and validate through, when it replaces the model's.
+    fn forward(&self, model: &Model, _x: &Tensor, _mode: Mode) -> Result<Tensor> {
+        Err(Error::Other(format!(
+            "hook on {} does not replace the forward pass",
+            model.spec.describe()
+        )))
+    }
+    /// After training, once the kept epoch's weights are restored.
+    fn finish(&mut self, _model: &Model) -> Result<()> {
+        Ok(())
+    }
 }
 
 fn labels_tensor(data: &Dataset, idx: &[usize]) -> Result<Tensor> {
@@ -215,16 +227,24 @@ fn labels_tensor(data: &Dataset, idx: &[usize]) -> Result<Tensor> {
     })
 }
 
-/// Validation scores of `model` on `val` (through the fake-quantized forward pass under QAT).
-fn validate(model: &Model, val: &Dataset, extras: &TrainExtras) -> Result<Scores> {
-    let out = match &extras.qat {
+/// The hook that replaces the forward pass, if any.
+fn forward_hook<'h>(hooks: &'h [Box<dyn StepHook + '_>]) -> Option<&'h dyn StepHook> {
+    hooks
+        .iter()
+        .find(|h| h.replaces_forward())
+        .map(|h| h.as_ref())
+}
+
+/// Validation scores of `model` on `val` (through a hook's forward pass when one replaces it).
+fn validate(model: &Model, val: &Dataset, hooks: &[Box<dyn StepHook + '_>]) -> Result<Scores> {
+    let out = match forward_hook(hooks) {
         None => model.predict(&val.x, 512)?,
-        Some(acts) => {
+        Some(h) => {
             let d = val.dim();
             let mut out = Vec::new();
             for chunk in val.x.chunks(512 * d) {
                 let t = Tensor::from_slice(chunk, (chunk.len() / d, d), &Device::Cpu)?;
-                let y = crate::compress::quant::qat_forward(model, &t, acts, Mode::Eval)?;
+                let y = h.forward(model, &t, Mode::Eval)?;
                 out.extend(y.flatten_all()?.to_vec1::<f32>()?);
             }
             out
@@ -236,331 +256,474 @@ fn validate(model: &Model, val: &Dataset, extras: &TrainExtras) -> Result<Scores
 /// Trains `model` in place; returns its training record. Resumes from `job.checkpoint` when
 /// that file exists.
 pub fn fit(model: &Model, job: TrainJob) -> Result<TrainRecord> {
-    let cfg = job.cfg;
-    let n = job.train.len();
-    let d = job.train.dim();
-    let classification = matches!(job.train.targets, Targets::Classes { .. });
-    let sizes: Vec<usize> = model.params.iter().map(|(_, v)| v.elem_count()).collect();
-    let mut opt = Optimizer::new(cfg, &sizes);
-    let mut rng = Rng::derive(job.seed, &format!("train/{}", job.name));
-    // FitNets: a learned linear adapter from the student's hidden width to the teacher's.
-    let adapter: Option<Var> = match &job.objective.hint {
-        Some(h) => {
-            let s_w = *model.spec.arch.hidden.get(h.student_layer).ok_or_else(|| {
-                Error::Input(format!(
-                    "model {}: hint student_layer {} does not exist ({} hidden layers)",
-                    job.name,
-                    h.student_layer,
-                    model.spec.arch.hidden.len()
-                ))
-            })?;
-            let t_w = *h
-                .teacher
-                .spec
-                .arch
-                .hidden
-                .get(h.teacher_layer)
-                .ok_or_else(|| {
-                    Error::Input(format!(
-                        "model {}: hint teacher_layer {} does not exist ({} hidden layers)",
-                        job.name,
-                        h.teacher_layer,
-                        h.teacher.spec.arch.hidden.len()
-                    ))
-                })?;
-            let mut arng = Rng::derive(job.seed, &format!("adapter/{}", job.name));
-            let bound = (1.0 / s_w as f32).sqrt();
-            let v: Vec<f32> = (0..s_w * t_w)
-                .map(|_| arng.uniform_range(-bound, bound))
-                .collect();
-            Some(Var::from_tensor(&Tensor::from_vec(
-                v,
-                (s_w, t_w),
-                &Device::Cpu,
-            )?)?)
-        }
-        None => None,
-    };
-    let mut adapter_opt = adapter
-        .as_ref()
-        .map(|a| Optimizer::new(cfg, &[a.elem_count()]));
-    let mut record = TrainRecord::default();
-    let mut best_val_loss = f64::INFINITY;
-    let mut best_weights: Option<Vec<Vec<f32>>> = None;
-    let mut bad_epochs = 0usize;
-    let mut start_epoch = 0usize;
+    let stream = format!("train/{}", job.name);
+    let mut records = fit_together(&[model], vec![job], &stream)?;
+    Ok(records.remove(0))
+}
 
-    if let Some(ck) = &job.checkpoint {
-        if ck.exists() {
-            let st = load_checkpoint(ck, model, &mut opt, &mut best_weights)?;
-            if st.name == job.name {
-                start_epoch = st.epoch;
-                rng = Rng::from_state(st.rng);
-                opt.step = st.opt_step;
-                best_val_loss = st.best_val_loss;
-                bad_epochs = st.bad_epochs;
-                record = st.record;
-                record.resumed_from_epoch = Some(st.epoch);
-                job.progress.say(&format!(
-                    "{}: resuming from the checkpoint after epoch {}",
-                    job.name, st.epoch
-                ));
+/// One member of a set trained in lockstep.
+struct Member<'m, 'a> {
+    model: &'m Model,
+    job: TrainJob<'a>,
+    opt: Optimizer,
+    adapter: Option<Var>,
+    adapter_opt: Option<Optimizer>,
+    record: TrainRecord,
+    best_val_loss: f64,
+    best_weights: Option<Vec<Vec<f32>>>,
+    bad_epochs: usize,
+    fast: bool,
+    ws: crate::models::fused::Workspace,
+    tally: Tally,
+}
+
+/// The one training loop. Trains `models` in lockstep on the same shuffled batches (every
+/// member's job must share the data, settings and seed): each batch, every member predicts, then
+/// each takes a step on its own objective, whose soft targets may be another member's current
+/// predictions ([`TeacherSignal::Peers`], deep mutual learning). One model is the usual case.
+/// `stream` names the random stream (batch order, jitter, dropout).
+///
+/// With several members, early stopping and checkpoints are not used (a transfer round keeps
+/// its best state through the sub-model group's round guard).
+pub fn fit_together(
+    models: &[&Model],
+    jobs: Vec<TrainJob>,
+    stream: &str,
+) -> Result<Vec<TrainRecord>> {
+    let Some(first) = jobs.first() else {
+        return Ok(Vec::new());
+    };
+    let (cfg, train, val, seed, fill, progress) = (
+        first.cfg,
+        first.train,
+        first.val,
+        first.seed,
+        first.fill,
+        first.progress,
+    );
+    let together = models.len() > 1;
+    if together && jobs.iter().any(|j| j.checkpoint.is_some()) {
+        return Err(Error::Other(
+            "models trained together take no epoch checkpoints".into(),
+        ));
+    }
+    let n = train.len();
+    let d = train.dim();
+    let classification = matches!(train.targets, Targets::Classes { .. });
+    let mut rng = Rng::derive(seed, stream);
+    let mut members: Vec<Member> = Vec::with_capacity(models.len());
+    for (model, job) in models.iter().copied().zip(jobs) {
+        let sizes: Vec<usize> = model.params.iter().map(|(_, v)| v.elem_count()).collect();
+        let adapter = hint_adapter(model, &job)?;
+        let adapter_opt = adapter
+            .as_ref()
+            .map(|a| Optimizer::new(cfg, &[a.elem_count()]));
+        // The autograd-free path: families that have one, without a hint term, a hook that
+        // replaces the forward pass, or peers (their mutual learning runs through autograd).
+        let fast = crate::models::fused::eligible(model)
+            && job.objective.hint.is_none()
+            && forward_hook(&job.hooks).is_none()
+            && !together;
+        members.push(Member {
+            model,
+            opt: Optimizer::new(cfg, &sizes),
+            adapter,
+            adapter_opt,
+            record: TrainRecord::default(),
+            best_val_loss: f64::INFINITY,
+            best_weights: None,
+            bad_epochs: 0,
+            fast,
+            ws: Default::default(),
+            tally: Tally::default(),
+            job,
+        });
+    }
+    let patience = if together { None } else { cfg.patience };
+    let patience_hit = |bad: usize| patience.map(|p| bad >= p).unwrap_or(false);
+    let mut start_epoch = 0usize;
+    if !together {
+        let m = &mut members[0];
+        if let Some(ck) = m.job.checkpoint.clone() {
+            if ck.exists() {
+                let st = load_checkpoint(&ck, m.model, &mut m.opt, &mut m.best_weights)?;
+                if st.name == m.job.name {
+                    start_epoch = st.epoch;
+                    rng = Rng::from_state(st.rng);
+                    m.opt.step = st.opt_step;
+                    m.best_val_loss = st.best_val_loss;
+                    m.bad_epochs = st.bad_epochs;
+                    m.record = st.record;
+                    m.record.resumed_from_epoch = Some(st.epoch);
+                    progress.say(&format!(
+                        "{}: resuming from the checkpoint after epoch {}",
+                        m.job.name, st.epoch
+                    ));
+                }
             }
         }
-    }
-    let patience_hit = |bad: usize| cfg.patience.map(|p| bad >= p).unwrap_or(false);
-    if patience_hit(bad_epochs) {
-        start_epoch = cfg.epochs; // already stopped early before the kill
+        if patience_hit(m.bad_epochs) {
+            start_epoch = cfg.epochs; // already stopped early before the kill
+        }
     }
 
     let mut xbuf = Vec::with_capacity(cfg.batch_size * d);
-    // MLPs without a hint term or fake quantization train without autograd.
-    let fast_path = crate::models::fused::eligible(model)
-        && job.objective.hint.is_none()
-        && job.extras.qat.is_none();
-    let mut ws = crate::models::fused::Workspace::default();
+    let outputs = models[0].spec.outputs;
     let mut teacher_buf: Vec<f32> = Vec::new();
-    let outputs = model.spec.outputs;
+    let set_name = first_name(&members);
     for epoch in start_epoch..cfg.epochs {
         let t0 = Instant::now();
         let lr = learning_rate(cfg, epoch);
         let perm = rng.permutation(n);
         let batches = n.div_ceil(cfg.batch_size);
-        let bar = job.progress.epoch(job.name, epoch, cfg.epochs, batches);
-        let masks = match &job.extras.prune {
-            Some(p) => {
-                let s = crate::compress::prune::cubic_sparsity(
-                    p.sparsity,
-                    (epoch + 1).min(p.ramp_epochs.max(1)),
-                    p.ramp_epochs.max(1),
-                );
-                let m = crate::compress::prune::Masks::magnitude(model, s, p.scope)?;
-                m.apply(model)?;
-                Some(m)
+        let bar = progress.epoch(&set_name, epoch, cfg.epochs, batches);
+        for m in members.iter_mut() {
+            for h in m.job.hooks.iter_mut() {
+                h.start_epoch(m.model, epoch)?;
             }
-            None => None,
-        };
-        let mut tally = Tally::default();
+            m.tally = Tally::default();
+        }
         for (bi, idx) in perm.chunks(cfg.batch_size).enumerate() {
             let b = idx.len();
-            job.train
-                .gather(idx, cfg.jitter, job.fill, &mut rng, &mut xbuf);
-            if fast_path {
-                // The same objective without autograd (see `fast`).
-                ws.forward(model, &xbuf, b, Some(&mut rng))?;
-                let mut soft_bufs: Vec<Vec<f32>> = Vec::new();
-                for term in &job.objective.soft {
-                    soft_bufs.push(match &term.signal {
-                        TeacherSignal::Cached(all) => idx
-                            .iter()
-                            .flat_map(|&i| all[i * outputs..(i + 1) * outputs].iter().copied())
-                            .collect(),
-                        TeacherSignal::Live(t) => t.predict(&xbuf, b)?,
-                    });
+            train.gather(idx, cfg.jitter, fill, &mut rng, &mut xbuf);
+            let (cls_buf, val_buf): (Vec<u32>, Vec<f32>) = match &train.targets {
+                Targets::Classes { labels, .. } => {
+                    (idx.iter().map(|&i| labels[i]).collect(), Vec::new())
                 }
-                let soft: Vec<objective::SoftBatch> = job
-                    .objective
-                    .soft
-                    .iter()
-                    .zip(&soft_bufs)
-                    .map(|(t, v)| objective::SoftBatch {
-                        targets: v,
-                        temperature: t.temperature,
-                        weight: t.weight,
-                        loss: t.loss,
-                    })
-                    .collect();
-                let (cls_buf, val_buf): (Vec<u32>, Vec<f32>) = match &job.train.targets {
-                    Targets::Classes { labels, .. } => {
-                        (idx.iter().map(|&i| labels[i]).collect(), Vec::new())
-                    }
-                    Targets::Values(v) => (Vec::new(), idx.iter().map(|&i| v[i]).collect()),
-                };
-                let labels = if classification {
-                    objective::BatchLabels::Classes(&cls_buf)
-                } else {
-                    objective::BatchLabels::Values(&val_buf)
-                };
-                if job.objective.label_weight == 0.0 && soft.iter().all(|t| t.weight == 0.0) {
-                    return Err(Error::Input(format!(
-                        "model {}: every loss term has weight 0",
-                        job.name
-                    )));
-                }
-                let lv = ws.loss_and_grad(&labels, job.objective.label_weight, &soft, outputs)?;
-                if !lv.is_finite() || lv > cfg.max_loss {
-                    return Err(divergence(&job, epoch, bi, lv));
-                }
-                ws.backward(model, b)?;
-                opt.step_slices(model, &ws.grads, lr)?;
-                let hits = ws
-                    .logits
-                    .chunks_exact(outputs)
-                    .zip(&cls_buf)
-                    .filter(|(row, &y)| crate::eval::argmax(row) == y as usize)
-                    .count();
-                tally.add(model, masks.as_ref(), lv, b, hits)?;
-                bar.step(tally.loss(), classification.then(|| tally.accuracy()));
-                continue;
-            }
-            let x = Tensor::from_slice(&xbuf, (b, d), &Device::Cpu)?;
-            let y = labels_tensor(job.train, idx)?;
-            let obj = &job.objective;
-            let (logits, s_hidden) = match &job.extras.qat {
-                Some(acts) => (
-                    crate::compress::quant::qat_forward(model, &x, acts, Mode::Train(&mut rng))?,
-                    None,
-                ),
-                None => model.forward_hidden(
-                    &x,
-                    Mode::Train(&mut rng),
-                    obj.hint.as_ref().map(|h| h.student_layer),
-                )?,
+                Targets::Values(v) => (Vec::new(), idx.iter().map(|&i| v[i]).collect()),
             };
-            let mut terms: Vec<Tensor> = Vec::new();
-            if obj.label_weight > 0.0 {
-                let l = if classification {
-                    losses::cross_entropy(&logits, &y)?
-                } else {
-                    losses::mse(&logits, &y)?
-                };
-                terms.push((l * obj.label_weight as f64)?);
-            }
-            for term in &obj.soft {
-                if term.weight == 0.0 {
+            // Every member's forward pass first, so that peers see each other's predictions
+            // from before this batch's steps.
+            let x = if members.iter().any(|m| !m.fast) {
+                Some(Tensor::from_slice(&xbuf, (b, d), &Device::Cpu)?)
+            } else {
+                None
+            };
+            let y = match &x {
+                Some(_) => Some(labels_tensor(train, idx)?),
+                None => None,
+            };
+            let mut forwards: Vec<(Option<Tensor>, Option<Tensor>)> = Vec::new();
+            for m in members.iter_mut() {
+                if m.fast {
+                    m.ws.forward(m.model, &xbuf, b, Some(&mut rng))?;
+                    forwards.push((None, None));
                     continue;
                 }
-                let t_out: &[f32] = match &term.signal {
-                    TeacherSignal::Cached(all) => {
-                        teacher_buf.clear();
-                        for &i in idx {
-                            teacher_buf.extend_from_slice(&all[i * outputs..(i + 1) * outputs]);
-                        }
-                        &teacher_buf
+                let x = x
+                    .as_ref()
+                    .ok_or_else(|| Error::Other("no batch tensor".into()))?;
+                let hint_layer = m.job.objective.hint.as_ref().map(|h| h.student_layer);
+                forwards.push(match forward_hook(&m.job.hooks) {
+                    Some(h) => (Some(h.forward(m.model, x, Mode::Train(&mut rng))?), None),
+                    None => {
+                        let (l, hid) =
+                            m.model
+                                .forward_hidden(x, Mode::Train(&mut rng), hint_layer)?;
+                        (Some(l), hid)
                     }
-                    TeacherSignal::Live(t) => {
-                        teacher_buf = t.forward(&x, Mode::Eval)?.flatten_all()?.to_vec1::<f32>()?;
-                        &teacher_buf
-                    }
-                };
-                let l = if classification {
-                    term.loss.autograd(&logits, t_out, &y, term.temperature)?
-                } else {
-                    losses::mse(&logits, &Tensor::from_slice(t_out, (b, 1), &Device::Cpu)?)?
-                };
-                terms.push((l * term.weight as f64)?);
+                });
             }
-            if let (Some(h), Some(sh), Some(a)) = (&obj.hint, &s_hidden, &adapter) {
-                let (_, th) = h
-                    .teacher
-                    .forward_hidden(&x, Mode::Eval, Some(h.teacher_layer))?;
-                let th = th
-                    .ok_or_else(|| Error::Other("teacher hint layer missing".into()))?
-                    .detach();
-                terms.push((losses::hint_loss(sh, a.as_tensor(), &th)? * h.weight as f64)?);
-            }
-            let mut loss = terms.pop().ok_or_else(|| {
-                Error::Input(format!("model {}: every loss term has weight 0", job.name))
-            })?;
-            for t in terms {
-                loss = (loss + t)?;
-            }
-            let lv = loss.to_scalar::<f32>()? as f64;
-            if !lv.is_finite() || lv > cfg.max_loss {
-                return Err(divergence(&job, epoch, bi, lv));
-            }
-            let grads = loss.backward()?;
-            opt.step(model, &grads, lr)?;
-            if let (Some(a), Some(ao)) = (&adapter, adapter_opt.as_mut()) {
-                ao.step(&adapter_model(a), &grads, lr)?;
-            }
-            let hits = if classification {
-                let v = logits.argmax(1)?.to_vec1::<u32>()?;
-                let yl = y.to_vec1::<u32>()?;
-                v.iter().zip(&yl).filter(|(a, b)| a == b).count()
+            let peer_outputs: Vec<Vec<f32>> = if together {
+                forwards
+                    .iter()
+                    .map(|(l, _)| match l {
+                        Some(l) => Ok(l.flatten_all()?.to_vec1::<f32>()?),
+                        None => Ok(Vec::new()),
+                    })
+                    .collect::<Result<_>>()?
             } else {
-                0
+                Vec::new()
             };
-            tally.add(model, masks.as_ref(), lv, b, hits)?;
-            bar.step(tally.loss(), classification.then(|| tally.accuracy()));
-        }
-        let vs = validate(model, job.val, &job.extras)?;
-        let secs = t0.elapsed().as_secs_f64();
-        let c = &mut record.curves;
-        c.epoch.push(epoch + 1);
-        c.train_loss.push(tally.loss());
-        if classification {
-            c.train_accuracy.push(tally.accuracy());
-            c.val_accuracy.push(vs.accuracy.unwrap_or(0.0));
-        } else {
-            c.val_mse.push(vs.loss);
-        }
-        c.val_loss.push(vs.loss);
-        c.lr.push(lr);
-        c.seconds.push(secs);
-        record.seconds += secs;
-        record.epochs_run = epoch + 1;
-        if vs.loss < best_val_loss {
-            best_val_loss = vs.loss;
-            record.best_epoch = epoch + 1;
-            bad_epochs = 0;
-            if cfg.patience.is_some() {
-                best_weights = Some(model.weights()?);
+            for (k, (m, (logits, s_hidden))) in members.iter_mut().zip(forwards).enumerate() {
+                let obj = &m.job.objective;
+                // Each soft term's targets for this batch.
+                let mut soft_bufs: Vec<Vec<f32>> = Vec::new();
+                for term in &obj.soft {
+                    soft_bufs.push(match &term.signal {
+                        TeacherSignal::Cached(all) => {
+                            teacher_buf.clear();
+                            for &i in idx {
+                                teacher_buf.extend_from_slice(&all[i * outputs..(i + 1) * outputs]);
+                            }
+                            teacher_buf.clone()
+                        }
+                        TeacherSignal::Live(t) => {
+                            if m.fast {
+                                t.predict(&xbuf, b)?
+                            } else {
+                                let x = x
+                                    .as_ref()
+                                    .ok_or_else(|| Error::Other("no batch tensor".into()))?;
+                                t.forward(x, Mode::Eval)?.flatten_all()?.to_vec1::<f32>()?
+                            }
+                        }
+                        TeacherSignal::Peers(of) => {
+                            let refs: Vec<&[f32]> =
+                                of.iter().map(|&j| peer_outputs[j].as_slice()).collect();
+                            if classification {
+                                losses::mutual::probs_as_logits(
+                                    &losses::mutual::peer_average(&refs, outputs, term.temperature),
+                                    term.temperature,
+                                )
+                            } else {
+                                losses::mutual::mean_outputs(&refs)
+                            }
+                        }
+                    });
+                }
+                if obj.label_weight == 0.0
+                    && obj.soft.iter().all(|t| t.weight == 0.0)
+                    && obj.hint.is_none()
+                {
+                    return Err(Error::Input(format!(
+                        "model {}: every loss term has weight 0",
+                        m.job.name
+                    )));
+                }
+                let (lv, hits) = if m.fast {
+                    let soft: Vec<objective::SoftBatch> = obj
+                        .soft
+                        .iter()
+                        .zip(&soft_bufs)
+                        .map(|(t, v)| objective::SoftBatch {
+                            targets: v,
+                            temperature: t.temperature,
+                            weight: t.weight,
+                            loss: t.loss,
+                        })
+                        .collect();
+                    let labels = if classification {
+                        objective::BatchLabels::Classes(&cls_buf)
+                    } else {
+                        objective::BatchLabels::Values(&val_buf)
+                    };
+                    let lv =
+                        m.ws.loss_and_grad(&labels, obj.label_weight, &soft, outputs)?;
+                    if !lv.is_finite() || lv > cfg.max_loss {
+                        return Err(divergence(&m.job, epoch, bi, lv));
+                    }
+                    m.ws.backward(m.model, b)?;
+                    m.opt.step_slices(m.model, &m.ws.grads, lr)?;
+                    let hits =
+                        m.ws.logits
+                            .chunks_exact(outputs)
+                            .zip(&cls_buf)
+                            .filter(|(row, &y)| crate::eval::argmax(row) == y as usize)
+                            .count();
+                    (lv, hits)
+                } else {
+                    let logits = logits.ok_or_else(|| Error::Other("no logits".into()))?;
+                    let y = y.as_ref().ok_or_else(|| Error::Other("no labels".into()))?;
+                    let mut terms: Vec<Tensor> = Vec::new();
+                    if obj.label_weight > 0.0 {
+                        let l = if classification {
+                            losses::cross_entropy(&logits, y)?
+                        } else {
+                            losses::mse(&logits, y)?
+                        };
+                        terms.push((l * obj.label_weight as f64)?);
+                    }
+                    for (term, t_out) in obj.soft.iter().zip(&soft_bufs) {
+                        if term.weight == 0.0 {
+                            continue;
+                        }
+                        let l = if classification {
+                            term.loss.autograd(&logits, t_out, y, term.temperature)?
+                        } else {
+                            losses::mse(&logits, &Tensor::from_slice(t_out, (b, 1), &Device::Cpu)?)?
+                        };
+                        terms.push((l * term.weight as f64)?);
+                    }
+                    if let (Some(h), Some(sh), Some(a)) = (&obj.hint, &s_hidden, &m.adapter) {
+                        let x = x
+                            .as_ref()
+                            .ok_or_else(|| Error::Other("no batch tensor".into()))?;
+                        let (_, th) =
+                            h.teacher
+                                .forward_hidden(x, Mode::Eval, Some(h.teacher_layer))?;
+                        let th = th
+                            .ok_or_else(|| Error::Other("teacher hint layer missing".into()))?
+                            .detach();
+                        terms.push((losses::hint_loss(sh, a.as_tensor(), &th)? * h.weight as f64)?);
+                    }
+                    let mut loss = terms.pop().ok_or_else(|| {
+                        Error::Input(format!(
+                            "model {}: every loss term has weight 0",
+                            m.job.name
+                        ))
+                    })?;
+                    for t in terms {
+                        loss = (loss + t)?;
+                    }
+                    let lv = loss.to_scalar::<f32>()? as f64;
+                    if !lv.is_finite() || lv > cfg.max_loss {
+                        return Err(divergence(&m.job, epoch, bi, lv));
+                    }
+                    let grads = loss.backward()?;
+                    m.opt.step(m.model, &grads, lr)?;
+                    if let (Some(a), Some(ao)) = (&m.adapter, m.adapter_opt.as_mut()) {
+                        ao.step(&adapter_model(a), &grads, lr)?;
+                    }
+                    let hits = if classification {
+                        let v = logits.argmax(1)?.to_vec1::<u32>()?;
+                        v.iter().zip(&cls_buf).filter(|(a, b)| a == b).count()
+                    } else {
+                        0
+                    };
+                    (lv, hits)
+                };
+                for h in m.job.hooks.iter_mut() {
+                    h.after_step(m.model)?;
+                }
+                m.tally.add(lv, b, hits);
+                let _ = k;
             }
-        } else {
-            bad_epochs += 1;
+            let (loss, acc) = mean_tally(&members);
+            bar.step(loss, classification.then_some(acc));
         }
-        let summary = match vs.accuracy {
-            Some(a) => format!(
-                "loss {:.4}  val_loss {:.4}  val_acc {:.2}%  lr {lr:.2e}  {secs:.1}s",
-                tally.loss(),
-                vs.loss,
-                100.0 * a
-            ),
-            None => format!(
-                "loss {:.4}  val_mse(std) {:.4}  lr {lr:.2e}  {secs:.1}s",
-                tally.loss(),
-                vs.loss
-            ),
-        };
-        bar.finish(&summary);
-        let stop = patience_hit(bad_epochs);
-        record.stopped_early = stop && epoch + 1 < cfg.epochs;
-        if let Some(ck) = &job.checkpoint {
-            let st = CheckpointState {
-                kind: "checkpoint".into(),
-                name: job.name.to_string(),
-                epoch: epoch + 1,
-                opt_step: opt.step,
-                rng: rng.state(),
-                best_val_loss,
-                best_epoch: record.best_epoch,
-                bad_epochs,
-                record: record.clone(),
-            };
-            save_checkpoint(ck, model, &opt, best_weights.as_deref(), &st)?;
+        let secs = t0.elapsed().as_secs_f64();
+        let mut stop_all = !members.is_empty();
+        let mut summary = String::new();
+        for m in members.iter_mut() {
+            let vs = validate(m.model, val, &m.job.hooks)?;
+            let tally = std::mem::take(&mut m.tally);
+            let record = &mut m.record;
+            let c = &mut record.curves;
+            c.epoch.push(epoch + 1);
+            c.train_loss.push(tally.loss());
+            if classification {
+                c.train_accuracy.push(tally.accuracy());
+                c.val_accuracy.push(vs.accuracy.unwrap_or(0.0));
+            } else {
+                c.val_mse.push(vs.loss);
+            }
+            c.val_loss.push(vs.loss);
+            c.lr.push(lr);
+            c.seconds.push(secs);
+            record.seconds += secs;
+            record.epochs_run = epoch + 1;
+            if vs.loss < m.best_val_loss {
+                m.best_val_loss = vs.loss;
+                record.best_epoch = epoch + 1;
+                m.bad_epochs = 0;
+                if patience.is_some() {
+                    m.best_weights = Some(m.model.weights()?);
+                }
+            } else {
+                m.bad_epochs += 1;
+            }
+            if !summary.is_empty() {
+                summary.push_str(" | ");
+            }
+            summary.push_str(&match vs.accuracy {
+                Some(a) => format!(
+                    "loss {:.4}  val_loss {:.4}  val_acc {:.2}%",
+                    tally.loss(),
+                    vs.loss,
+                    100.0 * a
+                ),
+                None => format!("loss {:.4}  val_mse(std) {:.4}", tally.loss(), vs.loss),
+            });
+            let stop = patience_hit(m.bad_epochs);
+            record.stopped_early = stop && epoch + 1 < cfg.epochs;
+            stop_all &= stop;
+            if let Some(ck) = &m.job.checkpoint {
+                let st = CheckpointState {
+                    kind: "checkpoint".into(),
+                    name: m.job.name.to_string(),
+                    epoch: epoch + 1,
+                    opt_step: m.opt.step,
+                    rng: rng.state(),
+                    best_val_loss: m.best_val_loss,
+                    best_epoch: record.best_epoch,
+                    bad_epochs: m.bad_epochs,
+                    record: record.clone(),
+                };
+                save_checkpoint(ck, m.model, &m.opt, m.best_weights.as_deref(), &st)?;
+            }
         }
-        if stop {
-            job.progress.say(&format!(
+        bar.finish(&format!("{summary}  lr {lr:.2e}  {secs:.1}s"));
+        if stop_all {
+            let m = &members[0];
+            progress.say(&format!(
                 "{}: early stop after epoch {} (no val-loss improvement for {} epochs); keeping epoch {}",
-                job.name,
+                m.job.name,
                 epoch + 1,
-                bad_epochs,
-                record.best_epoch
+                m.bad_epochs,
+                m.record.best_epoch
             ));
             break;
         }
     }
-    if let Some(w) = &best_weights {
-        model.set_weights(w)?;
-    } else if cfg.patience.is_none() {
-        record.best_epoch = record.epochs_run;
+    let mut records = Vec::with_capacity(members.len());
+    for mut m in members {
+        if let Some(w) = &m.best_weights {
+            m.model.set_weights(w)?;
+        } else if patience.is_none() {
+            m.record.best_epoch = m.record.epochs_run;
+        }
+        for h in m.job.hooks.iter_mut() {
+            h.finish(m.model)?;
+        }
+        records.push(m.record);
     }
-    if let Some(p) = &job.extras.prune {
-        // The kept epoch may precede the end of the ramp: enforce the final sparsity.
-        crate::compress::prune::Masks::magnitude(model, p.sparsity, p.scope)?.apply(model)?;
-    }
-    Ok(record)
+    Ok(records)
+}
+
+fn first_name(members: &[Member]) -> String {
+    members
+        .first()
+        .map(|m| m.job.name.to_string())
+        .unwrap_or_default()
+}
+
+/// Mean running loss and accuracy over the members (the progress line).
+fn mean_tally(members: &[Member]) -> (f64, f64) {
+    let k = members.len().max(1) as f64;
+    (
+        members.iter().map(|m| m.tally.loss()).sum::<f64>() / k,
+        members.iter().map(|m| m.tally.accuracy()).sum::<f64>() / k,
+    )
+}
+
+/// FitNets: a learned linear adapter from the student's hint width to the teacher's.
+fn hint_adapter(model: &Model, job: &TrainJob) -> Result<Option<Var>> {
+    let Some(h) = &job.objective.hint else {
+        return Ok(None);
+    };
+    let s_w = *model.spec.arch.hidden.get(h.student_layer).ok_or_else(|| {
+        Error::Input(format!(
+            "model {}: hint student_layer {} does not exist ({} hidden layers)",
+            job.name,
+            h.student_layer,
+            model.spec.arch.hidden.len()
+        ))
+    })?;
+    let t_w = *h
+        .teacher
+        .spec
+        .arch
+        .hidden
+        .get(h.teacher_layer)
+        .ok_or_else(|| {
+            Error::Input(format!(
+                "model {}: hint teacher_layer {} does not exist ({} hidden layers)",
+                job.name,
+                h.teacher_layer,
+                h.teacher.spec.arch.hidden.len()
+            ))
+        })?;
+    let mut arng = Rng::derive(job.seed, &format!("adapter/{}", job.name));
+    let bound = (1.0 / s_w as f32).sqrt();
+    let v: Vec<f32> = (0..s_w * t_w)
+        .map(|_| arng.uniform_range(-bound, bound))
+        .collect();
+    Ok(Some(Var::from_tensor(&Tensor::from_vec(
+        v,
+        (s_w, t_w),
+        &Device::Cpu,
+    )?)?))
 }
 
 fn save_checkpoint(
@@ -637,22 +800,10 @@ struct Tally {
 }
 
 impl Tally {
-    /// After an optimizer step: re-applies pruning masks, then counts the batch.
-    fn add(
-        &mut self,
-        model: &Model,
-        masks: Option<&crate::compress::prune::Masks>,
-        loss: f64,
-        batch: usize,
-        correct: usize,
-    ) -> Result<()> {
-        if let Some(m) = masks {
-            m.apply(model)?;
-        }
+    fn add(&mut self, loss: f64, batch: usize, correct: usize) {
         self.loss_sum += loss * batch as f64;
         self.seen += batch;
         self.correct += correct;
-        Ok(())
     }
 
     fn loss(&self) -> f64 {

@@ -182,7 +182,7 @@ pub fn trained_digits_model(
             checkpoint: None,
             seed,
             progress: distillery::progress::Progress::Quiet,
-            extras: Default::default(),
+            hooks: Vec::new(),
         },
     )
     .unwrap();
