@@ -32,6 +32,8 @@ pub mod predict;
 pub mod progress;
 pub mod report;
 pub mod rng;
+pub mod stages;
+pub mod store;
 pub mod submodels;
 pub mod train;
 

@@ -5,20 +5,19 @@
 //! exists (written atomically), so a run killed and restarted with the same `--out` skips
 //! finished models and continues the current one from its last epoch checkpoint.
 
-mod compression;
-
-use crate::config::{
-    DataFormat, ExperimentConfig, FinalStudentConfig, ModelConfig, Role, SubmodelsConfig,
-};
-use crate::data::{self, csv::CsvOptions, idx, Dataset, NormalizeKind, Splits, Task};
+use crate::config::{DataFormat, ExperimentConfig, ModelConfig, Role};
+use crate::data::{self, csv::CsvOptions, idx, Dataset, NormalizeKind, Splits};
 use crate::error::{Error, Result};
 use crate::eval::{self, Scores};
-use crate::models::{self, Model, ModelMeta, ModelSpec};
+use crate::models::{self, ModelMeta, ModelSpec};
 use crate::progress::Progress;
-use crate::report::{self, DataSummary, DistillSummary, Metrics, ModelMetrics, Ratios};
-use crate::rng::Rng;
-use crate::submodels::{self, GroupJob, GroupRecord};
-use crate::train::{self, HintTerm, Objective, TeacherSignal, TrainJob, TrainRecord};
+use crate::report::{self, DataSummary, Metrics, ModelMetrics, Ratios};
+use crate::stages::group::GroupStage;
+use crate::stages::model::ModelStage;
+use crate::stages::prune::PruneStage;
+use crate::stages::quantize::QuantizeStage;
+use crate::stages::Stage;
+use crate::store::RunStore;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -156,15 +155,6 @@ fn data_source(cfg: &ExperimentConfig) -> String {
     }
 }
 
-/// A trained or loaded model with what is known about it.
-struct Entry {
-    cfg: ModelConfig,
-    model: Model,
-    meta: ModelMeta,
-    source: String,
-    file: PathBuf,
-}
-
 /// Runs the experiment. The config must already carry any overrides; it is validated here
 /// before anything else happens.
 pub fn run_experiment(user_cfg: &ExperimentConfig, opts: &RunOptions) -> Result<RunSummary> {
@@ -188,9 +178,6 @@ pub fn run_experiment(user_cfg: &ExperimentConfig, opts: &RunOptions) -> Result<
         }
     } else {
         crate::io::write_atomic_str(&cfg_path, &resolved)?;
-    }
-    for sub in ["", "models", "checkpoints", "plots"] {
-        crate::io::clean_temp_files(&out.join(sub));
     }
 
     let splits = load_splits(cfg)?;
@@ -273,200 +260,43 @@ pub fn run_experiment(user_cfg: &ExperimentConfig, opts: &RunOptions) -> Result<
         }
     }
 
-    let mut entries: Vec<Entry> = Vec::new();
+    // The stages, in order: the models (and the teachers the selected ones need), the groups,
+    // then pruning and quantization.
     let needed: Vec<String> = cfg
         .models
         .iter()
         .filter(|m| selected(m))
         .filter_map(|m| m.distill.as_ref().map(|d| d.teacher.clone()))
         .collect();
+    let mut stages: Vec<Box<dyn Stage>> = Vec::new();
     for m in &cfg.models {
-        if !selected(m) && !needed.contains(&m.name) {
-            continue;
+        if selected(m) || needed.contains(&m.name) {
+            stages.push(Box::new(ModelStage {
+                cfg: m.clone(),
+                train: selected(m),
+                report: selected(m),
+            }));
         }
-        let file = out.join("models").join(format!("{}.safetensors", m.name));
-        let entry = if let Some(f) = &m.from {
-            let (model, mut meta) = models::load_model(f)?;
-            meta.name = m.name.clone();
-            meta.role = m.role().as_str().into();
-            Entry {
-                cfg: m.clone(),
-                model,
-                meta,
-                source: format!("loaded from {}", f.display()),
-                file: f.clone(),
-            }
-        } else if file.exists() {
-            let (model, meta) = models::load_model(&file)?;
-            progress.say(&format!(
-                "{}: already trained ({}); skipping",
-                m.name,
-                file.display()
-            ));
-            Entry {
-                cfg: m.clone(),
-                model,
-                meta,
-                source: "trained (earlier session)".into(),
-                file,
-            }
-        } else if !selected(m) {
-            return Err(Error::Input(format!(
-                "model '{}' is needed as a teacher but is not trained in {}",
-                m.name,
-                out.display()
-            )));
-        } else {
-            let (model, meta) = train_model(cfg, m, &splits, &entries, out, progress)?;
-            Entry {
-                cfg: m.clone(),
-                model,
-                meta,
-                source: "trained".into(),
-                file,
-            }
-        };
-        entries.push(entry);
     }
-
-    // Sub-model groups.
-    let mut groups: Vec<GroupDone> = Vec::new();
     if opts.groups {
         for g in &cfg.submodels {
-            groups.push(run_or_load_group(cfg, g, &splits, &entries, out, progress)?);
+            stages.push(Box::new(GroupStage { cfg: g.clone() }));
         }
+    }
+    for p in &cfg.prune {
+        stages.push(Box::new(PruneStage { cfg: p.clone() }));
+    }
+    for q in &cfg.quantize {
+        stages.push(Box::new(QuantizeStage { cfg: q.clone() }));
     }
 
-    // Compression stages.
-    let stages = if cfg.prune.is_empty() && cfg.quantize.is_empty() {
-        Vec::new()
-    } else {
-        let mut base: Vec<compression::Available> = entries
-            .iter()
-            .map(|e| compression::Available {
-                name: e.cfg.name.clone(),
-                model: &e.model,
-                meta: e.meta.clone(),
-            })
-            .collect();
-        for gd in &groups {
-            for (name, m, _) in &gd.members {
-                base.push(compression::Available {
-                    name: name.clone(),
-                    model: m,
-                    meta: model_meta(name, "submodel", m, &splits, serde_json::Value::Null),
-                });
-            }
-            if let Some((f, m, _, meta)) = &gd.final_student {
-                base.push(compression::Available {
-                    name: f.name.clone(),
-                    model: m,
-                    meta: meta.clone(),
-                });
-            }
-        }
-        compression::run_stages(cfg, &splits, base, out, progress)?
-    };
+    let mut store = RunStore::open(out, splits, cfg.seed, cfg.eval.clone(), progress)?;
+    for stage in &stages {
+        stage.run(&mut store)?;
+    }
 
-    // Evaluate.
-    progress.say("evaluating on the test split (accuracy, latency at batch 1 and 256)...");
-    let mut rows: Vec<ModelMetrics> = Vec::new();
-    let ev = |p: &dyn eval::Predictor| -> Result<(Scores, f64, f64)> {
-        Ok((
-            eval::evaluate(p, &splits.test, splits.target_scale.as_ref())?,
-            eval::latency_us(p, &splits.test, 1, &cfg.eval)?,
-            eval::latency_us(p, &splits.test, 256, &cfg.eval)?,
-        ))
-    };
-    for e in entries.iter().filter(|e| selected(&e.cfg)) {
-        let (scores, b1, b256) = ev(&e.model)?;
-        let training: Option<TrainRecord> = serde_json::from_value(e.meta.training.clone()).ok();
-        let distill = e.cfg.distill.as_ref().map(|d| DistillSummary {
-            teacher: d.teacher.clone(),
-            temperature: d.temperature,
-            alpha: d.alpha,
-            loss: (d.loss != crate::losses::SoftLoss::Kd).then(|| d.loss.describe().to_uppercase()),
-        });
-        rows.push(row(
-            &e.cfg.name,
-            e.cfg.role().as_str(),
-            &e.model,
-            &e.file,
-            scores,
-            b1,
-            b256,
-            distill,
-            &e.source,
-            training,
-        ));
-    }
-    for gd in &groups {
-        for (i, (name, m, file)) in gd.members.iter().enumerate() {
-            let (scores, b1, b256) = ev(m)?;
-            let phase1 = gd.record.phase1.get(i).cloned();
-            rows.push(row(
-                name, "submodel", m, file, scores, b1, b256, None, &gd.source, phase1,
-            ));
-        }
-        let regression = task == Task::Regression;
-        let ens = eval::Ensemble {
-            members: gd.members.iter().map(|(_, m, _)| m).collect(),
-            regression,
-        };
-        let (scores, b1, b256) = ev(&ens)?;
-        let params: usize = gd.members.iter().map(|(_, m, _)| m.num_params()).sum();
-        let (first, first_file) = gd
-            .members
-            .first()
-            .map(|(_, m, f)| (m, f))
-            .ok_or_else(|| Error::Other(format!("group {} has no members", gd.record.name)))?;
-        let mut ens_row = row(
-            &format!("{}-ensemble", gd.record.name),
-            "ensemble",
-            first,
-            first_file,
-            scores,
-            b1,
-            b256,
-            None,
-            &gd.source,
-            None,
-        );
-        ens_row.architecture = format!(
-            "average of {} sub-models ({})",
-            gd.members.len(),
-            gd.members
-                .iter()
-                .map(|(_, m, _)| m.spec.describe())
-                .collect::<Vec<_>>()
-                .join(", ")
-        );
-        ens_row.params = params;
-        ens_row.bytes = params * 4;
-        ens_row.file_bytes = gd
-            .members
-            .iter()
-            .map(|(_, _, f)| std::fs::metadata(f).map(|m| m.len()).unwrap_or(0))
-            .sum();
-        rows.push(ens_row);
-        if let Some((fcfg, m, file, meta)) = &gd.final_student {
-            let (scores, b1, b256) = ev(m)?;
-            let training: Option<TrainRecord> = serde_json::from_value(meta.training.clone()).ok();
-            let distill = Some(DistillSummary {
-                teacher: format!("{}-ensemble", gd.record.name),
-                temperature: fcfg.temperature,
-                alpha: fcfg.alpha,
-                loss: None,
-            });
-            rows.push(row(
-                &fcfg.name, "student", m, file, scores, b1, b256, distill, &gd.source, training,
-            ));
-        }
-    }
-    for st in &stages {
-        let (scores, b1, b256) = ev(&st.model)?;
-        rows.push(compression::stage_row(st, scores, b1, b256)?);
-    }
+    // The report, from the store's records alone.
+    let mut rows: Vec<ModelMetrics> = store.records().to_vec();
     let reference = cfg
         .models
         .iter()
@@ -491,6 +321,7 @@ pub fn run_experiment(user_cfg: &ExperimentConfig, opts: &RunOptions) -> Result<
             }
         }
     }
+    let splits = &store.splits;
     let metrics = Metrics {
         experiment: cfg.name.clone(),
         distillery_version: env!("CARGO_PKG_VERSION").into(),
@@ -505,11 +336,12 @@ pub fn run_experiment(user_cfg: &ExperimentConfig, opts: &RunOptions) -> Result<
             classes: splits.train.class_names().map(|c| c.to_vec()),
         },
         models: rows,
-        transfer_rounds: groups
+        transfer_rounds: store
+            .groups()
             .iter()
-            .flat_map(|g| g.record.rounds.clone())
+            .flat_map(|g| g.rounds.clone())
             .collect(),
-        submodel_groups: groups.iter().map(|g| g.record.clone()).collect(),
+        submodel_groups: store.groups().to_vec(),
         wall_seconds: start.elapsed().as_secs_f64(),
     };
     let md = report::write_reports(out, &metrics)?;
@@ -517,333 +349,6 @@ pub fn run_experiment(user_cfg: &ExperimentConfig, opts: &RunOptions) -> Result<
         metrics,
         report_markdown: md,
     })
-}
-
-#[allow(clippy::too_many_arguments)]
-pub(crate) fn row(
-    name: &str,
-    role: &str,
-    m: &Model,
-    file: &Path,
-    scores: Scores,
-    b1: f64,
-    b256: f64,
-    distill: Option<DistillSummary>,
-    source: &str,
-    training: Option<TrainRecord>,
-) -> ModelMetrics {
-    ModelMetrics {
-        name: name.to_string(),
-        role: role.to_string(),
-        architecture: m.spec.describe(),
-        params: m.num_params(),
-        bytes: m.bytes(),
-        file_bytes: std::fs::metadata(file).map(|m| m.len()).unwrap_or(0),
-        precision: "f32".into(),
-        accuracy: scores.accuracy,
-        test_errors: scores.errors,
-        mse: scores.mse,
-        mae: scores.mae,
-        test_loss: scores.loss,
-        latency_us_b1: b1,
-        latency_us_b256: b256,
-        vs_teacher: None,
-        distill,
-        source: source.to_string(),
-        training,
-        nonzero_params: None,
-        compression: None,
-        kernel: None,
-    }
-}
-
-/// A finished sub-model group.
-struct GroupDone {
-    record: GroupRecord,
-    members: Vec<(String, Model, PathBuf)>,
-    final_student: Option<(FinalStudentConfig, Model, PathBuf, ModelMeta)>,
-    source: String,
-}
-
-pub(crate) fn model_meta(
-    name: &str,
-    role: &str,
-    model: &Model,
-    splits: &Splits,
-    training: serde_json::Value,
-) -> ModelMeta {
-    ModelMeta {
-        name: name.to_string(),
-        role: role.to_string(),
-        spec: model.spec.clone(),
-        task: splits.train.targets.task(),
-        class_names: splits.train.class_names().map(|c| c.to_vec()),
-        normalizer: splits.normalizer.clone(),
-        target_scale: splits.target_scale,
-        training,
-        quantization: None,
-        compression: None,
-    }
-}
-
-/// Runs a sub-model group (or loads it when a previous session finished it), then its final
-/// student. The group is finished when `models/<group>.group.json` exists; it is written after
-/// every member's model file.
-fn run_or_load_group(
-    cfg: &ExperimentConfig,
-    g: &SubmodelsConfig,
-    splits: &Splits,
-    entries: &[Entry],
-    out: &Path,
-    progress: Progress,
-) -> Result<GroupDone> {
-    let mdir = out.join("models");
-    let group_file = mdir.join(format!("{}.group.json", g.name));
-    let member_files: Vec<PathBuf> = (0..g.k)
-        .map(|i| mdir.join(format!("{}-{}.safetensors", g.name, i + 1)))
-        .collect();
-    let teacher = g
-        .teacher
-        .as_ref()
-        .and_then(|t| entries.iter().find(|e| &e.cfg.name == t))
-        .map(|e| &e.model);
-    let (record, members, source) = if group_file.exists() {
-        progress.say(&format!(
-            "{}: sub-models already trained ({}); skipping",
-            g.name,
-            group_file.display()
-        ));
-        let text = std::fs::read_to_string(&group_file).map_err(|e| Error::io(&group_file, e))?;
-        let record: GroupRecord = serde_json::from_str(&text).map_err(|e| {
-            Error::Input(format!(
-                "{}: malformed group record: {e}",
-                group_file.display()
-            ))
-        })?;
-        let members = member_files
-            .iter()
-            .enumerate()
-            .map(|(i, f)| {
-                Ok((
-                    format!("{}-{}", g.name, i + 1),
-                    models::load_model(f)?.0,
-                    f.clone(),
-                ))
-            })
-            .collect::<Result<Vec<_>>>()?;
-        (record, members, "trained (earlier session)".to_string())
-    } else {
-        let outcome = submodels::run_group(GroupJob {
-            cfg: g,
-            splits,
-            teacher,
-            seed: cfg.seed,
-            out,
-            progress,
-        })?;
-        let mut members = Vec::new();
-        for (i, ((name, m), f)) in outcome.members.into_iter().zip(&member_files).enumerate() {
-            let training = serde_json::to_value(&outcome.record.phase1[i])
-                .map_err(|e| Error::Other(e.to_string()))?;
-            models::save_model(f, &m, &model_meta(&name, "submodel", &m, splits, training))?;
-            members.push((name, m, f.clone()));
-        }
-        let json = serde_json::to_string_pretty(&outcome.record)
-            .map_err(|e| Error::Other(e.to_string()))?;
-        crate::io::write_atomic_str(&group_file, &json)?;
-        let _ = std::fs::remove_file(
-            out.join("checkpoints")
-                .join(format!("{}.rounds.safetensors", g.name)),
-        );
-        (outcome.record, members, "trained".to_string())
-    };
-    let final_student = match &g.final_student {
-        None => None,
-        Some(f) => {
-            let file = mdir.join(format!("{}.safetensors", f.name));
-            if file.exists() {
-                let (m, meta) = models::load_model(&file)?;
-                Some((f.clone(), m, file, meta))
-            } else {
-                let regression = splits.train.targets.task() == Task::Regression;
-                let outs: Vec<Vec<f32>> = members
-                    .iter()
-                    .map(|(_, m, _)| m.predict(&splits.train.x, 512))
-                    .collect::<Result<_>>()?;
-                let refs: Vec<&[f32]> = outs.iter().map(|o| o.as_slice()).collect();
-                let soft = if regression {
-                    crate::losses::mutual::mean_outputs(&refs)
-                } else {
-                    let c = splits.train.outputs();
-                    crate::losses::mutual::probs_as_logits(
-                        &crate::losses::mutual::peer_average(&refs, c, f.temperature),
-                        f.temperature,
-                    )
-                };
-                let spec = ModelSpec {
-                    arch: f.arch.clone(),
-                    input_shape: splits.train.shape.clone(),
-                    outputs: splits.train.outputs(),
-                };
-                let model = Model::new(
-                    spec,
-                    &mut Rng::derive(cfg.seed, &format!("init/{}", f.name)),
-                )?;
-                progress.say(&format!(
-                    "{}: distilling the {}-ensemble into {}",
-                    f.name,
-                    g.name,
-                    model.spec.describe()
-                ));
-                let objective =
-                    Objective::hinton(TeacherSignal::Cached(soft), f.temperature, f.alpha);
-                let meta = fit_and_save(
-                    cfg.seed,
-                    &f.name,
-                    "student",
-                    &model,
-                    &f.train,
-                    objective,
-                    splits,
-                    out,
-                    progress,
-                    Vec::new(),
-                    None,
-                )?;
-                Some((f.clone(), model, file, meta))
-            }
-        }
-    };
-    Ok(GroupDone {
-        record,
-        members,
-        final_student,
-        source,
-    })
-}
-
-fn train_model(
-    cfg: &ExperimentConfig,
-    m: &ModelConfig,
-    splits: &Splits,
-    done: &[Entry],
-    out: &Path,
-    progress: Progress,
-) -> Result<(Model, ModelMeta)> {
-    let arch = m
-        .arch
-        .clone()
-        .ok_or_else(|| Error::Input(format!("model.{}.arch: required", m.name)))?;
-    let spec = ModelSpec {
-        arch,
-        input_shape: splits.train.shape.clone(),
-        outputs: splits.train.outputs(),
-    };
-    let mut init_rng = Rng::derive(cfg.seed, &format!("init/{}", m.name));
-    let model = Model::new(spec, &mut init_rng)?;
-    let teacher = match &m.distill {
-        Some(ds) => Some(
-            done.iter()
-                .find(|e| e.cfg.name == ds.teacher)
-                .ok_or_else(|| {
-                    Error::Input(format!(
-                        "model.{}.distill.teacher: '{}' is not available",
-                        m.name, ds.teacher
-                    ))
-                })?,
-        ),
-        None => None,
-    };
-    let objective = match (&m.distill, teacher) {
-        (Some(ds), Some(t)) => {
-            let signal = if m.train.jitter == 0 {
-                progress.say(&format!(
-                    "{}: computing {}'s soft targets once for the whole training set",
-                    m.name, t.cfg.name
-                ));
-                TeacherSignal::Cached(t.model.predict(&splits.train.x, 512)?)
-            } else {
-                TeacherSignal::Live(&t.model)
-            };
-            let mut obj = Objective::distill(signal, ds.loss, ds.temperature, ds.alpha);
-            obj.hint = ds.hint.as_ref().map(|h| HintTerm {
-                teacher: &t.model,
-                teacher_layer: h.teacher_layer,
-                student_layer: h.student_layer,
-                weight: h.weight,
-            });
-            obj
-        }
-        _ => Objective::supervised(),
-    };
-    progress.say(&format!(
-        "{}: training {} ({} parameters) for up to {} epochs",
-        m.name,
-        model.spec.describe(),
-        model.num_params(),
-        m.train.epochs
-    ));
-    let meta = fit_and_save(
-        cfg.seed,
-        &m.name,
-        m.role().as_str(),
-        &model,
-        &m.train,
-        objective,
-        splits,
-        out,
-        progress,
-        Vec::new(),
-        None,
-    )?;
-    Ok((model, meta))
-}
-
-/// Trains `model` on the training split with a per-epoch checkpoint in `checkpoints/`, saves it
-/// atomically as `models/<name>.safetensors` with its training record, then drops the checkpoint
-/// (the model file now marks the stage as finished).
-#[allow(clippy::too_many_arguments)]
-pub(crate) fn fit_and_save(
-    seed: u64,
-    name: &str,
-    role: &str,
-    model: &Model,
-    train_cfg: &crate::config::TrainConfig,
-    objective: Objective,
-    splits: &Splits,
-    out: &Path,
-    progress: Progress,
-    hooks: Vec<Box<dyn train::StepHook + '_>>,
-    compression: Option<crate::compress::StageRecord>,
-) -> Result<ModelMeta> {
-    let ckpt = out
-        .join("checkpoints")
-        .join(format!("{name}.ckpt.safetensors"));
-    let record = train::fit(
-        model,
-        TrainJob {
-            name,
-            cfg: train_cfg,
-            train: &splits.train,
-            val: &splits.val,
-            objective,
-            fill: splits.normalizer.zero_value(),
-            checkpoint: Some(ckpt.clone()),
-            seed,
-            progress,
-            hooks,
-        },
-    )?;
-    let training = serde_json::to_value(&record).map_err(|e| Error::Other(e.to_string()))?;
-    let mut meta = model_meta(name, role, model, splits, training);
-    meta.compression = compression;
-    models::save_model(
-        &out.join("models").join(format!("{name}.safetensors")),
-        model,
-        &meta,
-    )?;
-    let _ = std::fs::remove_file(&ckpt);
-    Ok(meta)
 }
 
 /// Evaluates a saved model on a data set given by raw files (the normalisation stored in the

@@ -6,113 +6,11 @@ pub mod plot;
 
 use crate::data::Task;
 use crate::error::{Error, Result};
-use crate::train::TrainRecord;
+pub use crate::store::{DataSummary, DistillSummary, ModelMetrics, Ratios};
 use plot::{line_chart, scatter_chart, Series};
 use serde::{Deserialize, Serialize};
 use std::fmt::Write;
 use std::path::Path;
-
-/// Summary of the data used.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct DataSummary {
-    /// Source description.
-    pub source: String,
-    /// Per-sample input shape.
-    pub input_shape: Vec<usize>,
-    /// Training samples.
-    pub train: usize,
-    /// Validation samples.
-    pub val: usize,
-    /// Test samples.
-    pub test: usize,
-    /// Class names (classification).
-    pub classes: Option<Vec<String>>,
-}
-
-/// Ratios of a model's figures to the reference teacher's.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Ratios {
-    /// Name of the reference model.
-    pub reference: String,
-    /// params / teacher params.
-    pub params: f64,
-    /// bytes / teacher bytes.
-    pub bytes: f64,
-    /// accuracy / teacher accuracy (classification).
-    pub accuracy: Option<f64>,
-    /// test errors / teacher test errors (classification).
-    pub test_errors: Option<f64>,
-    /// mse / teacher mse (regression).
-    pub mse: Option<f64>,
-    /// latency at batch 1 / teacher's.
-    pub latency_b1: f64,
-    /// latency at batch 256 / teacher's.
-    pub latency_b256: f64,
-}
-
-/// Distillation settings used for a model.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct DistillSummary {
-    /// Teacher name.
-    pub teacher: String,
-    /// Temperature.
-    pub temperature: f32,
-    /// Soft-target weight.
-    pub alpha: f32,
-    /// The soft-target loss when it is not Hinton's (`dkd(1,8)`, `dist(2,2)`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub loss: Option<String>,
-}
-
-/// All figures for one model.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct ModelMetrics {
-    /// Model name.
-    pub name: String,
-    /// Role: teacher, student, ...
-    pub role: String,
-    /// Architecture description.
-    pub architecture: String,
-    /// Trainable parameters.
-    pub params: usize,
-    /// Weight bytes (f32).
-    pub bytes: usize,
-    /// Size of the saved model file.
-    pub file_bytes: u64,
-    /// Numeric precision of the weights.
-    pub precision: String,
-    /// Test accuracy in [0, 1] (classification).
-    pub accuracy: Option<f64>,
-    /// Misclassified test samples (classification).
-    pub test_errors: Option<usize>,
-    /// Test MSE in target units (regression).
-    pub mse: Option<f64>,
-    /// Test MAE in target units (regression).
-    pub mae: Option<f64>,
-    /// Mean test loss (cross-entropy, or MSE on the standardised target).
-    pub test_loss: f64,
-    /// Median latency of one forward pass at batch 1, microseconds.
-    pub latency_us_b1: f64,
-    /// Median latency of one forward pass at batch 256, microseconds.
-    pub latency_us_b256: f64,
-    /// Ratios to the teacher.
-    pub vs_teacher: Option<Ratios>,
-    /// Distillation settings, for distilled students.
-    pub distill: Option<DistillSummary>,
-    /// How it was obtained: trained, resumed, loaded.
-    pub source: String,
-    /// Training record with per-epoch curves.
-    pub training: Option<TrainRecord>,
-    /// Non-zero parameters (below `params` for magnitude-pruned models).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub nonzero_params: Option<usize>,
-    /// What a pruning or quantization stage did.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub compression: Option<crate::compress::StageRecord>,
-    /// The integer GEMM kernel that ran (int8 models).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub kernel: Option<String>,
-}
 
 /// The whole run.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -1,0 +1,235 @@
+//! `[[submodels]]`: K sub-models (fresh, or split from a teacher) trained alone in phase 1, then
+//! rounds of knowledge transfer between them (`crate::submodels`), their ensemble, and an
+//! optional final student distilled from the ensemble. The group is finished when
+//! `models/<group>.group.json` exists; it is written after every member's model file.
+
+use super::Stage;
+use crate::compress::AnyModel;
+use crate::error::{Error, Result};
+use crate::eval::Ensemble;
+use crate::losses::mutual;
+use crate::models::{self, Model, ModelSpec};
+use crate::rng::Rng;
+use crate::store::{DistillSummary, Finished, ModelMetrics, Provenance, RunStore};
+use crate::submodels::{self, GroupJob, GroupRecord, SubmodelsConfig};
+use crate::train::{Objective, TeacherSignal};
+
+/// The stage of one `[[submodels]]` group.
+pub struct GroupStage {
+    /// Its settings.
+    pub cfg: SubmodelsConfig,
+}
+
+impl Stage for GroupStage {
+    fn name(&self) -> &str {
+        &self.cfg.name
+    }
+
+    fn run(&self, store: &mut RunStore) -> Result<()> {
+        let g = &self.cfg;
+        let group_file = store.models_dir().join(format!("{}.group.json", g.name));
+        let names: Vec<String> = (0..g.k).map(|i| format!("{}-{}", g.name, i + 1)).collect();
+        let (record, members, source) = if group_file.exists() {
+            store.progress.say(&format!(
+                "{}: sub-models already trained ({}); skipping",
+                g.name,
+                group_file.display()
+            ));
+            let text =
+                std::fs::read_to_string(&group_file).map_err(|e| Error::io(&group_file, e))?;
+            let record: GroupRecord = serde_json::from_str(&text).map_err(|e| {
+                Error::Input(format!(
+                    "{}: malformed group record: {e}",
+                    group_file.display()
+                ))
+            })?;
+            let members = names
+                .iter()
+                .map(|n| crate::compress::load_any(&store.model_path(n)))
+                .collect::<Result<Vec<_>>>()?;
+            (record, members, "trained (earlier session)".to_string())
+        } else {
+            let teacher = match &g.teacher {
+                Some(t) => Some(store.float(t)?.0),
+                None => None,
+            };
+            let outcome = submodels::run_group(GroupJob {
+                cfg: g,
+                splits: &store.splits,
+                teacher,
+                seed: store.seed,
+                out: store.out(),
+                progress: store.progress,
+            })?;
+            let mut members = Vec::new();
+            for (i, (name, m)) in outcome.members.into_iter().enumerate() {
+                let training = serde_json::to_value(&outcome.record.phase1[i])
+                    .map_err(|e| Error::Other(e.to_string()))?;
+                let meta = store.meta(&name, "submodel", &m, training);
+                models::save_model(&store.model_path(&name), &m, &meta)?;
+                members.push(AnyModel::float(m, meta));
+            }
+            let json = serde_json::to_string_pretty(&outcome.record)
+                .map_err(|e| Error::Other(e.to_string()))?;
+            crate::io::write_atomic_str(&group_file, &json)?;
+            let _ = std::fs::remove_file(store.checkpoint_path(&g.name, "rounds"));
+            (outcome.record, members, "trained".to_string())
+        };
+
+        // The members, then their ensemble.
+        for (name, m) in names.iter().zip(members) {
+            let file = store.model_path(name);
+            store.finish(
+                Finished {
+                    name: name.clone(),
+                    role: "submodel".into(),
+                    model: m,
+                    file,
+                },
+                Provenance {
+                    source: source.clone(),
+                    distill: None,
+                },
+                true,
+            )?;
+        }
+        let floats = names
+            .iter()
+            .map(|n| store.get(n).and_then(|f| f.float()))
+            .collect::<Result<Vec<&Model>>>()?;
+        let ensemble = ensemble_record(store, g, &floats, &names, &source)?;
+        store.record(ensemble);
+        store.record_group(record);
+
+        // The final student distilled from the ensemble.
+        if let Some(f) = &g.final_student {
+            let file = store.model_path(&f.name);
+            let model = match store.finished(&file)? {
+                Some(any) => any,
+                None => {
+                    let floats = names
+                        .iter()
+                        .map(|n| store.get(n).and_then(|f| f.float()))
+                        .collect::<Result<Vec<&Model>>>()?;
+                    let soft = ensemble_targets(store, &floats, f.temperature)?;
+                    let spec = ModelSpec {
+                        arch: f.arch.clone(),
+                        input_shape: store.splits.train.shape.clone(),
+                        outputs: store.splits.train.outputs(),
+                    };
+                    let model = Model::new(
+                        spec,
+                        &mut Rng::derive(store.seed, &format!("init/{}", f.name)),
+                    )?;
+                    store.progress.say(&format!(
+                        "{}: distilling the {}-ensemble into {}",
+                        f.name,
+                        g.name,
+                        model.spec.describe()
+                    ));
+                    let objective =
+                        Objective::hinton(TeacherSignal::Cached(soft), f.temperature, f.alpha);
+                    let meta = store.fit_and_save(
+                        &f.name,
+                        "student",
+                        &model,
+                        &f.train,
+                        objective,
+                        Vec::new(),
+                        None,
+                    )?;
+                    AnyModel::float(model, meta)
+                }
+            };
+            store.finish(
+                Finished {
+                    name: f.name.clone(),
+                    role: "student".into(),
+                    model,
+                    file,
+                },
+                Provenance {
+                    source,
+                    distill: Some(DistillSummary {
+                        teacher: format!("{}-ensemble", g.name),
+                        temperature: f.temperature,
+                        alpha: f.alpha,
+                        loss: None,
+                    }),
+                },
+                true,
+            )?;
+        }
+        Ok(())
+    }
+}
+
+/// The ensemble's soft targets on the training set: the members' averaged softened outputs
+/// (as logits at temperature `t`), or their mean output for regression.
+fn ensemble_targets(store: &RunStore, members: &[&Model], t: f32) -> Result<Vec<f32>> {
+    let splits = &store.splits;
+    let outs: Vec<Vec<f32>> = members
+        .iter()
+        .map(|m| m.predict(&splits.train.x, 512))
+        .collect::<Result<_>>()?;
+    let refs: Vec<&[f32]> = outs.iter().map(|o| o.as_slice()).collect();
+    Ok(if store.task() == crate::data::Task::Regression {
+        mutual::mean_outputs(&refs)
+    } else {
+        mutual::probs_as_logits(&mutual::peer_average(&refs, splits.train.outputs(), t), t)
+    })
+}
+
+/// The record of the group's ensemble: measured like any model; its size is its members'.
+fn ensemble_record(
+    store: &RunStore,
+    g: &SubmodelsConfig,
+    members: &[&Model],
+    names: &[String],
+    source: &str,
+) -> Result<ModelMetrics> {
+    let ens = Ensemble {
+        members: members.to_vec(),
+        regression: store.task() == crate::data::Task::Regression,
+    };
+    let (scores, b1, b256) = store.measure(&ens)?;
+    let params: usize = members.iter().map(|m| m.num_params()).sum();
+    Ok(ModelMetrics {
+        name: format!("{}-ensemble", g.name),
+        role: "ensemble".into(),
+        architecture: format!(
+            "average of {} sub-models ({})",
+            members.len(),
+            members
+                .iter()
+                .map(|m| m.spec.describe())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+        params,
+        bytes: params * 4,
+        file_bytes: names
+            .iter()
+            .map(|n| {
+                std::fs::metadata(store.model_path(n))
+                    .map(|m| m.len())
+                    .unwrap_or(0)
+            })
+            .sum(),
+        precision: "f32".into(),
+        accuracy: scores.accuracy,
+        test_errors: scores.errors,
+        mse: scores.mse,
+        mae: scores.mae,
+        test_loss: scores.loss,
+        latency_us_b1: b1,
+        latency_us_b256: b256,
+        vs_teacher: None,
+        distill: None,
+        source: source.into(),
+        training: None,
+        nonzero_params: None,
+        compression: None,
+        kernel: None,
+    })
+}

@@ -1,0 +1,20 @@
+//! The stages of an experiment, one file each with its settings beside its code: training or
+//! distilling a `[[model]]` ([`model`]), a `[[submodels]]` group ([`group`]), `[[prune]]`
+//! ([`prune`]) and `[[quantize]]` ([`quantize`]). A stage reads the models it starts from by
+//! name from the [`RunStore`] and hands it what it finishes; it never calls another stage.
+
+pub mod group;
+pub mod model;
+pub mod prune;
+pub mod quantize;
+
+use crate::error::Result;
+use crate::store::RunStore;
+
+/// One step of an experiment.
+pub trait Stage {
+    /// The name of what the stage makes (a model, a group).
+    fn name(&self) -> &str;
+    /// Runs the stage, or reads back what an earlier session finished, into `store`.
+    fn run(&self, store: &mut RunStore) -> Result<()>;
+}

@@ -1,0 +1,282 @@
+//! Training a `[[model]]`: a teacher on labels, a student distilled from a teacher (with an
+//! optional FitNets hint), or a model loaded from a file.
+
+use super::Stage;
+use crate::compress::AnyModel;
+use crate::error::{Error, Result};
+use crate::models::{self, ArchConfig, Model, ModelSpec};
+use crate::rng::Rng;
+use crate::store::{DistillSummary, Finished, Provenance, RunStore};
+use crate::train::{HintTerm, Objective, TeacherSignal, TrainConfig};
+use serde::{Deserialize, Serialize};
+use std::path::PathBuf;
+
+/// What a model is for in the experiment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Role {
+    /// Trained on labels; other models learn from it.
+    Teacher,
+    /// An intermediate model in a teacher-assistant chain.
+    Assistant,
+    /// A smaller model; distilled when it has a `distill` table, else trained on labels alone.
+    Student,
+}
+
+impl Role {
+    /// Lower-case name as written in files.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Role::Teacher => "teacher",
+            Role::Assistant => "assistant",
+            Role::Student => "student",
+        }
+    }
+}
+
+/// Hinton distillation settings for a student.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DistillConfig {
+    /// Name of the teacher (an earlier `[[model]]`).
+    pub teacher: String,
+    /// Softmax temperature T.
+    #[serde(default = "default_temperature")]
+    pub temperature: f32,
+    /// Weight α of the soft-target term; (1 − α) weighs the label term.
+    #[serde(default = "default_alpha")]
+    pub alpha: f32,
+    /// Teacher-assistant chain (Mirzadeh et al. 2020): intermediate models, largest first,
+    /// each distilled from the one before; the student then learns from the last.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub assistants: Vec<ArchConfig>,
+    /// Add a FitNets hint term (Romero et al. 2015) on a hidden layer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hint: Option<HintConfig>,
+    /// The soft-target loss: `{ kind = "kd" }` (Hinton, the default), `{ kind = "dkd",
+    /// target_weight = 1.0, non_target_weight = 8.0 }` or `{ kind = "dist", inter_weight = 1.0,
+    /// intra_weight = 1.0 }`.
+    #[serde(default, skip_serializing_if = "is_kd")]
+    pub loss: crate::losses::SoftLoss,
+}
+
+/// FitNets hint: match the student's hidden layer, through a learned linear adapter, to the
+/// teacher's hidden layer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HintConfig {
+    /// The teacher's hint layer (0-based dense hidden layer).
+    pub teacher_layer: usize,
+    /// The student's guided layer (0-based dense hidden layer).
+    pub student_layer: usize,
+    /// Weight of the hint term, added to the distillation loss.
+    #[serde(default = "default_hint_weight")]
+    pub weight: f32,
+}
+
+fn default_hint_weight() -> f32 {
+    1.0
+}
+
+fn is_kd(l: &crate::losses::SoftLoss) -> bool {
+    *l == crate::losses::SoftLoss::Kd
+}
+
+fn default_temperature() -> f32 {
+    4.0
+}
+fn default_alpha() -> f32 {
+    0.9
+}
+
+/// One `[[model]]` entry.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelConfig {
+    /// Unique name (letters, digits, '-', '_'); also the file name of the saved model.
+    pub name: String,
+    /// `teacher` or `student`; default: `student` when `distill` is given, else `teacher`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub role: Option<Role>,
+    /// Architecture (ignored when `from` loads a saved model).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub arch: Option<ArchConfig>,
+    /// Training settings.
+    #[serde(default)]
+    pub train: TrainConfig,
+    /// Learn from a teacher's soft targets.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub distill: Option<DistillConfig>,
+    /// Load this saved model instead of training one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from: Option<PathBuf>,
+    /// Born-again generations (Furlanello et al. 2018) that follow this model.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub born_again: Option<BornAgainConfig>,
+}
+
+/// Born-again networks: `generations` further models of the same architecture, each
+/// distilled from the previous generation.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BornAgainConfig {
+    /// Number of further generations (≥ 1).
+    pub generations: usize,
+    /// Temperature of each generation's distillation.
+    #[serde(default = "default_ban_temperature")]
+    pub temperature: f32,
+    /// Soft-target weight α (1.0: the paper's soft targets only).
+    #[serde(default = "default_ban_alpha")]
+    pub alpha: f32,
+}
+
+fn default_ban_temperature() -> f32 {
+    1.0
+}
+fn default_ban_alpha() -> f32 {
+    1.0
+}
+
+impl ModelConfig {
+    /// The effective role.
+    pub fn role(&self) -> Role {
+        self.role.unwrap_or(if self.distill.is_some() {
+            Role::Student
+        } else {
+            Role::Teacher
+        })
+    }
+}
+
+/// The stage of one `[[model]]`.
+pub struct ModelStage {
+    /// Its settings.
+    pub cfg: ModelConfig,
+    /// Train it when it is not finished (false: it is only needed as a teacher, and must have
+    /// been trained by an earlier invocation).
+    pub train: bool,
+    /// Report it.
+    pub report: bool,
+}
+
+impl Stage for ModelStage {
+    fn name(&self) -> &str {
+        &self.cfg.name
+    }
+
+    fn run(&self, store: &mut RunStore) -> Result<()> {
+        let m = &self.cfg;
+        let role = m.role().as_str();
+        let file = store.model_path(&m.name);
+        let (model, source, file) = if let Some(f) = &m.from {
+            let (model, mut meta) = models::load_model(f)?;
+            meta.name = m.name.clone();
+            meta.role = role.into();
+            (
+                AnyModel::float(model, meta),
+                format!("loaded from {}", f.display()),
+                f.clone(),
+            )
+        } else if let Some(any) = store.finished(&file)? {
+            store.progress.say(&format!(
+                "{}: already trained ({}); skipping",
+                m.name,
+                file.display()
+            ));
+            (any, "trained (earlier session)".to_string(), file)
+        } else if !self.train {
+            return Err(Error::Input(format!(
+                "model '{}' is needed as a teacher but is not trained in {}",
+                m.name,
+                store.out().display()
+            )));
+        } else {
+            let (model, meta) = train_model(m, store)?;
+            (AnyModel::float(model, meta), "trained".to_string(), file)
+        };
+        let distill = m.distill.as_ref().map(|d| DistillSummary {
+            teacher: d.teacher.clone(),
+            temperature: d.temperature,
+            alpha: d.alpha,
+            loss: (d.loss != crate::losses::SoftLoss::Kd).then(|| d.loss.describe().to_uppercase()),
+        });
+        store.finish(
+            Finished {
+                name: m.name.clone(),
+                role: role.into(),
+                model,
+                file,
+            },
+            Provenance { source, distill },
+            self.report,
+        )
+    }
+}
+
+fn train_model(m: &ModelConfig, store: &RunStore) -> Result<(Model, crate::models::ModelMeta)> {
+    let splits = &store.splits;
+    let arch = m
+        .arch
+        .clone()
+        .ok_or_else(|| Error::Input(format!("model.{}.arch: required", m.name)))?;
+    let spec = ModelSpec {
+        arch,
+        input_shape: splits.train.shape.clone(),
+        outputs: splits.train.outputs(),
+    };
+    let mut init_rng = Rng::derive(store.seed, &format!("init/{}", m.name));
+    let model = Model::new(spec, &mut init_rng)?;
+    let teacher = match &m.distill {
+        Some(ds) => Some(
+            store
+                .get(&ds.teacher)
+                .and_then(|f| f.float())
+                .map_err(|_| {
+                    Error::Input(format!(
+                        "model.{}.distill.teacher: '{}' is not available",
+                        m.name, ds.teacher
+                    ))
+                })?,
+        ),
+        None => None,
+    };
+    let objective = match (&m.distill, teacher) {
+        (Some(ds), Some(t)) => {
+            let signal = if m.train.jitter == 0 {
+                store.progress.say(&format!(
+                    "{}: computing {}'s soft targets once for the whole training set",
+                    m.name, ds.teacher
+                ));
+                TeacherSignal::Cached(t.predict(&splits.train.x, 512)?)
+            } else {
+                TeacherSignal::Live(t)
+            };
+            let mut obj = Objective::distill(signal, ds.loss, ds.temperature, ds.alpha);
+            obj.hint = ds.hint.as_ref().map(|h| HintTerm {
+                teacher: t,
+                teacher_layer: h.teacher_layer,
+                student_layer: h.student_layer,
+                weight: h.weight,
+            });
+            obj
+        }
+        _ => Objective::supervised(),
+    };
+    store.progress.say(&format!(
+        "{}: training {} ({} parameters) for up to {} epochs",
+        m.name,
+        model.spec.describe(),
+        model.num_params(),
+        m.train.epochs
+    ));
+    let meta = store.fit_and_save(
+        &m.name,
+        m.role().as_str(),
+        &model,
+        &m.train,
+        objective,
+        Vec::new(),
+        None,
+    )?;
+    Ok((model, meta))
+}

@@ -1,0 +1,298 @@
+//! `[[prune]]`: structured pruning (whole hidden units and conv channels → a smaller dense
+//! model) or magnitude pruning (individual weights, one shot or along a cubic schedule), then
+//! optional fine-tuning from labels or a teacher's soft targets.
+
+use super::Stage;
+use crate::compress::prune::{self, GradualPruning, Masks};
+use crate::compress::{AnyModel, StageRecord, StageScores};
+use crate::data::Splits;
+use crate::error::Result;
+use crate::eval;
+use crate::models::Model;
+use crate::store::{Finished, Provenance, RunStore};
+use crate::train::{Objective, StepHook, TeacherSignal, TrainConfig};
+use serde::{Deserialize, Serialize};
+
+/// Pruning method.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum PruneMethod {
+    /// Zero the smallest-magnitude weights (unstructured; same shapes, sparse weights).
+    Magnitude,
+    /// Remove whole hidden units and conv channels (a smaller dense model).
+    Structured,
+}
+
+/// Fine-tuning after pruning, or quantization-aware training: from labels, or from a teacher's
+/// soft targets (the KD loss) when `teacher` is given.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RecoverConfig {
+    /// The model whose soft targets guide fine-tuning (omit for labels only).
+    #[serde(default)]
+    pub teacher: Option<String>,
+    /// Distillation temperature T.
+    #[serde(default = "default_recover_temperature")]
+    pub temperature: f32,
+    /// Weight α of the soft-target term.
+    #[serde(default = "default_recover_alpha")]
+    pub alpha: f32,
+    /// Optimisation settings.
+    #[serde(default)]
+    pub train: TrainConfig,
+}
+
+fn default_recover_temperature() -> f32 {
+    4.0
+}
+fn default_recover_alpha() -> f32 {
+    0.9
+}
+
+/// One pruning stage: `from` is pruned to `sparsity`, then (optionally) fine-tuned.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PruneConfig {
+    /// Name of the pruned model.
+    pub name: String,
+    /// The model to prune (a `[[model]]`, a final student, or an earlier stage).
+    pub from: String,
+    /// Magnitude (unstructured) or structured.
+    pub method: PruneMethod,
+    /// Fraction removed in [0, 1): of weights (magnitude) or of the hidden units and channels
+    /// of every layer (structured).
+    pub sparsity: f64,
+    /// Magnitude pruning: one threshold over all layers, or the same sparsity per layer.
+    #[serde(default = "default_scope")]
+    pub scope: crate::compress::prune::Scope,
+    /// Structured pruning: rank units by incoming weight norm or by mean activation.
+    #[serde(default = "default_rank")]
+    pub rank: crate::compress::prune::Rank,
+    /// Magnitude pruning with recovery: epochs over which sparsity ramps up along the cubic
+    /// schedule (default: two thirds of the recovery epochs).
+    #[serde(default)]
+    pub ramp_epochs: Option<usize>,
+    /// Training samples used to rank units by activation.
+    #[serde(default = "default_calibration_samples")]
+    pub rank_samples: usize,
+    /// Fine-tuning after pruning (distillation-aware when it names a teacher).
+    #[serde(default)]
+    pub recover: Option<RecoverConfig>,
+}
+
+fn default_scope() -> crate::compress::prune::Scope {
+    crate::compress::prune::Scope::Global
+}
+fn default_rank() -> crate::compress::prune::Rank {
+    crate::compress::prune::Rank::WeightNorm
+}
+pub(super) fn default_calibration_samples() -> usize {
+    1000
+}
+
+/// The stage of one `[[prune]]` table.
+pub struct PruneStage {
+    /// Its settings.
+    pub cfg: PruneConfig,
+}
+
+impl Stage for PruneStage {
+    fn name(&self) -> &str {
+        &self.cfg.name
+    }
+
+    fn run(&self, store: &mut RunStore) -> Result<()> {
+        let st = &self.cfg;
+        let file = store.model_path(&st.name);
+        if let Some(any) = store.finished(&file)? {
+            store.progress.say(&format!(
+                "{}: already pruned ({}); skipping",
+                st.name,
+                file.display()
+            ));
+            return store.finish(
+                Finished {
+                    name: st.name.clone(),
+                    role: "pruned".into(),
+                    model: any,
+                    file,
+                },
+                Provenance {
+                    source: "pruned (earlier session)".into(),
+                    distill: None,
+                },
+                true,
+            );
+        }
+        let splits = &store.splits;
+        let (src, _) = store.float(&st.from)?;
+        let params_before = src.num_params();
+        let (model, method, ramp) = match st.method {
+            PruneMethod::Structured => {
+                let x = sample_rows(splits, st.rank_samples);
+                let m = prune::structured(src, st.sparsity, st.rank, Some(x))?;
+                let rank = match st.rank {
+                    prune::Rank::WeightNorm => "weight norm",
+                    prune::Rank::Activation => "mean activation",
+                };
+                let desc = format!(
+                    "structured, {:.0}% of units removed by {rank}: {} → {}",
+                    100.0 * st.sparsity,
+                    src.spec.describe(),
+                    m.spec.describe()
+                );
+                (m, desc, None)
+            }
+            PruneMethod::Magnitude => {
+                let m = src.duplicate()?;
+                let ramp = st.recover.as_ref().map(|r| {
+                    st.ramp_epochs
+                        .unwrap_or_else(|| (2 * r.train.epochs).div_ceil(3).max(1))
+                });
+                let scope = match st.scope {
+                    prune::Scope::Global => "global",
+                    prune::Scope::Layer => "per layer",
+                };
+                let desc = match ramp {
+                    Some(e) => format!(
+                        "magnitude ({scope}), {:.0}% of weights, cubic schedule over {e} epochs",
+                        100.0 * st.sparsity
+                    ),
+                    None => format!(
+                        "magnitude ({scope}), {:.0}% of weights, one shot",
+                        100.0 * st.sparsity
+                    ),
+                };
+                (m, desc, ramp)
+            }
+        };
+        // Scores right after pruning to the final sparsity, before any fine-tuning.
+        let before = if st.method == PruneMethod::Magnitude {
+            let probe = model.duplicate()?;
+            Masks::magnitude(&probe, st.sparsity, st.scope)?.apply(&probe)?;
+            test_scores(&probe, splits)?
+        } else {
+            test_scores(&model, splits)?
+        };
+        store.progress.say(&format!("{}: {method}", st.name));
+        let mut record = StageRecord {
+            from: st.from.clone(),
+            method,
+            params_before,
+            weight_sparsity: None,
+            before: Some(before),
+            teacher: st.recover.as_ref().and_then(|r| r.teacher.clone()),
+        };
+        let meta = match &st.recover {
+            Some(r) => {
+                let teacher = match &r.teacher {
+                    Some(t) => Some(store.float(t)?.0),
+                    None => None,
+                };
+                let objective = recover_objective(r, teacher, splits)?;
+                let hooks: Vec<Box<dyn StepHook>> = match ramp {
+                    Some(e) => vec![Box::new(GradualPruning {
+                        sparsity: st.sparsity,
+                        scope: st.scope,
+                        ramp_epochs: e,
+                        masks: None,
+                    })],
+                    None => Vec::new(),
+                };
+                store.progress.say(&format!(
+                    "{}: fine-tuning {} for {} epochs with {}",
+                    st.name,
+                    model.spec.describe(),
+                    r.train.epochs,
+                    match &r.teacher {
+                        Some(t) =>
+                            format!("{t}'s soft targets (T={}, α={})", r.temperature, r.alpha),
+                        None => "labels".into(),
+                    }
+                ));
+                if st.method == PruneMethod::Magnitude {
+                    record.weight_sparsity = Some(st.sparsity);
+                }
+                let mut meta = store.fit_and_save(
+                    &st.name,
+                    "pruned",
+                    &model,
+                    &r.train,
+                    objective,
+                    hooks,
+                    Some(record.clone()),
+                )?;
+                record.weight_sparsity = Some(prune::sparsity(&model)?.0);
+                meta.compression = Some(record);
+                crate::models::save_model(&file, &model, &meta)?;
+                meta
+            }
+            None => {
+                if st.method == PruneMethod::Magnitude {
+                    Masks::magnitude(&model, st.sparsity, st.scope)?.apply(&model)?;
+                }
+                record.weight_sparsity = Some(prune::sparsity(&model)?.0);
+                record.before = None;
+                let mut meta = store.meta(&st.name, "pruned", &model, serde_json::Value::Null);
+                meta.compression = Some(record);
+                crate::models::save_model(&file, &model, &meta)?;
+                meta
+            }
+        };
+        store.finish(
+            Finished {
+                name: st.name.clone(),
+                role: "pruned".into(),
+                model: AnyModel::float(model, meta),
+                file,
+            },
+            Provenance {
+                source: "pruned".into(),
+                distill: None,
+            },
+            true,
+        )
+    }
+}
+
+pub(super) fn scores_of(s: &eval::Scores) -> StageScores {
+    StageScores {
+        accuracy: s.accuracy,
+        errors: s.errors,
+        mse: s.mse,
+    }
+}
+
+pub(super) fn test_scores(p: &dyn eval::Predictor, splits: &Splits) -> Result<StageScores> {
+    Ok(scores_of(&eval::evaluate(
+        p,
+        &splits.test,
+        splits.target_scale.as_ref(),
+    )?))
+}
+
+/// The first `n` training samples (the training split is already in seeded random order).
+pub(super) fn sample_rows(splits: &Splits, n: usize) -> &[f32] {
+    let d = splits.train.dim();
+    let n = n.min(splits.train.len());
+    &splits.train.x[..n * d]
+}
+
+/// The objective of a fine-tuning table: KD from its teacher, or labels.
+pub(super) fn recover_objective<'a>(
+    r: &RecoverConfig,
+    teacher: Option<&'a Model>,
+    splits: &Splits,
+) -> Result<Objective<'a>> {
+    Ok(match teacher {
+        Some(t) => {
+            let signal = if r.train.jitter == 0 {
+                TeacherSignal::Cached(t.predict(&splits.train.x, 512)?)
+            } else {
+                TeacherSignal::Live(t)
+            };
+            Objective::hinton(signal, r.temperature, r.alpha)
+        }
+        None => Objective::supervised(),
+    })
+}

@@ -1,0 +1,414 @@
+//! The run store: owns a run's output folder. Stages read the models they start from by name
+//! and hand what they finish to the store, which saves it atomically (the saved file marks it
+//! finished), evaluates it once on the test split (quality, latency) and keeps its record. A
+//! killed run is resumed by the store for every stage alike: [`RunStore::finished`] reads back a
+//! model an earlier session finished, and [`RunStore::fit_and_save`] resumes a model's training
+//! from its last epoch checkpoint. The report is built from the records alone.
+//!
+//! Folder layout: `models/<name>.safetensors` (f32) or `models/<name>.safetensors.gz`
+//! (quantized), `checkpoints/` (epoch and round checkpoints, removed once a model is finished),
+//! `plots/`, `metrics.json`, `report.md`, `config.toml`.
+
+use crate::compress::quant::Precision;
+use crate::compress::{self, AnyModel, Body};
+use crate::data::{Splits, Task};
+use crate::error::{Error, Result};
+use crate::eval::{self, EvalConfig, Predictor, Scores};
+use crate::models::{self, Model, ModelMeta};
+use crate::progress::Progress;
+use crate::submodels::GroupRecord;
+use crate::train::{self, Objective, StepHook, TrainConfig, TrainJob, TrainRecord};
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+
+/// Summary of the data used.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DataSummary {
+    /// Source description.
+    pub source: String,
+    /// Per-sample input shape.
+    pub input_shape: Vec<usize>,
+    /// Training samples.
+    pub train: usize,
+    /// Validation samples.
+    pub val: usize,
+    /// Test samples.
+    pub test: usize,
+    /// Class names (classification).
+    pub classes: Option<Vec<String>>,
+}
+
+/// Ratios of a model's figures to the reference teacher's.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Ratios {
+    /// Name of the reference model.
+    pub reference: String,
+    /// params / teacher params.
+    pub params: f64,
+    /// bytes / teacher bytes.
+    pub bytes: f64,
+    /// accuracy / teacher accuracy (classification).
+    pub accuracy: Option<f64>,
+    /// test errors / teacher test errors (classification).
+    pub test_errors: Option<f64>,
+    /// mse / teacher mse (regression).
+    pub mse: Option<f64>,
+    /// latency at batch 1 / teacher's.
+    pub latency_b1: f64,
+    /// latency at batch 256 / teacher's.
+    pub latency_b256: f64,
+}
+
+/// Distillation settings used for a model.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DistillSummary {
+    /// Teacher name.
+    pub teacher: String,
+    /// Temperature.
+    pub temperature: f32,
+    /// Soft-target weight.
+    pub alpha: f32,
+    /// The soft-target loss when it is not Hinton's (`dkd(1,8)`, `dist(2,2)`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub loss: Option<String>,
+}
+
+/// All figures for one model.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ModelMetrics {
+    /// Model name.
+    pub name: String,
+    /// Role: teacher, student, ...
+    pub role: String,
+    /// Architecture description.
+    pub architecture: String,
+    /// Trainable parameters.
+    pub params: usize,
+    /// Weight bytes (f32).
+    pub bytes: usize,
+    /// Size of the saved model file.
+    pub file_bytes: u64,
+    /// Numeric precision of the weights.
+    pub precision: String,
+    /// Test accuracy in [0, 1] (classification).
+    pub accuracy: Option<f64>,
+    /// Misclassified test samples (classification).
+    pub test_errors: Option<usize>,
+    /// Test MSE in target units (regression).
+    pub mse: Option<f64>,
+    /// Test MAE in target units (regression).
+    pub mae: Option<f64>,
+    /// Mean test loss (cross-entropy, or MSE on the standardised target).
+    pub test_loss: f64,
+    /// Median latency of one forward pass at batch 1, microseconds.
+    pub latency_us_b1: f64,
+    /// Median latency of one forward pass at batch 256, microseconds.
+    pub latency_us_b256: f64,
+    /// Ratios to the teacher.
+    pub vs_teacher: Option<Ratios>,
+    /// Distillation settings, for distilled students.
+    pub distill: Option<DistillSummary>,
+    /// How it was obtained: trained, resumed, loaded.
+    pub source: String,
+    /// Training record with per-epoch curves.
+    pub training: Option<TrainRecord>,
+    /// Non-zero parameters (below `params` for magnitude-pruned models).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nonzero_params: Option<usize>,
+    /// What a pruning or quantization stage did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compression: Option<compress::StageRecord>,
+    /// The integer GEMM kernel that ran (int8 models).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kernel: Option<String>,
+}
+
+/// A finished model in the store.
+pub struct Finished {
+    /// Its name in the experiment.
+    pub name: String,
+    /// teacher, student, submodel, pruned, quantized, …
+    pub role: String,
+    /// The model, of any precision.
+    pub model: AnyModel,
+    /// The file it lives in.
+    pub file: PathBuf,
+}
+
+impl Finished {
+    /// The f32 model (dequantized for weight-only formats); an error for int8 models.
+    pub fn float(&self) -> Result<&Model> {
+        self.model.float_model().ok_or_else(|| {
+            Error::Input(format!(
+                "model '{}' is int8-quantized; name an f32 model instead",
+                self.name
+            ))
+        })
+    }
+}
+
+/// How a finished model was obtained and how it learned, for its record.
+#[derive(Debug, Clone, Default)]
+pub struct Provenance {
+    /// trained, trained (earlier session), loaded from …
+    pub source: String,
+    /// Distillation settings, for a distilled student.
+    pub distill: Option<DistillSummary>,
+}
+
+/// The run folder and everything finished in it.
+pub struct RunStore {
+    out: PathBuf,
+    /// The data: train / validation / test splits, normalised.
+    pub splits: Splits,
+    /// The experiment's seed.
+    pub seed: u64,
+    /// Progress display.
+    pub progress: Progress,
+    eval: EvalConfig,
+    models: Vec<Finished>,
+    records: Vec<ModelMetrics>,
+    groups: Vec<GroupRecord>,
+}
+
+impl RunStore {
+    /// Opens (or creates) the run folder `out` and removes temporary files a killed session left.
+    pub fn open(
+        out: &Path,
+        splits: Splits,
+        seed: u64,
+        eval: EvalConfig,
+        progress: Progress,
+    ) -> Result<RunStore> {
+        for sub in ["", "models", "checkpoints", "plots"] {
+            let d = out.join(sub);
+            std::fs::create_dir_all(&d).map_err(|e| Error::io(&d, e))?;
+            crate::io::clean_temp_files(&d);
+        }
+        Ok(RunStore {
+            out: out.to_path_buf(),
+            splits,
+            seed,
+            progress,
+            eval,
+            models: Vec::new(),
+            records: Vec::new(),
+            groups: Vec::new(),
+        })
+    }
+
+    /// The run folder.
+    pub fn out(&self) -> &Path {
+        &self.out
+    }
+
+    /// Where the f32 model `name` is saved.
+    pub fn model_path(&self, name: &str) -> PathBuf {
+        self.out.join("models").join(format!("{name}.safetensors"))
+    }
+
+    /// Where the quantized model `name` is saved.
+    pub fn quantized_path(&self, name: &str) -> PathBuf {
+        self.out
+            .join("models")
+            .join(format!("{name}.safetensors.gz"))
+    }
+
+    /// A checkpoint file of `name` (`what`: `ckpt`, `phase1.ckpt`, `rounds`, `qat.ckpt`, …).
+    pub fn checkpoint_path(&self, name: &str, what: &str) -> PathBuf {
+        self.out
+            .join("checkpoints")
+            .join(format!("{name}.{what}.safetensors"))
+    }
+
+    /// A side file of the run folder's `models/` (group records).
+    pub fn models_dir(&self) -> PathBuf {
+        self.out.join("models")
+    }
+
+    /// The finished model `name`.
+    pub fn get(&self, name: &str) -> Result<&Finished> {
+        self.models.iter().find(|m| m.name == name).ok_or_else(|| {
+            Error::Input(format!(
+                "model '{name}' is not available in this run (was it trained?)"
+            ))
+        })
+    }
+
+    /// True when `name` is finished in this session's store.
+    pub fn has(&self, name: &str) -> bool {
+        self.models.iter().any(|m| m.name == name)
+    }
+
+    /// The f32 model `name` and its metadata.
+    pub fn float(&self, name: &str) -> Result<(&Model, &ModelMeta)> {
+        let f = self.get(name)?;
+        Ok((f.float()?, &f.model.meta))
+    }
+
+    /// A model an earlier session finished under `file`, if there is one.
+    pub fn finished(&self, file: &Path) -> Result<Option<AnyModel>> {
+        if file.exists() {
+            Ok(Some(compress::load_any(file)?))
+        } else {
+            Ok(None)
+        }
+    }
+
+    /// Metadata for a model trained on this run's data.
+    pub fn meta(
+        &self,
+        name: &str,
+        role: &str,
+        model: &Model,
+        training: serde_json::Value,
+    ) -> ModelMeta {
+        let splits = &self.splits;
+        ModelMeta {
+            name: name.to_string(),
+            role: role.to_string(),
+            spec: model.spec.clone(),
+            task: splits.train.targets.task(),
+            class_names: splits.train.class_names().map(|c| c.to_vec()),
+            normalizer: splits.normalizer.clone(),
+            target_scale: splits.target_scale,
+            training,
+            quantization: None,
+            compression: None,
+        }
+    }
+
+    /// Trains `model` on the training split with a per-epoch checkpoint (resumed from when a
+    /// killed session left one), saves it atomically as `models/<name>.safetensors` with its
+    /// training record, then drops the checkpoint: the model file now marks it finished.
+    #[allow(clippy::too_many_arguments)]
+    pub fn fit_and_save(
+        &self,
+        name: &str,
+        role: &str,
+        model: &Model,
+        train_cfg: &TrainConfig,
+        objective: Objective,
+        hooks: Vec<Box<dyn StepHook + '_>>,
+        compression: Option<compress::StageRecord>,
+    ) -> Result<ModelMeta> {
+        let ckpt = self.checkpoint_path(name, "ckpt");
+        let record = train::fit(
+            model,
+            TrainJob {
+                name,
+                cfg: train_cfg,
+                train: &self.splits.train,
+                val: &self.splits.val,
+                objective,
+                fill: self.splits.normalizer.zero_value(),
+                checkpoint: Some(ckpt.clone()),
+                seed: self.seed,
+                progress: self.progress,
+                hooks,
+            },
+        )?;
+        let training = serde_json::to_value(&record).map_err(|e| Error::Other(e.to_string()))?;
+        let mut meta = self.meta(name, role, model, training);
+        meta.compression = compression;
+        models::save_model(&self.model_path(name), model, &meta)?;
+        let _ = std::fs::remove_file(&ckpt);
+        Ok(meta)
+    }
+
+    /// Test scores and latency at batch 1 and 256 of anything that predicts.
+    pub fn measure(&self, p: &dyn Predictor) -> Result<(Scores, f64, f64)> {
+        let s = &self.splits;
+        Ok((
+            eval::evaluate(p, &s.test, s.target_scale.as_ref())?,
+            eval::latency_us(p, &s.test, 1, &self.eval)?,
+            eval::latency_us(p, &s.test, 256, &self.eval)?,
+        ))
+    }
+
+    /// Hands a finished model to the store. When `report` is set it is measured once, now, and
+    /// its record joins the report.
+    pub fn finish(&mut self, f: Finished, how: Provenance, report: bool) -> Result<()> {
+        if report {
+            let (scores, b1, b256) = self.measure(&f.model)?;
+            let rec = record_of(&f, scores, b1, b256, how)?;
+            self.records.push(rec);
+        }
+        self.models.retain(|m| m.name != f.name);
+        self.models.push(f);
+        Ok(())
+    }
+
+    /// Adds a record that belongs to no single model file (an ensemble).
+    pub fn record(&mut self, r: ModelMetrics) {
+        self.records.push(r);
+    }
+
+    /// Adds what a sub-model group recorded (its rounds, the chosen round).
+    pub fn record_group(&mut self, g: GroupRecord) {
+        self.groups.push(g);
+    }
+
+    /// Every model record, in the order the stages finished them.
+    pub fn records(&self) -> &[ModelMetrics] {
+        &self.records
+    }
+
+    /// Every sub-model group's record.
+    pub fn groups(&self) -> &[GroupRecord] {
+        &self.groups
+    }
+
+    /// The task of the run's data.
+    pub fn task(&self) -> Task {
+        self.splits.train.targets.task()
+    }
+}
+
+/// The record of a finished model of any precision.
+pub fn record_of(
+    f: &Finished,
+    scores: Scores,
+    b1: f64,
+    b256: f64,
+    how: Provenance,
+) -> Result<ModelMetrics> {
+    let m = &f.model;
+    let mut architecture = m.meta.spec.describe();
+    if let Some(q) = &m.meta.quantization {
+        architecture = format!("{architecture} ({})", q.precision.as_str());
+    }
+    let nonzero_params = match m.float_model() {
+        Some(fm) if m.meta.compression.is_some() && m.precision() == Precision::F32 => {
+            Some(compress::prune::sparsity(fm)?.1)
+        }
+        _ => None,
+    };
+    let training: Option<TrainRecord> = serde_json::from_value(m.meta.training.clone()).ok();
+    Ok(ModelMetrics {
+        name: f.name.clone(),
+        role: f.role.clone(),
+        architecture,
+        params: m.num_params(),
+        bytes: m.bytes(),
+        file_bytes: std::fs::metadata(&f.file).map(|x| x.len()).unwrap_or(0),
+        precision: m.precision().short().into(),
+        accuracy: scores.accuracy,
+        test_errors: scores.errors,
+        mse: scores.mse,
+        mae: scores.mae,
+        test_loss: scores.loss,
+        latency_us_b1: b1,
+        latency_us_b256: b256,
+        vs_teacher: None,
+        distill: how.distill,
+        source: how.source,
+        training,
+        nonzero_params,
+        compression: m.meta.compression.clone(),
+        kernel: match &m.body {
+            Body::Int8(q) => Some(q.kernel.name().into()),
+            _ => None,
+        },
+    })
+}
