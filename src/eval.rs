@@ -2,7 +2,6 @@
 
 use crate::data::{Dataset, TargetScale, Targets};
 use crate::error::Result;
-use crate::models::{Mode, Model};
 use candle_core::{Device, Tensor};
 use serde::{Deserialize, Serialize};
 use std::time::Instant;
@@ -82,53 +81,10 @@ pub fn argmax(row: &[f32]) -> usize {
     best
 }
 
-/// Anything that maps a batch of inputs to outputs: a model, or an ensemble of models.
-pub trait Predictor {
-    /// Outputs for a `[b, input_dim]` batch, row-major `b * outputs` values (logits or
-    /// log-probabilities for classification, values for regression).
-    fn predict_batch(&self, x: &Tensor) -> Result<Vec<f32>>;
-}
-
-impl Predictor for Model {
-    fn predict_batch(&self, x: &Tensor) -> Result<Vec<f32>> {
-        if crate::models::fused::eligible(self) {
-            let rows = x.dim(0)?;
-            return crate::models::mlp::with_slice(x, |v| {
-                crate::models::mlp::forward_eval_fused(self, v, rows)
-            })?;
-        }
-        Ok(self
-            .forward(x, Mode::Eval)?
-            .flatten_all()?
-            .to_vec1::<f32>()?)
-    }
-}
-
-/// Averages its members: probabilities for classification (output: log of the mean
-/// probability, so arg-max and cross-entropy work as for logits), values for regression.
-pub struct Ensemble<'a> {
-    /// The members.
-    pub members: Vec<&'a Model>,
-    /// Regression (average outputs) or classification (average probabilities).
-    pub regression: bool,
-}
-
-impl Predictor for Ensemble<'_> {
-    fn predict_batch(&self, x: &Tensor) -> Result<Vec<f32>> {
-        let outs = self
-            .members
-            .iter()
-            .map(|m| m.predict_batch(x))
-            .collect::<Result<Vec<_>>>()?;
-        let refs: Vec<&[f32]> = outs.iter().map(|o| o.as_slice()).collect();
-        if self.regression {
-            return Ok(crate::losses::mutual::mean_outputs(&refs));
-        }
-        let classes = self.members.first().map(|m| m.spec.outputs).unwrap_or(1);
-        let p = crate::losses::mutual::peer_average(&refs, classes, 1.0);
-        Ok(p.iter().map(|&v| v.max(1e-30).ln()).collect())
-    }
-}
+pub use crate::teachers::Ensemble;
+/// Anything that maps a batch of inputs to outputs is evaluated the same way: a model of any
+/// precision, an ensemble, an outside teacher ([`crate::teachers::Teacher`]).
+pub use crate::teachers::Teacher as Predictor;
 
 /// Runs a predictor over `x` (`n * dim` values) in batches.
 pub fn predict_all(p: &dyn Predictor, x: &[f32], dim: usize, batch: usize) -> Result<Vec<f32>> {

@@ -35,6 +35,7 @@ pub mod rng;
 pub mod stages;
 pub mod store;
 pub mod submodels;
+pub mod teachers;
 pub mod train;
 
 pub use error::{Error, Result};

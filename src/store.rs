@@ -14,10 +14,10 @@ use crate::compress::{self, AnyModel, Body};
 use crate::data::{Splits, Task};
 use crate::error::{Error, Result};
 use crate::eval::{self, EvalConfig, Predictor, Scores};
-use crate::models::{self, Model, ModelMeta};
+use crate::models::{Model, ModelMeta, ModelSpec};
 use crate::progress::Progress;
 use crate::submodels::GroupRecord;
-use crate::train::{self, Objective, StepHook, TrainConfig, TrainJob, TrainRecord};
+use crate::train::{Learner, Objective, StepHook, TrainConfig, TrainJob, TrainRecord};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
@@ -260,14 +260,14 @@ impl RunStore {
         &self,
         name: &str,
         role: &str,
-        model: &Model,
+        spec: &ModelSpec,
         training: serde_json::Value,
     ) -> ModelMeta {
         let splits = &self.splits;
         ModelMeta {
             name: name.to_string(),
             role: role.to_string(),
-            spec: model.spec.clone(),
+            spec: spec.clone(),
             task: splits.train.targets.task(),
             class_names: splits.train.class_names().map(|c| c.to_vec()),
             normalizer: splits.normalizer.clone(),
@@ -278,7 +278,7 @@ impl RunStore {
         }
     }
 
-    /// Trains `model` on the training split with a per-epoch checkpoint (resumed from when a
+    /// Trains `learner` on the training split with a per-epoch checkpoint (resumed from when a
     /// killed session left one), saves it atomically as `models/<name>.safetensors` with its
     /// training record, then drops the checkpoint: the model file now marks it finished.
     #[allow(clippy::too_many_arguments)]
@@ -286,32 +286,29 @@ impl RunStore {
         &self,
         name: &str,
         role: &str,
-        model: &Model,
+        learner: &dyn Learner,
         train_cfg: &TrainConfig,
         objective: Objective,
         hooks: Vec<Box<dyn StepHook + '_>>,
         compression: Option<compress::StageRecord>,
     ) -> Result<ModelMeta> {
         let ckpt = self.checkpoint_path(name, "ckpt");
-        let record = train::fit(
-            model,
-            TrainJob {
-                name,
-                cfg: train_cfg,
-                train: &self.splits.train,
-                val: &self.splits.val,
-                objective,
-                fill: self.splits.normalizer.zero_value(),
-                checkpoint: Some(ckpt.clone()),
-                seed: self.seed,
-                progress: self.progress,
-                hooks,
-            },
-        )?;
+        let record = learner.fit(TrainJob {
+            name,
+            cfg: train_cfg,
+            train: &self.splits.train,
+            val: &self.splits.val,
+            objective,
+            fill: self.splits.normalizer.zero_value(),
+            checkpoint: Some(ckpt.clone()),
+            seed: self.seed,
+            progress: self.progress,
+            hooks,
+        })?;
         let training = serde_json::to_value(&record).map_err(|e| Error::Other(e.to_string()))?;
-        let mut meta = self.meta(name, role, model, training);
+        let mut meta = self.meta(name, role, learner.spec(), training);
         meta.compression = compression;
-        models::save_model(&self.model_path(name), model, &meta)?;
+        learner.save(&self.model_path(name), &meta)?;
         let _ = std::fs::remove_file(&ckpt);
         Ok(meta)
     }

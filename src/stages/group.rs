@@ -65,7 +65,7 @@ impl Stage for GroupStage {
             for (i, (name, m)) in outcome.members.into_iter().enumerate() {
                 let training = serde_json::to_value(&outcome.record.phase1[i])
                     .map_err(|e| Error::Other(e.to_string()))?;
-                let meta = store.meta(&name, "submodel", &m, training);
+                let meta = store.meta(&name, "submodel", &m.spec, training);
                 models::save_model(&store.model_path(&name), &m, &meta)?;
                 members.push(AnyModel::float(m, meta));
             }

@@ -233,7 +233,7 @@ impl Stage for PruneStage {
                 }
                 record.weight_sparsity = Some(prune::sparsity(&model)?.0);
                 record.before = None;
-                let mut meta = store.meta(&st.name, "pruned", &model, serde_json::Value::Null);
+                let mut meta = store.meta(&st.name, "pruned", &model.spec, serde_json::Value::Null);
                 meta.compression = Some(record);
                 crate::models::save_model(&file, &model, &meta)?;
                 meta

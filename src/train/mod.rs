@@ -28,7 +28,7 @@ pub enum TeacherSignal<'a> {
     /// sees the same inputs every epoch, so its forward pass is not repeated).
     Cached(Vec<f32>),
     /// Run the teacher on each (jittered) batch.
-    Live(&'a Model),
+    Live(&'a dyn crate::teachers::Teacher),
     /// The current predictions, on the same batch, of these members of the set being trained
     /// together ([`fit_together`]): their averaged softened outputs (classification) or mean
     /// output (regression). Deep mutual learning.
@@ -253,6 +253,33 @@ fn validate(model: &Model, val: &Dataset, hooks: &[Box<dyn StepHook + '_>]) -> R
     Ok(score_outputs(&out, val, None))
 }
 
+/// Anything that can learn: fitted on a data set against an objective whose targets may be hard
+/// labels, soft targets from teachers and peers, or a mix, then saved as a model file. The
+/// gradient-trained families (MLP, CNN) learn through the one training loop; families fitted in
+/// one go (trees) implement `fit` their own way.
+pub trait Learner: crate::teachers::Teacher {
+    /// Fits in place; returns the training record.
+    fn fit(&self, job: TrainJob) -> Result<TrainRecord>;
+    /// The architecture and shapes, for the model file's metadata.
+    fn spec(&self) -> &models::ModelSpec;
+    /// Saves the fitted model with its metadata, atomically.
+    fn save(&self, path: &Path, meta: &models::ModelMeta) -> Result<()>;
+}
+
+impl Learner for Model {
+    fn fit(&self, job: TrainJob) -> Result<TrainRecord> {
+        fit(self, job)
+    }
+
+    fn spec(&self) -> &models::ModelSpec {
+        &self.spec
+    }
+
+    fn save(&self, path: &Path, meta: &models::ModelMeta) -> Result<()> {
+        models::save_model(path, self, meta)
+    }
+}
+
 /// Trains `model` in place; returns its training record. Resumes from `job.checkpoint` when
 /// that file exists.
 pub fn fit(model: &Model, job: TrainJob) -> Result<TrainRecord> {
@@ -448,16 +475,7 @@ pub fn fit_together(
                             }
                             teacher_buf.clone()
                         }
-                        TeacherSignal::Live(t) => {
-                            if m.fast {
-                                t.predict(&xbuf, b)?
-                            } else {
-                                let x = x
-                                    .as_ref()
-                                    .ok_or_else(|| Error::Other("no batch tensor".into()))?;
-                                t.forward(x, Mode::Eval)?.flatten_all()?.to_vec1::<f32>()?
-                            }
-                        }
+                        TeacherSignal::Live(t) => t.predict_rows(&xbuf, b)?,
                         TeacherSignal::Peers(of) => {
                             let refs: Vec<&[f32]> =
                                 of.iter().map(|&j| peer_outputs[j].as_slice()).collect();
