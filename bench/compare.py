@@ -1,8 +1,10 @@
 """Runs distillery and the PyTorch reference interleaved (A B A B ...) on each workload and prints
 the median of each side and the median of the per-pair ratios, as a Markdown table.
 
-usage: python3 bench/compare.py [--pairs 5] [--steps 30] [WORKLOAD ...]
+usage: python3 bench/compare.py [--pairs 5] [--steps 30] [--base OTHER_BINARY] [WORKLOAD ...]
 Needs target/release/distillery (cargo build --release) and .venv (bench/setup_reference.sh).
+With --base, the reference is another distillery binary (a build of an earlier commit, for a
+before/after table) instead of PyTorch.
 """
 import argparse, json, statistics, subprocess, sys
 
@@ -29,9 +31,15 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--pairs", type=int, default=5)
     ap.add_argument("--steps", type=int, default=30)
+    ap.add_argument("--base", help="another distillery binary to compare with, instead of PyTorch")
     ap.add_argument("workloads", nargs="*", default=list(KEYS))
     a = ap.parse_args()
-    print("| workload | figure | distillery (median) | PyTorch (median) | distillery better by (median of pair ratios) | peak RSS ours / theirs |")
+    global THEIRS
+    other = "PyTorch"
+    if a.base:
+        THEIRS = [a.base, "bench"]
+        other = a.base
+    print(f"| workload | figure | distillery (median) | {other} (median) | distillery better by (median of pair ratios) | peak RSS ours / theirs |")
     print("|---|---|---:|---:|---:|---:|")
     for w in a.workloads:
         ours, theirs = [], []

@@ -243,10 +243,48 @@ fn apply_override_value(root: &mut toml::Value, spec: &str) -> Result<()> {
     Ok(())
 }
 
+/// An experiment file that passed every check, with its schemes (born-again generations,
+/// teacher-assistant chains) written out as plain `[[model]]` entries. Only
+/// [`ExperimentConfig::validate`] makes one, and running an experiment requires one, so the
+/// checks can be neither skipped nor repeated. Dereferences to the expanded experiment.
+#[derive(Debug, Clone)]
+pub struct CheckedConfig {
+    run: ExperimentConfig,
+    resolved: String,
+}
+
+impl CheckedConfig {
+    /// The config as the user wrote it (defaults filled in), as TOML: what is saved with every
+    /// run and compared on resume.
+    pub fn resolved_toml(&self) -> &str {
+        &self.resolved
+    }
+}
+
+impl std::ops::Deref for CheckedConfig {
+    type Target = ExperimentConfig;
+
+    fn deref(&self) -> &ExperimentConfig {
+        &self.run
+    }
+}
+
 impl ExperimentConfig {
-    /// Checks everything that can be checked without reading the data: value ranges, names,
-    /// references between models, files that must exist. Every error names its field.
-    pub fn validate(&self) -> Result<()> {
+    /// Checks everything that can be checked without reading the data — value ranges, names,
+    /// references between models, files that must exist; every error names its field — then
+    /// writes the schemes out as plain models and checks the result.
+    pub fn validate(&self) -> Result<CheckedConfig> {
+        self.check()?;
+        let mut run = self.clone();
+        run.models = crate::methods::expand(&self.models);
+        run.check()?;
+        Ok(CheckedConfig {
+            resolved: self.to_toml()?,
+            run,
+        })
+    }
+
+    fn check(&self) -> Result<()> {
         let d = &self.data;
         let check_file = |field: &str, p: &Option<PathBuf>, required: bool| -> Result<()> {
             match p {

@@ -239,18 +239,24 @@ fn dispatch(cli: Cli) -> Result<()> {
     }
 }
 
-fn load_config(path: &Path, common: &Common) -> Result<config::ExperimentConfig> {
+/// The experiment file as written, with `--set` overrides and `--quick` applied.
+fn load_raw(path: &Path, common: &Common) -> Result<config::ExperimentConfig> {
     let mut cfg = config::load(path, &common.set)?;
     if common.quick {
         cfg.make_quick();
     }
-    cfg.validate()
-        .map_err(|e| Error::Input(format!("{}: {e}", path.display())))?;
     Ok(cfg)
 }
 
+/// The experiment file, checked.
+fn load_config(path: &Path, common: &Common) -> Result<config::CheckedConfig> {
+    load_raw(path, common)?
+        .validate()
+        .map_err(|e| Error::Input(format!("{}: {e}", path.display())))
+}
+
 fn execute(
-    cfg: &config::ExperimentConfig,
+    cfg: &config::CheckedConfig,
     out: &Path,
     common: &Common,
     only: Option<Vec<String>>,
@@ -283,7 +289,7 @@ fn demo(out: &Path, common: &Common) -> Result<()> {
     if common.quick {
         cfg.make_quick();
     }
-    execute(&cfg, out, common, None)
+    execute(&cfg.validate()?, out, common, None)
 }
 
 fn run(path: &Path, out: &Path, common: &Common) -> Result<()> {
@@ -320,7 +326,7 @@ fn train(path: &Path, out: &Path, models: Vec<String>, common: &Common) -> Resul
 }
 
 fn distill(path: &Path, teacher: &str, out: &Path, common: &Common) -> Result<()> {
-    let mut cfg = load_config(path, common)?;
+    let mut cfg = load_raw(path, common)?;
     let teachers: Vec<usize> = (0..cfg.models.len())
         .filter(|&i| cfg.models[i].role() == Role::Teacher)
         .collect();
@@ -362,8 +368,10 @@ fn distill(path: &Path, teacher: &str, out: &Path, common: &Common) -> Result<()
     }
     cfg.models[idx].arch = None;
     cfg.models[idx].from = Some(file);
-    cfg.validate()?;
     let teacher_name = cfg.models[idx].name.clone();
+    let cfg = cfg
+        .validate()
+        .map_err(|e| Error::Input(format!("{}: {e}", path.display())))?;
     let students: Vec<String> = cfg
         .models
         .iter()

@@ -5,7 +5,7 @@
 //! `[[model]] name = "s" … born_again = { generations = 2 }` adds `s-gen2` (taught by `s`) and
 //! `s-gen3` (taught by `s-gen2`).
 
-use crate::config::{DistillConfig, ModelConfig, Role};
+use crate::stages::model::{DistillConfig, ModelConfig, Role};
 
 /// Expands every entry with `born_again` into its generations.
 pub fn expand(models: &[ModelConfig]) -> Vec<ModelConfig> {

@@ -5,21 +5,16 @@
 pub mod born_again;
 pub mod teacher_assistant;
 
-use crate::config::ExperimentConfig;
+use crate::stages::model::ModelConfig;
 
-/// The experiment with born-again generations and teacher-assistant chains written out as
-/// plain `[[model]]` entries.
-pub fn expand(cfg: &ExperimentConfig) -> ExperimentConfig {
-    let mut out = cfg.clone();
-    out.models = teacher_assistant::expand(&out.models);
-    out.models = born_again::expand(&out.models);
-    out
+/// The `[[model]]` list with born-again generations and teacher-assistant chains written out as
+/// plain entries.
+pub fn expand(models: &[ModelConfig]) -> Vec<ModelConfig> {
+    born_again::expand(&teacher_assistant::expand(models))
 }
 
 #[cfg(test)]
 mod tests {
-    use super::*;
-
     #[test]
     fn chains_and_generations_are_written_out() {
         let cfg = crate::config::load_str(
@@ -39,7 +34,7 @@ born_again = { generations = 2 }
             &[],
         )
         .unwrap();
-        let e = expand(&cfg);
+        let e = cfg.validate().unwrap();
         let names: Vec<&str> = e.models.iter().map(|m| m.name.as_str()).collect();
         assert_eq!(names, ["t", "s-ta1", "s-ta2", "s", "s-gen2", "s-gen3"]);
         let teacher_of = |n: &str| {
@@ -64,6 +59,5 @@ born_again = { generations = 2 }
         let g2 = &e.models[4];
         assert_eq!(g2.arch.as_ref().unwrap().hidden, vec![8]);
         assert_eq!(g2.distill.as_ref().unwrap().alpha, 1.0);
-        e.validate().unwrap();
     }
 }

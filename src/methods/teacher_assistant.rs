@@ -6,7 +6,7 @@
 //! `distill = { teacher = "t", assistants = [{ kind = "mlp", hidden = [256] }] }` on model `s`
 //! adds `s-ta1` (taught by `t`) and makes `s` learn from `s-ta1`.
 
-use crate::config::{ModelConfig, Role};
+use crate::stages::model::{ModelConfig, Role};
 
 /// Expands every student with `distill.assistants` into the chain.
 pub fn expand(models: &[ModelConfig]) -> Vec<ModelConfig> {

@@ -5,7 +5,7 @@
 //! exists (written atomically), so a run killed and restarted with the same `--out` skips
 //! finished models and continues the current one from its last epoch checkpoint.
 
-use crate::config::{DataFormat, ExperimentConfig, ModelConfig, Role};
+use crate::config::{CheckedConfig, DataFormat, ExperimentConfig, ModelConfig, Role};
 use crate::data::{self, csv::CsvOptions, idx, Dataset, NormalizeKind, Splits};
 use crate::error::{Error, Result};
 use crate::eval::{self, Scores};
@@ -157,27 +157,24 @@ fn data_source(cfg: &ExperimentConfig) -> String {
 
 /// Runs the experiment. The config must already carry any overrides; it is validated here
 /// before anything else happens.
-pub fn run_experiment(user_cfg: &ExperimentConfig, opts: &RunOptions) -> Result<RunSummary> {
+pub fn run_experiment(checked: &CheckedConfig, opts: &RunOptions) -> Result<RunSummary> {
     let start = Instant::now();
-    user_cfg.validate()?;
-    let resolved = user_cfg.to_toml()?;
-    // Born-again generations and assistant chains become plain [[model]] entries.
-    let expanded = crate::methods::expand(user_cfg);
-    expanded.validate()?;
-    let cfg = &expanded;
+    // Born-again generations and assistant chains are plain [[model]] entries here.
+    let cfg: &ExperimentConfig = checked;
+    let resolved = checked.resolved_toml();
     let out = &opts.out;
     std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
     let cfg_path = out.join("config.toml");
     if cfg_path.exists() {
         let old = std::fs::read_to_string(&cfg_path).map_err(|e| Error::io(&cfg_path, e))?;
-        if old != resolved {
+        if old != *resolved {
             return Err(Error::Input(format!(
                 "{}: this output folder holds a run of a different config; use another --out (or delete the folder) to start a new run",
                 cfg_path.display()
             )));
         }
     } else {
-        crate::io::write_atomic_str(&cfg_path, &resolved)?;
+        crate::io::write_atomic_str(&cfg_path, resolved)?;
     }
 
     let splits = load_splits(cfg)?;
