@@ -295,10 +295,10 @@ pub fn split_teacher(
     let parts: Vec<Vec<std::ops::Range<usize>>> = hidden.iter().map(|&h| partition(h, k)).collect();
     let w = teacher.weights()?;
     let total_mass: f64 = teacher
-        .params
-        .iter()
+        .param_kinds()
+        .into_iter()
         .zip(&w)
-        .filter(|((n, _), _)| n.ends_with(".weight"))
+        .filter(|(k, _)| k.is_weight())
         .map(|(_, v)| v.iter().map(|x| x.abs() as f64).sum::<f64>())
         .sum();
     let layers = hidden.len() + 1;

@@ -143,9 +143,11 @@ impl AnyModel {
                 }
             }
             Body::WeightOnly { stored, model } => {
-                for ((name, var), s) in model.params.iter().zip(stored) {
+                for (((name, var), s), kind) in
+                    model.params.iter().zip(stored).zip(model.param_kinds())
+                {
                     let shape = var.dims().to_vec();
-                    let (rows, _) = quant::channel_dims(name, &shape);
+                    let (rows, _) = kind.channel_dims(&shape);
                     match s {
                         StoredWeight::F32(v) => t.push((name.clone(), Dtype::F32, shape, f32b(v))),
                         StoredWeight::I8 { q, scales } => {
@@ -329,8 +331,8 @@ pub fn load_any_bytes(bytes: &[u8], file: &str) -> Result<AnyModel> {
             let group = qm.group_size.unwrap_or(32).max(1);
             let mut stored = Vec::new();
             let mut params = Vec::new();
-            for (name, shape) in &shapes {
-                if !quant::is_weight(name) {
+            for ((name, shape), kind) in shapes.iter().zip(meta.spec.param_kinds()) {
+                if !kind.is_weight() {
                     let v = as_f32(get(name, Dtype::F32, shape)?, name)?;
                     params.push((
                         name.clone(),
@@ -339,7 +341,7 @@ pub fn load_any_bytes(bytes: &[u8], file: &str) -> Result<AnyModel> {
                     stored.push(StoredWeight::F32(v));
                     continue;
                 }
-                let (rows, cols) = quant::channel_dims(name, shape);
+                let (rows, cols) = kind.channel_dims(shape);
                 let sn = format!("{name}.scale");
                 let (back, sw) = if qm.precision == Precision::Int8Weights {
                     let q: Vec<i8> = get(&format!("{name}.q"), Dtype::I8, &[rows, cols])?
@@ -361,7 +363,7 @@ pub fn load_any_bytes(bytes: &[u8], file: &str) -> Result<AnyModel> {
                     let back = quant::dequantize_rows_i4(&packed, &scales, rows, cols, group);
                     (back, StoredWeight::I4 { packed, scales })
                 };
-                let v = quant::from_channel_major(name, shape, &back);
+                let v = quant::from_channel_major(kind, shape, &back);
                 params.push((
                     name.clone(),
                     Tensor::from_vec(v, shape.clone(), &Device::Cpu)?,

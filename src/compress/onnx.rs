@@ -22,6 +22,7 @@ use super::{AnyModel, Body};
 use crate::data::{Normalizer, Task};
 use crate::error::{Error, Result};
 use crate::models::ArchKind;
+use crate::models::ParamKind;
 
 // --- protobuf wire format -------------------------------------------------------------------
 
@@ -333,7 +334,7 @@ pub fn export(model: &AnyModel) -> Result<Vec<u8>> {
                 if dense {
                     // Stored [in, out]; exported [out, in] for a uniform transB = 1.
                     let (rows, cols, t) =
-                        quant::channel_major(&m.params[i].0, &shapes[i], &weights[i]);
+                        quant::channel_major(ParamKind::DenseWeight, &shapes[i], &weights[i]);
                     Ok(g.init_f32("weight", &[rows, cols], &t))
                 } else {
                     Ok(g.init_f32("weight", &shapes[i], &weights[i]))

@@ -11,7 +11,6 @@
 //! training data. The result is a genuinely smaller dense model with fewer parameters and
 //! smaller matrix products.
 
-use super::quant::is_weight;
 use crate::error::{Error, Result};
 use crate::models::ArchKind;
 use crate::models::{cnn, Model, ModelSpec};
@@ -61,7 +60,7 @@ impl Masks {
     /// Masks that zero the `sparsity` fraction of smallest-magnitude weights.
     pub fn magnitude(model: &Model, sparsity: f64, scope: Scope) -> Result<Masks> {
         let w = model.weights()?;
-        let prunable: Vec<bool> = model.params.iter().map(|(n, _)| is_weight(n)).collect();
+        let prunable: Vec<bool> = model.param_kinds().iter().map(|k| k.is_weight()).collect();
         let mut masks: Vec<Option<Vec<f32>>> = vec![None; w.len()];
         let threshold = |vals: &mut Vec<f32>, s: f64| -> (f32, usize) {
             // The k-th smallest magnitude; ties at the threshold are broken by order below.
@@ -138,10 +137,10 @@ pub fn sparsity(model: &Model) -> Result<(f64, usize)> {
     let mut zeros = 0usize;
     let mut total = 0usize;
     let mut nonzero = 0usize;
-    for ((name, _), v) in model.params.iter().zip(model.weights()?) {
+    for (kind, v) in model.param_kinds().into_iter().zip(model.weights()?) {
         let z = v.iter().filter(|x| **x == 0.0).count();
         nonzero += v.len() - z;
-        if is_weight(name) {
+        if kind.is_weight() {
             zeros += z;
             total += v.len();
         }
@@ -187,10 +186,8 @@ fn mean_activations(model: &Model, x: &[f32]) -> Result<(UnitMeans, UnitMeans)> 
             }
             t = t.flatten_from(1)?;
         }
-        let first = 2 * blocks;
-        for (l, sums) in dense_sum.iter_mut().enumerate() {
-            let w = model.params[first + 2 * l].1.as_tensor();
-            let bias = model.params[first + 2 * l + 1].1.as_tensor();
+        let dense = model.dense_layers();
+        for (sums, (w, bias)) in dense_sum.iter_mut().zip(dense) {
             t = t.matmul(w)?.broadcast_add(bias)?.relu()?;
             let m = t.sum(0)?.to_vec1::<f32>()?;
             for (s, v) in sums.iter_mut().zip(m) {

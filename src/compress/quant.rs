@@ -15,6 +15,7 @@
 use super::kernels::{gemm_u8i8, Kernel, PackedI8};
 use crate::error::{Error, Result};
 use crate::models::ArchKind;
+use crate::models::ParamKind;
 use crate::models::{Mode, Model};
 use crate::train::StepHook;
 use candle_core::{Device, Tensor};
@@ -105,18 +106,6 @@ pub fn dequantize_rows_i4(
     out
 }
 
-/// `(channels, inputs)` of a parameter seen channel-major: dense `fc*` weights are stored
-/// `[in, out]` (channels = out), conv weights `[c_out, c_in, k, k]` (channels = c_out).
-pub fn channel_dims(name: &str, shape: &[usize]) -> (usize, usize) {
-    let n: usize = shape.iter().product();
-    if shape.len() == 2 && name.starts_with("fc") {
-        (shape[1], shape[0])
-    } else {
-        let rows = shape.first().copied().unwrap_or(1);
-        (rows, n / rows.max(1))
-    }
-}
-
 fn transpose(v: &[f32], rows: usize, cols: usize) -> Vec<f32> {
     let mut t = vec![0f32; v.len()];
     for r in 0..rows {
@@ -127,15 +116,11 @@ fn transpose(v: &[f32], rows: usize, cols: usize) -> Vec<f32> {
     t
 }
 
-fn is_dense(name: &str, shape: &[usize]) -> bool {
-    shape.len() == 2 && name.starts_with("fc")
-}
-
 /// A parameter seen as `channels × inputs` (dense `[in, out]` weights are transposed; conv
 /// `[c_out, c_in, k, k]` weights are already channel-major). Returns `(rows, cols, data)`.
-pub fn channel_major(name: &str, shape: &[usize], v: &[f32]) -> (usize, usize, Vec<f32>) {
-    let (rows, cols) = channel_dims(name, shape);
-    if is_dense(name, shape) {
+pub fn channel_major(kind: ParamKind, shape: &[usize], v: &[f32]) -> (usize, usize, Vec<f32>) {
+    let (rows, cols) = kind.channel_dims(shape);
+    if kind == ParamKind::DenseWeight {
         (rows, cols, transpose(v, cols, rows))
     } else {
         (rows, cols, v.to_vec())
@@ -143,18 +128,13 @@ pub fn channel_major(name: &str, shape: &[usize], v: &[f32]) -> (usize, usize, V
 }
 
 /// Inverse of [`channel_major`].
-pub fn from_channel_major(name: &str, shape: &[usize], t: &[f32]) -> Vec<f32> {
-    if is_dense(name, shape) {
-        let (rows, cols) = channel_dims(name, shape);
+pub fn from_channel_major(kind: ParamKind, shape: &[usize], t: &[f32]) -> Vec<f32> {
+    if kind == ParamKind::DenseWeight {
+        let (rows, cols) = kind.channel_dims(shape);
         transpose(t, rows, cols)
     } else {
         t.to_vec()
     }
-}
-
-/// Whether a parameter is a weight matrix (quantized) rather than a bias (kept in f32).
-pub fn is_weight(name: &str) -> bool {
-    name.ends_with(".weight")
 }
 
 /// One dense layer of an int8 model.
@@ -443,12 +423,11 @@ fn requantize_row(acc: &[i32], mult: &[f32], bias: &[f32], a: ActQuant, dst: &mu
 pub fn dense_inputs(model: &Model, x: &[f32], rows: usize) -> Result<Vec<Vec<f32>>> {
     let d = model.spec.input_dim();
     let mut h = Tensor::from_slice(x, (rows, d), &Device::Cpu)?;
-    let layers = model.params.len() / 2;
+    let dense = model.dense_layers();
+    let layers = dense.len();
     let mut out = Vec::with_capacity(layers);
-    for l in 0..layers {
+    for (l, (w, b)) in dense.into_iter().enumerate() {
         out.push(h.flatten_all()?.to_vec1::<f32>()?);
-        let w = model.params[2 * l].1.as_tensor();
-        let b = model.params[2 * l + 1].1.as_tensor();
         h = h.matmul(w)?.broadcast_add(b)?;
         if l + 1 < layers {
             h = h.relu()?;
@@ -528,7 +507,8 @@ pub fn check_int8_arch(spec: &crate::models::ModelSpec) -> Result<()> {
 /// Converts an f32 MLP to an integer model with the given activation quantization.
 pub fn to_int8(model: &Model, acts: &[ActQuant]) -> Result<Int8Mlp> {
     check_int8_arch(&model.spec)?;
-    let n_layers = model.params.len() / 2;
+    let dense = model.dense_layers();
+    let n_layers = dense.len();
     if acts.len() != n_layers {
         return Err(Error::Other(format!(
             "{} activation quantizers for {n_layers} layers",
@@ -536,17 +516,12 @@ pub fn to_int8(model: &Model, acts: &[ActQuant]) -> Result<Int8Mlp> {
         )));
     }
     let mut layers = Vec::new();
-    for (l, &act) in acts.iter().enumerate() {
-        let (wn, wv) = &model.params[2 * l];
+    for (&act, (wv, bv)) in acts.iter().zip(dense) {
         let shape = wv.dims().to_vec();
-        let v = wv.as_tensor().flatten_all()?.to_vec1::<f32>()?;
-        let (rows, cols, t) = channel_major(wn, &shape, &v);
+        let v = wv.flatten_all()?.to_vec1::<f32>()?;
+        let (rows, cols, t) = channel_major(ParamKind::DenseWeight, &shape, &v);
         let (q, s) = quantize_rows_i8(&t, rows, cols);
-        let bias = model.params[2 * l + 1]
-            .1
-            .as_tensor()
-            .flatten_all()?
-            .to_vec1::<f32>()?;
+        let bias = bv.flatten_all()?.to_vec1::<f32>()?;
         layers.push(Int8Layer::new(cols, rows, q, s, bias, act));
     }
     Ok(Int8Mlp {
@@ -597,15 +572,15 @@ pub fn weight_only(
     let deq = model.duplicate()?;
     let mut stored = Vec::new();
     let mut new_w = Vec::new();
-    for (name, var) in &model.params {
+    for (kind, (_, var)) in model.param_kinds().into_iter().zip(&model.params) {
         let v = var.as_tensor().flatten_all()?.to_vec1::<f32>()?;
-        if !is_weight(name) {
+        if !kind.is_weight() {
             stored.push(StoredWeight::F32(v.clone()));
             new_w.push(v);
             continue;
         }
         let shape = var.dims().to_vec();
-        let (rows, cols, t) = channel_major(name, &shape, &v);
+        let (rows, cols, t) = channel_major(kind, &shape, &v);
         let (sw, back) = match precision {
             Precision::Int8Weights => {
                 let (q, scales) = quantize_rows_i8(&t, rows, cols);
@@ -628,7 +603,7 @@ pub fn weight_only(
                 )))
             }
         };
-        new_w.push(from_channel_major(name, &shape, &back));
+        new_w.push(from_channel_major(kind, &shape, &back));
         stored.push(sw);
     }
     deq.set_weights(&new_w)?;
@@ -654,13 +629,12 @@ pub fn qat_forward(model: &Model, x: &Tensor, acts: &[ActQuant], mut mode: Mode)
         )));
     }
     let mut h = crate::models::dropout(x, model.spec.arch.input_dropout, &mut mode)?;
-    for (l, &a) in acts.iter().enumerate() {
+    let dense = model.dense_layers();
+    for (l, (&a, (w, b))) in acts.iter().zip(dense).enumerate() {
         let z = a.zero_point as f64;
         let q = ((&h / a.scale as f64)?.round()? + z)?.clamp(0f32, 255f32)?;
         let dq = ((q - z)? * a.scale as f64)?;
         let hq = straight_through(&h, &dq)?;
-        let w = model.params[2 * l].1.as_tensor();
-        let b = model.params[2 * l + 1].1.as_tensor();
         let s = (w.detach().abs()?.max_keepdim(0)? / 127.0)?.clamp(1e-12f32, f32::MAX)?;
         let wq = w.broadcast_div(&s)?.round()?.clamp(-127f32, 127f32)?;
         let wq = straight_through(w, &wq.broadcast_mul(&s)?)?;

@@ -107,6 +107,58 @@ impl ModelSpec {
     }
 }
 
+/// What a parameter is, known from the architecture rather than from its name, so that pruning
+/// and quantization visit weights by kind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ParamKind {
+    /// A dense layer's weight, stored `[in, out]`.
+    DenseWeight,
+    /// A convolution's weight, `[c_out, c_in, k, k]`.
+    ConvWeight,
+    /// A bias.
+    Bias,
+}
+
+impl ParamKind {
+    /// A weight (pruned and quantized) rather than a bias (kept in f32).
+    pub fn is_weight(self) -> bool {
+        self != ParamKind::Bias
+    }
+
+    /// `(channels, inputs)` of a weight of this kind seen channel-major: a dense `[in, out]`
+    /// weight has `out` channels, a conv weight `c_out`; a bias is one row.
+    pub fn channel_dims(self, shape: &[usize]) -> (usize, usize) {
+        let n: usize = shape.iter().product();
+        match self {
+            ParamKind::DenseWeight => (shape[1], shape[0]),
+            _ => {
+                let rows = shape.first().copied().unwrap_or(1);
+                (rows, n / rows.max(1))
+            }
+        }
+    }
+}
+
+impl ModelSpec {
+    /// The kind of every parameter, in order: each conv block's weight and bias, then each
+    /// dense layer's weight and bias.
+    pub fn param_kinds(&self) -> Vec<ParamKind> {
+        let blocks = match self.arch.kind {
+            ArchKind::Cnn => self.arch.channels.len(),
+            ArchKind::Mlp => 0,
+        };
+        let dense = self.arch.hidden.len() + 1;
+        let mut kinds = Vec::with_capacity(2 * (blocks + dense));
+        for _ in 0..blocks {
+            kinds.extend([ParamKind::ConvWeight, ParamKind::Bias]);
+        }
+        for _ in 0..dense {
+            kinds.extend([ParamKind::DenseWeight, ParamKind::Bias]);
+        }
+        kinds
+    }
+}
+
 /// Train mode draws dropout masks from the given generator; eval mode is deterministic.
 pub enum Mode<'a> {
     /// Inference: no dropout.
@@ -281,6 +333,43 @@ impl Model {
             spec: self.spec.clone(),
             params,
         })
+    }
+
+    /// Visits every parameter with its index, kind, name and variable (the hook for pruning and
+    /// quantization).
+    pub fn visit_params<E>(
+        &self,
+        mut f: impl FnMut(usize, ParamKind, &str, &Var) -> std::result::Result<(), E>,
+    ) -> std::result::Result<(), E> {
+        for (i, (kind, (name, var))) in self
+            .spec
+            .param_kinds()
+            .into_iter()
+            .zip(&self.params)
+            .enumerate()
+        {
+            f(i, kind, name, var)?;
+        }
+        Ok(())
+    }
+
+    /// The kind of every parameter, in order.
+    pub fn param_kinds(&self) -> Vec<ParamKind> {
+        self.spec.param_kinds()
+    }
+
+    /// `(weight [in, out], bias [out])` of every dense layer, in order, found by kind.
+    pub fn dense_layers(&self) -> Vec<(&Tensor, &Tensor)> {
+        let kinds = self.param_kinds();
+        (0..self.params.len().saturating_sub(1))
+            .filter(|&i| kinds.get(i) == Some(&ParamKind::DenseWeight))
+            .map(|i| {
+                (
+                    self.params[i].1.as_tensor(),
+                    self.params[i + 1].1.as_tensor(),
+                )
+            })
+            .collect()
     }
 
     /// Runs the model over `x` (`n * input_dim` values) in eval mode, in batches; returns
@@ -518,5 +607,50 @@ pub fn maybe_gunzip(bytes: Vec<u8>, file: &str) -> Result<Vec<u8>> {
         Ok(out)
     } else {
         Ok(bytes)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parameter_kinds_come_from_the_architecture() {
+        let spec = |kind, channels: Vec<usize>| ModelSpec {
+            arch: ArchConfig {
+                kind,
+                hidden: vec![8, 4],
+                dropout: 0.0,
+                input_dropout: 0.0,
+                channels,
+                kernel: 3,
+            },
+            input_shape: vec![1, 8, 8],
+            outputs: 3,
+        };
+        use ParamKind::*;
+        let mlp = Model::new(spec(ArchKind::Mlp, vec![]), &mut Rng::new(1)).unwrap();
+        assert_eq!(
+            mlp.param_kinds(),
+            [DenseWeight, Bias, DenseWeight, Bias, DenseWeight, Bias]
+        );
+        let cnn = Model::new(spec(ArchKind::Cnn, vec![2, 3]), &mut Rng::new(1)).unwrap();
+        let kinds = cnn.param_kinds();
+        assert_eq!(kinds.len(), cnn.params.len());
+        assert_eq!(&kinds[..4], [ConvWeight, Bias, ConvWeight, Bias]);
+        // The kinds agree with the shapes and names the families give.
+        for (k, (name, var)) in kinds.iter().zip(&cnn.params) {
+            let rank = var.dims().len();
+            match k {
+                ConvWeight => assert!(rank == 4 && name.starts_with("conv")),
+                DenseWeight => assert!(rank == 2 && name.starts_with("fc")),
+                Bias => assert!(rank == 1 && name.ends_with("bias")),
+            }
+        }
+        let dense = cnn.dense_layers();
+        assert_eq!(dense.len(), 3);
+        assert_eq!(dense[2].0.dims(), [4, 3]);
+        assert_eq!(DenseWeight.channel_dims(&[8, 4]), (4, 8));
+        assert_eq!(ConvWeight.channel_dims(&[3, 2, 3, 3]), (3, 18));
     }
 }
