@@ -19,7 +19,7 @@
 //! ```
 
 use crate::data::{NormalizeKind, Task};
-use crate::error::{Error, Result};
+use crate::error::{bad_field, Error, Result};
 pub use crate::eval::EvalConfig;
 pub use crate::models::{ArchConfig, ArchKind};
 pub use crate::stages::model::{BornAgainConfig, DistillConfig, HintConfig, ModelConfig, Role};
@@ -406,106 +406,7 @@ impl ExperimentConfig {
         let images = d.format != DataFormat::Csv || d.image_shape.is_some();
         let mut seen: Vec<&str> = Vec::new();
         for m in &self.models {
-            let p = format!("model.{}", m.name);
-            if m.name.is_empty()
-                || m.name.len() > 64
-                || !m
-                    .name
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
-            {
-                bad_field(
-                    "model.name",
-                    &format!(
-                        "'{}' is not a valid name (1-64 letters, digits, '-' or '_')",
-                        m.name
-                    ),
-                )?;
-            }
-            if seen.contains(&m.name.as_str()) {
-                bad_field(&format!("{p}.name"), "duplicate model name")?;
-            }
-            match (&m.arch, &m.from) {
-                (None, None) => bad_field(
-                    &format!("{p}.arch"),
-                    "required (or give `from` to load a saved model)",
-                )?,
-                (Some(_), Some(_)) => bad_field(
-                    &format!("{p}.from"),
-                    "give either `arch` (train a new model) or `from` (load one), not both",
-                )?,
-                (None, Some(f)) if !f.exists() => bad_field(
-                    &format!("{p}.from"),
-                    &format!("model file '{}' does not exist", f.display()),
-                )?,
-                _ => {}
-            }
-            if let Some(a) = &m.arch {
-                validate_arch(a, &format!("{p}.arch"), images)?;
-            }
-            if let Some(b) = &m.born_again {
-                if b.generations == 0 {
-                    bad_field(&format!("{p}.born_again.generations"), "must be at least 1")?;
-                }
-                if !(b.temperature.is_finite() && b.temperature > 0.0) {
-                    bad_field(&format!("{p}.born_again.temperature"), "must be positive")?;
-                }
-                if !(0.0..=1.0).contains(&b.alpha) {
-                    bad_field(&format!("{p}.born_again.alpha"), "expected [0, 1]")?;
-                }
-                if m.arch.is_none() {
-                    bad_field(
-                        &format!("{p}.born_again"),
-                        "needs `arch` (each generation repeats it)",
-                    )?;
-                }
-            }
-            validate_train(&m.train, &format!("{p}.train"), images)?;
-            if let Some(ds) = &m.distill {
-                if !seen.contains(&ds.teacher.as_str()) {
-                    bad_field(
-                        &format!("{p}.distill.teacher"),
-                        &format!(
-                            "'{}' is not the name of an earlier [[model]] (known: {})",
-                            ds.teacher,
-                            if seen.is_empty() {
-                                "none".to_string()
-                            } else {
-                                seen.join(", ")
-                            }
-                        ),
-                    )?;
-                }
-                if !(ds.temperature.is_finite() && ds.temperature > 0.0) {
-                    bad_field(
-                        &format!("{p}.distill.temperature"),
-                        &format!("must be positive, got {}", ds.temperature),
-                    )?;
-                }
-                if !(0.0..=1.0).contains(&ds.alpha) {
-                    bad_field(
-                        &format!("{p}.distill.alpha"),
-                        &format!("expected [0, 1], got {}", ds.alpha),
-                    )?;
-                }
-                for (k, w) in ds.loss.weights() {
-                    if !(w.is_finite() && w >= 0.0) {
-                        bad_field(
-                            &format!("{p}.distill.loss.{k}"),
-                            &format!("expected a finite weight >= 0, got {w}"),
-                        )?;
-                    }
-                }
-                if ds.loss != crate::losses::SoftLoss::Kd && self.data.task == Task::Regression {
-                    bad_field(
-                        &format!("{p}.distill.loss"),
-                        &format!(
-                            "'{}' needs class probabilities; a regression student matches its teacher by MSE (remove the loss table)",
-                            ds.loss.describe()
-                        ),
-                    )?;
-                }
-            }
+            m.check(&seen, self.data.task, images)?;
             seen.push(&m.name);
         }
         for g in &self.submodels {
@@ -574,7 +475,7 @@ impl ExperimentConfig {
             if !(0.0..=1.0).contains(&r.alpha) {
                 bad_field(&format!("{p}.alpha"), "expected [0, 1]")?;
             }
-            validate_train(&r.train, &format!("{p}.train"), images)
+            r.train.check(&format!("{p}.train"), images)
         };
         for st in &self.prune {
             let p = format!("prune.{}", st.name);
@@ -767,10 +668,10 @@ impl ExperimentConfig {
             },
         }
         if let Some(a) = &g.arch {
-            validate_arch(a, &format!("{p}.arch"), images)?;
+            a.check(&format!("{p}.arch"), images)?;
         }
         for (i, a) in g.archs.iter().enumerate() {
-            validate_arch(a, &format!("{p}.archs[{i}]"), images)?;
+            a.check(&format!("{p}.archs[{i}]"), images)?;
         }
         if !(0.0..=1.0).contains(&g.alpha) {
             bad_field(
@@ -817,8 +718,8 @@ impl ExperimentConfig {
         if g.shards && tr.peers == PeerMode::Live {
             bad_field(&format!("{p}.transfer.peers"), "live peers need shared data: on shards each sub-model only sees its own part, so peers' predictions are taken from the previous round (stale)")?;
         }
-        validate_train(&g.phase1, &format!("{p}.phase1"), images)?;
-        validate_train(&tr.train, &format!("{p}.transfer.train"), images)?;
+        g.phase1.check(&format!("{p}.phase1"), images)?;
+        tr.train.check(&format!("{p}.transfer.train"), images)?;
         if let Some(f) = &g.final_student {
             if !valid(&f.name)
                 || models.contains(&f.name.as_str())
@@ -829,8 +730,8 @@ impl ExperimentConfig {
                     &format!("'{}' is not a valid, unused model name", f.name),
                 )?;
             }
-            validate_arch(&f.arch, &format!("{p}.final_student.arch"), images)?;
-            validate_train(&f.train, &format!("{p}.final_student.train"), images)?;
+            f.arch.check(&format!("{p}.final_student.arch"), images)?;
+            f.train.check(&format!("{p}.final_student.train"), images)?;
             if !(f.temperature.is_finite() && f.temperature > 0.0) {
                 bad_field(
                     &format!("{p}.final_student.temperature"),
@@ -890,109 +791,4 @@ fn fmt_name(f: DataFormat) -> &'static str {
         DataFormat::Csv => "csv",
         DataFormat::Digits => "digits",
     }
-}
-
-fn bad_field(field: &str, what: &str) -> Result<()> {
-    Err(Error::Input(format!("{field}: {what}")))
-}
-
-fn validate_train(t: &TrainConfig, p: &str, images: bool) -> Result<()> {
-    if t.epochs == 0 {
-        bad_field(&format!("{p}.epochs"), "must be at least 1")?;
-    }
-    if t.batch_size == 0 {
-        bad_field(&format!("{p}.batch_size"), "must be at least 1")?;
-    }
-    if !(t.lr.is_finite() && t.lr > 0.0) {
-        bad_field(
-            &format!("{p}.lr"),
-            &format!("must be a positive number, got {}", t.lr),
-        )?;
-    }
-    if !(0.0..1.0).contains(&t.momentum) {
-        bad_field(
-            &format!("{p}.momentum"),
-            &format!("expected [0, 1), got {}", t.momentum),
-        )?;
-    }
-    if !(t.weight_decay.is_finite() && t.weight_decay >= 0.0) {
-        bad_field(
-            &format!("{p}.weight_decay"),
-            &format!("must be ≥ 0, got {}", t.weight_decay),
-        )?;
-    }
-    if t.schedule == ScheduleKind::Step && (t.step_size == 0 || !(t.gamma > 0.0 && t.gamma <= 1.0))
-    {
-        bad_field(
-            &format!("{p}.step_size"),
-            "step schedule needs step_size ≥ 1 and gamma in (0, 1]",
-        )?;
-    }
-    if !(t.min_lr >= 0.0 && t.min_lr <= t.lr) {
-        bad_field(
-            &format!("{p}.min_lr"),
-            &format!("expected 0 ≤ min_lr ≤ lr, got {}", t.min_lr),
-        )?;
-    }
-    if t.jitter > 0 && !images {
-        bad_field(
-            &format!("{p}.jitter"),
-            "jitter shifts images; the data are not images (set data.image_shape)",
-        )?;
-    }
-    if t.patience == Some(0) {
-        bad_field(&format!("{p}.patience"), "must be at least 1 epoch")?;
-    }
-    if t.max_loss.is_nan() || t.max_loss <= 0.0 {
-        bad_field(&format!("{p}.max_loss"), "must be positive")?;
-    }
-    Ok(())
-}
-
-fn validate_arch(a: &ArchConfig, p: &str, images: bool) -> Result<()> {
-    if a.hidden.contains(&0) {
-        bad_field(
-            &format!("{p}.hidden"),
-            &format!("widths must be ≥ 1, got {:?}", a.hidden),
-        )?;
-    }
-    for (f, v) in [("dropout", a.dropout), ("input_dropout", a.input_dropout)] {
-        if !(0.0..1.0).contains(&v) {
-            bad_field(
-                &format!("{p}.{f}"),
-                &format!("expected a probability in [0, 1), got {v}"),
-            )?;
-        }
-    }
-    match a.kind {
-        ArchKind::Mlp => {
-            if !a.channels.is_empty() {
-                bad_field(&format!("{p}.channels"), "only for kind = \"cnn\"")?;
-            }
-        }
-        ArchKind::Cnn => {
-            if !images {
-                bad_field(
-                    &format!("{p}.kind"),
-                    "a CNN needs image data (IDX images, the digits, or CSV with data.image_shape)",
-                )?;
-            }
-            if a.channels.is_empty() || a.channels.contains(&0) {
-                bad_field(
-                    &format!("{p}.channels"),
-                    &format!(
-                        "a CNN needs at least one conv block with ≥ 1 channels, got {:?}",
-                        a.channels
-                    ),
-                )?;
-            }
-            if a.kernel == 0 || a.kernel.is_multiple_of(2) {
-                bad_field(
-                    &format!("{p}.kernel"),
-                    &format!("expected an odd kernel size ≥ 1, got {}", a.kernel),
-                )?;
-            }
-        }
-    }
-    Ok(())
 }

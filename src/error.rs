@@ -57,3 +57,8 @@ macro_rules! bad_input {
         return Err($crate::error::Error::Input(format!($($arg)*)))
     };
 }
+
+/// The error for a bad value in an experiment file: `field: what`.
+pub fn bad_field(field: &str, what: &str) -> Result<()> {
+    Err(Error::Input(format!("{field}: {what}")))
+}

@@ -9,7 +9,7 @@ pub mod meta;
 pub mod mlp;
 
 use crate::data::{Normalizer, TargetScale, Task};
-use crate::error::{Error, Result};
+use crate::error::{bad_field, Error, Result};
 use crate::rng::Rng;
 use candle_core::{DType, Device, Tensor, Var};
 use serde::{Deserialize, Serialize};
@@ -104,6 +104,59 @@ impl ModelSpec {
                 self.outputs
             ),
         }
+    }
+}
+
+impl ArchConfig {
+    /// Checks the values; `p` is the table's path in the experiment file, for the messages, and
+    /// `images` whether the data are images (a CNN needs them).
+    pub fn check(&self, p: &str, images: bool) -> Result<()> {
+        let a = self;
+        if a.hidden.contains(&0) {
+            bad_field(
+                &format!("{p}.hidden"),
+                &format!("widths must be ≥ 1, got {:?}", a.hidden),
+            )?;
+        }
+        for (f, v) in [("dropout", a.dropout), ("input_dropout", a.input_dropout)] {
+            if !(0.0..1.0).contains(&v) {
+                bad_field(
+                    &format!("{p}.{f}"),
+                    &format!("expected a probability in [0, 1), got {v}"),
+                )?;
+            }
+        }
+        match a.kind {
+            ArchKind::Mlp => {
+                if !a.channels.is_empty() {
+                    bad_field(&format!("{p}.channels"), "only for kind = \"cnn\"")?;
+                }
+            }
+            ArchKind::Cnn => {
+                if !images {
+                    bad_field(
+                    &format!("{p}.kind"),
+                    "a CNN needs image data (IDX images, the digits, or CSV with data.image_shape)",
+                )?;
+                }
+                if a.channels.is_empty() || a.channels.contains(&0) {
+                    bad_field(
+                        &format!("{p}.channels"),
+                        &format!(
+                            "a CNN needs at least one conv block with ≥ 1 channels, got {:?}",
+                            a.channels
+                        ),
+                    )?;
+                }
+                if a.kernel == 0 || a.kernel.is_multiple_of(2) {
+                    bad_field(
+                        &format!("{p}.kernel"),
+                        &format!("expected an odd kernel size ≥ 1, got {}", a.kernel),
+                    )?;
+                }
+            }
+        }
+        Ok(())
     }
 }
 

@@ -3,7 +3,8 @@
 
 use super::Stage;
 use crate::compress::AnyModel;
-use crate::error::{Error, Result};
+use crate::data::Task;
+use crate::error::{bad_field, Error, Result};
 use crate::models::{self, ArchConfig, Model, ModelSpec};
 use crate::rng::Rng;
 use crate::store::{DistillSummary, Finished, Provenance, RunStore};
@@ -138,6 +139,115 @@ fn default_ban_alpha() -> f32 {
 }
 
 impl ModelConfig {
+    /// Checks the entry: its name (not among the `earlier` models), `arch` or `from`, the
+    /// schemes, training settings and distillation table (its teacher must be an earlier
+    /// model). `task` and `images` describe the data.
+    pub fn check(&self, earlier: &[&str], task: Task, images: bool) -> Result<()> {
+        let m = self;
+        let seen = earlier;
+        let p = format!("model.{}", m.name);
+        if m.name.is_empty()
+            || m.name.len() > 64
+            || !m
+                .name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        {
+            bad_field(
+                "model.name",
+                &format!(
+                    "'{}' is not a valid name (1-64 letters, digits, '-' or '_')",
+                    m.name
+                ),
+            )?;
+        }
+        if seen.contains(&m.name.as_str()) {
+            bad_field(&format!("{p}.name"), "duplicate model name")?;
+        }
+        match (&m.arch, &m.from) {
+            (None, None) => bad_field(
+                &format!("{p}.arch"),
+                "required (or give `from` to load a saved model)",
+            )?,
+            (Some(_), Some(_)) => bad_field(
+                &format!("{p}.from"),
+                "give either `arch` (train a new model) or `from` (load one), not both",
+            )?,
+            (None, Some(f)) if !f.exists() => bad_field(
+                &format!("{p}.from"),
+                &format!("model file '{}' does not exist", f.display()),
+            )?,
+            _ => {}
+        }
+        if let Some(a) = &m.arch {
+            a.check(&format!("{p}.arch"), images)?;
+        }
+        if let Some(b) = &m.born_again {
+            if b.generations == 0 {
+                bad_field(&format!("{p}.born_again.generations"), "must be at least 1")?;
+            }
+            if !(b.temperature.is_finite() && b.temperature > 0.0) {
+                bad_field(&format!("{p}.born_again.temperature"), "must be positive")?;
+            }
+            if !(0.0..=1.0).contains(&b.alpha) {
+                bad_field(&format!("{p}.born_again.alpha"), "expected [0, 1]")?;
+            }
+            if m.arch.is_none() {
+                bad_field(
+                    &format!("{p}.born_again"),
+                    "needs `arch` (each generation repeats it)",
+                )?;
+            }
+        }
+        m.train.check(&format!("{p}.train"), images)?;
+        if let Some(ds) = &m.distill {
+            if !seen.contains(&ds.teacher.as_str()) {
+                bad_field(
+                    &format!("{p}.distill.teacher"),
+                    &format!(
+                        "'{}' is not the name of an earlier [[model]] (known: {})",
+                        ds.teacher,
+                        if seen.is_empty() {
+                            "none".to_string()
+                        } else {
+                            seen.join(", ")
+                        }
+                    ),
+                )?;
+            }
+            if !(ds.temperature.is_finite() && ds.temperature > 0.0) {
+                bad_field(
+                    &format!("{p}.distill.temperature"),
+                    &format!("must be positive, got {}", ds.temperature),
+                )?;
+            }
+            if !(0.0..=1.0).contains(&ds.alpha) {
+                bad_field(
+                    &format!("{p}.distill.alpha"),
+                    &format!("expected [0, 1], got {}", ds.alpha),
+                )?;
+            }
+            for (k, w) in ds.loss.weights() {
+                if !(w.is_finite() && w >= 0.0) {
+                    bad_field(
+                        &format!("{p}.distill.loss.{k}"),
+                        &format!("expected a finite weight >= 0, got {w}"),
+                    )?;
+                }
+            }
+            if ds.loss != crate::losses::SoftLoss::Kd && task == Task::Regression {
+                bad_field(
+                    &format!("{p}.distill.loss"),
+                    &format!(
+                        "'{}' needs class probabilities; a regression student matches its teacher by MSE (remove the loss table)",
+                        ds.loss.describe()
+                    ),
+                )?;
+            }
+        }
+        Ok(())
+    }
+
     /// The effective role.
     pub fn role(&self) -> Role {
         self.role.unwrap_or(if self.distill.is_some() {

@@ -1,5 +1,6 @@
 //! Training settings: the `train = { … }` table of a model, a recovery or a transfer round.
 
+use crate::error::{bad_field, Result};
 use serde::{Deserialize, Serialize};
 
 /// Optimizer.
@@ -117,5 +118,64 @@ impl Default for TrainConfig {
             patience: None,
             max_loss: default_max_loss(),
         }
+    }
+}
+
+impl TrainConfig {
+    /// Checks the values; `p` is the table's path in the experiment file, for the messages, and
+    /// `images` whether the data are images (jitter needs them).
+    pub fn check(&self, p: &str, images: bool) -> Result<()> {
+        let t = self;
+        if t.epochs == 0 {
+            bad_field(&format!("{p}.epochs"), "must be at least 1")?;
+        }
+        if t.batch_size == 0 {
+            bad_field(&format!("{p}.batch_size"), "must be at least 1")?;
+        }
+        if !(t.lr.is_finite() && t.lr > 0.0) {
+            bad_field(
+                &format!("{p}.lr"),
+                &format!("must be a positive number, got {}", t.lr),
+            )?;
+        }
+        if !(0.0..1.0).contains(&t.momentum) {
+            bad_field(
+                &format!("{p}.momentum"),
+                &format!("expected [0, 1), got {}", t.momentum),
+            )?;
+        }
+        if !(t.weight_decay.is_finite() && t.weight_decay >= 0.0) {
+            bad_field(
+                &format!("{p}.weight_decay"),
+                &format!("must be ≥ 0, got {}", t.weight_decay),
+            )?;
+        }
+        if t.schedule == ScheduleKind::Step
+            && (t.step_size == 0 || !(t.gamma > 0.0 && t.gamma <= 1.0))
+        {
+            bad_field(
+                &format!("{p}.step_size"),
+                "step schedule needs step_size ≥ 1 and gamma in (0, 1]",
+            )?;
+        }
+        if !(t.min_lr >= 0.0 && t.min_lr <= t.lr) {
+            bad_field(
+                &format!("{p}.min_lr"),
+                &format!("expected 0 ≤ min_lr ≤ lr, got {}", t.min_lr),
+            )?;
+        }
+        if t.jitter > 0 && !images {
+            bad_field(
+                &format!("{p}.jitter"),
+                "jitter shifts images; the data are not images (set data.image_shape)",
+            )?;
+        }
+        if t.patience == Some(0) {
+            bad_field(&format!("{p}.patience"), "must be at least 1 epoch")?;
+        }
+        if t.max_loss.is_nan() || t.max_loss <= 0.0 {
+            bad_field(&format!("{p}.max_loss"), "must be positive")?;
+        }
+        Ok(())
     }
 }
