@@ -7,7 +7,8 @@
 //!
 //! Folder layout: `models/<name>.safetensors` (f32) or `models/<name>.safetensors.gz`
 //! (quantized), `checkpoints/` (epoch and round checkpoints, removed once a model is finished),
-//! `plots/`, `metrics.json`, `report.md`, `config.toml`.
+//! `plots/`, `records.json` (the record of every finished model so far, so that a resumed session
+//! measures nothing twice), `metrics.json`, `report.md`, `config.toml`.
 
 use crate::compress::quant::Precision;
 use crate::compress::{self, AnyModel, Body};
@@ -123,6 +124,9 @@ pub struct ModelMetrics {
     pub kernel: Option<String>,
 }
 
+/// The run folder's file of model records, saved after every finished model.
+const RECORDS: &str = "records.json";
+
 /// A finished model in the store.
 pub struct Finished {
     /// Its name in the experiment.
@@ -169,6 +173,10 @@ pub struct RunStore {
     models: Vec<Finished>,
     records: Vec<ModelMetrics>,
     groups: Vec<GroupRecord>,
+    /// Records an earlier session of this run saved (`records.json`).
+    saved: Vec<ModelMetrics>,
+    /// Model files this session read back instead of making them.
+    read_back: Vec<PathBuf>,
 }
 
 impl RunStore {
@@ -185,6 +193,19 @@ impl RunStore {
             std::fs::create_dir_all(&d).map_err(|e| Error::io(&d, e))?;
             crate::io::clean_temp_files(&d);
         }
+        let records_file = out.join(RECORDS);
+        let saved = if records_file.exists() {
+            let text =
+                std::fs::read_to_string(&records_file).map_err(|e| Error::io(&records_file, e))?;
+            serde_json::from_str(&text).map_err(|e| {
+                Error::Input(format!(
+                    "{}: malformed records file: {e}",
+                    records_file.display()
+                ))
+            })?
+        } else {
+            Vec::new()
+        };
         Ok(RunStore {
             out: out.to_path_buf(),
             splits,
@@ -194,6 +215,8 @@ impl RunStore {
             models: Vec::new(),
             records: Vec::new(),
             groups: Vec::new(),
+            saved,
+            read_back: Vec::new(),
         })
     }
 
@@ -247,12 +270,19 @@ impl RunStore {
     }
 
     /// A model an earlier session finished under `file`, if there is one.
-    pub fn finished(&self, file: &Path) -> Result<Option<AnyModel>> {
+    pub fn finished(&mut self, file: &Path) -> Result<Option<AnyModel>> {
         if file.exists() {
-            Ok(Some(compress::load_any(file)?))
+            let m = compress::load_any(file)?;
+            self.read_back.push(file.to_path_buf());
+            Ok(Some(m))
         } else {
             Ok(None)
         }
+    }
+
+    /// The record an earlier session of this run saved for `name`, if any.
+    pub fn saved_record(&self, name: &str) -> Option<&ModelMetrics> {
+        self.saved.iter().find(|r| r.name == name)
     }
 
     /// Metadata for a model trained on this run's data.
@@ -325,11 +355,27 @@ impl RunStore {
 
     /// Hands a finished model to the store. When `report` is set it is measured once, now, and
     /// its record joins the report.
+    /// A model that an earlier session finished and measured keeps that session's record.
     pub fn finish(&mut self, f: Finished, how: Provenance, report: bool) -> Result<()> {
         if report {
-            let (scores, b1, b256) = self.measure(&f.model)?;
-            let rec = record_of(&f, scores, b1, b256, how)?;
+            let earlier = self
+                .read_back
+                .contains(&f.file)
+                .then(|| self.saved_record(&f.name).cloned())
+                .flatten();
+            let rec = match earlier {
+                Some(mut r) => {
+                    r.source = how.source;
+                    r.distill = how.distill;
+                    r
+                }
+                None => {
+                    let (scores, b1, b256) = self.measure(&f.model)?;
+                    record_of(&f, scores, b1, b256, how)?
+                }
+            };
             self.records.push(rec);
+            self.save_records()?;
         }
         self.models.retain(|m| m.name != f.name);
         self.models.push(f);
@@ -337,8 +383,16 @@ impl RunStore {
     }
 
     /// Adds a record that belongs to no single model file (an ensemble).
-    pub fn record(&mut self, r: ModelMetrics) {
+    pub fn record(&mut self, r: ModelMetrics) -> Result<()> {
         self.records.push(r);
+        self.save_records()
+    }
+
+    /// Writes every record so far to `records.json`, atomically, so that a resumed session
+    /// reuses what this one measured.
+    fn save_records(&self) -> Result<()> {
+        let json = serde_json::to_string(&self.records).map_err(|e| Error::Other(e.to_string()))?;
+        crate::io::write_atomic_str(&self.out.join(RECORDS), &json)
     }
 
     /// Adds what a sub-model group recorded (its rounds, the chosen round).

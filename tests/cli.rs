@@ -98,6 +98,17 @@ fn demo_end_to_end() {
     assert!(stderr(&o2).contains("already trained"), "{}", stderr(&o2));
     let again = metrics(&out);
     assert_eq!(again["models"][0]["accuracy"], m["models"][0]["accuracy"]);
+    // Nothing finished is measured again: the store keeps each model's record (records.json),
+    // so even the latencies, which differ between any two measurements, are the same figures.
+    let (a, b) = (
+        again["models"].as_array().unwrap(),
+        m["models"].as_array().unwrap(),
+    );
+    assert_eq!(a.len(), b.len());
+    for (x, y) in a.iter().zip(b) {
+        assert_eq!(x["latency_us_b1"], y["latency_us_b1"], "{}", x["name"]);
+        assert_eq!(x["latency_us_b256"], y["latency_us_b256"], "{}", x["name"]);
+    }
 }
 
 #[test]

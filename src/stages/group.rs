@@ -29,7 +29,8 @@ impl Stage for GroupStage {
         let g = &self.cfg;
         let group_file = store.models_dir().join(format!("{}.group.json", g.name));
         let names: Vec<String> = (0..g.k).map(|i| format!("{}-{}", g.name, i + 1)).collect();
-        let (record, members, source) = if group_file.exists() {
+        let earlier = group_file.exists();
+        let (record, members, source) = if earlier {
             store.progress.say(&format!(
                 "{}: sub-models already trained ({}); skipping",
                 g.name,
@@ -43,10 +44,17 @@ impl Stage for GroupStage {
                     group_file.display()
                 ))
             })?;
-            let members = names
-                .iter()
-                .map(|n| crate::compress::load_any(&store.model_path(n)))
-                .collect::<Result<Vec<_>>>()?;
+            let mut members = Vec::new();
+            for n in &names {
+                let file = store.model_path(n);
+                members.push(store.finished(&file)?.ok_or_else(|| {
+                    Error::Input(format!(
+                        "{}: the group is recorded as finished but {} is missing",
+                        group_file.display(),
+                        file.display()
+                    ))
+                })?);
+            }
             (record, members, "trained (earlier session)".to_string())
         } else {
             let teacher = match &g.teacher {
@@ -97,8 +105,16 @@ impl Stage for GroupStage {
             .iter()
             .map(|n| store.get(n).and_then(|f| f.float()))
             .collect::<Result<Vec<&Model>>>()?;
-        let ensemble = ensemble_record(store, g, &floats, &names, &source)?;
-        store.record(ensemble);
+        let ens_name = format!("{}-ensemble", g.name);
+        let ensemble = match store.saved_record(&ens_name) {
+            Some(r) if earlier => {
+                let mut r = r.clone();
+                r.source = source.clone();
+                r
+            }
+            _ => ensemble_record(store, g, &floats, &names, &source)?,
+        };
+        store.record(ensemble)?;
         store.record_group(record);
 
         // The final student distilled from the ensemble.
