@@ -22,9 +22,14 @@ use crate::data::{NormalizeKind, Task};
 use crate::error::{bad_field, Error, Result};
 pub use crate::eval::EvalConfig;
 pub use crate::models::{ArchConfig, ArchKind};
+use crate::stages::group::GroupStage;
+use crate::stages::model::ModelStage;
 pub use crate::stages::model::{BornAgainConfig, DistillConfig, HintConfig, ModelConfig, Role};
+use crate::stages::prune::PruneStage;
 pub use crate::stages::prune::{PruneConfig, PruneMethod, RecoverConfig};
 pub use crate::stages::quantize::QuantizeConfig;
+use crate::stages::quantize::QuantizeStage;
+use crate::stages::Stage;
 pub use crate::submodels::{
     FinalStudentConfig, PeerMode, SubmodelInit, SubmodelsConfig, TransferConfig,
 };
@@ -254,6 +259,56 @@ pub struct CheckedConfig {
 }
 
 impl CheckedConfig {
+    /// The experiment as stages, in order: the `[[model]]`s (those selected by `only`, all
+    /// when it is `None`, and the teachers they need), the `[[submodels]]` groups (when `groups`),
+    /// then `[[prune]]` and `[[quantize]]`.
+    pub fn stages(&self, only: Option<&[String]>, groups: bool) -> Vec<Box<dyn Stage>> {
+        let cfg = &self.run;
+        let needed: Vec<&str> = cfg
+            .models
+            .iter()
+            .filter(|m| Self::selects(only, m))
+            .filter_map(|m| m.distill.as_ref().map(|d| d.teacher.as_str()))
+            .collect();
+        let mut stages: Vec<Box<dyn Stage>> = Vec::new();
+        for m in &cfg.models {
+            let selected = Self::selects(only, m);
+            if selected || needed.contains(&m.name.as_str()) {
+                stages.push(Box::new(ModelStage {
+                    cfg: m.clone(),
+                    train: selected,
+                    report: selected,
+                }));
+            }
+        }
+        if groups {
+            for g in &cfg.submodels {
+                stages.push(Box::new(GroupStage { cfg: g.clone() }));
+            }
+        }
+        for p in &cfg.prune {
+            stages.push(Box::new(PruneStage { cfg: p.clone() }));
+        }
+        for q in &cfg.quantize {
+            stages.push(Box::new(QuantizeStage { cfg: q.clone() }));
+        }
+        stages
+    }
+
+    /// Whether `only` selects the model `m` (every model when `only` is `None`). Models
+    /// generated from a selected entry (assistants, born-again generations) are selected with
+    /// it.
+    pub fn selects(only: Option<&[String]>, m: &ModelConfig) -> bool {
+        only.map(|o| {
+            o.iter().any(|n| {
+                m.name == *n
+                    || m.name.starts_with(&format!("{n}-ta"))
+                    || m.name.starts_with(&format!("{n}-gen"))
+            })
+        })
+        .unwrap_or(true)
+    }
+
     /// The config as the user wrote it (defaults filled in), as TOML: what is saved with every
     /// run and compared on resume.
     pub fn resolved_toml(&self) -> &str {

@@ -12,11 +12,6 @@ use crate::eval::{self, Scores};
 use crate::models::{self, ModelMeta, ModelSpec};
 use crate::progress::Progress;
 use crate::report::{self, DataSummary, Metrics, ModelMetrics, Ratios};
-use crate::stages::group::GroupStage;
-use crate::stages::model::ModelStage;
-use crate::stages::prune::PruneStage;
-use crate::stages::quantize::QuantizeStage;
-use crate::stages::Stage;
 use crate::store::RunStore;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -192,20 +187,8 @@ pub fn run_experiment(checked: &CheckedConfig, opts: &RunOptions) -> Result<RunS
     ));
 
     // Check every model against the data before training anything.
-    let selected = |m: &ModelConfig| {
-        opts.only
-            .as_ref()
-            .map(|o| {
-                // Models generated from a selected entry (assistants, born-again generations)
-                // are selected with it.
-                o.iter().any(|n| {
-                    m.name == *n
-                        || m.name.starts_with(&format!("{n}-ta"))
-                        || m.name.starts_with(&format!("{n}-gen"))
-                })
-            })
-            .unwrap_or(true)
-    };
+    let only = opts.only.as_deref();
+    let selected = |m: &ModelConfig| CheckedConfig::selects(only, m);
     for m in &cfg.models {
         if let Some(a) = &m.arch {
             let spec = ModelSpec {
@@ -257,36 +240,7 @@ pub fn run_experiment(checked: &CheckedConfig, opts: &RunOptions) -> Result<RunS
         }
     }
 
-    // The stages, in order: the models (and the teachers the selected ones need), the groups,
-    // then pruning and quantization.
-    let needed: Vec<String> = cfg
-        .models
-        .iter()
-        .filter(|m| selected(m))
-        .filter_map(|m| m.distill.as_ref().map(|d| d.teacher.clone()))
-        .collect();
-    let mut stages: Vec<Box<dyn Stage>> = Vec::new();
-    for m in &cfg.models {
-        if selected(m) || needed.contains(&m.name) {
-            stages.push(Box::new(ModelStage {
-                cfg: m.clone(),
-                train: selected(m),
-                report: selected(m),
-            }));
-        }
-    }
-    if opts.groups {
-        for g in &cfg.submodels {
-            stages.push(Box::new(GroupStage { cfg: g.clone() }));
-        }
-    }
-    for p in &cfg.prune {
-        stages.push(Box::new(PruneStage { cfg: p.clone() }));
-    }
-    for q in &cfg.quantize {
-        stages.push(Box::new(QuantizeStage { cfg: q.clone() }));
-    }
-
+    let stages = checked.stages(only, opts.groups);
     let mut store = RunStore::open(out, splits, cfg.seed, cfg.eval.clone(), progress)?;
     for stage in &stages {
         stage.run(&mut store)?;
