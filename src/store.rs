@@ -382,6 +382,42 @@ impl RunStore {
         Ok(())
     }
 
+    /// Finishes the stage output `name`: read back from `file` when an earlier session finished
+    /// it, else made by `make` (which saves it to `file`); `done` says what the stage did
+    /// (`pruned`, `quantized`), for messages and the record's source.
+    pub fn finish_or_make(
+        &mut self,
+        name: &str,
+        role: &str,
+        file: PathBuf,
+        done: &str,
+        make: impl FnOnce(&RunStore) -> Result<AnyModel>,
+    ) -> Result<()> {
+        let (model, source) = match self.finished(&file)? {
+            Some(any) => {
+                self.progress.say(&format!(
+                    "{name}: already {done} ({}); skipping",
+                    file.display()
+                ));
+                (any, format!("{done} (earlier session)"))
+            }
+            None => (make(self)?, done.to_string()),
+        };
+        self.finish(
+            Finished {
+                name: name.to_string(),
+                role: role.to_string(),
+                model,
+                file,
+            },
+            Provenance {
+                source,
+                distill: None,
+            },
+            true,
+        )
+    }
+
     /// Adds a record that belongs to no single model file (an ensemble).
     pub fn record(&mut self, r: ModelMetrics) -> Result<()> {
         self.records.push(r);
@@ -436,30 +472,56 @@ pub fn record_of(
         _ => None,
     };
     let training: Option<TrainRecord> = serde_json::from_value(m.meta.training.clone()).ok();
-    Ok(ModelMetrics {
-        name: f.name.clone(),
-        role: f.role.clone(),
-        architecture,
-        params: m.num_params(),
-        bytes: m.bytes(),
-        file_bytes: std::fs::metadata(&f.file).map(|x| x.len()).unwrap_or(0),
-        precision: m.precision().short().into(),
-        accuracy: scores.accuracy,
-        test_errors: scores.errors,
-        mse: scores.mse,
-        mae: scores.mae,
-        test_loss: scores.loss,
-        latency_us_b1: b1,
-        latency_us_b256: b256,
-        vs_teacher: None,
-        distill: how.distill,
-        source: how.source,
-        training,
-        nonzero_params,
-        compression: m.meta.compression.clone(),
-        kernel: match &m.body {
-            Body::Int8(q) => Some(q.kernel.name().into()),
-            _ => None,
-        },
-    })
+    let mut r = ModelMetrics::measured(&f.name, &f.role, &scores, b1, b256, how.source);
+    r.architecture = architecture;
+    r.params = m.num_params();
+    r.bytes = m.bytes();
+    r.file_bytes = std::fs::metadata(&f.file).map(|x| x.len()).unwrap_or(0);
+    r.precision = m.precision().short().into();
+    r.distill = how.distill;
+    r.training = training;
+    r.nonzero_params = nonzero_params;
+    r.compression = m.meta.compression.clone();
+    r.kernel = match &m.body {
+        Body::Int8(q) => Some(q.kernel.name().into()),
+        _ => None,
+    };
+    Ok(r)
+}
+
+impl ModelMetrics {
+    /// A record with a model's test figures and latencies; size, architecture and training are
+    /// filled in by the caller.
+    pub fn measured(
+        name: &str,
+        role: &str,
+        scores: &Scores,
+        b1: f64,
+        b256: f64,
+        source: String,
+    ) -> ModelMetrics {
+        ModelMetrics {
+            name: name.to_string(),
+            role: role.to_string(),
+            architecture: String::new(),
+            params: 0,
+            bytes: 0,
+            file_bytes: 0,
+            precision: "f32".into(),
+            accuracy: scores.accuracy,
+            test_errors: scores.errors,
+            mse: scores.mse,
+            mae: scores.mae,
+            test_loss: scores.loss,
+            latency_us_b1: b1,
+            latency_us_b256: b256,
+            vs_teacher: None,
+            distill: None,
+            source,
+            training: None,
+            nonzero_params: None,
+            compression: None,
+            kernel: None,
+        }
+    }
 }

@@ -210,42 +210,32 @@ fn ensemble_record(
     };
     let (scores, b1, b256) = store.measure(&ens)?;
     let params: usize = members.iter().map(|m| m.num_params()).sum();
-    Ok(ModelMetrics {
-        name: format!("{}-ensemble", g.name),
-        role: "ensemble".into(),
-        architecture: format!(
-            "average of {} sub-models ({})",
-            members.len(),
-            members
-                .iter()
-                .map(|m| m.spec.describe())
-                .collect::<Vec<_>>()
-                .join(", ")
-        ),
-        params,
-        bytes: params * 4,
-        file_bytes: names
+    let mut r = ModelMetrics::measured(
+        &format!("{}-ensemble", g.name),
+        "ensemble",
+        &scores,
+        b1,
+        b256,
+        source.into(),
+    );
+    r.architecture = format!(
+        "average of {} sub-models ({})",
+        members.len(),
+        members
             .iter()
-            .map(|n| {
-                std::fs::metadata(store.model_path(n))
-                    .map(|m| m.len())
-                    .unwrap_or(0)
-            })
-            .sum(),
-        precision: "f32".into(),
-        accuracy: scores.accuracy,
-        test_errors: scores.errors,
-        mse: scores.mse,
-        mae: scores.mae,
-        test_loss: scores.loss,
-        latency_us_b1: b1,
-        latency_us_b256: b256,
-        vs_teacher: None,
-        distill: None,
-        source: source.into(),
-        training: None,
-        nonzero_params: None,
-        compression: None,
-        kernel: None,
-    })
+            .map(|m| m.spec.describe())
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    r.params = params;
+    r.bytes = params * 4;
+    r.file_bytes = names
+        .iter()
+        .map(|n| {
+            std::fs::metadata(store.model_path(n))
+                .map(|m| m.len())
+                .unwrap_or(0)
+        })
+        .sum();
+    Ok(r)
 }

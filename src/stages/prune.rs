@@ -9,7 +9,7 @@ use crate::data::Splits;
 use crate::error::Result;
 use crate::eval;
 use crate::models::Model;
-use crate::store::{Finished, Provenance, RunStore};
+use crate::store::RunStore;
 use crate::train::{Objective, StepHook, TeacherSignal, TrainConfig};
 use serde::{Deserialize, Serialize};
 
@@ -104,154 +104,125 @@ impl Stage for PruneStage {
     fn run(&self, store: &mut RunStore) -> Result<()> {
         let st = &self.cfg;
         let file = store.model_path(&st.name);
-        if let Some(any) = store.finished(&file)? {
-            store.progress.say(&format!(
-                "{}: already pruned ({}); skipping",
-                st.name,
-                file.display()
-            ));
-            return store.finish(
-                Finished {
-                    name: st.name.clone(),
-                    role: "pruned".into(),
-                    model: any,
-                    file,
-                },
-                Provenance {
-                    source: "pruned (earlier session)".into(),
-                    distill: None,
-                },
-                true,
-            );
-        }
-        let splits = &store.splits;
-        let (src, _) = store.float(&st.from)?;
-        let params_before = src.num_params();
-        let (model, method, ramp) = match st.method {
-            PruneMethod::Structured => {
-                let x = sample_rows(splits, st.rank_samples);
-                let m = prune::structured(src, st.sparsity, st.rank, Some(x))?;
-                let rank = match st.rank {
-                    prune::Rank::WeightNorm => "weight norm",
-                    prune::Rank::Activation => "mean activation",
-                };
-                let desc = format!(
-                    "structured, {:.0}% of units removed by {rank}: {} → {}",
-                    100.0 * st.sparsity,
-                    src.spec.describe(),
-                    m.spec.describe()
-                );
-                (m, desc, None)
-            }
-            PruneMethod::Magnitude => {
-                let m = src.duplicate()?;
-                let ramp = st.recover.as_ref().map(|r| {
-                    st.ramp_epochs
-                        .unwrap_or_else(|| (2 * r.train.epochs).div_ceil(3).max(1))
-                });
-                let scope = match st.scope {
-                    prune::Scope::Global => "global",
-                    prune::Scope::Layer => "per layer",
-                };
-                let desc = match ramp {
-                    Some(e) => format!(
+        store.finish_or_make(&st.name, "pruned", file.clone(), "pruned", |store| {
+            let splits = &store.splits;
+            let (src, _) = store.float(&st.from)?;
+            let params_before = src.num_params();
+            let (model, method, ramp) = match st.method {
+                PruneMethod::Structured => {
+                    let x = sample_rows(splits, st.rank_samples);
+                    let m = prune::structured(src, st.sparsity, st.rank, Some(x))?;
+                    let rank = match st.rank {
+                        prune::Rank::WeightNorm => "weight norm",
+                        prune::Rank::Activation => "mean activation",
+                    };
+                    let desc = format!(
+                        "structured, {:.0}% of units removed by {rank}: {} → {}",
+                        100.0 * st.sparsity,
+                        src.spec.describe(),
+                        m.spec.describe()
+                    );
+                    (m, desc, None)
+                }
+                PruneMethod::Magnitude => {
+                    let m = src.duplicate()?;
+                    let ramp = st.recover.as_ref().map(|r| {
+                        st.ramp_epochs
+                            .unwrap_or_else(|| (2 * r.train.epochs).div_ceil(3).max(1))
+                    });
+                    let scope = match st.scope {
+                        prune::Scope::Global => "global",
+                        prune::Scope::Layer => "per layer",
+                    };
+                    let desc = match ramp {
+                        Some(e) => format!(
                         "magnitude ({scope}), {:.0}% of weights, cubic schedule over {e} epochs",
                         100.0 * st.sparsity
                     ),
-                    None => format!(
-                        "magnitude ({scope}), {:.0}% of weights, one shot",
-                        100.0 * st.sparsity
-                    ),
-                };
-                (m, desc, ramp)
-            }
-        };
-        // Scores right after pruning to the final sparsity, before any fine-tuning.
-        let before = if st.method == PruneMethod::Magnitude {
-            let probe = model.duplicate()?;
-            Masks::magnitude(&probe, st.sparsity, st.scope)?.apply(&probe)?;
-            test_scores(&probe, splits)?
-        } else {
-            test_scores(&model, splits)?
-        };
-        store.progress.say(&format!("{}: {method}", st.name));
-        let mut record = StageRecord {
-            from: st.from.clone(),
-            method,
-            params_before,
-            weight_sparsity: None,
-            before: Some(before),
-            teacher: st.recover.as_ref().and_then(|r| r.teacher.clone()),
-        };
-        let meta = match &st.recover {
-            Some(r) => {
-                let teacher = match &r.teacher {
-                    Some(t) => Some(store.float(t)?.0),
-                    None => None,
-                };
-                let objective = recover_objective(r, teacher, splits)?;
-                let hooks: Vec<Box<dyn StepHook>> = match ramp {
-                    Some(e) => vec![Box::new(GradualPruning {
-                        sparsity: st.sparsity,
-                        scope: st.scope,
-                        ramp_epochs: e,
-                        masks: None,
-                    })],
-                    None => Vec::new(),
-                };
-                store.progress.say(&format!(
-                    "{}: fine-tuning {} for {} epochs with {}",
-                    st.name,
-                    model.spec.describe(),
-                    r.train.epochs,
-                    match &r.teacher {
-                        Some(t) =>
-                            format!("{t}'s soft targets (T={}, α={})", r.temperature, r.alpha),
-                        None => "labels".into(),
+                        None => format!(
+                            "magnitude ({scope}), {:.0}% of weights, one shot",
+                            100.0 * st.sparsity
+                        ),
+                    };
+                    (m, desc, ramp)
+                }
+            };
+            // Scores right after pruning to the final sparsity, before any fine-tuning.
+            let before = if st.method == PruneMethod::Magnitude {
+                let probe = model.duplicate()?;
+                Masks::magnitude(&probe, st.sparsity, st.scope)?.apply(&probe)?;
+                test_scores(&probe, splits)?
+            } else {
+                test_scores(&model, splits)?
+            };
+            store.progress.say(&format!("{}: {method}", st.name));
+            let mut record = StageRecord {
+                from: st.from.clone(),
+                method,
+                params_before,
+                weight_sparsity: None,
+                before: Some(before),
+                teacher: st.recover.as_ref().and_then(|r| r.teacher.clone()),
+            };
+            let meta = match &st.recover {
+                Some(r) => {
+                    let teacher = match &r.teacher {
+                        Some(t) => Some(store.float(t)?.0),
+                        None => None,
+                    };
+                    let objective = recover_objective(r, teacher, splits)?;
+                    let hooks: Vec<Box<dyn StepHook>> = match ramp {
+                        Some(e) => vec![Box::new(GradualPruning {
+                            sparsity: st.sparsity,
+                            scope: st.scope,
+                            ramp_epochs: e,
+                            masks: None,
+                        })],
+                        None => Vec::new(),
+                    };
+                    store.progress.say(&format!(
+                        "{}: fine-tuning {} for {} epochs with {}",
+                        st.name,
+                        model.spec.describe(),
+                        r.train.epochs,
+                        match &r.teacher {
+                            Some(t) =>
+                                format!("{t}'s soft targets (T={}, α={})", r.temperature, r.alpha),
+                            None => "labels".into(),
+                        }
+                    ));
+                    if st.method == PruneMethod::Magnitude {
+                        record.weight_sparsity = Some(st.sparsity);
                     }
-                ));
-                if st.method == PruneMethod::Magnitude {
-                    record.weight_sparsity = Some(st.sparsity);
+                    let mut meta = store.fit_and_save(
+                        &st.name,
+                        "pruned",
+                        &model,
+                        &r.train,
+                        objective,
+                        hooks,
+                        Some(record.clone()),
+                    )?;
+                    record.weight_sparsity = Some(prune::sparsity(&model)?.0);
+                    meta.compression = Some(record);
+                    crate::models::save_model(&file, &model, &meta)?;
+                    meta
                 }
-                let mut meta = store.fit_and_save(
-                    &st.name,
-                    "pruned",
-                    &model,
-                    &r.train,
-                    objective,
-                    hooks,
-                    Some(record.clone()),
-                )?;
-                record.weight_sparsity = Some(prune::sparsity(&model)?.0);
-                meta.compression = Some(record);
-                crate::models::save_model(&file, &model, &meta)?;
-                meta
-            }
-            None => {
-                if st.method == PruneMethod::Magnitude {
-                    Masks::magnitude(&model, st.sparsity, st.scope)?.apply(&model)?;
+                None => {
+                    if st.method == PruneMethod::Magnitude {
+                        Masks::magnitude(&model, st.sparsity, st.scope)?.apply(&model)?;
+                    }
+                    record.weight_sparsity = Some(prune::sparsity(&model)?.0);
+                    record.before = None;
+                    let mut meta =
+                        store.meta(&st.name, "pruned", &model.spec, serde_json::Value::Null);
+                    meta.compression = Some(record);
+                    crate::models::save_model(&file, &model, &meta)?;
+                    meta
                 }
-                record.weight_sparsity = Some(prune::sparsity(&model)?.0);
-                record.before = None;
-                let mut meta = store.meta(&st.name, "pruned", &model.spec, serde_json::Value::Null);
-                meta.compression = Some(record);
-                crate::models::save_model(&file, &model, &meta)?;
-                meta
-            }
-        };
-        store.finish(
-            Finished {
-                name: st.name.clone(),
-                role: "pruned".into(),
-                model: AnyModel::float(model, meta),
-                file,
-            },
-            Provenance {
-                source: "pruned".into(),
-                distill: None,
-            },
-            true,
-        )
+            };
+            Ok(AnyModel::float(model, meta))
+        })
     }
 }
 

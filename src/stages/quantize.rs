@@ -7,7 +7,7 @@ use super::Stage;
 use crate::compress::quant::{self, Precision};
 use crate::compress::{self, AnyModel, Body, StageRecord};
 use crate::error::{Error, Result};
-use crate::store::{Finished, Provenance, RunStore};
+use crate::store::RunStore;
 use crate::train::{self, TrainJob};
 use serde::{Deserialize, Serialize};
 
@@ -64,26 +64,7 @@ impl Stage for QuantizeStage {
     fn run(&self, store: &mut RunStore) -> Result<()> {
         let st = &self.cfg;
         let file = store.quantized_path(&st.name);
-        if let Some(any) = store.finished(&file)? {
-            store.progress.say(&format!(
-                "{}: already quantized ({}); skipping",
-                st.name,
-                file.display()
-            ));
-            return store.finish(
-                Finished {
-                    name: st.name.clone(),
-                    role: "quantized".into(),
-                    model: any,
-                    file,
-                },
-                Provenance {
-                    source: "quantized (earlier session)".into(),
-                    distill: None,
-                },
-                true,
-            );
-        }
+        store.finish_or_make(&st.name, "quantized", file.clone(), "quantized", |store| {
         let splits = &store.splits;
         let (src, src_meta) = store.float(&st.from)?;
         let calib = sample_rows(splits, st.calibration_samples);
@@ -187,18 +168,7 @@ impl Stage for QuantizeStage {
                 .unwrap_or("")
         ));
         any.save(&file)?;
-        store.finish(
-            Finished {
-                name: st.name.clone(),
-                role: "quantized".into(),
-                model: any,
-                file,
-            },
-            Provenance {
-                source: "quantized".into(),
-                distill: None,
-            },
-            true,
-        )
+            Ok(any)
+        })
     }
 }
