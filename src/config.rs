@@ -22,6 +22,8 @@ use crate::data::{NormalizeKind, Task};
 use crate::error::{bad_field, Error, Result};
 pub use crate::eval::EvalConfig;
 pub use crate::models::{ArchConfig, ArchKind};
+use crate::stages::export::ExportStage;
+pub use crate::stages::export::{ExportConfig, ExportFormat};
 use crate::stages::group::GroupStage;
 use crate::stages::model::ModelStage;
 pub use crate::stages::model::{BornAgainConfig, DistillConfig, HintConfig, ModelConfig, Role};
@@ -64,6 +66,9 @@ pub struct ExperimentConfig {
     /// Quantization stages, run in file order after the pruning stages.
     #[serde(rename = "quantize", default, skip_serializing_if = "Vec::is_empty")]
     pub quantize: Vec<QuantizeConfig>,
+    /// Exports of finished models (ONNX checked in tract, or safetensors), run last.
+    #[serde(rename = "export", default, skip_serializing_if = "Vec::is_empty")]
+    pub exports: Vec<ExportConfig>,
 }
 
 fn default_name() -> String {
@@ -291,6 +296,9 @@ impl CheckedConfig {
         }
         for q in &cfg.quantize {
             stages.push(Box::new(QuantizeStage { cfg: q.clone() }));
+        }
+        for e in &cfg.exports {
+            stages.push(Box::new(ExportStage { cfg: e.clone() }));
         }
         stages
     }
@@ -627,6 +635,18 @@ impl ExperimentConfig {
                 check_recover(&format!("{p}.qat"), q, &floats)?;
             }
             known.push(st.name.clone());
+        }
+        for (i, e) in self.exports.iter().enumerate() {
+            check_from(&format!("export[{i}].from"), &e.from, &known)?;
+            if self.exports[..i]
+                .iter()
+                .any(|o| o.from == e.from && o.format == e.format)
+            {
+                bad_field(
+                    &format!("export[{i}]"),
+                    &format!("'{}' is already exported in this format", e.from),
+                )?;
+            }
         }
         Ok(())
     }

@@ -124,6 +124,25 @@ pub struct ModelMetrics {
     pub kernel: Option<String>,
 }
 
+/// What an `[[export]]` stage wrote, and how its ONNX export compared with the model in tract.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ExportRecord {
+    /// The exported model.
+    pub from: String,
+    /// `onnx` or `safetensors`.
+    pub format: String,
+    /// The file, relative to the run folder.
+    pub file: String,
+    /// Its size.
+    pub bytes: usize,
+    /// Test samples the ONNX export was run on in tract (0: not checked).
+    pub checked_samples: usize,
+    /// Largest difference between the export's outputs in tract and the model's own.
+    pub max_abs_diff: Option<f64>,
+    /// Fraction of those samples whose predicted class agrees (classification).
+    pub class_agreement: Option<f64>,
+}
+
 /// The run folder's file of model records, saved after every finished model.
 const RECORDS: &str = "records.json";
 
@@ -175,6 +194,7 @@ pub struct RunStore {
     groups: Vec<GroupRecord>,
     /// Records an earlier session of this run saved (`records.json`).
     saved: Vec<ModelMetrics>,
+    exports: Vec<ExportRecord>,
     /// Model files this session read back instead of making them.
     read_back: Vec<PathBuf>,
 }
@@ -217,6 +237,7 @@ impl RunStore {
             groups: Vec::new(),
             saved,
             read_back: Vec::new(),
+            exports: Vec::new(),
         })
     }
 
@@ -439,6 +460,16 @@ impl RunStore {
     /// Every model record, in the order the stages finished them.
     pub fn records(&self) -> &[ModelMetrics] {
         &self.records
+    }
+
+    /// Adds what an export stage wrote.
+    pub fn record_export(&mut self, r: ExportRecord) {
+        self.exports.push(r);
+    }
+
+    /// Every export's record.
+    pub fn exports(&self) -> &[ExportRecord] {
+        &self.exports
     }
 
     /// Every sub-model group's record.

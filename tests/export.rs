@@ -194,3 +194,54 @@ fn regression_graph_outputs_values_in_target_units() {
         assert!((a - b).abs() < 1e-3 * (1.0 + a.abs()), "{a} vs {b}");
     }
 }
+
+#[test]
+fn export_stage_writes_checked_onnx_and_safetensors() {
+    // configs/digits-deploy.toml through the real binary: its [[export]] stages write the files
+    // and run each ONNX export in tract against the model's own outputs.
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("deploy");
+    let o = common::run(&[
+        "run",
+        "configs/digits-deploy.toml",
+        "--out",
+        out.to_str().unwrap(),
+        "--quick",
+    ]);
+    assert!(o.status.success(), "{}", common::stderr(&o));
+    let m = common::metrics(&out);
+    let ex = m["exports"].as_array().unwrap();
+    assert_eq!(ex.len(), 3);
+    for e in ex {
+        let file = out.join(e["file"].as_str().unwrap());
+        assert_eq!(
+            std::fs::metadata(&file).unwrap().len(),
+            e["bytes"].as_u64().unwrap()
+        );
+        if e["format"] == "onnx" {
+            assert!(e["checked_samples"].as_u64().unwrap() > 0, "{e}");
+            let d = e["max_abs_diff"].as_f64().unwrap();
+            assert!(d < 1e-3, "{}: max |Δ| {d}", e["from"]);
+            assert_eq!(e["class_agreement"].as_f64().unwrap(), 1.0, "{e}");
+        } else {
+            // The plain safetensors export is a model file distillery reads back.
+            let back = distillery::compress::load_any(&file).unwrap();
+            assert_eq!(back.precision().as_str(), "int8");
+        }
+    }
+    let report = std::fs::read_to_string(out.join("report.md")).unwrap();
+    assert!(report.contains("## Exports"), "{report}");
+    // An export of a model the run does not have is refused before any work.
+    let bad = dir.path().join("bad.toml");
+    let cfg = std::fs::read_to_string(common::repo().join("configs/digits-deploy.toml"))
+        .unwrap()
+        .replace(
+            "from = \"student-int8\"\nformat = \"safetensors\"",
+            "from = \"nope\"",
+        );
+    std::fs::write(&bad, cfg).unwrap();
+    let o = common::run(&["check", bad.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(2), "{}", common::stderr(&o));
+    let e = common::stderr(&o);
+    assert!(e.contains("export[2].from") && e.contains("'nope'"), "{e}");
+}

@@ -438,3 +438,35 @@ pub fn export(model: &AnyModel) -> Result<Vec<u8>> {
     );
     Ok(g.encode(&[d], &outputs, &doc))
 }
+
+/// Runs exported ONNX bytes in tract (a pure-Rust ONNX runtime) on `rows` raw inputs of `dim`
+/// features; returns the first output (logits, or values for regression). What a distillery
+/// export is checked against.
+pub fn run_in_tract(bytes: &[u8], raw: &[f32], rows: usize, dim: usize) -> Result<Vec<f32>> {
+    use tract_onnx::prelude::*;
+    let fail = |what: &str, e: &dyn std::fmt::Display| Error::Other(format!("tract: {what}: {e}"));
+    let plan = tract_onnx::onnx()
+        .model_for_read(&mut &bytes[..])
+        .map_err(|e| fail("cannot read the ONNX graph", &e))?
+        .with_input_fact(0, f32::fact([rows, dim]).into())
+        .map_err(|e| fail("input shape", &e))?
+        .into_optimized()
+        .map_err(|e| fail("cannot optimize the graph", &e))?
+        .into_runnable()
+        .map_err(|e| fail("cannot plan the graph", &e))?;
+    let input: Tensor = tract_ndarray::Array2::from_shape_vec((rows, dim), raw.to_vec())
+        .map_err(|e| fail("input", &e))?
+        .into();
+    let out = plan
+        .run(tvec!(input.into()))
+        .map_err(|e| fail("cannot run the graph", &e))?;
+    let first = out
+        .first()
+        .ok_or_else(|| Error::Other("tract: the graph has no output".into()))?;
+    Ok(first
+        .to_plain_array_view::<f32>()
+        .map_err(|e| fail("output", &e))?
+        .iter()
+        .copied()
+        .collect())
+}

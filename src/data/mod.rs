@@ -280,6 +280,25 @@ impl Normalizer {
         }
     }
 
+    /// The inverse of [`Normalizer::apply`]: raw values from normalised ones, in place.
+    pub fn invert(&self, x: &mut [f32], dim: usize) {
+        match self {
+            Normalizer::None => {}
+            Normalizer::Global { mean, std } => {
+                for v in x.iter_mut() {
+                    *v = *v * std + mean;
+                }
+            }
+            Normalizer::PerFeature { mean, std } => {
+                for row in x.chunks_exact_mut(dim) {
+                    for ((v, m), s) in row.iter_mut().zip(mean).zip(std) {
+                        *v = *v * s + m;
+                    }
+                }
+            }
+        }
+    }
+
     /// The normalised value of a raw 0 (the fill for shifted-in image borders).
     pub fn zero_value(&self) -> f32 {
         match self {

@@ -293,6 +293,7 @@ pub fn run_experiment(checked: &CheckedConfig, opts: &RunOptions) -> Result<RunS
             .flat_map(|g| g.rounds.clone())
             .collect(),
         submodel_groups: store.groups().to_vec(),
+        exports: store.exports().to_vec(),
         wall_seconds: start.elapsed().as_secs_f64(),
     };
     let md = report::write_reports(out, &metrics)?;

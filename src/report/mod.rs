@@ -33,6 +33,9 @@ pub struct Metrics {
     /// What each sub-model group recorded.
     #[serde(default)]
     pub submodel_groups: Vec<crate::submodels::GroupRecord>,
+    /// What the `[[export]]` stages wrote, and how each ONNX export compared in tract.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub exports: Vec<crate::store::ExportRecord>,
     /// Wall time of this invocation, seconds.
     pub wall_seconds: f64,
 }
@@ -69,6 +72,41 @@ fn arch_col(x: &ModelMetrics) -> String {
         }
     }
     a
+}
+
+fn exports_section(s: &mut String, m: &Metrics) {
+    if m.exports.is_empty() {
+        return;
+    }
+    let _ = writeln!(s, "\n## Exports\n");
+    let _ = writeln!(
+        s,
+        "| model | format | file | bytes | checked in tract on | max \\|Δoutput\\| | class agreement |"
+    );
+    let _ = writeln!(s, "|---|---|---|---:|---:|---:|---:|");
+    for e in &m.exports {
+        let _ = writeln!(
+            s,
+            "| {} | {} | [{}]({}) | {} | {} | {} | {} |",
+            e.from,
+            e.format,
+            e.file,
+            e.file,
+            e.bytes,
+            if e.checked_samples > 0 {
+                format!("{} test samples", e.checked_samples)
+            } else {
+                "—".into()
+            },
+            e.max_abs_diff
+                .map(|d| format!("{d:.2e}"))
+                .unwrap_or_else(|| "—".into()),
+            e.class_agreement
+                .map(|a| format!("{:.2}%", 100.0 * a))
+                .unwrap_or_else(|| "—".into())
+        );
+    }
+    let _ = writeln!(s);
 }
 
 fn compression_section(s: &mut String, m: &Metrics) {
@@ -212,6 +250,7 @@ pub fn markdown(m: &Metrics) -> String {
     }
     s.push_str("\nLatency: median of repeated timed forward passes on this machine (after warm-up). Size: bytes of the stored weights in their precision (f32, int8 codes + scales, packed int4 + scales).\n\n");
     compression_section(&mut s, m);
+    exports_section(&mut s, m);
     s.push_str("## Training\n\n");
     s.push_str("| model | source | epochs run | best epoch | early stop | train time |\n|---|---|---:|---:|---|---:|\n");
     for x in &m.models {

@@ -1,8 +1,9 @@
 //! The stages of an experiment, one file each with its settings beside its code: training or
 //! distilling a `[[model]]` ([`model`]), a `[[submodels]]` group ([`group`]), `[[prune]]`
-//! ([`prune`]) and `[[quantize]]` ([`quantize`]). A stage reads the models it starts from by
+//! ([`prune`]), `[[quantize]]` ([`quantize`]) and `[[export]]` ([`export`]). A stage reads the models it starts from by
 //! name from the [`RunStore`] and hands it what it finishes; it never calls another stage.
 
+pub mod export;
 pub mod group;
 pub mod model;
 pub mod prune;
