@@ -13,7 +13,7 @@
 
 use crate::error::{Error, Result};
 use crate::models::ArchKind;
-use crate::models::{cnn, Model, ModelSpec};
+use crate::models::{cnn, Model, ModelSpec, ParamKind};
 use crate::train::StepHook;
 use candle_core::{Device, Tensor, Var};
 use serde::{Deserialize, Serialize};
@@ -232,11 +232,17 @@ pub fn structured(model: &Model, fraction: f64, rank: Rank, x: Option<&[f32]>) -
         .iter()
         .map(|(_, v)| v.dims().to_vec())
         .collect();
-    let blocks = if spec.arch.kind == ArchKind::Cnn {
-        spec.arch.channels.len()
-    } else {
-        0
-    };
+    // The layers' parameter positions, from the architecture.
+    let layers = spec.layers();
+    let conv: Vec<_> = layers
+        .iter()
+        .filter(|l| l.kind == ParamKind::ConvWeight)
+        .collect();
+    let dense: Vec<_> = layers
+        .iter()
+        .filter(|l| l.kind == ParamKind::DenseWeight)
+        .collect();
+    let blocks = conv.len();
     let acts = match rank {
         Rank::Activation => {
             let x = x.ok_or_else(|| {
@@ -255,13 +261,13 @@ pub fn structured(model: &Model, fraction: f64, rank: Rank, x: Option<&[f32]>) -
     // Conv channels.
     let mut conv_keep: Vec<Vec<usize>> = Vec::new();
     for i in 0..blocks {
-        let c = shapes[2 * i][0];
-        let per = w[2 * i].len() / c;
+        let c = shapes[conv[i].weight][0];
+        let per = w[conv[i].weight].len() / c;
         let scores: Vec<f64> = match &acts {
             Some((ca, _)) => ca[i].clone(),
             None => (0..c)
                 .map(|o| {
-                    w[2 * i][o * per..(o + 1) * per]
+                    w[conv[i].weight][o * per..(o + 1) * per]
                         .iter()
                         .map(|v| (*v as f64).powi(2))
                         .sum::<f64>()
@@ -272,11 +278,10 @@ pub fn structured(model: &Model, fraction: f64, rank: Rank, x: Option<&[f32]>) -
         conv_keep.push(top_units(&scores, keep_n(c)));
     }
     // Dense hidden units; dense weights are [in, out].
-    let first = 2 * blocks;
     let mut dense_keep: Vec<Vec<usize>> = Vec::new();
     for l in 0..spec.arch.hidden.len() {
-        let (i_dim, o_dim) = (shapes[first + 2 * l][0], shapes[first + 2 * l][1]);
-        let wl = &w[first + 2 * l];
+        let (i_dim, o_dim) = (shapes[dense[l].weight][0], shapes[dense[l].weight][1]);
+        let wl = &w[dense[l].weight];
         let scores: Vec<f64> = match &acts {
             Some((_, da)) => da[l].clone(),
             None => (0..o_dim)
@@ -306,7 +311,7 @@ pub fn structured(model: &Model, fraction: f64, rank: Rank, x: Option<&[f32]>) -
     let mut new_w: Vec<Vec<f32>> = Vec::new();
     // Conv blocks: rows (output channels) kept by this block, input channels by the previous.
     for i in 0..blocks {
-        let s = &shapes[2 * i];
+        let s = &shapes[conv[i].weight];
         let (c_in, kk) = (s[1], s[2] * s[3]);
         let in_keep: Vec<usize> = if i == 0 {
             (0..c_in).collect()
@@ -317,17 +322,17 @@ pub fn structured(model: &Model, fraction: f64, rank: Rank, x: Option<&[f32]>) -
         for &o in &conv_keep[i] {
             for &ci in &in_keep {
                 let base = (o * c_in + ci) * kk;
-                v.extend_from_slice(&w[2 * i][base..base + kk]);
+                v.extend_from_slice(&w[conv[i].weight][base..base + kk]);
             }
         }
         new_w.push(v);
-        new_w.push(conv_keep[i].iter().map(|&o| w[2 * i + 1][o]).collect());
+        new_w.push(conv_keep[i].iter().map(|&o| w[conv[i].bias][o]).collect());
     }
     // Dense layers: rows kept by the previous layer (for the first, the flattened conv
     // features of kept channels), columns kept by this layer (all for the output layer).
     let layers = spec.arch.hidden.len() + 1;
     for l in 0..layers {
-        let s = &shapes[first + 2 * l];
+        let s = &shapes[dense[l].weight];
         let (i_dim, o_dim) = (s[0], s[1]);
         let rows: Vec<usize> = if l == 0 {
             if blocks > 0 {
@@ -348,7 +353,7 @@ pub fn structured(model: &Model, fraction: f64, rank: Rank, x: Option<&[f32]>) -
         } else {
             (0..o_dim).collect()
         };
-        let wl = &w[first + 2 * l];
+        let wl = &w[dense[l].weight];
         let mut v = Vec::with_capacity(rows.len() * cols.len());
         for &r in &rows {
             for &c in &cols {
@@ -356,7 +361,7 @@ pub fn structured(model: &Model, fraction: f64, rank: Rank, x: Option<&[f32]>) -
             }
         }
         new_w.push(v);
-        new_w.push(cols.iter().map(|&c| w[first + 2 * l + 1][c]).collect());
+        new_w.push(cols.iter().map(|&c| w[dense[l].bias][c]).collect());
     }
     let mut params = Vec::new();
     for ((name, shape), v) in new_shapes.into_iter().zip(new_w) {

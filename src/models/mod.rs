@@ -192,7 +192,35 @@ impl ParamKind {
     }
 }
 
+/// One layer's parameters: their positions in [`Model::params`], found from the architecture.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LayerParams {
+    /// [`ParamKind::ConvWeight`] or [`ParamKind::DenseWeight`].
+    pub kind: ParamKind,
+    /// Index of the weight.
+    pub weight: usize,
+    /// Index of the bias.
+    pub bias: usize,
+}
+
 impl ModelSpec {
+    /// Every layer with a weight, in order (conv blocks, then dense layers), with the
+    /// positions of its weight and bias.
+    pub fn layers(&self) -> Vec<LayerParams> {
+        let kinds = self.param_kinds();
+        kinds
+            .iter()
+            .enumerate()
+            .filter(|(_, k)| k.is_weight())
+            .map(|(i, &kind)| LayerParams {
+                kind,
+                weight: i,
+                // Each weight is followed by its bias (see `param_kinds`).
+                bias: i + 1,
+            })
+            .collect()
+    }
+
     /// The kind of every parameter, in order: each conv block's weight and bias, then each
     /// dense layer's weight and bias.
     pub fn param_kinds(&self) -> Vec<ParamKind> {
