@@ -31,6 +31,8 @@ use crate::stages::prune::PruneStage;
 pub use crate::stages::prune::{PruneConfig, PruneMethod, RecoverConfig};
 pub use crate::stages::quantize::QuantizeConfig;
 use crate::stages::quantize::QuantizeStage;
+pub use crate::stages::teacher::TeacherConfig;
+use crate::stages::teacher::TeacherStage;
 use crate::stages::Stage;
 pub use crate::submodels::{
     FinalStudentConfig, PeerMode, SubmodelInit, SubmodelsConfig, TransferConfig,
@@ -66,6 +68,9 @@ pub struct ExperimentConfig {
     /// Quantization stages, run in file order after the pruning stages.
     #[serde(rename = "quantize", default, skip_serializing_if = "Vec::is_empty")]
     pub quantize: Vec<QuantizeConfig>,
+    /// Teachers distillery did not train (ONNX files), loaded before the models.
+    #[serde(rename = "teacher", default, skip_serializing_if = "Vec::is_empty")]
+    pub teachers: Vec<TeacherConfig>,
     /// Exports of finished models (ONNX checked in tract, or safetensors), run last.
     #[serde(rename = "export", default, skip_serializing_if = "Vec::is_empty")]
     pub exports: Vec<ExportConfig>,
@@ -276,6 +281,11 @@ impl CheckedConfig {
             .filter_map(|m| m.distill.as_ref().map(|d| d.teacher.as_str()))
             .collect();
         let mut stages: Vec<Box<dyn Stage>> = Vec::new();
+        for t in &cfg.teachers {
+            if only.is_none() || needed.contains(&t.name.as_str()) {
+                stages.push(Box::new(TeacherStage { cfg: t.clone() }));
+            }
+        }
         for m in &cfg.models {
             let selected = Self::selects(only, m);
             if selected || needed.contains(&m.name.as_str()) {
@@ -468,8 +478,47 @@ impl ExperimentConfig {
         }
         let images = d.format != DataFormat::Csv || d.image_shape.is_some();
         let mut seen: Vec<&str> = Vec::new();
+        for (i, t) in self.teachers.iter().enumerate() {
+            let p = format!("teacher[{i}]");
+            if t.name.is_empty()
+                || t.name.len() > 64
+                || !t
+                    .name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+            {
+                bad_field(
+                    &format!("{p}.name"),
+                    &format!(
+                        "'{}' is not a valid name (1-64 letters, digits, '-' or '_')",
+                        t.name
+                    ),
+                )?;
+            }
+            if seen.contains(&t.name.as_str()) || self.models.iter().any(|m| m.name == t.name) {
+                bad_field(&format!("{p}.name"), &format!("'{}' is used twice", t.name))?;
+            }
+            if !t.onnx.exists() {
+                bad_field(
+                    &format!("{p}.onnx"),
+                    &format!("file '{}' does not exist", t.onnx.display()),
+                )?;
+            }
+            seen.push(&t.name);
+        }
         for m in &self.models {
             m.check(&seen, self.data.task, images)?;
+            if let Some(ds) = &m.distill {
+                if ds.hint.is_some() && self.teachers.iter().any(|t| t.name == ds.teacher) {
+                    bad_field(
+                        &format!("model.{}.distill.hint", m.name),
+                        &format!(
+                            "'{}' is an ONNX teacher, whose hidden layers distillery cannot read; a hint needs a distillery [[model]] teacher",
+                            ds.teacher
+                        ),
+                    )?;
+                }
+            }
             seen.push(&m.name);
         }
         for g in &self.submodels {

@@ -18,6 +18,7 @@ use crate::eval::{self, EvalConfig, Predictor, Scores};
 use crate::models::{Model, ModelMeta, ModelSpec};
 use crate::progress::Progress;
 use crate::submodels::GroupRecord;
+use crate::teachers::Teacher;
 use crate::train::{Learner, Objective, StepHook, TrainConfig, TrainJob, TrainRecord};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
@@ -197,6 +198,8 @@ pub struct RunStore {
     exports: Vec<ExportRecord>,
     /// Model files this session read back instead of making them.
     read_back: Vec<PathBuf>,
+    /// Teachers distillery did not train (ONNX files), by name.
+    teachers: Vec<(String, Box<dyn Teacher>)>,
 }
 
 impl RunStore {
@@ -238,6 +241,7 @@ impl RunStore {
             saved,
             read_back: Vec::new(),
             exports: Vec::new(),
+            teachers: Vec::new(),
         })
     }
 
@@ -277,6 +281,19 @@ impl RunStore {
                 "model '{name}' is not available in this run (was it trained?)"
             ))
         })
+    }
+
+    /// Adds a teacher distillery did not train.
+    pub fn add_teacher(&mut self, name: &str, t: Box<dyn Teacher>) {
+        self.teachers.push((name.to_string(), t));
+    }
+
+    /// Anything named `name` that can teach: an outside teacher, or a finished model.
+    pub fn teacher(&self, name: &str) -> Result<&dyn Teacher> {
+        if let Some((_, t)) = self.teachers.iter().find(|(n, _)| n == name) {
+            return Ok(t.as_ref());
+        }
+        Ok(&self.get(name)?.model)
     }
 
     /// True when `name` is finished in this session's store.

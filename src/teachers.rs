@@ -65,3 +65,126 @@ impl Teacher for Ensemble<'_> {
         Ok(p.iter().map(|&v| v.max(1e-30).ln()).collect())
     }
 }
+
+/// What an ONNX teacher is fed: the run's normalised inputs, or the raw values (the normaliser
+/// undone), as a model trained elsewhere on the raw features expects.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum OnnxInput {
+    /// The raw feature values (default).
+    #[default]
+    Raw,
+    /// The values as normalised for this run.
+    Normalized,
+}
+
+/// A teacher in an ONNX file, run in pure Rust by tract: a model trained and exported by
+/// PyTorch, TensorFlow or any tool. Its first input takes `[batch, features]`; one of its
+/// outputs gives the logits (or values). A plan is built per batch size and kept.
+pub struct OnnxTeacher {
+    bytes: Vec<u8>,
+    file: String,
+    input: OnnxInput,
+    output: usize,
+    normalizer: crate::data::Normalizer,
+    dim: usize,
+    plans: std::sync::Mutex<
+        std::collections::HashMap<usize, std::sync::Arc<tract_onnx::prelude::TypedSimplePlan>>,
+    >,
+}
+
+impl OnnxTeacher {
+    /// Reads `path` and checks that it runs on one sample of `dim` features.
+    pub fn load(
+        path: &std::path::Path,
+        dim: usize,
+        input: OnnxInput,
+        output: usize,
+        normalizer: crate::data::Normalizer,
+    ) -> Result<OnnxTeacher> {
+        let bytes = crate::io::read_file(path)?;
+        let t = OnnxTeacher {
+            bytes,
+            file: path.display().to_string(),
+            input,
+            output,
+            normalizer,
+            dim,
+            plans: Default::default(),
+        };
+        t.plan(1)?;
+        Ok(t)
+    }
+
+    fn plan(&self, rows: usize) -> Result<std::sync::Arc<tract_onnx::prelude::TypedSimplePlan>> {
+        use tract_onnx::prelude::*;
+        let mut plans = self
+            .plans
+            .lock()
+            .map_err(|_| crate::error::Error::Other("ONNX teacher: a thread panicked".into()))?;
+        if let Some(p) = plans.get(&rows) {
+            return Ok(p.clone());
+        }
+        let bad = |what: &str, e: &dyn std::fmt::Display| {
+            crate::error::Error::Input(format!("{}: {what}: {e}", self.file))
+        };
+        let plan = tract_onnx::onnx()
+            .model_for_read(&mut &self.bytes[..])
+            .map_err(|e| bad("not an ONNX model tract can read", &e))?
+            .with_input_fact(0, f32::fact([rows, self.dim]).into())
+            .map_err(|e| bad("its first input cannot take [batch, features]", &e))?
+            .into_optimized()
+            .map_err(|e| {
+                bad(
+                    &format!(
+                        "the graph does not fit inputs of {} features (or uses an operator tract lacks)",
+                        self.dim
+                    ),
+                    &e,
+                )
+            })?
+            .into_runnable()
+            .map_err(|e| bad("cannot plan the graph", &e))?;
+        plans.insert(rows, plan.clone());
+        Ok(plan)
+    }
+}
+
+impl Teacher for OnnxTeacher {
+    fn predict_batch(&self, x: &Tensor) -> Result<Vec<f32>> {
+        let rows = x.dim(0)?;
+        let v = x.flatten_all()?.to_vec1::<f32>()?;
+        self.predict_rows(&v, rows)
+    }
+
+    fn predict_rows(&self, x: &[f32], rows: usize) -> Result<Vec<f32>> {
+        use tract_onnx::prelude::*;
+        let mut raw = x.to_vec();
+        if self.input == OnnxInput::Raw {
+            self.normalizer.invert(&mut raw, self.dim);
+        }
+        let plan = self.plan(rows)?;
+        let input: tract_onnx::prelude::Tensor =
+            tract_ndarray::Array2::from_shape_vec((rows, self.dim), raw)
+                .map_err(|e| crate::error::Error::Other(format!("{}: {e}", self.file)))?
+                .into();
+        let out = plan.run(tvec!(input.into())).map_err(|e| {
+            crate::error::Error::Input(format!("{}: running it failed: {e}", self.file))
+        })?;
+        let o = out.get(self.output).ok_or_else(|| {
+            crate::error::Error::Input(format!(
+                "{}: output {} requested, but the graph has {} output(s)",
+                self.file,
+                self.output,
+                out.len()
+            ))
+        })?;
+        Ok(o.to_plain_array_view::<f32>()
+            .map_err(|e| {
+                crate::error::Error::Input(format!("{}: output {}: {e}", self.file, self.output))
+            })?
+            .iter()
+            .copied()
+            .collect())
+    }
+}

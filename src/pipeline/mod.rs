@@ -230,7 +230,8 @@ pub fn run_experiment(checked: &CheckedConfig, opts: &RunOptions) -> Result<RunS
                     .join("models")
                     .join(format!("{}.safetensors", ds.teacher))
                     .exists();
-                if !trained && t.map(|t| t.from.is_none()).unwrap_or(true) {
+                let outside = cfg.teachers.iter().any(|t| t.name == ds.teacher);
+                if !trained && !outside && t.map(|t| t.from.is_none()).unwrap_or(true) {
                     return Err(Error::Input(format!(
                         "model.{}.distill.teacher: teacher '{}' is not trained in this run folder; train it first or give --teacher FILE",
                         m.name, ds.teacher

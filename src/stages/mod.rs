@@ -8,6 +8,7 @@ pub mod group;
 pub mod model;
 pub mod prune;
 pub mod quantize;
+pub mod teacher;
 
 use crate::error::Result;
 use crate::store::RunStore;

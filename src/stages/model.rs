@@ -5,9 +5,11 @@ use super::Stage;
 use crate::compress::AnyModel;
 use crate::data::Task;
 use crate::error::{bad_field, Error, Result};
+use crate::eval::predict_all;
 use crate::models::{self, ArchConfig, Model, ModelSpec};
 use crate::rng::Rng;
 use crate::store::{DistillSummary, Finished, Provenance, RunStore};
+use crate::teachers::Teacher;
 use crate::train::{HintTerm, Objective, TeacherSignal, TrainConfig};
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
@@ -336,41 +338,45 @@ fn train_model(m: &ModelConfig, store: &RunStore) -> Result<(Model, crate::model
     };
     let mut init_rng = Rng::derive(store.seed, &format!("init/{}", m.name));
     let model = Model::new(spec, &mut init_rng)?;
-    let teacher = match &m.distill {
-        Some(ds) => Some(
-            store
-                .get(&ds.teacher)
-                .and_then(|f| f.float())
-                .map_err(|_| {
-                    Error::Input(format!(
-                        "model.{}.distill.teacher: '{}' is not available",
-                        m.name, ds.teacher
-                    ))
-                })?,
-        ),
-        None => None,
-    };
-    let objective = match (&m.distill, teacher) {
-        (Some(ds), Some(t)) => {
+    let objective = match &m.distill {
+        None => Objective::supervised(),
+        Some(ds) => {
+            let missing = || {
+                Error::Input(format!(
+                    "model.{}.distill.teacher: '{}' is not available",
+                    m.name, ds.teacher
+                ))
+            };
+            // A distillery model teaches through its own fast predict (and can give hints);
+            // any other teacher through the Teacher trait.
+            let model_teacher = store.get(&ds.teacher).ok().and_then(|f| f.float().ok());
+            let teacher: &dyn Teacher = match model_teacher {
+                Some(t) => t,
+                None => store.teacher(&ds.teacher).map_err(|_| missing())?,
+            };
             let signal = if m.train.jitter == 0 {
                 store.progress.say(&format!(
                     "{}: computing {}'s soft targets once for the whole training set",
                     m.name, ds.teacher
                 ));
-                TeacherSignal::Cached(t.predict(&splits.train.x, 512)?)
+                TeacherSignal::Cached(match model_teacher {
+                    Some(t) => t.predict(&splits.train.x, 512)?,
+                    None => predict_all(teacher, &splits.train.x, splits.train.dim(), 512)?,
+                })
             } else {
-                TeacherSignal::Live(t)
+                TeacherSignal::Live(teacher)
             };
             let mut obj = Objective::distill(signal, ds.loss, ds.temperature, ds.alpha);
-            obj.hint = ds.hint.as_ref().map(|h| HintTerm {
-                teacher: t,
-                teacher_layer: h.teacher_layer,
-                student_layer: h.student_layer,
-                weight: h.weight,
-            });
+            if let Some(h) = &ds.hint {
+                obj.hint = Some(HintTerm {
+                    teacher: model_teacher.ok_or_else(missing)?,
+                    teacher_layer: h.teacher_layer,
+                    student_layer: h.student_layer,
+                    weight: h.weight,
+                });
+            }
             obj
         }
-        _ => Objective::supervised(),
     };
     store.progress.say(&format!(
         "{}: training {} ({} parameters) for up to {} epochs",

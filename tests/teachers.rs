@@ -1,0 +1,117 @@
+//! Teachers distillery did not train: an ONNX file made by PyTorch
+//! (`bench/reference/make_onnx_teacher.py`), run in tract, against the outputs PyTorch saved
+//! beside it; and the `[[teacher]]` table's errors.
+
+mod common;
+use distillery::data::Normalizer;
+use distillery::teachers::{OnnxInput, OnnxTeacher, Teacher};
+
+#[test]
+fn onnx_teacher_matches_the_pytorch_outputs_saved_with_it() {
+    let dir = common::repo().join("data/teachers");
+    let refs: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(dir.join("digits-torch-mlp.outputs.json")).unwrap(),
+    )
+    .unwrap();
+    let x: Vec<f32> = refs["inputs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|r| {
+            r.as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_f64().unwrap() as f32)
+        })
+        .collect();
+    let want: Vec<f32> = refs["logits"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|r| {
+            r.as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_f64().unwrap() as f32)
+        })
+        .collect();
+    let t = OnnxTeacher::load(
+        &dir.join("digits-torch-mlp.onnx"),
+        64,
+        OnnxInput::Raw,
+        0,
+        Normalizer::None,
+    )
+    .unwrap();
+    // Batch sizes 16, 1 and 5 (one plan each) give the same outputs as PyTorch.
+    let all = t.predict_rows(&x, 16).unwrap();
+    assert_eq!(all.len(), want.len());
+    for (a, b) in all.iter().zip(&want) {
+        assert!((a - b).abs() <= 1e-4 * b.abs().max(1.0), "{a} vs {b}");
+    }
+    let one = t.predict_rows(&x[..64], 1).unwrap();
+    assert_eq!(one.len(), 10);
+    for (a, b) in one.iter().zip(&want[..10]) {
+        assert!((a - b).abs() <= 1e-4 * b.abs().max(1.0));
+    }
+    assert_eq!(t.predict_rows(&x[64..6 * 64], 5).unwrap().len(), 50);
+    // Normalised inputs are mapped back to raw values when input = raw.
+    let norm = Normalizer::Global {
+        mean: 4.0,
+        std: 6.0,
+    };
+    let tn = OnnxTeacher::load(
+        &dir.join("digits-torch-mlp.onnx"),
+        64,
+        OnnxInput::Raw,
+        0,
+        norm.clone(),
+    )
+    .unwrap();
+    let mut xn = x.clone();
+    norm.apply(&mut xn, 64);
+    for (a, b) in tn.predict_rows(&xn, 16).unwrap().iter().zip(&want) {
+        assert!((a - b).abs() <= 1e-3 * b.abs().max(1.0), "{a} vs {b}");
+    }
+}
+
+#[test]
+fn onnx_teacher_errors_name_the_file_and_what_was_expected() {
+    let dir = tempfile::tempdir().unwrap();
+    // Not an ONNX file.
+    let junk = dir.path().join("junk.onnx");
+    std::fs::write(&junk, b"not a model").unwrap();
+    let e = OnnxTeacher::load(&junk, 64, OnnxInput::Raw, 0, Normalizer::None)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(e.contains("junk.onnx"), "{e}");
+    // The digits teacher on data of another width, through the real binary: exit 2, one line.
+    let onnx = common::repo().join("data/teachers/digits-torch-mlp.onnx");
+    let cfg = dir.path().join("iris.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[data]\nformat = \"csv\"\npath = \"data/sklearn/iris.csv\"\nlabel = \"species\"\n\
+             [[teacher]]\nname = \"t\"\nonnx = \"{}\"\n\
+             [[model]]\nname = \"s\"\narch = {{ kind = \"mlp\", hidden = [8] }}\n\
+             distill = {{ teacher = \"t\" }}\n",
+            onnx.display()
+        ),
+    )
+    .unwrap();
+    let out = dir.path().join("run");
+    let o = common::run(&[
+        "run",
+        cfg.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "-q",
+    ]);
+    assert_eq!(o.status.code(), Some(2), "{}", common::stderr(&o));
+    let err = common::stderr(&o);
+    assert!(
+        err.contains("digits-torch-mlp.onnx") && err.lines().count() == 1,
+        "{err}"
+    );
+}
