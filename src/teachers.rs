@@ -88,6 +88,7 @@ pub struct OnnxTeacher {
     output: usize,
     normalizer: crate::data::Normalizer,
     dim: usize,
+    params: usize,
     plans: std::sync::Mutex<
         std::collections::HashMap<usize, std::sync::Arc<tract_onnx::prelude::TypedSimplePlan>>,
     >,
@@ -103,17 +104,44 @@ impl OnnxTeacher {
         normalizer: crate::data::Normalizer,
     ) -> Result<OnnxTeacher> {
         let bytes = crate::io::read_file(path)?;
-        let t = OnnxTeacher {
+        let mut t = OnnxTeacher {
             bytes,
             file: path.display().to_string(),
             input,
             output,
             normalizer,
             dim,
+            params: 0,
             plans: Default::default(),
         };
         t.plan(1)?;
+        t.params = t.count_params()?;
         Ok(t)
+    }
+
+    /// Elements of the graph's floating-point constant tensors (its weights and biases).
+    pub fn params(&self) -> usize {
+        self.params
+    }
+
+    fn count_params(&self) -> Result<usize> {
+        use tract_onnx::prelude::*;
+        let bad =
+            |e: &dyn std::fmt::Display| crate::error::Error::Input(format!("{}: {e}", self.file));
+        let typed = tract_onnx::onnx()
+            .model_for_read(&mut &self.bytes[..])
+            .map_err(|e| bad(&e))?
+            .with_input_fact(0, f32::fact([1, self.dim]).into())
+            .map_err(|e| bad(&e))?
+            .into_typed()
+            .map_err(|e| bad(&e))?;
+        Ok(typed
+            .nodes()
+            .iter()
+            .filter_map(|n| n.op_as::<tract_onnx::tract_core::ops::konst::Const>())
+            .filter(|c| c.val().datum_type().is_float())
+            .map(|c| c.val().len())
+            .sum())
     }
 
     fn plan(&self, rows: usize) -> Result<std::sync::Arc<tract_onnx::prelude::TypedSimplePlan>> {

@@ -43,6 +43,8 @@ fn onnx_teacher_matches_the_pytorch_outputs_saved_with_it() {
         Normalizer::None,
     )
     .unwrap();
+    // 64·128 + 128 + 128·10 + 10 weights and biases, plus the model's scalar constant(s).
+    assert!((9610..9700).contains(&t.params()), "{}", t.params());
     // Batch sizes 16, 1 and 5 (one plan each) give the same outputs as PyTorch.
     let all = t.predict_rows(&x, 16).unwrap();
     assert_eq!(all.len(), want.len());

@@ -75,6 +75,7 @@ impl Stage for TeacherStage {
         r.architecture = format!("onnx {}", c.onnx.display());
         r.file_bytes = std::fs::metadata(&c.onnx).map(|m| m.len()).unwrap_or(0);
         r.bytes = r.file_bytes as usize;
+        r.params = t.params();
         store.record(r)?;
         store.add_teacher(&c.name, Box::new(t));
         Ok(())
