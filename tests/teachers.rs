@@ -6,6 +6,20 @@ mod common;
 use distillery::data::Normalizer;
 use distillery::teachers::{OnnxInput, OnnxTeacher, Teacher};
 
+/// A JSON matrix (array of rows), row-major.
+fn rows(v: &serde_json::Value) -> Vec<f32> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|r| {
+            r.as_array()
+                .unwrap()
+                .iter()
+                .map(|x| x.as_f64().unwrap() as f32)
+        })
+        .collect()
+}
+
 #[test]
 fn onnx_teacher_matches_the_pytorch_outputs_saved_with_it() {
     let dir = common::repo().join("data/teachers");
