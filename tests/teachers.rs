@@ -27,28 +27,7 @@ fn onnx_teacher_matches_the_pytorch_outputs_saved_with_it() {
         &std::fs::read_to_string(dir.join("digits-torch-mlp.outputs.json")).unwrap(),
     )
     .unwrap();
-    let x: Vec<f32> = refs["inputs"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .flat_map(|r| {
-            r.as_array()
-                .unwrap()
-                .iter()
-                .map(|v| v.as_f64().unwrap() as f32)
-        })
-        .collect();
-    let want: Vec<f32> = refs["logits"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .flat_map(|r| {
-            r.as_array()
-                .unwrap()
-                .iter()
-                .map(|v| v.as_f64().unwrap() as f32)
-        })
-        .collect();
+    let (x, want) = (rows(&refs["inputs"]), rows(&refs["logits"]));
     let t = OnnxTeacher::load(
         &dir.join("digits-torch-mlp.onnx"),
         64,
