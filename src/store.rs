@@ -296,11 +296,6 @@ impl RunStore {
         Ok(&self.get(name)?.model)
     }
 
-    /// True when `name` is finished in this session's store.
-    pub fn has(&self, name: &str) -> bool {
-        self.models.iter().any(|m| m.name == name)
-    }
-
     /// The f32 model `name` and its metadata.
     pub fn float(&self, name: &str) -> Result<(&Model, &ModelMeta)> {
         let f = self.get(name)?;

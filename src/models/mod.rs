@@ -416,24 +416,6 @@ impl Model {
         })
     }
 
-    /// Visits every parameter with its index, kind, name and variable (the hook for pruning and
-    /// quantization).
-    pub fn visit_params<E>(
-        &self,
-        mut f: impl FnMut(usize, ParamKind, &str, &Var) -> std::result::Result<(), E>,
-    ) -> std::result::Result<(), E> {
-        for (i, (kind, (name, var))) in self
-            .spec
-            .param_kinds()
-            .into_iter()
-            .zip(&self.params)
-            .enumerate()
-        {
-            f(i, kind, name, var)?;
-        }
-        Ok(())
-    }
-
     /// The kind of every parameter, in order.
     pub fn param_kinds(&self) -> Vec<ParamKind> {
         self.spec.param_kinds()
