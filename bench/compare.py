@@ -18,6 +18,8 @@ KEYS = {
     "infer": [("latency_us_p50", False), ("latency_us_p50_b256", False)],
     "infer-int8": [("latency_us_p50", False), ("latency_us_p50_b256", False)],
     "gemm": [("gflops", True)],
+    "bert-teacher": [("samples_per_s", True)],
+    "onnx-teacher": [("latency_us_p50", False), ("latency_us_p50_b256", False)],
 }
 
 

@@ -54,7 +54,109 @@ pub const WORKLOADS: &[&str] = &[
     "infer",
     "infer-int8",
     "gemm",
+    "bert-teacher",
+    "onnx-teacher",
 ];
+
+/// The BERT teacher workload's input: `BERT_BATCH` texts of `BERT_TOKENS` tokens each
+/// (`[CLS]`, ids drawn from the vocabulary, `[SEP]`), the same in `bench/reference/bench.py`.
+pub const BERT_TOKENS: usize = 128;
+/// Texts per forward pass in the BERT teacher workload.
+pub const BERT_BATCH: usize = 32;
+
+/// Token ids of the BERT workload: row `r`, position `j` holds
+/// `1000 + (r * 7919 + j * 104729) % 20000` between `[CLS]` (101) and `[SEP]` (102).
+pub fn bert_bench_ids(rows: usize, len: usize) -> Vec<Vec<u32>> {
+    (0..rows)
+        .map(|r| {
+            let mut v = vec![101u32];
+            v.extend((1..len - 1).map(|j| 1000 + ((r * 7919 + j * 104729) % 20000) as u32));
+            v.push(102);
+            v
+        })
+        .collect()
+}
+
+/// Texts per second of the BERT teacher in `dir` (all-MiniLM-L6-v2 by default) on fixed-length
+/// inputs: tokenized already, so the figure is the encoder's forward pass and pooling.
+fn bert_workload(dir: Option<&Path>, steps: usize) -> Result<BenchResult> {
+    let dir = dir.unwrap_or(Path::new("models/all-MiniLM-L6-v2"));
+    let enc = crate::teachers::bert::BertEncoder::load(
+        dir,
+        Some(BERT_TOKENS),
+        crate::teachers::bert::Pooling::Auto,
+        None,
+    )?;
+    let ids = bert_bench_ids(BERT_BATCH, BERT_TOKENS);
+    // Warm up by time (at least 1 s and 2 calls), as the reference does.
+    let t0 = Instant::now();
+    let mut n = 0;
+    while n < 2 || t0.elapsed().as_secs_f64() < 1.0 {
+        enc.embed_ids(&ids)?;
+        n += 1;
+    }
+    let mut t = Vec::new();
+    for _ in 0..steps {
+        let t0 = Instant::now();
+        enc.embed_ids(&ids)?;
+        t.push(t0.elapsed().as_secs_f64());
+    }
+    let m = median(&mut t);
+    Ok(BenchResult {
+        workload: "bert-teacher".into(),
+        steps,
+        samples_per_s: Some(BERT_BATCH as f64 / m),
+        latency_us_p50: None,
+        latency_us_p90: None,
+        latency_us_p50_b256: None,
+        latency_us_p90_b256: None,
+        gflops: None,
+        peak_rss_bytes: peak_rss_bytes(),
+    })
+}
+
+/// Latency of an ONNX teacher in tract (the committed PyTorch-made digits MLP by default) at
+/// batch 1 and 256.
+fn onnx_workload(file: Option<&Path>, steps: usize) -> Result<BenchResult> {
+    use crate::teachers::Teacher;
+    let file = file.unwrap_or(Path::new("data/teachers/digits-torch-mlp.onnx"));
+    let t = crate::teachers::OnnxTeacher::load(
+        file,
+        64,
+        crate::teachers::OnnxInput::Raw,
+        0,
+        crate::data::Normalizer::None,
+    )?;
+    let timed = |b: usize| -> Result<(f64, f64)> {
+        let x: Vec<f32> = (0..b * 64).map(|i| (i % 17) as f32).collect();
+        let t0 = Instant::now();
+        let mut n = 0;
+        while n < 5 || t0.elapsed().as_secs_f64() < 1.0 {
+            t.predict_rows(&x, b)?;
+            n += 1;
+        }
+        let mut ts = Vec::new();
+        for _ in 0..steps {
+            let t0 = Instant::now();
+            t.predict_rows(&x, b)?;
+            ts.push(t0.elapsed().as_secs_f64() * 1e6);
+        }
+        Ok((percentile(&mut ts.clone(), 0.5), percentile(&mut ts, 0.9)))
+    };
+    let (p50, p90) = timed(1)?;
+    let (q50, q90) = timed(256)?;
+    Ok(BenchResult {
+        workload: "onnx-teacher".into(),
+        steps,
+        samples_per_s: None,
+        latency_us_p50: Some(p50),
+        latency_us_p90: Some(p90),
+        latency_us_p50_b256: Some(q50),
+        latency_us_p90_b256: Some(q90),
+        gflops: None,
+        peak_rss_bytes: peak_rss_bytes(),
+    })
+}
 
 /// Peak resident set size (VmHWM) of this process in bytes; 0 where /proc is unavailable.
 pub fn peak_rss_bytes() -> u64 {
@@ -89,6 +191,8 @@ fn mlp_spec(hidden: &[usize]) -> ModelSpec {
             input_dropout: 0.0,
             channels: Vec::new(),
             kernel: 5,
+            dim: 0,
+            vocab: 0,
         },
         input_shape: vec![1, 28, 28],
         outputs: 10,
@@ -104,6 +208,8 @@ fn lenet_spec() -> ModelSpec {
             input_dropout: 0.0,
             channels: vec![6, 16],
             kernel: 5,
+            dim: 0,
+            vocab: 0,
         },
         input_shape: vec![1, 28, 28],
         outputs: 10,
@@ -275,6 +381,7 @@ fn infer_workload(model_path: Option<&Path>, steps: usize, int8: bool) -> Result
                 training: serde_json::Value::Null,
                 quantization: None,
                 compression: None,
+                text: None,
             };
             AnyModel::float(m, meta)
         }
@@ -377,6 +484,8 @@ pub fn run(workload: &str, steps: usize, model: Option<&Path>) -> Result<BenchRe
         "infer" => infer_workload(model, steps, false),
         "infer-int8" => infer_workload(model, steps, true),
         "gemm" => gemm_workload(steps),
+        "bert-teacher" => bert_workload(model, steps),
+        "onnx-teacher" => onnx_workload(model, steps),
         other => Err(Error::Input(format!(
             "unknown workload '{other}'; expected one of: {}",
             WORKLOADS.join(", ")

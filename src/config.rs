@@ -93,6 +93,8 @@ pub enum DataFormat {
     Csv,
     /// The UCI 8×8 digits compiled into the binary.
     Digits,
+    /// Texts with labels: a CSV file with a header row, or JSON Lines (`.jsonl`).
+    Text,
 }
 
 /// The `[data]` table.
@@ -119,9 +121,16 @@ pub struct DataConfig {
     /// CSV: an optional separate test file (used as given).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub test_path: Option<PathBuf>,
-    /// CSV: the label (target) column.
+    /// CSV and text: the label (target) column (text: default `label`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub label: Option<String>,
+    /// Text: the column (or JSON field) holding the text; default `text`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub text_column: Option<String>,
+    /// Text: how texts become token ids for the students (`kind = "ngrams"` or
+    /// `kind = "tokenizer"`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub features: Option<crate::data::text::FeaturesConfig>,
     /// Classification or regression.
     #[serde(default = "default_task")]
     pub task: Task,
@@ -280,12 +289,41 @@ impl CheckedConfig {
             .filter(|m| Self::selects(only, m))
             .filter_map(|m| m.distill.as_ref().map(|d| d.teacher.as_str()))
             .collect();
-        let mut stages: Vec<Box<dyn Stage>> = Vec::new();
-        for t in &cfg.teachers {
-            if only.is_none() || needed.contains(&t.name.as_str()) {
-                stages.push(Box::new(TeacherStage { cfg: t.clone() }));
+        // A mix's members are teachers too.
+        let mut needed = needed;
+        for t in cfg.teachers.iter().rev() {
+            if needed.contains(&t.name.as_str()) {
+                needed.extend(t.mix.iter().map(|m| m.teacher.as_str()));
             }
         }
+        let mut stages: Vec<Box<dyn Stage>> = Vec::new();
+        // Mixes run as soon as all their members are available: after the plain teachers, or
+        // right after the last [[model]] among their members.
+        let mut available: Vec<&str> = Vec::new();
+        let mut pending: Vec<&TeacherConfig> = Vec::new();
+        let flush = |available: &mut Vec<&'_ str>,
+                     pending: &mut Vec<&TeacherConfig>,
+                     stages: &mut Vec<Box<dyn Stage>>| {
+            while let Some(i) = pending.iter().position(|t| {
+                t.mix
+                    .iter()
+                    .all(|m| available.contains(&m.teacher.as_str()))
+            }) {
+                let t = pending.remove(i);
+                stages.push(Box::new(TeacherStage { cfg: t.clone() }));
+            }
+        };
+        for t in &cfg.teachers {
+            if only.is_none() || needed.contains(&t.name.as_str()) {
+                if t.mix.is_empty() {
+                    stages.push(Box::new(TeacherStage { cfg: t.clone() }));
+                } else {
+                    pending.push(t);
+                }
+            }
+            available.push(&t.name);
+        }
+        flush(&mut available, &mut pending, &mut stages);
         for m in &cfg.models {
             let selected = Self::selects(only, m);
             if selected || needed.contains(&m.name.as_str()) {
@@ -295,6 +333,8 @@ impl CheckedConfig {
                     report: selected,
                 }));
             }
+            available.push(&m.name);
+            flush(&mut available, &mut pending, &mut stages);
         }
         if groups {
             for g in &cfg.submodels {
@@ -423,6 +463,40 @@ impl ExperimentConfig {
                     forbid(f, present)?;
                 }
             }
+            DataFormat::Text => {
+                check_file("path", &d.path, true)?;
+                check_file("test_path", &d.test_path, false)?;
+                match &d.features {
+                    None => bad_field(
+                        "data.features",
+                        "required with data.format = \"text\": how texts become token ids, e.g. { kind = \"ngrams\" } or { kind = \"tokenizer\", path = \"tokenizer.json\" }",
+                    )?,
+                    Some(f) => {
+                        f.check("data.features")?;
+                        if let crate::data::text::FeaturesConfig::Tokenizer { path, .. } = f {
+                            if !path.exists() {
+                                bad_field(
+                                    "data.features.path",
+                                    &format!("file '{}' does not exist", path.display()),
+                                )?;
+                            }
+                        }
+                    }
+                }
+                if d.task == Task::Regression {
+                    bad_field("data.task", "text data are read as classification")?;
+                }
+                for (f, present) in [
+                    ("train_images", d.train_images.is_some()),
+                    ("train_labels", d.train_labels.is_some()),
+                    ("test_images", d.test_images.is_some()),
+                    ("test_labels", d.test_labels.is_some()),
+                    ("image_shape", d.image_shape.is_some()),
+                    ("normalize", d.normalize.is_some()),
+                ] {
+                    forbid(f, present)?;
+                }
+            }
             DataFormat::Digits => {
                 for (f, present) in [
                     ("path", d.path.is_some()),
@@ -476,7 +550,8 @@ impl ExperimentConfig {
                 "the experiment declares no [[model]] and no [[submodels]]",
             )?;
         }
-        let images = d.format != DataFormat::Csv || d.image_shape.is_some();
+        let text = d.format == DataFormat::Text;
+        let images = !text && (d.format != DataFormat::Csv || d.image_shape.is_some());
         let mut seen: Vec<&str> = Vec::new();
         for (i, t) in self.teachers.iter().enumerate() {
             let p = format!("teacher[{i}]");
@@ -498,16 +573,13 @@ impl ExperimentConfig {
             if seen.contains(&t.name.as_str()) || self.models.iter().any(|m| m.name == t.name) {
                 bad_field(&format!("{p}.name"), &format!("'{}' is used twice", t.name))?;
             }
-            if !t.onnx.exists() {
-                bad_field(
-                    &format!("{p}.onnx"),
-                    &format!("file '{}' does not exist", t.onnx.display()),
-                )?;
-            }
+            let mut members: Vec<&str> = seen.clone();
+            members.extend(self.models.iter().map(|m| m.name.as_str()));
+            t.check(&p, text, &members)?;
             seen.push(&t.name);
         }
         for m in &self.models {
-            m.check(&seen, self.data.task, images)?;
+            m.check(&seen, self.data.task, images, text)?;
             if let Some(ds) = &m.distill {
                 if ds.hint.is_some() && self.teachers.iter().any(|t| t.name == ds.teacher) {
                     bad_field(
@@ -522,7 +594,7 @@ impl ExperimentConfig {
             seen.push(&m.name);
         }
         for g in &self.submodels {
-            self.validate_group(g, &seen, images)?;
+            self.validate_group(g, &seen, images, text)?;
         }
         self.validate_compression(&seen, images)
     }
@@ -700,7 +772,13 @@ impl ExperimentConfig {
         Ok(())
     }
 
-    fn validate_group(&self, g: &SubmodelsConfig, models: &[&str], images: bool) -> Result<()> {
+    fn validate_group(
+        &self,
+        g: &SubmodelsConfig,
+        models: &[&str],
+        images: bool,
+        text: bool,
+    ) -> Result<()> {
         let p = format!("submodels.{}", g.name);
         let valid = |n: &str| {
             !n.is_empty()
@@ -792,10 +870,10 @@ impl ExperimentConfig {
             },
         }
         if let Some(a) = &g.arch {
-            a.check(&format!("{p}.arch"), images)?;
+            a.check(&format!("{p}.arch"), images, text)?;
         }
         for (i, a) in g.archs.iter().enumerate() {
-            a.check(&format!("{p}.archs[{i}]"), images)?;
+            a.check(&format!("{p}.archs[{i}]"), images, text)?;
         }
         if !(0.0..=1.0).contains(&g.alpha) {
             bad_field(
@@ -854,7 +932,8 @@ impl ExperimentConfig {
                     &format!("'{}' is not a valid, unused model name", f.name),
                 )?;
             }
-            f.arch.check(&format!("{p}.final_student.arch"), images)?;
+            f.arch
+                .check(&format!("{p}.final_student.arch"), images, text)?;
             f.train.check(&format!("{p}.final_student.train"), images)?;
             if !(f.temperature.is_finite() && f.temperature > 0.0) {
                 bad_field(
@@ -885,6 +964,11 @@ impl ExperimentConfig {
         for m in &mut self.models {
             m.train.epochs = m.train.epochs.min(2);
         }
+        for t in &mut self.teachers {
+            if let Some(h) = &mut t.head {
+                h.train.epochs = h.train.epochs.min(2);
+            }
+        }
         for p in &mut self.prune {
             p.rank_samples = p.rank_samples.min(200);
             if let Some(r) = &mut p.recover {
@@ -914,5 +998,6 @@ fn fmt_name(f: DataFormat) -> &'static str {
         DataFormat::Idx => "idx",
         DataFormat::Csv => "csv",
         DataFormat::Digits => "digits",
+        DataFormat::Text => "text",
     }
 }

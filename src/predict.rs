@@ -41,6 +41,22 @@ fn ext(p: &Path) -> String {
         .to_ascii_lowercase()
 }
 
+/// Reads raw texts for a text model (a CSV file with a `text` column, or JSON Lines with a
+/// `text` field) and featurizes them as the model's file says.
+pub fn read_text_inputs(
+    path: &Path,
+    f: &crate::data::text::Featurizer,
+    column: &str,
+) -> Result<Inputs> {
+    let name = path.display().to_string();
+    let rows = crate::data::text::read_text_file(path, column, None)?;
+    let f = f.clone().ready(&name)?;
+    Ok(Inputs {
+        x: f.featurize(&rows.texts)?,
+        sources: rows.lines.iter().map(|l| format!("{name}:{l}")).collect(),
+    })
+}
+
 /// Reads the inputs at `path` for a model taking `shape` inputs. `label` names a CSV column to
 /// skip (the target column of a labelled file).
 pub fn read_inputs(path: &Path, shape: &[usize], label: Option<&str>) -> Result<Inputs> {

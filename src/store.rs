@@ -123,6 +123,16 @@ pub struct ModelMetrics {
     /// The integer GEMM kernel that ran (int8 models).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kernel: Option<String>,
+    /// Macro-averaged test F1 (classification).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub f1: Option<f64>,
+    /// Embedding students: mean cosine similarity to the teacher's embeddings of the test texts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cosine_to_teacher: Option<f64>,
+    /// Embedding students: the fraction of test texts whose nearest other test text (by cosine)
+    /// is the same for the student as for the teacher.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nn_agreement: Option<f64>,
 }
 
 /// What an `[[export]]` stage wrote, and how its ONNX export compared with the model in tract.
@@ -178,6 +188,8 @@ pub struct Provenance {
     pub source: String,
     /// Distillation settings, for a distilled student.
     pub distill: Option<DistillSummary>,
+    /// An embedding student: the teacher whose test embeddings it is scored against.
+    pub embedding_teacher: Option<String>,
 }
 
 /// The run folder and everything finished in it.
@@ -200,6 +212,8 @@ pub struct RunStore {
     read_back: Vec<PathBuf>,
     /// Teachers distillery did not train (ONNX files), by name.
     teachers: Vec<(String, Box<dyn Teacher>)>,
+    /// Outputs known per sample (text encoders, precomputed outputs, mixes), by name.
+    known: Vec<(String, crate::teachers::KnownTeacher)>,
 }
 
 impl RunStore {
@@ -242,6 +256,7 @@ impl RunStore {
             read_back: Vec::new(),
             exports: Vec::new(),
             teachers: Vec::new(),
+            known: Vec::new(),
         })
     }
 
@@ -286,6 +301,52 @@ impl RunStore {
     /// Adds a teacher distillery did not train.
     pub fn add_teacher(&mut self, name: &str, t: Box<dyn Teacher>) {
         self.teachers.push((name.to_string(), t));
+    }
+
+    /// Adds a teacher whose outputs are known per sample.
+    pub fn add_known(&mut self, name: &str, k: crate::teachers::KnownTeacher) {
+        self.known.retain(|(n, _)| n != name);
+        self.known.push((name.to_string(), k));
+    }
+
+    /// The per-sample outputs of teacher `name`, if it is such a teacher.
+    pub fn known(&self, name: &str) -> Option<&crate::teachers::KnownTeacher> {
+        self.known.iter().find(|(n, _)| n == name).map(|(_, k)| k)
+    }
+
+    /// Where teacher outputs are cached (`cache/` in the run folder).
+    pub fn cache_dir(&self) -> PathBuf {
+        self.out.join("cache")
+    }
+
+    /// The logits (or values) of teacher `name` on `split` (`train`, `val`, `test`): read
+    /// from its known outputs, or computed by running it over the split.
+    pub fn teacher_outputs(&self, name: &str, split: &str) -> Result<Vec<f32>> {
+        let data = match split {
+            "train" => &self.splits.train,
+            "val" => &self.splits.val,
+            _ => &self.splits.test,
+        };
+        if let Some(k) = self.known(name) {
+            let l = k.logits.as_ref().ok_or_else(|| {
+                Error::Input(format!(
+                    "teacher '{name}' gives embeddings, not class scores; distil from it with loss = {{ kind = \"cosine\" }} or give it a head"
+                ))
+            })?;
+            return match split {
+                "train" => Ok(l.train.clone()),
+                "val" => Ok(l.val.clone()),
+                _ => l.test.clone().ok_or_else(|| {
+                    Error::Input(format!(
+                        "teacher '{name}' has no outputs for the test split"
+                    ))
+                }),
+            };
+        }
+        if let Some(m) = self.get(name).ok().and_then(|f| f.float().ok()) {
+            return m.predict(&data.x, 512);
+        }
+        crate::eval::predict_all(self.teacher(name)?, &data.x, data.dim(), 512)
     }
 
     /// Anything named `name` that can teach: an outside teacher, or a finished model.
@@ -338,6 +399,7 @@ impl RunStore {
             training,
             quantization: None,
             compression: None,
+            text: splits.featurizer.clone(),
         }
     }
 
@@ -379,11 +441,61 @@ impl RunStore {
     /// Test scores and latency at batch 1 and 256 of anything that predicts.
     pub fn measure(&self, p: &dyn Predictor) -> Result<(Scores, f64, f64)> {
         let s = &self.splits;
-        Ok((
-            eval::evaluate(p, &s.test, s.target_scale.as_ref())?,
-            eval::latency_us(p, &s.test, 1, &self.eval)?,
-            eval::latency_us(p, &s.test, 256, &self.eval)?,
-        ))
+        let scores = eval::evaluate(p, &s.test, s.target_scale.as_ref())?;
+        let (b1, b256) = self.latencies(p)?;
+        Ok((scores, b1, b256))
+    }
+
+    /// Latency at batch 1 and 256 on test inputs; for text, from the raw texts (featurizing
+    /// included), as a user calling the model pays it.
+    pub fn latencies(&self, p: &dyn Predictor) -> Result<(f64, f64)> {
+        let s = &self.splits;
+        Ok(match &s.featurizer {
+            Some(f) if !s.test.text.is_empty() => (
+                eval::text_latency_us(p, f, &s.test.text, 1, &self.eval)?,
+                eval::text_latency_us(p, f, &s.test.text, 256, &self.eval)?,
+            ),
+            _ => (
+                eval::latency_us(p, &s.test, 1, &self.eval)?,
+                eval::latency_us(p, &s.test, 256, &self.eval)?,
+            ),
+        })
+    }
+
+    /// The eval settings (latency runs and budget).
+    pub fn eval_config(&self) -> &EvalConfig {
+        &self.eval
+    }
+
+    /// The record of an embedding student: its test outputs compared with teacher `t`'s
+    /// test embeddings (mean cosine, nearest-neighbour agreement), and its latencies.
+    fn embedding_record(&self, f: &Finished, t: &str, how: Provenance) -> Result<ModelMetrics> {
+        let teacher = self
+            .known(t)
+            .and_then(|k| k.embeddings.as_ref())
+            .and_then(|e| e.test.as_ref())
+            .ok_or_else(|| Error::Input(format!("teacher '{t}' has no test embeddings")))?;
+        let s = &self.splits;
+        let out = eval::predict_all(&f.model, &s.test.x, s.test.dim(), 512)?;
+        let dim = out.len() / s.test.len().max(1);
+        if dim * s.test.len() != teacher.len() {
+            return Err(Error::Input(format!(
+                "model '{}' gives {dim} values per text but teacher '{t}' embeddings of {}",
+                f.name,
+                teacher.len() / s.test.len().max(1)
+            )));
+        }
+        let cos = eval::mean_cosine(&out, teacher, dim);
+        let nn = eval::nn_agreement(&out, teacher, dim);
+        let (b1, b256) = self.latencies(&f.model)?;
+        let scores = Scores {
+            loss: 1.0 - cos,
+            ..Default::default()
+        };
+        let mut r = record_of(f, scores, b1, b256, how)?;
+        r.cosine_to_teacher = Some(cos);
+        r.nn_agreement = Some(nn);
+        Ok(r)
     }
 
     /// Hands a finished model to the store. When `report` is set it is measured once, now, and
@@ -402,10 +514,13 @@ impl RunStore {
                     r.distill = how.distill;
                     r
                 }
-                None => {
-                    let (scores, b1, b256) = self.measure(&f.model)?;
-                    record_of(&f, scores, b1, b256, how)?
-                }
+                None => match how.embedding_teacher.clone() {
+                    Some(t) => self.embedding_record(&f, &t, how)?,
+                    None => {
+                        let (scores, b1, b256) = self.measure(&f.model)?;
+                        record_of(&f, scores, b1, b256, how)?
+                    }
+                },
             };
             self.records.push(rec);
             self.save_records()?;
@@ -446,6 +561,7 @@ impl RunStore {
             Provenance {
                 source,
                 distill: None,
+                embedding_teacher: None,
             },
             true,
         )
@@ -565,6 +681,9 @@ impl ModelMetrics {
             nonzero_params: None,
             compression: None,
             kernel: None,
+            f1: scores.f1,
+            cosine_to_teacher: None,
+            nn_agreement: None,
         }
     }
 }

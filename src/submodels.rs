@@ -704,6 +704,7 @@ pub fn run_group(job: GroupJob) -> Result<GroupOutcome> {
                             label_weight: (1.0 - beta) * (1.0 - g.alpha),
                             soft,
                             hint: None,
+                            val_targets: None,
                         },
                         fill: s.normalizer.zero_value(),
                         checkpoint: None,
@@ -755,6 +756,7 @@ pub fn run_group(job: GroupJob) -> Result<GroupOutcome> {
                     label_weight: (1.0 - beta) * (1.0 - g.alpha),
                     soft,
                     hint: None,
+                    val_targets: None,
                 };
                 train::fit(
                     m,

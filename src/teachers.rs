@@ -4,6 +4,9 @@
 //! measures one, and outside teachers (an ONNX file, a transformer, precomputed outputs) plug in
 //! by implementing it.
 
+pub mod bert;
+pub mod cache;
+
 use crate::error::Result;
 use crate::models::{Mode, Model};
 use candle_core::{Device, Tensor};
@@ -27,6 +30,12 @@ impl Teacher for Model {
             let rows = x.dim(0)?;
             return crate::models::mlp::with_slice(x, |v| {
                 crate::models::mlp::forward_eval_fused(self, v, rows)
+            })?;
+        }
+        if self.spec.arch.kind == crate::models::ArchKind::EmbeddingBag {
+            let rows = x.dim(0)?;
+            return crate::models::mlp::with_slice(x, |v| {
+                crate::models::bag::predict_rows(self, v, rows)
             })?;
         }
         Ok(self
@@ -104,9 +113,28 @@ impl OnnxTeacher {
         normalizer: crate::data::Normalizer,
     ) -> Result<OnnxTeacher> {
         let bytes = crate::io::read_file(path)?;
+        Self::from_bytes(
+            bytes,
+            &path.display().to_string(),
+            dim,
+            input,
+            output,
+            normalizer,
+        )
+    }
+
+    /// The same from the bytes of an ONNX file; `file` names it in errors.
+    pub fn from_bytes(
+        bytes: Vec<u8>,
+        file: &str,
+        dim: usize,
+        input: OnnxInput,
+        output: usize,
+        normalizer: crate::data::Normalizer,
+    ) -> Result<OnnxTeacher> {
         let mut t = OnnxTeacher {
             bytes,
-            file: path.display().to_string(),
+            file: file.to_string(),
             input,
             output,
             normalizer,
@@ -215,4 +243,32 @@ impl Teacher for OnnxTeacher {
             .copied()
             .collect())
     }
+}
+
+/// A teacher's outputs on every sample of each split, computed once (a text encoder's, a
+/// file of precomputed outputs, a weighted mix of teachers): students read them instead of
+/// running the teacher. Rows follow the splits' sample order.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SplitOutputs {
+    /// Values per sample.
+    pub cols: usize,
+    /// Training split.
+    pub train: Vec<f32>,
+    /// Validation split.
+    pub val: Vec<f32>,
+    /// Test split, when the teacher has outputs for it.
+    pub test: Option<Vec<f32>>,
+}
+
+/// What a teacher that is not a distillery model offers besides [`Teacher`].
+#[derive(Default, Clone)]
+pub struct KnownTeacher {
+    /// Logits (log-probabilities for probability sources) per split: what logit
+    /// distillation reads.
+    pub logits: Option<SplitOutputs>,
+    /// Sentence embeddings per split: what embedding distillation reads.
+    pub embeddings: Option<SplitOutputs>,
+    /// The encoder itself (a BERT teacher), for initialising a static-embedding student from
+    /// its token embeddings.
+    pub encoder: Option<std::sync::Arc<bert::BertEncoder>>,
 }

@@ -563,6 +563,8 @@ fn bad_compression_export_and_predict_input() {
             input_dropout: 0.0,
             channels: vec![2],
             kernel: 4,
+            dim: 0,
+            vocab: 0,
         },
         input_shape: vec![1, 8, 8],
         outputs: 10,
@@ -580,6 +582,7 @@ fn bad_compression_export_and_predict_input() {
         training: serde_json::Value::Null,
         quantization: None,
         compression: None,
+        text: None,
     };
     let even = dir.join("even.safetensors");
     distillery::models::save_model(&even, &m, &meta).unwrap();

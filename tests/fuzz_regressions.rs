@@ -75,3 +75,53 @@ fn model_inputs() {
         let _ = distillery::compress::load_any_bytes(&b, &p.display().to_string());
     }
 }
+
+#[test]
+fn text_inputs() {
+    let all = inputs("text");
+    assert!(!all.is_empty());
+    for (p, b) in all {
+        let Some((&mode, body)) = b.split_first() else {
+            continue;
+        };
+        let name = p.display().to_string();
+        let label = if mode & 2 == 0 { Some("label") } else { None };
+        let rows = if mode & 1 == 0 {
+            distillery::data::text::parse_jsonl(body, &name, "text", label)
+        } else {
+            distillery::data::text::parse_text_csv(body, &name, "text", label)
+        };
+        if let Ok(rows) = rows {
+            let f = distillery::data::text::Featurizer::Ngrams {
+                buckets: 1 + (mode as usize) * 97,
+                word_ngrams: 1 + (mode as usize % 3),
+                min_char: (mode as usize) % 4,
+                max_char: 5,
+                max_tokens: 64,
+            };
+            assert_eq!(
+                f.featurize(&rows.texts).unwrap().len(),
+                rows.texts.len() * 64
+            );
+        }
+    }
+}
+
+#[test]
+fn onnx_teacher_inputs() {
+    use distillery::teachers::{OnnxInput, OnnxTeacher, Teacher};
+    let all = inputs("onnx");
+    assert!(!all.is_empty());
+    for (p, b) in all {
+        if let Ok(t) = OnnxTeacher::from_bytes(
+            b,
+            &p.display().to_string(),
+            64,
+            OnnxInput::Raw,
+            0,
+            distillery::data::Normalizer::None,
+        ) {
+            let _ = t.predict_rows(&[0.5; 64], 1);
+        }
+    }
+}

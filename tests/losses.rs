@@ -432,3 +432,47 @@ fn hinton_kd_fast_form_matches_the_golden_gradient() {
         close(*a as f64, *b as f64, 1e-6);
     }
 }
+
+/// Embedding distillation on S and T (as output vectors), from PyTorch 2.15 in float64:
+///
+/// ```python
+/// s=torch.tensor([[1.0,2.0,0.5],[0.3,-1.2,2.2]],requires_grad=True)
+/// t=torch.tensor([[2.0,1.0,0.1],[0.0,0.5,3.0]])
+/// l=(1-F.cosine_similarity(s,t)).mean(); l.backward()   # cosine
+/// l=F.mse_loss(s,t); l.backward()                        # mse
+/// ```
+#[test]
+fn embedding_losses_golden() {
+    check_soft_loss(
+        losses::SoftLoss::Cosine,
+        &S,
+        &T,
+        &[0, 0],
+        1.0,
+        0.2143316158945639,
+        &[
+            -0.11977657792708243,
+            0.052924534432896894,
+            0.02785501812257731,
+            0.018406130402726973,
+            -0.10619314679573312,
+            -0.060433461488953566,
+        ],
+    );
+    check_soft_loss(
+        losses::SoftLoss::Mse,
+        &S,
+        &T,
+        &[0, 0],
+        1.0,
+        0.9633333333333333,
+        &[
+            -0.3333333333333333,
+            0.3333333333333333,
+            0.13333333333333333,
+            0.09999999999999999,
+            -0.5666666666666667,
+            -0.2666666666666666,
+        ],
+    );
+}

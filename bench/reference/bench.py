@@ -119,6 +119,71 @@ def gemm(steps):
             "gflops": 2 * n ** 3 / m / 1e9, "peak_rss_bytes": peak_rss()}
 
 
+BERT_TOKENS, BERT_BATCH = 128, 32
+
+
+def bert_ids(rows, length):
+    """The same fixed-length inputs as distillery's bert-teacher workload (src/bench.rs)."""
+    return [[101] + [1000 + (r * 7919 + j * 104729) % 20000 for j in range(1, length - 1)] + [102]
+            for r in range(rows)]
+
+
+def bert_teacher(steps, folder="models/all-MiniLM-L6-v2"):
+    """sentence-transformers' forward (transformer, mean pooling, normalise) in inference mode,
+    on the already-tokenized batch: the encoder's cost, as distillery's workload measures it."""
+    from sentence_transformers import SentenceTransformer
+    model = SentenceTransformer(folder, device="cpu").eval()
+    ids = torch.tensor(bert_ids(BERT_BATCH, BERT_TOKENS))
+    feats = {"input_ids": ids, "attention_mask": torch.ones_like(ids),
+             "token_type_ids": torch.zeros_like(ids)}
+    with torch.inference_mode():
+        t0, n = time.perf_counter(), 0
+        while n < 2 or time.perf_counter() - t0 < 1.0:
+            model(dict(feats))["sentence_embedding"].numpy()
+            n += 1
+        ts = []
+        for _ in range(steps):
+            t0 = time.perf_counter()
+            model(dict(feats))["sentence_embedding"].numpy()
+            ts.append(time.perf_counter() - t0)
+    return {"workload": "bert-teacher", "steps": steps,
+            "samples_per_s": BERT_BATCH / statistics.median(ts), "peak_rss_bytes": peak_rss()}
+
+
+def onnx_teacher(steps, file="data/teachers/digits-torch-mlp.onnx"):
+    """onnxruntime as its docs recommend for CPU latency: all graph optimisations, one
+    intra-op thread per core, sequential execution."""
+    import os
+    import numpy as np
+    import onnxruntime as ort
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    so.intra_op_num_threads = os.cpu_count()
+    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    sess = ort.InferenceSession(file, so, providers=["CPUExecutionProvider"])
+    name = sess.get_inputs()[0].name
+
+    def timed(b):
+        x = (np.arange(b * 64) % 17).astype(np.float32).reshape(b, 64)
+        t0, n = time.perf_counter(), 0
+        while n < 5 or time.perf_counter() - t0 < 1.0:
+            sess.run(None, {name: x})
+            n += 1
+        ts = []
+        for _ in range(steps):
+            t0 = time.perf_counter()
+            sess.run(None, {name: x})
+            ts.append((time.perf_counter() - t0) * 1e6)
+        ts.sort()
+        return statistics.median(ts), ts[round((len(ts) - 1) * 0.9)]
+
+    p50, p90 = timed(1)
+    q50, q90 = timed(256)
+    return {"workload": "onnx-teacher", "steps": steps, "latency_us_p50": p50,
+            "latency_us_p90": p90, "latency_us_p50_b256": q50, "latency_us_p90_b256": q90,
+            "peak_rss_bytes": peak_rss()}
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("workload")
@@ -138,6 +203,10 @@ def main():
         r = infer(a.steps, int8=True)
     elif a.workload == "gemm":
         r = gemm(a.steps)
+    elif a.workload == "bert-teacher":
+        r = bert_teacher(a.steps)
+    elif a.workload == "onnx-teacher":
+        r = onnx_teacher(a.steps)
     else:
         raise SystemExit(f"unknown workload {a.workload}")
     print(json.dumps(r) if a.json else r)

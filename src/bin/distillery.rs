@@ -135,7 +135,8 @@ enum Verb {
         model: PathBuf,
         /// Inputs: IDX images, CSV with a header row, a .png image, or a folder of .png images.
         input: PathBuf,
-        /// CSV column to ignore (the label column of a labelled file).
+        /// CSV column to ignore (the label column of a labelled file); for a text model, the
+        /// column (or JSON field) holding the texts (default `text`).
         #[arg(long)]
         label: Option<String>,
         /// Write every prediction (class and all probabilities) to this CSV file.
@@ -499,7 +500,10 @@ fn predict(
         return Err(Error::Input("--batch: must be at least 1".into()));
     }
     let m = distillery::compress::load_any(model)?;
-    let inputs = distillery::predict::read_inputs(input, &m.meta.spec.input_shape, label)?;
+    let inputs = match &m.meta.text {
+        Some(f) => distillery::predict::read_text_inputs(input, f, label.unwrap_or("text"))?,
+        None => distillery::predict::read_inputs(input, &m.meta.spec.input_shape, label)?,
+    };
     let preds = distillery::predict::predict(&m, inputs, batch)?;
     if let Some(o) = out {
         distillery::io::write_atomic_str(o, &distillery::predict::to_csv(&m, &preds))?;

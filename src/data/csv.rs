@@ -34,6 +34,30 @@ const MAX_COLUMNS: usize = 1_000_000;
 /// Largest CSV accepted, after decompression (a gzip bomb stops here).
 const MAX_CSV_BYTES: u64 = 4 << 30;
 
+/// The bytes themselves, or their decompression when they start with gzip's magic bytes;
+/// a stream that decompresses to more than `limit` bytes (a gzip bomb) is an error.
+pub fn maybe_gunzip<'a>(
+    bytes: &'a [u8],
+    name: &str,
+    limit: u64,
+) -> Result<std::borrow::Cow<'a, [u8]>> {
+    if bytes.len() >= 2 && bytes[0] == 0x1f && bytes[1] == 0x8b {
+        let mut out = Vec::new();
+        GzDecoder::new(bytes)
+            .take(limit + 1)
+            .read_to_end(&mut out)
+            .map_err(|e| Error::Input(format!("{name}: corrupt gzip stream: {e}")))?;
+        if out.len() as u64 > limit {
+            return Err(Error::Input(format!(
+                "{name}: decompresses to more than {limit} bytes; distillery reads files of up to 4 GiB"
+            )));
+        }
+        Ok(std::borrow::Cow::Owned(out))
+    } else {
+        Ok(std::borrow::Cow::Borrowed(bytes))
+    }
+}
+
 /// Parses CSV bytes; `name` appears in error messages.
 pub fn parse_csv_bytes(
     bytes: &[u8],
@@ -41,23 +65,8 @@ pub fn parse_csv_bytes(
     opts: &CsvOptions,
     classes: Option<&[String]>,
 ) -> Result<Dataset> {
-    let text: Vec<u8>;
-    let data: &[u8] = if bytes.len() >= 2 && bytes[0] == 0x1f && bytes[1] == 0x8b {
-        let mut out = Vec::new();
-        GzDecoder::new(bytes)
-            .take(MAX_CSV_BYTES + 1)
-            .read_to_end(&mut out)
-            .map_err(|e| Error::Input(format!("{name}: corrupt gzip stream: {e}")))?;
-        if out.len() as u64 > MAX_CSV_BYTES {
-            return Err(Error::Input(format!(
-                "{name}: decompresses to more than {MAX_CSV_BYTES} bytes; distillery reads CSV files of up to 4 GiB"
-            )));
-        }
-        text = out;
-        &text
-    } else {
-        bytes
-    };
+    let data = maybe_gunzip(bytes, name, MAX_CSV_BYTES)?;
+    let data: &[u8] = &data;
     if let Some(longest) = data.split(|&b| b == b'\n').map(|l| l.len()).max() {
         if longest > MAX_LINE_BYTES {
             return Err(Error::Input(format!(
@@ -190,11 +199,11 @@ pub fn parse_csv_bytes(
             Targets::Classes { labels, names }
         }
     };
-    Ok(Dataset {
+    Ok(Dataset::new(
         x,
-        shape: opts.image_shape.clone().unwrap_or_else(|| vec![d]),
+        opts.image_shape.clone().unwrap_or_else(|| vec![d]),
         targets,
-    })
+    ))
 }
 
 fn parse_cell(cell: &str, name: &str, line: u64, col: &str) -> Result<f32> {

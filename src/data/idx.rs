@@ -227,14 +227,14 @@ pub fn load_idx_pair(images: &Path, labels: &Path, num_classes: Option<usize>) -
             i % d
         )));
     }
-    Ok(Dataset {
+    Ok(Dataset::new(
         x,
         shape,
-        targets: Targets::Classes {
+        Targets::Classes {
             labels: labels_u32,
             names: (0..k).map(|c| c.to_string()).collect(),
         },
-    })
+    ))
 }
 
 /// Encodes an array as an IDX file (used by tests and to write fixtures).

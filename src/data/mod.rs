@@ -3,6 +3,7 @@
 
 pub mod csv;
 pub mod idx;
+pub mod text;
 
 use crate::error::Result;
 use crate::rng::Rng;
@@ -74,9 +75,27 @@ pub struct Dataset {
     pub shape: Vec<usize>,
     /// Targets.
     pub targets: Targets,
+    /// The raw texts, one per sample, when the data are text (`x` then holds token ids);
+    /// empty otherwise.
+    pub text: Vec<String>,
+    /// Each sample's row in the file it came from (0-based), so that outputs computed
+    /// elsewhere, one row per sample of the file, can be matched to the splits.
+    pub rows: Vec<usize>,
 }
 
 impl Dataset {
+    /// A data set of `n = targets.len()` samples read in file order.
+    pub fn new(x: Vec<f32>, shape: Vec<usize>, targets: Targets) -> Dataset {
+        let n = targets.len();
+        Dataset {
+            x,
+            shape,
+            targets,
+            text: Vec::new(),
+            rows: (0..n).collect(),
+        }
+    }
+
     /// Number of samples.
     pub fn len(&self) -> usize {
         self.targets.len()
@@ -119,6 +138,12 @@ impl Dataset {
             x,
             shape: self.shape.clone(),
             targets: self.targets.subset(idx),
+            text: if self.text.is_empty() {
+                Vec::new()
+            } else {
+                idx.iter().map(|&i| self.text[i].clone()).collect()
+            },
+            rows: idx.iter().map(|&i| self.rows[i]).collect(),
         }
     }
 
@@ -369,6 +394,12 @@ pub struct Splits {
     pub normalizer: Normalizer,
     /// Target scale for regression (fitted on `train`).
     pub target_scale: Option<TargetScale>,
+    /// Text data: how the texts became the token ids in `x` (model files carry it).
+    pub featurizer: Option<text::Featurizer>,
+    /// Samples in the data file (the splits' `rows` index into it).
+    pub source_rows: usize,
+    /// True when the test split is a separate test file (its `rows` index into that file).
+    pub test_from_file: bool,
 }
 
 impl Splits {
@@ -388,6 +419,8 @@ impl Splits {
     ) -> Result<Splits> {
         let mut rng = Rng::derive(seed, "data-split");
         let perm = rng.permutation(full.len());
+        let source_rows = full.len();
+        let test_from_file = test.is_some();
         let (test_set, rest_idx): (Dataset, Vec<usize>) = match test {
             Some(t) => (t, perm),
             None => {
@@ -457,6 +490,9 @@ impl Splits {
             test: test_set,
             normalizer,
             target_scale,
+            featurizer: None,
+            source_rows,
+            test_from_file,
         })
     }
 }
@@ -493,14 +529,14 @@ mod tests {
     use super::*;
 
     fn toy(n: usize) -> Dataset {
-        Dataset {
-            x: (0..n * 2).map(|v| v as f32).collect(),
-            shape: vec![2],
-            targets: Targets::Classes {
+        Dataset::new(
+            (0..n * 2).map(|v| v as f32).collect(),
+            vec![2],
+            Targets::Classes {
                 labels: (0..n as u32).map(|i| i % 2).collect(),
                 names: vec!["a".into(), "b".into()],
             },
-        }
+        )
     }
 
     #[test]
@@ -535,11 +571,11 @@ mod tests {
 
     #[test]
     fn jitter_shifts_within_bounds() {
-        let ds = Dataset {
-            x: (0..16).map(|v| v as f32 + 1.0).collect(),
-            shape: vec![1, 4, 4],
-            targets: Targets::Values(vec![0.0]),
-        };
+        let ds = Dataset::new(
+            (0..16).map(|v| v as f32 + 1.0).collect(),
+            vec![1, 4, 4],
+            Targets::Values(vec![0.0]),
+        );
         let mut rng = Rng::new(0);
         let mut out = Vec::new();
         for _ in 0..20 {

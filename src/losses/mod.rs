@@ -5,6 +5,7 @@
 
 pub mod dist;
 pub mod dkd;
+pub mod embed;
 pub mod hint;
 pub mod kd;
 pub mod mutual;
@@ -46,6 +47,10 @@ pub enum SoftLoss {
         #[serde(default = "dist_intra")]
         intra_weight: f32,
     },
+    /// Embedding distillation: `1 − cos(student, teacher)` on the output vectors ([`embed`]).
+    Cosine,
+    /// Embedding distillation: mean squared error on the output vectors ([`embed`]).
+    Mse,
 }
 
 fn dkd_target() -> f32 {
@@ -74,13 +79,21 @@ impl SoftLoss {
                 inter_weight,
                 intra_weight,
             } => format!("dist({inter_weight},{intra_weight})"),
+            SoftLoss::Cosine => "cosine".into(),
+            SoftLoss::Mse => "mse".into(),
         }
+    }
+
+    /// True for the embedding losses (cosine, MSE), which compare output vectors with a
+    /// teacher's embeddings rather than logits with logits.
+    pub fn is_embedding(&self) -> bool {
+        matches!(self, SoftLoss::Cosine | SoftLoss::Mse)
     }
 
     /// The term's weights, for validation.
     pub fn weights(&self) -> Vec<(&'static str, f32)> {
         match *self {
-            SoftLoss::Kd => Vec::new(),
+            SoftLoss::Kd | SoftLoss::Cosine | SoftLoss::Mse => Vec::new(),
             SoftLoss::Dkd {
                 target_weight,
                 non_target_weight,
@@ -122,6 +135,18 @@ impl SoftLoss {
         match *self {
             SoftLoss::Kd => per_row
                 .map(|(((zr, tr), gr), _)| kd::kd_row(zr, tr, temperature, weight, scale, gr))
+                .sum(),
+            SoftLoss::Cosine => z
+                .chunks_exact(classes)
+                .zip(teacher.chunks_exact(classes))
+                .zip(grad.chunks_exact_mut(classes))
+                .map(|((zr, tr), gr)| embed::cosine_row(zr, tr, weight, scale, gr))
+                .sum(),
+            SoftLoss::Mse => z
+                .chunks_exact(classes)
+                .zip(teacher.chunks_exact(classes))
+                .zip(grad.chunks_exact_mut(classes))
+                .map(|((zr, tr), gr)| embed::mse_row(zr, tr, weight, scale, gr))
                 .sum(),
             SoftLoss::Dkd {
                 target_weight,
@@ -187,6 +212,8 @@ impl SoftLoss {
                 inter_weight,
                 intra_weight,
             } => dist::dist_loss(logits, teacher, temperature, inter_weight, intra_weight),
+            SoftLoss::Cosine => embed::cosine_loss(logits, teacher),
+            SoftLoss::Mse => embed::mse_loss(logits, teacher),
         }
     }
 }

@@ -30,6 +30,7 @@ pub fn expand(models: &[ModelConfig]) -> Vec<ModelConfig> {
                         assistants: Vec::new(),
                         hint: None,
                         loss: crate::losses::SoftLoss::Kd,
+                        init_from_teacher: false,
                     }),
                     from: None,
                     born_again: None,

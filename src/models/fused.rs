@@ -417,6 +417,7 @@ pub fn eligible(model: &Model) -> bool {
     match model.spec.arch.kind {
         ArchKind::Mlp => true,
         ArchKind::Cnn => model.spec.arch.kernel % 2 == 1 && model.spec.input_shape.len() == 3,
+        ArchKind::EmbeddingBag => false,
     }
 }
 
@@ -810,6 +811,8 @@ mod tests {
                 input_dropout: dropout / 2.0,
                 channels: vec![],
                 kernel: 5,
+                dim: 0,
+                vocab: 0,
             },
             input_shape: vec![30],
             outputs,
@@ -960,6 +963,8 @@ mod cnn_tests {
                 input_dropout: dropout / 2.0,
                 channels,
                 kernel: 3,
+                dim: 0,
+                vocab: 0,
             },
             input_shape: shape.to_vec(),
             outputs: 5,

@@ -3,6 +3,7 @@
 //! everything needed to use the model alone (architecture, input shape, normalisation, class
 //! names).
 
+pub mod bag;
 pub mod cnn;
 pub mod fused;
 pub mod meta;
@@ -25,6 +26,9 @@ pub enum ArchKind {
     Mlp,
     /// LeNet-style convolutional network.
     Cnn,
+    /// Text: an embedding table over token ids (or hashed n-grams), mean-pooled over each
+    /// text's ids, then dense layers (Model2Vec- and fastText-style students).
+    EmbeddingBag,
 }
 
 /// A model architecture.
@@ -48,6 +52,17 @@ pub struct ArchConfig {
     /// CNN: square kernel size (odd; "same" padding).
     #[serde(default = "default_kernel")]
     pub kernel: usize,
+    /// Embedding bag: width of each token's embedding.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub dim: usize,
+    /// Embedding bag: rows of the embedding table. Set from the data's featurizer (its
+    /// vocabulary or hash buckets); not written in experiment files.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub vocab: usize,
+}
+
+fn is_zero(v: &usize) -> bool {
+    *v == 0
 }
 
 fn default_kernel() -> usize {
@@ -76,6 +91,7 @@ impl ModelSpec {
         match self.arch.kind {
             ArchKind::Mlp => Ok(mlp::param_shapes(self)),
             ArchKind::Cnn => cnn::param_shapes(self),
+            ArchKind::EmbeddingBag => Ok(bag::param_shapes(self)),
         }
     }
 
@@ -94,6 +110,17 @@ impl ModelSpec {
                 all.push(self.outputs);
                 format!("mlp {}", dims(&all))
             }
+            ArchKind::EmbeddingBag => {
+                let mut all = vec![self.arch.dim];
+                all.extend(&self.arch.hidden);
+                all.push(self.outputs);
+                format!(
+                    "embedding bag {}×{} → mlp {}",
+                    self.arch.vocab,
+                    self.arch.dim,
+                    dims(&all)
+                )
+            }
             ArchKind::Cnn => format!(
                 "cnn {} conv{}x{} [{}] fc [{}] → {}",
                 dims(&self.input_shape),
@@ -110,7 +137,7 @@ impl ModelSpec {
 impl ArchConfig {
     /// Checks the values; `p` is the table's path in the experiment file, for the messages, and
     /// `images` whether the data are images (a CNN needs them).
-    pub fn check(&self, p: &str, images: bool) -> Result<()> {
+    pub fn check(&self, p: &str, images: bool, text: bool) -> Result<()> {
         let a = self;
         if a.hidden.contains(&0) {
             bad_field(
@@ -128,6 +155,29 @@ impl ArchConfig {
         }
         match a.kind {
             ArchKind::Mlp => {
+                if !a.channels.is_empty() {
+                    bad_field(&format!("{p}.channels"), "only for kind = \"cnn\"")?;
+                }
+                if text {
+                    bad_field(
+                        &format!("{p}.kind"),
+                        "text data need kind = \"embedding-bag\" (token ids are not features)",
+                    )?;
+                }
+            }
+            ArchKind::EmbeddingBag => {
+                if !text {
+                    bad_field(
+                        &format!("{p}.kind"),
+                        "an embedding bag needs text data (data.format = \"text\")",
+                    )?;
+                }
+                if a.dim == 0 {
+                    bad_field(
+                        &format!("{p}.dim"),
+                        "an embedding bag needs the width of its embeddings, e.g. dim = 64",
+                    )?;
+                }
                 if !a.channels.is_empty() {
                     bad_field(&format!("{p}.channels"), "only for kind = \"cnn\"")?;
                 }
@@ -170,12 +220,14 @@ pub enum ParamKind {
     ConvWeight,
     /// A bias.
     Bias,
+    /// An embedding table `[vocab, dim]` (one row per token; no bias follows it).
+    Embedding,
 }
 
 impl ParamKind {
     /// A weight (pruned and quantized) rather than a bias (kept in f32).
     pub fn is_weight(self) -> bool {
-        self != ParamKind::Bias
+        matches!(self, ParamKind::DenseWeight | ParamKind::ConvWeight)
     }
 
     /// `(channels, inputs)` of a weight of this kind seen channel-major: a dense `[in, out]`
@@ -226,10 +278,13 @@ impl ModelSpec {
     pub fn param_kinds(&self) -> Vec<ParamKind> {
         let blocks = match self.arch.kind {
             ArchKind::Cnn => self.arch.channels.len(),
-            ArchKind::Mlp => 0,
+            ArchKind::Mlp | ArchKind::EmbeddingBag => 0,
         };
         let dense = self.arch.hidden.len() + 1;
-        let mut kinds = Vec::with_capacity(2 * (blocks + dense));
+        let mut kinds = Vec::with_capacity(2 * (blocks + dense) + 1);
+        if self.arch.kind == ArchKind::EmbeddingBag {
+            kinds.push(ParamKind::Embedding);
+        }
         for _ in 0..blocks {
             kinds.extend([ParamKind::ConvWeight, ParamKind::Bias]);
         }
@@ -276,6 +331,9 @@ pub struct ModelMeta {
     /// The pruning or quantization stage that produced the model.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub compression: Option<meta::StageRecord>,
+    /// Text models: how raw texts become the model's input ids.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub text: Option<crate::data::text::Featurizer>,
 }
 
 /// A model: its spec and named parameters.
@@ -364,6 +422,7 @@ impl Model {
         match self.spec.arch.kind {
             ArchKind::Mlp => mlp::forward(self, x, mode, layer),
             ArchKind::Cnn => cnn::forward(self, x, mode, layer),
+            ArchKind::EmbeddingBag => bag::forward(self, x, mode, layer),
         }
     }
 
@@ -444,6 +503,10 @@ impl Model {
             let b = chunk.len() / d;
             if self.spec.arch.kind == ArchKind::Mlp {
                 out.extend(mlp::forward_eval_fused(self, chunk, b)?);
+                continue;
+            }
+            if self.spec.arch.kind == ArchKind::EmbeddingBag {
+                out.extend(bag::predict_rows(self, chunk, b)?);
                 continue;
             }
             let t = Tensor::from_slice(chunk, (b, d), &Device::Cpu)?;
@@ -687,6 +750,8 @@ mod tests {
                 input_dropout: 0.0,
                 channels,
                 kernel: 3,
+                dim: 0,
+                vocab: 0,
             },
             input_shape: vec![1, 8, 8],
             outputs: 3,
@@ -708,6 +773,7 @@ mod tests {
                 ConvWeight => assert!(rank == 4 && name.starts_with("conv")),
                 DenseWeight => assert!(rank == 2 && name.starts_with("fc")),
                 Bias => assert!(rank == 1 && name.ends_with("bias")),
+                Embedding => unreachable!("a CNN has no embedding table"),
             }
         }
         let dense = cnn.dense_layers();

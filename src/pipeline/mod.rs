@@ -54,6 +54,7 @@ pub struct RunSummary {
 pub fn load_splits(cfg: &ExperimentConfig) -> Result<Splits> {
     let d = &cfg.data;
     let (full, test, default_norm) = match d.format {
+        DataFormat::Text => return load_text_splits(cfg),
         DataFormat::Digits => (data::embedded_digits()?, None, NormalizeKind::Global),
         DataFormat::Idx => {
             let ti = d
@@ -128,6 +129,51 @@ pub fn load_splits(cfg: &ExperimentConfig) -> Result<Splits> {
     )
 }
 
+/// Text data: reads the texts and labels, featurizes them for the students and keeps the
+/// texts for text teachers. No normalisation (the features are token ids).
+fn load_text_splits(cfg: &ExperimentConfig) -> Result<Splits> {
+    use crate::data::text;
+    let d = &cfg.data;
+    let path = d
+        .path
+        .as_deref()
+        .ok_or_else(|| Error::Input("data.path: required".into()))?;
+    let fc = d
+        .features
+        .as_ref()
+        .ok_or_else(|| Error::Input("data.features: required".into()))?;
+    let col = d.text_column.as_deref().unwrap_or("text");
+    let label = Some(d.label.as_deref().unwrap_or("label"));
+    let f = text::Featurizer::from_config(fc)?;
+    let rows = text::read_text_file(path, col, label)?;
+    let targets = text::class_targets(&rows.labels, None, &path.display().to_string())?;
+    let names = match &targets {
+        data::Targets::Classes { names, .. } => names.clone(),
+        data::Targets::Values(_) => Vec::new(),
+    };
+    let full = text::text_dataset(rows, targets, &f)?;
+    let test = match &d.test_path {
+        Some(p) => {
+            let rows = text::read_text_file(p, col, label)?;
+            let t = text::class_targets(&rows.labels, Some(&names), &p.display().to_string())?;
+            Some(text::text_dataset(rows, t, &f)?)
+        }
+        None => None,
+    };
+    let mut s = Splits::make(
+        full,
+        test,
+        d.val_fraction,
+        d.test_fraction,
+        NormalizeKind::None,
+        d.max_train,
+        d.max_test,
+        cfg.seed,
+    )?;
+    s.featurizer = Some(f);
+    Ok(s)
+}
+
 fn data_source(cfg: &ExperimentConfig) -> String {
     let d = &cfg.data;
     match d.format {
@@ -137,6 +183,19 @@ fn data_source(cfg: &ExperimentConfig) -> String {
             d.train_images
                 .as_ref()
                 .map(|p| p.display().to_string())
+                .unwrap_or_default()
+        ),
+        DataFormat::Text => format!(
+            "text {} (label '{}'; {})",
+            d.path
+                .as_ref()
+                .map(|p| p.display().to_string())
+                .unwrap_or_default(),
+            d.label.as_deref().unwrap_or("label"),
+            d.features
+                .as_ref()
+                .and_then(|f| crate::data::text::Featurizer::from_config(f).ok())
+                .map(|f| f.describe())
                 .unwrap_or_default()
         ),
         DataFormat::Csv => format!(
@@ -253,7 +312,17 @@ pub fn run_experiment(checked: &CheckedConfig, opts: &RunOptions) -> Result<RunS
         .models
         .iter()
         .find(|m| m.role() == Role::Teacher && rows.iter().any(|r| r.name == m.name))
-        .map(|m| m.name.clone());
+        .map(|m| m.name.clone())
+        .or_else(|| {
+            // No [[model]] teacher: the first outside teacher that ran here.
+            cfg.teachers
+                .iter()
+                .find(|t| {
+                    rows.iter()
+                        .any(|r| r.name == t.name && r.latency_us_b1 > 0.0)
+                })
+                .map(|t| t.name.clone())
+        });
     if let Some(rn) = &reference {
         if let Some(t) = rows.iter().find(|r| &r.name == rn).cloned() {
             for r in rows.iter_mut() {

@@ -49,7 +49,9 @@ fn fmt_bytes(b: usize) -> String {
 }
 
 fn fmt_us(us: f64) -> String {
-    if us >= 10_000.0 {
+    if us <= 0.0 {
+        "—".into()
+    } else if us >= 10_000.0 {
         format!("{:.1} ms", us / 1000.0)
     } else if us >= 10.0 {
         format!("{us:.0} µs")
@@ -211,14 +213,18 @@ pub fn markdown(m: &Metrics) -> String {
             };
             let _ = writeln!(
                 s,
-                "| {} | {} | {} | {} | {} | {:.2}% | {} | {} | {} | {} | {} | {} |",
+                "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
                 x.name,
                 role,
                 arch_col(x),
                 x.params,
                 fmt_bytes(x.bytes),
-                100.0 * x.accuracy.unwrap_or(0.0),
-                x.test_errors.unwrap_or(0),
+                x.accuracy
+                    .map(|a| format!("{:.2}%", 100.0 * a))
+                    .unwrap_or_else(|| "—".into()),
+                x.test_errors
+                    .map(|e| e.to_string())
+                    .unwrap_or_else(|| "—".into()),
                 fmt_us(x.latency_us_b1),
                 fmt_us(x.latency_us_b256),
                 size_vs,
@@ -249,6 +255,7 @@ pub fn markdown(m: &Metrics) -> String {
         }
     }
     s.push_str("\nLatency: median of repeated timed forward passes on this machine (after warm-up). Size: bytes of the stored weights in their precision (f32, int8 codes + scales, packed int4 + scales).\n\n");
+    text_section(&mut s, m);
     compression_section(&mut s, m);
     exports_section(&mut s, m);
     s.push_str("## Training\n\n");
@@ -499,4 +506,50 @@ pub fn write_reports(out: &Path, m: &Metrics) -> Result<String> {
         )?;
     }
     Ok(md)
+}
+
+/// Text models: F1, agreement with the teacher's embeddings, and texts per second (latency
+/// from raw text, tokenizing included).
+fn text_section(s: &mut String, m: &Metrics) {
+    let text = m
+        .models
+        .iter()
+        .any(|x| x.cosine_to_teacher.is_some() || m.data.source.starts_with("text "));
+    if !text {
+        return;
+    }
+    s.push_str("## Text models
+
+Latency and throughput from raw text (tokenizing included). Embedding students are scored against the teacher's embeddings of the test texts: mean cosine, and how often the nearest other test text is the same for student and teacher.
+
+");
+    s.push_str("| model | test accuracy | macro F1 | cosine to teacher | nearest-neighbour agreement | texts/s b=1 | texts/s b=256 |\n|---|---:|---:|---:|---:|---:|---:|\n");
+    let pct = |v: Option<f64>| {
+        v.map(|a| format!("{:.2}%", 100.0 * a))
+            .unwrap_or_else(|| "—".into())
+    };
+    let rate = |us: f64, b: f64| {
+        if us > 0.0 {
+            format!("{:.0}", b * 1e6 / us)
+        } else {
+            "—".into()
+        }
+    };
+    for x in &m.models {
+        let _ = writeln!(
+            s,
+            "| {} | {} | {} | {} | {} | {} | {} |",
+            x.name,
+            pct(x.accuracy),
+            x.f1.map(|f| format!("{f:.4}"))
+                .unwrap_or_else(|| "—".into()),
+            x.cosine_to_teacher
+                .map(|c| format!("{c:.3}"))
+                .unwrap_or_else(|| "—".into()),
+            pct(x.nn_agreement),
+            rate(x.latency_us_b1, 1.0),
+            rate(x.latency_us_b256, 256.0)
+        );
+    }
+    s.push('\n');
 }

@@ -97,6 +97,7 @@ impl Stage for GroupStage {
                 Provenance {
                     source: source.clone(),
                     distill: None,
+                    embedding_teacher: None,
                 },
                 true,
             )?;
@@ -172,6 +173,7 @@ impl Stage for GroupStage {
                         alpha: f.alpha,
                         loss: None,
                     }),
+                    embedding_teacher: None,
                 },
                 true,
             )?;

@@ -9,6 +9,7 @@ pub mod model;
 pub mod prune;
 pub mod quantize;
 pub mod teacher;
+pub mod text;
 
 use crate::error::Result;
 use crate::store::RunStore;

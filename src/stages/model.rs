@@ -5,11 +5,9 @@ use super::Stage;
 use crate::compress::AnyModel;
 use crate::data::Task;
 use crate::error::{bad_field, Error, Result};
-use crate::eval::predict_all;
 use crate::models::{self, ArchConfig, Model, ModelSpec};
 use crate::rng::Rng;
 use crate::store::{DistillSummary, Finished, Provenance, RunStore};
-use crate::teachers::Teacher;
 use crate::train::{HintTerm, Objective, TeacherSignal, TrainConfig};
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
@@ -61,6 +59,11 @@ pub struct DistillConfig {
     /// intra_weight = 1.0 }`.
     #[serde(default, skip_serializing_if = "is_kd")]
     pub loss: crate::losses::SoftLoss,
+    /// Text students of the teacher's tokenizer: start the embedding table from the teacher's
+    /// own embedding of each token, reduced by PCA to the student's width and weighted by
+    /// token frequency (Model2Vec), instead of at random.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub init_from_teacher: bool,
 }
 
 /// FitNets hint: match the student's hidden layer, through a learned linear adapter, to the
@@ -144,7 +147,7 @@ impl ModelConfig {
     /// Checks the entry: its name (not among the `earlier` models), `arch` or `from`, the
     /// schemes, training settings and distillation table (its teacher must be an earlier
     /// model). `task` and `images` describe the data.
-    pub fn check(&self, earlier: &[&str], task: Task, images: bool) -> Result<()> {
+    pub fn check(&self, earlier: &[&str], task: Task, images: bool, text: bool) -> Result<()> {
         let m = self;
         let seen = earlier;
         let p = format!("model.{}", m.name);
@@ -182,7 +185,7 @@ impl ModelConfig {
             _ => {}
         }
         if let Some(a) = &m.arch {
-            a.check(&format!("{p}.arch"), images)?;
+            a.check(&format!("{p}.arch"), images, text)?;
         }
         if let Some(b) = &m.born_again {
             if b.generations == 0 {
@@ -319,7 +322,15 @@ impl Stage for ModelStage {
                 model,
                 file,
             },
-            Provenance { source, distill },
+            Provenance {
+                source,
+                distill,
+                embedding_teacher: m
+                    .distill
+                    .as_ref()
+                    .filter(|d| d.loss.is_embedding())
+                    .map(|d| d.teacher.clone()),
+            },
             self.report,
         )
     }
@@ -331,15 +342,53 @@ fn train_model(m: &ModelConfig, store: &RunStore) -> Result<(Model, crate::model
         .arch
         .clone()
         .ok_or_else(|| Error::Input(format!("model.{}.arch: required", m.name)))?;
+    let mut arch = arch;
+    if let Some(f) = &splits.featurizer {
+        arch.vocab = f.vocab();
+    }
+    let embedding = m.distill.as_ref().filter(|d| d.loss.is_embedding());
+    let outputs = match embedding {
+        Some(ds) => {
+            store
+                .known(&ds.teacher)
+                .and_then(|k| k.embeddings.as_ref())
+                .ok_or_else(|| {
+                    Error::Input(format!(
+                        "model.{}.distill.loss: '{}' gives no embeddings; embedding distillation (cosine, mse) needs a bert teacher",
+                        m.name, ds.teacher
+                    ))
+                })?
+                .cols
+        }
+        None => splits.train.outputs(),
+    };
     let spec = ModelSpec {
         arch,
         input_shape: splits.train.shape.clone(),
-        outputs: splits.train.outputs(),
+        outputs,
     };
     let mut init_rng = Rng::derive(store.seed, &format!("init/{}", m.name));
     let model = Model::new(spec, &mut init_rng)?;
+    if let Some(ds) = m.distill.as_ref().filter(|d| d.init_from_teacher) {
+        crate::stages::text::init_from_teacher(&model, &ds.teacher, &m.name, store)?;
+    }
     let objective = match &m.distill {
         None => Objective::supervised(),
+        Some(ds) if ds.loss.is_embedding() => {
+            let e = store
+                .known(&ds.teacher)
+                .and_then(|k| k.embeddings.as_ref())
+                .ok_or_else(|| {
+                    Error::Input(format!("teacher '{}' has no embeddings", ds.teacher))
+                })?;
+            store.progress.say(&format!(
+                "{}: embedding distillation from {} ({} loss)",
+                m.name,
+                ds.teacher,
+                ds.loss.describe()
+            ));
+            Objective::embedding(e.train.clone(), e.val.clone(), ds.loss)
+        }
         Some(ds) => {
             let missing = || {
                 Error::Input(format!(
@@ -350,21 +399,29 @@ fn train_model(m: &ModelConfig, store: &RunStore) -> Result<(Model, crate::model
             // A distillery model teaches through its own fast predict (and can give hints);
             // any other teacher through the Teacher trait.
             let model_teacher = store.get(&ds.teacher).ok().and_then(|f| f.float().ok());
-            let teacher: &dyn Teacher = match model_teacher {
-                Some(t) => t,
-                None => store.teacher(&ds.teacher).map_err(|_| missing())?,
-            };
-            let signal = if m.train.jitter == 0 {
+            if model_teacher.is_none()
+                && store.known(&ds.teacher).is_none()
+                && store.teacher(&ds.teacher).is_err()
+            {
+                return Err(missing());
+            }
+            let known = store.known(&ds.teacher).is_some();
+            let signal = if known {
+                if m.train.jitter > 0 {
+                    return Err(Error::Input(format!(
+                        "model.{}.train.jitter: teacher '{}' has outputs for the samples as they are, not for shifted ones; set jitter = 0",
+                        m.name, ds.teacher
+                    )));
+                }
+                TeacherSignal::Cached(store.teacher_outputs(&ds.teacher, "train")?)
+            } else if m.train.jitter == 0 {
                 store.progress.say(&format!(
                     "{}: computing {}'s soft targets once for the whole training set",
                     m.name, ds.teacher
                 ));
-                TeacherSignal::Cached(match model_teacher {
-                    Some(t) => t.predict(&splits.train.x, 512)?,
-                    None => predict_all(teacher, &splits.train.x, splits.train.dim(), 512)?,
-                })
+                TeacherSignal::Cached(store.teacher_outputs(&ds.teacher, "train")?)
             } else {
-                TeacherSignal::Live(teacher)
+                TeacherSignal::Live(store.teacher(&ds.teacher).map_err(|_| missing())?)
             };
             let mut obj = Objective::distill(signal, ds.loss, ds.temperature, ds.alpha);
             if let Some(h) = &ds.hint {

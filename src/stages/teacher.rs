@@ -1,13 +1,26 @@
-//! `[[teacher]]`: a teacher distillery did not train — an ONNX file run in tract — loaded,
-//! checked against the data, measured like any model and put in the store under its name, so
-//! that a `[[model]]`'s `distill.teacher` can name it.
+//! `[[teacher]]`: a teacher distillery did not train, put in the store under its name so that
+//! a `[[model]]`'s `distill.teacher` can name it. One of:
+//! - `onnx = "file.onnx"`: any ONNX model, run in tract;
+//! - `bert = "folder"`: a Hugging Face BERT-family encoder (sentence-transformers layout), its
+//!   embeddings of every text computed once and cached, with an optional classification
+//!   `head` that distillery trains on the frozen embeddings;
+//! - `outputs = "file"`: precomputed outputs, one row per sample of the data file (logits,
+//!   probabilities, log-probabilities, or only the top-k log-probabilities);
+//! - `mix = [{ teacher = "a", weight = 0.7 }, …]`: several teachers at once, their
+//!   probabilities averaged with the weights (multi-teacher distillation).
 
 use super::Stage;
-use crate::error::{Error, Result};
+use crate::data::Dataset;
+use crate::error::{bad_field, Error, Result};
+use crate::eval::{self, Scores};
+use crate::models::{ArchConfig, ArchKind, Model, ModelSpec};
 use crate::store::{ModelMetrics, RunStore};
-use crate::teachers::{OnnxInput, OnnxTeacher, Teacher};
+use crate::teachers::bert::{BertEncoder, Pooling};
+use crate::teachers::{cache, KnownTeacher, OnnxInput, OnnxTeacher, SplitOutputs, Teacher};
+use crate::train::{self, Objective, TrainConfig, TrainJob};
 use serde::{Deserialize, Serialize};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 /// One `[[teacher]]` table.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -16,13 +29,195 @@ pub struct TeacherConfig {
     /// The name students use in `distill.teacher`.
     pub name: String,
     /// An ONNX file whose first input takes `[batch, features]`.
-    pub onnx: PathBuf,
-    /// Feed it `raw` feature values (default) or the run's `normalized` ones.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub onnx: Option<PathBuf>,
+    /// ONNX: feed it `raw` feature values (default) or the run's `normalized` ones.
+    #[serde(default, skip_serializing_if = "is_default")]
     pub input: OnnxInput,
-    /// The output that holds the logits (or values), by position.
-    #[serde(default)]
+    /// ONNX: the output that holds the logits (or values), by position.
+    #[serde(default, skip_serializing_if = "is_default")]
     pub output: usize,
+    /// A Hugging Face BERT-family folder: `config.json`, `model.safetensors`, `tokenizer.json`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bert: Option<PathBuf>,
+    /// BERT: longest input in tokens (default: the folder's `max_seq_length`, else 512).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_tokens: Option<usize>,
+    /// BERT: `mean`, `cls`, or `auto` (what the folder's sentence-transformers files say).
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub pooling: Pooling,
+    /// BERT: L2-normalise the embeddings (default: when the folder's `modules.json` does).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub normalize: Option<bool>,
+    /// BERT: texts per forward pass.
+    #[serde(default = "default_batch", skip_serializing_if = "is_default_batch")]
+    pub batch_size: usize,
+    /// BERT: a classification head trained on the frozen embeddings (the teacher's logits).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub head: Option<HeadConfig>,
+    /// Precomputed outputs: one row per sample of the data file, in its order.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outputs: Option<PathBuf>,
+    /// Precomputed outputs for the samples of `data.test_path`, when there is one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub test_outputs: Option<PathBuf>,
+    /// What each row of `outputs` holds.
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub outputs_kind: OutputsKind,
+    /// Several teachers at once: their probabilities (values, for regression) averaged with
+    /// these weights.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub mix: Vec<MixMember>,
+}
+
+fn is_default<T: Default + PartialEq>(v: &T) -> bool {
+    *v == T::default()
+}
+fn default_batch() -> usize {
+    32
+}
+fn is_default_batch(v: &usize) -> bool {
+    *v == default_batch()
+}
+
+/// A classification head on a frozen encoder's embeddings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HeadConfig {
+    /// Hidden layer widths (none: logistic regression on the embeddings).
+    #[serde(default)]
+    pub hidden: Vec<usize>,
+    /// Training settings.
+    #[serde(default)]
+    pub train: TrainConfig,
+}
+
+/// What the rows of a precomputed-outputs file hold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum OutputsKind {
+    /// Logits (values, for regression), one per class.
+    #[default]
+    Logits,
+    /// Probabilities, one per class, summing to 1.
+    Probs,
+    /// Log-probabilities, one per class.
+    LogProbs,
+    /// Only the k most likely classes: a JSON object per line mapping class names to
+    /// log-probabilities; the remaining probability mass is spread evenly over the other
+    /// classes.
+    TopK,
+}
+
+/// One member of a `mix`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MixMember {
+    /// An earlier `[[teacher]]` or `[[model]]`.
+    pub teacher: String,
+    /// Its weight (the weights are normalised to sum to 1).
+    #[serde(default = "one")]
+    pub weight: f32,
+}
+
+fn one() -> f32 {
+    1.0
+}
+
+impl TeacherConfig {
+    /// Checks the table; `p` is its path for messages, `text` whether the data are texts,
+    /// `earlier` the teachers and models declared before it.
+    pub fn check(&self, p: &str, text: bool, earlier: &[&str]) -> Result<()> {
+        let sources = [
+            self.onnx.is_some(),
+            self.bert.is_some(),
+            self.outputs.is_some(),
+            !self.mix.is_empty(),
+        ];
+        if sources.iter().filter(|&&s| s).count() != 1 {
+            bad_field(
+                p,
+                "give exactly one teacher source: onnx = \"file.onnx\", bert = \"folder\", outputs = \"file\" or mix = [...]",
+            )?;
+        }
+        for (f, path) in [
+            ("onnx", &self.onnx),
+            ("bert", &self.bert),
+            ("outputs", &self.outputs),
+            ("test_outputs", &self.test_outputs),
+        ] {
+            if let Some(path) = path {
+                if !path.exists() {
+                    bad_field(
+                        &format!("{p}.{f}"),
+                        &format!("'{}' does not exist", path.display()),
+                    )?;
+                }
+            }
+        }
+        if self.bert.is_none() {
+            for (f, set) in [
+                ("max_tokens", self.max_tokens.is_some()),
+                ("pooling", self.pooling != Pooling::default()),
+                ("normalize", self.normalize.is_some()),
+                ("head", self.head.is_some()),
+                ("batch_size", self.batch_size != default_batch()),
+            ] {
+                if set {
+                    bad_field(&format!("{p}.{f}"), "only for a bert teacher")?;
+                }
+            }
+        } else if !text {
+            bad_field(
+                &format!("{p}.bert"),
+                "a BERT teacher reads texts: use data.format = \"text\"",
+            )?;
+        }
+        if self.onnx.is_some() && text {
+            bad_field(
+                &format!("{p}.onnx"),
+                "an ONNX teacher takes feature vectors; with text data, give its outputs (outputs = \"file\") or use a bert teacher",
+            )?;
+        }
+        if self.max_tokens == Some(0) || self.batch_size == 0 {
+            bad_field(p, "max_tokens and batch_size must be at least 1")?;
+        }
+        if let Some(h) = &self.head {
+            h.train.check(&format!("{p}.head.train"), false)?;
+            if h.hidden.contains(&0) {
+                bad_field(&format!("{p}.head.hidden"), "widths must be ≥ 1")?;
+            }
+        }
+        if self.outputs.is_none()
+            && (self.test_outputs.is_some() || self.outputs_kind != OutputsKind::default())
+        {
+            bad_field(
+                &format!("{p}.outputs"),
+                "test_outputs and outputs_kind go with outputs = \"file\"",
+            )?;
+        }
+        for (i, m) in self.mix.iter().enumerate() {
+            if !earlier.contains(&m.teacher.as_str()) {
+                bad_field(
+                    &format!("{p}.mix[{i}].teacher"),
+                    &format!(
+                        "'{}' is not a teacher or model declared before this one",
+                        m.teacher
+                    ),
+                )?;
+            }
+            if !(m.weight.is_finite() && m.weight > 0.0) {
+                bad_field(
+                    &format!("{p}.mix[{i}].weight"),
+                    &format!("expected a positive number, got {}", m.weight),
+                )?;
+            }
+        }
+        if self.mix.len() == 1 {
+            bad_field(&format!("{p}.mix"), "a mix needs at least two teachers")?;
+        }
+        Ok(())
+    }
 }
 
 /// The stage of one `[[teacher]]` table.
@@ -38,46 +233,566 @@ impl Stage for TeacherStage {
 
     fn run(&self, store: &mut RunStore) -> Result<()> {
         let c = &self.cfg;
-        let splits = &store.splits;
-        let d = splits.train.dim();
-        let outputs = splits.train.outputs();
-        let t = OnnxTeacher::load(&c.onnx, d, c.input, c.output, splits.normalizer.clone())?;
-        let probe = t.predict_rows(&splits.train.x[..d], 1)?;
-        if probe.len() != outputs {
-            return Err(Error::Input(format!(
-                "teacher.{}: {} gives {} outputs per sample, but the data have {outputs} {}",
-                c.name,
-                c.onnx.display(),
-                probe.len(),
-                if outputs == 1 {
-                    "target (regression)"
-                } else {
-                    "classes"
+        if let Some(onnx) = &c.onnx {
+            return onnx_teacher(c, onnx, store);
+        }
+        if let Some(dir) = &c.bert {
+            return bert_teacher(c, dir, store);
+        }
+        if let Some(file) = &c.outputs {
+            return precomputed_teacher(c, file, store);
+        }
+        mix_teacher(c, store)
+    }
+}
+
+fn what_outputs(outputs: usize) -> &'static str {
+    if outputs == 1 {
+        "target (regression)"
+    } else {
+        "classes"
+    }
+}
+
+fn onnx_teacher(c: &TeacherConfig, onnx: &Path, store: &mut RunStore) -> Result<()> {
+    let splits = &store.splits;
+    let d = splits.train.dim();
+    let outputs = splits.train.outputs();
+    let t = OnnxTeacher::load(onnx, d, c.input, c.output, splits.normalizer.clone())?;
+    let probe = t.predict_rows(&splits.train.x[..d], 1)?;
+    if probe.len() != outputs {
+        return Err(Error::Input(format!(
+            "teacher.{}: {} gives {} outputs per sample, but the data have {outputs} {}",
+            c.name,
+            onnx.display(),
+            probe.len(),
+            what_outputs(outputs)
+        )));
+    }
+    store.progress.say(&format!(
+        "{}: ONNX teacher {} ({} inputs, {} outputs)",
+        c.name,
+        onnx.display(),
+        d,
+        outputs
+    ));
+    let (scores, b1, b256) = store.measure(&t)?;
+    let mut r = ModelMetrics::measured(
+        &c.name,
+        "teacher",
+        &scores,
+        b1,
+        b256,
+        format!("ONNX file {}", onnx.display()),
+    );
+    r.architecture = format!("onnx {}", onnx.display());
+    r.file_bytes = std::fs::metadata(onnx).map(|m| m.len()).unwrap_or(0);
+    r.bytes = r.file_bytes as usize;
+    r.params = t.params();
+    store.record(r)?;
+    store.add_teacher(&c.name, Box::new(t));
+    Ok(())
+}
+
+/// The encoder's embeddings of one split's texts, from the cache or computed into it.
+fn split_embeddings(
+    enc: &BertEncoder,
+    data: &Dataset,
+    split: &str,
+    c: &TeacherConfig,
+    store: &RunStore,
+) -> Result<Vec<f32>> {
+    let key = cache::key(
+        &enc.digest,
+        "embeddings",
+        data.text.iter().map(|t| t.as_bytes()),
+    );
+    let texts: Vec<&str> = data.text.iter().map(|s| s.as_str()).collect();
+    let (v, _) = cache::rows(
+        &store.cache_dir(),
+        &key,
+        texts.len(),
+        enc.hidden,
+        (c.batch_size * 8).max(64),
+        &format!("{} {split}", c.name),
+        store.progress,
+        |r| enc.embed(&texts[r], c.batch_size),
+    )?;
+    Ok(v)
+}
+
+fn bert_teacher(c: &TeacherConfig, dir: &Path, store: &mut RunStore) -> Result<()> {
+    if store.splits.train.text.is_empty() {
+        return Err(Error::Input(format!(
+            "teacher.{}.bert: the data hold no texts; use data.format = \"text\"",
+            c.name
+        )));
+    }
+    let enc = BertEncoder::load(dir, c.max_tokens, c.pooling, c.normalize)?;
+    store.progress.say(&format!(
+        "{}: BERT encoder {} ({} parameters, {}-dim {:?} pooling{}, ≤ {} tokens)",
+        c.name,
+        dir.display(),
+        enc.params,
+        enc.hidden,
+        enc.pooling,
+        if enc.normalize { ", normalised" } else { "" },
+        enc.max_tokens
+    ));
+    let s = &store.splits;
+    let emb = SplitOutputs {
+        cols: enc.hidden,
+        train: split_embeddings(&enc, &s.train, "train", c, store)?,
+        val: split_embeddings(&enc, &s.val, "val", c, store)?,
+        test: Some(split_embeddings(&enc, &s.test, "test", c, store)?),
+    };
+    // The head reads standardised embeddings (per-feature statistics of the training split,
+    // saved in the head's file).
+    let norm = crate::data::Normalizer::fit(
+        crate::data::NormalizeKind::PerFeature,
+        &Dataset::new(emb.train.clone(), vec![emb.cols], s.train.targets.clone()),
+    );
+    let scaled = |v: &[f32]| {
+        let mut v = v.to_vec();
+        norm.apply(&mut v, emb.cols);
+        v
+    };
+    let head = match &c.head {
+        Some(h) => Some(train_head(c, h, &emb, &norm, store)?),
+        None => None,
+    };
+    let logits = match &head {
+        Some(m) => Some(SplitOutputs {
+            cols: m.spec.outputs,
+            train: m.predict(&scaled(&emb.train), 512)?,
+            val: m.predict(&scaled(&emb.val), 512)?,
+            test: Some(m.predict(&scaled(emb.test.as_deref().unwrap_or(&[])), 512)?),
+        }),
+        None => None,
+    };
+    // Test figures: the head's scores; embeddings alone have none to compare with labels.
+    let scores = match &logits {
+        Some(l) => eval::score_outputs(l.test.as_deref().unwrap_or(&[]), &s.test, None),
+        None => Scores::default(),
+    };
+    let run = |texts: &[&str]| -> Result<()> {
+        let ids = enc.tokenize(texts)?;
+        let e = enc.embed_ids(&ids)?;
+        if let Some(h) = &head {
+            h.predict(&scaled(&e), 512)?;
+        }
+        Ok(())
+    };
+    let pick = |b: usize| -> Vec<&str> {
+        (0..b)
+            .map(|i| s.test.text[i % s.test.text.len()].as_str())
+            .collect()
+    };
+    let (one, many) = (pick(1), pick(256));
+    let cfg = store.eval_config();
+    let b1 = eval::time_median(cfg, 2, || run(&one))?;
+    let b256 = eval::time_median(cfg, 1, || run(&many))?;
+    let head_params = head.as_ref().map(|h| h.num_params()).unwrap_or(0);
+    let mut r = ModelMetrics::measured(
+        &c.name,
+        "teacher",
+        &scores,
+        b1,
+        b256,
+        format!("BERT folder {}", dir.display()),
+    );
+    r.architecture = format!(
+        "bert {} ({} → {}){}",
+        dir.file_name()
+            .map(|n| n.to_string_lossy().to_string())
+            .unwrap_or_default(),
+        enc.max_tokens,
+        enc.hidden,
+        head.as_ref()
+            .map(|h| format!(" + head {}", h.spec.describe()))
+            .unwrap_or_default()
+    );
+    r.params = enc.params + head_params;
+    r.bytes = enc.bytes as usize + 4 * head_params;
+    r.file_bytes = enc.bytes + head.as_ref().map(|_| 4 * head_params as u64).unwrap_or(0);
+    if head.is_none() {
+        r.accuracy = None;
+        r.test_errors = None;
+        r.f1 = None;
+    }
+    store.record(r)?;
+    store.add_known(
+        &c.name,
+        KnownTeacher {
+            logits,
+            embeddings: Some(emb),
+            encoder: Some(Arc::new(enc)),
+        },
+    );
+    Ok(())
+}
+
+/// Trains (or reads back) the classification head on the frozen embeddings.
+fn train_head(
+    c: &TeacherConfig,
+    h: &HeadConfig,
+    emb: &SplitOutputs,
+    norm: &crate::data::Normalizer,
+    store: &RunStore,
+) -> Result<Model> {
+    let s = &store.splits;
+    let name = format!("{}-head", c.name);
+    let file = store.model_path(&name);
+    let spec = ModelSpec {
+        arch: ArchConfig {
+            kind: ArchKind::Mlp,
+            hidden: h.hidden.clone(),
+            dropout: 0.0,
+            input_dropout: 0.0,
+            channels: Vec::new(),
+            kernel: 5,
+            dim: 0,
+            vocab: 0,
+        },
+        input_shape: vec![emb.cols],
+        outputs: s.train.outputs(),
+    };
+    if file.exists() {
+        let (m, _) = crate::models::load_model(&file)?;
+        if m.spec == spec {
+            store.progress.say(&format!(
+                "{name}: already trained ({}); skipping",
+                file.display()
+            ));
+            return Ok(m);
+        }
+    }
+    let mut train = Dataset::new(emb.train.clone(), vec![emb.cols], s.train.targets.clone());
+    let mut val = Dataset::new(emb.val.clone(), vec![emb.cols], s.val.targets.clone());
+    norm.apply(&mut train.x, emb.cols);
+    norm.apply(&mut val.x, emb.cols);
+    let model = Model::new(
+        spec,
+        &mut crate::rng::Rng::derive(store.seed, &format!("init/{name}")),
+    )?;
+    store.progress.say(&format!(
+        "{name}: training a {} head on the frozen embeddings",
+        model.spec.describe()
+    ));
+    let record = train::fit(
+        &model,
+        TrainJob {
+            name: &name,
+            cfg: &h.train,
+            train: &train,
+            val: &val,
+            objective: Objective::supervised(),
+            fill: 0.0,
+            checkpoint: Some(store.checkpoint_path(&name, "ckpt")),
+            seed: store.seed,
+            progress: store.progress,
+            hooks: Vec::new(),
+        },
+    )?;
+    let mut meta = store.meta(
+        &name,
+        "teacher-head",
+        &model.spec,
+        serde_json::to_value(&record).map_err(|e| Error::Other(e.to_string()))?,
+    );
+    meta.text = None;
+    meta.normalizer = norm.clone();
+    crate::models::save_model(&file, &model, &meta)?;
+    let _ = std::fs::remove_file(store.checkpoint_path(&name, "ckpt"));
+    Ok(model)
+}
+
+/// Reads a precomputed-outputs file: CSV (a header row, then one numeric row per sample) or
+/// JSON Lines (a JSON array per line; for `top-k`, an object mapping class names or indices to
+/// log-probabilities). Returns logits (log-probabilities for probability kinds), `rows × k`.
+pub fn read_outputs(
+    path: &Path,
+    kind: OutputsKind,
+    classes: &[String],
+    outputs: usize,
+) -> Result<Vec<f32>> {
+    let name = path.display().to_string();
+    let bytes = crate::io::read_file(path)?;
+    let data = crate::data::csv::maybe_gunzip(&bytes, &name, 4 << 30)?;
+    let jsonl = name.trim_end_matches(".gz").ends_with(".jsonl");
+    let mut out = Vec::new();
+    let bad = |line: usize, what: String| Error::Input(format!("{name}:{line}: {what}"));
+    let mut push_row = |row: Vec<f64>, line: usize| -> Result<()> {
+        if row.len() != outputs {
+            return Err(bad(
+                line,
+                format!(
+                    "{} values, but the data have {outputs} {}",
+                    row.len(),
+                    what_outputs(outputs)
+                ),
+            ));
+        }
+        if let Some(i) = row.iter().position(|v| !v.is_finite()) {
+            return Err(bad(line, format!("value {} is not a finite number", i + 1)));
+        }
+        match kind {
+            OutputsKind::Logits => out.extend(row.iter().map(|&v| v as f32)),
+            OutputsKind::LogProbs | OutputsKind::TopK => {
+                if row.iter().any(|&v| v > 1e-4) {
+                    return Err(bad(line, "a log-probability above 0".into()));
                 }
+                out.extend(row.iter().map(|&v| v as f32));
+            }
+            OutputsKind::Probs => {
+                let sum: f64 = row.iter().sum();
+                if row.iter().any(|&v| v < 0.0) || (sum - 1.0).abs() > 1e-3 {
+                    return Err(bad(
+                        line,
+                        format!("probabilities must be ≥ 0 and sum to 1 (they sum to {sum:.4})"),
+                    ));
+                }
+                out.extend(row.iter().map(|&v| v.max(1e-12).ln() as f32));
+            }
+        }
+        Ok(())
+    };
+    if jsonl {
+        for (i, line) in data.split(|&b| b == b'\n').enumerate() {
+            let n = i + 1;
+            let line = std::str::from_utf8(line).map_err(|_| bad(n, "invalid UTF-8".into()))?;
+            if line.trim().is_empty() {
+                continue;
+            }
+            let v: serde_json::Value =
+                serde_json::from_str(line).map_err(|e| bad(n, format!("not JSON: {e}")))?;
+            let row = match (&v, kind) {
+                (serde_json::Value::Object(map), OutputsKind::TopK) => {
+                    top_k_row(map, classes, outputs).map_err(|e| bad(n, e))?
+                }
+                (serde_json::Value::Array(a), k) if k != OutputsKind::TopK => a
+                    .iter()
+                    .map(|x| {
+                        x.as_f64()
+                            .ok_or_else(|| bad(n, "a non-number in the array".into()))
+                    })
+                    .collect::<Result<Vec<_>>>()?,
+                (_, OutputsKind::TopK) => {
+                    return Err(bad(
+                        n,
+                        "expected an object mapping classes to log-probabilities".into(),
+                    ))
+                }
+                _ => return Err(bad(n, "expected a JSON array of numbers".into())),
+            };
+            push_row(row, n)?;
+        }
+    } else {
+        if kind == OutputsKind::TopK {
+            return Err(Error::Input(format!(
+                "{name}: top-k outputs are read from JSON Lines (.jsonl)"
             )));
         }
-        store.progress.say(&format!(
-            "{}: ONNX teacher {} ({} inputs, {} outputs)",
-            c.name,
-            c.onnx.display(),
-            d,
-            outputs
-        ));
-        let (scores, b1, b256) = store.measure(&t)?;
-        let mut r = ModelMetrics::measured(
-            &c.name,
-            "teacher",
-            &scores,
-            b1,
-            b256,
-            format!("ONNX file {}", c.onnx.display()),
-        );
-        r.architecture = format!("onnx {}", c.onnx.display());
-        r.file_bytes = std::fs::metadata(&c.onnx).map(|m| m.len()).unwrap_or(0);
-        r.bytes = r.file_bytes as usize;
-        r.params = t.params();
-        store.record(r)?;
-        store.add_teacher(&c.name, Box::new(t));
-        Ok(())
+        let mut rdr = ::csv::ReaderBuilder::new()
+            .has_headers(true)
+            .from_reader(&data[..]);
+        for rec in rdr.records() {
+            let rec = rec.map_err(|e| Error::Input(format!("{name}: {e}")))?;
+            let n = rec.position().map(|p| p.line() as usize).unwrap_or(0);
+            let row = rec
+                .iter()
+                .enumerate()
+                .map(|(j, c)| {
+                    c.trim()
+                        .parse::<f64>()
+                        .map_err(|_| bad(n, format!("column {} holds '{c}', not a number", j + 1)))
+                })
+                .collect::<Result<Vec<_>>>()?;
+            push_row(row, n)?;
+        }
     }
+    Ok(out)
+}
+
+/// A full row of log-probabilities from a top-k object: the given classes keep theirs, the
+/// others share what probability is left evenly.
+fn top_k_row(
+    map: &serde_json::Map<String, serde_json::Value>,
+    classes: &[String],
+    outputs: usize,
+) -> std::result::Result<Vec<f64>, String> {
+    let mut row = vec![f64::NAN; outputs];
+    let mut mass = 0f64;
+    for (k, v) in map {
+        let idx = classes
+            .iter()
+            .position(|c| c == k)
+            .or_else(|| k.parse::<usize>().ok().filter(|&i| i < outputs))
+            .ok_or_else(|| format!("'{k}' is not one of the classes {classes:?}"))?;
+        let lp = v
+            .as_f64()
+            .ok_or_else(|| format!("the log-probability of '{k}' is not a number"))?;
+        if lp > 1e-4 || !lp.is_finite() {
+            return Err(format!(
+                "the log-probability of '{k}' is {lp}; expected ≤ 0"
+            ));
+        }
+        row[idx] = lp;
+        mass += lp.exp();
+    }
+    let missing = row.iter().filter(|v| v.is_nan()).count();
+    if mass > 1.0 + 1e-3 {
+        return Err(format!("the probabilities sum to {mass:.4} > 1"));
+    }
+    let rest = ((1.0 - mass).max(1e-12) / missing.max(1) as f64).ln();
+    Ok(row
+        .into_iter()
+        .map(|v| if v.is_nan() { rest } else { v })
+        .collect())
+}
+
+fn precomputed_teacher(c: &TeacherConfig, file: &Path, store: &mut RunStore) -> Result<()> {
+    let s = &store.splits;
+    let outputs = s.train.outputs();
+    let classes = s.train.class_names().unwrap_or(&[]).to_vec();
+    let all = read_outputs(file, c.outputs_kind, &classes, outputs)?;
+    let rows = all.len() / outputs.max(1);
+    if rows != s.source_rows {
+        return Err(Error::Input(format!(
+            "{}: {rows} rows, but the data file has {} samples; give one row per sample, in the data file's order",
+            file.display(),
+            s.source_rows
+        )));
+    }
+    let pick = |d: &Dataset| -> Vec<f32> {
+        d.rows
+            .iter()
+            .flat_map(|&r| all[r * outputs..(r + 1) * outputs].iter().copied())
+            .collect()
+    };
+    let test = match (&c.test_outputs, s.test_from_file) {
+        (Some(t), true) => {
+            let v = read_outputs(t, c.outputs_kind, &classes, outputs)?;
+            if v.len() / outputs.max(1) != s.test.len() {
+                return Err(Error::Input(format!(
+                    "{}: {} rows, but the test file has {} samples",
+                    t.display(),
+                    v.len() / outputs.max(1),
+                    s.test.len()
+                )));
+            }
+            Some(v)
+        }
+        (None, true) => None,
+        (_, false) => Some(pick(&s.test)),
+    };
+    let known = SplitOutputs {
+        cols: outputs,
+        train: pick(&s.train),
+        val: pick(&s.val),
+        test,
+    };
+    store.progress.say(&format!(
+        "{}: precomputed outputs {} ({rows} rows of {outputs})",
+        c.name,
+        file.display()
+    ));
+    record_known(c, store, &known, format!("outputs {}", file.display()))?;
+    store.add_known(
+        &c.name,
+        KnownTeacher {
+            logits: Some(known),
+            ..Default::default()
+        },
+    );
+    Ok(())
+}
+
+/// Records a teacher known only through its outputs: its test scores when it has test
+/// outputs; no size or latency (it does not run here).
+fn record_known(
+    c: &TeacherConfig,
+    store: &mut RunStore,
+    known: &SplitOutputs,
+    what: String,
+) -> Result<()> {
+    let s = &store.splits;
+    let scores = match &known.test {
+        Some(t) => eval::score_outputs(t, &s.test, s.target_scale.as_ref()),
+        None => Scores::default(),
+    };
+    let mut r = ModelMetrics::measured(&c.name, "teacher", &scores, 0.0, 0.0, what.clone());
+    r.architecture = what;
+    store.record(r)
+}
+
+fn mix_teacher(c: &TeacherConfig, store: &mut RunStore) -> Result<()> {
+    let s = &store.splits;
+    let outputs = s.train.outputs();
+    let classification = s.train.class_names().is_some();
+    let total: f32 = c.mix.iter().map(|m| m.weight).sum();
+    let combine = |split: &str| -> Result<Option<Vec<f32>>> {
+        let mut acc: Option<Vec<f64>> = None;
+        for m in &c.mix {
+            let w = (m.weight / total) as f64;
+            let out = match store.teacher_outputs(&m.teacher, split) {
+                Ok(o) => o,
+                Err(_) if split == "test" => return Ok(None),
+                Err(e) => return Err(e),
+            };
+            let part: Vec<f64> = if classification {
+                crate::losses::softmax::softmax_rows(&out, outputs, 1.0)
+                    .into_iter()
+                    .map(|p| p as f64 * w)
+                    .collect()
+            } else {
+                out.iter().map(|&v| v as f64 * w).collect()
+            };
+            match &mut acc {
+                None => acc = Some(part),
+                Some(a) => a.iter_mut().zip(part).for_each(|(x, y)| *x += y),
+            }
+        }
+        Ok(acc.map(|a| {
+            a.into_iter()
+                .map(|v| {
+                    if classification {
+                        v.max(1e-30).ln() as f32
+                    } else {
+                        v as f32
+                    }
+                })
+                .collect()
+        }))
+    };
+    let known = SplitOutputs {
+        cols: outputs,
+        train: combine("train")?.unwrap_or_default(),
+        val: combine("val")?.unwrap_or_default(),
+        test: combine("test")?,
+    };
+    let names = c
+        .mix
+        .iter()
+        .map(|m| format!("{} ×{:.2}", m.teacher, m.weight / total))
+        .collect::<Vec<_>>()
+        .join(" + ");
+    store
+        .progress
+        .say(&format!("{}: a mix of teachers: {names}", c.name));
+    record_known(c, store, &known, format!("mix {names}"))?;
+    // A static-embedding student of the mix starts from its (first) encoder's tokens.
+    let encoder = c
+        .mix
+        .iter()
+        .find_map(|m| store.known(&m.teacher).and_then(|k| k.encoder.clone()));
+    store.add_known(
+        &c.name,
+        KnownTeacher {
+            logits: Some(known),
+            embeddings: None,
+            encoder,
+        },
+    );
+    Ok(())
 }

@@ -69,6 +69,9 @@ pub struct Objective<'a> {
     pub soft: Vec<SoftTerm<'a>>,
     /// Optional hint term.
     pub hint: Option<HintTerm<'a>>,
+    /// Embedding distillation: the teacher's embeddings of the validation split, against which
+    /// validation scores the model (its outputs are vectors, not class scores).
+    pub val_targets: Option<Vec<f32>>,
 }
 
 impl<'a> Objective<'a> {
@@ -78,6 +81,7 @@ impl<'a> Objective<'a> {
             label_weight: 1.0,
             soft: Vec::new(),
             hint: None,
+            val_targets: None,
         }
     }
 
@@ -103,6 +107,23 @@ impl<'a> Objective<'a> {
                 loss,
             }],
             hint: None,
+            val_targets: None,
+        }
+    }
+
+    /// Embedding distillation: `loss(student output, teacher embedding)` alone (no labels),
+    /// with the teacher's embeddings of the training and validation splits.
+    pub fn embedding(train: Vec<f32>, val: Vec<f32>, loss: SoftLoss) -> Self {
+        Objective {
+            label_weight: 0.0,
+            soft: vec![SoftTerm {
+                signal: TeacherSignal::Cached(train),
+                temperature: 1.0,
+                weight: 1.0,
+                loss,
+            }],
+            hint: None,
+            val_targets: Some(val),
         }
     }
 }
@@ -236,7 +257,12 @@ fn forward_hook<'h>(hooks: &'h [Box<dyn StepHook + '_>]) -> Option<&'h dyn StepH
 }
 
 /// Validation scores of `model` on `val` (through a hook's forward pass when one replaces it).
-fn validate(model: &Model, val: &Dataset, hooks: &[Box<dyn StepHook + '_>]) -> Result<Scores> {
+fn validate(
+    model: &Model,
+    val: &Dataset,
+    hooks: &[Box<dyn StepHook + '_>],
+    objective: &Objective,
+) -> Result<Scores> {
     let out = match forward_hook(hooks) {
         None => model.predict(&val.x, 512)?,
         Some(h) => {
@@ -250,7 +276,27 @@ fn validate(model: &Model, val: &Dataset, hooks: &[Box<dyn StepHook + '_>]) -> R
             out
         }
     };
+    if let (Some(t), Some(term)) = (&objective.val_targets, objective.soft.first()) {
+        return embedding_scores(&out, t, model.spec.outputs, term.loss);
+    }
     Ok(score_outputs(&out, val, None))
+}
+
+/// Validation of embedding distillation: the mean loss against the teacher's embeddings.
+fn embedding_scores(out: &[f32], teacher: &[f32], dim: usize, loss: SoftLoss) -> Result<Scores> {
+    let rows = out.len() / dim.max(1);
+    if teacher.len() != out.len() {
+        return Err(Error::Other(format!(
+            "{} teacher values for {rows} rows of {dim}",
+            teacher.len()
+        )));
+    }
+    let mut grad = vec![0f32; out.len()];
+    let l = loss.value_and_grad(out, teacher, &vec![0; rows], dim, 1.0, 1.0, 1.0, &mut grad);
+    Ok(Scores {
+        loss: l / rows.max(1) as f64,
+        ..Default::default()
+    })
 }
 
 /// Anything that can learn: fitted on a data set against an objective whose targets may be hard
@@ -583,7 +629,7 @@ pub fn fit_together(
                     if let (Some(a), Some(ao)) = (&m.adapter, m.adapter_opt.as_mut()) {
                         ao.step(&adapter_model(a), &grads, lr)?;
                     }
-                    let hits = if classification {
+                    let hits = if classification && obj.val_targets.is_none() {
                         let v = logits.argmax(1)?.to_vec1::<u32>()?;
                         v.iter().zip(&cls_buf).filter(|(a, b)| a == b).count()
                     } else {
@@ -604,7 +650,7 @@ pub fn fit_together(
         let mut stop_all = !members.is_empty();
         let mut summary = String::new();
         for m in members.iter_mut() {
-            let vs = validate(m.model, val, &m.job.hooks)?;
+            let vs = validate(m.model, val, &m.job.hooks, &m.job.objective)?;
             let tally = std::mem::take(&mut m.tally);
             let record = &mut m.record;
             let c = &mut record.curves;
@@ -863,6 +909,8 @@ fn adapter_model(a: &Var) -> Model {
         input_dropout: 0.0,
         channels: Vec::new(),
         kernel: 5,
+        dim: 0,
+        vocab: 0,
     };
     Model {
         spec: models::ModelSpec {

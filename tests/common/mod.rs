@@ -160,6 +160,8 @@ pub fn trained_digits_model(
             input_dropout: 0.0,
             channels,
             kernel: 3,
+            dim: 0,
+            vocab: 0,
         },
         input_shape: vec![1, 8, 8],
         outputs: 10,
@@ -197,6 +199,7 @@ pub fn trained_digits_model(
         training: serde_json::Value::Null,
         quantization: None,
         compression: None,
+        text: None,
     };
     (m, meta, d)
 }
@@ -264,4 +267,135 @@ fn json_diff(at: &str, e: &serde_json::Value, a: &serde_json::Value, out: &mut V
         _ if e == a => {}
         _ => out.push(format!("{at}: expected {e}, got {a}")),
     }
+}
+
+/// The tiny BERT of `bench/reference/tiny_bert.py`: 2 layers, hidden 32, 4 heads, intermediate
+/// 64, 26 WordPiece tokens; every weight a fixed formula of its name and position. Writes
+/// `config.json`, `model.safetensors`, `tokenizer.json`, and sentence-transformers' pooling
+/// files (mean pooling, normalised) into `dir`.
+pub const TINY_VOCAB: [&str; 26] = [
+    "[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "the", "cat", "sat", "on", "mat", "a", "dog",
+    "ran", "free", "money", "now", "click", "here", "meeting", "at", "noon", "##s", "##ing", "win",
+    "prize", ".",
+];
+
+pub fn tiny_bert_value(name: &str, i: usize) -> f32 {
+    let h = name.bytes().map(|b| b as u32).sum::<u32>() % 97;
+    let v = 0.1 * (0.37 * i as f64 + 0.11 * h as f64).sin();
+    (if name.contains("LayerNorm.weight") {
+        1.0 + v
+    } else {
+        v
+    }) as f32
+}
+
+pub fn tiny_bert_tensors() -> Vec<(String, Vec<usize>)> {
+    let (v, h, f, p) = (TINY_VOCAB.len(), 32, 64, 64);
+    let mut t: Vec<(String, Vec<usize>)> = vec![
+        ("embeddings.word_embeddings.weight".into(), vec![v, h]),
+        ("embeddings.position_embeddings.weight".into(), vec![p, h]),
+        ("embeddings.token_type_embeddings.weight".into(), vec![2, h]),
+        ("embeddings.LayerNorm.weight".into(), vec![h]),
+        ("embeddings.LayerNorm.bias".into(), vec![h]),
+    ];
+    for l in 0..2 {
+        let pre = format!("encoder.layer.{l}");
+        for (n, s) in [
+            ("attention.self.query.weight", vec![h, h]),
+            ("attention.self.query.bias", vec![h]),
+            ("attention.self.key.weight", vec![h, h]),
+            ("attention.self.key.bias", vec![h]),
+            ("attention.self.value.weight", vec![h, h]),
+            ("attention.self.value.bias", vec![h]),
+            ("attention.output.dense.weight", vec![h, h]),
+            ("attention.output.dense.bias", vec![h]),
+            ("attention.output.LayerNorm.weight", vec![h]),
+            ("attention.output.LayerNorm.bias", vec![h]),
+            ("intermediate.dense.weight", vec![f, h]),
+            ("intermediate.dense.bias", vec![f]),
+            ("output.dense.weight", vec![h, f]),
+            ("output.dense.bias", vec![h]),
+            ("output.LayerNorm.weight", vec![h]),
+            ("output.LayerNorm.bias", vec![h]),
+        ] {
+            t.push((format!("{pre}.{n}"), s));
+        }
+    }
+    t
+}
+
+pub fn tiny_tokenizer_json() -> String {
+    let vocab: serde_json::Map<String, serde_json::Value> = TINY_VOCAB
+        .iter()
+        .enumerate()
+        .map(|(i, t)| (t.to_string(), serde_json::json!(i)))
+        .collect();
+    serde_json::json!({
+        "version": "1.0", "truncation": null, "padding": null, "added_tokens": [],
+        "normalizer": {"type": "BertNormalizer", "clean_text": true, "handle_chinese_chars": true,
+                       "strip_accents": null, "lowercase": true},
+        "pre_tokenizer": {"type": "BertPreTokenizer"},
+        "post_processor": {"type": "TemplateProcessing",
+            "single": [{"SpecialToken": {"id": "[CLS]", "type_id": 0}},
+                       {"Sequence": {"id": "A", "type_id": 0}},
+                       {"SpecialToken": {"id": "[SEP]", "type_id": 0}}],
+            "pair": [{"SpecialToken": {"id": "[CLS]", "type_id": 0}},
+                     {"Sequence": {"id": "A", "type_id": 0}},
+                     {"SpecialToken": {"id": "[SEP]", "type_id": 0}},
+                     {"Sequence": {"id": "B", "type_id": 1}},
+                     {"SpecialToken": {"id": "[SEP]", "type_id": 1}}],
+            "special_tokens": {
+                "[CLS]": {"id": "[CLS]", "ids": [2], "tokens": ["[CLS]"]},
+                "[SEP]": {"id": "[SEP]", "ids": [3], "tokens": ["[SEP]"]}}},
+        "decoder": {"type": "WordPiece", "prefix": "##", "cleanup": true},
+        "model": {"type": "WordPiece", "unk_token": "[UNK]", "continuing_subword_prefix": "##",
+                  "max_input_chars_per_word": 100, "vocab": vocab}
+    })
+    .to_string()
+}
+
+pub fn write_tiny_bert(dir: &Path) {
+    std::fs::create_dir_all(dir.join("1_Pooling")).unwrap();
+    let config = serde_json::json!({
+        "architectures": ["BertModel"], "model_type": "bert", "vocab_size": TINY_VOCAB.len(),
+        "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 4,
+        "intermediate_size": 64, "hidden_act": "gelu", "hidden_dropout_prob": 0.1,
+        "attention_probs_dropout_prob": 0.1, "max_position_embeddings": 64,
+        "type_vocab_size": 2, "initializer_range": 0.02, "layer_norm_eps": 1e-12,
+        "pad_token_id": 0, "position_embedding_type": "absolute"
+    });
+    std::fs::write(dir.join("config.json"), config.to_string()).unwrap();
+    std::fs::write(dir.join("tokenizer.json"), tiny_tokenizer_json()).unwrap();
+    let data: Vec<(String, Vec<usize>, Vec<u8>)> = tiny_bert_tensors()
+        .into_iter()
+        .map(|(n, s)| {
+            let count: usize = s.iter().product();
+            let bytes = (0..count)
+                .flat_map(|i| tiny_bert_value(&n, i).to_le_bytes())
+                .collect();
+            (n, s, bytes)
+        })
+        .collect();
+    let views: Vec<(String, safetensors::tensor::TensorView)> = data
+        .iter()
+        .map(|(n, s, b)| {
+            (
+                n.clone(),
+                safetensors::tensor::TensorView::new(safetensors::Dtype::F32, s.clone(), b)
+                    .unwrap(),
+            )
+        })
+        .collect();
+    let bytes = safetensors::serialize(views, None).unwrap();
+    std::fs::write(dir.join("model.safetensors"), bytes).unwrap();
+    std::fs::write(
+        dir.join("1_Pooling/config.json"),
+        r#"{"word_embedding_dimension": 32, "pooling_mode_mean_tokens": true, "pooling_mode_cls_token": false}"#,
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("modules.json"),
+        r#"[{"idx":0,"name":"0","path":"","type":"sentence_transformers.models.Transformer"},{"idx":1,"name":"1","path":"1_Pooling","type":"sentence_transformers.models.Pooling"},{"idx":2,"name":"2","path":"2_Normalize","type":"sentence_transformers.models.Normalize"}]"#,
+    )
+    .unwrap();
 }

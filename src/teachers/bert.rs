@@ -1,0 +1,296 @@
+//! A Hugging Face BERT-family encoder as a teacher: `config.json`, `model.safetensors` and
+//! `tokenizer.json` from one folder (as the Hub and sentence-transformers lay them out), run
+//! natively by candle-transformers, with sentence-transformers' pooling (mean over the
+//! attention mask, or the `[CLS]` token) and its optional L2 normalisation, read from the
+//! folder's `modules.json` and `1_Pooling/config.json` when present.
+
+use crate::error::{Error, Result};
+use candle_core::{DType, Device, Tensor};
+use candle_transformers::models::bert::{BertModel, Config};
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+
+/// How token embeddings become one sentence embedding.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum Pooling {
+    /// What the folder's sentence-transformers files say (mean when they say nothing).
+    #[default]
+    Auto,
+    /// Mean of the token embeddings over the attention mask.
+    Mean,
+    /// The first (`[CLS]`) token's embedding.
+    Cls,
+}
+
+/// A loaded BERT encoder with its tokenizer.
+pub struct BertEncoder {
+    model: BertModel,
+    tokenizer: tokenizers::Tokenizer,
+    /// Embedding width.
+    pub hidden: usize,
+    /// Longest input in tokens (longer texts are truncated).
+    pub max_tokens: usize,
+    /// Pooling in use (never `Auto`).
+    pub pooling: Pooling,
+    /// L2-normalise the pooled embedding.
+    pub normalize: bool,
+    /// Parameters in `model.safetensors`.
+    pub params: usize,
+    /// Bytes of `model.safetensors`.
+    pub bytes: u64,
+    /// A digest of the files and settings: equal digests give equal outputs.
+    pub digest: String,
+    /// The folder.
+    pub dir: PathBuf,
+    /// Vocabulary size of `config.json`.
+    pub vocab: usize,
+}
+
+fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T> {
+    let bytes = crate::io::read_file(path)?;
+    serde_json::from_slice(&bytes).map_err(|e| {
+        Error::Input(format!(
+            "{}: not the expected JSON ({e}); expected a Hugging Face BERT config",
+            path.display()
+        ))
+    })
+}
+
+#[derive(Deserialize)]
+struct PoolingFile {
+    #[serde(default)]
+    pooling_mode_cls_token: bool,
+    #[serde(default)]
+    pooling_mode_mean_tokens: bool,
+}
+
+#[derive(Deserialize)]
+struct SbertConfig {
+    #[serde(default)]
+    max_seq_length: Option<usize>,
+}
+
+impl BertEncoder {
+    /// Loads the encoder in `dir`. `max_tokens` overrides sentence-transformers'
+    /// `max_seq_length` (default: that, else 512 capped by the position table).
+    pub fn load(
+        dir: &Path,
+        max_tokens: Option<usize>,
+        pooling: Pooling,
+        normalize: Option<bool>,
+    ) -> Result<BertEncoder> {
+        let cfg_path = dir.join("config.json");
+        let st_path = dir.join("model.safetensors");
+        let tok_path = dir.join("tokenizer.json");
+        for p in [&cfg_path, &st_path, &tok_path] {
+            if !p.exists() {
+                return Err(Error::Input(format!(
+                    "{}: missing; a BERT teacher folder holds config.json, model.safetensors and tokenizer.json",
+                    p.display()
+                )));
+            }
+        }
+        let cfg_bytes = crate::io::read_file(&cfg_path)?;
+        let config: Config = serde_json::from_slice(&cfg_bytes).map_err(|e| {
+            Error::Input(format!(
+                "{}: not a BERT config.json ({e})",
+                cfg_path.display()
+            ))
+        })?;
+        let (tokenizer, tok_json) = crate::data::text::load_tokenizer(&tok_path)?;
+        let tok_vocab = tokenizer.get_vocab_size(true);
+        if tok_vocab > config.vocab_size {
+            return Err(Error::Input(format!(
+                "{}: {tok_vocab} tokens, but {} says vocab_size = {}; the tokenizer does not belong to this model",
+                tok_path.display(),
+                cfg_path.display(),
+                config.vocab_size
+            )));
+        }
+        let weights = crate::io::read_file(&st_path)?;
+        let bytes = weights.len() as u64;
+        let params = count_params(&weights, &st_path)?;
+        use sha2::Digest;
+        let mut h = sha2::Sha256::new();
+        for part in [&cfg_bytes[..], tok_json.as_bytes(), &weights[..]] {
+            h.update((part.len() as u64).to_le_bytes());
+            h.update(part);
+        }
+        let vb =
+            candle_nn::VarBuilder::from_buffered_safetensors(weights, DType::F32, &Device::Cpu)
+                .map_err(|e| Error::Input(format!("{}: {e}", st_path.display())))?;
+        let model = BertModel::load(vb, &config).map_err(|e| {
+            Error::Input(format!(
+                "{}: the weights do not match {} ({e})",
+                st_path.display(),
+                cfg_path.display()
+            ))
+        })?;
+        let st_max = dir
+            .join("sentence_bert_config.json")
+            .exists()
+            .then(|| read_json::<SbertConfig>(&dir.join("sentence_bert_config.json")))
+            .transpose()?
+            .and_then(|c| c.max_seq_length);
+        let max_tokens = max_tokens
+            .or(st_max)
+            .unwrap_or(512)
+            .min(config.max_position_embeddings);
+        let pool_file = dir.join("1_Pooling").join("config.json");
+        let pooling = match pooling {
+            Pooling::Auto if pool_file.exists() => {
+                let p: PoolingFile = read_json(&pool_file)?;
+                if p.pooling_mode_cls_token && !p.pooling_mode_mean_tokens {
+                    Pooling::Cls
+                } else {
+                    Pooling::Mean
+                }
+            }
+            Pooling::Auto => Pooling::Mean,
+            p => p,
+        };
+        let normalize = match normalize {
+            Some(n) => n,
+            None => {
+                let modules = dir.join("modules.json");
+                modules.exists()
+                    && String::from_utf8_lossy(&crate::io::read_file(&modules)?)
+                        .contains("sentence_transformers.models.Normalize")
+            }
+        };
+        h.update(format!("{max_tokens}/{pooling:?}/{normalize}").as_bytes());
+        let digest = h
+            .finalize()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<String>();
+        Ok(BertEncoder {
+            model,
+            tokenizer,
+            hidden: config.hidden_size,
+            max_tokens,
+            pooling,
+            normalize,
+            params,
+            bytes,
+            digest,
+            dir: dir.to_path_buf(),
+            vocab: config.vocab_size,
+        })
+    }
+
+    /// Token ids (with the special tokens, truncated to `max_tokens`) of each text.
+    pub fn tokenize(&self, texts: &[&str]) -> Result<Vec<Vec<u32>>> {
+        let enc = self
+            .tokenizer
+            .encode_batch_fast(texts.to_vec(), true)
+            .map_err(|e| Error::Input(format!("{}: {e}", self.dir.display())))?;
+        Ok(enc
+            .iter()
+            .map(|e| {
+                let ids = e.get_ids();
+                let mut v = ids[..ids.len().min(self.max_tokens)].to_vec();
+                // Keep the closing special token when truncating, as the tokenizer would.
+                if ids.len() > self.max_tokens && self.max_tokens >= 2 {
+                    v[self.max_tokens - 1] = ids[ids.len() - 1];
+                }
+                v
+            })
+            .collect())
+    }
+
+    /// Sentence embeddings of already-tokenized inputs, `n * hidden` values; padded to the
+    /// longest in the batch.
+    pub fn embed_ids(&self, ids: &[Vec<u32>]) -> Result<Vec<f32>> {
+        let n = ids.len();
+        if n == 0 {
+            return Ok(Vec::new());
+        }
+        let len = ids.iter().map(|v| v.len()).max().unwrap_or(1).max(1);
+        let mut flat = vec![0u32; n * len];
+        let mut mask = vec![0u32; n * len];
+        for (i, v) in ids.iter().enumerate() {
+            flat[i * len..i * len + v.len()].copy_from_slice(v);
+            mask[i * len..i * len + v.len()]
+                .iter_mut()
+                .for_each(|m| *m = 1);
+        }
+        let dev = Device::Cpu;
+        let input = Tensor::from_vec(flat, (n, len), &dev)?;
+        let mask_t = Tensor::from_vec(mask, (n, len), &dev)?;
+        let types = input.zeros_like()?;
+        let h = self.model.forward(&input, &types, Some(&mask_t))?;
+        let pooled = match self.pooling {
+            Pooling::Cls => h.narrow(1, 0, 1)?.squeeze(1)?,
+            _ => {
+                let m = mask_t.to_dtype(DType::F32)?.unsqueeze(2)?;
+                let s = h.broadcast_mul(&m)?.sum(1)?;
+                let c = m.sum(1)?.clamp(1e-9f32, f32::MAX)?;
+                s.broadcast_div(&c)?
+            }
+        };
+        let pooled = if self.normalize {
+            let norm = pooled
+                .sqr()?
+                .sum_keepdim(1)?
+                .sqrt()?
+                .clamp(1e-12f32, f32::MAX)?;
+            pooled.broadcast_div(&norm)?
+        } else {
+            pooled
+        };
+        Ok(pooled.flatten_all()?.to_vec1::<f32>()?)
+    }
+
+    /// Sentence embeddings of `texts`, `n * hidden` values, in batches of `batch` with the
+    /// texts of similar length together (less padding); rows come back in the input order.
+    pub fn embed(&self, texts: &[&str], batch: usize) -> Result<Vec<f32>> {
+        let ids = self.tokenize(texts)?;
+        let mut order: Vec<usize> = (0..ids.len()).collect();
+        order.sort_by_key(|&i| ids[i].len());
+        let mut out = vec![0f32; ids.len() * self.hidden];
+        for chunk in order.chunks(batch.max(1)) {
+            let part: Vec<Vec<u32>> = chunk.iter().map(|&i| ids[i].clone()).collect();
+            let e = self.embed_ids(&part)?;
+            for (k, &i) in chunk.iter().enumerate() {
+                out[i * self.hidden..(i + 1) * self.hidden]
+                    .copy_from_slice(&e[k * self.hidden..(k + 1) * self.hidden]);
+            }
+        }
+        Ok(out)
+    }
+
+    /// The special token ids that open and close an input (`[CLS]`, `[SEP]`), if the
+    /// tokenizer adds them.
+    pub fn specials(&self) -> Result<(Option<u32>, Option<u32>)> {
+        let e = self
+            .tokenizer
+            .encode_fast("a", true)
+            .map_err(|e| Error::Input(format!("{}: {e}", self.dir.display())))?;
+        let plain = self
+            .tokenizer
+            .encode_fast("a", false)
+            .map_err(|e| Error::Input(format!("{}: {e}", self.dir.display())))?;
+        let ids = e.get_ids();
+        let p = plain.get_ids();
+        let open = (ids.len() > p.len() && ids.first() != p.first()).then(|| ids[0]);
+        let close = (ids.len() > p.len() && ids.last() != p.last()).then(|| ids[ids.len() - 1]);
+        Ok((open, close))
+    }
+}
+
+/// Elements of every floating-point tensor in a safetensors file.
+fn count_params(bytes: &[u8], path: &Path) -> Result<usize> {
+    let st = safetensors::SafeTensors::deserialize(bytes).map_err(|e| {
+        Error::Input(format!(
+            "{}: not a valid safetensors file ({e})",
+            path.display()
+        ))
+    })?;
+    Ok(st
+        .tensors()
+        .iter()
+        .map(|(_, v)| v.shape().iter().product::<usize>())
+        .sum())
+}

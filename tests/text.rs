@@ -1,0 +1,406 @@
+//! Text data, the BERT teacher and text students.
+//!
+//! The BERT reference: `bench/reference/tiny_bert.py` builds the same tiny BERT (2 layers, 32
+//! dimensions, weights a fixed formula of name and position) in PyTorch 2.15 / transformers
+//! 5.24 (float64, eager attention) and prints the first 8 values of each mean-pooled,
+//! L2-normalised sentence embedding:
+//!
+//! ```text
+//! The cats sat on the mat. [2, 5, 6, 21, 7, 8, 5, 9, 25, 3]
+//! [-0.1856619, -0.3054665, -0.2340360, -0.1190794, -0.0916961, -0.0917899, -0.0100031, 0.0922760]
+//! Win free money now, click here! [2, 23, 13, 14, 15, 1, 16, 17, 1, 3]
+//! [-0.1999010, -0.3051120, -0.2224491, -0.1101733, -0.0951868, -0.1036149, -0.0205072, 0.0863923]
+//! a dog [2, 10, 11, 3]
+//! [-0.2393960, -0.3218283, -0.1700386, -0.0673709, -0.1253526, -0.1226710, 0.0988912, 0.3179973]
+//! ```
+
+mod common;
+use common::*;
+use distillery::teachers::bert::{BertEncoder, Pooling};
+
+const TEXTS: [&str; 3] = [
+    "The cats sat on the mat.",
+    "Win free money now, click here!",
+    "a dog",
+];
+const IDS: [&[u32]; 3] = [
+    &[2, 5, 6, 21, 7, 8, 5, 9, 25, 3],
+    &[2, 23, 13, 14, 15, 1, 16, 17, 1, 3],
+    &[2, 10, 11, 3],
+];
+#[allow(clippy::excessive_precision)]
+const GOLDEN: [[f32; 8]; 3] = [
+    [
+        -0.1856619, -0.3054665, -0.2340360, -0.1190794, -0.0916961, -0.0917899, -0.0100031,
+        0.0922760,
+    ],
+    [
+        -0.1999010, -0.3051120, -0.2224491, -0.1101733, -0.0951868, -0.1036149, -0.0205072,
+        0.0863923,
+    ],
+    [
+        -0.2393960, -0.3218283, -0.1700386, -0.0673709, -0.1253526, -0.1226710, 0.0988912,
+        0.3179973,
+    ],
+];
+
+#[test]
+fn bert_embeddings_match_pytorch() {
+    let dir = tempfile::tempdir().unwrap();
+    write_tiny_bert(dir.path());
+    let enc = BertEncoder::load(dir.path(), None, Pooling::Auto, None).unwrap();
+    assert_eq!(enc.pooling, Pooling::Mean);
+    assert!(enc.normalize, "modules.json asks for normalisation");
+    assert_eq!(enc.hidden, 32);
+    let ids = enc.tokenize(&TEXTS).unwrap();
+    for (got, want) in ids.iter().zip(IDS) {
+        assert_eq!(got.as_slice(), want);
+    }
+    // Batched with padding (the shorter texts are padded to the longest) and one by one.
+    let all = enc.embed(&TEXTS, 8).unwrap();
+    for (i, want) in GOLDEN.iter().enumerate() {
+        let row = &all[i * 32..i * 32 + 8];
+        for (g, w) in row.iter().zip(want) {
+            assert!((g - w).abs() < 2e-5, "text {i}: {row:?} vs {want:?}");
+        }
+        let alone = enc.embed(&TEXTS[i..i + 1], 1).unwrap();
+        for (a, b) in alone.iter().zip(&all[i * 32..(i + 1) * 32]) {
+            assert!((a - b).abs() < 2e-5, "padding changed text {i}'s embedding");
+        }
+    }
+    // Truncation keeps the closing [SEP].
+    let short = BertEncoder::load(dir.path(), Some(4), Pooling::Auto, None).unwrap();
+    assert_eq!(short.tokenize(&TEXTS[..1]).unwrap()[0], vec![2, 5, 6, 3]);
+}
+
+#[test]
+fn bert_folders_that_do_not_fit_are_one_line_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    write_tiny_bert(dir.path());
+    // Weights that do not match config.json.
+    let cfg = std::fs::read_to_string(dir.path().join("config.json")).unwrap();
+    std::fs::write(
+        dir.path().join("config.json"),
+        cfg.replace("\"hidden_size\":32", "\"hidden_size\":48"),
+    )
+    .unwrap();
+    let e = BertEncoder::load(dir.path(), None, Pooling::Auto, None)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        e.contains("model.safetensors") && e.contains("do not match"),
+        "{e}"
+    );
+    // A tokenizer with more tokens than the model's vocabulary.
+    std::fs::write(
+        dir.path().join("config.json"),
+        cfg.replace("\"vocab_size\":26", "\"vocab_size\":20"),
+    )
+    .unwrap();
+    let e = BertEncoder::load(dir.path(), None, Pooling::Auto, None)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        e.contains("tokenizer.json") && e.contains("vocab_size = 20"),
+        "{e}"
+    );
+    // Not a tokenizer at all; missing files.
+    std::fs::write(dir.path().join("config.json"), &cfg).unwrap();
+    std::fs::write(dir.path().join("tokenizer.json"), "{\"hello\": 1}").unwrap();
+    let e = BertEncoder::load(dir.path(), None, Pooling::Auto, None)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        e.contains("tokenizer.json") && e.contains("not a Hugging Face tokenizer"),
+        "{e}"
+    );
+    std::fs::remove_file(dir.path().join("tokenizer.json")).unwrap();
+    let e = BertEncoder::load(dir.path(), None, Pooling::Auto, None)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(e.contains("tokenizer.json: missing"), "{e}");
+    assert!(!e.contains('\n'));
+}
+
+/// A small labelled text set from the tiny vocabulary: "spam" texts draw mostly from the
+/// spam words, "ham" texts from the others.
+fn write_texts(path: &std::path::Path, n: usize) {
+    let spam = ["free", "money", "now", "click", "here", "win", "prize"];
+    let ham = [
+        "the", "cat", "sat", "on", "mat", "a", "dog", "ran", "meeting", "at", "noon",
+    ];
+    let mut s = String::new();
+    let mut x: u64 = 12345;
+    let mut next = |m: usize| {
+        x = x
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        ((x >> 33) as usize) % m
+    };
+    for i in 0..n {
+        let is_spam = i % 3 == 0;
+        let len = 3 + next(8);
+        let words: Vec<&str> = (0..len)
+            .map(|_| {
+                let own = next(10) < 7;
+                match (is_spam, own) {
+                    (true, true) | (false, false) => spam[next(spam.len())],
+                    _ => ham[next(ham.len())],
+                }
+            })
+            .collect();
+        s.push_str(&serde_json::json!({"text": words.join(" "), "label": if is_spam {"spam"} else {"ham"}}).to_string());
+        s.push('\n');
+    }
+    std::fs::write(path, s).unwrap();
+}
+
+#[test]
+fn text_teachers_and_students_end_to_end() {
+    let dir = tempfile::tempdir().unwrap();
+    let bert = dir.path().join("bert");
+    write_tiny_bert(&bert);
+    let data = dir.path().join("texts.jsonl");
+    write_texts(&data, 300);
+    // Precomputed outputs for the same 300 rows: a keyword rule's log-probabilities.
+    let mut outs = String::from("ham,spam\n");
+    for line in std::fs::read_to_string(&data).unwrap().lines() {
+        let v: serde_json::Value = serde_json::from_str(line).unwrap();
+        let t = v["text"].as_str().unwrap();
+        let hits = ["free", "money", "win", "prize", "click"]
+            .iter()
+            .filter(|w| t.contains(*w))
+            .count() as f64;
+        let p = 1.0 / (1.0 + (-(hits - 1.0)).exp());
+        outs.push_str(&format!("{},{}\n", 1.0 - p, p));
+    }
+    let outs_file = dir.path().join("rule.csv");
+    std::fs::write(&outs_file, outs).unwrap();
+    let cfg = format!(
+        r#"
+seed = 3
+[data]
+format = "text"
+path = "{data}"
+features = {{ kind = "tokenizer", path = "{bert}/tokenizer.json", max_tokens = 16 }}
+[eval]
+latency_runs = 2
+latency_budget_ms = 1
+[[teacher]]
+name = "tiny"
+bert = "{bert}"
+head = {{ train = {{ epochs = 30, optimizer = "adam", lr = 0.01, batch_size = 32 }} }}
+[[teacher]]
+name = "rule"
+outputs = "{outs}"
+outputs_kind = "probs"
+[[teacher]]
+name = "both"
+mix = [{{ teacher = "tiny", weight = 1.0 }}, {{ teacher = "rule", weight = 1.0 }}]
+[[model]]
+name = "embed"
+arch = {{ kind = "embedding-bag", dim = 8 }}
+distill = {{ teacher = "tiny", loss = {{ kind = "cosine" }}, init_from_teacher = true }}
+train = {{ epochs = 5, optimizer = "adam", lr = 0.01, batch_size = 32 }}
+[[model]]
+name = "kd"
+arch = {{ kind = "embedding-bag", dim = 8 }}
+distill = {{ teacher = "both", temperature = 2.0, alpha = 0.7, init_from_teacher = true }}
+train = {{ epochs = 8, optimizer = "adam", lr = 0.02, batch_size = 32 }}
+"#,
+        data = data.display(),
+        bert = bert.display(),
+        outs = outs_file.display()
+    );
+    let cfg_file = dir.path().join("text.toml");
+    std::fs::write(&cfg_file, cfg).unwrap();
+    let out = dir.path().join("run");
+    let o = run(&[
+        "run",
+        cfg_file.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let m = metrics(&out);
+    let by = |n: &str| {
+        m["models"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["name"] == n)
+            .unwrap_or_else(|| panic!("no record for {n}"))
+            .clone()
+    };
+    let tiny = by("tiny");
+    // A random-weight encoder: its head's accuracy is only required to exist.
+    assert!(tiny["accuracy"].as_f64().is_some(), "{tiny}");
+    assert_eq!(
+        tiny["params"].as_u64().unwrap(),
+        20096 + 66,
+        "encoder + head 32-2"
+    );
+    let rule = by("rule");
+    assert!(rule["accuracy"].as_f64().is_some());
+    let kd = by("kd");
+    assert!(kd["accuracy"].as_f64().unwrap() > 0.75, "{kd}");
+    assert!(kd["f1"].as_f64().is_some());
+    let e = by("embed");
+    let cos = e["cosine_to_teacher"].as_f64().unwrap();
+    assert!(cos > 0.5 && cos <= 1.0, "{e}");
+    assert!(e["nn_agreement"].as_f64().is_some());
+    let report = std::fs::read_to_string(out.join("report.md")).unwrap();
+    assert!(report.contains("## Text models"), "{report}");
+    // Every teacher output was cached once: a second run computes nothing and gives the same
+    // figures.
+    let cached: Vec<_> = std::fs::read_dir(out.join("cache"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert!(
+        cached.iter().all(|p| p.extension().unwrap() == "f32"),
+        "{cached:?}"
+    );
+    assert_eq!(
+        cached.len(),
+        4,
+        "train, val, test embeddings and the token embeddings"
+    );
+    let out2 = dir.path().join("run2");
+    std::fs::create_dir_all(&out2).unwrap();
+    copy_dir(&out.join("cache"), &out2.join("cache"));
+    let o2 = run(&[
+        "run",
+        cfg_file.to_str().unwrap(),
+        "--out",
+        out2.to_str().unwrap(),
+    ]);
+    assert!(o2.status.success(), "{}", stderr(&o2));
+    let err2 = stderr(&o2);
+    // Three splits' embeddings, and the token embeddings once per student that starts from them.
+    assert_eq!(
+        err2.matches("rows read from the cache").count(),
+        5,
+        "{err2}"
+    );
+    assert!(!err2.contains("rows,"), "nothing computed: {err2}");
+    assert_eq!(
+        metrics_without_timings(&out),
+        metrics_without_timings(&out2)
+    );
+    // Predict from raw text with the student's file alone.
+    let texts = dir.path().join("new.csv");
+    std::fs::write(&texts, "text\nwin a prize now\nthe cat sat on the mat\n").unwrap();
+    let model = out.join("models/kd.safetensors");
+    let p = run(&["predict", model.to_str().unwrap(), texts.to_str().unwrap()]);
+    assert!(p.status.success(), "{}", stderr(&p));
+    let lines: Vec<String> = stdout(&p).lines().map(String::from).collect();
+    assert_eq!(lines.len(), 2, "{lines:?}");
+    assert!(
+        lines[0].contains("new.csv:2\tspam\t") && lines[1].contains("new.csv:3\tham\t"),
+        "{lines:?}"
+    );
+}
+
+fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
+    }
+}
+
+#[test]
+fn bad_text_inputs_are_one_line_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let bert = dir.path().join("bert");
+    write_tiny_bert(&bert);
+    let data = dir.path().join("texts.jsonl");
+    write_texts(&data, 60);
+    let base = |extra: &str, data: &std::path::Path| {
+        format!(
+            r#"
+[data]
+format = "text"
+path = "{}"
+features = {{ kind = "ngrams", buckets = 1000 }}
+{extra}
+[[model]]
+name = "s"
+role = "student"
+arch = {{ kind = "embedding-bag", dim = 8 }}
+train = {{ epochs = 1 }}
+"#,
+            data.display()
+        )
+    };
+    let check = |cfg: String, want: &[&str]| {
+        let f = dir.path().join("bad.toml");
+        std::fs::write(&f, cfg).unwrap();
+        let out = dir.path().join("out-bad");
+        let _ = std::fs::remove_dir_all(&out);
+        let o = run(&["run", f.to_str().unwrap(), "--out", out.to_str().unwrap()]);
+        assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+        let e = stderr(&o);
+        for w in want {
+            assert!(e.contains(w), "expected '{w}' in: {e}");
+        }
+        assert!(!e.contains("panicked"), "{e}");
+    };
+    // Precomputed outputs with the wrong number of rows, and with NaN.
+    let short = dir.path().join("short.csv");
+    std::fs::write(&short, "a,b\n0.1,0.2\n").unwrap();
+    check(
+        base(
+            &format!(
+                "[[teacher]]\nname = \"t\"\noutputs = \"{}\"",
+                short.display()
+            ),
+            &data,
+        ),
+        &["short.csv", "1 rows", "60 samples"],
+    );
+    let nan = dir.path().join("nan.csv");
+    std::fs::write(&nan, "a,b\n0.1,NaN\n").unwrap();
+    check(
+        base(
+            &format!("[[teacher]]\nname = \"t\"\noutputs = \"{}\"", nan.display()),
+            &data,
+        ),
+        &["nan.csv:2", "not a finite number"],
+    );
+    // A BERT teacher whose head has three outputs' worth of classes is fine; one whose
+    // precomputed outputs have three columns for two classes is not.
+    let three = dir.path().join("three.csv");
+    std::fs::write(&three, format!("a,b,c\n{}", "0.1,0.2,0.3\n".repeat(60))).unwrap();
+    check(
+        base(
+            &format!(
+                "[[teacher]]\nname = \"t\"\noutputs = \"{}\"",
+                three.display()
+            ),
+            &data,
+        ),
+        &["three.csv:2", "3 values", "2 classes"],
+    );
+    // Text files with an empty text and with invalid UTF-8.
+    let empty = dir.path().join("empty.jsonl");
+    std::fs::write(
+        &empty,
+        "{\"text\": \"a b\", \"label\": \"x\"}\n{\"text\": \"\", \"label\": \"y\"}\n",
+    )
+    .unwrap();
+    check(base("", &empty), &["empty.jsonl:2", "empty"]);
+    let bad = dir.path().join("bad.csv");
+    std::fs::write(&bad, b"text,label\nhello,x\n\xff\xfe,y\n").unwrap();
+    check(base("", &bad), &["bad.csv:3", "UTF-8"]);
+    // An MLP on text.
+    check(
+        base("", &data).replace("kind = \"embedding-bag\", dim = 8", "kind = \"mlp\""),
+        &["model.s.arch.kind", "embedding-bag"],
+    );
+}
