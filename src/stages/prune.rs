@@ -6,9 +6,9 @@ use super::Stage;
 use crate::compress::prune::{self, GradualPruning, Masks};
 use crate::compress::{AnyModel, StageRecord, StageScores};
 use crate::data::Splits;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::eval;
-use crate::models::Model;
+
 use crate::store::RunStore;
 use crate::train::{Objective, StepHook, TeacherSignal, TrainConfig};
 use serde::{Deserialize, Serialize};
@@ -166,11 +166,7 @@ impl Stage for PruneStage {
             };
             let meta = match &st.recover {
                 Some(r) => {
-                    let teacher = match &r.teacher {
-                        Some(t) => Some(store.float(t)?.0),
-                        None => None,
-                    };
-                    let objective = recover_objective(r, teacher, splits)?;
+                    let objective = recover_objective(r, store)?;
                     let hooks: Vec<Box<dyn StepHook>> = match ramp {
                         Some(e) => vec![Box::new(GradualPruning {
                             sparsity: st.sparsity,
@@ -249,18 +245,22 @@ pub(super) fn sample_rows(splits: &Splits, n: usize) -> &[f32] {
     &splits.train.x[..n * d]
 }
 
-/// The objective of a fine-tuning table: KD from its teacher, or labels.
+/// The objective of a fine-tuning table: KD from its teacher (a distillery model or any
+/// `[[teacher]]`), or labels.
 pub(super) fn recover_objective<'a>(
     r: &RecoverConfig,
-    teacher: Option<&'a Model>,
-    splits: &Splits,
+    store: &'a RunStore,
 ) -> Result<Objective<'a>> {
-    Ok(match teacher {
+    Ok(match &r.teacher {
         Some(t) => {
             let signal = if r.train.jitter == 0 {
-                TeacherSignal::Cached(t.predict(&splits.train.x, 512)?)
+                TeacherSignal::Cached(store.teacher_outputs(t, "train")?)
+            } else if store.known(t).is_some() {
+                return Err(Error::Input(format!(
+                    "{t}: this teacher has outputs for the samples as they are, not for shifted ones; fine-tune with jitter = 0"
+                )));
             } else {
-                TeacherSignal::Live(t)
+                TeacherSignal::Live(store.teacher(t)?)
             };
             Objective::hinton(signal, r.temperature, r.alpha)
         }

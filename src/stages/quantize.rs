@@ -113,11 +113,7 @@ impl Stage for QuantizeStage {
                     .map(|q| q.activations.clone())
                     .unwrap_or_default();
                 let model = src.duplicate()?;
-                let teacher = match &r.teacher {
-                    Some(t) => Some(store.float(t)?.0),
-                    None => None,
-                };
-                let objective = recover_objective(r, teacher, splits)?;
+                let objective = recover_objective(r, store)?;
                 store.progress.say(&format!(
                     "{}: quantization-aware training for {} epochs{}",
                     st.name,
