@@ -3,6 +3,7 @@
 //! beside it; and the `[[teacher]]` table's errors.
 
 mod common;
+use common::{metrics, run, stderr};
 use distillery::data::Normalizer;
 use distillery::teachers::{OnnxInput, OnnxTeacher, Teacher};
 
@@ -109,4 +110,76 @@ fn onnx_teacher_errors_name_the_file_and_what_was_expected() {
         err.contains("digits-torch-mlp.onnx") && err.lines().count() == 1,
         "{err}"
     );
+}
+
+/// An ONNX teacher (and a mix of it with a distillery model) teaches wherever a teacher is
+/// named: a student, pruning recovery and quantization-aware training.
+#[test]
+fn outside_teachers_teach_recovery_and_qat_too() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("c.toml");
+    std::fs::write(
+        &cfg,
+        r#"
+seed = 3
+[data]
+format = "digits"
+max_train = 400
+[eval]
+latency_runs = 2
+latency_budget_ms = 1
+[[teacher]]
+name = "torch"
+onnx = "data/teachers/digits-torch-mlp.onnx"
+[[model]]
+name = "own"
+arch = { kind = "mlp", hidden = [32] }
+train = { epochs = 3 }
+[[teacher]]
+name = "both"
+mix = [{ teacher = "torch", weight = 2.0 }, { teacher = "own", weight = 1.0 }]
+[[model]]
+name = "student"
+role = "student"
+arch = { kind = "mlp", hidden = [24] }
+train = { epochs = 3 }
+distill = { teacher = "both", temperature = 4.0, alpha = 0.7 }
+[[prune]]
+name = "pruned"
+from = "student"
+method = "structured"
+sparsity = 0.5
+recover = { teacher = "torch", train = { epochs = 2 } }
+[[quantize]]
+name = "int8"
+from = "pruned"
+precision = "int8"
+qat = { teacher = "both", train = { epochs = 1 } }
+"#,
+    )
+    .unwrap();
+    let out = dir.path().join("run");
+    let o = run(&["run", cfg.to_str().unwrap(), "--out", out.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let err = stderr(&o);
+    assert!(err.contains("a mix of teachers: torch ×0.67 + own ×0.33"), "{err}");
+    assert!(err.contains("torch's soft targets"), "{err}");
+    assert!(err.contains("with both's soft targets"), "{err}");
+    let m = metrics(&out);
+    let names: Vec<&str> = m["models"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["name"].as_str().unwrap())
+        .collect();
+    for n in ["torch", "own", "both", "student", "pruned", "int8"] {
+        assert!(names.contains(&n), "{n} missing from {names:?}");
+    }
+    let both = m["models"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["name"] == "both")
+        .unwrap();
+    assert!(both["accuracy"].as_f64().unwrap() > 0.8, "{both}");
 }
