@@ -127,6 +127,10 @@ pub struct DataConfig {
     /// Text: the column (or JSON field) holding the text; default `text`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub text_column: Option<String>,
+    /// Text: `false` when the texts have no labels (embedding distillation only: every model
+    /// then distils a BERT teacher's embeddings).
+    #[serde(default = "yes", skip_serializing_if = "is_true")]
+    pub labels: bool,
     /// Text: how texts become token ids for the students (`kind = "ngrams"` or
     /// `kind = "tokenizer"`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -152,6 +156,13 @@ pub struct DataConfig {
     /// Use at most this many validation and test samples each.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_test: Option<usize>,
+}
+
+fn yes() -> bool {
+    true
+}
+fn is_true(v: &bool) -> bool {
+    *v
 }
 
 fn default_task() -> Task {
@@ -466,6 +477,41 @@ impl ExperimentConfig {
             DataFormat::Text => {
                 check_file("path", &d.path, true)?;
                 check_file("test_path", &d.test_path, false)?;
+                if !d.labels {
+                    if d.label.is_some() {
+                        bad_field("data.label", "not used with labels = false")?;
+                    }
+                    for m in &self.models {
+                        if !m
+                            .distill
+                            .as_ref()
+                            .map(|x| x.loss.is_embedding())
+                            .unwrap_or(false)
+                        {
+                            bad_field(
+                                &format!("model.{}.distill", m.name),
+                                "the texts have no labels (data.labels = false): distil a bert teacher's embeddings, with loss = { kind = \"cosine\" } or { kind = \"mse\" }",
+                            )?;
+                        }
+                    }
+                    for t in &self.teachers {
+                        if t.head.is_some() || t.bert.is_none() {
+                            bad_field(
+                                &format!("teacher.{}", t.name),
+                                "the texts have no labels (data.labels = false): only a bert teacher without a head",
+                            )?;
+                        }
+                    }
+                    if !self.submodels.is_empty()
+                        || !self.prune.is_empty()
+                        || !self.quantize.is_empty()
+                    {
+                        bad_field(
+                            "data.labels",
+                            "unlabelled texts train embedding students only ([[model]] with an embedding loss)",
+                        )?;
+                    }
+                }
                 match &d.features {
                     None => bad_field(
                         "data.features",
@@ -514,6 +560,9 @@ impl ExperimentConfig {
                     bad_field("data.task", "the embedded digits are a classification set")?;
                 }
             }
+        }
+        if !d.labels && d.format != DataFormat::Text {
+            bad_field("data.labels", "only text data may come without labels")?;
         }
         if let Some(s) = &d.image_shape {
             if s.len() != 3 || s.contains(&0) {
@@ -811,21 +860,36 @@ impl ExperimentConfig {
                 &format!("needs at least 2 sub-models, got {}", g.k),
             )?;
         }
-        let teacher = match &g.teacher {
-            Some(t) => Some(self.models.iter().find(|m| &m.name == t).ok_or_else(|| {
-                Error::Input(format!(
-                    "{p}.teacher: '{t}' is not the name of a [[model]] (known: {})",
-                    models.join(", ")
-                ))
-            })?),
-            None => None,
-        };
+        // Any teacher teaches (alpha > 0); only a [[model]] can be cut (init = "split").
+        if let Some(t) = &g.teacher {
+            if !models.contains(&t.as_str()) {
+                bad_field(
+                    &format!("{p}.teacher"),
+                    &format!(
+                        "'{t}' is not the name of a [[model]] or [[teacher]] (known: {})",
+                        models.join(", ")
+                    ),
+                )?;
+            }
+        }
+        let teacher = g
+            .teacher
+            .as_ref()
+            .and_then(|t| self.models.iter().find(|m| &m.name == t));
         match g.init {
             SubmodelInit::Split => {
                 let Some(t) = teacher else {
                     return bad_field(
                         &format!("{p}.teacher"),
-                        "init = \"split\" needs the teacher to cut the sub-models from",
+                        &match &g.teacher {
+                            Some(t) => format!(
+                                "init = \"split\" cuts a [[model]] MLP; '{t}' is an outside teacher (use init = \"fresh\")"
+                            ),
+                            None => {
+                                "init = \"split\" needs the teacher to cut the sub-models from"
+                                    .to_string()
+                            }
+                        },
                     );
                 };
                 if !g.archs.is_empty() {
@@ -881,7 +945,7 @@ impl ExperimentConfig {
                 &format!("expected [0, 1], got {}", g.alpha),
             )?;
         }
-        if g.alpha > 0.0 && teacher.is_none() {
+        if g.alpha > 0.0 && g.teacher.is_none() {
             bad_field(
                 &format!("{p}.alpha"),
                 "alpha > 0 mixes in a teacher's soft targets: name the teacher",

@@ -361,8 +361,12 @@ pub struct GroupJob<'a> {
     pub cfg: &'a SubmodelsConfig,
     /// Data.
     pub splits: &'a Splits,
-    /// The teacher, when the group names one.
+    /// The teacher, when the group names one and it is a distillery model (what
+    /// `init = "split"` cuts).
     pub teacher: Option<&'a Model>,
+    /// The teacher's outputs on the training split, when the group names one (any teacher:
+    /// a distillery model, an ONNX file, precomputed outputs, a mix).
+    pub teacher_outputs: Option<Vec<f32>>,
     /// Base seed.
     pub seed: u64,
     /// Output folder of the run.
@@ -518,8 +522,8 @@ pub fn run_group(job: GroupJob) -> Result<GroupOutcome> {
         )));
     }
     let mut warnings = Vec::new();
+    let sh = data::shards(n, g.k, job.seed);
     let data: Vec<Dataset> = if g.shards {
-        let sh = data::shards(n, g.k, job.seed);
         let sets: Vec<Dataset> = sh.iter().map(|idx| s.train.subset(idx)).collect();
         if let Targets::Classes { names, .. } = &s.train.targets {
             for (i, d) in sets.iter().enumerate() {
@@ -546,12 +550,23 @@ pub fn run_group(job: GroupJob) -> Result<GroupOutcome> {
         vec![s.train.clone(); 1]
     };
     let data_of = |i: usize| if g.shards { &data[i] } else { &data[0] };
+    // Each sub-model's teacher targets: the teacher's training-split outputs, restricted to
+    // its shard.
+    let outputs = s.train.outputs();
     let teacher_out: Vec<Option<Vec<f32>>> = (0..g.k)
-        .map(|i| match job.teacher {
-            Some(t) if g.alpha > 0.0 => t.predict(&data_of(i).x, 512).map(Some),
-            _ => Ok(None),
+        .map(|i| match &job.teacher_outputs {
+            Some(all) if g.alpha > 0.0 => Some(if g.shards {
+                sh[i]
+                    .iter()
+                    .flat_map(|&r| all[r * outputs..(r + 1) * outputs].iter().copied())
+                    .collect()
+            } else {
+                all.clone()
+            }),
+            _ => None,
         })
-        .collect::<Result<_>>()?;
+        .collect();
+    let _ = data_of;
 
     let mut record;
     let mut best: Vec<Vec<Vec<f32>>>;

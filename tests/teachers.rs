@@ -113,7 +113,8 @@ fn onnx_teacher_errors_name_the_file_and_what_was_expected() {
 }
 
 /// An ONNX teacher (and a mix of it with a distillery model) teaches wherever a teacher is
-/// named: a student, pruning recovery and quantization-aware training.
+/// named: a student, a sub-model group (on shards), pruning recovery and quantization-aware
+/// training.
 #[test]
 fn outside_teachers_teach_recovery_and_qat_too() {
     let dir = tempfile::tempdir().unwrap();
@@ -144,6 +145,15 @@ role = "student"
 arch = { kind = "mlp", hidden = [24] }
 train = { epochs = 3 }
 distill = { teacher = "both", temperature = 4.0, alpha = 0.7 }
+[[submodels]]
+name = "g"
+k = 2
+teacher = "torch"
+alpha = 0.5
+shards = true
+arch = { kind = "mlp", hidden = [16] }
+phase1 = { epochs = 1 }
+transfer = { rounds = 1 }
 [[prune]]
 name = "pruned"
 from = "student"
@@ -162,7 +172,10 @@ qat = { teacher = "both", train = { epochs = 1 } }
     let o = run(&["run", cfg.to_str().unwrap(), "--out", out.to_str().unwrap()]);
     assert!(o.status.success(), "{}", stderr(&o));
     let err = stderr(&o);
-    assert!(err.contains("a mix of teachers: torch ×0.67 + own ×0.33"), "{err}");
+    assert!(
+        err.contains("a mix of teachers: torch ×0.67 + own ×0.33"),
+        "{err}"
+    );
     assert!(err.contains("torch's soft targets"), "{err}");
     assert!(err.contains("with both's soft targets"), "{err}");
     let m = metrics(&out);
@@ -172,7 +185,9 @@ qat = { teacher = "both", train = { epochs = 1 } }
         .iter()
         .map(|r| r["name"].as_str().unwrap())
         .collect();
-    for n in ["torch", "own", "both", "student", "pruned", "int8"] {
+    for n in [
+        "torch", "own", "both", "student", "g-1", "g-2", "pruned", "int8",
+    ] {
         assert!(names.contains(&n), "{n} missing from {names:?}");
     }
     let both = m["models"]
@@ -182,4 +197,64 @@ qat = { teacher = "both", train = { epochs = 1 } }
         .find(|r| r["name"] == "both")
         .unwrap();
     assert!(both["accuracy"].as_f64().unwrap() > 0.8, "{both}");
+}
+
+/// A distillery model exported to ONNX and read back as a teacher scores exactly as the model
+/// did, and teaches a student.
+#[test]
+fn exported_model_round_trips_as_an_onnx_teacher() {
+    let dir = tempfile::tempdir().unwrap();
+    let head = r#"
+seed = 5
+[data]
+format = "digits"
+[eval]
+latency_runs = 2
+latency_budget_ms = 1
+"#;
+    let first = dir.path().join("first.toml");
+    std::fs::write(
+        &first,
+        format!(
+            "{head}[[model]]\nname = \"own\"\narch = {{ kind = \"mlp\", hidden = [48] }}\ntrain = {{ epochs = 4 }}\n[[export]]\nfrom = \"own\"\nformat = \"onnx\"\n"
+        ),
+    )
+    .unwrap();
+    let out1 = dir.path().join("one");
+    let o = run(&[
+        "run",
+        first.to_str().unwrap(),
+        "--out",
+        out1.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let onnx = out1.join("exports/own.onnx");
+    let second = dir.path().join("second.toml");
+    std::fs::write(
+        &second,
+        format!(
+            "{head}[[teacher]]\nname = \"back\"\nonnx = \"{}\"\n[[model]]\nname = \"s\"\nrole = \"student\"\narch = {{ kind = \"mlp\", hidden = [16] }}\ntrain = {{ epochs = 4 }}\ndistill = {{ teacher = \"back\" }}\n",
+            onnx.display()
+        ),
+    )
+    .unwrap();
+    let out2 = dir.path().join("two");
+    let o = run(&[
+        "run",
+        second.to_str().unwrap(),
+        "--out",
+        out2.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let (m1, m2) = (metrics(&out1), metrics(&out2));
+    let own = &m1["models"][0];
+    let back = m2["models"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["name"] == "back")
+        .unwrap();
+    assert_eq!(own["test_errors"], back["test_errors"], "{own} vs {back}");
+    let d = (own["test_loss"].as_f64().unwrap() - back["test_loss"].as_f64().unwrap()).abs();
+    assert!(d < 1e-5, "test loss differs by {d}");
 }

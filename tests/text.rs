@@ -211,6 +211,9 @@ name = "kd"
 arch = {{ kind = "embedding-bag", dim = 8 }}
 distill = {{ teacher = "both", temperature = 2.0, alpha = 0.7, init_from_teacher = true }}
 train = {{ epochs = 8, optimizer = "adam", lr = 0.02, batch_size = 32 }}
+[[export]]
+from = "kd"
+format = "onnx"
 "#,
         data = data.display(),
         bert = bert.display(),
@@ -253,6 +256,11 @@ train = {{ epochs = 8, optimizer = "adam", lr = 0.02, batch_size = 32 }}
     let cos = e["cosine_to_teacher"].as_f64().unwrap();
     assert!(cos > 0.5 && cos <= 1.0, "{e}");
     assert!(e["nn_agreement"].as_f64().is_some());
+    // The student's ONNX export (token ids in, the tokenizer outside) runs in tract with the
+    // model's own outputs.
+    let ex = &m["exports"][0];
+    assert!(out.join("exports/kd.onnx").exists(), "{ex}");
+    assert!(ex["max_abs_diff"].as_f64().unwrap() < 1e-4, "{ex}");
     let report = std::fs::read_to_string(out.join("report.md")).unwrap();
     assert!(report.contains("## Text models"), "{report}");
     // Every teacher output was cached once: a second run computes nothing and gives the same
@@ -403,4 +411,75 @@ train = {{ epochs = 1 }}
         base("", &data).replace("kind = \"embedding-bag\", dim = 8", "kind = \"mlp\""),
         &["model.s.arch.kind", "embedding-bag"],
     );
+}
+
+#[test]
+fn unlabelled_texts_train_embedding_students() {
+    let dir = tempfile::tempdir().unwrap();
+    let bert = dir.path().join("bert");
+    write_tiny_bert(&bert);
+    let data = dir.path().join("texts.jsonl");
+    write_texts(&data, 120);
+    // Drop the labels.
+    let plain: String = std::fs::read_to_string(&data)
+        .unwrap()
+        .lines()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            format!("{}\n", serde_json::json!({"text": v["text"]}))
+        })
+        .collect();
+    std::fs::write(&data, plain).unwrap();
+    let cfg = |student: &str| {
+        format!(
+            r#"
+[data]
+format = "text"
+path = "{}"
+labels = false
+features = {{ kind = "ngrams", buckets = 512, max_tokens = 32 }}
+[eval]
+latency_runs = 2
+latency_budget_ms = 1
+[[teacher]]
+name = "tiny"
+bert = "{}"
+[[model]]
+name = "s"
+arch = {{ kind = "embedding-bag", dim = 8 }}
+train = {{ epochs = 3, optimizer = "adam", lr = 0.01 }}
+{student}
+"#,
+            data.display(),
+            bert.display()
+        )
+    };
+    let f = dir.path().join("u.toml");
+    std::fs::write(
+        &f,
+        cfg("distill = { teacher = \"tiny\", loss = { kind = \"mse\" } }"),
+    )
+    .unwrap();
+    let out = dir.path().join("u");
+    let o = run(&["run", f.to_str().unwrap(), "--out", out.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let m = metrics(&out);
+    let s = m["models"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["name"] == "s")
+        .unwrap()
+        .clone();
+    assert!(s["cosine_to_teacher"].as_f64().is_some(), "{s}");
+    // A student that would need labels is refused before any work.
+    std::fs::write(&f, cfg("")).unwrap();
+    let o = run(&[
+        "run",
+        f.to_str().unwrap(),
+        "--out",
+        dir.path().join("v").to_str().unwrap(),
+    ]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("data.labels = false"), "{}", stderr(&o));
 }

@@ -389,6 +389,34 @@ pub fn export(model: &AnyModel) -> Result<Vec<u8>> {
                     );
                 }
                 h = g.op("Flatten", &[&h], vec![("axis", Attr::Int(1))]);
+            } else if spec.arch.kind == ArchKind::EmbeddingBag {
+                // Input: a featurized row of token ids as floats, -1 for padding (the
+                // tokenizer itself runs outside the graph). Mean of the embeddings of the ids.
+                let table = g.init_f32("embed", &shapes[0], &weights[0]);
+                pi = 1;
+                let half = g.init_f32("minus_half", &[], &[-0.5]);
+                let present = g.op("Greater", &[&h, &half], vec![]);
+                let mask = g.op("Cast", &[&present], vec![("to", Attr::Int(FLOAT))]);
+                let clamped = g.op("Relu", &[&h], vec![]);
+                let ids = g.op("Cast", &[&clamped], vec![("to", Attr::Int(INT64))]);
+                let emb = g.op("Gather", &[&table, &ids], vec![("axis", Attr::Int(0))]);
+                let ax2 = g.init_raw("axes", INT64, &[1], 2i64.to_le_bytes().to_vec());
+                let mask3 = g.op("Unsqueeze", &[&mask, &ax2], vec![]);
+                let masked = g.op("Mul", &[&emb, &mask3], vec![]);
+                let ax1 = g.init_raw("axes", INT64, &[1], 1i64.to_le_bytes().to_vec());
+                let sum = g.op(
+                    "ReduceSum",
+                    &[&masked, &ax1],
+                    vec![("keepdims", Attr::Int(0))],
+                );
+                let count = g.op(
+                    "ReduceSum",
+                    &[&mask, &ax1],
+                    vec![("keepdims", Attr::Int(1))],
+                );
+                let one = g.init_f32("one", &[], &[1.0]);
+                let count = g.op("Max", &[&count, &one], vec![]);
+                h = g.op("Div", &[&sum, &count], vec![]);
             } else if spec.arch.kind != ArchKind::Mlp {
                 return Err(Error::Input(format!(
                     "model {}: ONNX export does not support this architecture",

@@ -143,10 +143,19 @@ fn load_text_splits(cfg: &ExperimentConfig) -> Result<Splits> {
         .as_ref()
         .ok_or_else(|| Error::Input("data.features: required".into()))?;
     let col = d.text_column.as_deref().unwrap_or("text");
-    let label = Some(d.label.as_deref().unwrap_or("label"));
+    let label = d.labels.then(|| d.label.as_deref().unwrap_or("label"));
     let f = text::Featurizer::from_config(fc)?;
     let rows = text::read_text_file(path, col, label)?;
-    let targets = text::class_targets(&rows.labels, None, &path.display().to_string())?;
+    // Unlabelled texts: one placeholder class, never trained on (validation allows only
+    // embedding distillation, which reads no label).
+    let unlabelled = |n: usize| data::Targets::Classes {
+        labels: vec![0; n],
+        names: vec!["(unlabelled)".into()],
+    };
+    let targets = match label {
+        Some(_) => text::class_targets(&rows.labels, None, &path.display().to_string())?,
+        None => unlabelled(rows.texts.len()),
+    };
     let names = match &targets {
         data::Targets::Classes { names, .. } => names.clone(),
         data::Targets::Values(_) => Vec::new(),
@@ -155,7 +164,12 @@ fn load_text_splits(cfg: &ExperimentConfig) -> Result<Splits> {
     let test = match &d.test_path {
         Some(p) => {
             let rows = text::read_text_file(p, col, label)?;
-            let t = text::class_targets(&rows.labels, Some(&names), &p.display().to_string())?;
+            let t = match label {
+                Some(_) => {
+                    text::class_targets(&rows.labels, Some(&names), &p.display().to_string())?
+                }
+                None => unlabelled(rows.texts.len()),
+            };
             Some(text::text_dataset(rows, t, &f)?)
         }
         None => None,

@@ -57,14 +57,27 @@ impl Stage for GroupStage {
             }
             (record, members, "trained (earlier session)".to_string())
         } else {
-            let teacher = match &g.teacher {
-                Some(t) => Some(store.float(t)?.0),
-                None => None,
+            let teacher = g
+                .teacher
+                .as_deref()
+                .and_then(|t| store.float(t).ok().map(|(m, _)| m));
+            if g.teacher.is_some() && teacher.is_none() && g.init == submodels::SubmodelInit::Split
+            {
+                return Err(Error::Input(format!(
+                    "submodels.{}.teacher: init = \"split\" cuts a distillery MLP; '{}' is an outside teacher (use init = \"fresh\")",
+                    g.name,
+                    g.teacher.as_deref().unwrap_or("")
+                )));
+            }
+            let teacher_outputs = match &g.teacher {
+                Some(t) if g.alpha > 0.0 => Some(store.teacher_outputs(t, "train")?),
+                _ => None,
             };
             let outcome = submodels::run_group(GroupJob {
                 cfg: g,
                 splits: &store.splits,
                 teacher,
+                teacher_outputs,
                 seed: store.seed,
                 out: store.out(),
                 progress: store.progress,
