@@ -483,3 +483,113 @@ train = {{ epochs = 3, optimizer = "adam", lr = 0.01 }}
     assert_eq!(o.status.code(), Some(2));
     assert!(stderr(&o).contains("data.labels = false"), "{}", stderr(&o));
 }
+
+/// The teacher cache survives a SIGKILL half-way: the restarted run resumes after the rows the
+/// killed one wrote, computes only the rest, and ends with the uninterrupted run's figures.
+#[test]
+fn teacher_cache_resumes_after_a_kill() {
+    let dir = tempfile::tempdir().unwrap();
+    let bert = dir.path().join("bert");
+    write_tiny_bert(&bert);
+    let data = dir.path().join("texts.jsonl");
+    write_texts(&data, 8_000);
+    let cfg = dir.path().join("k.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            r#"
+seed = 9
+[data]
+format = "text"
+path = "{}"
+features = {{ kind = "ngrams", buckets = 512, max_tokens = 16 }}
+[eval]
+latency_runs = 2
+latency_budget_ms = 1
+[[teacher]]
+name = "tiny"
+bert = "{}"
+batch_size = 4
+[[model]]
+name = "s"
+arch = {{ kind = "embedding-bag", dim = 8 }}
+train = {{ epochs = 1, optimizer = "adam", lr = 0.01 }}
+distill = {{ teacher = "tiny", loss = {{ kind = "cosine" }} }}
+"#,
+            data.display(),
+            bert.display()
+        ),
+    )
+    .unwrap();
+    let whole = dir.path().join("whole");
+    let o = run(&[
+        "run",
+        cfg.to_str().unwrap(),
+        "--out",
+        whole.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    // Kill a second run as soon as its first cache file holds some rows but is not finished.
+    let out = dir.path().join("killed");
+    let mut child = std::process::Command::new(bin())
+        .args([
+            "run",
+            cfg.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+            "-q",
+        ])
+        .current_dir(repo())
+        .spawn()
+        .unwrap();
+    let start = std::time::Instant::now();
+    let mut killed = false;
+    while start.elapsed().as_secs() < 60 {
+        let part = std::fs::read_dir(out.join("cache")).ok().and_then(|rd| {
+            rd.flatten()
+                .find(|e| e.path().extension().map(|x| x == "part").unwrap_or(false))
+        });
+        if let Some(p) = part {
+            if p.metadata()
+                .map(|m| m.len() >= 32 * 4 * 64)
+                .unwrap_or(false)
+            {
+                child.kill().unwrap(); // SIGKILL
+                killed = true;
+                break;
+            }
+        }
+        if child.try_wait().unwrap().is_some() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+    let _ = child.wait();
+    assert!(
+        killed,
+        "the run finished before a partly written cache file was seen"
+    );
+    let o = run(&["run", cfg.to_str().unwrap(), "--out", out.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let e = stderr(&o);
+    assert!(e.contains("resuming after"), "{e}");
+    assert_eq!(
+        metrics_without_timings(&whole),
+        metrics_without_timings(&out)
+    );
+    let whole_cache: Vec<Vec<u8>> = sorted_files(&whole.join("cache"));
+    assert_eq!(
+        whole_cache,
+        sorted_files(&out.join("cache")),
+        "the same cache bytes"
+    );
+}
+
+fn sorted_files(dir: &std::path::Path) -> Vec<Vec<u8>> {
+    let mut paths: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    paths.sort();
+    paths.iter().map(|p| std::fs::read(p).unwrap()).collect()
+}

@@ -80,8 +80,11 @@ pub fn rows(
         .open(&part_path)
         .map_err(|e| Error::io(&part_path, e))?;
     let len = f.metadata().map_err(|e| Error::io(&part_path, e))?.len() as usize;
-    let mut done = (len / row_bytes.max(1)).min(n);
-    // Drop a half-written row (the process died in the middle of a write).
+    // Whole chunks only: a chunk is computed as one batch, so the resumed run computes exactly
+    // the batches the uninterrupted one would (and gets the same bytes); a half-written chunk
+    // or row (the process died in the middle of a write) is dropped and computed again.
+    let chunk = chunk.max(1);
+    let mut done = ((len / row_bytes.max(1)).min(n) / chunk) * chunk;
     f.set_len((done * row_bytes) as u64)
         .map_err(|e| Error::io(&part_path, e))?;
     f.seek(std::io::SeekFrom::End(0))
@@ -107,7 +110,7 @@ pub fn rows(
     let start = Instant::now();
     let mut last_line = Instant::now();
     while done < n {
-        let end = (done + chunk.max(1)).min(n);
+        let end = (done + chunk).min(n);
         let out = compute(done..end)?;
         if out.len() != (end - done) * cols {
             return Err(Error::Other(format!(
