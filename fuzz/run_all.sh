@@ -13,6 +13,7 @@ run() { cargo fuzz run -s none "$1" -- -max_total_time="$secs" -rss_limit_mb=204
 mkdir -p logs
 run idx 65536 & run csv 65536 & wait
 run config 16384 & run model 65536 & wait
-for t in idx csv config model; do
+run text 65536 & run onnx 65536 & wait
+for t in idx csv config model text onnx; do
   echo "$t: $(grep -E '^stat::number_of_executed_units' logs/$t.log | awk '{print $2}') executions, $(ls artifacts/$t 2>/dev/null | wc -l) crash artifacts"
 done

@@ -62,3 +62,29 @@ macro_rules! bad_input {
 pub fn bad_field(field: &str, what: &str) -> Result<()> {
     Err(Error::Input(format!("{field}: {what}")))
 }
+
+/// Runs `f`, turning a panic inside it (a third-party reader that panics on malformed input,
+/// e.g. tract-onnx on a graph naming an input that does not exist) into a one-line
+/// [`Error::Input`] about `file`. The panic hook is silenced meanwhile, so nothing but that
+/// line reaches the user.
+pub fn no_panic<T>(file: &str, f: impl FnOnce() -> Result<T>) -> Result<T> {
+    static HOOK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _guard = HOOK.lock().unwrap_or_else(|e| e.into_inner());
+    let previous = std::panic::take_hook();
+    std::panic::set_hook(Box::new(|_| {}));
+    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
+    std::panic::set_hook(previous);
+    match r {
+        Ok(r) => r,
+        Err(p) => {
+            let what = p
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| p.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "unknown failure".into());
+            Err(Error::Input(format!(
+                "{file}: not a valid model file (its reader failed: {what})"
+            )))
+        }
+    }
+}

@@ -142,8 +142,11 @@ impl OnnxTeacher {
             params: 0,
             plans: Default::default(),
         };
-        t.plan(1)?;
-        t.params = t.count_params()?;
+        let file = t.file.clone();
+        t.params = crate::error::no_panic(&file, || {
+            t.plan(1)?;
+            t.count_params()
+        })?;
         Ok(t)
     }
 
