@@ -566,7 +566,6 @@ pub fn run_group(job: GroupJob) -> Result<GroupOutcome> {
             _ => None,
         })
         .collect();
-    let _ = data_of;
 
     let mut record;
     let mut best: Vec<Vec<Vec<f32>>>;

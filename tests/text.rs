@@ -73,6 +73,14 @@ fn bert_embeddings_match_pytorch() {
     assert_eq!(short.tokenize(&TEXTS[..1]).unwrap()[0], vec![2, 5, 6, 3]);
 }
 
+/// The message of loading the BERT folder `dir`, which must fail.
+fn load_error(dir: &std::path::Path) -> String {
+    BertEncoder::load(dir, None, Pooling::Auto, None)
+        .err()
+        .expect("the folder must not load")
+        .to_string()
+}
+
 #[test]
 fn bert_folders_that_do_not_fit_are_one_line_errors() {
     let dir = tempfile::tempdir().unwrap();
@@ -84,10 +92,7 @@ fn bert_folders_that_do_not_fit_are_one_line_errors() {
         cfg.replace("\"hidden_size\":32", "\"hidden_size\":48"),
     )
     .unwrap();
-    let e = BertEncoder::load(dir.path(), None, Pooling::Auto, None)
-        .err()
-        .unwrap()
-        .to_string();
+    let e = load_error(dir.path());
     assert!(
         e.contains("model.safetensors") && e.contains("do not match"),
         "{e}"
@@ -98,10 +103,7 @@ fn bert_folders_that_do_not_fit_are_one_line_errors() {
         cfg.replace("\"vocab_size\":26", "\"vocab_size\":20"),
     )
     .unwrap();
-    let e = BertEncoder::load(dir.path(), None, Pooling::Auto, None)
-        .err()
-        .unwrap()
-        .to_string();
+    let e = load_error(dir.path());
     assert!(
         e.contains("tokenizer.json") && e.contains("vocab_size = 20"),
         "{e}"
@@ -109,19 +111,13 @@ fn bert_folders_that_do_not_fit_are_one_line_errors() {
     // Not a tokenizer at all; missing files.
     std::fs::write(dir.path().join("config.json"), &cfg).unwrap();
     std::fs::write(dir.path().join("tokenizer.json"), "{\"hello\": 1}").unwrap();
-    let e = BertEncoder::load(dir.path(), None, Pooling::Auto, None)
-        .err()
-        .unwrap()
-        .to_string();
+    let e = load_error(dir.path());
     assert!(
         e.contains("tokenizer.json") && e.contains("not a Hugging Face tokenizer"),
         "{e}"
     );
     std::fs::remove_file(dir.path().join("tokenizer.json")).unwrap();
-    let e = BertEncoder::load(dir.path(), None, Pooling::Auto, None)
-        .err()
-        .unwrap()
-        .to_string();
+    let e = load_error(dir.path());
     assert!(e.contains("tokenizer.json: missing"), "{e}");
     assert!(!e.contains('\n'));
 }

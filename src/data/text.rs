@@ -24,7 +24,7 @@ pub const PAD: f32 = -1.0;
 pub const MAX_VOCAB: usize = 1 << 24;
 
 /// Texts and their labels, as read.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Default)]
 pub struct TextRows {
     /// One text per sample.
     pub texts: Vec<String>,
@@ -73,11 +73,7 @@ pub fn parse_jsonl(
     text_column: &str,
     label_column: Option<&str>,
 ) -> Result<TextRows> {
-    let mut rows = TextRows {
-        texts: Vec::new(),
-        labels: Vec::new(),
-        lines: Vec::new(),
-    };
+    let mut rows = TextRows::default();
     for (i, line) in data.split(|&b| b == b'\n').enumerate() {
         let n = i + 1;
         if line.len() > MAX_LINE_BYTES {
@@ -169,11 +165,7 @@ pub fn parse_text_csv(
     let li = label_column
         .map(|l| find(l, "the label column").map(|i| (i, l)))
         .transpose()?;
-    let mut rows = TextRows {
-        texts: Vec::new(),
-        labels: Vec::new(),
-        lines: Vec::new(),
-    };
+    let mut rows = TextRows::default();
     for rec in rdr.byte_records() {
         let rec = rec.map_err(|e| {
             let line = e.position().map(|p| p.line()).unwrap_or(0);

@@ -188,7 +188,7 @@ fn load_text_splits(cfg: &ExperimentConfig) -> Result<Splits> {
     Ok(s)
 }
 
-fn data_source(cfg: &ExperimentConfig) -> String {
+fn data_source(cfg: &ExperimentConfig, splits: &Splits) -> String {
     let d = &cfg.data;
     match d.format {
         DataFormat::Digits => "embedded UCI 8×8 digits".into(),
@@ -206,9 +206,9 @@ fn data_source(cfg: &ExperimentConfig) -> String {
                 .map(|p| p.display().to_string())
                 .unwrap_or_default(),
             d.label.as_deref().unwrap_or("label"),
-            d.features
+            splits
+                .featurizer
                 .as_ref()
-                .and_then(|f| crate::data::text::Featurizer::from_config(f).ok())
                 .map(|f| f.describe())
                 .unwrap_or_default()
         ),
@@ -363,7 +363,7 @@ pub fn run_experiment(checked: &CheckedConfig, opts: &RunOptions) -> Result<RunS
         seed: cfg.seed,
         task,
         data: DataSummary {
-            source: data_source(cfg),
+            source: data_source(cfg, splits),
             input_shape: shape,
             train: splits.train.len(),
             val: splits.val.len(),
