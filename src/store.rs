@@ -321,7 +321,7 @@ impl RunStore {
 
     /// The logits (or values) of teacher `name` on `split` (`train`, `val`, `test`): read
     /// from its known outputs, or computed by running it over the split.
-    pub fn teacher_outputs(&self, name: &str, split: &str) -> Result<Vec<f32>> {
+    pub fn teacher_outputs(&self, name: &str, split: &str) -> Result<crate::teachers::Rows> {
         let data = match split {
             "train" => &self.splits.train,
             "val" => &self.splits.val,
@@ -344,9 +344,9 @@ impl RunStore {
             };
         }
         if let Some(m) = self.get(name).ok().and_then(|f| f.float().ok()) {
-            return m.predict(&data.x, 512);
+            return Ok(m.predict(&data.x, 512)?.into());
         }
-        crate::eval::predict_all(self.teacher(name)?, &data.x, data.dim(), 512)
+        Ok(crate::eval::predict_all(self.teacher(name)?, &data.x, data.dim(), 512)?.into())
     }
 
     /// Anything named `name` that can teach: an outside teacher, or a finished model.

@@ -366,7 +366,7 @@ pub struct GroupJob<'a> {
     pub teacher: Option<&'a Model>,
     /// The teacher's outputs on the training split, when the group names one (any teacher:
     /// a distillery model, an ONNX file, precomputed outputs, a mix).
-    pub teacher_outputs: Option<Vec<f32>>,
+    pub teacher_outputs: Option<crate::teachers::Rows>,
     /// Base seed.
     pub seed: u64,
     /// Output folder of the run.
@@ -553,13 +553,14 @@ pub fn run_group(job: GroupJob) -> Result<GroupOutcome> {
     // Each sub-model's teacher targets: the teacher's training-split outputs, restricted to
     // its shard.
     let outputs = s.train.outputs();
-    let teacher_out: Vec<Option<Vec<f32>>> = (0..g.k)
+    let teacher_out: Vec<Option<crate::teachers::Rows>> = (0..g.k)
         .map(|i| match &job.teacher_outputs {
             Some(all) if g.alpha > 0.0 => Some(if g.shards {
                 sh[i]
                     .iter()
                     .flat_map(|&r| all[r * outputs..(r + 1) * outputs].iter().copied())
-                    .collect()
+                    .collect::<Vec<f32>>()
+                    .into()
             } else {
                 all.clone()
             }),
@@ -753,7 +754,7 @@ pub fn run_group(job: GroupJob) -> Result<GroupOutcome> {
                 let name = format!("{}-r{round}", member_name(&g.name, i));
                 let beta = g.transfer.peer_weight;
                 let mut soft = vec![SoftTerm {
-                    signal: TeacherSignal::Cached(outs_per[i].clone()),
+                    signal: TeacherSignal::Cached(outs_per[i].clone().into()),
                     temperature: peer_t,
                     weight: beta,
                     loss: SoftLoss::Kd,

@@ -6,6 +6,8 @@
 
 pub mod bert;
 pub mod cache;
+pub mod native;
+pub use cache::Rows;
 
 use crate::error::Result;
 use crate::models::{Mode, Model};
@@ -251,16 +253,16 @@ impl Teacher for OnnxTeacher {
 /// A teacher's outputs on every sample of each split, computed once (a text encoder's, a
 /// file of precomputed outputs, a weighted mix of teachers): students read them instead of
 /// running the teacher. Rows follow the splits' sample order.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone)]
 pub struct SplitOutputs {
     /// Values per sample.
     pub cols: usize,
     /// Training split.
-    pub train: Vec<f32>,
+    pub train: Rows,
     /// Validation split.
-    pub val: Vec<f32>,
+    pub val: Rows,
     /// Test split, when the teacher has outputs for it.
-    pub test: Option<Vec<f32>>,
+    pub test: Option<Rows>,
 }
 
 /// What a teacher that is not a distillery model offers besides [`Teacher`].

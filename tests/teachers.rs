@@ -258,3 +258,123 @@ latency_budget_ms = 1
     let d = (own["test_loss"].as_f64().unwrap() - back["test_loss"].as_f64().unwrap()).abs();
     assert!(d < 1e-5, "test loss differs by {d}");
 }
+
+/// A teacher-output cache larger than the memory the process may allocate still trains a
+/// student: the test runs itself again as a child under `prlimit --data` (a cap on the heap and
+/// every other private writable mapping, not on read-only file maps) of 96 MiB, and there
+/// computes a 192 MiB cache chunk by chunk, maps it, and trains a student on it for 3 epochs.
+/// Had anything read the cache into memory, the child would die allocating it.
+#[test]
+fn a_cache_larger_than_the_memory_limit_trains_a_student() {
+    use distillery::teachers::{cache, Rows};
+    const N: usize = 196_608;
+    const COLS: usize = 256;
+    let target = |i: usize, j: usize| ((i * 31 + j * 7) % 97) as f32 / 97.0 - 0.5;
+    if std::env::var_os("DISTILLERY_BIG_CACHE_CHILD").is_none() {
+        let exe = std::env::current_exe().unwrap();
+        let out = std::process::Command::new("prlimit")
+            .arg(format!("--data={}", 96usize << 20))
+            .arg(&exe)
+            .args([
+                "a_cache_larger_than_the_memory_limit_trains_a_student",
+                "--exact",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env("DISTILLERY_BIG_CACHE_CHILD", "1")
+            .output()
+            .expect("prlimit (util-linux) runs");
+        let text = String::from_utf8_lossy(&out.stdout).to_string()
+            + &String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "child failed:\n{text}");
+        assert!(text.contains("big cache: mapped"), "{text}");
+        return;
+    }
+    // A heap allocation as large as the cache must fail here, or the limit proves nothing.
+    let mut probe: Vec<u8> = Vec::new();
+    assert!(
+        probe.try_reserve_exact(N * COLS * 4).is_err(),
+        "the data limit is not in force"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let (rows, used) = cache::rows(
+        dir.path(),
+        "big",
+        N,
+        COLS,
+        8192,
+        "big",
+        distillery::progress::Progress::Quiet,
+        |r| {
+            Ok(r.flat_map(|i| (0..COLS).map(move |j| target(i, j)))
+                .collect())
+        },
+    )
+    .unwrap();
+    assert_eq!(used.computed, N);
+    assert!(matches!(rows, Rows::Mapped(_)));
+    assert_eq!(rows.len(), N * COLS);
+    println!("big cache: mapped {} MiB", (rows.len() * 4) >> 20);
+    // A student whose outputs are the cached rows (embedding distillation, MSE): one epoch.
+    use distillery::data::{Dataset, Targets};
+    use distillery::models::{ArchConfig, ArchKind, Model, ModelSpec};
+    let x: Vec<f32> = (0..N).map(|i| (i % 1000) as f32 / 1000.0).collect();
+    let train = Dataset::new(x, vec![1], Targets::Values(vec![0.0; N]));
+    let val_n = 512;
+    let val = Dataset::new(
+        (0..val_n).map(|i| i as f32 / val_n as f32).collect(),
+        vec![1],
+        Targets::Values(vec![0.0; val_n]),
+    );
+    let val_rows: Rows = (0..val_n)
+        .flat_map(|i| (0..COLS).map(move |j| target(i, j)))
+        .collect::<Vec<f32>>()
+        .into();
+    let spec = ModelSpec {
+        arch: ArchConfig {
+            kind: ArchKind::Mlp,
+            hidden: vec![16],
+            dropout: 0.0,
+            input_dropout: 0.0,
+            channels: Vec::new(),
+            kernel: 5,
+            dim: 0,
+            vocab: 0,
+        },
+        input_shape: vec![1],
+        outputs: COLS,
+    };
+    let model = Model::new(spec, &mut distillery::rng::Rng::new(1)).unwrap();
+    let cfg = distillery::train::TrainConfig {
+        epochs: 3,
+        batch_size: 1024,
+        ..Default::default()
+    };
+    let rec = distillery::train::fit(
+        &model,
+        distillery::train::TrainJob {
+            name: "big",
+            cfg: &cfg,
+            train: &train,
+            val: &val,
+            objective: distillery::train::Objective::embedding(
+                rows,
+                val_rows,
+                distillery::losses::SoftLoss::Mse,
+            ),
+            fill: 0.0,
+            checkpoint: None,
+            seed: 1,
+            progress: distillery::progress::Progress::Quiet,
+            hooks: Vec::new(),
+        },
+    )
+    .unwrap();
+    // The loss (squared error summed over the 256 values) falls from epoch to epoch towards
+    // what the mean of the targets would score.
+    let l = &rec.curves.train_loss;
+    assert!(
+        l.iter().all(|x| x.is_finite()) && l[2] < l[0],
+        "training loss {l:?}"
+    );
+}

@@ -71,6 +71,29 @@ fn bert_embeddings_match_pytorch() {
     // Truncation keeps the closing [SEP].
     let short = BertEncoder::load(dir.path(), Some(4), Pooling::Auto, None).unwrap();
     assert_eq!(short.tokenize(&TEXTS[..1]).unwrap()[0], vec![2, 5, 6, 3]);
+    // A tokenizer.json exported with fixed padding and truncation (as all-MiniLM-L6-v2's is:
+    // every text padded to 128 [PAD] tokens and cut there) gives the same ids and embeddings:
+    // its padding must not be read as part of the text, nor its truncation override ours.
+    let tok_path = dir.path().join("tokenizer.json");
+    let mut tok: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&tok_path).unwrap()).unwrap();
+    tok["padding"] = serde_json::json!({"strategy": {"Fixed": 16}, "direction": "Right",
+        "pad_to_multiple_of": null, "pad_id": 0, "pad_type_id": 0, "pad_token": "[PAD]"});
+    tok["truncation"] = serde_json::json!({"direction": "Right", "max_length": 6,
+        "strategy": "LongestFirst", "stride": 0});
+    std::fs::write(&tok_path, tok.to_string()).unwrap();
+    let padded = BertEncoder::load(dir.path(), None, Pooling::Auto, None).unwrap();
+    let ids = padded.tokenize(&TEXTS).unwrap();
+    for (got, want) in ids.iter().zip(IDS) {
+        assert_eq!(got.as_slice(), want);
+    }
+    let again = padded.embed(&TEXTS, 8).unwrap();
+    for (a, b) in again.iter().zip(&all) {
+        assert!(
+            (a - b).abs() < 1e-6,
+            "the tokenizer's own padding changed an embedding"
+        );
+    }
 }
 
 /// The message of loading the BERT folder `dir`, which must fail.

@@ -239,18 +239,23 @@ pub enum Normalizer {
 impl Normalizer {
     /// Fits a normaliser of `kind` on the training features.
     pub fn fit(kind: NormalizeKind, data: &Dataset) -> Normalizer {
-        let d = data.dim();
-        let n = data.len().max(1);
+        Self::fit_rows(kind, &data.x, data.dim())
+    }
+
+    /// Fits a normaliser of `kind` on rows of `d` features, `x.len() / d` of them.
+    pub fn fit_rows(kind: NormalizeKind, x: &[f32], d: usize) -> Normalizer {
+        let d = d.max(1);
+        let n = (x.len() / d).max(1);
         match kind {
             NormalizeKind::None => Normalizer::None,
             NormalizeKind::Global => {
                 let mut s = 0f64;
                 let mut s2 = 0f64;
-                for &v in &data.x {
+                for &v in x {
                     s += v as f64;
                     s2 += (v as f64) * (v as f64);
                 }
-                let cnt = data.x.len().max(1) as f64;
+                let cnt = x.len().max(1) as f64;
                 let mean = s / cnt;
                 let var = (s2 / cnt - mean * mean).max(0.0);
                 let std = if var.sqrt() > 1e-8 { var.sqrt() } else { 1.0 };
@@ -262,7 +267,7 @@ impl Normalizer {
             NormalizeKind::PerFeature => {
                 let mut s = vec![0f64; d];
                 let mut s2 = vec![0f64; d];
-                for row in data.x.chunks_exact(d) {
+                for row in x.chunks_exact(d) {
                     for (j, &v) in row.iter().enumerate() {
                         s[j] += v as f64;
                         s2[j] += (v as f64) * (v as f64);

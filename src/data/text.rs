@@ -419,12 +419,19 @@ pub fn load_tokenizer(path: &Path) -> Result<(tokenizers::Tokenizer, String)> {
     let bytes = crate::io::read_file(path)?;
     let json = String::from_utf8(bytes)
         .map_err(|_| Error::Input(format!("{}: not UTF-8 text", path.display())))?;
-    let tok = tokenizers::Tokenizer::from_bytes(json.as_bytes()).map_err(|e| {
+    let mut tok = tokenizers::Tokenizer::from_bytes(json.as_bytes()).map_err(|e| {
         Error::Input(format!(
             "{}: not a Hugging Face tokenizer.json: {e}",
             path.display()
         ))
     })?;
+    // A tokenizer.json may carry the padding and truncation its model was exported with
+    // (all-MiniLM-L6-v2's pads every text to 128 tokens and cuts it there): distillery batches
+    // without padding and truncates where the caller says, so both are switched off here.
+    // Left on, [PAD] tokens would be read as part of every text.
+    tok.with_padding(None);
+    tok.with_truncation(None)
+        .map_err(|e| Error::Input(format!("{}: {e}", path.display())))?;
     Ok((tok, json))
 }
 

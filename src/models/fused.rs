@@ -251,7 +251,7 @@ fn par() -> gemm::Parallelism {
 /// `dst[m×n] = (read ? dst : 0) + lhs · rhs` with explicit strides (row stride, column stride),
 /// multi-threaded when the product is large enough to pay for it.
 #[allow(clippy::too_many_arguments)]
-fn matmul(
+pub(crate) fn matmul(
     dst: &mut [f32],
     m: usize,
     n: usize,
@@ -361,7 +361,7 @@ unsafe fn gemv_avx2(out: &mut [f32], n: usize, ld: usize, k: usize, x: &[f32], w
 
 /// [`matmul`] with the parallelism given.
 #[allow(clippy::too_many_arguments)]
-fn matmul_with(
+pub(crate) fn matmul_with(
     p: gemm::Parallelism,
     dst: &mut [f32],
     m: usize,

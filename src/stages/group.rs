@@ -157,8 +157,11 @@ impl Stage for GroupStage {
                         g.name,
                         model.spec.describe()
                     ));
-                    let objective =
-                        Objective::hinton(TeacherSignal::Cached(soft), f.temperature, f.alpha);
+                    let objective = Objective::hinton(
+                        TeacherSignal::Cached(soft.into()),
+                        f.temperature,
+                        f.alpha,
+                    );
                     let meta = store.fit_and_save(
                         &f.name,
                         "student",

@@ -301,7 +301,7 @@ fn split_embeddings(
     split: &str,
     c: &TeacherConfig,
     store: &RunStore,
-) -> Result<Vec<f32>> {
+) -> Result<crate::teachers::Rows> {
     let key = cache::key(
         &enc.digest,
         "embeddings",
@@ -348,9 +348,10 @@ fn bert_teacher(c: &TeacherConfig, dir: &Path, store: &mut RunStore) -> Result<(
     };
     // The head reads standardised embeddings (per-feature statistics of the training split,
     // saved in the head's file).
-    let norm = crate::data::Normalizer::fit(
+    let norm = crate::data::Normalizer::fit_rows(
         crate::data::NormalizeKind::PerFeature,
-        &Dataset::new(emb.train.clone(), vec![emb.cols], s.train.targets.clone()),
+        &emb.train,
+        emb.cols,
     );
     let scaled = |v: &[f32]| {
         let mut v = v.to_vec();
@@ -364,9 +365,12 @@ fn bert_teacher(c: &TeacherConfig, dir: &Path, store: &mut RunStore) -> Result<(
     let logits = match &head {
         Some(m) => Some(SplitOutputs {
             cols: m.spec.outputs,
-            train: m.predict(&scaled(&emb.train), 512)?,
-            val: m.predict(&scaled(&emb.val), 512)?,
-            test: Some(m.predict(&scaled(emb.test.as_deref().unwrap_or(&[])), 512)?),
+            train: m.predict(&scaled(&emb.train), 512)?.into(),
+            val: m.predict(&scaled(&emb.val), 512)?.into(),
+            test: Some(
+                m.predict(&scaled(emb.test.as_deref().unwrap_or(&[])), 512)?
+                    .into(),
+            ),
         }),
         None => None,
     };
@@ -467,8 +471,10 @@ fn train_head(
             return Ok(m);
         }
     }
-    let mut train = Dataset::new(emb.train.clone(), vec![emb.cols], s.train.targets.clone());
-    let mut val = Dataset::new(emb.val.clone(), vec![emb.cols], s.val.targets.clone());
+    // The training loop reads a Dataset: the head's inputs are held in memory (a copy of the
+    // cached embeddings), unlike a student's targets, which are read from the cache per batch.
+    let mut train = Dataset::new(emb.train.to_vec(), vec![emb.cols], s.train.targets.clone());
+    let mut val = Dataset::new(emb.val.to_vec(), vec![emb.cols], s.val.targets.clone());
     norm.apply(&mut train.x, emb.cols);
     norm.apply(&mut val.x, emb.cols);
     let model = Model::new(
@@ -688,9 +694,9 @@ fn precomputed_teacher(c: &TeacherConfig, file: &Path, store: &mut RunStore) -> 
     };
     let known = SplitOutputs {
         cols: outputs,
-        train: pick(&s.train),
-        val: pick(&s.val),
-        test,
+        train: pick(&s.train).into(),
+        val: pick(&s.val).into(),
+        test: test.map(Into::into),
     };
     store.progress.say(&format!(
         "{}: precomputed outputs {} ({rows} rows of {outputs})",
@@ -767,9 +773,9 @@ fn mix_teacher(c: &TeacherConfig, store: &mut RunStore) -> Result<()> {
     };
     let known = SplitOutputs {
         cols: outputs,
-        train: combine("train")?.unwrap_or_default(),
-        val: combine("val")?.unwrap_or_default(),
-        test: combine("test")?,
+        train: combine("train")?.unwrap_or_default().into(),
+        val: combine("val")?.unwrap_or_default().into(),
+        test: combine("test")?.map(Into::into),
     };
     let names = c
         .mix

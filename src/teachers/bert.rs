@@ -1,12 +1,14 @@
 //! A Hugging Face BERT-family encoder as a teacher: `config.json`, `model.safetensors` and
 //! `tokenizer.json` from one folder (as the Hub and sentence-transformers lay them out), run
-//! natively by candle-transformers, with sentence-transformers' pooling (mean over the
+//! natively ([`super::native::NativeBert`], tested against candle-transformers' `BertModel`),
+//! with sentence-transformers' pooling (mean over the
 //! attention mask, or the `[CLS]` token) and its optional L2 normalisation, read from the
 //! folder's `modules.json` and `1_Pooling/config.json` when present.
 
+use super::native::NativeBert;
 use crate::error::{Error, Result};
-use candle_core::{DType, Device, Tensor};
-use candle_transformers::models::bert::{BertModel, Config};
+use candle_core::{DType, Device};
+use candle_transformers::models::bert::Config;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
@@ -25,7 +27,7 @@ pub enum Pooling {
 
 /// A loaded BERT encoder with its tokenizer.
 pub struct BertEncoder {
-    model: BertModel,
+    model: NativeBert,
     tokenizer: tokenizers::Tokenizer,
     /// Embedding width.
     pub hidden: usize,
@@ -98,7 +100,7 @@ impl BertEncoder {
                 cfg_path.display()
             ))
         })?;
-        let (tokenizer, tok_json) = crate::data::text::load_tokenizer(&tok_path)?;
+        let (mut tokenizer, tok_json) = crate::data::text::load_tokenizer(&tok_path)?;
         let tok_vocab = tokenizer.get_vocab_size(true);
         if tok_vocab > config.vocab_size {
             return Err(Error::Input(format!(
@@ -120,7 +122,7 @@ impl BertEncoder {
         let vb =
             candle_nn::VarBuilder::from_buffered_safetensors(weights, DType::F32, &Device::Cpu)
                 .map_err(|e| Error::Input(format!("{}: {e}", st_path.display())))?;
-        let model = BertModel::load(vb, &config).map_err(|e| {
+        let model = NativeBert::load(&vb, &config).map_err(|e| {
             Error::Input(format!(
                 "{}: the weights do not match {} ({e})",
                 st_path.display(),
@@ -137,6 +139,13 @@ impl BertEncoder {
             .or(st_max)
             .unwrap_or(512)
             .min(config.max_position_embeddings);
+        // Truncate as sentence-transformers does: to max_tokens including the special tokens.
+        tokenizer
+            .with_truncation(Some(tokenizers::TruncationParams {
+                max_length: max_tokens,
+                ..Default::default()
+            }))
+            .map_err(|e| Error::Input(format!("{}: {e}", tok_path.display())))?;
         let pool_file = dir.join("1_Pooling").join("config.json");
         let pooling = match pooling {
             Pooling::Auto if pool_file.exists() => {
@@ -200,47 +209,39 @@ impl BertEncoder {
             .collect())
     }
 
-    /// Sentence embeddings of already-tokenized inputs, `n * hidden` values; padded to the
-    /// longest in the batch.
+    /// Sentence embeddings of already-tokenized inputs, `n * hidden` values (no padding: each
+    /// input runs at its own length).
     pub fn embed_ids(&self, ids: &[Vec<u32>]) -> Result<Vec<f32>> {
-        let n = ids.len();
-        if n == 0 {
-            return Ok(Vec::new());
-        }
-        let len = ids.iter().map(|v| v.len()).max().unwrap_or(1).max(1);
-        let mut flat = vec![0u32; n * len];
-        let mut mask = vec![0u32; n * len];
-        for (i, v) in ids.iter().enumerate() {
-            flat[i * len..i * len + v.len()].copy_from_slice(v);
-            mask[i * len..i * len + v.len()]
-                .iter_mut()
-                .for_each(|m| *m = 1);
-        }
-        let dev = Device::Cpu;
-        let input = Tensor::from_vec(flat, (n, len), &dev)?;
-        let mask_t = Tensor::from_vec(mask, (n, len), &dev)?;
-        let types = input.zeros_like()?;
-        let h = self.model.forward(&input, &types, Some(&mask_t))?;
-        let pooled = match self.pooling {
-            Pooling::Cls => h.narrow(1, 0, 1)?.squeeze(1)?,
-            _ => {
-                let m = mask_t.to_dtype(DType::F32)?.unsqueeze(2)?;
-                let s = h.broadcast_mul(&m)?.sum(1)?;
-                let c = m.sum(1)?.clamp(1e-9f32, f32::MAX)?;
-                s.broadcast_div(&c)?
+        let hd = self.hidden;
+        let (h, off) = self
+            .model
+            .forward(ids)
+            .map_err(|e| Error::Input(format!("{}: {e}", self.dir.display())))?;
+        let mut out = vec![0f32; ids.len() * hd];
+        for (i, o) in out.chunks_exact_mut(hd).enumerate() {
+            let rows = &h[off[i] * hd..off[i + 1] * hd];
+            match self.pooling {
+                Pooling::Cls => {
+                    if let Some(first) = rows.get(..hd) {
+                        o.copy_from_slice(first);
+                    }
+                }
+                _ => {
+                    for r in rows.chunks_exact(hd) {
+                        for (a, &b) in o.iter_mut().zip(r) {
+                            *a += b;
+                        }
+                    }
+                    let c = (off[i + 1] - off[i]).max(1) as f32;
+                    o.iter_mut().for_each(|a| *a /= c);
+                }
             }
-        };
-        let pooled = if self.normalize {
-            let norm = pooled
-                .sqr()?
-                .sum_keepdim(1)?
-                .sqrt()?
-                .clamp(1e-12f32, f32::MAX)?;
-            pooled.broadcast_div(&norm)?
-        } else {
-            pooled
-        };
-        Ok(pooled.flatten_all()?.to_vec1::<f32>()?)
+            if self.normalize {
+                let n = o.iter().map(|a| a * a).sum::<f32>().sqrt().max(1e-12);
+                o.iter_mut().for_each(|a| *a /= n);
+            }
+        }
+        Ok(out)
     }
 
     /// Sentence embeddings of `texts`, `n * hidden` values, in batches of `batch` with the

@@ -25,8 +25,9 @@ use std::time::Instant;
 /// Where the soft targets come from.
 pub enum TeacherSignal<'a> {
     /// The teacher's outputs on the training set, computed once (no augmentation: the teacher
-    /// sees the same inputs every epoch, so its forward pass is not repeated).
-    Cached(Vec<f32>),
+    /// sees the same inputs every epoch, so its forward pass is not repeated); each batch
+    /// gathers its rows, so a mapped cache file is read as training touches it.
+    Cached(crate::teachers::Rows),
     /// Run the teacher on each (jittered) batch.
     Live(&'a dyn crate::teachers::Teacher),
     /// The current predictions, on the same batch, of these members of the set being trained
@@ -71,7 +72,7 @@ pub struct Objective<'a> {
     pub hint: Option<HintTerm<'a>>,
     /// Embedding distillation: the teacher's embeddings of the validation split, against which
     /// validation scores the model (its outputs are vectors, not class scores).
-    pub val_targets: Option<Vec<f32>>,
+    pub val_targets: Option<crate::teachers::Rows>,
 }
 
 impl<'a> Objective<'a> {
@@ -113,7 +114,11 @@ impl<'a> Objective<'a> {
 
     /// Embedding distillation: `loss(student output, teacher embedding)` alone (no labels),
     /// with the teacher's embeddings of the training and validation splits.
-    pub fn embedding(train: Vec<f32>, val: Vec<f32>, loss: SoftLoss) -> Self {
+    pub fn embedding(
+        train: crate::teachers::Rows,
+        val: crate::teachers::Rows,
+        loss: SoftLoss,
+    ) -> Self {
         Objective {
             label_weight: 0.0,
             soft: vec![SoftTerm {
