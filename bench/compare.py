@@ -19,6 +19,7 @@ KEYS = {
     "infer-int8": [("latency_us_p50", False), ("latency_us_p50_b256", False)],
     "gemm": [("gflops", True)],
     "bert-teacher": [("samples_per_s", True)],
+    "bert-corpus": [("samples_per_s", True)],
     "onnx-teacher": [("latency_us_p50", False), ("latency_us_p50_b256", False)],
 }
 

@@ -55,8 +55,13 @@ pub const WORKLOADS: &[&str] = &[
     "infer-int8",
     "gemm",
     "bert-teacher",
+    "bert-corpus",
     "onnx-teacher",
 ];
+
+/// Emails of the `bert-corpus` workload: the first `BERT_CORPUS` of the committed SpamAssassin
+/// file, read the same way by `bench/reference/bench.py`.
+pub const BERT_CORPUS: usize = 256;
 
 /// The BERT teacher workload's input: `BERT_BATCH` texts of `BERT_TOKENS` tokens each
 /// (`[CLS]`, ids drawn from the vocabulary, `[SEP]`), the same in `bench/reference/bench.py`.
@@ -106,6 +111,64 @@ fn bert_workload(dir: Option<&Path>, steps: usize) -> Result<BenchResult> {
         workload: "bert-teacher".into(),
         steps,
         samples_per_s: Some(BERT_BATCH as f64 / m),
+        latency_us_p50: None,
+        latency_us_p90: None,
+        latency_us_p50_b256: None,
+        latency_us_p90_b256: None,
+        gflops: None,
+        peak_rss_bytes: peak_rss_bytes(),
+    })
+}
+
+/// The first `n` texts of the committed SpamAssassin file (`data/text/spam-assassin.jsonl.gz`).
+pub fn corpus_texts(n: usize) -> Result<Vec<String>> {
+    let path = Path::new("data/text/spam-assassin.jsonl.gz");
+    let raw = crate::io::read_file(path)?;
+    let bytes = crate::data::csv::maybe_gunzip(&raw, &path.display().to_string(), 1 << 30)?;
+    let text = String::from_utf8_lossy(&bytes);
+    text.lines()
+        .take(n)
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l)
+                .map_err(|e| Error::Input(format!("{}: {e}", path.display())))?;
+            v["text"]
+                .as_str()
+                .map(str::to_string)
+                .ok_or_else(|| Error::Input(format!("{}: a line without text", path.display())))
+        })
+        .collect()
+}
+
+/// Texts per second of the BERT teacher (all-MiniLM-L6-v2 by default, its own 256-token limit)
+/// embedding real emails of every length, tokenizing included, in batches of `BERT_BATCH`:
+/// what computing a teacher's cache costs.
+fn bert_corpus_workload(dir: Option<&Path>, steps: usize) -> Result<BenchResult> {
+    let dir = dir.unwrap_or(Path::new("models/all-MiniLM-L6-v2"));
+    let enc = crate::teachers::bert::BertEncoder::load(
+        dir,
+        None,
+        crate::teachers::bert::Pooling::Auto,
+        None,
+    )?;
+    let texts = corpus_texts(BERT_CORPUS)?;
+    let refs: Vec<&str> = texts.iter().map(|s| s.as_str()).collect();
+    let t0 = Instant::now();
+    let mut n = 0;
+    while n < 1 || t0.elapsed().as_secs_f64() < 1.0 {
+        enc.embed(&refs, BERT_BATCH)?;
+        n += 1;
+    }
+    let mut t = Vec::new();
+    for _ in 0..steps {
+        let t0 = Instant::now();
+        enc.embed(&refs, BERT_BATCH)?;
+        t.push(t0.elapsed().as_secs_f64());
+    }
+    let m = median(&mut t);
+    Ok(BenchResult {
+        workload: "bert-corpus".into(),
+        steps,
+        samples_per_s: Some(texts.len() as f64 / m),
         latency_us_p50: None,
         latency_us_p90: None,
         latency_us_p50_b256: None,
@@ -485,6 +548,7 @@ pub fn run(workload: &str, steps: usize, model: Option<&Path>) -> Result<BenchRe
         "infer-int8" => infer_workload(model, steps, true),
         "gemm" => gemm_workload(steps),
         "bert-teacher" => bert_workload(model, steps),
+        "bert-corpus" => bert_corpus_workload(model, steps),
         "onnx-teacher" => onnx_workload(model, steps),
         other => Err(Error::Input(format!(
             "unknown workload '{other}'; expected one of: {}",

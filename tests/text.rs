@@ -612,3 +612,86 @@ fn sorted_files(dir: &std::path::Path) -> Vec<Vec<u8>> {
     paths.sort();
     paths.iter().map(|p| std::fs::read(p).unwrap()).collect()
 }
+
+/// A long text's first tokens, read from a prefix cut between words, are the whole text's.
+#[test]
+fn first_tokens_of_a_prefix_are_the_whole_texts() {
+    let dir = tempfile::tempdir().unwrap();
+    write_tiny_bert(dir.path());
+    let (tok, _) =
+        distillery::data::text::load_tokenizer(&dir.path().join("tokenizer.json")).unwrap();
+    let words = [
+        "the",
+        "cats",
+        "sat",
+        "on",
+        "mat.",
+        "Win",
+        "free",
+        "money,",
+        "click",
+        "here!",
+        "a",
+        "dog",
+        "zebra",
+        "ünïcödé",
+        "—",
+        "x\ty",
+        "catsdog",
+    ];
+    let mut seed = 11u64;
+    let mut prefix_used = 0;
+    for _ in 0..300 {
+        let mut text = String::new();
+        seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1);
+        let len = 5 + (seed >> 33) as usize % 60;
+        for k in 0..len {
+            seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1);
+            text.push_str(words[(seed >> 33) as usize % words.len()]);
+            text.push_str(["  ", " ", "\n", " ", "\t "][k % 5]);
+        }
+        let full = tok.encode_fast(text.as_str(), false).unwrap();
+        for n in [1, 3, 8] {
+            let want: Vec<u32> = full.get_ids().iter().take(n).copied().collect();
+            let got = distillery::data::text::first_tokens(&tok, &text, n).unwrap();
+            assert_eq!(got, want, "n = {n}, text {text:?}");
+            prefix_used += usize::from(text.len() > 16 * n);
+        }
+    }
+    assert!(prefix_used > 300, "the prefix path ran {prefix_used} times");
+}
+
+/// A tokenizer.json that pads and truncates (as all-MiniLM-L6-v2's does, to 128) gives the
+/// texts' own tokens, both when read for training and when read back from a model file.
+#[test]
+fn a_tokenizers_own_padding_is_never_read_as_tokens() {
+    use distillery::data::text::{FeaturesConfig, Featurizer};
+    let dir = tempfile::tempdir().unwrap();
+    write_tiny_bert(dir.path());
+    let path = dir.path().join("tokenizer.json");
+    let plain = Featurizer::from_config(&FeaturesConfig::Tokenizer {
+        path: path.clone(),
+        max_tokens: 12,
+    })
+    .unwrap();
+    let mut tok: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    tok["padding"] = serde_json::json!({"strategy": {"Fixed": 16}, "direction": "Right",
+        "pad_to_multiple_of": null, "pad_id": 0, "pad_type_id": 0, "pad_token": "[PAD]"});
+    tok["truncation"] = serde_json::json!({"direction": "Right", "max_length": 3,
+        "strategy": "LongestFirst", "stride": 0});
+    std::fs::write(&path, tok.to_string()).unwrap();
+    let padded = Featurizer::from_config(&FeaturesConfig::Tokenizer {
+        path,
+        max_tokens: 12,
+    })
+    .unwrap();
+    // As a model file carries it: serialised without the loaded tokenizer, then made ready.
+    let reloaded: Featurizer =
+        serde_json::from_str(&serde_json::to_string(&padded).unwrap()).unwrap();
+    let reloaded = reloaded.ready("model.safetensors").unwrap();
+    let texts: Vec<String> = TEXTS.iter().map(|t| t.to_string()).collect();
+    let want = plain.featurize(&texts).unwrap();
+    assert_eq!(padded.featurize(&texts).unwrap(), want);
+    assert_eq!(reloaded.featurize(&texts).unwrap(), want);
+}

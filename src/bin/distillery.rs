@@ -167,6 +167,7 @@ enum ExportFormat {
 }
 
 fn main() {
+    distillery::tune_allocator();
     let cli = Cli::parse();
     if let Err(e) = dispatch(cli) {
         eprintln!("error: {e}");

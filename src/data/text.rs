@@ -414,25 +414,60 @@ impl PartialEq for Featurizer {
     }
 }
 
-/// Loads a Hugging Face `tokenizer.json`, with a one-line error naming the file.
+/// A tokenizer from its JSON, with the padding and truncation a tokenizer.json may carry
+/// switched off (all-MiniLM-L6-v2's pads every text to 128 [PAD] tokens and cuts it there):
+/// distillery batches without padding and truncates where the caller says. Left on, [PAD]
+/// tokens would be read as part of every text.
+fn tokenizer_from_json(json: &str) -> std::result::Result<tokenizers::Tokenizer, String> {
+    let mut tok = tokenizers::Tokenizer::from_bytes(json.as_bytes()).map_err(|e| e.to_string())?;
+    tok.with_padding(None);
+    tok.with_truncation(None).map_err(|e| e.to_string())?;
+    Ok(tok)
+}
+
+/// Loads a Hugging Face `tokenizer.json` (padding and truncation off), with a one-line error
+/// naming the file.
 pub fn load_tokenizer(path: &Path) -> Result<(tokenizers::Tokenizer, String)> {
     let bytes = crate::io::read_file(path)?;
     let json = String::from_utf8(bytes)
         .map_err(|_| Error::Input(format!("{}: not UTF-8 text", path.display())))?;
-    let mut tok = tokenizers::Tokenizer::from_bytes(json.as_bytes()).map_err(|e| {
+    let tok = tokenizer_from_json(&json).map_err(|e| {
         Error::Input(format!(
             "{}: not a Hugging Face tokenizer.json: {e}",
             path.display()
         ))
     })?;
-    // A tokenizer.json may carry the padding and truncation its model was exported with
-    // (all-MiniLM-L6-v2's pads every text to 128 tokens and cuts it there): distillery batches
-    // without padding and truncates where the caller says, so both are switched off here.
-    // Left on, [PAD] tokens would be read as part of every text.
-    tok.with_padding(None);
-    tok.with_truncation(None)
-        .map_err(|e| Error::Input(format!("{}: {e}", path.display())))?;
     Ok((tok, json))
+}
+
+/// The first `n` token ids of `text` (no special tokens). A long text is first tokenized only
+/// up to the last whitespace before `16 n` bytes: when that prefix already gives `n` tokens they
+/// are the whole text's first `n` (the cut falls between words, and BERT's normalisation,
+/// pre-tokenisation and WordPiece work word by word), so a long email costs what its beginning
+/// costs. Otherwise the whole text is tokenized.
+pub fn first_tokens(tok: &tokenizers::Tokenizer, text: &str, n: usize) -> Result<Vec<u32>> {
+    let encode = |t: &str| {
+        tok.encode_fast(t, false)
+            .map(|e| e.get_ids().to_vec())
+            .map_err(|e| Error::Input(format!("tokenizer: {e}")))
+    };
+    let budget = n.saturating_mul(16);
+    if text.len() > budget {
+        let mut cut = budget;
+        while !text.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        if let Some(ws) = text[..cut].rfind(char::is_whitespace) {
+            let mut ids = encode(&text[..ws])?;
+            if ids.len() >= n {
+                ids.truncate(n);
+                return Ok(ids);
+            }
+        }
+    }
+    let mut ids = encode(text)?;
+    ids.truncate(n);
+    Ok(ids)
 }
 
 impl Featurizer {
@@ -475,7 +510,7 @@ impl Featurizer {
     pub fn ready(mut self, file: &str) -> Result<Featurizer> {
         if let Featurizer::Tokenizer { json, loaded, .. } = &mut self {
             if loaded.is_none() {
-                let tok = tokenizers::Tokenizer::from_bytes(json.as_bytes()).map_err(|e| {
+                let tok = tokenizer_from_json(json).map_err(|e| {
                     Error::Input(format!(
                         "{file}: the tokenizer it carries does not load: {e}"
                     ))
@@ -552,10 +587,8 @@ impl Featurizer {
                 let tok = loaded
                     .as_ref()
                     .ok_or_else(|| Error::Other("tokenizer not loaded".into()))?;
-                let enc = tok
-                    .encode_fast(text, false)
-                    .map_err(|e| Error::Input(format!("tokenizer: {e}")))?;
-                out.extend(enc.get_ids().iter().take(width).map(|&i| i as f32));
+                let ids = first_tokens(tok, text, width)?;
+                out.extend(ids.iter().map(|&i| i as f32));
             }
         }
         out.resize(start + width, PAD);
