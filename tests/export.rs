@@ -16,8 +16,8 @@ use tract_onnx::prelude::*;
 fn digits() -> (Vec<f32>, Vec<f32>, Normalizer, usize) {
     let d = data::embedded_digits().unwrap();
     let norm = Normalizer::fit(NormalizeKind::Global, &d);
-    let raw = d.x.clone();
-    let mut x = d.x.clone();
+    let raw = d.x.to_vec();
+    let mut x = d.x.to_vec();
     norm.apply(&mut x, d.dim());
     (raw, x, norm, d.len())
 }

@@ -262,8 +262,9 @@ latency_budget_ms = 1
 /// A teacher-output cache larger than the memory the process may allocate still trains a
 /// student: the test runs itself again as a child under `prlimit --data` (a cap on the heap and
 /// every other private writable mapping, not on read-only file maps) of 96 MiB, and there
-/// computes a 192 MiB cache chunk by chunk, maps it, and trains a student on it for 3 epochs.
-/// Had anything read the cache into memory, the child would die allocating it.
+/// computes a 192 MiB cache chunk by chunk, maps it, and trains a student on it (the rows as
+/// targets) and a classifier (the rows as inputs, as a BERT teacher's head reads its cached
+/// embeddings). Had anything read the cache into memory, the child would die allocating it.
 #[test]
 fn a_cache_larger_than_the_memory_limit_trains_a_student() {
     use distillery::teachers::{cache, Rows};

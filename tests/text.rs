@@ -294,8 +294,8 @@ format = "onnx"
     );
     assert_eq!(
         cached.len(),
-        4,
-        "train, val, test embeddings and the token embeddings"
+        7,
+        "train, val, test embeddings, their standardised copies the head reads, and the token embeddings"
     );
     let out2 = dir.path().join("run2");
     std::fs::create_dir_all(&out2).unwrap();
@@ -694,4 +694,113 @@ fn a_tokenizers_own_padding_is_never_read_as_tokens() {
     let want = plain.featurize(&texts).unwrap();
     assert_eq!(padded.featurize(&texts).unwrap(), want);
     assert_eq!(reloaded.featurize(&texts).unwrap(), want);
+}
+
+/// The ASCII fast path of a BERT WordPiece tokenizer gives the `tokenizers` crate's ids on
+/// texts made to hit every rule: case, punctuation, tabs and newlines, control characters,
+/// continuation pieces, unknown pieces, words over the length limit; and declines texts with
+/// non-ASCII characters or an added token written out.
+#[test]
+fn fast_wordpiece_matches_the_tokenizers_crate() {
+    use distillery::data::wordpiece::FastWordPiece;
+    let dir = tempfile::tempdir().unwrap();
+    write_tiny_bert(dir.path());
+    let path = dir.path().join("tokenizer.json");
+    let mut tok: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    let pieces = [
+        "[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "un", "##aff", "##able", "##a", "##b", "a",
+        "b", "ab", "##ab", "!", ",", ".", "x", "##x", "the", "cat", "##s", "(", ")", "'", "-",
+        "##-", "1", "##2", "12", "[", "]",
+    ];
+    let vocab: serde_json::Map<String, serde_json::Value> = pieces
+        .iter()
+        .enumerate()
+        .map(|(i, p)| (p.to_string(), serde_json::json!(i)))
+        .collect();
+    tok["model"]["vocab"] = serde_json::Value::Object(vocab);
+    tok["added_tokens"] = serde_json::json!([
+        {"id": 2, "content": "[CLS]", "single_word": false, "lstrip": false, "rstrip": false,
+         "normalized": false, "special": true},
+        {"id": 3, "content": "[SEP]", "single_word": false, "lstrip": false, "rstrip": false,
+         "normalized": false, "special": true}
+    ]);
+    let json = tok.to_string();
+    std::fs::write(&path, &json).unwrap();
+    let (hf, _) = distillery::data::text::load_tokenizer(&path).unwrap();
+    let fast = FastWordPiece::from_json(&json).expect("a BERT WordPiece tokenizer");
+    let parts = [
+        "unaffable",
+        "UnAffAble",
+        "ab",
+        "abab",
+        "aba",
+        "b",
+        "x",
+        "xx",
+        "cats",
+        "the",
+        "12",
+        "122",
+        "!",
+        "(a)",
+        "don't",
+        "a-b",
+        "a--b",
+        "qq",
+        "uncat",
+        "\t",
+        "\n",
+        "\r\n",
+        "  ",
+        "\u{1}",
+        "\u{7f}",
+        "\u{0}",
+        "\u{b}",
+        "\u{c}",
+        "[",
+        "]",
+        "CAT",
+        "ThE",
+        ",",
+        ".",
+        "...",
+        "##a",
+    ];
+    let mut seed = 5u64;
+    let mut next = |m: usize| {
+        seed = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        (seed >> 33) as usize % m
+    };
+    let mut checked = 0;
+    for k in 0..2000 {
+        let mut text = String::new();
+        for _ in 0..1 + next(30) {
+            text.push_str(parts[next(parts.len())]);
+            if next(3) > 0 {
+                text.push(' ');
+            }
+        }
+        if k % 50 == 0 {
+            text.push_str(&"ab".repeat(60)); // a word over 100 characters
+        }
+        let want = hf
+            .encode_fast(text.as_str(), false)
+            .unwrap()
+            .get_ids()
+            .to_vec();
+        for n in [1, 4, 1000] {
+            let mut got = Vec::new();
+            assert!(fast.first_ids(&text, n, &mut got), "{text:?}");
+            let w: Vec<u32> = want.iter().take(n).copied().collect();
+            assert_eq!(got, w, "n = {n}, text {text:?}");
+            checked += 1;
+        }
+    }
+    assert_eq!(checked, 6000);
+    let mut v = Vec::new();
+    assert!(!fast.first_ids("the cat [SEP] sat", 8, &mut v) && v.is_empty());
+    assert!(!fast.first_ids("the café", 8, &mut v) && v.is_empty());
 }

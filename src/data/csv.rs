@@ -274,7 +274,7 @@ mod tests {
             &["cat".to_string(), "dog".to_string()]
         );
         assert_eq!(d.labels().unwrap(), &[0, 1, 0]);
-        assert_eq!(d.x, vec![1.0, 2.0, 3.0, 4.0, 5.0, 6.0]);
+        assert_eq!(*d.x, [1.0, 2.0, 3.0, 4.0, 5.0, 6.0]);
     }
 
     #[test]

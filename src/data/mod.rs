@@ -3,7 +3,10 @@
 
 pub mod csv;
 pub mod idx;
+pub mod rows;
 pub mod text;
+pub mod wordpiece;
+pub use rows::Rows;
 
 use crate::error::Result;
 use crate::rng::Rng;
@@ -66,11 +69,12 @@ impl Targets {
     }
 }
 
-/// An in-memory data set: `n` samples of `dim` f32 features each, row-major.
+/// A data set: `n` samples of `dim` f32 features each, row-major, held in memory or mapped from
+/// a file ([`Rows`]).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Dataset {
     /// Features, `n * dim` values.
-    pub x: Vec<f32>,
+    pub x: Rows,
     /// Per-sample shape: `[dim]` for tabular data, `[c, h, w]` for images.
     pub shape: Vec<usize>,
     /// Targets.
@@ -86,6 +90,12 @@ pub struct Dataset {
 impl Dataset {
     /// A data set of `n = targets.len()` samples read in file order.
     pub fn new(x: Vec<f32>, shape: Vec<usize>, targets: Targets) -> Dataset {
+        Self::from_rows(x.into(), shape, targets)
+    }
+
+    /// A data set over rows that may be mapped from a file: training reads them batch by
+    /// batch, never copying them whole.
+    pub fn from_rows(x: Rows, shape: Vec<usize>, targets: Targets) -> Dataset {
         let n = targets.len();
         Dataset {
             x,
@@ -135,7 +145,7 @@ impl Dataset {
             x.extend_from_slice(&self.x[i * d..(i + 1) * d]);
         }
         Dataset {
-            x,
+            x: x.into(),
             shape: self.shape.clone(),
             targets: self.targets.subset(idx),
             text: if self.text.is_empty() {

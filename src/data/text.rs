@@ -375,6 +375,9 @@ pub enum Featurizer {
         /// The loaded tokenizer.
         #[serde(skip)]
         loaded: Option<std::sync::Arc<tokenizers::Tokenizer>>,
+        /// Its fast path for ASCII text, when it is a BERT WordPiece tokenizer.
+        #[serde(skip)]
+        fast: Option<std::sync::Arc<super::wordpiece::FastWordPiece>>,
     },
 }
 
@@ -497,9 +500,11 @@ impl Featurizer {
                     )));
                 }
                 Featurizer::Tokenizer {
-                    json,
                     vocab,
                     max_tokens: *max_tokens,
+                    fast: super::wordpiece::FastWordPiece::from_json(&json)
+                        .map(std::sync::Arc::new),
+                    json,
                     loaded: Some(std::sync::Arc::new(tok)),
                 }
             }
@@ -508,7 +513,13 @@ impl Featurizer {
 
     /// Loads the tokenizer of a featurizer read from a model file.
     pub fn ready(mut self, file: &str) -> Result<Featurizer> {
-        if let Featurizer::Tokenizer { json, loaded, .. } = &mut self {
+        if let Featurizer::Tokenizer {
+            json, loaded, fast, ..
+        } = &mut self
+        {
+            if fast.is_none() {
+                *fast = super::wordpiece::FastWordPiece::from_json(json).map(std::sync::Arc::new);
+            }
             if loaded.is_none() {
                 let tok = tokenizer_from_json(json).map_err(|e| {
                     Error::Input(format!(
@@ -583,11 +594,18 @@ impl Featurizer {
                 width,
                 out,
             ),
-            Featurizer::Tokenizer { loaded, .. } => {
-                let tok = loaded
+            Featurizer::Tokenizer { loaded, fast, .. } => {
+                let mut ids = Vec::with_capacity(width);
+                // The fast path where it gives the tokenizer's own ids, else the tokenizer.
+                if !fast
                     .as_ref()
-                    .ok_or_else(|| Error::Other("tokenizer not loaded".into()))?;
-                let ids = first_tokens(tok, text, width)?;
+                    .is_some_and(|f| f.first_ids(text, width, &mut ids))
+                {
+                    let tok = loaded
+                        .as_ref()
+                        .ok_or_else(|| Error::Other("tokenizer not loaded".into()))?;
+                    ids = first_tokens(tok, text, width)?;
+                }
                 out.extend(ids.iter().map(|&i| i as f32));
             }
         }
@@ -692,7 +710,7 @@ pub fn text_dataset(rows: TextRows, targets: Targets, f: &Featurizer) -> Result<
     let x = f.featurize(&rows.texts)?;
     let n = rows.texts.len();
     Ok(Dataset {
-        x,
+        x: x.into(),
         shape: vec![f.width()],
         targets,
         text: rows.texts,

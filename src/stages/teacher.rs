@@ -358,21 +358,50 @@ fn bert_teacher(c: &TeacherConfig, dir: &Path, store: &mut RunStore) -> Result<(
         norm.apply(&mut v, emb.cols);
         v
     };
-    let head = match &c.head {
-        Some(h) => Some(train_head(c, h, &emb, &norm, store)?),
-        None => None,
-    };
-    let logits = match &head {
-        Some(m) => Some(SplitOutputs {
-            cols: m.spec.outputs,
-            train: m.predict(&scaled(&emb.train), 512)?.into(),
-            val: m.predict(&scaled(&emb.val), 512)?.into(),
-            test: Some(
-                m.predict(&scaled(emb.test.as_deref().unwrap_or(&[])), 512)?
-                    .into(),
-            ),
-        }),
-        None => None,
+    // With a head, the standardised embeddings of each split go to the cache too (streamed,
+    // then mapped), so that the head trains and predicts without holding a split in memory.
+    let (head, logits) = match &c.head {
+        Some(h) => {
+            let fp = serde_json::to_string(&norm).map_err(|e| Error::Other(e.to_string()))?;
+            let std_rows = |data: &Dataset, e: &crate::teachers::Rows, split: &str| {
+                let cols = emb.cols;
+                let key = cache::key(
+                    &enc.digest,
+                    &format!("standardised embeddings {fp}"),
+                    data.text.iter().map(|t| t.as_bytes()),
+                );
+                cache::rows(
+                    &store.cache_dir(),
+                    &key,
+                    data.len(),
+                    cols,
+                    4096,
+                    &format!("{} {split} (standardised)", c.name),
+                    crate::progress::Progress::Quiet,
+                    |r| {
+                        let mut v = e[r.start * cols..r.end * cols].to_vec();
+                        norm.apply(&mut v, cols);
+                        Ok(v)
+                    },
+                )
+                .map(|(v, _)| v)
+            };
+            let test_emb = emb.test.clone().unwrap_or_default();
+            let (tr, va, te) = (
+                std_rows(&s.train, &emb.train, "train")?,
+                std_rows(&s.val, &emb.val, "val")?,
+                std_rows(&s.test, &test_emb, "test")?,
+            );
+            let m = train_head(c, h, emb.cols, &tr, &va, &norm, store)?;
+            let l = SplitOutputs {
+                cols: m.spec.outputs,
+                train: m.predict(&tr, 512)?.into(),
+                val: m.predict(&va, 512)?.into(),
+                test: Some(m.predict(&te, 512)?.into()),
+            };
+            (Some(m), Some(l))
+        }
+        None => (None, None),
     };
     // Test figures: the head's scores; embeddings alone have none to compare with labels.
     let scores = match &logits {
@@ -440,7 +469,9 @@ fn bert_teacher(c: &TeacherConfig, dir: &Path, store: &mut RunStore) -> Result<(
 fn train_head(
     c: &TeacherConfig,
     h: &HeadConfig,
-    emb: &SplitOutputs,
+    cols: usize,
+    train_x: &crate::teachers::Rows,
+    val_x: &crate::teachers::Rows,
     norm: &crate::data::Normalizer,
     store: &RunStore,
 ) -> Result<Model> {
@@ -458,7 +489,7 @@ fn train_head(
             dim: 0,
             vocab: 0,
         },
-        input_shape: vec![emb.cols],
+        input_shape: vec![cols],
         outputs: s.train.outputs(),
     };
     if file.exists() {
@@ -471,12 +502,9 @@ fn train_head(
             return Ok(m);
         }
     }
-    // The training loop reads a Dataset: the head's inputs are held in memory (a copy of the
-    // cached embeddings), unlike a student's targets, which are read from the cache per batch.
-    let mut train = Dataset::new(emb.train.to_vec(), vec![emb.cols], s.train.targets.clone());
-    let mut val = Dataset::new(emb.val.to_vec(), vec![emb.cols], s.val.targets.clone());
-    norm.apply(&mut train.x, emb.cols);
-    norm.apply(&mut val.x, emb.cols);
+    // Standardised already, and mapped from the cache: batches are read as training needs them.
+    let train = Dataset::from_rows(train_x.clone(), vec![cols], s.train.targets.clone());
+    let val = Dataset::from_rows(val_x.clone(), vec![cols], s.val.targets.clone());
     let model = Model::new(
         spec,
         &mut crate::rng::Rng::derive(store.seed, &format!("init/{name}")),

@@ -81,7 +81,7 @@ pub fn init_from_teacher(model: &Model, teacher: &str, name: &str, store: &RunSt
     // Token frequencies in the training texts.
     let mut counts = vec![0u64; vocab];
     let mut total = 0u64;
-    for &id in &store.splits.train.x {
+    for &id in store.splits.train.x.iter() {
         if id >= 0.0 {
             counts[(id as usize).min(vocab - 1)] += 1;
             total += 1;
