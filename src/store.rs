@@ -73,6 +73,9 @@ pub struct DistillSummary {
     /// The soft-target loss when it is not Hinton's (`dkd(1,8)`, `dist(2,2)`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub loss: Option<String>,
+    /// When α or T was `"auto"`: the grid tried on the validation split and the choice.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auto: Option<crate::train::AutoChoice>,
 }
 
 /// All figures for one model.

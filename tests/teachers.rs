@@ -379,3 +379,128 @@ fn a_cache_larger_than_the_memory_limit_trains_a_student() {
         "training loss {l:?}"
     );
 }
+
+/// `alpha = "auto"`: with a teacher that is confidently wrong (its logits name the class three
+/// after the true one), the trials on validation choose α = 0 (labels only), the run warns
+/// that the teacher validates worse than labels, the report shows the grid, and a resumed run
+/// reads the choice instead of repeating the trials.
+#[test]
+fn auto_alpha_chooses_labels_when_the_teacher_misleads() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = distillery::data::embedded_digits().unwrap();
+    let labels = match &d.targets {
+        distillery::data::Targets::Classes { labels, .. } => labels.clone(),
+        _ => unreachable!(),
+    };
+    let mut csv = (0..10).map(|c| c.to_string()).collect::<Vec<_>>().join(",") + "\n";
+    for &y in &labels {
+        let row: Vec<String> = (0..10u32)
+            .map(|c| if c == (y + 3) % 10 { "6" } else { "0" }.to_string())
+            .collect();
+        csv.push_str(&row.join(","));
+        csv.push('\n');
+    }
+    let outs = dir.path().join("liar.csv");
+    std::fs::write(&outs, csv).unwrap();
+    let cfg = dir.path().join("auto.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            r#"seed = 3
+[data]
+format = "digits"
+val_fraction = 0.2
+test_fraction = 0.2
+[eval]
+latency_runs = 3
+latency_budget_ms = 20
+[[teacher]]
+name = "liar"
+outputs = "{}"
+[[model]]
+name = "student"
+role = "student"
+arch = {{ kind = "mlp", hidden = [32] }}
+distill = {{ teacher = "liar", alpha = "auto", temperature = "auto" }}
+train = {{ epochs = 10, batch_size = 64, lr = 0.003 }}
+"#,
+            outs.display()
+        ),
+    )
+    .unwrap();
+    let out = dir.path().join("run");
+    let o = run(&["run", cfg.to_str().unwrap(), "--out", out.to_str().unwrap()]);
+    let err = stderr(&o);
+    assert!(o.status.success(), "{err}");
+    assert!(err.contains("9 trials of 2 epoch(s)"), "{err}");
+    assert!(
+        err.contains("warning: student: teacher validates worse"),
+        "{err}"
+    );
+    let m = metrics(&out);
+    let first = common::metrics_without_timings(&out);
+    eprintln!("{err}");
+    let student = m["models"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|x| x["name"] == "student")
+        .unwrap();
+    let auto = &student["distill"]["auto"];
+    assert_eq!(auto["alpha"], 0.0, "{auto}");
+    assert_eq!(student["distill"]["alpha"], 0.0);
+    assert_eq!(auto["trials"].as_array().unwrap().len(), 9);
+    let report = std::fs::read_to_string(out.join("report.md")).unwrap();
+    assert!(report.contains("## Distillation settings chosen on validation"));
+    assert!(report.contains("**Warning:** teacher validates worse"));
+    // The student is as good as labels alone: it is labels alone.
+    assert!(student["accuracy"].as_f64().unwrap() > 0.85, "{student}");
+    // Resumed (the model file removed): the choice is read back, not tried again.
+    std::fs::remove_file(out.join("models/student.safetensors")).unwrap();
+    let o2 = run(&["run", cfg.to_str().unwrap(), "--out", out.to_str().unwrap()]);
+    let err2 = stderr(&o2);
+    assert!(o2.status.success(), "{err2}");
+    assert!(err2.contains("chosen earlier"), "{err2}");
+    assert!(!err2.contains("trial α"), "{err2}");
+    assert_eq!(common::metrics_without_timings(&out), first);
+
+    // α fixed at 0.9 and only T chosen: every trial distils, so the winner is trained in full
+    // beside the same student on labels alone, and the better on validation is kept — here
+    // labels alone, recorded as α = 0.
+    let cfg2 = dir.path().join("auto2.toml");
+    std::fs::write(
+        &cfg2,
+        std::fs::read_to_string(&cfg)
+            .unwrap()
+            .replace("alpha = \"auto\"", "alpha = 0.9"),
+    )
+    .unwrap();
+    let out2 = dir.path().join("run2");
+    let o3 = run(&[
+        "run",
+        cfg2.to_str().unwrap(),
+        "--out",
+        out2.to_str().unwrap(),
+    ]);
+    let err3 = stderr(&o3);
+    assert!(o3.status.success(), "{err3}");
+    assert!(err3.contains("4 trials of 2 epoch(s)"), "{err3}");
+    assert!(err3.contains("keeping labels alone"), "{err3}");
+    let m2 = metrics(&out2);
+    let s2 = m2["models"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|x| x["name"] == "student")
+        .unwrap()
+        .clone();
+    let full = &s2["distill"]["auto"]["full_runs"];
+    assert_eq!(full["kept_labels"], true, "{full}");
+    assert_eq!(s2["distill"]["alpha"], 0.0);
+    assert!(
+        full["labels"]["val_accuracy"].as_f64() > full["distilled"]["val_accuracy"].as_f64(),
+        "{full}"
+    );
+    assert!(s2["accuracy"].as_f64().unwrap() > 0.85, "{s2}");
+    assert!(!out2.join("checkpoints/student.labels.ckpt").exists());
+}

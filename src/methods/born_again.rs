@@ -25,8 +25,8 @@ pub fn expand(models: &[ModelConfig]) -> Vec<ModelConfig> {
                     train: m.train.clone(),
                     distill: Some(DistillConfig {
                         teacher: prev.clone(),
-                        temperature: b.temperature,
-                        alpha: b.alpha,
+                        temperature: crate::stages::tune::Tunable::Fixed(b.temperature),
+                        alpha: crate::stages::tune::Tunable::Fixed(b.alpha),
                         assistants: Vec::new(),
                         hint: None,
                         loss: crate::losses::SoftLoss::Kd,

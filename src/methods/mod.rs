@@ -58,6 +58,9 @@ born_again = { generations = 2 }
         // the born-again generations repeat the student's architecture and use BAN's defaults
         let g2 = &e.models[4];
         assert_eq!(g2.arch.as_ref().unwrap().hidden, vec![8]);
-        assert_eq!(g2.distill.as_ref().unwrap().alpha, 1.0);
+        assert_eq!(
+            g2.distill.as_ref().unwrap().alpha,
+            crate::stages::tune::Tunable::Fixed(1.0)
+        );
     }
 }

@@ -256,6 +256,7 @@ pub fn markdown(m: &Metrics) -> String {
     }
     s.push_str("\nLatency: median of repeated timed forward passes on this machine (after warm-up). Size: bytes of the stored weights in their precision (f32, int8 codes + scales, packed int4 + scales).\n\n");
     text_section(&mut s, m);
+    auto_section(&mut s, m);
     compression_section(&mut s, m);
     exports_section(&mut s, m);
     s.push_str("## Training\n\n");
@@ -510,6 +511,97 @@ pub fn write_reports(out: &Path, m: &Metrics) -> Result<String> {
 
 /// Text models: F1, agreement with the teacher's embeddings, and texts per second (latency
 /// from raw text, tokenizing included).
+/// The grids of `alpha` / `temperature` = "auto": every trial's validation scores, the choice,
+/// and the warning about a teacher worse than labels.
+fn auto_section(s: &mut String, m: &Metrics) {
+    let chosen: Vec<_> = m
+        .models
+        .iter()
+        .filter_map(|x| {
+            x.distill
+                .as_ref()
+                .and_then(|d| d.auto.as_ref().map(|a| (x, d, a)))
+        })
+        .collect();
+    if chosen.is_empty() {
+        return;
+    }
+    s.push_str(
+        "## Distillation settings chosen on validation
+
+",
+    );
+    for (x, d, a) in chosen {
+        let _ = writeln!(
+            s,
+            "**{}** (teacher {}): {} trials of {} epoch(s); in the end **α = {}, T = {}**{}.\n",
+            x.name,
+            d.teacher,
+            a.trials.len(),
+            a.trial_epochs,
+            a.alpha,
+            a.temperature,
+            if a.alpha == 0.0 {
+                " (labels only: distilling from this teacher did not help on validation)"
+            } else {
+                ""
+            }
+        );
+        let best = a
+            .trials
+            .iter()
+            .fold(None::<&crate::train::Trial>, |b, t| match b {
+                Some(b)
+                    if (b.val_accuracy.unwrap_or(0.0), -b.val_loss)
+                        >= (t.val_accuracy.unwrap_or(0.0), -t.val_loss) =>
+                {
+                    Some(b)
+                }
+                _ => Some(t),
+            });
+        s.push_str(
+            "| α | T | validation accuracy | validation loss | |\n|---:|---:|---:|---:|---|\n",
+        );
+        for t in &a.trials {
+            let _ = writeln!(
+                s,
+                "| {} | {} | {} | {:.4} | {} |",
+                t.alpha,
+                if t.alpha == 0.0 {
+                    "—".to_string()
+                } else {
+                    t.temperature.to_string()
+                },
+                t.val_accuracy
+                    .map(|v| format!("{:.2}%", 100.0 * v))
+                    .unwrap_or_else(|| "—".into()),
+                t.val_loss,
+                if best == Some(t) { "best trial" } else { "" }
+            );
+        }
+        if let Some(f) = &a.full_runs {
+            let acc = |t: &crate::train::Trial| {
+                t.val_accuracy
+                    .map(|v| format!("{:.2}%", 100.0 * v))
+                    .unwrap_or_else(|| format!("loss {:.4}", t.val_loss))
+            };
+            let _ = writeln!(
+                s,
+                "\nThe best trial trained in full (α = {}, T = {}) validated at {}, the same student on labels alone at {}: the {} one was kept.",
+                f.distilled.alpha,
+                f.distilled.temperature,
+                acc(&f.distilled),
+                acc(&f.labels),
+                if f.kept_labels { "labels-only" } else { "distilled" }
+            );
+        }
+        if let Some(w) = &a.warning {
+            let _ = writeln!(s, "\n> **Warning:** {w}");
+        }
+        s.push('\n');
+    }
+}
+
 fn text_section(s: &mut String, m: &Metrics) {
     let text = m
         .models

@@ -188,6 +188,7 @@ impl Stage for GroupStage {
                         temperature: f.temperature,
                         alpha: f.alpha,
                         loss: None,
+                        auto: None,
                     }),
                     embedding_teacher: None,
                 },

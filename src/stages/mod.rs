@@ -10,6 +10,7 @@ pub mod prune;
 pub mod quantize;
 pub mod teacher;
 pub mod text;
+pub mod tune;
 
 use crate::error::Result;
 use crate::store::RunStore;

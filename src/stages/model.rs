@@ -7,6 +7,7 @@ use crate::data::Task;
 use crate::error::{bad_field, Error, Result};
 use crate::models::{self, ArchConfig, Model, ModelSpec};
 use crate::rng::Rng;
+use crate::stages::tune::Tunable;
 use crate::store::{DistillSummary, Finished, Provenance, RunStore};
 use crate::train::{HintTerm, Objective, TeacherSignal, TrainConfig};
 use serde::{Deserialize, Serialize};
@@ -41,12 +42,14 @@ impl Role {
 pub struct DistillConfig {
     /// Name of the teacher (an earlier `[[model]]`).
     pub teacher: String,
-    /// Softmax temperature T.
+    /// Softmax temperature T, or `"auto"`: chosen on the validation split
+    /// ([`crate::stages::tune`]).
     #[serde(default = "default_temperature")]
-    pub temperature: f32,
-    /// Weight α of the soft-target term; (1 − α) weighs the label term.
+    pub temperature: Tunable,
+    /// Weight α of the soft-target term; (1 − α) weighs the label term. `"auto"`: chosen on
+    /// the validation split among 0 (labels only), 0.5 and 0.9.
     #[serde(default = "default_alpha")]
-    pub alpha: f32,
+    pub alpha: Tunable,
     /// Teacher-assistant chain (Mirzadeh et al. 2020): intermediate models, largest first,
     /// each distilled from the one before; the student then learns from the last.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -88,11 +91,11 @@ fn is_kd(l: &crate::losses::SoftLoss) -> bool {
     *l == crate::losses::SoftLoss::Kd
 }
 
-fn default_temperature() -> f32 {
-    4.0
+fn default_temperature() -> Tunable {
+    Tunable::Fixed(4.0)
 }
-fn default_alpha() -> f32 {
-    0.9
+fn default_alpha() -> Tunable {
+    Tunable::Fixed(0.9)
 }
 
 /// One `[[model]]` entry.
@@ -220,16 +223,33 @@ impl ModelConfig {
                     ),
                 )?;
             }
-            if !(ds.temperature.is_finite() && ds.temperature > 0.0) {
+            if let Some(t) = ds.temperature.fixed() {
+                if !(t.is_finite() && t > 0.0) {
+                    bad_field(
+                        &format!("{p}.distill.temperature"),
+                        &format!("must be positive, got {t}"),
+                    )?;
+                }
+            }
+            if let Some(a) = ds.alpha.fixed() {
+                if !(0.0..=1.0).contains(&a) {
+                    bad_field(
+                        &format!("{p}.distill.alpha"),
+                        &format!("expected [0, 1], got {a}"),
+                    )?;
+                }
+            }
+            let auto = ds.alpha == Tunable::Auto || ds.temperature == Tunable::Auto;
+            if auto && ds.loss.is_embedding() {
                 bad_field(
-                    &format!("{p}.distill.temperature"),
-                    &format!("must be positive, got {}", ds.temperature),
+                    &format!("{p}.distill"),
+                    "alpha and temperature \"auto\" choose how much of the labels to mix in; an embedding loss uses no labels (give numbers)",
                 )?;
             }
-            if !(0.0..=1.0).contains(&ds.alpha) {
+            if auto && !ds.assistants.is_empty() {
                 bad_field(
-                    &format!("{p}.distill.alpha"),
-                    &format!("expected [0, 1], got {}", ds.alpha),
+                    &format!("{p}.distill"),
+                    "\"auto\" is not available with assistants (give numbers)",
                 )?;
             }
             for (k, w) in ds.loss.weights() {
@@ -309,10 +329,26 @@ impl Stage for ModelStage {
             let (model, meta) = train_model(m, store)?;
             (AnyModel::float(model, meta), "trained".to_string(), file)
         };
+        let chosen = m
+            .distill
+            .as_ref()
+            .filter(|d| d.alpha == Tunable::Auto || d.temperature == Tunable::Auto)
+            .and_then(|_| crate::stages::tune::saved_choice(store, &m.name));
         let distill = m.distill.as_ref().map(|d| DistillSummary {
             teacher: d.teacher.clone(),
-            temperature: d.temperature,
-            alpha: d.alpha,
+            // What was used: the choice when there was one (the guard may have kept labels
+            // alone even with α fixed), else the given values.
+            temperature: chosen
+                .as_ref()
+                .map(|c| c.temperature)
+                .or(d.temperature.fixed())
+                .unwrap_or(f32::NAN),
+            alpha: chosen
+                .as_ref()
+                .map(|c| c.alpha)
+                .or(d.alpha.fixed())
+                .unwrap_or(f32::NAN),
+            auto: chosen.clone(),
             loss: (d.loss != crate::losses::SoftLoss::Kd).then(|| d.loss.describe().to_uppercase()),
         });
         store.finish(
@@ -367,11 +403,18 @@ fn train_model(m: &ModelConfig, store: &RunStore) -> Result<(Model, crate::model
         input_shape: splits.train.shape.clone(),
         outputs,
     };
-    let mut init_rng = Rng::derive(store.seed, &format!("init/{}", m.name));
-    let model = Model::new(spec, &mut init_rng)?;
-    if let Some(ds) = m.distill.as_ref().filter(|d| d.init_from_teacher) {
-        crate::stages::text::init_from_teacher(&model, &ds.teacher, &m.name, store)?;
-    }
+    // A newly initialised model: the same weights every call (trials of "auto" start where
+    // the final run starts).
+    let fresh = || -> Result<Model> {
+        let mut init_rng = Rng::derive(store.seed, &format!("init/{}", m.name));
+        let model = Model::new(spec.clone(), &mut init_rng)?;
+        if let Some(ds) = m.distill.as_ref().filter(|d| d.init_from_teacher) {
+            crate::stages::text::init_from_teacher(&model, &ds.teacher, &m.name, store)?;
+        }
+        Ok(model)
+    };
+    let model = fresh()?;
+    let mut auto_choice = None;
     let objective = match &m.distill {
         None => Objective::supervised(),
         Some(ds) if ds.loss.is_embedding() => {
@@ -406,33 +449,68 @@ fn train_model(m: &ModelConfig, store: &RunStore) -> Result<(Model, crate::model
                 return Err(missing());
             }
             let known = store.known(&ds.teacher).is_some();
-            let signal = if known {
-                if m.train.jitter > 0 {
-                    return Err(Error::Input(format!(
-                        "model.{}.train.jitter: teacher '{}' has outputs for the samples as they are, not for shifted ones; set jitter = 0",
-                        m.name, ds.teacher
-                    )));
-                }
-                TeacherSignal::Cached(store.teacher_outputs(&ds.teacher, "train")?)
-            } else if m.train.jitter == 0 {
-                store.progress.say(&format!(
-                    "{}: computing {}'s soft targets once for the whole training set",
+            if known && m.train.jitter > 0 {
+                return Err(Error::Input(format!(
+                    "model.{}.train.jitter: teacher '{}' has outputs for the samples as they are, not for shifted ones; set jitter = 0",
                     m.name, ds.teacher
-                ));
-                TeacherSignal::Cached(store.teacher_outputs(&ds.teacher, "train")?)
-            } else {
-                TeacherSignal::Live(store.teacher(&ds.teacher).map_err(|_| missing())?)
-            };
-            let mut obj = Objective::distill(signal, ds.loss, ds.temperature, ds.alpha);
-            if let Some(h) = &ds.hint {
-                obj.hint = Some(HintTerm {
-                    teacher: model_teacher.ok_or_else(missing)?,
-                    teacher_layer: h.teacher_layer,
-                    student_layer: h.student_layer,
-                    weight: h.weight,
-                });
+                )));
             }
-            obj
+            let cached = if known || m.train.jitter == 0 {
+                if !known {
+                    store.progress.say(&format!(
+                        "{}: computing {}'s soft targets once for the whole training set",
+                        m.name, ds.teacher
+                    ));
+                }
+                Some(store.teacher_outputs(&ds.teacher, "train")?)
+            } else {
+                None
+            };
+            let make = |alpha: f32, temperature: f32| -> Result<Objective> {
+                let signal = match &cached {
+                    Some(rows) => TeacherSignal::Cached(rows.clone()),
+                    None => TeacherSignal::Live(store.teacher(&ds.teacher).map_err(|_| missing())?),
+                };
+                let mut obj = Objective::distill(signal, ds.loss, temperature, alpha);
+                if let Some(h) = &ds.hint {
+                    obj.hint = Some(HintTerm {
+                        teacher: model_teacher.ok_or_else(missing)?,
+                        teacher_layer: h.teacher_layer,
+                        student_layer: h.student_layer,
+                        weight: h.weight,
+                    });
+                }
+                Ok(obj)
+            };
+            let (alpha, temperature) = match (ds.alpha.fixed(), ds.temperature.fixed()) {
+                (Some(a), Some(t)) => (a, t),
+                _ => {
+                    let teacher_val = if splits.val.outputs() > 1 && !splits.val.is_empty() {
+                        let out = store.teacher_outputs(&ds.teacher, "val")?;
+                        crate::eval::score_outputs(&out, &splits.val, None).accuracy
+                    } else {
+                        None
+                    };
+                    let c = crate::stages::tune::choose(
+                        store,
+                        &m.name,
+                        ds.alpha,
+                        ds.temperature,
+                        &m.train,
+                        &fresh,
+                        &make,
+                        teacher_val,
+                    )?;
+                    // Resumed after the full runs were compared: the winner of the trials.
+                    let at = match &c.full_runs {
+                        Some(f) => (f.distilled.alpha, f.distilled.temperature),
+                        None => (c.alpha, c.temperature),
+                    };
+                    auto_choice = Some(c);
+                    at
+                }
+            };
+            make(alpha, temperature)?
         }
     };
     store.progress.say(&format!(
@@ -442,6 +520,9 @@ fn train_model(m: &ModelConfig, store: &RunStore) -> Result<(Model, crate::model
         model.num_params(),
         m.train.epochs
     ));
+    if let Some(choice) = auto_choice.filter(|c| c.alpha > 0.0 || c.full_runs.is_some()) {
+        return keep_better_than_labels(m, store, model, objective, choice, &fresh);
+    }
     let meta = store.fit_and_save(
         &m.name,
         m.role().as_str(),
@@ -452,4 +533,97 @@ fn train_model(m: &ModelConfig, store: &RunStore) -> Result<(Model, crate::model
         None,
     )?;
     Ok((model, meta))
+}
+
+/// "auto" chose to distil: trains the winner in full and the same student on labels alone in
+/// full (each with its own checkpoint, so a killed run resumes either), keeps the one that
+/// validates better, and records both in the choice. The kept model is saved only when both
+/// are done, so a resumed run never skips the comparison.
+fn keep_better_than_labels(
+    m: &ModelConfig,
+    store: &RunStore,
+    model: Model,
+    objective: Objective,
+    mut choice: crate::stages::tune::AutoChoice,
+    fresh: &dyn Fn() -> Result<Model>,
+) -> Result<(Model, crate::models::ModelMeta)> {
+    use crate::stages::tune::{trial_of, Score};
+    fn job<'a>(
+        m: &'a ModelConfig,
+        store: &'a RunStore,
+        name: &'a str,
+        objective: Objective<'a>,
+        ckpt: &str,
+    ) -> crate::train::TrainJob<'a> {
+        crate::train::TrainJob {
+            name,
+            cfg: &m.train,
+            train: &store.splits.train,
+            val: &store.splits.val,
+            objective,
+            fill: store.splits.normalizer.zero_value(),
+            checkpoint: Some(store.checkpoint_path(&m.name, ckpt)),
+            seed: store.seed,
+            progress: store.progress,
+            hooks: Vec::new(),
+        }
+    }
+    let distilled = crate::train::fit(&model, job(m, store, &m.name, objective, "ckpt"))?;
+    let labels_model = fresh()?;
+    let labels_name = format!("{} (labels only)", m.name);
+    store.progress.say(&format!(
+        "{}: the same student on labels alone, in full, to keep the better on validation",
+        m.name
+    ));
+    let labels = crate::train::fit(
+        &labels_model,
+        job(
+            m,
+            store,
+            &labels_name,
+            Objective::supervised(),
+            "labels.ckpt",
+        ),
+    )?;
+    let (wa, wt) = match &choice.full_runs {
+        Some(f) => (f.distilled.alpha, f.distilled.temperature),
+        None => (choice.alpha, choice.temperature),
+    };
+    let d = trial_of(wa, wt, &distilled);
+    let l = trial_of(0.0, wt, &labels);
+    let kept_labels = l.key() > d.key();
+    store.progress.say(&format!(
+        "{}: validation accuracy distilled {} vs labels alone {}: keeping {}",
+        m.name,
+        d.val_accuracy
+            .map(|a| format!("{:.2}%", 100.0 * a))
+            .unwrap_or_else(|| format!("loss {:.4}", d.val_loss)),
+        l.val_accuracy
+            .map(|a| format!("{:.2}%", 100.0 * a))
+            .unwrap_or_else(|| format!("loss {:.4}", l.val_loss)),
+        if kept_labels {
+            "labels alone (α = 0)"
+        } else {
+            "the distilled one"
+        }
+    ));
+    choice.full_runs = Some(crate::stages::tune::FullRuns {
+        distilled: d,
+        labels: l,
+        kept_labels,
+    });
+    choice.alpha = if kept_labels { 0.0 } else { wa };
+    choice.temperature = wt;
+    crate::stages::tune::save_choice(store, &m.name, &choice)?;
+    let (kept, record) = if kept_labels {
+        (labels_model, labels)
+    } else {
+        (model, distilled)
+    };
+    let training = serde_json::to_value(&record).map_err(|e| Error::Other(e.to_string()))?;
+    let meta = store.meta(&m.name, m.role().as_str(), &kept.spec, training);
+    crate::models::save_model(&store.model_path(&m.name), &kept, &meta)?;
+    let _ = std::fs::remove_file(store.checkpoint_path(&m.name, "ckpt"));
+    let _ = std::fs::remove_file(store.checkpoint_path(&m.name, "labels.ckpt"));
+    Ok((kept, meta))
 }

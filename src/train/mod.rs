@@ -7,7 +7,7 @@ pub mod objective;
 pub mod optim;
 mod settings;
 
-pub use settings::{OptimizerKind, ScheduleKind, TrainConfig};
+pub use settings::{AutoChoice, FullRuns, OptimizerKind, ScheduleKind, TrainConfig, Trial};
 
 use crate::data::{Dataset, Targets};
 use crate::error::{Error, Result};

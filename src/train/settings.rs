@@ -179,3 +179,53 @@ impl TrainConfig {
         Ok(())
     }
 }
+
+/// `alpha = "auto"` / `temperature = "auto"` ([`crate::stages::tune`]): the trials and the choice.
+/// One short trial of the grid.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Trial {
+    /// Soft-target weight.
+    pub alpha: f32,
+    /// Temperature.
+    pub temperature: f32,
+    /// Validation accuracy at the trial's best epoch (classification).
+    pub val_accuracy: Option<f64>,
+    /// Validation loss against the labels at that epoch (cross-entropy, or MSE in
+    /// standardised units): the score for regression, the tie-break for classification.
+    pub val_loss: f64,
+}
+
+/// The grid, its scores and the choice.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AutoChoice {
+    /// Epochs per trial.
+    pub trial_epochs: usize,
+    /// Every trial, in the order run.
+    pub trials: Vec<Trial>,
+    /// The chosen α.
+    pub alpha: f32,
+    /// The chosen temperature.
+    pub temperature: f32,
+    /// The teacher's validation accuracy (classification), for the warning.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub teacher_val_accuracy: Option<f64>,
+    /// Set when the teacher validates worse than the labels-only trial.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub warning: Option<String>,
+    /// When the winner distils (α > 0): the full runs of the winner and of the same student on
+    /// labels alone, at their best epochs, and which was kept (the better on validation), so
+    /// that "auto" never ends below labels alone on validation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub full_runs: Option<FullRuns>,
+}
+
+/// The full-length check of an "auto" winner against labels alone.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FullRuns {
+    /// The winner, trained in full.
+    pub distilled: Trial,
+    /// The same student on labels alone, trained in full.
+    pub labels: Trial,
+    /// True when the labels-only model was kept.
+    pub kept_labels: bool,
+}

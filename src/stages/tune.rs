@@ -1,0 +1,265 @@
+//! `alpha = "auto"` and `temperature = "auto"`: the distillation settings of a `[[model]]`
+//! chosen on the validation split, so that a user need not know that α = 0.9 is wrong for their
+//! data. Short trials over a small grid that includes α = 0 (labels only) pick the winner by
+//! validation accuracy (regression: validation MSE); the model is then trained in full with it.
+//! The grid, its scores and the choice are saved in `auto/<name>.json` (a resumed run reads
+//! them instead of repeating the trials) and shown in the report.
+
+use crate::error::{Error, Result};
+use crate::models::Model;
+use crate::rng::Rng;
+use crate::store::RunStore;
+use crate::train::{self, Objective, TrainConfig, TrainJob};
+use serde::{Deserialize, Serialize};
+
+/// A distillation setting: a number, or `"auto"` (chosen on the validation split).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Tunable {
+    /// Chosen on the validation split.
+    Auto,
+    /// As given.
+    Fixed(f32),
+}
+
+impl Tunable {
+    /// The value when fixed.
+    pub fn fixed(self) -> Option<f32> {
+        match self {
+            Tunable::Fixed(v) => Some(v),
+            Tunable::Auto => None,
+        }
+    }
+}
+
+impl Serialize for Tunable {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        match self {
+            Tunable::Auto => s.serialize_str("auto"),
+            Tunable::Fixed(v) => s.serialize_f32(*v),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Tunable {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Number(f64),
+            Word(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::Number(v) => Ok(Tunable::Fixed(v as f32)),
+            Raw::Word(w) if w == "auto" => Ok(Tunable::Auto),
+            Raw::Word(w) => Err(serde::de::Error::custom(format!(
+                "expected a number or \"auto\", got \"{w}\""
+            ))),
+        }
+    }
+}
+
+/// α candidates when α is `auto` (0 = labels only).
+pub const ALPHAS: [f32; 3] = [0.0, 0.5, 0.9];
+/// Temperature candidates when T is `auto`.
+pub const TEMPERATURES: [f32; 4] = [1.0, 2.0, 4.0, 8.0];
+
+pub use crate::train::{AutoChoice, FullRuns, Trial};
+
+/// Ordering of trials.
+pub trait Score {
+    /// Larger is better.
+    fn key(&self) -> (f64, f64);
+}
+
+impl Score for Trial {
+    /// Larger is better: accuracy, then lower loss; regression: lower loss.
+    fn key(&self) -> (f64, f64) {
+        (self.val_accuracy.unwrap_or(0.0), -self.val_loss)
+    }
+}
+
+/// The trial at the best epoch of a training record.
+pub fn trial_of(alpha: f32, temperature: f32, r: &train::TrainRecord) -> Trial {
+    let i = r.best_epoch.saturating_sub(1);
+    let c = &r.curves;
+    Trial {
+        alpha,
+        temperature,
+        val_accuracy: c.val_accuracy.get(i).copied(),
+        val_loss: c.val_loss.get(i).copied().unwrap_or(f64::INFINITY),
+    }
+}
+
+/// Where a model's choice is kept.
+pub fn choice_path(store: &RunStore, name: &str) -> std::path::PathBuf {
+    store.out().join("auto").join(format!("{name}.json"))
+}
+
+/// The choice saved for `name` by this or an earlier session.
+pub fn saved_choice(store: &RunStore, name: &str) -> Option<AutoChoice> {
+    let bytes = std::fs::read(choice_path(store, name)).ok()?;
+    serde_json::from_slice(&bytes).ok()
+}
+
+/// Chooses α and T for model `name`. `objective(α, T)` builds the training objective with
+/// those settings; `fresh()` a newly initialised model (the same initial weights each time).
+/// Trials train for a fifth of `cfg.epochs` (at least 1) without early stopping.
+#[allow(clippy::too_many_arguments)]
+pub fn choose<'a>(
+    store: &RunStore,
+    name: &str,
+    alpha: Tunable,
+    temperature: Tunable,
+    cfg: &TrainConfig,
+    fresh: &dyn Fn() -> Result<Model>,
+    objective: &dyn Fn(f32, f32) -> Result<Objective<'a>>,
+    teacher_val_accuracy: Option<f64>,
+) -> Result<AutoChoice> {
+    if store.splits.val.is_empty() {
+        return Err(Error::Input(format!(
+            "model.{name}.distill: \"auto\" chooses on the validation split, and this run has none (set data.val_fraction > 0)"
+        )));
+    }
+    let alphas: Vec<f32> = match alpha {
+        Tunable::Auto => ALPHAS.to_vec(),
+        Tunable::Fixed(a) => vec![a],
+    };
+    let temps: Vec<f32> = match temperature {
+        Tunable::Auto => TEMPERATURES.to_vec(),
+        Tunable::Fixed(t) => vec![t],
+    };
+    let mut grid = Vec::new();
+    for &a in &alphas {
+        if a == 0.0 {
+            // Labels only: the temperature plays no part.
+            grid.push((a, temps[0]));
+        } else {
+            grid.extend(temps.iter().map(|&t| (a, t)));
+        }
+    }
+    let trial_epochs = cfg.epochs.div_ceil(5).max(1);
+    // A choice saved by an earlier session for the same grid is read, not tried again.
+    if let Some(c) = saved_choice(store, name).filter(|c| {
+        c.trial_epochs == trial_epochs
+            && c.trials.len() == grid.len()
+            && c.trials
+                .iter()
+                .zip(&grid)
+                .all(|(t, &(a, tt))| t.alpha == a && t.temperature == tt)
+    }) {
+        store.progress.say(&format!(
+            "{name}: distillation settings chosen earlier (α = {}, T = {}; {})",
+            c.alpha,
+            c.temperature,
+            choice_path(store, name).display()
+        ));
+        return Ok(c);
+    }
+    let trial_cfg = TrainConfig {
+        epochs: trial_epochs,
+        patience: None,
+        ..cfg.clone()
+    };
+    store.progress.say(&format!(
+        "{name}: choosing {} on validation: {} trials of {trial_epochs} epoch(s)",
+        match (alpha, temperature) {
+            (Tunable::Auto, Tunable::Auto) => "α and T",
+            (Tunable::Auto, _) => "α",
+            _ => "T",
+        },
+        grid.len()
+    ));
+    let mut trials = Vec::new();
+    for &(a, t) in &grid {
+        let model = fresh()?;
+        let record = train::fit(
+            &model,
+            TrainJob {
+                name: &format!("{name} (α={a}, T={t})"),
+                cfg: &trial_cfg,
+                train: &store.splits.train,
+                val: &store.splits.val,
+                objective: objective(a, t)?,
+                fill: store.splits.normalizer.zero_value(),
+                checkpoint: None,
+                seed: Rng::derive(store.seed, &format!("auto/{name}")).next_u64(),
+                progress: crate::progress::Progress::Quiet,
+                hooks: Vec::new(),
+            },
+        )?;
+        let tr = trial_of(a, t, &record);
+        store.progress.say(&format!(
+            "{name}: trial α = {a}, T = {t}: {}",
+            match tr.val_accuracy {
+                Some(acc) => format!("val acc {:.2}%, val loss {:.4}", 100.0 * acc, tr.val_loss),
+                None => format!("val MSE (standardised) {:.4}", tr.val_loss),
+            }
+        ));
+        trials.push(tr);
+    }
+    let best = trials
+        .iter()
+        .fold(None::<&Trial>, |b, t| match b {
+            Some(b) if b.key() >= t.key() => Some(b),
+            _ => Some(t),
+        })
+        .ok_or_else(|| Error::Other("empty grid".into()))?
+        .clone();
+    let labels_only = trials.iter().find(|t| t.alpha == 0.0);
+    let warning = match (teacher_val_accuracy, labels_only.and_then(|t| t.val_accuracy)) {
+        (Some(tv), Some(lv)) if tv < lv => Some(format!(
+            "teacher validates worse ({:.2}%) than this student trained on labels alone ({:.2}%, {trial_epochs}-epoch trial): distilling it copies its mistakes",
+            100.0 * tv,
+            100.0 * lv
+        )),
+        _ => None,
+    };
+    if let Some(w) = &warning {
+        store.progress.say(&format!("warning: {name}: {w}"));
+    }
+    store.progress.say(&format!(
+        "{name}: chose α = {}, T = {}",
+        best.alpha, best.temperature
+    ));
+    let choice = AutoChoice {
+        trial_epochs,
+        trials,
+        alpha: best.alpha,
+        temperature: best.temperature,
+        teacher_val_accuracy,
+        warning,
+        full_runs: None,
+    };
+    save_choice(store, name, &choice)?;
+    Ok(choice)
+}
+
+/// Saves `name`'s choice (atomically).
+pub fn save_choice(store: &RunStore, name: &str, choice: &AutoChoice) -> Result<()> {
+    let json = serde_json::to_vec_pretty(choice).map_err(|e| Error::Other(e.to_string()))?;
+    crate::io::write_atomic(&choice_path(store, name), &json)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tunable_reads_numbers_and_auto_only() {
+        #[derive(Deserialize)]
+        struct T {
+            a: Tunable,
+        }
+        let t: T = toml::from_str("a = 0.5").unwrap();
+        assert_eq!(t.a, Tunable::Fixed(0.5));
+        let t: T = toml::from_str("a = 2").unwrap();
+        assert_eq!(t.a, Tunable::Fixed(2.0));
+        let t: T = toml::from_str("a = \"auto\"").unwrap();
+        assert_eq!(t.a, Tunable::Auto);
+        let e = toml::from_str::<T>("a = \"often\"")
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(e.contains("expected a number or \"auto\""), "{e}");
+    }
+}
