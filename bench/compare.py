@@ -42,6 +42,7 @@ def main():
     if a.base:
         THEIRS = [a.base, "bench"]
         other = a.base
+    where = []
     print(f"| workload | figure | distillery (median) | {other} (median) | distillery better by (median of pair ratios) | peak RSS ours / theirs |")
     print("|---|---|---:|---:|---:|---:|")
     for w in a.workloads:
@@ -49,6 +50,11 @@ def main():
         for _ in range(a.pairs):
             ours.append(once(OURS, w, a.steps))
             theirs.append(once(THEIRS, w, a.steps))
+        if not where:
+            where.append(f"CPU: {ours[0].get('cpu', '?')}; instruction sets: "
+                         f"{', '.join(ours[0].get('isa', [])) or 'baseline'}")
+        where.append(f"{w}: distillery {ours[0].get('kernel', '?')}; "
+                     f"reference {theirs[0].get('kernel', '?')}")
         rss = (statistics.median(r["peak_rss_bytes"] for r in ours) / 2**20,
                statistics.median(r["peak_rss_bytes"] for r in theirs) / 2**20)
         for key, higher in KEYS[w]:
@@ -58,6 +64,9 @@ def main():
             print(f"| {w} | {key} | {statistics.median(o):.1f} | {statistics.median(t):.1f} | "
                   f"{statistics.median(ratios):.2f}× | {rss[0]:.0f} / {rss[1]:.0f} MiB |")
         sys.stdout.flush()
+    print()
+    for line in where:
+        print(f"- {line}")
 
 
 if __name__ == "__main__":

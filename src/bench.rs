@@ -44,6 +44,96 @@ pub struct BenchResult {
     pub gflops: Option<f64>,
     /// Peak resident set size of the process, bytes.
     pub peak_rss_bytes: u64,
+    /// The CPU it ran on (`model name` in /proc/cpuinfo).
+    #[serde(default)]
+    pub cpu: String,
+    /// The instruction sets detected that distillery's kernels can use.
+    #[serde(default)]
+    pub isa: Vec<String>,
+    /// The kernel path the workload took.
+    #[serde(default)]
+    pub kernel: String,
+}
+
+/// The CPU's model name (Linux), or the architecture.
+pub fn cpu_name() -> String {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split(':').nth(1))
+                .map(|v| v.trim().to_string())
+        })
+        .unwrap_or_else(|| std::env::consts::ARCH.to_string())
+}
+
+/// The instruction sets detected that the GEMM and distillery's kernels choose between.
+pub fn isa() -> Vec<String> {
+    #[allow(unused_mut)]
+    let mut v: Vec<String> = Vec::new();
+    #[cfg(target_arch = "x86_64")]
+    {
+        let mut add = |name: &str, on: bool| {
+            if on {
+                v.push(name.to_string());
+            }
+        };
+        add("avx2", std::is_x86_feature_detected!("avx2"));
+        add("fma", std::is_x86_feature_detected!("fma"));
+        add("avx512f", std::is_x86_feature_detected!("avx512f"));
+        add("avx512bw", std::is_x86_feature_detected!("avx512bw"));
+        add("avx512vnni", std::is_x86_feature_detected!("avx512vnni"));
+        add("avx512bf16", std::is_x86_feature_detected!("avx512bf16"));
+        // AMX detection is unstable in std: read the kernel's flags instead.
+        let amx = std::fs::read_to_string("/proc/cpuinfo")
+            .map(|c| c.split_whitespace().any(|w| w == "amx_tile"))
+            .unwrap_or(false);
+        add("amx-tile", amx);
+    }
+    v
+}
+
+/// The kernel path of a workload on this CPU.
+fn kernel_path(workload: &str) -> String {
+    let has = |f: &str| isa().iter().any(|x| x == f);
+    let gemm = if has("avx512f") {
+        "gemm crate AVX-512 (x86-v4)"
+    } else if has("avx2") && has("fma") {
+        "gemm crate AVX2+FMA"
+    } else {
+        "gemm crate portable"
+    };
+    let own = if has("avx2") && has("fma") {
+        "own kernels AVX2+FMA"
+    } else {
+        "own kernels portable"
+    };
+    match workload {
+        "gemm" => format!("candle matmul → {gemm}"),
+        "infer-int8" => format!(
+            "int8 {} (batch 256), {own} (batch 1)",
+            crate::compress::kernels::Kernel::detect().name()
+        ),
+        "bert-teacher" | "bert-corpus" => format!(
+            "native BERT: {gemm}, element-wise {}",
+            crate::teachers::native::simd_level_name()
+        ),
+        "onnx-teacher" => "tract".into(),
+        _ => format!("{gemm}, {own}"),
+    }
+}
+
+/// Runs `f` until at least a second has passed and at least 20 calls were made: both sides of
+/// a comparison are timed at their steady state (thread pools up, caches and allocator warm).
+fn warm_up(mut f: impl FnMut() -> Result<()>) -> Result<()> {
+    let t0 = Instant::now();
+    let mut n = 0;
+    while n < 20 || t0.elapsed().as_secs_f64() < 1.0 {
+        f()?;
+        n += 1;
+    }
+    Ok(())
 }
 
 /// The workloads.
@@ -117,6 +207,9 @@ fn bert_workload(dir: Option<&Path>, steps: usize) -> Result<BenchResult> {
         latency_us_p90_b256: None,
         gflops: None,
         peak_rss_bytes: peak_rss_bytes(),
+        cpu: String::new(),
+        isa: Vec::new(),
+        kernel: String::new(),
     })
 }
 
@@ -175,6 +268,9 @@ fn bert_corpus_workload(dir: Option<&Path>, steps: usize) -> Result<BenchResult>
         latency_us_p90_b256: None,
         gflops: None,
         peak_rss_bytes: peak_rss_bytes(),
+        cpu: String::new(),
+        isa: Vec::new(),
+        kernel: String::new(),
     })
 }
 
@@ -218,6 +314,9 @@ fn onnx_workload(file: Option<&Path>, steps: usize) -> Result<BenchResult> {
         latency_us_p90_b256: Some(q90),
         gflops: None,
         peak_rss_bytes: peak_rss_bytes(),
+        cpu: String::new(),
+        isa: Vec::new(),
+        kernel: String::new(),
     })
 }
 
@@ -374,9 +473,11 @@ fn train_workload(name: &str, spec: ModelSpec, steps: usize) -> Result<BenchResu
         phases[2].push((t3 - t2).as_secs_f64() * 1e3);
         Ok(())
     };
-    for i in 0..3 {
-        step(i, &mut phases)?;
-    }
+    let mut i = 0;
+    warm_up(|| {
+        i += 1;
+        step(i, &mut phases)
+    })?;
     phases.iter_mut().for_each(Vec::clear);
     let breakdown = std::env::var_os("DISTILLERY_BENCH_BREAKDOWN").is_some();
     crate::models::fused::profile::enable(breakdown);
@@ -423,6 +524,9 @@ fn train_workload(name: &str, spec: ModelSpec, steps: usize) -> Result<BenchResu
         latency_us_p90_b256: None,
         gflops: Some(6.0 * macs_per_sample(&model) * sps / 1e9),
         peak_rss_bytes: peak_rss_bytes(),
+        cpu: String::new(),
+        isa: Vec::new(),
+        kernel: String::new(),
     })
 }
 
@@ -470,9 +574,7 @@ fn infer_workload(model_path: Option<&Path>, steps: usize, int8: bool) -> Result
             (b, d),
             &Device::Cpu,
         )?;
-        for _ in 0..5 {
-            model.predict_batch(&x)?;
-        }
+        warm_up(|| model.predict_batch(&x).map(|_| ()))?;
         let mut t = Vec::with_capacity(steps);
         for _ in 0..steps {
             let t0 = Instant::now();
@@ -494,6 +596,9 @@ fn infer_workload(model_path: Option<&Path>, steps: usize, int8: bool) -> Result
         latency_us_p90_b256: Some(q90),
         gflops: None,
         peak_rss_bytes: peak_rss_bytes(),
+        cpu: String::new(),
+        isa: Vec::new(),
+        kernel: String::new(),
     })
 }
 
@@ -511,9 +616,7 @@ fn gemm_workload(steps: usize) -> Result<BenchResult> {
         (n, n),
         &Device::Cpu,
     )?;
-    for _ in 0..2 {
-        a.matmul(&b)?;
-    }
+    warm_up(|| a.matmul(&b).map(|_| ()).map_err(Into::into))?;
     let mut t = Vec::new();
     for _ in 0..steps {
         let t0 = Instant::now();
@@ -532,6 +635,9 @@ fn gemm_workload(steps: usize) -> Result<BenchResult> {
         latency_us_p90_b256: None,
         gflops: Some(2.0 * (n * n * n) as f64 / m / 1e9),
         peak_rss_bytes: peak_rss_bytes(),
+        cpu: String::new(),
+        isa: Vec::new(),
+        kernel: String::new(),
     })
 }
 
@@ -540,7 +646,7 @@ pub fn run(workload: &str, steps: usize, model: Option<&Path>) -> Result<BenchRe
     if steps == 0 {
         return Err(Error::Input("--steps: must be at least 1".into()));
     }
-    match workload {
+    let mut r = match workload {
         "train-mlp" => train_workload(workload, mlp_spec(&[1200, 1200]), steps),
         "train-student" => train_workload(workload, mlp_spec(&[800, 800]), steps),
         "train-cnn" => train_workload(workload, lenet_spec(), steps),
@@ -554,7 +660,11 @@ pub fn run(workload: &str, steps: usize, model: Option<&Path>) -> Result<BenchRe
             "unknown workload '{other}'; expected one of: {}",
             WORKLOADS.join(", ")
         ))),
-    }
+    }?;
+    r.cpu = cpu_name();
+    r.isa = isa();
+    r.kernel = kernel_path(workload);
+    Ok(r)
 }
 
 impl BenchResult {

@@ -40,6 +40,32 @@ def macs(model):
     return total
 
 
+def warm_up(f):
+    """Calls f until at least a second has passed and at least 20 calls were made, as
+    distillery does: both sides are timed at their steady state."""
+    t0, n = time.perf_counter(), 0
+    while n < 20 or time.perf_counter() - t0 < 1.0:
+        f()
+        n += 1
+
+
+def where():
+    """The CPU and PyTorch's kernel path (its CPU capability: DEFAULT, AVX2, AVX512, ...)."""
+    cpu = "unknown"
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    try:
+        cap = torch.backends.cpu.get_cpu_capability()
+    except AttributeError:
+        cap = "unknown"
+    return {"cpu": cpu, "kernel": f"PyTorch {torch.__version__} ({cap}, {torch.get_num_threads()} threads)"}
+
+
 def peak_rss():
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
@@ -66,8 +92,8 @@ def train(name, model, steps):
         loss.backward()
         opt.step()
 
-    for i in range(3):
-        step(i)
+    it = iter(range(10**9))
+    warm_up(lambda: step(next(it)))
     t0 = time.perf_counter()
     for i in range(steps):
         step(i)
@@ -88,8 +114,7 @@ def infer(steps, int8=False):
     def timed(b):
         x = torch.rand(b, 1, 28, 28)
         with torch.inference_mode():
-            for _ in range(5):
-                model(x).numpy()
+            warm_up(lambda: model(x).numpy())
             ts = []
             for _ in range(steps):
                 t0 = time.perf_counter()
@@ -107,8 +132,7 @@ def infer(steps, int8=False):
 def gemm(steps):
     n = 1024
     a, b = torch.rand(n, n), torch.rand(n, n)
-    for _ in range(2):
-        a @ b
+    warm_up(lambda: a @ b)
     ts = []
     for _ in range(steps):
         t0 = time.perf_counter()
@@ -237,6 +261,7 @@ def main():
         r = onnx_teacher(a.steps)
     else:
         raise SystemExit(f"unknown workload {a.workload}")
+    r.update(where())
     print(json.dumps(r) if a.json else r)
 
 

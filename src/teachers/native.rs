@@ -342,6 +342,15 @@ fn simd_level() -> u8 {
     })
 }
 
+/// The element-wise kernels' path on this CPU, for reports.
+pub fn simd_level_name() -> &'static str {
+    match simd_level() {
+        2 => "AVX-512",
+        1 => "AVX2+FMA",
+        _ => "portable",
+    }
+}
+
 /// Element-wise kernels: one body, compiled for AVX-512, AVX2+FMA and the baseline, the best
 /// the CPU has picked at run time. Their arithmetic does not depend on the path beyond the
 /// rounding of vectorised sums.
