@@ -593,7 +593,7 @@ fn keep_better_than_labels(
     let l = trial_of(0.0, wt, &labels);
     let kept_labels = l.key() > d.key();
     store.progress.say(&format!(
-        "{}: validation accuracy distilled {} vs labels alone {}: keeping {}",
+        "{}: validation: distilled {} vs labels alone {}: keeping {}",
         m.name,
         d.val_accuracy
             .map(|a| format!("{:.2}%", 100.0 * a))

@@ -124,8 +124,11 @@ pub fn choose<'a>(
         Tunable::Auto => ALPHAS.to_vec(),
         Tunable::Fixed(a) => vec![a],
     };
+    // Regression distils the teacher's outputs by MSE: the temperature plays no part.
+    let regression = matches!(store.splits.train.targets, crate::data::Targets::Values(_));
     let temps: Vec<f32> = match temperature {
-        Tunable::Auto => TEMPERATURES.to_vec(),
+        Tunable::Auto if !regression => TEMPERATURES.to_vec(),
+        Tunable::Auto => vec![1.0],
         Tunable::Fixed(t) => vec![t],
     };
     let mut grid = Vec::new();
