@@ -587,10 +587,14 @@ fn auto_section(s: &mut String, m: &Metrics) {
             };
             let _ = writeln!(
                 s,
-                "\nThe best trial trained in full (α = {}, T = {}) validated at {}, the same student on labels alone at {}: the {} one was kept.",
+                "\nThe best trial trained in full (α = {}, T = {}) validated at {}, the same student on labels alone{} at {}: the {} one was kept.",
                 f.distilled.alpha,
                 f.distilled.temperature,
                 acc(&f.distilled),
+                f.labels_model
+                    .as_ref()
+                    .map(|n| format!(" ('{n}' of this run)"))
+                    .unwrap_or_default(),
                 acc(&f.labels),
                 if f.kept_labels { "labels-only" } else { "distilled" }
             );

@@ -535,9 +535,10 @@ fn train_model(m: &ModelConfig, store: &RunStore) -> Result<(Model, crate::model
     Ok((model, meta))
 }
 
-/// "auto" chose to distil: trains the winner in full and the same student on labels alone in
-/// full (each with its own checkpoint, so a killed run resumes either), keeps the one that
-/// validates better, and records both in the choice. The kept model is saved only when both
+/// "auto" chose to distil: trains the winner in full and compares it with the same student on
+/// labels alone — a labels-only student of the same size finished earlier in the run, else one
+/// trained now in full (each run with its own checkpoint, so a killed run resumes either) —
+/// keeps the one that validates better, and records both in the choice. The kept model is saved only when both
 /// are done, so a resumed run never skips the comparison.
 fn keep_better_than_labels(
     m: &ModelConfig,
@@ -569,22 +570,52 @@ fn keep_better_than_labels(
         }
     }
     let distilled = crate::train::fit(&model, job(m, store, &m.name, objective, "ckpt"))?;
-    let labels_model = fresh()?;
-    let labels_name = format!("{} (labels only)", m.name);
-    store.progress.say(&format!(
-        "{}: the same student on labels alone, in full, to keep the better on validation",
-        m.name
-    ));
-    let labels = crate::train::fit(
-        &labels_model,
-        job(
-            m,
-            store,
-            &labels_name,
-            Objective::supervised(),
-            "labels.ckpt",
-        ),
-    )?;
+    // A labels-only student of the same size finished earlier in this run is the comparison:
+    // the guard then holds against that very model, and no extra run is needed. Otherwise the
+    // same student is trained on labels alone.
+    let sibling = store.records().iter().find(|r| {
+        r.name != m.name
+            && r.role == "student"
+            && r.distill.is_none()
+            && r.training.is_some()
+            && store
+                .float(&r.name)
+                .map(|(sm, _)| sm.spec == model.spec)
+                .unwrap_or(false)
+    });
+    let (labels_model, labels, labels_from) = match sibling {
+        Some(r) => {
+            store.progress.say(&format!(
+                "{}: comparing with '{}', the same student on labels alone",
+                m.name, r.name
+            ));
+            let (lm, _) = crate::models::load_model(&store.get(&r.name)?.file)?;
+            let rec = r
+                .training
+                .clone()
+                .ok_or_else(|| Error::Other(format!("{}: no training record", r.name)))?;
+            (lm, rec, Some(r.name.clone()))
+        }
+        None => {
+            let labels_model = fresh()?;
+            let labels_name = format!("{} (labels only)", m.name);
+            store.progress.say(&format!(
+                "{}: the same student on labels alone, in full, to keep the better on validation",
+                m.name
+            ));
+            let labels = crate::train::fit(
+                &labels_model,
+                job(
+                    m,
+                    store,
+                    &labels_name,
+                    Objective::supervised(),
+                    "labels.ckpt",
+                ),
+            )?;
+            (labels_model, labels, None)
+        }
+    };
     let (wa, wt) = match &choice.full_runs {
         Some(f) => (f.distilled.alpha, f.distilled.temperature),
         None => (choice.alpha, choice.temperature),
@@ -611,6 +642,7 @@ fn keep_better_than_labels(
         distilled: d,
         labels: l,
         kept_labels,
+        labels_model: labels_from,
     });
     choice.alpha = if kept_labels { 0.0 } else { wa };
     choice.temperature = wt;

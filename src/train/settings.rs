@@ -228,4 +228,8 @@ pub struct FullRuns {
     pub labels: Trial,
     /// True when the labels-only model was kept.
     pub kept_labels: bool,
+    /// The labels-only student compared with, when it was one of the run's own models (then
+    /// its weights are the ones kept); else the comparison was trained for the purpose.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub labels_model: Option<String>,
 }
