@@ -18,7 +18,7 @@ use std::path::Path;
 use std::time::Instant;
 
 /// A workload's figures.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Default, Serialize)]
 pub struct BenchResult {
     /// Workload name.
     pub workload: String,
@@ -95,8 +95,8 @@ pub fn isa() -> Vec<String> {
 }
 
 /// The kernel path of a workload on this CPU.
-fn kernel_path(workload: &str) -> String {
-    let has = |f: &str| isa().iter().any(|x| x == f);
+fn kernel_path(workload: &str, isa: &[String]) -> String {
+    let has = |f: &str| isa.iter().any(|x| x == f);
     let gemm = if has("avx512f") {
         "gemm crate AVX-512 (x86-v4)"
     } else if has("avx2") && has("fma") {
@@ -124,12 +124,13 @@ fn kernel_path(workload: &str) -> String {
     }
 }
 
-/// Runs `f` until at least a second has passed and at least 20 calls were made: both sides of
-/// a comparison are timed at their steady state (thread pools up, caches and allocator warm).
-fn warm_up(mut f: impl FnMut() -> Result<()>) -> Result<()> {
+/// Runs `f` until at least a second has passed and at least `calls` calls were made (20 for
+/// the short workloads; fewer where one call takes seconds): both sides of a comparison are
+/// timed at their steady state (thread pools up, caches and allocator warm).
+fn warm_up(calls: usize, mut f: impl FnMut() -> Result<()>) -> Result<()> {
     let t0 = Instant::now();
     let mut n = 0;
-    while n < 20 || t0.elapsed().as_secs_f64() < 1.0 {
+    while n < calls || t0.elapsed().as_secs_f64() < 1.0 {
         f()?;
         n += 1;
     }
@@ -184,12 +185,7 @@ fn bert_workload(dir: Option<&Path>, steps: usize) -> Result<BenchResult> {
     )?;
     let ids = bert_bench_ids(BERT_BATCH, BERT_TOKENS);
     // Warm up by time (at least 1 s and 2 calls), as the reference does.
-    let t0 = Instant::now();
-    let mut n = 0;
-    while n < 2 || t0.elapsed().as_secs_f64() < 1.0 {
-        enc.embed_ids(&ids)?;
-        n += 1;
-    }
+    warm_up(2, || enc.embed_ids(&ids).map(|_| ()))?;
     let mut t = Vec::new();
     for _ in 0..steps {
         let t0 = Instant::now();
@@ -207,9 +203,7 @@ fn bert_workload(dir: Option<&Path>, steps: usize) -> Result<BenchResult> {
         latency_us_p90_b256: None,
         gflops: None,
         peak_rss_bytes: peak_rss_bytes(),
-        cpu: String::new(),
-        isa: Vec::new(),
-        kernel: String::new(),
+        ..Default::default()
     })
 }
 
@@ -245,12 +239,7 @@ fn bert_corpus_workload(dir: Option<&Path>, steps: usize) -> Result<BenchResult>
     )?;
     let texts = corpus_texts(BERT_CORPUS)?;
     let refs: Vec<&str> = texts.iter().map(|s| s.as_str()).collect();
-    let t0 = Instant::now();
-    let mut n = 0;
-    while n < 1 || t0.elapsed().as_secs_f64() < 1.0 {
-        enc.embed(&refs, BERT_BATCH)?;
-        n += 1;
-    }
+    warm_up(1, || enc.embed(&refs, BERT_BATCH).map(|_| ()))?;
     let mut t = Vec::new();
     for _ in 0..steps {
         let t0 = Instant::now();
@@ -262,15 +251,8 @@ fn bert_corpus_workload(dir: Option<&Path>, steps: usize) -> Result<BenchResult>
         workload: "bert-corpus".into(),
         steps,
         samples_per_s: Some(texts.len() as f64 / m),
-        latency_us_p50: None,
-        latency_us_p90: None,
-        latency_us_p50_b256: None,
-        latency_us_p90_b256: None,
-        gflops: None,
         peak_rss_bytes: peak_rss_bytes(),
-        cpu: String::new(),
-        isa: Vec::new(),
-        kernel: String::new(),
+        ..Default::default()
     })
 }
 
@@ -288,12 +270,7 @@ fn onnx_workload(file: Option<&Path>, steps: usize) -> Result<BenchResult> {
     )?;
     let timed = |b: usize| -> Result<(f64, f64)> {
         let x: Vec<f32> = (0..b * 64).map(|i| (i % 17) as f32).collect();
-        let t0 = Instant::now();
-        let mut n = 0;
-        while n < 5 || t0.elapsed().as_secs_f64() < 1.0 {
-            t.predict_rows(&x, b)?;
-            n += 1;
-        }
+        warm_up(5, || t.predict_rows(&x, b).map(|_| ()))?;
         let mut ts = Vec::new();
         for _ in 0..steps {
             let t0 = Instant::now();
@@ -314,9 +291,7 @@ fn onnx_workload(file: Option<&Path>, steps: usize) -> Result<BenchResult> {
         latency_us_p90_b256: Some(q90),
         gflops: None,
         peak_rss_bytes: peak_rss_bytes(),
-        cpu: String::new(),
-        isa: Vec::new(),
-        kernel: String::new(),
+        ..Default::default()
     })
 }
 
@@ -474,7 +449,7 @@ fn train_workload(name: &str, spec: ModelSpec, steps: usize) -> Result<BenchResu
         Ok(())
     };
     let mut i = 0;
-    warm_up(|| {
+    warm_up(20, || {
         i += 1;
         step(i, &mut phases)
     })?;
@@ -524,9 +499,7 @@ fn train_workload(name: &str, spec: ModelSpec, steps: usize) -> Result<BenchResu
         latency_us_p90_b256: None,
         gflops: Some(6.0 * macs_per_sample(&model) * sps / 1e9),
         peak_rss_bytes: peak_rss_bytes(),
-        cpu: String::new(),
-        isa: Vec::new(),
-        kernel: String::new(),
+        ..Default::default()
     })
 }
 
@@ -574,7 +547,7 @@ fn infer_workload(model_path: Option<&Path>, steps: usize, int8: bool) -> Result
             (b, d),
             &Device::Cpu,
         )?;
-        warm_up(|| model.predict_batch(&x).map(|_| ()))?;
+        warm_up(20, || model.predict_batch(&x).map(|_| ()))?;
         let mut t = Vec::with_capacity(steps);
         for _ in 0..steps {
             let t0 = Instant::now();
@@ -596,9 +569,7 @@ fn infer_workload(model_path: Option<&Path>, steps: usize, int8: bool) -> Result
         latency_us_p90_b256: Some(q90),
         gflops: None,
         peak_rss_bytes: peak_rss_bytes(),
-        cpu: String::new(),
-        isa: Vec::new(),
-        kernel: String::new(),
+        ..Default::default()
     })
 }
 
@@ -616,7 +587,7 @@ fn gemm_workload(steps: usize) -> Result<BenchResult> {
         (n, n),
         &Device::Cpu,
     )?;
-    warm_up(|| a.matmul(&b).map(|_| ()).map_err(Into::into))?;
+    warm_up(20, || a.matmul(&b).map(|_| ()).map_err(Into::into))?;
     let mut t = Vec::new();
     for _ in 0..steps {
         let t0 = Instant::now();
@@ -635,9 +606,7 @@ fn gemm_workload(steps: usize) -> Result<BenchResult> {
         latency_us_p90_b256: None,
         gflops: Some(2.0 * (n * n * n) as f64 / m / 1e9),
         peak_rss_bytes: peak_rss_bytes(),
-        cpu: String::new(),
-        isa: Vec::new(),
-        kernel: String::new(),
+        ..Default::default()
     })
 }
 
@@ -663,7 +632,7 @@ pub fn run(workload: &str, steps: usize, model: Option<&Path>) -> Result<BenchRe
     }?;
     r.cpu = cpu_name();
     r.isa = isa();
-    r.kernel = kernel_path(workload);
+    r.kernel = kernel_path(workload, &r.isa);
     Ok(r)
 }
 

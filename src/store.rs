@@ -421,23 +421,51 @@ impl RunStore {
         compression: Option<compress::StageRecord>,
     ) -> Result<ModelMeta> {
         let ckpt = self.checkpoint_path(name, "ckpt");
-        let record = learner.fit(TrainJob {
-            name,
+        let record = self.fit(name, &ckpt, learner, train_cfg, objective, hooks)?;
+        let meta = self.save_fitted(name, role, learner, &record, compression)?;
+        let _ = std::fs::remove_file(&ckpt);
+        Ok(meta)
+    }
+
+    /// Trains `learner` on the training split as the job `job` (its random stream), with a
+    /// per-epoch checkpoint at `checkpoint` (resumed from when a killed session left one).
+    pub fn fit(
+        &self,
+        job: &str,
+        checkpoint: &Path,
+        learner: &dyn Learner,
+        train_cfg: &TrainConfig,
+        objective: Objective,
+        hooks: Vec<Box<dyn StepHook + '_>>,
+    ) -> Result<TrainRecord> {
+        learner.fit(TrainJob {
+            name: job,
             cfg: train_cfg,
             train: &self.splits.train,
             val: &self.splits.val,
             objective,
             fill: self.splits.normalizer.zero_value(),
-            checkpoint: Some(ckpt.clone()),
+            checkpoint: Some(checkpoint.to_path_buf()),
             seed: self.seed,
             progress: self.progress,
             hooks,
-        })?;
-        let training = serde_json::to_value(&record).map_err(|e| Error::Other(e.to_string()))?;
+        })
+    }
+
+    /// Saves a fitted `learner` atomically as `models/<name>.safetensors` with its training
+    /// record.
+    pub fn save_fitted(
+        &self,
+        name: &str,
+        role: &str,
+        learner: &dyn Learner,
+        record: &TrainRecord,
+        compression: Option<compress::StageRecord>,
+    ) -> Result<ModelMeta> {
+        let training = serde_json::to_value(record).map_err(|e| Error::Other(e.to_string()))?;
         let mut meta = self.meta(name, role, learner.spec(), training);
         meta.compression = compression;
         learner.save(&self.model_path(name), &meta)?;
-        let _ = std::fs::remove_file(&ckpt);
         Ok(meta)
     }
 

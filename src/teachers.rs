@@ -7,7 +7,7 @@
 pub mod bert;
 pub mod cache;
 pub mod native;
-pub use cache::Rows;
+pub use crate::data::Rows;
 
 use crate::error::Result;
 use crate::models::{Mode, Model};

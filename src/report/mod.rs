@@ -509,8 +509,6 @@ pub fn write_reports(out: &Path, m: &Metrics) -> Result<String> {
     Ok(md)
 }
 
-/// Text models: F1, agreement with the teacher's embeddings, and texts per second (latency
-/// from raw text, tokenizing included).
 /// The grids of `alpha` / `temperature` = "auto": every trial's validation scores, the choice,
 /// and the warning about a teacher worse than labels.
 fn auto_section(s: &mut String, m: &Metrics) {
@@ -526,11 +524,7 @@ fn auto_section(s: &mut String, m: &Metrics) {
     if chosen.is_empty() {
         return;
     }
-    s.push_str(
-        "## Distillation settings chosen on validation
-
-",
-    );
+    s.push_str("## Distillation settings chosen on validation\n\n");
     for (x, d, a) in chosen {
         let _ = writeln!(
             s,
@@ -547,18 +541,7 @@ fn auto_section(s: &mut String, m: &Metrics) {
                 ""
             }
         );
-        let best = a
-            .trials
-            .iter()
-            .fold(None::<&crate::train::Trial>, |b, t| match b {
-                Some(b)
-                    if (b.val_accuracy.unwrap_or(0.0), -b.val_loss)
-                        >= (t.val_accuracy.unwrap_or(0.0), -t.val_loss) =>
-                {
-                    Some(b)
-                }
-                _ => Some(t),
-            });
+        let best = crate::train::Trial::best(&a.trials);
         s.push_str(
             "| α | T | validation accuracy | validation loss | |\n|---:|---:|---:|---:|---|\n",
         );
@@ -580,22 +563,17 @@ fn auto_section(s: &mut String, m: &Metrics) {
             );
         }
         if let Some(f) = &a.full_runs {
-            let acc = |t: &crate::train::Trial| {
-                t.val_accuracy
-                    .map(|v| format!("{:.2}%", 100.0 * v))
-                    .unwrap_or_else(|| format!("loss {:.4}", t.val_loss))
-            };
             let _ = writeln!(
                 s,
                 "\nThe best trial trained in full (α = {}, T = {}) validated at {}, the same student on labels alone{} at {}: the {} one was kept.",
                 f.distilled.alpha,
                 f.distilled.temperature,
-                acc(&f.distilled),
+                f.distilled.describe(),
                 f.labels_model
                     .as_ref()
                     .map(|n| format!(" ('{n}' of this run)"))
                     .unwrap_or_default(),
-                acc(&f.labels),
+                f.labels.describe(),
                 if f.kept_labels { "labels-only" } else { "distilled" }
             );
         }
@@ -606,6 +584,8 @@ fn auto_section(s: &mut String, m: &Metrics) {
     }
 }
 
+/// Text models: F1, agreement with the teacher's embeddings, and texts per second (latency
+/// from raw text, tokenizing included).
 fn text_section(s: &mut String, m: &Metrics) {
     let text = m
         .models

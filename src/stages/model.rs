@@ -91,6 +91,13 @@ fn is_kd(l: &crate::losses::SoftLoss) -> bool {
     *l == crate::losses::SoftLoss::Kd
 }
 
+impl DistillConfig {
+    /// True when α or T is chosen on the validation split.
+    pub fn is_auto(&self) -> bool {
+        self.alpha == Tunable::Auto || self.temperature == Tunable::Auto
+    }
+}
+
 fn default_temperature() -> Tunable {
     Tunable::Fixed(4.0)
 }
@@ -239,7 +246,7 @@ impl ModelConfig {
                     )?;
                 }
             }
-            let auto = ds.alpha == Tunable::Auto || ds.temperature == Tunable::Auto;
+            let auto = ds.is_auto();
             if auto && ds.loss.is_embedding() {
                 bad_field(
                     &format!("{p}.distill"),
@@ -332,7 +339,7 @@ impl Stage for ModelStage {
         let chosen = m
             .distill
             .as_ref()
-            .filter(|d| d.alpha == Tunable::Auto || d.temperature == Tunable::Auto)
+            .filter(|d| d.is_auto())
             .and_then(|_| crate::stages::tune::saved_choice(store, &m.name));
         let distill = m.distill.as_ref().map(|d| DistillSummary {
             teacher: d.teacher.clone(),
@@ -501,11 +508,7 @@ fn train_model(m: &ModelConfig, store: &RunStore) -> Result<(Model, crate::model
                         &make,
                         teacher_val,
                     )?;
-                    // Resumed after the full runs were compared: the winner of the trials.
-                    let at = match &c.full_runs {
-                        Some(f) => (f.distilled.alpha, f.distilled.temperature),
-                        None => (c.alpha, c.temperature),
-                    };
+                    let at = c.winner();
                     auto_choice = Some(c);
                     at
                 }
@@ -548,28 +551,10 @@ fn keep_better_than_labels(
     mut choice: crate::stages::tune::AutoChoice,
     fresh: &dyn Fn() -> Result<Model>,
 ) -> Result<(Model, crate::models::ModelMeta)> {
-    use crate::stages::tune::{trial_of, Score};
-    fn job<'a>(
-        m: &'a ModelConfig,
-        store: &'a RunStore,
-        name: &'a str,
-        objective: Objective<'a>,
-        ckpt: &str,
-    ) -> crate::train::TrainJob<'a> {
-        crate::train::TrainJob {
-            name,
-            cfg: &m.train,
-            train: &store.splits.train,
-            val: &store.splits.val,
-            objective,
-            fill: store.splits.normalizer.zero_value(),
-            checkpoint: Some(store.checkpoint_path(&m.name, ckpt)),
-            seed: store.seed,
-            progress: store.progress,
-            hooks: Vec::new(),
-        }
-    }
-    let distilled = crate::train::fit(&model, job(m, store, &m.name, objective, "ckpt"))?;
+    use crate::stages::tune::trial_of;
+    let ckpt = store.checkpoint_path(&m.name, "ckpt");
+    let labels_ckpt = store.checkpoint_path(&m.name, "labels.ckpt");
+    let distilled = store.fit(&m.name, &ckpt, &model, &m.train, objective, Vec::new())?;
     // A labels-only student of the same size finished earlier in this run is the comparison:
     // the guard then holds against that very model, and no extra run is needed. Otherwise the
     // same student is trained on labels alone.
@@ -583,18 +568,18 @@ fn keep_better_than_labels(
                 .map(|(sm, _)| sm.spec == model.spec)
                 .unwrap_or(false)
     });
+    // The labels-only model and its record; a sibling's weights are read only if it is kept.
     let (labels_model, labels, labels_from) = match sibling {
         Some(r) => {
             store.progress.say(&format!(
                 "{}: comparing with '{}', the same student on labels alone",
                 m.name, r.name
             ));
-            let (lm, _) = crate::models::load_model(&store.get(&r.name)?.file)?;
             let rec = r
                 .training
                 .clone()
                 .ok_or_else(|| Error::Other(format!("{}: no training record", r.name)))?;
-            (lm, rec, Some(r.name.clone()))
+            (None, rec, Some(r.name.clone()))
         }
         None => {
             let labels_model = fresh()?;
@@ -603,35 +588,26 @@ fn keep_better_than_labels(
                 "{}: the same student on labels alone, in full, to keep the better on validation",
                 m.name
             ));
-            let labels = crate::train::fit(
+            let labels = store.fit(
+                &labels_name,
+                &labels_ckpt,
                 &labels_model,
-                job(
-                    m,
-                    store,
-                    &labels_name,
-                    Objective::supervised(),
-                    "labels.ckpt",
-                ),
+                &m.train,
+                Objective::supervised(),
+                Vec::new(),
             )?;
-            (labels_model, labels, None)
+            (Some(labels_model), labels, None)
         }
     };
-    let (wa, wt) = match &choice.full_runs {
-        Some(f) => (f.distilled.alpha, f.distilled.temperature),
-        None => (choice.alpha, choice.temperature),
-    };
+    let (wa, wt) = choice.winner();
     let d = trial_of(wa, wt, &distilled);
     let l = trial_of(0.0, wt, &labels);
     let kept_labels = l.key() > d.key();
     store.progress.say(&format!(
         "{}: validation: distilled {} vs labels alone {}: keeping {}",
         m.name,
-        d.val_accuracy
-            .map(|a| format!("{:.2}%", 100.0 * a))
-            .unwrap_or_else(|| format!("loss {:.4}", d.val_loss)),
-        l.val_accuracy
-            .map(|a| format!("{:.2}%", 100.0 * a))
-            .unwrap_or_else(|| format!("loss {:.4}", l.val_loss)),
+        d.describe(),
+        l.describe(),
         if kept_labels {
             "labels alone (α = 0)"
         } else {
@@ -642,20 +618,19 @@ fn keep_better_than_labels(
         distilled: d,
         labels: l,
         kept_labels,
-        labels_model: labels_from,
+        labels_model: labels_from.clone(),
     });
     choice.alpha = if kept_labels { 0.0 } else { wa };
     choice.temperature = wt;
     crate::stages::tune::save_choice(store, &m.name, &choice)?;
-    let (kept, record) = if kept_labels {
-        (labels_model, labels)
-    } else {
-        (model, distilled)
+    let (kept, record) = match (kept_labels, labels_model, &labels_from) {
+        (false, _, _) => (model, distilled),
+        (true, Some(lm), _) => (lm, labels),
+        (true, None, Some(name)) => (crate::models::load_model(&store.get(name)?.file)?.0, labels),
+        (true, None, None) => unreachable!("a labels-only model is trained or named"),
     };
-    let training = serde_json::to_value(&record).map_err(|e| Error::Other(e.to_string()))?;
-    let meta = store.meta(&m.name, m.role().as_str(), &kept.spec, training);
-    crate::models::save_model(&store.model_path(&m.name), &kept, &meta)?;
-    let _ = std::fs::remove_file(store.checkpoint_path(&m.name, "ckpt"));
-    let _ = std::fs::remove_file(store.checkpoint_path(&m.name, "labels.ckpt"));
+    let meta = store.save_fitted(&m.name, m.role().as_str(), &kept, &record, None)?;
+    let _ = std::fs::remove_file(&ckpt);
+    let _ = std::fs::remove_file(&labels_ckpt);
     Ok((kept, meta))
 }

@@ -65,19 +65,6 @@ pub const TEMPERATURES: [f32; 4] = [1.0, 2.0, 4.0, 8.0];
 
 pub use crate::train::{AutoChoice, FullRuns, Trial};
 
-/// Ordering of trials.
-pub trait Score {
-    /// Larger is better.
-    fn key(&self) -> (f64, f64);
-}
-
-impl Score for Trial {
-    /// Larger is better: accuracy, then lower loss; regression: lower loss.
-    fn key(&self) -> (f64, f64) {
-        (self.val_accuracy.unwrap_or(0.0), -self.val_loss)
-    }
-}
-
 /// The trial at the best epoch of a training record.
 pub fn trial_of(alpha: f32, temperature: f32, r: &train::TrainRecord) -> Trial {
     let i = r.best_epoch.saturating_sub(1);
@@ -200,12 +187,7 @@ pub fn choose<'a>(
         ));
         trials.push(tr);
     }
-    let best = trials
-        .iter()
-        .fold(None::<&Trial>, |b, t| match b {
-            Some(b) if b.key() >= t.key() => Some(b),
-            _ => Some(t),
-        })
+    let best = Trial::best(&trials)
         .ok_or_else(|| Error::Other("empty grid".into()))?
         .clone();
     let labels_only = trials.iter().find(|t| t.alpha == 0.0);

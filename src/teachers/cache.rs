@@ -32,7 +32,7 @@ pub fn key<'a>(teacher: &str, what: &str, inputs: impl Iterator<Item = &'a [u8]>
         .collect()
 }
 
-pub use crate::data::Rows;
+use crate::data::Rows;
 
 /// What happened when rows were asked for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -315,26 +315,23 @@ impl NativeBert {
 }
 
 /// 2 with AVX-512 (F, VL, DQ) and FMA, 1 with AVX2 and FMA, else 0; detected once.
+/// `DISTILLERY_NO_AVX512` set keeps it at AVX2 (for comparisons).
 fn simd_level() -> u8 {
     static LEVEL: std::sync::OnceLock<u8> = std::sync::OnceLock::new();
     *LEVEL.get_or_init(|| {
         #[cfg(target_arch = "x86_64")]
         {
-            let f = |s: &str| match s {
-                "avx512f" => std::is_x86_feature_detected!("avx512f"),
-                "avx512vl" => std::is_x86_feature_detected!("avx512vl"),
-                "avx512dq" => std::is_x86_feature_detected!("avx512dq"),
-                "avx2" => std::is_x86_feature_detected!("avx2"),
-                _ => std::is_x86_feature_detected!("fma"),
-            };
+            use std::is_x86_feature_detected as has;
+            let fma = has!("fma");
             if std::env::var_os("DISTILLERY_NO_AVX512").is_none()
-                && ["avx512f", "avx512vl", "avx512dq", "fma"]
-                    .iter()
-                    .all(|s| f(s))
+                && has!("avx512f")
+                && has!("avx512vl")
+                && has!("avx512dq")
+                && fma
             {
                 return 2;
             }
-            if f("avx2") && f("fma") {
+            if has!("avx2") && fma {
                 return 1;
             }
         }

@@ -219,6 +219,39 @@ pub struct AutoChoice {
     pub full_runs: Option<FullRuns>,
 }
 
+impl Trial {
+    /// Larger is better: validation accuracy, then lower loss; regression: lower loss.
+    pub fn key(&self) -> (f64, f64) {
+        (self.val_accuracy.unwrap_or(0.0), -self.val_loss)
+    }
+
+    /// The validation figure: accuracy, or the loss for regression.
+    pub fn describe(&self) -> String {
+        match self.val_accuracy {
+            Some(a) => format!("{:.2}%", 100.0 * a),
+            None => format!("loss {:.4}", self.val_loss),
+        }
+    }
+
+    /// The best of `trials` (the first of equals).
+    pub fn best(trials: &[Trial]) -> Option<&Trial> {
+        trials
+            .iter()
+            .reduce(|b, t| if t.key() > b.key() { t } else { b })
+    }
+}
+
+impl AutoChoice {
+    /// The (α, T) of the best trial: the choice itself until the full runs are compared, which
+    /// may then set α to 0.
+    pub fn winner(&self) -> (f32, f32) {
+        match &self.full_runs {
+            Some(f) => (f.distilled.alpha, f.distilled.temperature),
+            None => (self.alpha, self.temperature),
+        }
+    }
+}
+
 /// The full-length check of an "auto" winner against labels alone.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct FullRuns {
