@@ -330,6 +330,7 @@ fn mlp_spec(hidden: &[usize]) -> ModelSpec {
             kernel: 5,
             dim: 0,
             vocab: 0,
+            ..Default::default()
         },
         input_shape: vec![1, 28, 28],
         outputs: 10,
@@ -347,6 +348,7 @@ fn lenet_spec() -> ModelSpec {
             kernel: 5,
             dim: 0,
             vocab: 0,
+            ..Default::default()
         },
         input_shape: vec![1, 28, 28],
         outputs: 10,

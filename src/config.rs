@@ -1027,6 +1027,14 @@ impl ExperimentConfig {
         self.eval.latency_budget_ms = self.eval.latency_budget_ms.min(20);
         for m in &mut self.models {
             m.train.epochs = m.train.epochs.min(2);
+            if let Some(a) = m.arch.as_mut().filter(|a| a.kind.is_tree()) {
+                if a.kind == crate::models::ArchKind::BoostedTrees {
+                    a.trees = Some(a.trees.unwrap_or(100).min(5));
+                }
+            }
+            if let Some(sc) = m.distill.as_mut().and_then(|d| d.synthetic.as_mut()) {
+                sc.samples = sc.samples.min(300);
+            }
         }
         for t in &mut self.teachers {
             if let Some(h) = &mut t.head {

@@ -136,6 +136,9 @@ pub struct ModelMetrics {
     /// is the same for the student as for the teacher.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub nn_agreement: Option<f64>,
+    /// A decision tree, as readable rules (thresholds in the data's own units).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rules: Option<String>,
 }
 
 /// What an `[[export]]` stage wrote, and how its ONNX export compared with the model in tract.
@@ -438,10 +441,26 @@ impl RunStore {
         objective: Objective,
         hooks: Vec<Box<dyn StepHook + '_>>,
     ) -> Result<TrainRecord> {
+        let train = &self.splits.train;
+        self.fit_on(train, job, checkpoint, learner, train_cfg, objective, hooks)
+    }
+
+    /// [`RunStore::fit`] on another training set (the training split with synthetic samples).
+    #[allow(clippy::too_many_arguments)]
+    pub fn fit_on(
+        &self,
+        train: &crate::data::Dataset,
+        job: &str,
+        checkpoint: &Path,
+        learner: &dyn Learner,
+        train_cfg: &TrainConfig,
+        objective: Objective,
+        hooks: Vec<Box<dyn StepHook + '_>>,
+    ) -> Result<TrainRecord> {
         learner.fit(TrainJob {
             name: job,
             cfg: train_cfg,
-            train: &self.splits.train,
+            train,
             val: &self.splits.val,
             objective,
             fill: self.splits.normalizer.zero_value(),
@@ -529,6 +548,31 @@ impl RunStore {
         Ok(r)
     }
 
+    /// A decision tree's rules, with the data's feature names and units.
+    fn tree_rules(&self, m: &AnyModel) -> Option<String> {
+        let Body::Trees(t) = &m.body else {
+            return None;
+        };
+        if m.meta.spec.arch.kind != crate::models::ArchKind::DecisionTree {
+            return None;
+        }
+        let names = &self.splits.train.features;
+        let norm = &m.meta.normalizer;
+        let unscale = |f: usize, v: f32| match norm {
+            crate::data::Normalizer::None => v,
+            crate::data::Normalizer::Global { mean, std } => v * std + mean,
+            crate::data::Normalizer::PerFeature { mean, std } => v * std[f] + mean[f],
+        };
+        let ts = m.meta.target_scale;
+        let unscale_target = |v: f32| ts.map_or(v, |t| v * t.std + t.mean);
+        Some(t.rules(
+            (!names.is_empty()).then_some(names.as_slice()),
+            &unscale,
+            m.meta.class_names.as_deref(),
+            &unscale_target,
+        ))
+    }
+
     /// Hands a finished model to the store. When `report` is set it is measured once, now, and
     /// its record joins the report.
     /// A model that an earlier session finished and measured keeps that session's record.
@@ -549,7 +593,9 @@ impl RunStore {
                     Some(t) => self.embedding_record(&f, &t, how)?,
                     None => {
                         let (scores, b1, b256) = self.measure(&f.model)?;
-                        record_of(&f, scores, b1, b256, how)?
+                        let mut r = record_of(&f, scores, b1, b256, how)?;
+                        r.rules = self.tree_rules(&f.model);
+                        r
                     }
                 },
             };
@@ -715,6 +761,7 @@ impl ModelMetrics {
             f1: scores.f1,
             cosine_to_teacher: None,
             nn_agreement: None,
+            rules: None,
         }
     }
 }

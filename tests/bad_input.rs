@@ -565,6 +565,7 @@ fn bad_compression_export_and_predict_input() {
             kernel: 4,
             dim: 0,
             vocab: 0,
+            ..Default::default()
         },
         input_shape: vec![1, 8, 8],
         outputs: 10,
@@ -597,4 +598,111 @@ fn bad_compression_export_and_predict_input() {
         "export-unsupported-layer",
         &["even kernel", "ONNX export does not support"],
     );
+}
+
+#[test]
+fn bad_tree_settings_synthetic_samples_and_tree_files() {
+    let d = tempfile::tempdir().unwrap();
+    let dir = d.path();
+    let mut csv = String::from("a,b,c,y\n");
+    for i in 0..60 {
+        csv.push_str(&format!("{},{},{},{}\n", i % 7, i % 5, i, i % 2));
+    }
+    let data = write(dir, "t.csv", csv.as_bytes());
+    let cfg = |arch: &str, extra: &str| {
+        format!(
+            "[data]\nformat = \"csv\"\npath = \"{data}\"\nlabel = \"y\"\n[[model]]\nname = \"t\"\narch = {arch}\n{extra}"
+        )
+    };
+    for (name, arch, needles) in [
+        (
+            "tree-depth-zero",
+            "{ kind = \"decision-tree\", depth = 0 }",
+            &["model.t.arch.depth", "got 0"][..],
+        ),
+        (
+            "trees-zero",
+            "{ kind = \"boosted-trees\", trees = 0 }",
+            &["model.t.arch.trees", "got 0"][..],
+        ),
+        (
+            "trees-learning-rate",
+            "{ kind = \"boosted-trees\", learning_rate = 0.0 }",
+            &["model.t.arch.learning_rate", "(0, 1]"][..],
+        ),
+        (
+            "trees-bins",
+            "{ kind = \"boosted-trees\", bins = 1000 }",
+            &["model.t.arch.bins", "2 to 255"][..],
+        ),
+        (
+            "trees-hidden",
+            "{ kind = \"boosted-trees\", hidden = [8] }",
+            &["model.t.arch.hidden", "tree model"][..],
+        ),
+        (
+            "mlp-with-tree-setting",
+            "{ kind = \"mlp\", hidden = [8], leaves = 8 }",
+            &["model.t.arch.leaves", "only for tree models"][..],
+        ),
+    ] {
+        expect_bad_config(dir, name, &cfg(arch, ""), needles);
+    }
+    // A tree model on images must ask for flattening.
+    expect_bad_config(
+        dir,
+        "trees-on-images",
+        "[data]\nformat = \"digits\"\n[[model]]\nname = \"t\"\narch = { kind = \"boosted-trees\" }\n",
+        &["model.t.arch.flatten", "flatten = true"],
+    );
+    // Synthetic samples: bad settings, and a count that cannot fit in memory.
+    let student = |synthetic: &str| {
+        cfg(
+            "{ kind = \"boosted-trees\", trees = 3 }",
+            &format!(
+                "[[model]]\nname = \"s\"\narch = {{ kind = \"decision-tree\", depth = 3 }}\ndistill = {{ teacher = \"t\", synthetic = {synthetic} }}\n"
+            ),
+        )
+    };
+    expect_bad_config(
+        dir,
+        "synthetic-swap",
+        &student("{ samples = 10, swap = 0.0 }"),
+        &["model.s.distill.synthetic.swap", "(0, 1]"],
+    );
+    expect_bad_config(
+        dir,
+        "synthetic-too-many",
+        &student("{ samples = 100000000000000 }"),
+        &["model.s.distill.synthetic.samples", "GiB"],
+    );
+    expect_bad_config(
+        dir,
+        "synthetic-with-auto",
+        &cfg(
+            "{ kind = \"boosted-trees\", trees = 3 }",
+            "[[model]]\nname = \"s\"\narch = { kind = \"decision-tree\" }\ndistill = { teacher = \"t\", alpha = \"auto\", synthetic = { samples = 10 } }\n",
+        ),
+        &["model.s.distill.synthetic", "auto"],
+    );
+    // A tree model file whose node points back at itself (a walk that would never end).
+    let out = dir.join("run");
+    let good = write(
+        dir,
+        "good.toml",
+        cfg("{ kind = \"boosted-trees\", trees = 3, min_leaf = 2 }", "").as_bytes(),
+    );
+    let o = run(&["run", &good, "--out", out.to_str().unwrap(), "-q"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let file = out.join("models/t.safetensors");
+    let m = distillery::compress::load_any(&file).unwrap();
+    let distillery::compress::Body::Trees(mut t) = m.body else {
+        panic!("not a tree model")
+    };
+    let tree = t.trees.iter_mut().find(|t| !t.nodes.is_empty()).unwrap();
+    tree.nodes[0].left = 0;
+    let bytes = distillery::models::trees::file_bytes(&t, &m.meta).unwrap();
+    let bad = write(dir, "loop.safetensors", &bytes);
+    let o = run(&["predict", &bad, &data, "--label", "y"]);
+    check(&o, "tree-loop", &["loop.safetensors", "out of range"]);
 }

@@ -245,3 +245,34 @@ fn export_stage_writes_checked_onnx_and_safetensors() {
     let e = common::stderr(&o);
     assert!(e.contains("export[2].from") && e.contains("'nope'"), "{e}");
 }
+
+/// Tree students and teachers export to `ai.onnx.ml` TreeEnsembleClassifier; tract runs each
+/// export on test inputs: outputs agree to 1e-4 and every predicted class is the same. (Two
+/// classes, one tree per round, and ten classes, one tree per class and round, and a single
+/// tree with a vector in each leaf.)
+#[test]
+fn tree_exports_agree_with_distillery_in_tract() {
+    let dir = tempfile::tempdir().unwrap();
+    for cfg in ["breast-cancer-trees", "digits-trees"] {
+        let out = dir.path().join(cfg);
+        let o = common::run(&[
+            "run",
+            &format!("configs/{cfg}.toml"),
+            "--out",
+            out.to_str().unwrap(),
+            "--quick",
+            "-q",
+        ]);
+        assert!(o.status.success(), "{cfg}: {}", common::stderr(&o));
+        let m: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(out.join("metrics.json")).unwrap())
+                .unwrap();
+        let exports = m["exports"].as_array().unwrap();
+        assert_eq!(exports.len(), 2, "{cfg}");
+        for e in exports {
+            assert!(e["checked_samples"].as_u64().unwrap() > 0, "{cfg}: {e}");
+            assert!(e["max_abs_diff"].as_f64().unwrap() < 1e-4, "{cfg}: {e}");
+            assert_eq!(e["class_agreement"].as_f64(), Some(1.0), "{cfg}: {e}");
+        }
+    }
+}

@@ -341,6 +341,7 @@ fn a_cache_larger_than_the_memory_limit_trains_a_student() {
             kernel: 5,
             dim: 0,
             vocab: 0,
+            ..Default::default()
         },
         input_shape: vec![1],
         outputs: COLS,

@@ -457,7 +457,11 @@ fn check(path: &Path, common: &Common) -> Result<()> {
                 .iter()
                 .map(|(_, s)| s.iter().product::<usize>())
                 .sum();
-            println!("model {}: {} ({n} parameters)", m.name, spec.describe());
+            if a.kind.is_tree() {
+                println!("model {}: {}", m.name, spec.describe());
+            } else {
+                println!("model {}: {} ({n} parameters)", m.name, spec.describe());
+            }
         }
     }
     println!(

@@ -41,6 +41,8 @@ pub enum Body {
         /// Dequantized model.
         model: Model,
     },
+    /// Boosted trees or a decision tree.
+    Trees(crate::models::trees::TreeEnsemble),
 }
 
 /// A model of any precision with its metadata.
@@ -74,6 +76,7 @@ impl AnyModel {
         match &self.body {
             Body::Float(m) | Body::WeightOnly { model: m, .. } => m.num_params(),
             Body::Int8(q) => q.num_params(),
+            Body::Trees(t) => t.num_params(),
         }
     }
 
@@ -83,6 +86,7 @@ impl AnyModel {
             Body::Float(m) => m.bytes(),
             Body::WeightOnly { stored, .. } => stored.iter().map(|s| s.bytes()).sum(),
             Body::Int8(q) => q.bytes(),
+            Body::Trees(t) => t.bytes(),
         }
     }
 
@@ -90,7 +94,7 @@ impl AnyModel {
     pub fn float_model(&self) -> Option<&Model> {
         match &self.body {
             Body::Float(m) | Body::WeightOnly { model: m, .. } => Some(m),
-            Body::Int8(_) => None,
+            Body::Int8(_) | Body::Trees(_) => None,
         }
     }
 
@@ -105,6 +109,10 @@ impl AnyModel {
                     out.extend(q.forward(chunk, chunk.len() / d));
                 }
                 Ok(out)
+            }
+            Body::Trees(t) => {
+                let d = t.inputs;
+                Ok(t.predict(x, x.len() / d.max(1)))
             }
         }
     }
@@ -142,6 +150,7 @@ impl AnyModel {
                     ));
                 }
             }
+            Body::Trees(tr) => return crate::models::trees::file_bytes(tr, &self.meta),
             Body::WeightOnly { stored, model } => {
                 for (((name, var), s), kind) in
                     model.params.iter().zip(stored).zip(model.param_kinds())
@@ -210,27 +219,16 @@ impl Predictor for AnyModel {
                 let v = x.flatten_all()?.to_vec1::<f32>()?;
                 Ok(q.forward(&v, rows))
             }
+            Body::Trees(t) => {
+                let rows = x.dim(0)?;
+                let v = x.flatten_all()?.to_vec1::<f32>()?;
+                Ok(t.predict(&v, rows))
+            }
         }
     }
 }
 
-/// Serialises typed tensors and distillery metadata to safetensors bytes.
-pub fn write_safetensors(
-    tensors: &[(String, Dtype, Vec<usize>, Vec<u8>)],
-    meta_json: &str,
-) -> Result<Vec<u8>> {
-    let views = tensors
-        .iter()
-        .map(|(n, d, s, b)| {
-            safetensors::tensor::TensorView::new(*d, s.clone(), b)
-                .map(|v| (n.clone(), v))
-                .map_err(|e| Error::Other(format!("safetensors: {e}")))
-        })
-        .collect::<Result<Vec<_>>>()?;
-    let mut md = HashMap::new();
-    md.insert(crate::models::META_KEY.to_string(), meta_json.to_string());
-    safetensors::serialize(views, Some(md)).map_err(|e| Error::Other(format!("safetensors: {e}")))
-}
+pub use crate::models::write_safetensors;
 
 /// Loads a model file of any precision.
 pub fn load_any(path: &Path) -> Result<AnyModel> {
@@ -243,6 +241,13 @@ type RawTensors = HashMap<String, (Dtype, Vec<usize>, Vec<u8>)>;
 /// Loads a model of any precision from (uncompressed) bytes; `file` names it in errors.
 pub fn load_any_bytes(bytes: &[u8], file: &str) -> Result<AnyModel> {
     let meta = crate::models::read_meta(bytes, file)?;
+    if meta.spec.arch.kind.is_tree() {
+        let trees = crate::models::trees::from_file_bytes(bytes, &meta, file)?;
+        return Ok(AnyModel {
+            body: Body::Trees(trees),
+            meta,
+        });
+    }
     let Some(qm) = meta.quantization.clone() else {
         let (model, meta) = crate::models::load_model_bytes(bytes, file)?;
         return Ok(AnyModel::float(model, meta));

@@ -64,10 +64,15 @@ const INT64: i64 = 7;
 enum Attr {
     Int(i64),
     Ints(Vec<i64>),
+    Floats(Vec<f32>),
+    Str(String),
+    Strs(Vec<String>),
 }
 
 struct Node {
     op: &'static str,
+    /// Operator domain: "" (ONNX) or "ai.onnx.ml".
+    domain: &'static str,
     inputs: Vec<String>,
     outputs: Vec<String>,
     attrs: Vec<(&'static str, Attr)>,
@@ -101,6 +106,9 @@ fn encode_node(n: &Node, idx: usize) -> Vec<u8> {
     }
     field_str(&mut b, 3, &format!("{}_{idx}", n.op));
     field_str(&mut b, 4, n.op);
+    if !n.domain.is_empty() {
+        field_str(&mut b, 7, n.domain);
+    }
     for (name, a) in &n.attrs {
         let mut ab = Vec::new();
         field_str(&mut ab, 1, name);
@@ -114,6 +122,23 @@ fn encode_node(n: &Node, idx: usize) -> Vec<u8> {
                     field_varint(&mut ab, 8, *i);
                 }
                 field_varint(&mut ab, 20, 7);
+            }
+            Attr::Floats(v) => {
+                for x in v {
+                    key(&mut ab, 7, 5);
+                    ab.extend_from_slice(&x.to_le_bytes());
+                }
+                field_varint(&mut ab, 20, 6);
+            }
+            Attr::Str(v) => {
+                field_str(&mut ab, 4, v);
+                field_varint(&mut ab, 20, 3);
+            }
+            Attr::Strs(v) => {
+                for x in v {
+                    field_str(&mut ab, 9, x);
+                }
+                field_varint(&mut ab, 20, 8);
             }
         }
         field_bytes(&mut b, 5, &ab);
@@ -199,6 +224,7 @@ impl Graph {
     ) {
         self.nodes.push(Node {
             op,
+            domain: "",
             inputs: inputs.iter().map(|s| s.to_string()).collect(),
             outputs: vec![out.to_string()],
             attrs,
@@ -253,8 +279,134 @@ impl Graph {
         field_str(&mut opset, 1, "");
         field_varint(&mut opset, 2, 13);
         field_bytes(&mut m, 8, &opset);
+        if self.nodes.iter().any(|n| n.domain == ML) {
+            let mut opset = Vec::new();
+            field_str(&mut opset, 1, ML);
+            field_varint(&mut opset, 2, 1);
+            field_bytes(&mut m, 8, &opset);
+        }
         m
     }
+}
+
+/// The domain of ONNX's classical machine-learning operators.
+const ML: &str = "ai.onnx.ml";
+
+/// A tree ensemble on the normalised input `x`: `TreeEnsembleClassifier` (its scores, without a
+/// post-transform, are the model's logits) or `TreeEnsembleRegressor` (the standardised value).
+/// Each tree's nodes are numbered internal nodes first, then leaves; rows with
+/// `x[feature] <= value` take the true branch, as in distillery's own trees.
+fn tree_ensemble(
+    g: &mut Graph,
+    x: &str,
+    t: &crate::models::trees::TreeEnsemble,
+    task: Task,
+) -> String {
+    use crate::models::trees::ALL_OUTPUTS;
+    let k = t.outputs;
+    let (mut tree_ids, mut node_ids, mut features, mut modes, mut values, mut trues, mut falses) =
+        (vec![], vec![], vec![], vec![], vec![], vec![], vec![]);
+    let (mut leaf_tree, mut leaf_node, mut leaf_class, mut leaf_weight) =
+        (vec![], vec![], vec![], vec![]);
+    for (ti, tree) in t.trees.iter().enumerate() {
+        let nn = tree.nodes.len() as i64;
+        let id = |c: i32| if c >= 0 { c as i64 } else { nn + (!c) as i64 };
+        for (i, n) in tree.nodes.iter().enumerate() {
+            tree_ids.push(ti as i64);
+            node_ids.push(i as i64);
+            features.push(n.feature as i64);
+            modes.push("BRANCH_LEQ".to_string());
+            values.push(n.threshold);
+            trues.push(id(n.left));
+            falses.push(id(n.right));
+        }
+        for l in 0..tree.leaves() {
+            tree_ids.push(ti as i64);
+            node_ids.push(nn + l as i64);
+            features.push(0);
+            modes.push("LEAF".to_string());
+            values.push(0.0);
+            trues.push(0);
+            falses.push(0);
+            let mut add = |c: usize, w: f32| {
+                leaf_tree.push(ti as i64);
+                leaf_node.push(nn + l as i64);
+                leaf_class.push(c as i64);
+                leaf_weight.push(w);
+            };
+            if tree.output == ALL_OUTPUTS {
+                for c in 0..k {
+                    add(c, tree.values[l * k + c]);
+                }
+            } else {
+                // Two classes: a zero weight for the other class keeps the scores two
+                // columns wide (a single weight per leaf means the binary layout in ONNX).
+                if k == 2 {
+                    add(1 - tree.output as usize, 0.0);
+                }
+                add(tree.output as usize, tree.values[l]);
+            }
+        }
+    }
+    let prefix = if task == Task::Classification {
+        "class"
+    } else {
+        "target"
+    };
+    let mut attrs = vec![
+        ("nodes_treeids", Attr::Ints(tree_ids)),
+        ("nodes_nodeids", Attr::Ints(node_ids)),
+        ("nodes_featureids", Attr::Ints(features)),
+        ("nodes_modes", Attr::Strs(modes)),
+        ("nodes_values", Attr::Floats(values)),
+        ("nodes_truenodeids", Attr::Ints(trues)),
+        ("nodes_falsenodeids", Attr::Ints(falses)),
+        ("post_transform", Attr::Str("NONE".into())),
+        ("base_values", Attr::Floats(t.base.clone())),
+    ];
+    let (treeids, nodeids, ids, weights) = match prefix {
+        "class" => (
+            "class_treeids",
+            "class_nodeids",
+            "class_ids",
+            "class_weights",
+        ),
+        _ => (
+            "target_treeids",
+            "target_nodeids",
+            "target_ids",
+            "target_weights",
+        ),
+    };
+    attrs.extend([
+        (treeids, Attr::Ints(leaf_tree)),
+        (nodeids, Attr::Ints(leaf_node)),
+        (ids, Attr::Ints(leaf_class)),
+        (weights, Attr::Floats(leaf_weight)),
+    ]);
+    let scores = g.fresh("tree_scores");
+    if task == Task::Classification {
+        attrs.push(("classlabels_int64s", Attr::Ints((0..k as i64).collect())));
+        let label = g.fresh("tree_label");
+        g.nodes.push(Node {
+            op: "TreeEnsembleClassifier",
+            domain: ML,
+            inputs: vec![x.to_string()],
+            outputs: vec![label, scores.clone()],
+            attrs,
+        });
+    } else {
+        attrs.push(("n_targets", Attr::Int(k as i64)));
+        attrs.push(("aggregate_function", Attr::Str("SUM".into())));
+        g.nodes.push(Node {
+            op: "TreeEnsembleRegressor",
+            domain: ML,
+            inputs: vec![x.to_string()],
+            outputs: vec![scores.clone()],
+            attrs,
+        });
+    }
+    scores
 }
 
 /// The ONNX bytes of `model`.
@@ -289,6 +441,7 @@ pub fn export(model: &AnyModel) -> Result<Vec<u8>> {
     }
     let precision = model.precision();
     match &model.body {
+        Body::Trees(t) => h = tree_ensemble(&mut g, &h, t, meta.task),
         Body::Int8(q) => {
             let n = q.layers.len();
             for (l, layer) in q.layers.iter().enumerate() {

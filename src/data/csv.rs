@@ -199,11 +199,18 @@ pub fn parse_csv_bytes(
             Targets::Classes { labels, names }
         }
     };
-    Ok(Dataset::new(
+    let mut data = Dataset::new(
         x,
         opts.image_shape.clone().unwrap_or_else(|| vec![d]),
         targets,
-    ))
+    );
+    data.features = headers
+        .iter()
+        .enumerate()
+        .filter(|&(j, _)| j != label_col)
+        .map(|(_, h)| h.to_string())
+        .collect();
+    Ok(data)
 }
 
 fn parse_cell(cell: &str, name: &str, line: u64, col: &str) -> Result<f32> {

@@ -3,6 +3,7 @@
 
 pub mod csv;
 pub mod idx;
+pub mod munge;
 pub mod rows;
 pub mod text;
 pub mod wordpiece;
@@ -85,6 +86,8 @@ pub struct Dataset {
     /// Each sample's row in the file it came from (0-based), so that outputs computed
     /// elsewhere, one row per sample of the file, can be matched to the splits.
     pub rows: Vec<usize>,
+    /// The feature columns' names (CSV headers), when the file has them; empty otherwise.
+    pub features: Vec<String>,
 }
 
 impl Dataset {
@@ -103,6 +106,7 @@ impl Dataset {
             targets,
             text: Vec::new(),
             rows: (0..n).collect(),
+            features: Vec::new(),
         }
     }
 
@@ -154,6 +158,7 @@ impl Dataset {
                 idx.iter().map(|&i| self.text[i].clone()).collect()
             },
             rows: idx.iter().map(|&i| self.rows[i]).collect(),
+            features: self.features.clone(),
         }
     }
 

@@ -715,6 +715,7 @@ pub fn text_dataset(rows: TextRows, targets: Targets, f: &Featurizer) -> Result<
         targets,
         text: rows.texts,
         rows: (0..n).collect(),
+        features: Vec::new(),
     })
 }
 

@@ -31,6 +31,7 @@ pub fn expand(models: &[ModelConfig]) -> Vec<ModelConfig> {
                         hint: None,
                         loss: crate::losses::SoftLoss::Kd,
                         init_from_teacher: false,
+                        synthetic: None,
                     }),
                     from: None,
                     born_again: None,

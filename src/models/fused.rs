@@ -417,7 +417,7 @@ pub fn eligible(model: &Model) -> bool {
     match model.spec.arch.kind {
         ArchKind::Mlp => true,
         ArchKind::Cnn => model.spec.arch.kernel % 2 == 1 && model.spec.input_shape.len() == 3,
-        ArchKind::EmbeddingBag => false,
+        ArchKind::EmbeddingBag | ArchKind::BoostedTrees | ArchKind::DecisionTree => false,
     }
 }
 
@@ -813,6 +813,7 @@ mod tests {
                 kernel: 5,
                 dim: 0,
                 vocab: 0,
+                ..Default::default()
             },
             input_shape: vec![30],
             outputs,
@@ -965,6 +966,7 @@ mod cnn_tests {
                 kernel: 3,
                 dim: 0,
                 vocab: 0,
+                ..Default::default()
             },
             input_shape: shape.to_vec(),
             outputs: 5,

@@ -114,6 +114,7 @@ mod tests {
                 kernel: 5,
                 dim: 0,
                 vocab: 0,
+                ..Default::default()
             },
             input_shape: vec![50],
             outputs: 7,
@@ -168,6 +169,7 @@ mod tests {
                     kernel,
                     dim: 0,
                     vocab: 0,
+                    ..Default::default()
                 },
                 input_shape: shape.clone(),
                 outputs: 4,

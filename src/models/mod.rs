@@ -4,10 +4,12 @@
 //! names).
 
 pub mod bag;
+pub mod boost;
 pub mod cnn;
 pub mod fused;
 pub mod meta;
 pub mod mlp;
+pub mod trees;
 
 use crate::data::{Normalizer, TargetScale, Task};
 use crate::error::{bad_field, Error, Result};
@@ -29,6 +31,18 @@ pub enum ArchKind {
     /// Text: an embedding table over token ids (or hashed n-grams), mean-pooled over each
     /// text's ids, then dense layers (Model2Vec- and fastText-style students).
     EmbeddingBag,
+    /// Gradient-boosted trees ([`boost`]): not trained by gradient steps through the loop but
+    /// fitted in one go to the same objective.
+    BoostedTrees,
+    /// One decision tree, depth-limited, readable as rules.
+    DecisionTree,
+}
+
+impl ArchKind {
+    /// A tree model ([`trees::TreeEnsemble`]), not a network of parameters.
+    pub fn is_tree(self) -> bool {
+        matches!(self, ArchKind::BoostedTrees | ArchKind::DecisionTree)
+    }
 }
 
 /// A model architecture.
@@ -59,6 +73,106 @@ pub struct ArchConfig {
     /// vocabulary or hash buckets); not written in experiment files.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub vocab: usize,
+    /// Trees on image data: treat each pixel as one feature (required, so that a tree model
+    /// on images is asked for, never a surprise).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub flatten: bool,
+    /// Trees: boosting rounds (default 100; a decision tree is one tree).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trees: Option<usize>,
+    /// Trees: most leaves per tree (default 31; a decision tree: 2^depth).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub leaves: Option<usize>,
+    /// Trees: most levels below the root (default: unlimited for boosted trees, 6 for a
+    /// decision tree).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub depth: Option<usize>,
+    /// Boosted trees: shrinkage of each tree (default 0.1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub learning_rate: Option<f32>,
+    /// Trees: fewest training samples in a leaf (default 20 for boosted trees, 5 for a
+    /// decision tree).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_leaf: Option<usize>,
+    /// Boosted trees: L2 penalty λ on leaf values (default 0).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub l2: Option<f32>,
+    /// Trees: most bins per feature, 2 to 255 (default 255).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bins: Option<usize>,
+}
+
+impl ArchConfig {
+    /// The tree settings with defaults filled in (LightGBM's for boosted trees).
+    pub fn tree_settings(&self) -> boost::TreeSettings {
+        let single = self.kind == ArchKind::DecisionTree;
+        let depth = self.depth.or(single.then_some(6));
+        boost::TreeSettings {
+            kind: if single {
+                boost::TreeKind::Single
+            } else {
+                boost::TreeKind::Boosted
+            },
+            trees: if single { 1 } else { self.trees.unwrap_or(100) },
+            leaves: self.leaves.unwrap_or(if single {
+                1usize << depth.unwrap_or(6).min(16)
+            } else {
+                31
+            }),
+            depth,
+            learning_rate: if single {
+                1.0
+            } else {
+                self.learning_rate.unwrap_or(0.1)
+            },
+            min_leaf: self.min_leaf.unwrap_or(if single { 5 } else { 20 }),
+            l2: if single { 0.0 } else { self.l2.unwrap_or(0.0) },
+            bins: self.bins.unwrap_or(255),
+        }
+    }
+
+    /// The same architecture with every tree default written out (what a model file records).
+    pub fn resolved(&self) -> ArchConfig {
+        if !self.kind.is_tree() {
+            return self.clone();
+        }
+        let s = self.tree_settings();
+        let single = self.kind == ArchKind::DecisionTree;
+        ArchConfig {
+            trees: (!single).then_some(s.trees),
+            leaves: Some(s.leaves),
+            depth: s.depth,
+            learning_rate: (!single).then_some(s.learning_rate),
+            min_leaf: Some(s.min_leaf),
+            l2: (!single).then_some(s.l2),
+            bins: Some(s.bins),
+            ..self.clone()
+        }
+    }
+}
+
+impl Default for ArchConfig {
+    /// An MLP with no hidden layer; every other field at its file default.
+    fn default() -> Self {
+        ArchConfig {
+            kind: ArchKind::Mlp,
+            hidden: Vec::new(),
+            dropout: 0.0,
+            input_dropout: 0.0,
+            channels: Vec::new(),
+            kernel: default_kernel(),
+            dim: 0,
+            vocab: 0,
+            flatten: false,
+            trees: None,
+            leaves: None,
+            depth: None,
+            learning_rate: None,
+            min_leaf: None,
+            l2: None,
+            bins: None,
+        }
+    }
 }
 
 fn is_zero(v: &usize) -> bool {
@@ -92,6 +206,8 @@ impl ModelSpec {
             ArchKind::Mlp => Ok(mlp::param_shapes(self)),
             ArchKind::Cnn => cnn::param_shapes(self),
             ArchKind::EmbeddingBag => Ok(bag::param_shapes(self)),
+            // A tree model's size is known only once it is fitted.
+            ArchKind::BoostedTrees | ArchKind::DecisionTree => Ok(Vec::new()),
         }
     }
 
@@ -119,6 +235,27 @@ impl ModelSpec {
                     self.arch.vocab,
                     self.arch.dim,
                     dims(&all)
+                )
+            }
+            ArchKind::BoostedTrees => {
+                let s = self.arch.tree_settings();
+                format!(
+                    "boosted trees {}×{} leaves{}, {} → {}",
+                    s.trees,
+                    s.leaves,
+                    s.depth.map(|d| format!(" depth ≤ {d}")).unwrap_or_default(),
+                    self.input_dim(),
+                    self.outputs
+                )
+            }
+            ArchKind::DecisionTree => {
+                let s = self.arch.tree_settings();
+                format!(
+                    "decision tree depth ≤ {}, ≤ {} leaves, {} → {}",
+                    s.depth.unwrap_or(0),
+                    s.leaves,
+                    self.input_dim(),
+                    self.outputs
                 )
             }
             ArchKind::Cnn => format!(
@@ -153,7 +290,97 @@ impl ArchConfig {
                 )?;
             }
         }
+        let tree_fields = [
+            ("trees", a.trees.is_some()),
+            ("leaves", a.leaves.is_some()),
+            ("depth", a.depth.is_some()),
+            ("learning_rate", a.learning_rate.is_some()),
+            ("min_leaf", a.min_leaf.is_some()),
+            ("l2", a.l2.is_some()),
+            ("bins", a.bins.is_some()),
+            ("flatten", a.flatten),
+        ];
+        if !a.kind.is_tree() {
+            if let Some((f, _)) = tree_fields.iter().find(|(_, set)| *set) {
+                bad_field(
+                    &format!("{p}.{f}"),
+                    "only for tree models (kind = \"boosted-trees\" or \"decision-tree\")",
+                )?;
+            }
+        }
         match a.kind {
+            ArchKind::BoostedTrees | ArchKind::DecisionTree => {
+                for (f, set) in [
+                    ("hidden", !a.hidden.is_empty()),
+                    ("channels", !a.channels.is_empty()),
+                    ("dropout", a.dropout != 0.0),
+                    ("input_dropout", a.input_dropout != 0.0),
+                    ("dim", a.dim != 0),
+                ] {
+                    if set {
+                        bad_field(&format!("{p}.{f}"), "not a setting of a tree model")?;
+                    }
+                }
+                if a.kind == ArchKind::DecisionTree {
+                    for (f, set) in [
+                        ("trees", a.trees.is_some()),
+                        ("learning_rate", a.learning_rate.is_some()),
+                        ("l2", a.l2.is_some()),
+                    ] {
+                        if set {
+                            bad_field(
+                                &format!("{p}.{f}"),
+                                "a decision tree is one tree: use kind = \"boosted-trees\" for an ensemble",
+                            )?;
+                        }
+                    }
+                }
+                if text {
+                    bad_field(
+                        &format!("{p}.kind"),
+                        "text data need kind = \"embedding-bag\" (token ids are not features a tree can split)",
+                    )?;
+                }
+                if images && !a.flatten {
+                    bad_field(
+                        &format!("{p}.flatten"),
+                        "a tree model splits on single features; on image data set flatten = true to use each pixel as one",
+                    )?;
+                }
+                if a.trees == Some(0) {
+                    bad_field(&format!("{p}.trees"), "expected at least 1 tree, got 0")?;
+                }
+                if let Some(l) = a.leaves.filter(|&l| l < 2) {
+                    bad_field(
+                        &format!("{p}.leaves"),
+                        &format!("expected at least 2, got {l}"),
+                    )?;
+                }
+                if let Some(d) = a.depth.filter(|&d| d == 0 || d > 30) {
+                    bad_field(&format!("{p}.depth"), &format!("expected 1 to 30, got {d}"))?;
+                }
+                if let Some(lr) = a
+                    .learning_rate
+                    .filter(|&v| !(v.is_finite() && v > 0.0 && v <= 1.0))
+                {
+                    bad_field(
+                        &format!("{p}.learning_rate"),
+                        &format!("expected a value in (0, 1], got {lr}"),
+                    )?;
+                }
+                if a.min_leaf == Some(0) {
+                    bad_field(&format!("{p}.min_leaf"), "expected at least 1, got 0")?;
+                }
+                if let Some(l2) = a.l2.filter(|&v| !(v.is_finite() && v >= 0.0)) {
+                    bad_field(
+                        &format!("{p}.l2"),
+                        &format!("expected a finite value >= 0, got {l2}"),
+                    )?;
+                }
+                if let Some(b) = a.bins.filter(|&b| !(2..=255).contains(&b)) {
+                    bad_field(&format!("{p}.bins"), &format!("expected 2 to 255, got {b}"))?;
+                }
+            }
             ArchKind::Mlp => {
                 if !a.channels.is_empty() {
                     bad_field(&format!("{p}.channels"), "only for kind = \"cnn\"")?;
@@ -278,7 +505,10 @@ impl ModelSpec {
     pub fn param_kinds(&self) -> Vec<ParamKind> {
         let blocks = match self.arch.kind {
             ArchKind::Cnn => self.arch.channels.len(),
-            ArchKind::Mlp | ArchKind::EmbeddingBag => 0,
+            ArchKind::Mlp
+            | ArchKind::EmbeddingBag
+            | ArchKind::BoostedTrees
+            | ArchKind::DecisionTree => 0,
         };
         let dense = self.arch.hidden.len() + 1;
         let mut kinds = Vec::with_capacity(2 * (blocks + dense) + 1);
@@ -423,6 +653,9 @@ impl Model {
             ArchKind::Mlp => mlp::forward(self, x, mode, layer),
             ArchKind::Cnn => cnn::forward(self, x, mode, layer),
             ArchKind::EmbeddingBag => bag::forward(self, x, mode, layer),
+            ArchKind::BoostedTrees | ArchKind::DecisionTree => Err(Error::Input(
+                "a tree model has no tensor forward pass".into(),
+            )),
         }
     }
 
@@ -556,6 +789,24 @@ pub fn to_safetensors(
     }
     all.extend(extra.iter().cloned());
     tensors_to_safetensors(&all, meta_json)
+}
+
+/// Serialises typed tensors and distillery metadata to safetensors bytes.
+pub fn write_safetensors(
+    tensors: &[(String, safetensors::Dtype, Vec<usize>, Vec<u8>)],
+    meta_json: &str,
+) -> Result<Vec<u8>> {
+    let views = tensors
+        .iter()
+        .map(|(n, d, s, b)| {
+            safetensors::tensor::TensorView::new(*d, s.clone(), b)
+                .map(|v| (n.clone(), v))
+                .map_err(|e| Error::Other(format!("safetensors: {e}")))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let mut md = HashMap::new();
+    md.insert(META_KEY.to_string(), meta_json.to_string());
+    safetensors::serialize(views, Some(md)).map_err(|e| Error::Other(format!("safetensors: {e}")))
 }
 
 /// Serialises named f32 tensors and distillery metadata to safetensors bytes.
@@ -752,6 +1003,7 @@ mod tests {
                 kernel: 3,
                 dim: 0,
                 vocab: 0,
+                ..Default::default()
             },
             input_shape: vec![1, 8, 8],
             outputs: 3,

@@ -273,9 +273,10 @@ pub fn run_experiment(checked: &CheckedConfig, opts: &RunOptions) -> Result<RunS
                 .map_err(|e| Error::Input(format!("model.{}: {e}", m.name)))?;
         }
         if let Some(f) = &m.from {
-            let (model, meta) = models::load_model(f)?;
+            let any = crate::compress::load_any(f)?;
+            let meta = &any.meta;
             models::check_fits(
-                &model.spec,
+                &meta.spec,
                 &shape,
                 outputs,
                 &format!("model.{}.from ({})", m.name, f.display()),

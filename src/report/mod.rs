@@ -257,6 +257,7 @@ pub fn markdown(m: &Metrics) -> String {
     s.push_str("\nLatency: median of repeated timed forward passes on this machine (after warm-up). Size: bytes of the stored weights in their precision (f32, int8 codes + scales, packed int4 + scales).\n\n");
     text_section(&mut s, m);
     auto_section(&mut s, m);
+    rules_section(&mut s, m);
     compression_section(&mut s, m);
     exports_section(&mut s, m);
     s.push_str("## Training\n\n");
@@ -511,6 +512,44 @@ pub fn write_reports(out: &Path, m: &Metrics) -> Result<String> {
 
 /// The grids of `alpha` / `temperature` = "auto": every trial's validation scores, the choice,
 /// and the warning about a teacher worse than labels.
+/// Each decision tree as rules.
+fn rules_section(s: &mut String, m: &Metrics) {
+    let trees: Vec<_> = m
+        .models
+        .iter()
+        .filter_map(|x| x.rules.as_ref().map(|r| (x, r)))
+        .collect();
+    if trees.is_empty() {
+        return;
+    }
+    s.push_str(
+        "## Decision trees as rules
+
+",
+    );
+    for (x, rules) in trees {
+        let lines = rules.lines().count();
+        let _ = writeln!(
+            s,
+            "**{}** ({}):
+",
+            x.name, x.architecture
+        );
+        if lines > 400 {
+            let _ = writeln!(
+                s,
+                "({lines} lines; the first 400 are shown, all of them are in metrics.json)\n"
+            );
+        }
+        s.push_str("```text\n");
+        for l in rules.lines().take(400) {
+            s.push_str(l);
+            s.push('\n');
+        }
+        s.push_str("```\n\n");
+    }
+}
+
 fn auto_section(s: &mut String, m: &Metrics) {
     let chosen: Vec<_> = m
         .models
@@ -528,11 +567,15 @@ fn auto_section(s: &mut String, m: &Metrics) {
     for (x, d, a) in chosen {
         let _ = writeln!(
             s,
-            "**{}** (teacher {}): {} trials of {} epoch(s); in the end **α = {}, T = {}**{}.\n",
+            "**{}** (teacher {}): {} trials {}; in the end **α = {}, T = {}**{}.\n",
             x.name,
             d.teacher,
             a.trials.len(),
-            a.trial_epochs,
+            if a.trial_epochs == 0 {
+                "(full fits: tree models fit in one go)".to_string()
+            } else {
+                format!("of {} epoch(s)", a.trial_epochs)
+            },
             a.alpha,
             a.temperature,
             if a.alpha == 0.0 {

@@ -2,14 +2,14 @@
 //! optional FitNets hint), or a model loaded from a file.
 
 use super::Stage;
-use crate::compress::AnyModel;
 use crate::data::Task;
 use crate::error::{bad_field, Error, Result};
 use crate::models::{self, ArchConfig, Model, ModelSpec};
 use crate::rng::Rng;
 use crate::stages::tune::Tunable;
 use crate::store::{DistillSummary, Finished, Provenance, RunStore};
-use crate::train::{HintTerm, Objective, TeacherSignal, TrainConfig};
+use crate::train::trees::TreeLearner;
+use crate::train::{HintTerm, Learner, Objective, TeacherSignal, TrainConfig};
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 
@@ -67,6 +67,10 @@ pub struct DistillConfig {
     /// token frequency (Model2Vec), instead of at random.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub init_from_teacher: bool,
+    /// Add synthetic samples near the training set, labelled by the teacher (MUNGE,
+    /// Bucila et al. 2006): `{ samples = 20000, swap = 0.5, spread = 1.0 }`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub synthetic: Option<crate::data::munge::MungeConfig>,
 }
 
 /// FitNets hint: match the student's hidden layer, through a learned linear adapter, to the
@@ -253,6 +257,21 @@ impl ModelConfig {
                     "alpha and temperature \"auto\" choose how much of the labels to mix in; an embedding loss uses no labels (give numbers)",
                 )?;
             }
+            if let Some(sc) = &ds.synthetic {
+                sc.check(&format!("{p}.distill.synthetic"))?;
+                if auto {
+                    bad_field(
+                        &format!("{p}.distill.synthetic"),
+                        "synthetic samples with alpha or temperature \"auto\" are not available (give numbers)",
+                    )?;
+                }
+                if text {
+                    bad_field(
+                        &format!("{p}.distill.synthetic"),
+                        "synthetic samples are made from feature columns; text data have none",
+                    )?;
+                }
+            }
             if auto && !ds.assistants.is_empty() {
                 bad_field(
                     &format!("{p}.distill"),
@@ -311,14 +330,14 @@ impl Stage for ModelStage {
         let role = m.role().as_str();
         let file = store.model_path(&m.name);
         let (model, source, file) = if let Some(f) = &m.from {
-            let (model, mut meta) = models::load_model(f)?;
-            meta.name = m.name.clone();
-            meta.role = role.into();
-            (
-                AnyModel::float(model, meta),
-                format!("loaded from {}", f.display()),
-                f.clone(),
-            )
+            let mut model = crate::compress::load_any(f)?;
+            if model.meta.quantization.is_some() {
+                // Quantized files are refused here with the loader's own message.
+                models::load_model(f)?;
+            }
+            model.meta.name = m.name.clone();
+            model.meta.role = role.into();
+            (model, format!("loaded from {}", f.display()), f.clone())
         } else if let Some(any) = store.finished(&file)? {
             store.progress.say(&format!(
                 "{}: already trained ({}); skipping",
@@ -333,8 +352,9 @@ impl Stage for ModelStage {
                 store.out().display()
             )));
         } else {
-            let (model, meta) = train_model(m, store)?;
-            (AnyModel::float(model, meta), "trained".to_string(), file)
+            train_model(m, store)?;
+            let model = crate::compress::load_any(&file)?;
+            (model, "trained".to_string(), file)
         };
         let chosen = m
             .distill
@@ -379,7 +399,8 @@ impl Stage for ModelStage {
     }
 }
 
-fn train_model(m: &ModelConfig, store: &RunStore) -> Result<(Model, crate::models::ModelMeta)> {
+/// Trains `m` and saves it as `store.model_path(&m.name)`.
+fn train_model(m: &ModelConfig, store: &RunStore) -> Result<()> {
     let splits = &store.splits;
     let arch = m
         .arch
@@ -410,18 +431,29 @@ fn train_model(m: &ModelConfig, store: &RunStore) -> Result<(Model, crate::model
         input_shape: splits.train.shape.clone(),
         outputs,
     };
+    let tree = spec.arch.kind.is_tree();
+    if tree && m.train.jitter > 0 {
+        return Err(Error::Input(format!(
+            "model.{}.train.jitter: a tree model is fitted to the samples as they are; set jitter = 0",
+            m.name
+        )));
+    }
     // A newly initialised model: the same weights every call (trials of "auto" start where
     // the final run starts).
-    let fresh = || -> Result<Model> {
+    let fresh = || -> Result<Box<dyn Learner>> {
+        if tree {
+            return Ok(Box::new(TreeLearner::new(&spec)));
+        }
         let mut init_rng = Rng::derive(store.seed, &format!("init/{}", m.name));
         let model = Model::new(spec.clone(), &mut init_rng)?;
         if let Some(ds) = m.distill.as_ref().filter(|d| d.init_from_teacher) {
             crate::stages::text::init_from_teacher(&model, &ds.teacher, &m.name, store)?;
         }
-        Ok(model)
+        Ok(Box::new(model))
     };
     let model = fresh()?;
     let mut auto_choice = None;
+    let mut augmented: Option<crate::data::Dataset> = None;
     let objective = match &m.distill {
         None => Objective::supervised(),
         Some(ds) if ds.loss.is_embedding() => {
@@ -462,7 +494,7 @@ fn train_model(m: &ModelConfig, store: &RunStore) -> Result<(Model, crate::model
                     m.name, ds.teacher
                 )));
             }
-            let cached = if known || m.train.jitter == 0 {
+            let mut cached = if known || m.train.jitter == 0 {
                 if !known {
                     store.progress.say(&format!(
                         "{}: computing {}'s soft targets once for the whole training set",
@@ -473,6 +505,22 @@ fn train_model(m: &ModelConfig, store: &RunStore) -> Result<(Model, crate::model
             } else {
                 None
             };
+            if let Some(sc) = &ds.synthetic {
+                if known {
+                    return Err(Error::Input(format!(
+                        "model.{}.distill.synthetic: teacher '{}' has outputs for the data set's own samples only; synthetic samples need a teacher that runs on features (a [[model]] or an ONNX file)",
+                        m.name, ds.teacher
+                    )));
+                }
+                let teacher = store.teacher(&ds.teacher).map_err(|_| missing())?;
+                let (aug, outputs) = with_synthetic(m, sc, teacher, store)?;
+                if let Some(c) = cached.as_mut() {
+                    let mut all = c.to_vec();
+                    all.extend(outputs);
+                    *c = all.into();
+                }
+                augmented = Some(aug);
+            }
             let make = |alpha: f32, temperature: f32| -> Result<Objective> {
                 let signal = match &cached {
                     Some(rows) => TeacherSignal::Cached(rows.clone()),
@@ -517,25 +565,100 @@ fn train_model(m: &ModelConfig, store: &RunStore) -> Result<(Model, crate::model
         }
     };
     store.progress.say(&format!(
-        "{}: training {} ({} parameters) for up to {} epochs",
+        "{}: {}",
         m.name,
-        model.spec.describe(),
-        model.num_params(),
-        m.train.epochs
+        if tree {
+            format!("fitting {}", model.spec().describe())
+        } else {
+            format!(
+                "training {} for up to {} epochs",
+                model.spec().describe(),
+                m.train.epochs
+            )
+        }
     ));
     if let Some(choice) = auto_choice.filter(|c| c.alpha > 0.0 || c.full_runs.is_some()) {
         return keep_better_than_labels(m, store, model, objective, choice, &fresh);
     }
-    let meta = store.fit_and_save(
+    if let Some(aug) = &augmented {
+        let ckpt = store.checkpoint_path(&m.name, "ckpt");
+        let record = store.fit_on(
+            aug,
+            &m.name,
+            &ckpt,
+            model.as_ref(),
+            &m.train,
+            objective,
+            Vec::new(),
+        )?;
+        store.save_fitted(&m.name, m.role().as_str(), model.as_ref(), &record, None)?;
+        let _ = std::fs::remove_file(&ckpt);
+        return Ok(());
+    }
+    store.fit_and_save(
         &m.name,
         m.role().as_str(),
-        &model,
+        model.as_ref(),
         &m.train,
         objective,
         Vec::new(),
         None,
     )?;
-    Ok((model, meta))
+    Ok(())
+}
+
+/// The training split with `sc.samples` MUNGE samples added, labelled by `teacher` (its argmax,
+/// or its value for regression), and the teacher's outputs on the added samples.
+fn with_synthetic(
+    m: &ModelConfig,
+    sc: &crate::data::munge::MungeConfig,
+    teacher: &dyn crate::teachers::Teacher,
+    store: &RunStore,
+) -> Result<(crate::data::Dataset, Vec<f32>)> {
+    use crate::data::{munge, Dataset, Targets};
+    let train = &store.splits.train;
+    let (n, d, k) = (train.len(), train.dim(), train.outputs());
+    munge::check_fits_memory(
+        n + sc.samples,
+        d,
+        k,
+        &format!("model.{}.distill.synthetic.samples", m.name),
+    )?;
+    let categorical = munge::categorical_columns(&train.x, n, d);
+    let mut rng = Rng::derive(store.seed, &format!("munge/{}", m.name));
+    let sx = munge::munge(&train.x, n, d, sc, &categorical, &mut rng);
+    let outputs = crate::eval::predict_all(teacher, &sx, d, 512)?;
+    store.progress.say(&format!(
+        "{}: {} synthetic samples (MUNGE, swap {}, spread {}; {} of {d} columns categorical), labelled by the teacher",
+        m.name,
+        sc.samples,
+        sc.swap,
+        sc.spread,
+        categorical.iter().filter(|&&c| c).count()
+    ));
+    let targets = match &train.targets {
+        Targets::Classes { labels, names } => {
+            let mut l = labels.clone();
+            l.extend(outputs.chunks_exact(k).map(|row| {
+                row.iter()
+                    .enumerate()
+                    .fold((0, f32::MIN), |a, (i, &v)| if v > a.1 { (i, v) } else { a })
+                    .0 as u32
+            }));
+            Targets::Classes {
+                labels: l,
+                names: names.clone(),
+            }
+        }
+        Targets::Values(v) => {
+            let mut v = v.clone();
+            v.extend_from_slice(&outputs);
+            Targets::Values(v)
+        }
+    };
+    let mut x = train.x.to_vec();
+    x.extend(sx);
+    Ok((Dataset::new(x, train.shape.clone(), targets), outputs))
 }
 
 /// "auto" chose to distil: trains the winner in full and compares it with the same student on
@@ -546,15 +669,22 @@ fn train_model(m: &ModelConfig, store: &RunStore) -> Result<(Model, crate::model
 fn keep_better_than_labels(
     m: &ModelConfig,
     store: &RunStore,
-    model: Model,
+    model: Box<dyn Learner>,
     objective: Objective,
     mut choice: crate::stages::tune::AutoChoice,
-    fresh: &dyn Fn() -> Result<Model>,
-) -> Result<(Model, crate::models::ModelMeta)> {
+    fresh: &dyn Fn() -> Result<Box<dyn Learner>>,
+) -> Result<()> {
     use crate::stages::tune::trial_of;
     let ckpt = store.checkpoint_path(&m.name, "ckpt");
     let labels_ckpt = store.checkpoint_path(&m.name, "labels.ckpt");
-    let distilled = store.fit(&m.name, &ckpt, &model, &m.train, objective, Vec::new())?;
+    let distilled = store.fit(
+        &m.name,
+        &ckpt,
+        model.as_ref(),
+        &m.train,
+        objective,
+        Vec::new(),
+    )?;
     // A labels-only student of the same size finished earlier in this run is the comparison:
     // the guard then holds against that very model, and no extra run is needed. Otherwise the
     // same student is trained on labels alone.
@@ -564,8 +694,8 @@ fn keep_better_than_labels(
             && r.distill.is_none()
             && r.training.is_some()
             && store
-                .float(&r.name)
-                .map(|(sm, _)| sm.spec == model.spec)
+                .get(&r.name)
+                .map(|f| f.model.meta.spec == *model.spec())
                 .unwrap_or(false)
     });
     // The labels-only model and its record; a sibling's weights are read only if it is kept.
@@ -591,7 +721,7 @@ fn keep_better_than_labels(
             let labels = store.fit(
                 &labels_name,
                 &labels_ckpt,
-                &labels_model,
+                labels_model.as_ref(),
                 &m.train,
                 Objective::supervised(),
                 Vec::new(),
@@ -623,14 +753,24 @@ fn keep_better_than_labels(
     choice.alpha = if kept_labels { 0.0 } else { wa };
     choice.temperature = wt;
     crate::stages::tune::save_choice(store, &m.name, &choice)?;
-    let (kept, record) = match (kept_labels, labels_model, &labels_from) {
-        (false, _, _) => (model, distilled),
-        (true, Some(lm), _) => (lm, labels),
-        (true, None, Some(name)) => (crate::models::load_model(&store.get(name)?.file)?.0, labels),
+    match (kept_labels, labels_model, &labels_from) {
+        (false, _, _) => {
+            store.save_fitted(&m.name, m.role().as_str(), model.as_ref(), &distilled, None)?;
+        }
+        (true, Some(lm), _) => {
+            store.save_fitted(&m.name, m.role().as_str(), lm.as_ref(), &labels, None)?;
+        }
+        (true, None, Some(name)) => {
+            // The sibling's own file, under this model's name and with this run's metadata.
+            let mut sib = crate::compress::load_any(&store.get(name)?.file)?;
+            let training =
+                serde_json::to_value(&labels).map_err(|e| Error::Other(e.to_string()))?;
+            sib.meta = store.meta(&m.name, m.role().as_str(), &sib.meta.spec, training);
+            sib.save(&store.model_path(&m.name))?;
+        }
         (true, None, None) => unreachable!("a labels-only model is trained or named"),
-    };
-    let meta = store.save_fitted(&m.name, m.role().as_str(), &kept, &record, None)?;
+    }
     let _ = std::fs::remove_file(&ckpt);
     let _ = std::fs::remove_file(&labels_ckpt);
-    Ok((kept, meta))
+    Ok(())
 }

@@ -488,6 +488,7 @@ fn train_head(
             kernel: 5,
             dim: 0,
             vocab: 0,
+            ..Default::default()
         },
         input_shape: vec![cols],
         outputs: s.train.outputs(),

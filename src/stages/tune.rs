@@ -6,7 +6,6 @@
 //! them instead of repeating the trials) and shown in the report.
 
 use crate::error::{Error, Result};
-use crate::models::Model;
 use crate::rng::Rng;
 use crate::store::RunStore;
 use crate::train::{self, Objective, TrainConfig, TrainJob};
@@ -98,7 +97,7 @@ pub fn choose<'a>(
     alpha: Tunable,
     temperature: Tunable,
     cfg: &TrainConfig,
-    fresh: &dyn Fn() -> Result<Model>,
+    fresh: &dyn Fn() -> Result<Box<dyn train::Learner>>,
     objective: &dyn Fn(f32, f32) -> Result<Objective<'a>>,
     teacher_val_accuracy: Option<f64>,
 ) -> Result<AutoChoice> {
@@ -127,7 +126,18 @@ pub fn choose<'a>(
             grid.extend(temps.iter().map(|&t| (a, t)));
         }
     }
-    let trial_epochs = cfg.epochs.div_ceil(5).max(1);
+    // Tree models fit in one go, in seconds: their trials are full fits (trial_epochs = 0).
+    let full_fits = fresh()?.spec().arch.kind.is_tree();
+    let trial_epochs = if full_fits {
+        0
+    } else {
+        cfg.epochs.div_ceil(5).max(1)
+    };
+    let trial_length = if full_fits {
+        "full fits".to_string()
+    } else {
+        format!("{trial_epochs} epoch(s)")
+    };
     // A choice saved by an earlier session for the same grid is read, not tried again.
     if let Some(c) = saved_choice(store, name).filter(|c| {
         c.trial_epochs == trial_epochs
@@ -145,13 +155,17 @@ pub fn choose<'a>(
         ));
         return Ok(c);
     }
-    let trial_cfg = TrainConfig {
-        epochs: trial_epochs,
-        patience: None,
-        ..cfg.clone()
+    let trial_cfg = if full_fits {
+        cfg.clone()
+    } else {
+        TrainConfig {
+            epochs: trial_epochs,
+            patience: None,
+            ..cfg.clone()
+        }
     };
     store.progress.say(&format!(
-        "{name}: choosing {} on validation: {} trials of {trial_epochs} epoch(s)",
+        "{name}: choosing {} on validation: {} trials, {trial_length}",
         match (alpha, temperature) {
             (Tunable::Auto, Tunable::Auto) => "α and T",
             (Tunable::Auto, _) => "α",
@@ -162,21 +176,18 @@ pub fn choose<'a>(
     let mut trials = Vec::new();
     for &(a, t) in &grid {
         let model = fresh()?;
-        let record = train::fit(
-            &model,
-            TrainJob {
-                name: &format!("{name} (α={a}, T={t})"),
-                cfg: &trial_cfg,
-                train: &store.splits.train,
-                val: &store.splits.val,
-                objective: objective(a, t)?,
-                fill: store.splits.normalizer.zero_value(),
-                checkpoint: None,
-                seed: Rng::derive(store.seed, &format!("auto/{name}")).next_u64(),
-                progress: crate::progress::Progress::Quiet,
-                hooks: Vec::new(),
-            },
-        )?;
+        let record = model.fit(TrainJob {
+            name: &format!("{name} (α={a}, T={t})"),
+            cfg: &trial_cfg,
+            train: &store.splits.train,
+            val: &store.splits.val,
+            objective: objective(a, t)?,
+            fill: store.splits.normalizer.zero_value(),
+            checkpoint: None,
+            seed: Rng::derive(store.seed, &format!("auto/{name}")).next_u64(),
+            progress: crate::progress::Progress::Quiet,
+            hooks: Vec::new(),
+        })?;
         let tr = trial_of(a, t, &record);
         store.progress.say(&format!(
             "{name}: trial α = {a}, T = {t}: {}",
@@ -193,7 +204,7 @@ pub fn choose<'a>(
     let labels_only = trials.iter().find(|t| t.alpha == 0.0);
     let warning = match (teacher_val_accuracy, labels_only.and_then(|t| t.val_accuracy)) {
         (Some(tv), Some(lv)) if tv < lv => Some(format!(
-            "teacher validates worse ({:.2}%) than this student trained on labels alone ({:.2}%, {trial_epochs}-epoch trial): distilling it copies its mistakes",
+            "teacher validates worse ({:.2}%) than this student trained on labels alone ({:.2}%, trial: {trial_length}): distilling it copies its mistakes",
             100.0 * tv,
             100.0 * lv
         )),

@@ -6,6 +6,7 @@
 pub mod objective;
 pub mod optim;
 mod settings;
+pub mod trees;
 
 pub use settings::{AutoChoice, FullRuns, OptimizerKind, ScheduleKind, TrainConfig, Trial};
 
@@ -916,6 +917,7 @@ fn adapter_model(a: &Var) -> Model {
         kernel: 5,
         dim: 0,
         vocab: 0,
+        ..Default::default()
     };
     Model {
         spec: models::ModelSpec {

@@ -165,6 +165,7 @@ pub fn trained_digits_model(
             kernel: 3,
             dim: 0,
             vocab: 0,
+            ..Default::default()
         },
         input_shape: vec![1, 8, 8],
         outputs: 10,
