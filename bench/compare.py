@@ -21,6 +21,8 @@ KEYS = {
     "bert-teacher": [("samples_per_s", True)],
     "bert-corpus": [("samples_per_s", True)],
     "onnx-teacher": [("latency_us_p50", False), ("latency_us_p50_b256", False)],
+    "train-trees": [("fit_seconds", False), ("accuracy", True)],
+    "infer-trees": [("latency_us_p50", False), ("latency_us_p50_b256", False)],
 }
 
 

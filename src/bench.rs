@@ -53,6 +53,13 @@ pub struct BenchResult {
     /// The kernel path the workload took.
     #[serde(default)]
     pub kernel: String,
+    /// Test accuracy of the fitted model (tree workloads: equal accuracy is part of the
+    /// comparison).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub accuracy: Option<f64>,
+    /// Seconds per fit (tree training).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fit_seconds: Option<f64>,
 }
 
 /// The CPU's model name (Linux), or the architecture.
@@ -120,6 +127,10 @@ fn kernel_path(workload: &str, isa: &[String]) -> String {
             crate::teachers::native::simd_level_name()
         ),
         "onnx-teacher" => "tract".into(),
+        "train-trees" | "infer-trees" => format!(
+            "own histogram GBDT, {} rayon threads",
+            rayon::current_num_threads()
+        ),
         _ => format!("{gemm}, {own}"),
     }
 }
@@ -148,7 +159,149 @@ pub const WORKLOADS: &[&str] = &[
     "bert-teacher",
     "bert-corpus",
     "onnx-teacher",
+    "train-trees",
+    "infer-trees",
 ];
+
+/// The tree workloads' data: UCI letter recognition, rows in file order, the first
+/// `TREE_TRAIN` for training and the rest for testing (`bench/reference/trees.py` reads the
+/// same), raw feature values.
+const TREE_DATA: &str = "data/uci/letterrecognition.csv.gz";
+const TREE_TRAIN: usize = 16_000;
+
+/// The tree workloads' model: LightGBM's defaults with 100 rounds of 31 leaves.
+fn tree_settings() -> crate::models::boost::TreeSettings {
+    crate::models::boost::TreeSettings {
+        kind: crate::models::boost::TreeKind::Boosted,
+        trees: 100,
+        leaves: 31,
+        depth: None,
+        learning_rate: 0.1,
+        min_leaf: 20,
+        l2: 0.0,
+        bins: 255,
+    }
+}
+
+/// Letter recognition split for the tree workloads: (train x, train labels, test x, test
+/// labels, features, classes).
+#[allow(clippy::type_complexity)]
+fn tree_data() -> Result<(Vec<f32>, Vec<u32>, Vec<f32>, Vec<u32>, usize, usize)> {
+    let opts = crate::data::csv::CsvOptions {
+        label: "lettr".into(),
+        task: crate::data::Task::Classification,
+        image_shape: None,
+    };
+    let data = crate::data::csv::read_csv(Path::new(TREE_DATA), &opts, None)?;
+    let (d, n) = (data.dim(), data.len());
+    let crate::data::Targets::Classes { labels, names } = &data.targets else {
+        return Err(Error::Other("letter data: expected classes".into()));
+    };
+    let cut = TREE_TRAIN.min(n);
+    Ok((
+        data.x[..cut * d].to_vec(),
+        labels[..cut].to_vec(),
+        data.x[cut * d..].to_vec(),
+        labels[cut..].to_vec(),
+        d,
+        names.len(),
+    ))
+}
+
+fn fit_letter_trees(
+    x: &[f32],
+    y: &[u32],
+    d: usize,
+    k: usize,
+) -> Result<crate::models::trees::TreeEnsemble> {
+    use crate::models::boost::{fit, FitData, Labels};
+    let data = FitData {
+        x,
+        rows: y.len(),
+        inputs: d,
+        labels: Labels::Classes {
+            labels: y,
+            classes: k,
+        },
+        label_weight: 1.0,
+        soft: None,
+    };
+    Ok(fit(&tree_settings(), &data, None, None, &mut |_, _| {})?.ensemble)
+}
+
+fn tree_accuracy(t: &crate::models::trees::TreeEnsemble, x: &[f32], y: &[u32]) -> f64 {
+    let out = t.predict(x, y.len());
+    let right = out
+        .chunks_exact(t.outputs)
+        .zip(y)
+        .filter(|(z, &c)| crate::eval::argmax(z) == c as usize)
+        .count();
+    right as f64 / y.len().max(1) as f64
+}
+
+/// Fits 100 rounds of 31-leaf trees on letter recognition `steps` times: the median seconds
+/// per fit, and training rows per second.
+fn train_trees_workload(steps: usize) -> Result<BenchResult> {
+    let (x, y, tx, ty, d, k) = tree_data()?;
+    let mut last = fit_letter_trees(&x, &y, d, k)?; // warm-up (thread pool, allocator)
+    let mut t = Vec::new();
+    for _ in 0..steps {
+        let t0 = Instant::now();
+        last = fit_letter_trees(&x, &y, d, k)?;
+        t.push(t0.elapsed().as_secs_f64());
+    }
+    let m = median(&mut t);
+    Ok(BenchResult {
+        workload: "train-trees".into(),
+        steps,
+        samples_per_s: Some(y.len() as f64 / m),
+        fit_seconds: Some(m),
+        accuracy: Some(tree_accuracy(&last, &tx, &ty)),
+        peak_rss_bytes: peak_rss_bytes(),
+        ..Default::default()
+    })
+}
+
+/// Prediction of the fitted letter model at batch 1 and 256 (raw scores, as LightGBM's
+/// `raw_score=True`).
+fn infer_trees_workload(steps: usize) -> Result<BenchResult> {
+    let (x, y, tx, ty, d, k) = tree_data()?;
+    let model = fit_letter_trees(&x, &y, d, k)?;
+    let n = ty.len();
+    let timed = |b: usize| -> Result<(f64, f64)> {
+        let rows = |i: usize| {
+            let s = (i * b) % (n - b + 1);
+            &tx[s * d..(s + b) * d]
+        };
+        let mut i = 0;
+        warm_up(20, || {
+            std::hint::black_box(model.predict(rows(i), b));
+            i += 1;
+            Ok(())
+        })?;
+        let mut ts = Vec::with_capacity(steps);
+        for j in 0..steps {
+            let xb = rows(j);
+            let t0 = Instant::now();
+            std::hint::black_box(model.predict(xb, b));
+            ts.push(t0.elapsed().as_secs_f64() * 1e6);
+        }
+        Ok((median(&mut ts.clone()), percentile(&mut ts, 0.9)))
+    };
+    let (p50, p90) = timed(1)?;
+    let (q50, q90) = timed(256)?;
+    Ok(BenchResult {
+        workload: "infer-trees".into(),
+        steps,
+        latency_us_p50: Some(p50),
+        latency_us_p90: Some(p90),
+        latency_us_p50_b256: Some(q50),
+        latency_us_p90_b256: Some(q90),
+        accuracy: Some(tree_accuracy(&model, &tx, &ty)),
+        peak_rss_bytes: peak_rss_bytes(),
+        ..Default::default()
+    })
+}
 
 /// Emails of the `bert-corpus` workload: the first `BERT_CORPUS` of the committed SpamAssassin
 /// file, read the same way by `bench/reference/bench.py`.
@@ -627,6 +780,8 @@ pub fn run(workload: &str, steps: usize, model: Option<&Path>) -> Result<BenchRe
         "bert-teacher" => bert_workload(model, steps),
         "bert-corpus" => bert_corpus_workload(model, steps),
         "onnx-teacher" => onnx_workload(model, steps),
+        "train-trees" => train_trees_workload(steps),
+        "infer-trees" => infer_trees_workload(steps),
         other => Err(Error::Input(format!(
             "unknown workload '{other}'; expected one of: {}",
             WORKLOADS.join(", ")
@@ -653,6 +808,12 @@ impl BenchResult {
         }
         if let Some(g) = self.gflops {
             s += &format!(", {g:.1} GFLOP/s");
+        }
+        if let Some(f) = self.fit_seconds {
+            s += &format!(", {f:.2} s per fit");
+        }
+        if let Some(a) = self.accuracy {
+            s += &format!(", test accuracy {:.2}%", 100.0 * a);
         }
         s += &format!(
             ", peak RSS {:.1} MiB",

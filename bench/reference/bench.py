@@ -6,7 +6,15 @@ usage: bench.py WORKLOAD [--steps N] [--json]      WORKLOAD: train-mlp train-stu
 Prints the same JSON keys as distillery: samples_per_s, latency_us_p50, latency_us_p90,
 latency_us_p50_b256, latency_us_p90_b256, gflops, peak_rss_bytes.
 """
-import argparse, json, resource, statistics, time
+import argparse, json, resource, statistics, sys, time
+
+if __name__ == "__main__" and len(sys.argv) > 1 and sys.argv[1] in ("train-trees", "infer-trees"):
+    # The tree workloads' reference is LightGBM (bench/reference/trees.py), without PyTorch
+    # loaded in the process.
+    import trees
+    trees.main(sys.argv)
+    sys.exit(0)
+
 
 import torch
 import torch.nn as nn

@@ -339,11 +339,6 @@ fn tree_ensemble(
                     add(c, tree.values[l * k + c]);
                 }
             } else {
-                // Two classes: a zero weight for the other class keeps the scores two
-                // columns wide (a single weight per leaf means the binary layout in ONNX).
-                if k == 2 {
-                    add(1 - tree.output as usize, 0.0);
-                }
                 add(tree.output as usize, tree.values[l]);
             }
         }
@@ -362,8 +357,16 @@ fn tree_ensemble(
         ("nodes_truenodeids", Attr::Ints(trues)),
         ("nodes_falsenodeids", Attr::Ints(falses)),
         ("post_transform", Attr::Str("NONE".into())),
-        ("base_values", Attr::Floats(t.base.clone())),
     ];
+    // Two classes: runtimes read a two-class TreeEnsembleClassifier in their own "binary"
+    // ways (onnxruntime outputs [-s, s], tract expects class 0's score alone), so a third,
+    // empty class keeps the general layout, and its column is sliced off.
+    let dummy = task == Task::Classification && k == 2;
+    let mut base = t.base.clone();
+    if dummy {
+        base.push(0.0);
+    }
+    attrs.push(("base_values", Attr::Floats(base)));
     let (treeids, nodeids, ids, weights) = match prefix {
         "class" => (
             "class_treeids",
@@ -386,7 +389,8 @@ fn tree_ensemble(
     ]);
     let scores = g.fresh("tree_scores");
     if task == Task::Classification {
-        attrs.push(("classlabels_int64s", Attr::Ints((0..k as i64).collect())));
+        let labels = if dummy { 3 } else { k as i64 };
+        attrs.push(("classlabels_int64s", Attr::Ints((0..labels).collect())));
         let label = g.fresh("tree_label");
         g.nodes.push(Node {
             op: "TreeEnsembleClassifier",
@@ -395,6 +399,13 @@ fn tree_ensemble(
             outputs: vec![label, scores.clone()],
             attrs,
         });
+        if dummy {
+            let i64s = |v: i64| v.to_le_bytes().to_vec();
+            let starts = g.init_raw("starts", INT64, &[1], i64s(0));
+            let ends = g.init_raw("ends", INT64, &[1], i64s(2));
+            let axes = g.init_raw("axes", INT64, &[1], i64s(1));
+            return g.op("Slice", &[&scores, &starts, &ends, &axes], vec![]);
+        }
     } else {
         attrs.push(("n_targets", Attr::Int(k as i64)));
         attrs.push(("aggregate_function", Attr::Str("SUM".into())));
