@@ -40,7 +40,9 @@ def main():
     ap.add_argument("workloads", nargs="*", default=list(KEYS))
     a = ap.parse_args()
     global THEIRS
-    other = "PyTorch"
+    trees = {"train-trees", "infer-trees"}
+    other = ("LightGBM" if set(a.workloads) <= trees
+             else "PyTorch" if not set(a.workloads) & trees else "reference")
     if a.base:
         THEIRS = [a.base, "bench"]
         other = a.base
@@ -63,7 +65,8 @@ def main():
             o = [r[key] for r in ours]
             t = [r[key] for r in theirs]
             ratios = [(x / y) if higher else (y / x) for x, y in zip(o, t)]
-            print(f"| {w} | {key} | {statistics.median(o):.1f} | {statistics.median(t):.1f} | "
+            fmt = (lambda v: f"{v:.4f}") if key == "accuracy" else (lambda v: f"{v:.1f}")
+            print(f"| {w} | {key} | {fmt(statistics.median(o))} | {fmt(statistics.median(t))} | "
                   f"{statistics.median(ratios):.2f}× | {rss[0]:.0f} / {rss[1]:.0f} MiB |")
         sys.stdout.flush()
     print()

@@ -4,6 +4,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 python3 -m venv .venv
-.venv/bin/pip install -q torch numpy sentence-transformers onnxruntime
+.venv/bin/pip install -q torch numpy sentence-transformers onnxruntime lightgbm
 # The BERT teacher workload reads models/all-MiniLM-L6-v2 (scripts/fetch_minilm.sh).
 .venv/bin/python -c "import torch; print('torch', torch.__version__, 'threads', torch.get_num_threads())"

@@ -75,10 +75,17 @@ pub fn categorical_columns(x: &[f32], n: usize, d: usize) -> Vec<bool> {
         .collect()
 }
 
-/// Fails when `samples` synthetic rows of `d` features (and their teacher outputs, `outputs`
-/// per row) would not fit in memory: more than half of what the system has available.
-pub fn check_fits_memory(samples: usize, d: usize, outputs: usize, what: &str) -> Result<()> {
-    let need = (samples as u128) * ((d + outputs + 1) as u128) * 4;
+/// Fails when `samples` synthetic rows beside `existing` training rows, of `d` features each
+/// (and their teacher outputs, `outputs` per row), would not fit in memory: more than half of
+/// what the system has available.
+pub fn check_fits_memory(
+    samples: usize,
+    existing: usize,
+    d: usize,
+    outputs: usize,
+    what: &str,
+) -> Result<()> {
+    let need = (samples as u128 + existing as u128) * ((d + outputs + 1) as u128) * 4;
     let available = std::fs::read_to_string("/proc/meminfo")
         .ok()
         .and_then(|m| {

@@ -291,6 +291,15 @@ pub fn run_experiment(checked: &CheckedConfig, opts: &RunOptions) -> Result<RunS
                 )));
             }
         }
+        if let Some(sc) = m.distill.as_ref().and_then(|d| d.synthetic.as_ref()) {
+            crate::data::munge::check_fits_memory(
+                sc.samples,
+                splits.train.len(),
+                splits.train.dim(),
+                outputs,
+                &format!("model.{}.distill.synthetic.samples", m.name),
+            )?;
+        }
         if let Some(ds) = &m.distill {
             if selected(m)
                 && opts

@@ -619,7 +619,8 @@ fn with_synthetic(
     let train = &store.splits.train;
     let (n, d, k) = (train.len(), train.dim(), train.outputs());
     munge::check_fits_memory(
-        n + sc.samples,
+        sc.samples,
+        n,
         d,
         k,
         &format!("model.{}.distill.synthetic.samples", m.name),
