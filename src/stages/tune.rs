@@ -133,10 +133,13 @@ pub fn choose<'a>(
     } else {
         cfg.epochs.div_ceil(5).max(1)
     };
-    let trial_length = if full_fits {
-        "full fits".to_string()
+    let (trials_are, trial_is) = if full_fits {
+        ("(full fits)".to_string(), "full-fit trial".to_string())
     } else {
-        format!("{trial_epochs} epoch(s)")
+        (
+            format!("of {trial_epochs} epoch(s)"),
+            format!("{trial_epochs}-epoch trial"),
+        )
     };
     // A choice saved by an earlier session for the same grid is read, not tried again.
     if let Some(c) = saved_choice(store, name).filter(|c| {
@@ -165,7 +168,7 @@ pub fn choose<'a>(
         }
     };
     store.progress.say(&format!(
-        "{name}: choosing {} on validation: {} trials, {trial_length}",
+        "{name}: choosing {} on validation: {} trials {trials_are}",
         match (alpha, temperature) {
             (Tunable::Auto, Tunable::Auto) => "α and T",
             (Tunable::Auto, _) => "α",
@@ -204,7 +207,7 @@ pub fn choose<'a>(
     let labels_only = trials.iter().find(|t| t.alpha == 0.0);
     let warning = match (teacher_val_accuracy, labels_only.and_then(|t| t.val_accuracy)) {
         (Some(tv), Some(lv)) if tv < lv => Some(format!(
-            "teacher validates worse ({:.2}%) than this student trained on labels alone ({:.2}%, trial: {trial_length}): distilling it copies its mistakes",
+            "teacher validates worse ({:.2}%) than this student trained on labels alone ({:.2}%, {trial_is}): distilling it copies its mistakes",
             100.0 * tv,
             100.0 * lv
         )),
