@@ -970,13 +970,13 @@ impl ExperimentConfig {
                 "must be at least 1",
             )?;
         }
-        if !(0.0..=1.0).contains(&tr.peer_weight) {
+        if let Some(b) = tr.peer_weight.fixed().filter(|b| !(0.0..=1.0).contains(b)) {
             bad_field(
                 &format!("{p}.transfer.peer_weight"),
-                &format!("expected [0, 1], got {}", tr.peer_weight),
+                &format!("expected [0, 1] or \"auto\", got {b}"),
             )?;
         }
-        if let Some(t) = tr.temperature {
+        if let Some(t) = tr.temperature.and_then(|t| t.fixed()) {
             if !(t.is_finite() && t > 0.0) {
                 bad_field(&format!("{p}.transfer.temperature"), "must be positive")?;
             }

@@ -22,8 +22,8 @@ use crate::models::{self, Model, ModelSpec};
 use crate::models::{ArchConfig, ArchKind};
 use crate::progress::Progress;
 use crate::rng::Rng;
-use crate::train::TrainConfig;
 use crate::train::{self, Objective, SoftTerm, TeacherSignal, TrainJob, TrainRecord};
+use crate::train::{TrainConfig, Tunable};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::path::Path;
@@ -64,12 +64,14 @@ pub struct TransferConfig {
     /// Epochs each sub-model trains per round.
     #[serde(default = "default_epochs_per_round")]
     pub epochs_per_round: usize,
-    /// Weight β of the peer term; (1 − β) weighs the label (and teacher) loss.
+    /// Weight β of the peer term; (1 − β) weighs the label (and teacher) loss. `"auto"`:
+    /// chosen on the validation split among 0 (no transfer), 0.5 and 0.9 by short trials.
     #[serde(default = "default_peer_weight")]
-    pub peer_weight: f32,
-    /// Temperature of the peer term (default: the group's temperature).
+    pub peer_weight: Tunable,
+    /// Temperature of the peer term (default: the group's temperature); `"auto"`: chosen on
+    /// the validation split among 1, 2 and 4.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub temperature: Option<f32>,
+    pub temperature: Option<Tunable>,
     /// `auto`, `live` or `stale`.
     #[serde(default = "default_peer_mode")]
     pub peers: PeerMode,
@@ -87,8 +89,41 @@ fn default_tolerance() -> f64 {
 fn default_epochs_per_round() -> usize {
     1
 }
-fn default_peer_weight() -> f32 {
-    0.5
+fn default_peer_weight() -> Tunable {
+    Tunable::Fixed(0.5)
+}
+
+/// Peer weights tried when `peer_weight = "auto"` (0, no transfer, is phase 1 itself).
+pub const PEER_WEIGHTS: [f32; 2] = [0.5, 0.9];
+/// Peer temperatures tried when `transfer.temperature = "auto"`.
+pub const PEER_TEMPERATURES: [f32; 3] = [1.0, 2.0, 4.0];
+/// Transfer rounds in each trial of `"auto"`.
+pub const TRIAL_ROUNDS: usize = 2;
+
+/// What `"auto"` tried for a group's transfer and what it chose.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GroupAuto {
+    /// Rounds in each trial.
+    pub trial_rounds: usize,
+    /// Each candidate's best ensemble validation figures over its rounds; β = 0 is phase 1.
+    pub trials: Vec<GroupTrial>,
+    /// The chosen peer weight (0: no transfer).
+    pub peer_weight: f32,
+    /// The chosen peer temperature.
+    pub temperature: f32,
+}
+
+/// One candidate of a group's `"auto"`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GroupTrial {
+    /// β.
+    pub peer_weight: f32,
+    /// T.
+    pub temperature: f32,
+    /// Best ensemble validation accuracy over the trial's rounds (classification).
+    pub ensemble_val_accuracy: Option<f64>,
+    /// Its ensemble validation loss.
+    pub ensemble_val_loss: f64,
 }
 fn default_peer_mode() -> PeerMode {
     PeerMode::Auto
@@ -237,6 +272,9 @@ pub struct GroupRecord {
     pub stop_reason: String,
     /// Warnings (e.g. a class absent from a shard).
     pub warnings: Vec<String>,
+    /// `"auto"` peer weight or temperature: the trials and the choice.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auto: Option<GroupAuto>,
 }
 
 /// The outcome: the kept sub-models and the record.
@@ -472,7 +510,10 @@ pub fn run_group(job: GroupJob) -> Result<GroupOutcome> {
     let outputs = s.train.outputs();
     let ckdir = job.out.join("checkpoints");
     let state_path = ckdir.join(format!("{}.rounds.safetensors", g.name));
-    let peer_t = g.transfer.temperature.unwrap_or(g.temperature);
+    let peer_t = match g.transfer.temperature {
+        Some(Tunable::Fixed(t)) => t,
+        _ => g.temperature,
+    };
     let live = match g.transfer.peers {
         PeerMode::Live => true,
         PeerMode::Stale => false,
@@ -649,6 +690,7 @@ pub fn run_group(job: GroupJob) -> Result<GroupOutcome> {
             chosen_reason: String::new(),
             stop_reason: String::new(),
             warnings,
+            auto: None,
         };
         best = members.iter().map(|m| m.weights()).collect::<Result<_>>()?;
         best_round = 0;
@@ -682,17 +724,16 @@ pub fn run_group(job: GroupJob) -> Result<GroupOutcome> {
             g.transfer.tolerance
         );
     }
-    let mut round = start_round;
-    while !stop && round <= g.transfer.rounds {
-        let t0 = Instant::now();
+    // One transfer round of every sub-model with peer weight `beta` and temperature `peer_t`;
+    // `tag` keeps a trial's random streams apart from the run's own rounds.
+    let run_round = |beta: f32, peer_t: f32, round: usize, tag: &str| -> Result<()> {
         let mut tcfg = g.transfer.train.clone();
         tcfg.epochs = g.transfer.epochs_per_round;
         if live {
             // Deep mutual learning: all members through the one training loop together, each
             // learning from its peers' current predictions on the same batch.
-            let beta = g.transfer.peer_weight;
             let names: Vec<String> = (0..g.k)
-                .map(|i| format!("{}-r{round}", member_name(&g.name, i)))
+                .map(|i| format!("{}-r{round}{tag}", member_name(&g.name, i)))
                 .collect();
             let jobs = (0..g.k)
                 .map(|k| {
@@ -730,7 +771,7 @@ pub fn run_group(job: GroupJob) -> Result<GroupOutcome> {
                 })
                 .collect();
             let refs: Vec<&Model> = members.iter().collect();
-            train::fit_together(&refs, jobs, &format!("dml/{}/{round}", g.name))?;
+            train::fit_together(&refs, jobs, &format!("dml/{}/{round}{tag}", g.name))?;
         } else {
             // Peers' predictions on each sub-model's data, from the state at the round's start.
             let outs_per: Vec<Vec<f32>> = (0..g.k)
@@ -751,8 +792,7 @@ pub fn run_group(job: GroupJob) -> Result<GroupOutcome> {
                 })
                 .collect::<Result<_>>()?;
             for (i, m) in members.iter().enumerate() {
-                let name = format!("{}-r{round}", member_name(&g.name, i));
-                let beta = g.transfer.peer_weight;
+                let name = format!("{}-r{round}{tag}", member_name(&g.name, i));
                 let mut soft = vec![SoftTerm {
                     signal: TeacherSignal::Cached(outs_per[i].clone().into()),
                     temperature: peer_t,
@@ -790,6 +830,133 @@ pub fn run_group(job: GroupJob) -> Result<GroupOutcome> {
                 )?;
             }
         }
+        Ok(())
+    };
+
+    // β and T of the peer term: as given, chosen by an earlier session (resumed), or chosen
+    // now by short trials from the phase-1 state (β = 0, no transfer, is phase 1 itself).
+    let fixed_beta = g.transfer.peer_weight.fixed();
+    let auto = fixed_beta.is_none() || g.transfer.temperature == Some(Tunable::Auto);
+    let (beta, peer_t) = if !auto {
+        (fixed_beta.unwrap_or(0.5), peer_t)
+    } else if let Some(a) = &record.auto {
+        (a.peer_weight, a.temperature)
+    } else {
+        if s.val.is_empty() {
+            return Err(Error::Input(format!(
+                "submodels.{}.transfer: \"auto\" chooses on the validation split, and this run has none (set data.val_fraction > 0)",
+                g.name
+            )));
+        }
+        let betas: Vec<f32> = match fixed_beta {
+            Some(b) => vec![b],
+            None => PEER_WEIGHTS.to_vec(),
+        };
+        let temps: Vec<f32> = match g.transfer.temperature {
+            Some(Tunable::Auto) if !regression => PEER_TEMPERATURES.to_vec(),
+            _ => vec![peer_t],
+        };
+        let trial_rounds = TRIAL_ROUNDS.min(g.transfer.rounds);
+        let phase1_weights: Vec<Vec<Vec<f32>>> =
+            members.iter().map(|m| m.weights()).collect::<Result<_>>()?;
+        let r0 = record.rounds[0].clone();
+        let mut trials = vec![GroupTrial {
+            peer_weight: 0.0,
+            temperature: peer_t,
+            ensemble_val_accuracy: r0.ensemble_val_accuracy,
+            ensemble_val_loss: r0.ensemble_val_loss,
+        }];
+        let mut chosen = (r0, 0.0f32, peer_t);
+        job.progress.say(&format!(
+            "{}: choosing the transfer's {} on validation: {} trials of {trial_rounds} round(s) from phase 1",
+            g.name,
+            if temps.len() > 1 { "β and T" } else { "β" },
+            betas.len() * temps.len()
+        ));
+        for &b in betas.iter().filter(|_| trial_rounds > 0) {
+            for &t in &temps {
+                for (m, w) in members.iter().zip(&phase1_weights) {
+                    m.set_weights(w)?;
+                }
+                let mut best_r: Option<RoundRecord> = None;
+                for r in 1..=trial_rounds {
+                    run_round(b, t, r, &format!("/trial-b{b}-t{t}"))?;
+                    let (dis, sc, es) = measure(&members, &s.val, t, regression)?;
+                    let rr = round_record(&g.name, r, dis, &sc, &es, 0.0);
+                    if best_r.as_ref().is_none_or(|x| better(&rr, x)) {
+                        best_r = Some(rr);
+                    }
+                }
+                let Some(br) = best_r else { continue };
+                job.progress.say(&format!(
+                    "{}: trial β = {b}{}: ensemble {}",
+                    g.name,
+                    if regression {
+                        String::new()
+                    } else {
+                        format!(", T = {t}")
+                    },
+                    match br.ensemble_val_accuracy {
+                        Some(a) => format!(
+                            "val acc {:.2}%, val loss {:.4}",
+                            100.0 * a,
+                            br.ensemble_val_loss
+                        ),
+                        None => format!("val loss {:.4}", br.ensemble_val_loss),
+                    }
+                ));
+                trials.push(GroupTrial {
+                    peer_weight: b,
+                    temperature: t,
+                    ensemble_val_accuracy: br.ensemble_val_accuracy,
+                    ensemble_val_loss: br.ensemble_val_loss,
+                });
+                if better(&br, &chosen.0) {
+                    chosen = (br, b, t);
+                }
+            }
+        }
+        for (m, w) in members.iter().zip(&phase1_weights) {
+            m.set_weights(w)?;
+        }
+        let (_, cb, ct) = chosen;
+        job.progress.say(&format!(
+            "{}: chose β = {cb}{}",
+            g.name,
+            if cb == 0.0 {
+                " (no transfer: no trial beat phase 1 on validation)".to_string()
+            } else if regression {
+                String::new()
+            } else {
+                format!(", T = {ct}")
+            }
+        ));
+        record.auto = Some(GroupAuto {
+            trial_rounds,
+            trials,
+            peer_weight: cb,
+            temperature: ct,
+        });
+        // Saved before any round, so a resumed run reads the choice instead of trying again.
+        let st = RoundState {
+            kind: "rounds".into(),
+            group: g.name.clone(),
+            round: start_round - 1,
+            best_round,
+            record: record.clone(),
+        };
+        save_state(&state_path, &members, &best, &st)?;
+        (cb, ct)
+    };
+    if beta == 0.0 && !stop {
+        stop = true;
+        record.stop_reason =
+            "\"auto\" chose no transfer (β = 0): no trial round beat phase 1 on validation".into();
+    }
+    let mut round = start_round;
+    while !stop && round <= g.transfer.rounds {
+        let t0 = Instant::now();
+        run_round(beta, peer_t, round, "")?;
         let (dis, sc, es) = measure(&members, &s.val, peer_t, regression)?;
         let rr = round_record(&g.name, round, dis, &sc, &es, t0.elapsed().as_secs_f64());
         job.progress.say(&round_line(&rr));

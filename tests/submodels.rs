@@ -388,3 +388,63 @@ fn shard_without_a_class_is_warned() {
         .is_empty());
     assert_eq!(m["submodel_groups"][0]["peers"], "stale (codistillation)");
 }
+
+/// `peer_weight = temperature = "auto"`: short trials from the phase-1 state over β ∈ {0.5,
+/// 0.9} × T ∈ {1, 2, 4}, against β = 0 (phase 1 itself); the choice is the candidate with the
+/// best ensemble validation accuracy (ties: lower loss), recorded with every trial; a group
+/// whose phase 1 no trial beats does no transfer. A second run in the same folder reads the
+/// group back instead of trying again.
+#[test]
+fn auto_transfer_settings_are_chosen_on_validation() {
+    let d = tempfile::tempdir().unwrap();
+    let cfg = d.path().join("auto.toml");
+    let text = GROUP.replace("TOL", "1e-9").replace(
+        "epochs_per_round = 1,",
+        "epochs_per_round = 1, peer_weight = \"auto\", temperature = \"auto\",",
+    );
+    std::fs::write(&cfg, text).unwrap();
+    let out = d.path().join("auto");
+    let o = run(&["run", cfg.to_str().unwrap(), "--out", out.to_str().unwrap()]);
+    let err = stderr(&o);
+    assert!(o.status.success(), "{err}");
+    assert!(err.contains("6 trials of 2 round(s) from phase 1"), "{err}");
+    let m = metrics(&out);
+    let g = &m["submodel_groups"][0];
+    let a = &g["auto"];
+    let trials = a["trials"].as_array().unwrap();
+    assert_eq!(trials.len(), 7, "{a}");
+    assert_eq!(trials[0]["peer_weight"].as_f64(), Some(0.0));
+    let rounds = m["transfer_rounds"].as_array().unwrap();
+    assert_eq!(
+        trials[0]["ensemble_val_accuracy"], rounds[0]["ensemble_val_accuracy"],
+        "β = 0 is phase 1 itself"
+    );
+    // The choice is the best trial: highest accuracy, then lowest loss, first among equals.
+    let key = |t: &serde_json::Value| {
+        (
+            t["ensemble_val_accuracy"].as_f64().unwrap(),
+            -t["ensemble_val_loss"].as_f64().unwrap(),
+        )
+    };
+    let best = trials
+        .iter()
+        .fold(&trials[0], |b, t| if key(t) > key(b) { t } else { b });
+    assert_eq!(a["peer_weight"], best["peer_weight"], "{a}");
+    if best["peer_weight"].as_f64() == Some(0.0) {
+        assert_eq!(rounds.len(), 1, "no transfer: {rounds:?}");
+        assert!(g["stop_reason"].as_str().unwrap().contains("no transfer"));
+    } else {
+        assert_eq!(a["temperature"], best["temperature"], "{a}");
+        assert!(rounds.len() > 1);
+    }
+    let report = std::fs::read_to_string(out.join("report.md")).unwrap();
+    assert!(
+        report.contains("Transfer settings chosen on validation"),
+        "{report}"
+    );
+    // Run again: everything is read back, no trial repeated.
+    let o = run(&["run", cfg.to_str().unwrap(), "--out", out.to_str().unwrap()]);
+    let err = stderr(&o);
+    assert!(o.status.success(), "{err}");
+    assert!(!err.contains("trial β"), "{err}");
+}

@@ -317,6 +317,36 @@ pub fn markdown(m: &Metrics) -> String {
         for w in &g.warnings {
             let _ = writeln!(s, "\n**Warning:** {w}");
         }
+        if let Some(a) = &g.auto {
+            let _ = writeln!(
+                s,
+                "\nTransfer settings chosen on validation: {} candidates, each {} round(s) from phase 1 (β = 0 is phase 1 itself, no transfer); chose **β = {}{}**.\n\n| β | T | best ensemble validation accuracy | its validation loss |\n|---:|---:|---:|---:|",
+                a.trials.len(),
+                a.trial_rounds,
+                a.peer_weight,
+                if a.peer_weight == 0.0 || a.trials.iter().all(|t| t.ensemble_val_accuracy.is_none()) {
+                    String::new()
+                } else {
+                    format!(", T = {}", a.temperature)
+                }
+            );
+            for t in &a.trials {
+                let _ = writeln!(
+                    s,
+                    "| {} | {} | {} | {:.4} |",
+                    t.peer_weight,
+                    if t.peer_weight == 0.0 || t.ensemble_val_accuracy.is_none() {
+                        "—".to_string()
+                    } else {
+                        t.temperature.to_string()
+                    },
+                    t.ensemble_val_accuracy
+                        .map(|v| format!("{:.2}%", 100.0 * v))
+                        .unwrap_or_else(|| "—".into()),
+                    t.ensemble_val_loss
+                );
+            }
+        }
         let _ = writeln!(s, "\n| round | disagreement | validation accuracy per sub-model | ensemble validation accuracy | ensemble validation loss |\n|---:|---:|---|---:|---:|");
         for r in &g.rounds {
             let accs: Vec<String> = if r.val_accuracy.is_empty() {

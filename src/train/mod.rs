@@ -8,7 +8,9 @@ pub mod optim;
 mod settings;
 pub mod trees;
 
-pub use settings::{AutoChoice, FullRuns, OptimizerKind, ScheduleKind, TrainConfig, Trial};
+pub use settings::{
+    AutoChoice, FullRuns, OptimizerKind, ScheduleKind, TrainConfig, Trial, Tunable,
+};
 
 use crate::data::{Dataset, Targets};
 use crate::error::{Error, Result};

@@ -266,3 +266,49 @@ pub struct FullRuns {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub labels_model: Option<String>,
 }
+
+/// A distillation setting: a number, or `"auto"` (chosen on the validation split).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Tunable {
+    /// Chosen on the validation split.
+    Auto,
+    /// As given.
+    Fixed(f32),
+}
+
+impl Tunable {
+    /// The value when fixed.
+    pub fn fixed(self) -> Option<f32> {
+        match self {
+            Tunable::Fixed(v) => Some(v),
+            Tunable::Auto => None,
+        }
+    }
+}
+
+impl Serialize for Tunable {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        match self {
+            Tunable::Auto => s.serialize_str("auto"),
+            Tunable::Fixed(v) => s.serialize_f32(*v),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Tunable {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Number(f64),
+            Word(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::Number(v) => Ok(Tunable::Fixed(v as f32)),
+            Raw::Word(w) if w == "auto" => Ok(Tunable::Auto),
+            Raw::Word(w) => Err(serde::de::Error::custom(format!(
+                "expected a number or \"auto\", got \"{w}\""
+            ))),
+        }
+    }
+}
