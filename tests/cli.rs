@@ -152,6 +152,23 @@ fn every_config_runs_on_tiny_data() {
                 || x["mse"].is_number()
                 || x["cosine_to_teacher"].is_number();
             assert!(has_quality, "{name}: {x}");
+            // "auto" never keeps a student that validates worse than the same student on
+            // labels alone: when the winner was trained in full, the kept one is the better.
+            if let Some(f) = x["distill"]["auto"]["full_runs"].as_object() {
+                let key = |t: &serde_json::Value| {
+                    (
+                        t["val_accuracy"].as_f64().unwrap_or(0.0),
+                        -t["val_loss"].as_f64().unwrap(),
+                    )
+                };
+                let (d, l) = (key(&f["distilled"]), key(&f["labels"]));
+                let kept_labels = f["kept_labels"].as_bool().unwrap();
+                assert!(
+                    if kept_labels { l >= d } else { d >= l },
+                    "{name}: {}: distilled {d:?} vs labels {l:?}, kept labels: {kept_labels}",
+                    x["name"]
+                );
+            }
         }
         assert!(out.join("report.md").exists());
         // The same figures as before the redesign (tests/fixtures/quick-*.json).
