@@ -423,8 +423,35 @@ impl RunStore {
         hooks: Vec<Box<dyn StepHook + '_>>,
         compression: Option<compress::StageRecord>,
     ) -> Result<ModelMeta> {
+        let train = &self.splits.train;
+        self.fit_and_save_on(
+            train,
+            name,
+            role,
+            learner,
+            train_cfg,
+            objective,
+            hooks,
+            compression,
+        )
+    }
+
+    /// [`RunStore::fit_and_save`] on another training set (the training split with synthetic
+    /// samples).
+    #[allow(clippy::too_many_arguments)]
+    pub fn fit_and_save_on(
+        &self,
+        train: &crate::data::Dataset,
+        name: &str,
+        role: &str,
+        learner: &dyn Learner,
+        train_cfg: &TrainConfig,
+        objective: Objective,
+        hooks: Vec<Box<dyn StepHook + '_>>,
+        compression: Option<compress::StageRecord>,
+    ) -> Result<ModelMeta> {
         let ckpt = self.checkpoint_path(name, "ckpt");
-        let record = self.fit(name, &ckpt, learner, train_cfg, objective, hooks)?;
+        let record = self.fit_on(train, name, &ckpt, learner, train_cfg, objective, hooks)?;
         let meta = self.save_fitted(name, role, learner, &record, compression)?;
         let _ = std::fs::remove_file(&ckpt);
         Ok(meta)

@@ -1232,8 +1232,7 @@ mod tests {
             agree as f64 >= 0.99 * n as f64,
             "agreement with the teacher {agree}/{n}"
         );
-        // Binned training and raw-value prediction agree: the trees' own training loss is the
-        // loss of its predictions.
+        // One tree per class and round.
         assert_eq!(out.ensemble.trees.len(), 60 * 3);
     }
 

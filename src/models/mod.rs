@@ -814,21 +814,18 @@ pub fn tensors_to_safetensors(
     tensors: &[(String, Vec<usize>, Vec<f32>)],
     meta_json: &str,
 ) -> Result<Vec<u8>> {
-    let mut owned: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::new();
-    for (name, shape, v) in tensors {
-        owned.push((name.clone(), shape.clone(), f32_bytes(v)));
-    }
-    let views = owned
+    let typed: Vec<(String, safetensors::Dtype, Vec<usize>, Vec<u8>)> = tensors
         .iter()
-        .map(|(n, s, b)| {
-            safetensors::tensor::TensorView::new(safetensors::Dtype::F32, s.clone(), b)
-                .map(|v| (n.clone(), v))
-                .map_err(|e| Error::Other(format!("safetensors: {e}")))
+        .map(|(name, shape, v)| {
+            (
+                name.clone(),
+                safetensors::Dtype::F32,
+                shape.clone(),
+                f32_bytes(v),
+            )
         })
-        .collect::<Result<Vec<_>>>()?;
-    let mut md = HashMap::new();
-    md.insert(META_KEY.to_string(), meta_json.to_string());
-    safetensors::serialize(views, Some(md)).map_err(|e| Error::Other(format!("safetensors: {e}")))
+        .collect();
+    write_safetensors(&typed, meta_json)
 }
 
 fn f32_bytes(v: &[f32]) -> Vec<u8> {

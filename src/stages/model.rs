@@ -580,22 +580,10 @@ fn train_model(m: &ModelConfig, store: &RunStore) -> Result<()> {
     if let Some(choice) = auto_choice.filter(|c| c.alpha > 0.0 || c.full_runs.is_some()) {
         return keep_better_than_labels(m, store, model, objective, choice, &fresh);
     }
-    if let Some(aug) = &augmented {
-        let ckpt = store.checkpoint_path(&m.name, "ckpt");
-        let record = store.fit_on(
-            aug,
-            &m.name,
-            &ckpt,
-            model.as_ref(),
-            &m.train,
-            objective,
-            Vec::new(),
-        )?;
-        store.save_fitted(&m.name, m.role().as_str(), model.as_ref(), &record, None)?;
-        let _ = std::fs::remove_file(&ckpt);
-        return Ok(());
-    }
-    store.fit_and_save(
+    // The training split, or the split with synthetic samples added.
+    let train = augmented.as_ref().unwrap_or(&store.splits.train);
+    store.fit_and_save_on(
+        train,
         &m.name,
         m.role().as_str(),
         model.as_ref(),
