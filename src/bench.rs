@@ -180,6 +180,7 @@ fn tree_settings() -> crate::models::boost::TreeSettings {
         min_leaf: 20,
         l2: 0.0,
         bins: 255,
+        fit_to: Default::default(),
     }
 }
 

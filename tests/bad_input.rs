@@ -648,6 +648,14 @@ fn bad_tree_settings_synthetic_samples_and_tree_files() {
     ] {
         expect_bad_config(dir, name, &cfg(arch, ""), needles);
     }
+    // Logit matching is for classifiers.
+    expect_bad_config(
+        dir,
+        "fit-to-on-regression",
+        &cfg("{ kind = \"boosted-trees\", fit_to = \"logits\" }", "")
+            .replace("label = \"y\"", "label = \"y\"\ntask = \"regression\""),
+        &["model.t.arch.fit_to", "only for classification"],
+    );
     // A tree model on images must ask for flattening.
     expect_bad_config(
         dir,

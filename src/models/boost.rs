@@ -50,6 +50,21 @@ pub struct TreeSettings {
     pub l2: f32,
     /// Most bins per feature (≤ 255).
     pub bins: usize,
+    /// What a classifier's trees fit of the teacher.
+    pub fit_to: FitTo,
+}
+
+/// What a boosted-tree classifier fits of its teacher.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum FitTo {
+    /// The softmax cross-entropy with the teacher's probabilities at temperature T (Hinton's
+    /// `T²·KL`, as the networks): one objective over all classes.
+    #[default]
+    Probabilities,
+    /// Each class's tree regresses the teacher's centred logit by squared error (Ba & Caruana
+    /// 2014's logit matching; T plays no part); the label term stays cross-entropy.
+    Logits,
 }
 
 /// Labels of a set of rows.
@@ -993,8 +1008,30 @@ fn fit_boosted(
         .map(|v| base.iter().copied().cycle().take(v.rows * k).collect())
         .unwrap_or_default();
     let soft_q: Option<Vec<f32>> = match (train.soft, train.labels) {
-        (Some(st), Labels::Classes { classes, .. }) if a > 0.0 => {
+        (Some(st), Labels::Classes { classes, .. })
+            if a > 0.0 && s.fit_to == FitTo::Probabilities =>
+        {
             Some(crate::losses::softmax::softmax_rows(st.outputs, classes, t))
+        }
+        _ => None,
+    };
+    // Logit matching: each row's teacher logits centred (two classes: the second minus the
+    // first, since the first logit stays 0).
+    let soft_c: Option<Vec<f32>> = match (train.soft, train.labels) {
+        (Some(st), Labels::Classes { classes, .. }) if a > 0.0 && s.fit_to == FitTo::Logits => {
+            Some(
+                st.outputs
+                    .chunks_exact(classes)
+                    .flat_map(|row| {
+                        let c = if classes == 2 {
+                            row[0]
+                        } else {
+                            row.iter().sum::<f32>() / classes as f32
+                        };
+                        row.iter().map(move |&v| v - c)
+                    })
+                    .collect(),
+            )
         }
         _ => None,
     };
@@ -1050,6 +1087,12 @@ fn fit_boosted(
                         if let Some(q) = &soft_q {
                             gv += a * t * (pt[c] - q[r * classes + c]);
                             hv += a * pt[c] * (1.0 - pt[c]);
+                        }
+                        if let Some(sc) = &soft_c {
+                            let d = z[c] - sc[r * classes + c];
+                            gv += a * d;
+                            hv += a / factor;
+                            loss += (a * d * d) as f64 / grown_outputs.len() as f64;
                         }
                         g[j * n + r] = gv;
                         h[j * n + r] = (hv * factor).max(1e-6);
@@ -1173,6 +1216,7 @@ mod tests {
             min_leaf: 5,
             l2: 0.0,
             bins: 255,
+            fit_to: FitTo::Probabilities,
         }
     }
 

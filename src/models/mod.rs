@@ -100,6 +100,10 @@ pub struct ArchConfig {
     /// Trees: most bins per feature, 2 to 255 (default 255).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bins: Option<usize>,
+    /// Boosted trees distilled for classification: fit the teacher's `"probabilities"` (softmax
+    /// cross-entropy at temperature T, the default) or its `"logits"` (squared error).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fit_to: Option<boost::FitTo>,
 }
 
 impl ArchConfig {
@@ -128,6 +132,7 @@ impl ArchConfig {
             min_leaf: self.min_leaf.unwrap_or(if single { 5 } else { 20 }),
             l2: if single { 0.0 } else { self.l2.unwrap_or(0.0) },
             bins: self.bins.unwrap_or(255),
+            fit_to: self.fit_to.unwrap_or_default(),
         }
     }
 
@@ -171,6 +176,7 @@ impl Default for ArchConfig {
             min_leaf: None,
             l2: None,
             bins: None,
+            fit_to: None,
         }
     }
 }
@@ -299,6 +305,7 @@ impl ArchConfig {
             ("l2", a.l2.is_some()),
             ("bins", a.bins.is_some()),
             ("flatten", a.flatten),
+            ("fit_to", a.fit_to.is_some()),
         ];
         if !a.kind.is_tree() {
             if let Some((f, _)) = tree_fields.iter().find(|(_, set)| *set) {
@@ -326,6 +333,7 @@ impl ArchConfig {
                         ("trees", a.trees.is_some()),
                         ("learning_rate", a.learning_rate.is_some()),
                         ("l2", a.l2.is_some()),
+                        ("fit_to", a.fit_to.is_some()),
                     ] {
                         if set {
                             bad_field(

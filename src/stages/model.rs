@@ -200,6 +200,12 @@ impl ModelConfig {
         }
         if let Some(a) = &m.arch {
             a.check(&format!("{p}.arch"), images, text)?;
+            if a.fit_to.is_some() && task == Task::Regression {
+                bad_field(
+                    &format!("{p}.arch.fit_to"),
+                    "only for classification (a regression tree fits the teacher's values)",
+                )?;
+            }
         }
         if let Some(b) = &m.born_again {
             if b.generations == 0 {
