@@ -21,6 +21,7 @@ fn demo_end_to_end() {
             "teacher",
             "student-kd",
             "student-labels",
+            "student-auto",
             "sub-1",
             "sub-2",
             "sub-ensemble"
@@ -29,7 +30,7 @@ fn demo_end_to_end() {
     let roles: Vec<&str> = models.iter().map(|x| x["role"].as_str().unwrap()).collect();
     assert_eq!(
         roles,
-        ["teacher", "student", "student", "submodel", "submodel", "ensemble"]
+        ["teacher", "student", "student", "student", "submodel", "submodel", "ensemble"]
     );
     // The sub-model scheme: one record per transfer round, with the disagreement.
     let rounds = m["transfer_rounds"].as_array().unwrap();
@@ -269,6 +270,7 @@ fn train_distill_evaluate_verbs() {
             "teacher",
             "student-kd",
             "student-labels",
+            "student-auto",
             "sub-1",
             "sub-2",
             "sub-ensemble"
