@@ -227,7 +227,7 @@ fn fit_letter_trees(
         label_weight: 1.0,
         soft: None,
     };
-    Ok(fit(&tree_settings(), &data, None, None, &mut |_, _| {})?.ensemble)
+    Ok(fit(&tree_settings(), &data, None, None, &mut |_| {})?.ensemble)
 }
 
 fn tree_accuracy(t: &crate::models::trees::TreeEnsemble, x: &[f32], y: &[u32]) -> f64 {

@@ -845,13 +845,13 @@ fn check(data: &FitData, what: &str) -> Result<()> {
 
 /// Fits a tree model to `train` (labels and soft targets), stopping the boosting when the
 /// label loss on `val` has not improved for `patience` rounds and keeping the best round.
-/// `on_round(done, total)` is called after each round.
+/// `on_round(round)` is called with each round's record.
 pub fn fit(
     s: &TreeSettings,
     train: &FitData,
     val: Option<&FitData>,
     patience: Option<usize>,
-    on_round: &mut dyn FnMut(usize, usize),
+    on_round: &mut dyn FnMut(&RoundRecord),
 ) -> Result<FitOutcome> {
     check(train, "training rows")?;
     if let Some(v) = val {
@@ -969,7 +969,7 @@ fn fit_boosted(
     train: &FitData,
     val: Option<&FitData>,
     patience: Option<usize>,
-    on_round: &mut dyn FnMut(usize, usize),
+    on_round: &mut dyn FnMut(&RoundRecord),
     binner: &Binner,
     codes: &[u8],
     target: &[f32],
@@ -1174,7 +1174,7 @@ fn fit_boosted(
             train_accuracy: classify.then(|| right as f64 / n as f64),
             seconds: start.elapsed().as_secs_f64(),
         });
-        on_round(round + 1, s.trees);
+        on_round(&rounds[rounds.len() - 1]);
         if val.is_some() {
             if val_loss < best_loss {
                 best_loss = val_loss;
@@ -1258,14 +1258,7 @@ mod tests {
                 temperature: 1.0,
             }),
         };
-        let out = fit(
-            &settings(TreeKind::Boosted),
-            &data,
-            None,
-            None,
-            &mut |_, _| {},
-        )
-        .unwrap();
+        let out = fit(&settings(TreeKind::Boosted), &data, None, None, &mut |_| {}).unwrap();
         let pred = out.ensemble.predict(&x, n);
         let agree = pred
             .chunks_exact(3)
@@ -1298,7 +1291,7 @@ mod tests {
             label_weight: 1.0,
             soft: None,
         };
-        let out = fit(&s, &data, None, None, &mut |_, _| {}).unwrap();
+        let out = fit(&s, &data, None, None, &mut |_| {}).unwrap();
         let tree = &out.ensemble.trees[0];
         assert!(tree.depth() <= 3 && tree.leaves() <= 8);
         let pred = out.ensemble.predict(&x, n);
@@ -1334,7 +1327,7 @@ mod tests {
             &data,
             Some(&data),
             Some(5),
-            &mut |_, _| {},
+            &mut |_| {},
         )
         .unwrap();
         let pred = out.ensemble.predict(&[0.2, 0.8], 2);

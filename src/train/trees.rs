@@ -130,7 +130,7 @@ impl Learner for TreeLearner {
             &train,
             val.as_ref(),
             job.cfg.patience,
-            &mut |_, _| bar.step(f64::NAN, None),
+            &mut |r| bar.step(r.train_loss, r.train_accuracy),
         )?;
         let kept = outcome.ensemble.trees.len();
         bar.finish(&format!(
