@@ -91,16 +91,7 @@ pub fn score_outputs(out: &[f32], data: &Dataset, scale: Option<&TargetScale>) -
     }
 }
 
-/// Index of the largest value (first on ties).
-pub fn argmax(row: &[f32]) -> usize {
-    let mut best = 0;
-    for (i, &v) in row.iter().enumerate() {
-        if v > row[best] {
-            best = i;
-        }
-    }
-    best
-}
+pub use crate::losses::softmax::argmax;
 
 pub use crate::teachers::Ensemble;
 /// Anything that maps a batch of inputs to outputs is evaluated the same way: a model of any

@@ -584,14 +584,9 @@ impl RunStore {
             return None;
         }
         let names = &self.splits.train.features;
-        let norm = &m.meta.normalizer;
-        let unscale = |f: usize, v: f32| match norm {
-            crate::data::Normalizer::None => v,
-            crate::data::Normalizer::Global { mean, std } => v * std + mean,
-            crate::data::Normalizer::PerFeature { mean, std } => v * std[f] + mean[f],
-        };
+        let unscale = |f: usize, v: f32| m.meta.normalizer.invert_feature(f, v);
         let ts = m.meta.target_scale;
-        let unscale_target = |v: f32| ts.map_or(v, |t| v * t.std + t.mean);
+        let unscale_target = |v: f32| ts.map_or(v, |t| t.inverse(v));
         Some(t.rules(
             (!names.is_empty()).then_some(names.as_slice()),
             &unscale,

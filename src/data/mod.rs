@@ -325,6 +325,15 @@ impl Normalizer {
         }
     }
 
+    /// The raw value of feature `f` from its normalised value `v`.
+    pub fn invert_feature(&self, f: usize, v: f32) -> f32 {
+        match self {
+            Normalizer::None => v,
+            Normalizer::Global { mean, std } => v * std + mean,
+            Normalizer::PerFeature { mean, std } => v * std[f] + mean[f],
+        }
+    }
+
     /// The inverse of [`Normalizer::apply`]: raw values from normalised ones, in place.
     pub fn invert(&self, x: &mut [f32], dim: usize) {
         match self {

@@ -40,6 +40,17 @@ impl Acc for f64 {
     }
 }
 
+/// Index of the largest value (first on ties).
+pub fn argmax(row: &[f32]) -> usize {
+    let mut best = 0;
+    for (i, &v) in row.iter().enumerate() {
+        if v > row[best] {
+            best = i;
+        }
+    }
+    best
+}
+
 /// The largest value of `row` (−∞ for an empty row).
 #[inline]
 pub fn row_max(row: &[f32]) -> f32 {

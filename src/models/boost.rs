@@ -20,6 +20,7 @@
 
 use super::trees::{Node, Tree, TreeEnsemble, ALL_OUTPUTS};
 use crate::error::{Error, Result};
+use crate::losses::softmax::{argmax, log_sum_exp};
 use rayon::prelude::*;
 
 /// Which tree model to fit.
@@ -776,19 +777,8 @@ impl<'a> Grower<'a> {
 
 /// Softmax cross-entropy of one row of logits against class `y`.
 fn ce(z: &[f32], y: usize) -> f64 {
-    let m = z.iter().fold(f32::MIN, |a, &b| a.max(b));
-    let lse = z.iter().map(|&v| ((v - m) as f64).exp()).sum::<f64>().ln() + m as f64;
-    lse - z[y] as f64
-}
-
-fn argmax(z: &[f32]) -> usize {
-    let mut b = 0;
-    for (i, &v) in z.iter().enumerate() {
-        if v > z[b] {
-            b = i;
-        }
-    }
-    b
+    let (m, lse) = log_sum_exp::<f64>(z, 1.0, None);
+    lse + m as f64 - z[y] as f64
 }
 
 /// Label loss (mean CE or MSE) and accuracy of outputs `f` on `data`.

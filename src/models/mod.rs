@@ -906,6 +906,13 @@ pub fn save_model(path: &Path, model: &Model, meta: &ModelMeta) -> Result<()> {
     crate::io::write_atomic(path, &bytes)
 }
 
+/// The error for a quantized model file where an f32 model is needed.
+pub fn quantized_refusal(file: &str, precision: &str) -> Error {
+    Error::Input(format!(
+        "{file}: a quantized ({precision}) model; it can be evaluated, exported and used by `predict`, but not trained further or used as a teacher — use the f32 model it was made from"
+    ))
+}
+
 /// Loads an f32 model file written by [`save_model`] (quantized files are refused here; read
 /// them with [`crate::compress::load_any`]).
 pub fn load_model(path: &Path) -> Result<(Model, ModelMeta)> {
@@ -918,10 +925,7 @@ pub fn load_model_bytes(bytes: &[u8], file: &str) -> Result<(Model, ModelMeta)> 
     let file = file.to_string();
     if let Ok(m) = read_meta(bytes, &file) {
         if let Some(q) = &m.quantization {
-            return Err(Error::Input(format!(
-                "{file}: a quantized ({}) model; it can be evaluated, exported and used by `predict`, but not trained further or used as a teacher — use the f32 model it was made from",
-                q.precision.as_str()
-            )));
+            return Err(quantized_refusal(&file, q.precision.as_str()));
         }
     }
     let raw = parse_safetensors(bytes, &file)?;

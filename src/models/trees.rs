@@ -354,11 +354,8 @@ impl TreeEnsemble {
             match classes {
                 Some(cls) if v.len() == cls.len() => {
                     let p = crate::losses::softmax::softmax_rows(&v, v.len(), 1.0);
-                    let (best, pb) =
-                        p.iter()
-                            .enumerate()
-                            .fold((0, f32::MIN), |a, (i, &x)| if x > a.1 { (i, x) } else { a });
-                    format!("class {} (p = {:.2})", cls[best], pb)
+                    let best = crate::losses::softmax::argmax(&p);
+                    format!("class {} (p = {:.2})", cls[best], p[best])
                 }
                 _ => format!("value {:.4}", unscale_target(v[0])),
             }

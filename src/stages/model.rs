@@ -337,9 +337,11 @@ impl Stage for ModelStage {
         let file = store.model_path(&m.name);
         let (model, source, file) = if let Some(f) = &m.from {
             let mut model = crate::compress::load_any(f)?;
-            if model.meta.quantization.is_some() {
-                // Quantized files are refused here with the loader's own message.
-                models::load_model(f)?;
+            if let Some(q) = &model.meta.quantization {
+                return Err(models::quantized_refusal(
+                    &f.display().to_string(),
+                    q.precision.as_str(),
+                ));
             }
             model.meta.name = m.name.clone();
             model.meta.role = role.into();
@@ -559,6 +561,7 @@ fn train_model(m: &ModelConfig, store: &RunStore) -> Result<()> {
                         ds.temperature,
                         &m.train,
                         &fresh,
+                        tree,
                         &make,
                         teacher_val,
                     )?;
@@ -634,12 +637,11 @@ fn with_synthetic(
     let targets = match &train.targets {
         Targets::Classes { labels, names } => {
             let mut l = labels.clone();
-            l.extend(outputs.chunks_exact(k).map(|row| {
-                row.iter()
-                    .enumerate()
-                    .fold((0, f32::MIN), |a, (i, &v)| if v > a.1 { (i, v) } else { a })
-                    .0 as u32
-            }));
+            l.extend(
+                outputs
+                    .chunks_exact(k)
+                    .map(|row| crate::eval::argmax(row) as u32),
+            );
             Targets::Classes {
                 labels: l,
                 names: names.clone(),

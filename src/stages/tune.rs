@@ -44,7 +44,8 @@ pub fn saved_choice(store: &RunStore, name: &str) -> Option<AutoChoice> {
 
 /// Chooses α and T for model `name`. `objective(α, T)` builds the training objective with
 /// those settings; `fresh()` a newly initialised model (the same initial weights each time).
-/// Trials train for a fifth of `cfg.epochs` (at least 1) without early stopping.
+/// Trials train for a fifth of `cfg.epochs` (at least 1) without early stopping; with
+/// `full_fits` (tree models, which have no epochs to shorten) each trial is a full fit.
 #[allow(clippy::too_many_arguments)]
 pub fn choose<'a>(
     store: &RunStore,
@@ -53,6 +54,7 @@ pub fn choose<'a>(
     temperature: Tunable,
     cfg: &TrainConfig,
     fresh: &dyn Fn() -> Result<Box<dyn train::Learner>>,
+    full_fits: bool,
     objective: &dyn Fn(f32, f32) -> Result<Objective<'a>>,
     teacher_val_accuracy: Option<f64>,
 ) -> Result<AutoChoice> {
@@ -81,8 +83,8 @@ pub fn choose<'a>(
             grid.extend(temps.iter().map(|&t| (a, t)));
         }
     }
-    // Tree models fit in one go, in seconds: their trials are full fits (trial_epochs = 0).
-    let full_fits = fresh()?.spec().arch.kind.is_tree();
+    // Tree models (`full_fits`) fit in one go, in seconds: their trials are full fits
+    // (trial_epochs = 0).
     let trial_epochs = if full_fits {
         0
     } else {
