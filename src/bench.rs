@@ -60,6 +60,24 @@ pub struct BenchResult {
     /// Seconds per fit (tree training).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub fit_seconds: Option<f64>,
+    /// The collectives' times by message size (`collectives`, under `mpirun`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub collectives: Vec<CollectiveTiming>,
+}
+
+/// Median times of the collectives distillery uses, for one message size.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct CollectiveTiming {
+    /// Ranks.
+    pub ranks: usize,
+    /// Bytes of the buffer each rank holds (f32 values × 4).
+    pub bytes: usize,
+    /// Median seconds of [`crate::dist::Comm::sum_in_rank_order`] (the data-parallel gradient
+    /// sum) on that buffer.
+    pub sum_seconds: f64,
+    /// Median seconds of an all-gather in which every rank sends that many bytes (the sub-model
+    /// groups' exchanges).
+    pub all_gather_seconds: f64,
 }
 
 /// The CPU's model name (Linux), or the architecture.
@@ -161,6 +179,7 @@ pub const WORKLOADS: &[&str] = &[
     "onnx-teacher",
     "train-trees",
     "infer-trees",
+    "collectives",
 ];
 
 /// The tree workloads' data: UCI letter recognition, rows in file order, the first
@@ -766,6 +785,49 @@ fn gemm_workload(steps: usize) -> Result<BenchResult> {
     })
 }
 
+/// Times the collectives on buffers of 1 KiB to 16 MiB per rank (run it under
+/// `mpirun -np N distillery bench collectives`; in one process every time is ~0). The fit of
+/// `docs/SCALING.md`'s cost model (latency and bandwidth of the link) comes from these.
+fn collectives_workload(steps: usize) -> Result<BenchResult> {
+    let w = crate::dist::world();
+    let mut rows = Vec::new();
+    for n in [256usize, 4096, 65536, 1 << 18, 1 << 20, 1 << 22] {
+        let mut buf = vec![1.0f32; n];
+        let reps = if n >= 1 << 20 { steps.min(10) } else { steps };
+        let mut sum = Vec::new();
+        let mut gather = Vec::new();
+        for i in 0..=reps {
+            w.barrier();
+            let t = Instant::now();
+            w.sum_in_rank_order(&mut buf);
+            let a = t.elapsed().as_secs_f64();
+            w.barrier();
+            let t = Instant::now();
+            let g = w.all_gather_f32(&buf);
+            let b = t.elapsed().as_secs_f64();
+            std::hint::black_box(g);
+            buf.iter_mut().for_each(|v| *v = 1.0);
+            if i > 0 {
+                sum.push(a);
+                gather.push(b);
+            }
+        }
+        rows.push(CollectiveTiming {
+            ranks: w.size(),
+            bytes: 4 * n,
+            sum_seconds: median(&mut sum),
+            all_gather_seconds: median(&mut gather),
+        });
+    }
+    Ok(BenchResult {
+        workload: "collectives".into(),
+        steps,
+        peak_rss_bytes: peak_rss_bytes(),
+        collectives: rows,
+        ..Default::default()
+    })
+}
+
 /// Runs a named workload.
 pub fn run(workload: &str, steps: usize, model: Option<&Path>) -> Result<BenchResult> {
     if steps == 0 {
@@ -783,6 +845,7 @@ pub fn run(workload: &str, steps: usize, model: Option<&Path>) -> Result<BenchRe
         "onnx-teacher" => onnx_workload(model, steps),
         "train-trees" => train_trees_workload(steps),
         "infer-trees" => infer_trees_workload(steps),
+        "collectives" => collectives_workload(steps),
         other => Err(Error::Input(format!(
             "unknown workload '{other}'; expected one of: {}",
             WORKLOADS.join(", ")
@@ -815,6 +878,15 @@ impl BenchResult {
         }
         if let Some(a) = self.accuracy {
             s += &format!(", test accuracy {:.2}%", 100.0 * a);
+        }
+        for c in &self.collectives {
+            s += &format!(
+                "\n  {} ranks, {} bytes a rank: sum in rank order {:.1} µs, all-gather {:.1} µs",
+                c.ranks,
+                c.bytes,
+                1e6 * c.sum_seconds,
+                1e6 * c.all_gather_seconds
+            );
         }
         s += &format!(
             ", peak RSS {:.1} MiB",

@@ -9,7 +9,14 @@ use std::path::Path;
 
 /// Writes `bytes` to `path` atomically. On failure the previous content of `path` (if any)
 /// is untouched and the temporary file is removed.
+///
+/// Under MPI this is a shared output: rank 0 writes it and every rank waits until it has
+/// ([`crate::dist::shared_write`]); inside [`crate::dist::local`] the rank writes its own file.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    crate::dist::shared_write(|| write_atomic_here(path, bytes))
+}
+
+fn write_atomic_here(path: &Path, bytes: &[u8]) -> Result<()> {
     let dir = match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
         _ => std::path::PathBuf::from("."),
@@ -63,8 +70,12 @@ pub fn read_file(path: &Path) -> Result<Vec<u8>> {
     })
 }
 
-/// Removes stale temporary files left by a process killed mid-write.
+/// Removes stale temporary files left by a process killed mid-write (under MPI, rank 0 does:
+/// another rank's cleaning could remove a file rank 0 is writing).
 pub fn clean_temp_files(dir: &Path) {
+    if !crate::dist::writes_shared() {
+        return;
+    }
     if let Ok(rd) = fs::read_dir(dir) {
         for entry in rd.flatten() {
             let name = entry.file_name().to_string_lossy().to_string();

@@ -25,6 +25,7 @@ pub mod bench;
 pub mod compress;
 pub mod config;
 pub mod data;
+pub mod dist;
 pub mod error;
 pub mod eval;
 pub mod io;

@@ -526,6 +526,11 @@ impl RunStore {
     /// Latency at batch 1 and 256 on test inputs; for text, from the raw texts (featurizing
     /// included), as a user calling the model pays it.
     pub fn latencies(&self, p: &dyn Predictor) -> Result<(f64, f64)> {
+        // Under MPI rank 0 measures (and reports); timing on every rank at once would only
+        // measure the ranks competing for the machine.
+        if !crate::dist::writes_shared() {
+            return Ok((0.0, 0.0));
+        }
         let s = &self.splits;
         Ok(match &s.featurizer {
             Some(f) if !s.test.text.is_empty() => (

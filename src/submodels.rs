@@ -12,10 +12,18 @@
 //!    the validation disagreement is measured; the rounds stop below the tolerance.
 //! 4. The round with the best ensemble validation accuracy (lowest validation loss for
 //!    regression) is kept. Optionally the ensemble is distilled into one final student.
+//!
+//! Under MPI (`mpirun -np N`), sub-model k lives on rank k mod N (Anil et al. 2018,
+//! codistillation): its owner alone trains it, in phase 1 and in every round, and then every
+//! rank receives its weights ([`sync_members`]), so each rank computes its sub-models' stale
+//! peers on its own data from the peers' weights, and measures the round as one process would.
+//! Live peers exchange their outputs on every batch ([`train::fit_together_across`]). Every
+//! exchange is a copy, so the results equal one process's bit for bit.
 
 use crate::data::{self, Dataset, Splits, Targets};
+use crate::dist::{self, Comm};
 use crate::error::{Error, Result};
-use crate::eval::{self, Ensemble, Scores};
+use crate::eval::{self, Scores};
 use crate::losses::mutual;
 use crate::losses::SoftLoss;
 use crate::models::{self, Model, ModelSpec};
@@ -235,6 +243,13 @@ pub struct RoundRecord {
     pub ensemble_val_loss: f64,
     /// Seconds spent in the round.
     pub seconds: f64,
+    /// Bytes this rank sent to the others in the round (under MPI; 0 in one process).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub bytes_sent: u64,
+}
+
+fn is_zero(v: &u64) -> bool {
+    *v == 0
 }
 
 /// What a group run recorded.
@@ -275,6 +290,10 @@ pub struct GroupRecord {
     /// `"auto"` peer weight or temperature: the trials and the choice.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub auto: Option<GroupAuto>,
+    /// Wall seconds of the whole group (phase 1, trials and rounds), summed over the sessions
+    /// of a resumed run.
+    #[serde(default)]
+    pub seconds: f64,
 }
 
 /// The outcome: the kept sub-models and the record.
@@ -417,29 +436,129 @@ fn member_name(g: &str, i: usize) -> String {
     format!("{g}-{}", i + 1)
 }
 
+/// Every member's outputs on `data`: each rank predicts with the members it owns, then the
+/// ranks exchange them (one all-gather). `scoring`: through the model's scoring path (as
+/// `eval::evaluate` runs it) rather than its batch prediction.
+fn member_outputs(
+    comm: &dyn Comm,
+    members: &[Model],
+    data: &Dataset,
+    scoring: bool,
+) -> Result<Vec<Vec<f32>>> {
+    let n = comm.size();
+    let mut outs = vec![Vec::new(); members.len()];
+    for (i, m) in members.iter().enumerate() {
+        if dist::owner(i, n) == comm.rank() {
+            outs[i] = if scoring {
+                eval::predict_all(m, &data.x, data.dim(), 512)?
+            } else {
+                m.predict(&data.x, 512)?
+            };
+        }
+    }
+    if n == 1 {
+        return Ok(outs);
+    }
+    let mine: Vec<Vec<f32>> = (0..members.len())
+        .filter(|&i| dist::owner(i, n) == comm.rank())
+        .map(|i| std::mem::take(&mut outs[i]))
+        .collect();
+    let got = comm.all_gather_bytes(&dist::pack_f32(&mine));
+    for (r, bytes) in got.iter().enumerate() {
+        let parts = dist::unpack_f32(bytes)?;
+        let ids = (0..members.len()).filter(|&i| dist::owner(i, n) == r);
+        for (i, p) in ids.zip(parts) {
+            outs[i] = p;
+        }
+    }
+    Ok(outs)
+}
+
+/// Each member's scores and the ensemble's on `data` (test scores in target units with `scale`;
+/// `scoring` as in [`member_outputs`]).
+fn member_scores(
+    comm: &dyn Comm,
+    members: &[Model],
+    data: &Dataset,
+    scale: Option<&data::TargetScale>,
+    regression: bool,
+    scoring: bool,
+) -> Result<(Vec<Vec<f32>>, Vec<Scores>, Scores)> {
+    let outs = member_outputs(comm, members, data, scoring)?;
+    let scores = outs
+        .iter()
+        .map(|o| eval::score_outputs(o, data, scale))
+        .collect();
+    let ens = crate::teachers::ensemble_outputs(&outs, members[0].spec.outputs, regression);
+    let ens_scores = eval::score_outputs(&ens, data, scale);
+    Ok((outs, scores, ens_scores))
+}
+
 /// Validation figures of all members: (disagreement, per-member scores, ensemble scores).
 fn measure(
+    comm: &dyn Comm,
     members: &[Model],
     val: &Dataset,
     temperature: f32,
     regression: bool,
 ) -> Result<(f64, Vec<Scores>, Scores)> {
-    let outs: Vec<Vec<f32>> = members
-        .iter()
-        .map(|m| m.predict(&val.x, 512))
-        .collect::<Result<_>>()?;
+    let (outs, scores, ens_scores) = member_scores(comm, members, val, None, regression, false)?;
     let classes = members[0].spec.outputs;
     let dis = mutual::disagreement(&outs, classes, temperature, regression);
-    let scores = outs
-        .iter()
-        .map(|o| eval::score_outputs(o, val, None))
-        .collect();
-    let ens = Ensemble {
-        members: members.iter().collect(),
-        regression,
-    };
-    let ens_scores = eval::evaluate(&ens, val, None)?;
     Ok((dis, scores, ens_scores))
+}
+
+/// After each rank trained the sub-models it owns: every sub-model's weights (and, when
+/// `records` is given, its training record) from its owner, on every rank, through one
+/// all-gather. A world of one does nothing.
+fn sync_members(
+    comm: &dyn Comm,
+    members: &[Model],
+    records: Option<&mut Vec<Option<TrainRecord>>>,
+) -> Result<()> {
+    let n = comm.size();
+    if n == 1 {
+        return Ok(());
+    }
+    let owned = |r: usize| (0..members.len()).filter(move |&i| dist::owner(i, n) == r);
+    let mut mine = Vec::new();
+    for i in owned(comm.rank()) {
+        let w = dist::pack_f32(&members[i].weights()?);
+        let rec = match records.as_deref() {
+            Some(rs) => serde_json::to_vec(&rs[i]).map_err(|e| Error::Other(e.to_string()))?,
+            None => Vec::new(),
+        };
+        for part in [w, rec] {
+            mine.extend_from_slice(&(part.len() as u64).to_le_bytes());
+            mine.extend_from_slice(&part);
+        }
+    }
+    let got = comm.all_gather_bytes(&mine);
+    let bad = |r: usize| Error::Other(format!("malformed sub-model message from rank {r}"));
+    let mut records = records;
+    for (r, buf) in got.iter().enumerate() {
+        let mut at = 0usize;
+        let mut next = || -> Result<&[u8]> {
+            let len = buf
+                .get(at..at + 8)
+                .map(|b| u64::from_le_bytes(b.try_into().unwrap_or([0; 8])) as usize)
+                .ok_or_else(|| bad(r))?;
+            let part = buf.get(at + 8..at + 8 + len).ok_or_else(|| bad(r))?;
+            at += 8 + len;
+            Ok(part)
+        };
+        for i in owned(r) {
+            let w = dist::unpack_f32(next()?)?;
+            let rec = next()?;
+            if r != comm.rank() {
+                members[i].set_weights(&w)?;
+                if let Some(rs) = records.as_deref_mut() {
+                    rs[i] = serde_json::from_slice(rec).map_err(|_| bad(r))?;
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 fn better(a: &RoundRecord, b: &RoundRecord) -> bool {
@@ -519,6 +638,27 @@ pub fn run_group(job: GroupJob) -> Result<GroupOutcome> {
         PeerMode::Stale => false,
         PeerMode::Auto => !g.shards,
     };
+    let started = Instant::now();
+    let comm = dist::world();
+    if comm.size() > 1 {
+        let idle = comm.size().saturating_sub(g.k);
+        job.progress.say(&format!(
+            "{}: {} sub-models on {} ranks (sub-model i on rank i mod {}){}",
+            g.name,
+            g.k,
+            comm.size(),
+            comm.size(),
+            if idle > 0 {
+                format!(
+                    "; ranks {}–{} hold none: they take part in the exchanges and wait for the group to finish",
+                    g.k,
+                    comm.size() - 1
+                )
+            } else {
+                String::new()
+            }
+        ));
+    }
 
     // Form the sub-models.
     let (members, kept): (Vec<Model>, Option<Vec<f64>>) = match g.init {
@@ -609,7 +749,8 @@ pub fn run_group(job: GroupJob) -> Result<GroupOutcome> {
         })
         .collect();
 
-    let mut record;
+    let mut record: GroupRecord;
+    let mut base_seconds = 0.0;
     let mut best: Vec<Vec<Vec<f32>>>;
     let mut best_round;
     let start_round;
@@ -620,13 +761,18 @@ pub fn run_group(job: GroupJob) -> Result<GroupOutcome> {
             g.name, st.round
         ));
         record = st.record;
+        base_seconds = record.seconds;
         best = b;
         best_round = st.best_round;
         start_round = st.round + 1;
     } else {
-        // Phase 1.
-        let mut phase1 = Vec::new();
+        // Phase 1: each sub-model on its owner rank (every one, in one process).
+        let mut phase1: Vec<Option<TrainRecord>> = vec![None; g.k];
         for (i, m) in members.iter().enumerate() {
+            if dist::owner(i, comm.size()) != comm.rank() {
+                continue;
+            }
+            dist::fault_point("phase1")?;
             let name = member_name(&g.name, i);
             job.progress.say(&format!(
                 "{name}: phase 1, {} on {} samples{}",
@@ -640,33 +786,36 @@ pub fn run_group(job: GroupJob) -> Result<GroupOutcome> {
                 }
                 None => Objective::supervised(),
             };
-            let rec = train::fit(
-                m,
-                TrainJob {
-                    name: &name,
-                    cfg: &g.phase1,
-                    train: data_of(i),
-                    val: &s.val,
-                    objective,
-                    fill: s.normalizer.zero_value(),
-                    checkpoint: Some(ckdir.join(format!("{name}.phase1.ckpt.safetensors"))),
-                    seed: job.seed,
-                    progress: job.progress,
-                    hooks: Vec::new(),
-                },
-            )?;
-            phase1.push(rec);
+            let rec = dist::local(|| {
+                train::fit(
+                    m,
+                    TrainJob {
+                        name: &name,
+                        cfg: &g.phase1,
+                        train: data_of(i),
+                        val: &s.val,
+                        objective,
+                        fill: s.normalizer.zero_value(),
+                        checkpoint: Some(ckdir.join(format!("{name}.phase1.ckpt.safetensors"))),
+                        seed: job.seed,
+                        progress: job.progress,
+                        hooks: Vec::new(),
+                    },
+                )
+            })?;
+            phase1[i] = Some(rec);
         }
-        let phase1_test = members
-            .iter()
-            .map(|m| eval::evaluate(m, &s.test, s.target_scale.as_ref()))
-            .collect::<Result<Vec<_>>>()?;
-        let ens = Ensemble {
-            members: members.iter().collect(),
+        sync_members(comm, &members, Some(&mut phase1))?;
+        let phase1: Vec<TrainRecord> = phase1.into_iter().flatten().collect();
+        let (_, phase1_test, phase1_ensemble_test) = member_scores(
+            comm,
+            &members,
+            &s.test,
+            s.target_scale.as_ref(),
             regression,
-        };
-        let phase1_ensemble_test = eval::evaluate(&ens, &s.test, s.target_scale.as_ref())?;
-        let (dis, sc, es) = measure(&members, &s.val, peer_t, regression)?;
+            true,
+        )?;
+        let (dis, sc, es) = measure(comm, &members, &s.val, peer_t, regression)?;
         let r0 = round_record(&g.name, 0, dis, &sc, &es, 0.0);
         job.progress.say(&round_line(&r0));
         record = GroupRecord {
@@ -691,10 +840,12 @@ pub fn run_group(job: GroupJob) -> Result<GroupOutcome> {
             stop_reason: String::new(),
             warnings,
             auto: None,
+            seconds: 0.0,
         };
         best = members.iter().map(|m| m.weights()).collect::<Result<_>>()?;
         best_round = 0;
         start_round = 1;
+        record.seconds = base_seconds + started.elapsed().as_secs_f64();
         let st = RoundState {
             kind: "rounds".into(),
             group: g.name.clone(),
@@ -735,8 +886,12 @@ pub fn run_group(job: GroupJob) -> Result<GroupOutcome> {
             let names: Vec<String> = (0..g.k)
                 .map(|i| format!("{}-r{round}{tag}", member_name(&g.name, i)))
                 .collect();
-            let jobs = (0..g.k)
-                .map(|k| {
+            let mine: Vec<usize> = (0..g.k)
+                .filter(|&i| dist::owner(i, comm.size()) == comm.rank())
+                .collect();
+            let jobs = mine
+                .iter()
+                .map(|&k| {
                     let mut soft = vec![SoftTerm {
                         signal: TeacherSignal::Peers((0..g.k).filter(|&j| j != k).collect()),
                         temperature: peer_t,
@@ -770,12 +925,34 @@ pub fn run_group(job: GroupJob) -> Result<GroupOutcome> {
                     }
                 })
                 .collect();
-            let refs: Vec<&Model> = members.iter().collect();
-            train::fit_together(&refs, jobs, &format!("dml/{}/{round}{tag}", g.name))?;
+            let stream = format!("dml/{}/{round}{tag}", g.name);
+            if comm.size() == 1 {
+                let refs: Vec<&Model> = members.iter().collect();
+                train::fit_together(&refs, jobs, &stream)?;
+            } else {
+                let refs: Vec<&Model> = mine.iter().map(|&i| &members[i]).collect();
+                train::fit_together_across(
+                    &refs,
+                    jobs,
+                    &stream,
+                    train::Share {
+                        ids: mine.clone(),
+                        k: g.k,
+                        comm,
+                    },
+                    train::lockstep_steps(&tcfg, data[0].len()),
+                )?;
+                sync_members(comm, &members, None)?;
+            }
         } else {
-            // Peers' predictions on each sub-model's data, from the state at the round's start.
+            // Peers' predictions on each sub-model's data, from the state at the round's start
+            // (every rank holds every sub-model's weights; each computes its own sub-models').
+            let mine = |i: &usize| dist::owner(*i, comm.size()) == comm.rank();
             let outs_per: Vec<Vec<f32>> = (0..g.k)
                 .map(|i| -> Result<Vec<f32>> {
+                    if !mine(&i) {
+                        return Ok(Vec::new());
+                    }
                     let peers: Vec<Vec<f32>> = (0..g.k)
                         .filter(|&j| j != i)
                         .map(|j| members[j].predict(&data_of(i).x, 512))
@@ -791,7 +968,7 @@ pub fn run_group(job: GroupJob) -> Result<GroupOutcome> {
                     })
                 })
                 .collect::<Result<_>>()?;
-            for (i, m) in members.iter().enumerate() {
+            for (i, m) in members.iter().enumerate().filter(|(i, _)| mine(i)) {
                 let name = format!("{}-r{round}{tag}", member_name(&g.name, i));
                 let mut soft = vec![SoftTerm {
                     signal: TeacherSignal::Cached(outs_per[i].clone().into()),
@@ -813,22 +990,25 @@ pub fn run_group(job: GroupJob) -> Result<GroupOutcome> {
                     hint: None,
                     val_targets: None,
                 };
-                train::fit(
-                    m,
-                    TrainJob {
-                        name: &name,
-                        cfg: &tcfg,
-                        train: data_of(i),
-                        val: &s.val,
-                        objective,
-                        fill: s.normalizer.zero_value(),
-                        checkpoint: None,
-                        seed: job.seed,
-                        progress: job.progress,
-                        hooks: Vec::new(),
-                    },
-                )?;
+                dist::local(|| {
+                    train::fit(
+                        m,
+                        TrainJob {
+                            name: &name,
+                            cfg: &tcfg,
+                            train: data_of(i),
+                            val: &s.val,
+                            objective,
+                            fill: s.normalizer.zero_value(),
+                            checkpoint: None,
+                            seed: job.seed,
+                            progress: job.progress,
+                            hooks: Vec::new(),
+                        },
+                    )
+                })?;
             }
+            sync_members(comm, &members, None)?;
         }
         Ok(())
     };
@@ -881,7 +1061,7 @@ pub fn run_group(job: GroupJob) -> Result<GroupOutcome> {
                 let mut best_r: Option<RoundRecord> = None;
                 for r in 1..=trial_rounds {
                     run_round(b, t, r, &format!("/trial-b{b}-t{t}"))?;
-                    let (dis, sc, es) = measure(&members, &s.val, t, regression)?;
+                    let (dis, sc, es) = measure(comm, &members, &s.val, t, regression)?;
                     let rr = round_record(&g.name, r, dis, &sc, &es, 0.0);
                     if best_r.as_ref().is_none_or(|x| better(&rr, x)) {
                         best_r = Some(rr);
@@ -938,6 +1118,7 @@ pub fn run_group(job: GroupJob) -> Result<GroupOutcome> {
             temperature: ct,
         });
         // Saved before any round, so a resumed run reads the choice instead of trying again.
+        record.seconds = base_seconds + started.elapsed().as_secs_f64();
         let st = RoundState {
             kind: "rounds".into(),
             group: g.name.clone(),
@@ -956,9 +1137,12 @@ pub fn run_group(job: GroupJob) -> Result<GroupOutcome> {
     let mut round = start_round;
     while !stop && round <= g.transfer.rounds {
         let t0 = Instant::now();
+        let sent0 = dist::bytes_sent();
+        dist::fault_point(&format!("round{round}"))?;
         run_round(beta, peer_t, round, "")?;
-        let (dis, sc, es) = measure(&members, &s.val, peer_t, regression)?;
-        let rr = round_record(&g.name, round, dis, &sc, &es, t0.elapsed().as_secs_f64());
+        let (dis, sc, es) = measure(comm, &members, &s.val, peer_t, regression)?;
+        let mut rr = round_record(&g.name, round, dis, &sc, &es, t0.elapsed().as_secs_f64());
+        rr.bytes_sent = dist::bytes_sent() - sent0;
         job.progress.say(&round_line(&rr));
         if better(&rr, &record.rounds[best_round]) {
             best_round = round;
@@ -972,6 +1156,7 @@ pub fn run_group(job: GroupJob) -> Result<GroupOutcome> {
                 g.transfer.tolerance
             );
         }
+        record.seconds = base_seconds + started.elapsed().as_secs_f64();
         let st = RoundState {
             kind: "rounds".into(),
             group: g.name.clone(),
@@ -990,6 +1175,7 @@ pub fn run_group(job: GroupJob) -> Result<GroupOutcome> {
             g.transfer.tolerance
         );
     }
+    record.seconds = base_seconds + started.elapsed().as_secs_f64();
     let b = &record.rounds[best_round];
     record.chosen_round = best_round;
     record.chosen_reason = match b.ensemble_val_accuracy {
@@ -1027,6 +1213,7 @@ fn round_record(
         ensemble_val_accuracy: es.accuracy,
         ensemble_val_loss: es.loss,
         seconds: secs,
+        bytes_sent: 0,
     }
 }
 

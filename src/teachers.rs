@@ -67,14 +67,20 @@ impl Teacher for Ensemble<'_> {
             .iter()
             .map(|m| m.predict_batch(x))
             .collect::<Result<Vec<_>>>()?;
-        let refs: Vec<&[f32]> = outs.iter().map(|o| o.as_slice()).collect();
-        if self.regression {
-            return Ok(crate::losses::mutual::mean_outputs(&refs));
-        }
         let classes = self.members.first().map(|m| m.spec.outputs).unwrap_or(1);
-        let p = crate::losses::mutual::peer_average(&refs, classes, 1.0);
-        Ok(p.iter().map(|&v| v.max(1e-30).ln()).collect())
+        Ok(ensemble_outputs(&outs, classes, self.regression))
     }
+}
+
+/// The ensemble's output from its members' outputs on the same rows: the mean (regression), or
+/// the log of the mean probabilities (classification).
+pub fn ensemble_outputs(outs: &[Vec<f32>], classes: usize, regression: bool) -> Vec<f32> {
+    let refs: Vec<&[f32]> = outs.iter().map(|o| o.as_slice()).collect();
+    if regression {
+        return crate::losses::mutual::mean_outputs(&refs);
+    }
+    let p = crate::losses::mutual::peer_average(&refs, classes, 1.0);
+    p.iter().map(|&v| v.max(1e-30).ln()).collect()
 }
 
 /// What an ONNX teacher is fed: the run's normalised inputs, or the raw values (the normaliser

@@ -104,7 +104,8 @@ enum Verb {
         #[arg(long)]
         json: bool,
     },
-    /// Time a named workload: train-mlp, train-student, train-cnn, infer, infer-int8, gemm.
+    /// Time a named workload: train-mlp, train-student, train-cnn, infer, infer-int8, gemm,
+    /// train-trees, infer-trees, collectives (under mpirun), ….
     Bench {
         /// Workload name.
         workload: String,
@@ -169,10 +170,42 @@ enum ExportFormat {
 fn main() {
     distillery::tune_allocator();
     let cli = Cli::parse();
-    if let Err(e) = dispatch(cli) {
-        eprintln!("error: {e}");
+    // Built with the `mpi` feature, the verbs that run an experiment join MPI's world (a world
+    // of one when not started by mpirun or srun).
+    #[cfg(feature = "mpi")]
+    let session = match &cli.verb {
+        Verb::Run { .. }
+        | Verb::Train { .. }
+        | Verb::Distill { .. }
+        | Verb::Demo { .. }
+        | Verb::Bench { .. } => match distillery::dist::mpi_world() {
+            Ok(s) => Some(s),
+            Err(e) => {
+                eprintln!("error: {e}");
+                std::process::exit(e.exit_code());
+            }
+        },
+        _ => None,
+    };
+    let result = dispatch(cli);
+    let job = distillery::dist::job();
+    if let Err(e) = result {
+        if job.size() > 1 {
+            eprintln!("error: rank {} of {}: {e}", job.rank(), job.size());
+            if !distillery::dist::failure_is_agreed() {
+                // The other ranks may wait in a collective for this one: end them all now.
+                eprintln!("error: rank {}: ending every rank of the job", job.rank());
+                job.abort(e.exit_code());
+            }
+        } else {
+            eprintln!("error: {e}");
+        }
+        #[cfg(feature = "mpi")]
+        drop(session);
         std::process::exit(e.exit_code());
     }
+    #[cfg(feature = "mpi")]
+    drop(session);
 }
 
 fn dispatch(cli: Cli) -> Result<()> {
@@ -228,6 +261,9 @@ fn dispatch(cli: Cli) -> Result<()> {
             json,
         } => {
             let r = distillery::bench::run(&workload, steps, model.as_deref())?;
+            if distillery::dist::world().rank() != 0 {
+                return Ok(());
+            }
             if json {
                 println!(
                     "{}",
@@ -274,15 +310,19 @@ fn execute(
             })
         })
         .unwrap_or(true);
+    // Under MPI rank 0 speaks for the job; the others report only errors.
+    let rank0 = distillery::dist::world().rank() == 0;
     let opts = RunOptions {
         out: out.to_path_buf(),
-        progress: Progress::detect(common.quiet),
+        progress: Progress::detect(common.quiet || !rank0),
         only,
         groups,
     };
     let summary = pipeline::run_experiment(cfg, &opts)?;
-    println!("{}", summary.report_markdown);
-    println!("results written to {}", out.display());
+    if rank0 {
+        println!("{}", summary.report_markdown);
+        println!("results written to {}", out.display());
+    }
     Ok(())
 }
 

@@ -178,6 +178,12 @@ impl Dataset {
         }
     }
 
+    /// True when [`Dataset::gather`] with this `jitter` shifts images (and so draws from its
+    /// random stream).
+    pub fn jitters(&self, jitter: usize) -> bool {
+        jitter > 0 && self.image_shape().is_some()
+    }
+
     /// Copies the features of samples `idx` into `out` (cleared first), optionally shifting
     /// each image by a random offset of up to `jitter` pixels in x and y, filling the
     /// uncovered border with `fill` (the normalised value of a blank pixel).

@@ -231,6 +231,7 @@ pub fn run_experiment(checked: &CheckedConfig, opts: &RunOptions) -> Result<RunS
     let cfg: &ExperimentConfig = checked;
     let resolved = checked.resolved_toml();
     let out = &opts.out;
+    crate::dist::check_same_run(resolved, out)?;
     std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
     let cfg_path = out.join("config.toml");
     if cfg_path.exists() {
@@ -243,6 +244,13 @@ pub fn run_experiment(checked: &CheckedConfig, opts: &RunOptions) -> Result<RunS
         }
     } else {
         crate::io::write_atomic_str(&cfg_path, resolved)?;
+        if !cfg_path.exists() {
+            return Err(Error::Input(format!(
+                "{}: rank 0 wrote it and rank {} cannot see it: --out must be a folder every rank shares (a shared file system)",
+                cfg_path.display(),
+                crate::dist::world().rank()
+            )));
+        }
     }
 
     let splits = load_splits(cfg)?;

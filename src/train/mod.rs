@@ -173,6 +173,20 @@ pub struct TrainRecord {
     /// Epoch training resumed from, if it was resumed.
     #[serde(default)]
     pub resumed_from_epoch: Option<usize>,
+    /// Ranks that trained it data-parallel (under MPI; absent for one process).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data_parallel: Option<DataParallel>,
+}
+
+/// Data-parallel training across MPI ranks.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct DataParallel {
+    /// Ranks that shared every batch.
+    pub ranks: usize,
+    /// Optimizer steps taken.
+    pub steps: u64,
+    /// Bytes rank 0 sent to the others in those steps (gradient sums).
+    pub bytes_sent: u64,
 }
 
 /// Checkpoint state besides tensors.
@@ -270,19 +284,31 @@ fn validate(
     val: &Dataset,
     hooks: &[Box<dyn StepHook + '_>],
     objective: &Objective,
+    ranks: Option<&dyn crate::dist::Comm>,
 ) -> Result<Scores> {
+    // Data-parallel ranks each predict their slice of the validation rows, then gather them.
+    let d = val.dim();
+    let rows = val.len();
+    let (lo, hi) = match ranks {
+        Some(c) => (rows * c.rank() / c.size(), rows * (c.rank() + 1) / c.size()),
+        None => (0, rows),
+    };
+    let x = &val.x[lo * d..hi * d];
     let out = match forward_hook(hooks) {
-        None => model.predict(&val.x, 512)?,
+        None => model.predict(x, 512)?,
         Some(h) => {
-            let d = val.dim();
             let mut out = Vec::new();
-            for chunk in val.x.chunks(512 * d) {
+            for chunk in x.chunks(512 * d) {
                 let t = Tensor::from_slice(chunk, (chunk.len() / d, d), &Device::Cpu)?;
                 let y = h.forward(model, &t, Mode::Eval)?;
                 out.extend(y.flatten_all()?.to_vec1::<f32>()?);
             }
             out
         }
+    };
+    let out = match ranks {
+        Some(c) => c.all_gather_f32(&out).concat(),
+        None => out,
     };
     if let (Some(t), Some(term)) = (&objective.val_targets, objective.soft.first()) {
         return embedding_scores(&out, t, model.spec.outputs, term.loss);
@@ -371,6 +397,53 @@ pub fn fit_together(
     jobs: Vec<TrainJob>,
     stream: &str,
 ) -> Result<Vec<TrainRecord>> {
+    fit_shared(models, jobs, stream, None)
+}
+
+/// The members of a set trained together that this rank holds ([`fit_together_across`]).
+pub struct Share<'c> {
+    /// The set's members on this rank, by their index in the whole set (ascending).
+    pub ids: Vec<usize>,
+    /// The whole set's size.
+    pub k: usize,
+    /// The ranks holding the set (member i on rank i mod size).
+    pub comm: &'c dyn crate::dist::Comm,
+}
+
+/// [`fit_together`] for a set spread over ranks: this rank trains `models` (the members
+/// `share.ids`), and after every batch's forward pass the ranks exchange their members' outputs
+/// on the batch (an all-gather), so each member's [`TeacherSignal::Peers`] sees every peer, as
+/// in one process. Every rank walks the same batches; a rank that holds no member still takes
+/// part in each exchange. Results equal one process's bit for bit.
+pub fn fit_together_across(
+    models: &[&Model],
+    jobs: Vec<TrainJob>,
+    stream: &str,
+    share: Share,
+    steps: (usize, usize),
+) -> Result<Vec<TrainRecord>> {
+    if models.is_empty() {
+        let (epochs, batches) = steps;
+        for _ in 0..epochs * batches {
+            share.comm.all_gather_f32(&[]);
+        }
+        return Ok(Vec::new());
+    }
+    fit_shared(models, jobs, stream, Some(share))
+}
+
+/// Batches per epoch and epochs of a set trained together on `n` samples (what an idle rank of
+/// [`fit_together_across`] walks through).
+pub fn lockstep_steps(cfg: &TrainConfig, n: usize) -> (usize, usize) {
+    (cfg.epochs, n.div_ceil(cfg.batch_size.max(1)))
+}
+
+fn fit_shared(
+    models: &[&Model],
+    jobs: Vec<TrainJob>,
+    stream: &str,
+    share: Option<Share>,
+) -> Result<Vec<TrainRecord>> {
     let Some(first) = jobs.first() else {
         return Ok(Vec::new());
     };
@@ -382,7 +455,17 @@ pub fn fit_together(
         first.fill,
         first.progress,
     );
-    let together = models.len() > 1;
+    let together = match &share {
+        Some(sh) => sh.k > 1,
+        None => models.len() > 1,
+    };
+    // Data-parallel: one model, several ranks; each takes its slice of every global batch.
+    let comm = crate::dist::world();
+    let dp = !together && share.is_none() && comm.size() > 1;
+    let ids: Vec<usize> = match &share {
+        Some(sh) => sh.ids.clone(),
+        None => (0..models.len()).collect(),
+    };
     if together && jobs.iter().any(|j| j.checkpoint.is_some()) {
         return Err(Error::Other(
             "models trained together take no epoch checkpoints".into(),
@@ -392,6 +475,12 @@ pub fn fit_together(
     let d = train.dim();
     let classification = matches!(train.targets, Targets::Classes { .. });
     let mut rng = Rng::derive(seed, stream);
+    // Members trained together draw their dropout from streams of their own, so a member's
+    // masks do not depend on which other members share its process.
+    let mut member_rngs: Vec<Rng> = ids
+        .iter()
+        .map(|i| Rng::derive(seed, &format!("{stream}/member{i}")))
+        .collect();
     let mut members: Vec<Member> = Vec::with_capacity(models.len());
     for (model, job) in models.iter().copied().zip(jobs) {
         let sizes: Vec<usize> = model.params.iter().map(|(_, v)| v.elem_count()).collect();
@@ -454,7 +543,12 @@ pub fn fit_together(
     let set_name = first_name(&members);
     for epoch in start_epoch..cfg.epochs {
         let t0 = Instant::now();
+        let sent0 = crate::dist::bytes_sent();
+        crate::dist::fault_point(&format!("epoch{}/{set_name}", epoch + 1))?;
         let lr = learning_rate(cfg, epoch);
+        // Data-parallel ranks draw dropout for their rows from a stream of their own (one per
+        // epoch, so a resumed run draws the same masks).
+        let mut dp_rng = Rng::derive(seed, &format!("{stream}/rank{}/epoch{epoch}", comm.rank()));
         let perm = rng.permutation(n);
         let batches = n.div_ceil(cfg.batch_size);
         let bar = progress.epoch(&set_name, epoch, cfg.epochs, batches);
@@ -464,9 +558,27 @@ pub fn fit_together(
             }
             m.tally = Tally::default();
         }
-        for (bi, idx) in perm.chunks(cfg.batch_size).enumerate() {
+        for (bi, full_idx) in perm.chunks(cfg.batch_size).enumerate() {
+            let full_b = full_idx.len();
+            let (lo, hi) = if dp {
+                (
+                    full_b * comm.rank() / comm.size(),
+                    full_b * (comm.rank() + 1) / comm.size(),
+                )
+            } else {
+                (0, full_b)
+            };
+            let idx = &full_idx[lo..hi];
             let b = idx.len();
-            train.gather(idx, cfg.jitter, fill, &mut rng, &mut xbuf);
+            if dp && train.jitters(cfg.jitter) {
+                // Every rank jitters the whole global batch from the shared stream (so the
+                // stream stays the same on every rank), then keeps its rows.
+                train.gather(full_idx, cfg.jitter, fill, &mut rng, &mut xbuf);
+                xbuf.copy_within(lo * d..hi * d, 0);
+                xbuf.truncate(b * d);
+            } else {
+                train.gather(idx, cfg.jitter, fill, &mut rng, &mut xbuf);
+            }
             let (cls_buf, val_buf): (Vec<u32>, Vec<f32>) = match &train.targets {
                 Targets::Classes { labels, .. } => {
                     (idx.iter().map(|&i| labels[i]).collect(), Vec::new())
@@ -485,9 +597,18 @@ pub fn fit_together(
                 None => None,
             };
             let mut forwards: Vec<(Option<Tensor>, Option<Tensor>)> = Vec::new();
-            for m in members.iter_mut() {
+            for (mi, m) in members.iter_mut().enumerate() {
+                let drop_rng = if together {
+                    &mut member_rngs[mi]
+                } else if dp {
+                    &mut dp_rng
+                } else {
+                    &mut rng
+                };
                 if m.fast {
-                    m.ws.forward(m.model, &xbuf, b, Some(&mut rng))?;
+                    if b > 0 {
+                        m.ws.forward(m.model, &xbuf, b, Some(drop_rng))?;
+                    }
                     forwards.push((None, None));
                     continue;
                 }
@@ -495,24 +616,32 @@ pub fn fit_together(
                     .as_ref()
                     .ok_or_else(|| Error::Other("no batch tensor".into()))?;
                 let hint_layer = m.job.objective.hint.as_ref().map(|h| h.student_layer);
+                if b == 0 {
+                    forwards.push((None, None));
+                    continue;
+                }
                 forwards.push(match forward_hook(&m.job.hooks) {
-                    Some(h) => (Some(h.forward(m.model, x, Mode::Train(&mut rng))?), None),
+                    Some(h) => (Some(h.forward(m.model, x, Mode::Train(drop_rng))?), None),
                     None => {
                         let (l, hid) =
                             m.model
-                                .forward_hidden(x, Mode::Train(&mut rng), hint_layer)?;
+                                .forward_hidden(x, Mode::Train(drop_rng), hint_layer)?;
                         (Some(l), hid)
                     }
                 });
             }
             let peer_outputs: Vec<Vec<f32>> = if together {
-                forwards
+                let mine: Vec<Vec<f32>> = forwards
                     .iter()
                     .map(|(l, _)| match l {
                         Some(l) => Ok(l.flatten_all()?.to_vec1::<f32>()?),
                         None => Ok(Vec::new()),
                     })
-                    .collect::<Result<_>>()?
+                    .collect::<Result<_>>()?;
+                match &share {
+                    None => mine,
+                    Some(sh) => exchange_outputs(sh, mine, b * outputs)?,
+                }
             } else {
                 Vec::new()
             };
@@ -570,64 +699,110 @@ pub fn fit_together(
                     } else {
                         objective::BatchLabels::Values(&val_buf)
                     };
-                    let lv =
-                        m.ws.loss_and_grad(&labels, obj.label_weight, &soft, outputs)?;
-                    if !lv.is_finite() || lv > cfg.max_loss {
+                    let lv = if b > 0 {
+                        m.ws.loss_and_grad(&labels, obj.label_weight, &soft, outputs)?
+                    } else {
+                        0.0
+                    };
+                    if !dp && (!lv.is_finite() || lv > cfg.max_loss) {
                         return Err(divergence(&m.job, epoch, bi, lv));
                     }
-                    m.ws.backward(m.model, b)?;
-                    m.opt.step_slices(m.model, &m.ws.grads, lr)?;
-                    let hits =
+                    if b > 0 {
+                        m.ws.backward(m.model, b)?;
+                    }
+                    let hits = if b > 0 {
                         m.ws.logits
                             .chunks_exact(outputs)
                             .zip(&cls_buf)
                             .filter(|(row, &y)| crate::eval::argmax(row) == y as usize)
-                            .count();
-                    (lv, hits)
+                            .count()
+                    } else {
+                        0
+                    };
+                    if dp {
+                        let zeros;
+                        let local = if b > 0 {
+                            &m.ws.grads
+                        } else {
+                            zeros = zero_grads(m.model);
+                            &zeros
+                        };
+                        let (sum, glv, ghits) = sum_across(comm, local, lv, hits, b, full_b);
+                        if !glv.is_finite() || glv > cfg.max_loss {
+                            return Err(divergence(&m.job, epoch, bi, glv));
+                        }
+                        m.opt.step_slices(m.model, &split_like(&sum, local), lr)?;
+                        (glv, ghits)
+                    } else {
+                        m.opt.step_slices(m.model, &m.ws.grads, lr)?;
+                        (lv, hits)
+                    }
+                } else if dp {
+                    // Data-parallel through autograd: this rank's rows' gradients, summed
+                    // across the ranks, then the same step everywhere.
+                    let (lv, hits, grads) = match logits {
+                        Some(logits) if b > 0 => {
+                            let y = y.as_ref().ok_or_else(|| Error::Other("no labels".into()))?;
+                            let loss = autograd_loss(
+                                obj,
+                                &logits,
+                                y,
+                                &soft_bufs,
+                                s_hidden.as_ref(),
+                                m.adapter.as_ref(),
+                                x.as_ref(),
+                                classification,
+                                b,
+                                m.job.name,
+                            )?;
+                            let lv = loss.to_scalar::<f32>()? as f64;
+                            let store = loss.backward()?;
+                            let mut grads = grads_of(m.model, &store)?;
+                            if let Some(a) = &m.adapter {
+                                grads.extend(grads_of(&adapter_model(a), &store)?);
+                            }
+                            let hits = if classification && obj.val_targets.is_none() {
+                                let v = logits.argmax(1)?.to_vec1::<u32>()?;
+                                v.iter().zip(&cls_buf).filter(|(a, b)| a == b).count()
+                            } else {
+                                0
+                            };
+                            (lv, hits, grads)
+                        }
+                        _ => {
+                            let mut g = zero_grads(m.model);
+                            if let Some(a) = &m.adapter {
+                                g.extend(zero_grads(&adapter_model(a)));
+                            }
+                            (0.0, 0, g)
+                        }
+                    };
+                    let (sum, glv, ghits) = sum_across(comm, &grads, lv, hits, b, full_b);
+                    if !glv.is_finite() || glv > cfg.max_loss {
+                        return Err(divergence(&m.job, epoch, bi, glv));
+                    }
+                    let grads = split_like(&sum, &grads);
+                    let n_model = m.model.params.len();
+                    m.opt.step_slices(m.model, &grads[..n_model], lr)?;
+                    if let (Some(a), Some(ao)) = (&m.adapter, m.adapter_opt.as_mut()) {
+                        ao.step_slices(&adapter_model(a), &grads[n_model..], lr)?;
+                    }
+                    (glv, ghits)
                 } else {
                     let logits = logits.ok_or_else(|| Error::Other("no logits".into()))?;
                     let y = y.as_ref().ok_or_else(|| Error::Other("no labels".into()))?;
-                    let mut terms: Vec<Tensor> = Vec::new();
-                    if obj.label_weight > 0.0 {
-                        let l = if classification {
-                            losses::cross_entropy(&logits, y)?
-                        } else {
-                            losses::mse(&logits, y)?
-                        };
-                        terms.push((l * obj.label_weight as f64)?);
-                    }
-                    for (term, t_out) in obj.soft.iter().zip(&soft_bufs) {
-                        if term.weight == 0.0 {
-                            continue;
-                        }
-                        let l = if classification {
-                            term.loss.autograd(&logits, t_out, y, term.temperature)?
-                        } else {
-                            losses::mse(&logits, &Tensor::from_slice(t_out, (b, 1), &Device::Cpu)?)?
-                        };
-                        terms.push((l * term.weight as f64)?);
-                    }
-                    if let (Some(h), Some(sh), Some(a)) = (&obj.hint, &s_hidden, &m.adapter) {
-                        let x = x
-                            .as_ref()
-                            .ok_or_else(|| Error::Other("no batch tensor".into()))?;
-                        let (_, th) =
-                            h.teacher
-                                .forward_hidden(x, Mode::Eval, Some(h.teacher_layer))?;
-                        let th = th
-                            .ok_or_else(|| Error::Other("teacher hint layer missing".into()))?
-                            .detach();
-                        terms.push((losses::hint_loss(sh, a.as_tensor(), &th)? * h.weight as f64)?);
-                    }
-                    let mut loss = terms.pop().ok_or_else(|| {
-                        Error::Input(format!(
-                            "model {}: every loss term has weight 0",
-                            m.job.name
-                        ))
-                    })?;
-                    for t in terms {
-                        loss = (loss + t)?;
-                    }
+                    let loss = autograd_loss(
+                        obj,
+                        &logits,
+                        y,
+                        &soft_bufs,
+                        s_hidden.as_ref(),
+                        m.adapter.as_ref(),
+                        x.as_ref(),
+                        classification,
+                        b,
+                        m.job.name,
+                    )?;
                     let lv = loss.to_scalar::<f32>()? as f64;
                     if !lv.is_finite() || lv > cfg.max_loss {
                         return Err(divergence(&m.job, epoch, bi, lv));
@@ -648,7 +823,7 @@ pub fn fit_together(
                 for h in m.job.hooks.iter_mut() {
                     h.after_step(m.model)?;
                 }
-                m.tally.add(lv, b, hits);
+                m.tally.add(lv, if dp { full_b } else { b }, hits);
                 let _ = k;
             }
             let (loss, acc) = mean_tally(&members);
@@ -658,7 +833,13 @@ pub fn fit_together(
         let mut stop_all = !members.is_empty();
         let mut summary = String::new();
         for m in members.iter_mut() {
-            let vs = validate(m.model, val, &m.job.hooks, &m.job.objective)?;
+            let vs = validate(
+                m.model,
+                val,
+                &m.job.hooks,
+                &m.job.objective,
+                dp.then_some(comm),
+            )?;
             let tally = std::mem::take(&mut m.tally);
             let record = &mut m.record;
             let c = &mut record.curves;
@@ -673,6 +854,12 @@ pub fn fit_together(
             c.val_loss.push(vs.loss);
             c.lr.push(lr);
             c.seconds.push(secs);
+            if dp {
+                let d = record.data_parallel.get_or_insert_with(Default::default);
+                d.ranks = comm.size();
+                d.steps += n.div_ceil(cfg.batch_size) as u64;
+                d.bytes_sent += crate::dist::bytes_sent() - sent0;
+            }
             record.seconds += secs;
             record.epochs_run = epoch + 1;
             if vs.loss < m.best_val_loss {
@@ -741,6 +928,148 @@ pub fn fit_together(
         records.push(m.record);
     }
     Ok(records)
+}
+
+/// The objective's loss on a batch through candle autograd (the path of models without a
+/// fused pass, hint terms, hooks that replace the forward pass, and peers).
+#[allow(clippy::too_many_arguments)]
+fn autograd_loss(
+    obj: &Objective,
+    logits: &Tensor,
+    y: &Tensor,
+    soft_bufs: &[Vec<f32>],
+    s_hidden: Option<&Tensor>,
+    adapter: Option<&Var>,
+    x: Option<&Tensor>,
+    classification: bool,
+    b: usize,
+    name: &str,
+) -> Result<Tensor> {
+    let mut terms: Vec<Tensor> = Vec::new();
+    if obj.label_weight > 0.0 {
+        let l = if classification {
+            losses::cross_entropy(logits, y)?
+        } else {
+            losses::mse(logits, y)?
+        };
+        terms.push((l * obj.label_weight as f64)?);
+    }
+    for (term, t_out) in obj.soft.iter().zip(soft_bufs) {
+        if term.weight == 0.0 {
+            continue;
+        }
+        let l = if classification {
+            term.loss.autograd(logits, t_out, y, term.temperature)?
+        } else {
+            losses::mse(logits, &Tensor::from_slice(t_out, (b, 1), &Device::Cpu)?)?
+        };
+        terms.push((l * term.weight as f64)?);
+    }
+    if let (Some(h), Some(sh), Some(a)) = (&obj.hint, s_hidden, adapter) {
+        let x = x.ok_or_else(|| Error::Other("no batch tensor".into()))?;
+        let (_, th) = h
+            .teacher
+            .forward_hidden(x, Mode::Eval, Some(h.teacher_layer))?;
+        let th = th
+            .ok_or_else(|| Error::Other("teacher hint layer missing".into()))?
+            .detach();
+        terms.push((losses::hint_loss(sh, a.as_tensor(), &th)? * h.weight as f64)?);
+    }
+    let mut loss = terms
+        .pop()
+        .ok_or_else(|| Error::Input(format!("model {name}: every loss term has weight 0")))?;
+    for t in terms {
+        loss = (loss + t)?;
+    }
+    Ok(loss)
+}
+
+/// Zero gradients shaped like `model`'s parameters (a rank whose slice of a batch is empty).
+fn zero_grads(model: &Model) -> Vec<Vec<f32>> {
+    model
+        .params
+        .iter()
+        .map(|(_, v)| vec![0f32; v.elem_count()])
+        .collect()
+}
+
+/// `model`'s gradients from an autograd pass, one flat vector per parameter (zeros where a
+/// parameter has none).
+fn grads_of(model: &Model, store: &candle_core::backprop::GradStore) -> Result<Vec<Vec<f32>>> {
+    model
+        .params
+        .iter()
+        .map(|(_, v)| match store.get(v.as_tensor()) {
+            Some(g) => Ok(g.flatten_all()?.to_vec1::<f32>()?),
+            None => Ok(vec![0f32; v.elem_count()]),
+        })
+        .collect()
+}
+
+/// Sums data-parallel ranks' gradients of their slices (`b` of the global batch's `full_b`
+/// rows; each slice's loss is a mean over its rows, so each is weighted by `b / full_b`), in
+/// rank order; returns the summed gradients (flat, in `grads`' order) and the global batch's
+/// loss and hits, the same on every rank.
+fn sum_across(
+    comm: &dyn crate::dist::Comm,
+    grads: &[Vec<f32>],
+    lv: f64,
+    hits: usize,
+    b: usize,
+    full_b: usize,
+) -> (Vec<f32>, f64, usize) {
+    let w = b as f32 / full_b.max(1) as f32;
+    let total: usize = grads.iter().map(|g| g.len()).sum();
+    let mut buf = Vec::with_capacity(total + 2);
+    for g in grads.iter() {
+        if w == 1.0 {
+            buf.extend_from_slice(g);
+        } else {
+            buf.extend(g.iter().map(|v| v * w));
+        }
+    }
+    buf.push((lv * b as f64 / full_b.max(1) as f64) as f32);
+    buf.push(hits as f32);
+    comm.sum_in_rank_order(&mut buf);
+    let (lv, hits) = (buf[total] as f64, buf[total + 1] as usize);
+    (buf, lv, hits)
+}
+
+/// `flat` cut into slices as long as `like`'s vectors.
+fn split_like<'f>(flat: &'f [f32], like: &[Vec<f32>]) -> Vec<&'f [f32]> {
+    let mut at = 0;
+    like.iter()
+        .map(|g| {
+            let s = &flat[at..at + g.len()];
+            at += g.len();
+            s
+        })
+        .collect()
+}
+
+/// Every member's outputs on the batch, indexed by member: this rank's (`mine`, for
+/// `share.ids`) and the other ranks', through one all-gather. `len` values per member.
+fn exchange_outputs(share: &Share, mine: Vec<Vec<f32>>, len: usize) -> Result<Vec<Vec<f32>>> {
+    let flat: Vec<f32> = mine.concat();
+    let got = share.comm.all_gather_f32(&flat);
+    let n = share.comm.size();
+    let mut all = vec![Vec::new(); share.k];
+    for (r, buf) in got.iter().enumerate() {
+        let ids: Vec<usize> = (0..share.k)
+            .filter(|&i| crate::dist::owner(i, n) == r)
+            .collect();
+        if buf.len() != ids.len() * len {
+            return Err(Error::Other(format!(
+                "rank {r} sent {} outputs for {} members of {len}",
+                buf.len(),
+                ids.len()
+            )));
+        }
+        for (j, &i) in ids.iter().enumerate() {
+            all[i] = buf[j * len..(j + 1) * len].to_vec();
+        }
+    }
+    Ok(all)
 }
 
 fn first_name(members: &[Member]) -> String {

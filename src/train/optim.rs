@@ -212,7 +212,12 @@ impl Optimizer {
     }
 
     /// Applies one update with gradients given as slices, one per parameter in order.
-    pub fn step_slices(&mut self, model: &Model, grads: &[Vec<f32>], lr: f64) -> Result<()> {
+    pub fn step_slices<G: AsRef<[f32]>>(
+        &mut self,
+        model: &Model,
+        grads: &[G],
+        lr: f64,
+    ) -> Result<()> {
         if grads.len() != model.params.len() {
             return Err(Error::Other(format!(
                 "{} gradients for {} parameters",
@@ -224,7 +229,7 @@ impl Optimizer {
         for (i, (name, var)) in model.params.iter().enumerate() {
             let op = SliceUpdate {
                 p: sp,
-                g: &grads[i],
+                g: grads[i].as_ref(),
                 m: RefCell::new(&mut self.m[i][..]),
                 v: RefCell::new(&mut self.v[i][..]),
             };

@@ -174,6 +174,7 @@ impl Learner for TreeLearner {
             stopped_early: outcome.stopped_early,
             seconds: start.elapsed().as_secs_f64(),
             resumed_from_epoch: None,
+            data_parallel: None,
         };
         *self
             .fitted
