@@ -737,10 +737,11 @@ fn fit_shared(
                         m.opt.step_slices(m.model, &m.ws.grads, lr)?;
                         (lv, hits)
                     }
-                } else if dp {
-                    // Data-parallel through autograd: this rank's rows' gradients, summed
-                    // across the ranks, then the same step everywhere.
-                    let (lv, hits, grads) = match logits {
+                } else {
+                    // Through autograd. Data-parallel: this rank's rows' gradients (none when its
+                    // slice of the batch is empty), summed across the ranks, then the same step
+                    // everywhere.
+                    let local = match logits {
                         Some(logits) if b > 0 => {
                             let y = y.as_ref().ok_or_else(|| Error::Other("no labels".into()))?;
                             let loss = autograd_loss(
@@ -755,70 +756,60 @@ fn fit_shared(
                                 b,
                                 m.job.name,
                             )?;
-                            let lv = loss.to_scalar::<f32>()? as f64;
-                            let store = loss.backward()?;
-                            let mut grads = grads_of(m.model, &store)?;
-                            if let Some(a) = &m.adapter {
-                                grads.extend(grads_of(&adapter_model(a), &store)?);
-                            }
                             let hits = if classification && obj.val_targets.is_none() {
                                 let v = logits.argmax(1)?.to_vec1::<u32>()?;
                                 v.iter().zip(&cls_buf).filter(|(a, b)| a == b).count()
                             } else {
                                 0
                             };
-                            (lv, hits, grads)
+                            Some((loss.to_scalar::<f32>()? as f64, hits, loss))
                         }
-                        _ => {
-                            let mut g = zero_grads(m.model);
-                            if let Some(a) = &m.adapter {
-                                g.extend(zero_grads(&adapter_model(a)));
+                        _ if dp => None,
+                        _ => return Err(Error::Other("no logits".into())),
+                    };
+                    if dp {
+                        let adapter = m.adapter.as_ref().map(adapter_model);
+                        let (lv, hits, grads) = match local {
+                            Some((lv, hits, loss)) => {
+                                let store = loss.backward()?;
+                                let mut grads = grads_of(m.model, &store)?;
+                                if let Some(a) = &adapter {
+                                    grads.extend(grads_of(a, &store)?);
+                                }
+                                (lv, hits, grads)
                             }
-                            (0.0, 0, g)
+                            None => {
+                                let mut g = zero_grads(m.model);
+                                if let Some(a) = &adapter {
+                                    g.extend(zero_grads(a));
+                                }
+                                (0.0, 0, g)
+                            }
+                        };
+                        let (sum, glv, ghits) = sum_across(comm, &grads, lv, hits, b, full_b);
+                        if !glv.is_finite() || glv > cfg.max_loss {
+                            return Err(divergence(&m.job, epoch, bi, glv));
                         }
-                    };
-                    let (sum, glv, ghits) = sum_across(comm, &grads, lv, hits, b, full_b);
-                    if !glv.is_finite() || glv > cfg.max_loss {
-                        return Err(divergence(&m.job, epoch, bi, glv));
-                    }
-                    let grads = split_like(&sum, &grads);
-                    let n_model = m.model.params.len();
-                    m.opt.step_slices(m.model, &grads[..n_model], lr)?;
-                    if let (Some(a), Some(ao)) = (&m.adapter, m.adapter_opt.as_mut()) {
-                        ao.step_slices(&adapter_model(a), &grads[n_model..], lr)?;
-                    }
-                    (glv, ghits)
-                } else {
-                    let logits = logits.ok_or_else(|| Error::Other("no logits".into()))?;
-                    let y = y.as_ref().ok_or_else(|| Error::Other("no labels".into()))?;
-                    let loss = autograd_loss(
-                        obj,
-                        &logits,
-                        y,
-                        &soft_bufs,
-                        s_hidden.as_ref(),
-                        m.adapter.as_ref(),
-                        x.as_ref(),
-                        classification,
-                        b,
-                        m.job.name,
-                    )?;
-                    let lv = loss.to_scalar::<f32>()? as f64;
-                    if !lv.is_finite() || lv > cfg.max_loss {
-                        return Err(divergence(&m.job, epoch, bi, lv));
-                    }
-                    let grads = loss.backward()?;
-                    m.opt.step(m.model, &grads, lr)?;
-                    if let (Some(a), Some(ao)) = (&m.adapter, m.adapter_opt.as_mut()) {
-                        ao.step(&adapter_model(a), &grads, lr)?;
-                    }
-                    let hits = if classification && obj.val_targets.is_none() {
-                        let v = logits.argmax(1)?.to_vec1::<u32>()?;
-                        v.iter().zip(&cls_buf).filter(|(a, b)| a == b).count()
+                        let grads = split_like(&sum, &grads);
+                        let n_model = m.model.params.len();
+                        m.opt.step_slices(m.model, &grads[..n_model], lr)?;
+                        if let (Some(a), Some(ao)) = (&adapter, m.adapter_opt.as_mut()) {
+                            ao.step_slices(a, &grads[n_model..], lr)?;
+                        }
+                        (glv, ghits)
                     } else {
-                        0
-                    };
-                    (lv, hits)
+                        let (lv, hits, loss) =
+                            local.ok_or_else(|| Error::Other("no logits".into()))?;
+                        if !lv.is_finite() || lv > cfg.max_loss {
+                            return Err(divergence(&m.job, epoch, bi, lv));
+                        }
+                        let grads = loss.backward()?;
+                        m.opt.step(m.model, &grads, lr)?;
+                        if let (Some(a), Some(ao)) = (&m.adapter, m.adapter_opt.as_mut()) {
+                            ao.step(&adapter_model(a), &grads, lr)?;
+                        }
+                        (lv, hits)
+                    }
                 };
                 for h in m.job.hooks.iter_mut() {
                     h.after_step(m.model)?;
