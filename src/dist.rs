@@ -230,6 +230,50 @@ pub fn bytes_sent() -> u64 {
     SENT.load(Ordering::Relaxed)
 }
 
+/// The rank and world size a launcher (Open MPI's `mpirun`, MPICH's Hydra, Slurm's `srun`) gave
+/// this process, read from its environment; `None` when it was not started as one of several.
+pub fn launched_as() -> Option<(usize, usize)> {
+    let get = |k: &str| {
+        std::env::var(k)
+            .ok()
+            .and_then(|v| v.trim().parse::<usize>().ok())
+    };
+    [
+        ("OMPI_COMM_WORLD_RANK", "OMPI_COMM_WORLD_SIZE"),
+        ("PMI_RANK", "PMI_SIZE"),
+        ("PMIX_RANK", "PMIX_SIZE"),
+        ("SLURM_PROCID", "SLURM_STEP_NUM_TASKS"),
+    ]
+    .iter()
+    .find_map(|(r, n)| match (get(r), get(n)) {
+        (Some(r), Some(n)) if n > 1 => Some((r, n)),
+        _ => None,
+    })
+}
+
+/// Refuses to run an experiment as one of several processes that did not join one world: a
+/// binary built without the `mpi` feature under `mpirun`, or an MPI that does not talk to the
+/// launcher (`srun` without PMI support). Each process would run the whole experiment alone,
+/// all of them writing the same folder.
+pub fn check_launch() -> crate::error::Result<()> {
+    let Some((r, n)) = launched_as() else {
+        return Ok(());
+    };
+    let size = job().size();
+    if size == n {
+        return Ok(());
+    }
+    Err(crate::error::Error::Input(if cfg!(feature = "mpi") {
+        format!(
+            "this process was started as rank {r} of {n}, but MPI sees a world of {size}: launch it with the mpirun (or an srun with PMI support) of the MPI distillery was built against"
+        )
+    } else {
+        format!(
+            "this process was started as rank {r} of {n} (mpirun or srun), but this distillery was built without MPI: build it with `cargo build --release --features mpi`"
+        )
+    }))
+}
+
 /// The owner of item `i` of `k` (a sub-model) among `n` ranks: `i mod n`.
 pub fn owner(i: usize, n: usize) -> usize {
     i % n.max(1)

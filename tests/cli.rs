@@ -433,3 +433,31 @@ fn thread_count_changes_results_within_tolerance() {
     }
     eprintln!("1 vs 2 threads: largest relative difference in any training loss: {max_rel:e}; identical metrics: {}", a == b);
 }
+
+/// A binary built without MPI, started by mpirun as one of several ranks, refuses to run (each
+/// rank would run the whole experiment alone, into the same folder).
+#[cfg(not(feature = "mpi"))]
+#[test]
+fn started_as_a_rank_without_mpi_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("run");
+    let o = std::process::Command::new(bin())
+        .args([
+            "run",
+            "configs/demo.toml",
+            "--quick",
+            "--out",
+            out.to_str().unwrap(),
+        ])
+        .env("OMPI_COMM_WORLD_RANK", "1")
+        .env("OMPI_COMM_WORLD_SIZE", "2")
+        .current_dir(repo())
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(2));
+    assert_eq!(
+        stderr(&o).trim(),
+        "error: this process was started as rank 1 of 2 (mpirun or srun), but this distillery was built without MPI: build it with `cargo build --release --features mpi`"
+    );
+    assert!(!out.join("metrics.json").exists());
+}

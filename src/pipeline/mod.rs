@@ -231,6 +231,7 @@ pub fn run_experiment(checked: &CheckedConfig, opts: &RunOptions) -> Result<RunS
     let cfg: &ExperimentConfig = checked;
     let resolved = checked.resolved_toml();
     let out = &opts.out;
+    crate::dist::check_launch()?;
     crate::dist::check_same_run(resolved, out)?;
     std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
     let cfg_path = out.join("config.toml");
