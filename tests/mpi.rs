@@ -59,6 +59,7 @@ fn comparable(out: &Path) -> Value {
                         "bytes_sent",
                         "data_parallel",
                         "resumed_from",
+                        "ranks",
                     ]
                     .iter()
                     .any(|s| k.contains(s))
@@ -158,6 +159,12 @@ fn same_answers_as_one_process() {
         }
         if np > 1 {
             let m = common::metrics(&out);
+            assert_eq!(m["ranks"], np);
+            let report = std::fs::read_to_string(out.join("report.md")).unwrap();
+            assert!(
+                report.contains(&format!("Run across {np} MPI ranks")),
+                "{report}"
+            );
             let dp = &m["models"][0]["training"]["data_parallel"];
             assert_eq!(dp["ranks"], np, "{dp}");
             assert!(dp["bytes_sent"].as_u64().unwrap() > 0, "{dp}");

@@ -398,6 +398,7 @@ pub fn run_experiment(checked: &CheckedConfig, opts: &RunOptions) -> Result<RunS
         submodel_groups: store.groups().to_vec(),
         exports: store.exports().to_vec(),
         wall_seconds: start.elapsed().as_secs_f64(),
+        ranks: (crate::dist::world().size() > 1).then(|| crate::dist::world().size()),
     };
     let md = report::write_reports(out, &metrics)?;
     Ok(RunSummary {

@@ -38,6 +38,9 @@ pub struct Metrics {
     pub exports: Vec<crate::store::ExportRecord>,
     /// Wall time of this invocation, seconds.
     pub wall_seconds: f64,
+    /// MPI ranks the run was spread over (absent for one process).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ranks: Option<usize>,
 }
 
 fn fmt_bytes(b: usize) -> String {
@@ -174,6 +177,12 @@ pub fn markdown(m: &Metrics) -> String {
         m.seed,
         m.wall_seconds
     );
+    if let Some(n) = m.ranks {
+        let _ = writeln!(
+            s,
+            "Run across {n} MPI ranks: in each sub-model group, sub-model i trained on rank i mod {n}; every other network trained data-parallel (each rank a slice of every batch). Latency measured on rank 0.\n"
+        );
+    }
     let cls = m.task == Task::Classification;
     if cls {
         s.push_str("| model | role | architecture | params | size | test accuracy | test errors | latency b=1 | latency b=256 | size vs teacher | b=1 speed-up | accuracy Δ vs teacher |\n");
