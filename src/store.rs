@@ -409,37 +409,12 @@ impl RunStore {
         }
     }
 
-    /// Trains `learner` on the training split with a per-epoch checkpoint (resumed from when a
-    /// killed session left one), saves it atomically as `models/<name>.safetensors` with its
-    /// training record, then drops the checkpoint: the model file now marks it finished.
+    /// Trains `learner` on `train` (the training split, or the training split with synthetic
+    /// samples) with a per-epoch checkpoint (resumed from when a killed session left one), saves
+    /// it atomically as `models/<name>.safetensors` with its training record, then drops the
+    /// checkpoint: the model file now marks it finished.
     #[allow(clippy::too_many_arguments)]
     pub fn fit_and_save(
-        &self,
-        name: &str,
-        role: &str,
-        learner: &dyn Learner,
-        train_cfg: &TrainConfig,
-        objective: Objective,
-        hooks: Vec<Box<dyn StepHook + '_>>,
-        compression: Option<compress::StageRecord>,
-    ) -> Result<ModelMeta> {
-        let train = &self.splits.train;
-        self.fit_and_save_on(
-            train,
-            name,
-            role,
-            learner,
-            train_cfg,
-            objective,
-            hooks,
-            compression,
-        )
-    }
-
-    /// [`RunStore::fit_and_save`] on another training set (the training split with synthetic
-    /// samples).
-    #[allow(clippy::too_many_arguments)]
-    pub fn fit_and_save_on(
         &self,
         train: &crate::data::Dataset,
         name: &str,
@@ -451,30 +426,16 @@ impl RunStore {
         compression: Option<compress::StageRecord>,
     ) -> Result<ModelMeta> {
         let ckpt = self.checkpoint_path(name, "ckpt");
-        let record = self.fit_on(train, name, &ckpt, learner, train_cfg, objective, hooks)?;
+        let record = self.fit(train, name, &ckpt, learner, train_cfg, objective, hooks)?;
         let meta = self.save_fitted(name, role, learner, &record, compression)?;
         let _ = std::fs::remove_file(&ckpt);
         Ok(meta)
     }
 
-    /// Trains `learner` on the training split as the job `job` (its random stream), with a
-    /// per-epoch checkpoint at `checkpoint` (resumed from when a killed session left one).
-    pub fn fit(
-        &self,
-        job: &str,
-        checkpoint: &Path,
-        learner: &dyn Learner,
-        train_cfg: &TrainConfig,
-        objective: Objective,
-        hooks: Vec<Box<dyn StepHook + '_>>,
-    ) -> Result<TrainRecord> {
-        let train = &self.splits.train;
-        self.fit_on(train, job, checkpoint, learner, train_cfg, objective, hooks)
-    }
-
-    /// [`RunStore::fit`] on another training set (the training split with synthetic samples).
+    /// Trains `learner` on `train` as the job `job` (its random stream), with a per-epoch
+    /// checkpoint at `checkpoint` (resumed from when a killed session left one).
     #[allow(clippy::too_many_arguments)]
-    pub fn fit_on(
+    pub fn fit(
         &self,
         train: &crate::data::Dataset,
         job: &str,

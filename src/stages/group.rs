@@ -163,6 +163,7 @@ impl Stage for GroupStage {
                         f.alpha,
                     );
                     let meta = store.fit_and_save(
+                        &store.splits.train,
                         &f.name,
                         "student",
                         &model,

@@ -591,7 +591,7 @@ fn train_model(m: &ModelConfig, store: &RunStore) -> Result<()> {
     }
     // The training split, or the split with synthetic samples added.
     let train = augmented.as_ref().unwrap_or(&store.splits.train);
-    store.fit_and_save_on(
+    store.fit_and_save(
         train,
         &m.name,
         m.role().as_str(),
@@ -675,6 +675,7 @@ fn keep_better_than_labels(
     let ckpt = store.checkpoint_path(&m.name, "ckpt");
     let labels_ckpt = store.checkpoint_path(&m.name, "labels.ckpt");
     let distilled = store.fit(
+        &store.splits.train,
         &m.name,
         &ckpt,
         model.as_ref(),
@@ -716,6 +717,7 @@ fn keep_better_than_labels(
                 m.name
             ));
             let labels = store.fit(
+                &store.splits.train,
                 &labels_name,
                 &labels_ckpt,
                 labels_model.as_ref(),

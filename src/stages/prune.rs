@@ -191,6 +191,7 @@ impl Stage for PruneStage {
                         record.weight_sparsity = Some(st.sparsity);
                     }
                     let mut meta = store.fit_and_save(
+                        &store.splits.train,
                         &st.name,
                         "pruned",
                         &model,

@@ -55,53 +55,38 @@ pub fn rows(
     chunk: usize,
     label: &str,
     progress: crate::progress::Progress,
-    compute: impl FnMut(std::ops::Range<usize>) -> Result<Vec<f32>>,
-) -> Result<(Rows, CacheUse)> {
-    let w = crate::dist::world();
-    if w.size() == 1 {
-        return rows_here(dir, key, n, cols, chunk, label, progress, compute);
-    }
-    // Under MPI rank 0 computes the file (alone) and the other ranks read it once it is done.
-    let mine = if w.rank() == 0 {
-        Some(crate::dist::local(|| {
-            rows_here(dir, key, n, cols, chunk, label, progress, compute)
-        })?)
-    } else {
-        None
-    };
-    w.barrier();
-    match mine {
-        Some(r) => Ok(r),
-        None => {
-            let done_path = dir.join(format!("{key}.f32"));
-            let v = read_rows(&done_path, n, cols)?.ok_or_else(|| {
-                Error::Other(format!(
-                    "{}: rank 0 wrote it, and this rank cannot read it (is the run folder on a file system every rank shares?)",
-                    done_path.display()
-                ))
-            })?;
-            Ok((
-                v,
-                CacheUse {
-                    reused: n,
-                    computed: 0,
-                },
-            ))
-        }
-    }
-}
-
-#[allow(clippy::too_many_arguments)]
-fn rows_here(
-    dir: &Path,
-    key: &str,
-    n: usize,
-    cols: usize,
-    chunk: usize,
-    label: &str,
-    progress: crate::progress::Progress,
     mut compute: impl FnMut(std::ops::Range<usize>) -> Result<Vec<f32>>,
 ) -> Result<(Rows, CacheUse)> {
+    let w = crate::dist::world();
+    if w.size() > 1 {
+        // Under MPI rank 0 computes the file (alone, in a world of one) and the other ranks
+        // read it once it is done.
+        let mine = if w.rank() == 0 {
+            Some(crate::dist::local(|| {
+                rows(dir, key, n, cols, chunk, label, progress, compute)
+            })?)
+        } else {
+            None
+        };
+        w.barrier();
+        if let Some(r) = mine {
+            return Ok(r);
+        }
+        let done_path = dir.join(format!("{key}.f32"));
+        let v = read_rows(&done_path, n, cols)?.ok_or_else(|| {
+            Error::Other(format!(
+                "{}: rank 0 wrote it, and this rank cannot read it (is the run folder on a file system every rank shares?)",
+                done_path.display()
+            ))
+        })?;
+        return Ok((
+            v,
+            CacheUse {
+                reused: n,
+                computed: 0,
+            },
+        ));
+    }
     std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
     let done_path = dir.join(format!("{key}.f32"));
     let part_path = dir.join(format!("{key}.part"));
