@@ -95,6 +95,9 @@ pub enum DataFormat {
     Digits,
     /// Texts with labels: a CSV file with a header row, or JSON Lines (`.jsonl`).
     Text,
+    /// Arrays a caller gave in memory (the Python package's `distill` and `submodels`);
+    /// `[[teacher]] outputs` then names an array the caller gave, not a file.
+    Arrays,
 }
 
 /// The `[data]` table.
@@ -543,6 +546,19 @@ impl ExperimentConfig {
                     forbid(f, present)?;
                 }
             }
+            DataFormat::Arrays => {
+                for (f, present) in [
+                    ("path", d.path.is_some()),
+                    ("test_path", d.test_path.is_some()),
+                    ("train_images", d.train_images.is_some()),
+                    ("train_labels", d.train_labels.is_some()),
+                    ("test_images", d.test_images.is_some()),
+                    ("test_labels", d.test_labels.is_some()),
+                    ("label", d.label.is_some()),
+                ] {
+                    forbid(f, present)?;
+                }
+            }
             DataFormat::Digits => {
                 for (f, present) in [
                     ("path", d.path.is_some()),
@@ -600,7 +616,9 @@ impl ExperimentConfig {
             )?;
         }
         let text = d.format == DataFormat::Text;
-        let images = !text && (d.format != DataFormat::Csv || d.image_shape.is_some());
+        let images = !text
+            && (!matches!(d.format, DataFormat::Csv | DataFormat::Arrays)
+                || d.image_shape.is_some());
         let mut seen: Vec<&str> = Vec::new();
         for (i, t) in self.teachers.iter().enumerate() {
             let p = format!("teacher[{i}]");
@@ -624,7 +642,7 @@ impl ExperimentConfig {
             }
             let mut members: Vec<&str> = seen.clone();
             members.extend(self.models.iter().map(|m| m.name.as_str()));
-            t.check(&p, text, &members)?;
+            t.check(&p, text, d.format == DataFormat::Arrays, &members)?;
             seen.push(&t.name);
         }
         for m in &self.models {
@@ -1071,5 +1089,6 @@ fn fmt_name(f: DataFormat) -> &'static str {
         DataFormat::Csv => "csv",
         DataFormat::Digits => "digits",
         DataFormat::Text => "text",
+        DataFormat::Arrays => "arrays",
     }
 }

@@ -24,6 +24,10 @@ pub enum Error {
     /// An error from the tensor library.
     #[error("tensor error: {0}")]
     Tensor(#[from] candle_core::Error),
+    /// The caller asked the work to stop ([`crate::progress::interrupt`]; Ctrl-C in Python).
+    /// Checkpoints written so far are kept: the same run resumes from them.
+    #[error("interrupted")]
+    Interrupted,
     /// Anything else.
     #[error("{0}")]
     Other(String),
@@ -34,6 +38,7 @@ impl Error {
     pub fn exit_code(&self) -> i32 {
         match self {
             Error::Input(_) => 2,
+            Error::Interrupted => 130,
             _ => 1,
         }
     }

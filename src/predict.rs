@@ -243,6 +243,42 @@ fn read_feature_csv(path: &Path, dim: usize, label: Option<&str>) -> Result<Inpu
     Ok(Inputs { x, sources })
 }
 
+/// What a model says of raw inputs (`x`: whole rows, the model's normalisation applied here),
+/// `batch` rows at a time: class probabilities (`rows × classes`) or values in the target's
+/// units (`rows`).
+pub fn probabilities(model: &AnyModel, x: &[f32], batch: usize) -> Result<Vec<f32>> {
+    let meta = &model.meta;
+    let dim = meta.spec.input_dim();
+    if dim == 0 || !x.len().is_multiple_of(dim) {
+        return Err(Error::Input(format!(
+            "inputs: {} values are not whole samples of shape {:?}",
+            x.len(),
+            meta.spec.input_shape
+        )));
+    }
+    let mut x = x.to_vec();
+    meta.normalizer.apply(&mut x, dim);
+    let mut out = model.predict(&x, batch)?;
+    match meta.task {
+        Task::Classification => {
+            let c = meta.spec.outputs;
+            let mut p = vec![0f32; c];
+            for row in out.chunks_exact_mut(c) {
+                crate::losses::softmax::softmax_into(row, 1.0, &mut p);
+                row.copy_from_slice(&p);
+            }
+        }
+        Task::Regression => {
+            if let Some(t) = meta.target_scale {
+                for v in out.iter_mut() {
+                    *v = t.inverse(*v);
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
 /// Normalises `inputs` with the model's normaliser and predicts, `batch` rows at a time.
 pub fn predict(model: &AnyModel, inputs: Inputs, batch: usize) -> Result<Vec<Prediction>> {
     let meta = &model.meta;

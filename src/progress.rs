@@ -2,6 +2,50 @@
 
 use indicatif::{ProgressBar, ProgressStyle};
 use std::io::IsTerminal;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+/// A place for progress lines other than stderr (the Python package sends them to
+/// `sys.stderr`, so that a notebook shows them).
+pub type Sink = Arc<dyn Fn(&str) + Send + Sync>;
+
+static SINK: Mutex<Option<Sink>> = Mutex::new(None);
+
+/// Asks running work to stop: the training loop and tree boosting check at every step and
+/// return [`Error::Interrupted`](crate::error::Error::Interrupted). Checkpoints already written
+/// stay, so the same run resumes from them.
+pub fn interrupt() {
+    INTERRUPTED.store(true, Ordering::SeqCst);
+}
+
+/// Clears an earlier [`interrupt`] (before starting new work).
+pub fn clear_interrupt() {
+    INTERRUPTED.store(false, Ordering::SeqCst);
+}
+
+/// `Err(Interrupted)` once [`interrupt`] has been called.
+pub fn check_interrupt() -> crate::error::Result<()> {
+    if INTERRUPTED.load(Ordering::Relaxed) {
+        Err(crate::error::Error::Interrupted)
+    } else {
+        Ok(())
+    }
+}
+
+/// Sends progress lines to `sink` instead of stderr (`None`: back to stderr).
+pub fn set_sink(sink: Option<Sink>) {
+    *SINK.lock().unwrap_or_else(|p| p.into_inner()) = sink;
+}
+
+fn line(msg: &str) {
+    let sink = SINK.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    match sink {
+        Some(f) => f(msg),
+        None => eprintln!("{msg}"),
+    }
+}
 
 /// How progress is shown.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -52,7 +96,7 @@ impl Progress {
     /// Prints a one-off status line (not in quiet mode).
     pub fn say(&self, msg: &str) {
         if *self != Progress::Quiet {
-            eprintln!("{msg}");
+            line(msg);
         }
     }
 }
@@ -81,9 +125,9 @@ impl EpochProgress {
         match (self.bar, self.mode) {
             (Some(b), _) => {
                 b.finish_and_clear();
-                eprintln!("{}: {summary}", self.label);
+                line(&format!("{}: {summary}", self.label));
             }
-            (None, Progress::Lines) => eprintln!("{}: {summary}", self.label),
+            (None, Progress::Lines) => line(&format!("{}: {summary}", self.label)),
             _ => {}
         }
     }

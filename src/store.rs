@@ -220,6 +220,8 @@ pub struct RunStore {
     teachers: Vec<(String, Box<dyn Teacher>)>,
     /// Outputs known per sample (text encoders, precomputed outputs, mixes), by name.
     known: Vec<(String, crate::teachers::KnownTeacher)>,
+    /// The arrays of `data.format = "arrays"` (teacher outputs among them), when given.
+    pub arrays: Option<std::sync::Arc<crate::data::Arrays>>,
 }
 
 impl RunStore {
@@ -263,6 +265,7 @@ impl RunStore {
             exports: Vec::new(),
             teachers: Vec::new(),
             known: Vec::new(),
+            arrays: None,
         })
     }
 

@@ -104,6 +104,9 @@ pub struct OnnxTeacher {
     input: OnnxInput,
     output: usize,
     normalizer: crate::data::Normalizer,
+    /// Regression: the run's target scale, so that the teacher's values (in the target's
+    /// units) become the standardised values students train on.
+    target_scale: Option<crate::data::TargetScale>,
     dim: usize,
     params: usize,
     plans: std::sync::Mutex<
@@ -131,6 +134,13 @@ impl OnnxTeacher {
         )
     }
 
+    /// A regression teacher: its values are in the target's units, and `scale` (the run's)
+    /// standardises them as the run's targets are.
+    pub fn with_target_scale(mut self, scale: Option<crate::data::TargetScale>) -> OnnxTeacher {
+        self.target_scale = scale;
+        self
+    }
+
     /// The same from the bytes of an ONNX file; `file` names it in errors.
     pub fn from_bytes(
         bytes: Vec<u8>,
@@ -146,6 +156,7 @@ impl OnnxTeacher {
             input,
             output,
             normalizer,
+            target_scale: None,
             dim,
             params: 0,
             plans: Default::default(),
@@ -246,12 +257,13 @@ impl Teacher for OnnxTeacher {
                 out.len()
             ))
         })?;
+        let ts = self.target_scale;
         Ok(o.to_plain_array_view::<f32>()
             .map_err(|e| {
                 crate::error::Error::Input(format!("{}: output {}: {e}", self.file, self.output))
             })?
             .iter()
-            .copied()
+            .map(|&v| ts.map(|t| t.forward(v)).unwrap_or(v))
             .collect())
     }
 }

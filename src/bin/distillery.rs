@@ -317,6 +317,7 @@ fn execute(
         progress: Progress::detect(common.quiet || !rank0),
         only,
         groups,
+        arrays: None,
     };
     let summary = pipeline::run_experiment(cfg, &opts)?;
     if rank0 {

@@ -416,6 +416,70 @@ impl TargetScale {
     }
 }
 
+/// Data a caller gave in memory instead of files (`data.format = "arrays"`: the Python
+/// package's `distill` and `submodels`).
+#[derive(Debug, Clone, Default)]
+pub struct Arrays {
+    /// The samples to split into training, validation and (without `test`) test sets.
+    pub data: Option<Dataset>,
+    /// A separate test set, used as given.
+    pub test: Option<Dataset>,
+    /// Teacher outputs by the name `[[teacher]] outputs` gives.
+    pub outputs: std::collections::BTreeMap<String, ArrayOutputs>,
+}
+
+/// A teacher's outputs given in memory.
+#[derive(Debug, Clone)]
+pub struct ArrayOutputs {
+    /// Values per row.
+    pub cols: usize,
+    /// One row per sample of [`Arrays::data`].
+    pub train: Rows,
+    /// One row per sample of [`Arrays::test`], when given.
+    pub test: Option<Rows>,
+}
+
+impl Arrays {
+    /// A digest of every value, so that a run folder is never resumed on other arrays.
+    pub fn digest(&self) -> String {
+        use sha2::{Digest, Sha256};
+        fn floats(h: &mut Sha256, v: &[f32]) {
+            let mut buf = Vec::with_capacity(4 * 4096);
+            for c in v.chunks(4096) {
+                buf.clear();
+                buf.extend(c.iter().flat_map(|x| x.to_le_bytes()));
+                h.update(&buf);
+            }
+        }
+        let mut h = Sha256::new();
+        let mut put = |d: &Dataset| {
+            h.update(format!("{:?}|", d.shape));
+            floats(&mut h, &d.x);
+            match &d.targets {
+                Targets::Classes { labels, names } => {
+                    h.update(format!("{names:?}"));
+                    for l in labels {
+                        h.update(l.to_le_bytes());
+                    }
+                }
+                Targets::Values(v) => floats(&mut h, v),
+            }
+            h.update(b"|");
+        };
+        for d in self.data.iter().chain(self.test.iter()) {
+            put(d);
+        }
+        for (k, o) in &self.outputs {
+            h.update(format!("{k}|{}|", o.cols));
+            for r in std::iter::once(&o.train).chain(o.test.iter()) {
+                floats(&mut h, r);
+                h.update(b"|");
+            }
+        }
+        format!("{:x}", h.finalize())
+    }
+}
+
 /// The three splits of an experiment, normalised, plus what was fitted to produce them.
 #[derive(Debug, Clone)]
 pub struct Splits {

@@ -14,6 +14,8 @@ pub enum Rows {
     Owned(Arc<Vec<f32>>),
     /// A finished cache file (little-endian f32, mapped read-only).
     Mapped(Arc<memmap2::Mmap>),
+    /// Values owned by someone else and read in place (a NumPy array passed from Python).
+    Borrowed(Arc<dyn AsRef<[f32]> + Send + Sync>),
 }
 
 impl Rows {
@@ -62,6 +64,7 @@ impl std::ops::Deref for Rows {
                 // in `map`), every bit pattern is a valid f32, and the bytes live as long as `m`.
                 unsafe { std::slice::from_raw_parts(b.as_ptr() as *const f32, b.len() / 4) }
             }
+            Rows::Borrowed(b) => (**b).as_ref(),
         }
     }
 }
@@ -71,6 +74,7 @@ impl std::fmt::Debug for Rows {
         let kind = match self {
             Rows::Owned(_) => "in memory",
             Rows::Mapped(_) => "mapped",
+            Rows::Borrowed(_) => "borrowed",
         };
         write!(f, "Rows({} values, {kind})", self.len())
     }
@@ -78,14 +82,14 @@ impl std::fmt::Debug for Rows {
 
 impl std::ops::DerefMut for Rows {
     /// Mutable values: shared ones are copied first (copy on write), and a mapped file is
-    /// read into memory (it is never written through).
+    /// read into memory (it is never written through), as are borrowed values.
     fn deref_mut(&mut self) -> &mut [f32] {
-        if let Rows::Mapped(_) = self {
+        if !matches!(self, Rows::Owned(_)) {
             *self = Rows::from(self.to_vec());
         }
         match self {
             Rows::Owned(v) => Arc::make_mut(v).as_mut_slice(),
-            Rows::Mapped(_) => unreachable!("converted above"),
+            _ => unreachable!("converted above"),
         }
     }
 }

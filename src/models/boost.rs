@@ -1165,6 +1165,7 @@ fn fit_boosted(
             seconds: start.elapsed().as_secs_f64(),
         });
         on_round(&rounds[rounds.len() - 1]);
+        crate::progress::check_interrupt()?;
         if val.is_some() {
             if val_loss < best_loss {
                 best_loss = val_loss;

@@ -27,6 +27,8 @@ pub struct RunOptions {
     pub only: Option<Vec<String>>,
     /// Run the `[[submodels]]` groups (off when training teachers alone).
     pub groups: bool,
+    /// The data and teacher outputs of `data.format = "arrays"`, given in memory.
+    pub arrays: Option<std::sync::Arc<data::Arrays>>,
 }
 
 impl RunOptions {
@@ -37,6 +39,7 @@ impl RunOptions {
             progress: Progress::detect(false),
             only: None,
             groups: true,
+            arrays: None,
         }
     }
 }
@@ -52,9 +55,49 @@ pub struct RunSummary {
 
 /// Loads the data the config names and makes the train/val/test splits.
 pub fn load_splits(cfg: &ExperimentConfig) -> Result<Splits> {
+    load_splits_with(cfg, None)
+}
+
+/// Like [`load_splits`], with the arrays of `data.format = "arrays"` when the caller gave them.
+pub fn load_splits_with(cfg: &ExperimentConfig, arrays: Option<&data::Arrays>) -> Result<Splits> {
     let d = &cfg.data;
     let (full, test, default_norm) = match d.format {
         DataFormat::Text => return load_text_splits(cfg),
+        DataFormat::Arrays => {
+            let a = arrays.and_then(|a| a.data.clone()).ok_or_else(|| {
+                Error::Input(
+                    "data.format = \"arrays\": the data are arrays given from Python (distillery.distill, distillery.submodels); an experiment file names csv, idx, digits or text data".into(),
+                )
+            })?;
+            if let Some(s) = &d.image_shape {
+                if &a.shape != s {
+                    return Err(Error::Input(format!(
+                        "data.image_shape: {s:?}, but the arrays' samples have shape {:?}",
+                        a.shape
+                    )));
+                }
+            }
+            let test = arrays.and_then(|a| a.test.clone());
+            if let Some(t) = &test {
+                if t.shape != a.shape {
+                    return Err(Error::Input(format!(
+                        "test arrays: samples of shape {:?}, but the training arrays' are {:?}",
+                        t.shape, a.shape
+                    )));
+                }
+                if t.targets.task() != a.targets.task() {
+                    return Err(Error::Input(
+                        "test arrays: the targets are not of the same task as the training arrays' (class labels against values)".into(),
+                    ));
+                }
+            }
+            let norm = if a.shape.len() == 3 {
+                NormalizeKind::Global
+            } else {
+                NormalizeKind::PerFeature
+            };
+            (a, test, norm)
+        }
         DataFormat::Digits => (data::embedded_digits()?, None, NormalizeKind::Global),
         DataFormat::Idx => {
             let ti = d
@@ -192,6 +235,15 @@ fn data_source(cfg: &ExperimentConfig, splits: &Splits) -> String {
     let d = &cfg.data;
     match d.format {
         DataFormat::Digits => "embedded UCI 8×8 digits".into(),
+        DataFormat::Arrays => format!(
+            "arrays given from Python ({} samples{})",
+            splits.source_rows,
+            if splits.test_from_file {
+                ", and a test set"
+            } else {
+                ""
+            }
+        ),
         DataFormat::Idx => format!(
             "IDX {}",
             d.train_images
@@ -254,7 +306,23 @@ pub fn run_experiment(checked: &CheckedConfig, opts: &RunOptions) -> Result<RunS
         }
     }
 
-    let splits = load_splits(cfg)?;
+    if let Some(a) = &opts.arrays {
+        // A run folder is resumed only on the same arrays.
+        let digest = a.digest();
+        let f = out.join("arrays.sha256");
+        if f.exists() {
+            let old = std::fs::read_to_string(&f).map_err(|e| Error::io(&f, e))?;
+            if old.trim() != digest {
+                return Err(Error::Input(format!(
+                    "{}: this output folder holds a run on other arrays; use another out folder (or delete it) to start a new run",
+                    out.display()
+                )));
+            }
+        } else {
+            crate::io::write_atomic_str(&f, &digest)?;
+        }
+    }
+    let splits = load_splits_with(cfg, opts.arrays.as_deref())?;
     let shape = splits.train.shape.clone();
     let outputs = splits.train.outputs();
     let task = splits.train.targets.task();
@@ -335,6 +403,7 @@ pub fn run_experiment(checked: &CheckedConfig, opts: &RunOptions) -> Result<RunS
 
     let stages = checked.stages(only, opts.groups);
     let mut store = RunStore::open(out, splits, cfg.seed, cfg.eval.clone(), progress)?;
+    store.arrays = opts.arrays.clone();
     for stage in &stages {
         stage.run(&mut store)?;
     }
@@ -411,22 +480,30 @@ pub fn run_experiment(checked: &CheckedConfig, opts: &RunOptions) -> Result<RunS
 /// model file is applied). Returns the scores and the number of samples.
 pub fn evaluate_file(model_path: &Path, data: Dataset) -> Result<(Scores, ModelMeta)> {
     let model = crate::compress::load_any(model_path)?;
-    let meta = model.meta.clone();
+    let scores = evaluate_model(&model, data, &model_path.display().to_string())?;
+    Ok((scores, model.meta))
+}
+
+/// Evaluates a model on raw data (its normalisation is applied here); `name` names the model
+/// in messages.
+pub fn evaluate_model(
+    model: &crate::compress::AnyModel,
+    data: Dataset,
+    name: &str,
+) -> Result<Scores> {
+    let meta = &model.meta;
     let mut data = data;
     // Only the input must fit: a test file may hold fewer classes than the model knows (the
     // class names are mapped below), and regression files have one target.
     if meta.spec.input_dim() != data.dim() {
         return Err(Error::Input(format!(
-            "{}: the model takes inputs of shape {:?} but the data have shape {:?}",
-            model_path.display(),
-            meta.spec.input_shape,
-            data.shape
+            "{name}: the model takes inputs of shape {:?} but the data have shape {:?}",
+            meta.spec.input_shape, data.shape
         )));
     }
     if meta.task != data.targets.task() {
         return Err(Error::Input(format!(
-            "{}: a {:?} model cannot be evaluated on {:?} data",
-            model_path.display(),
+            "{name}: a {:?} model cannot be evaluated on {:?} data",
             meta.task,
             data.targets.task()
         )));
@@ -451,9 +528,8 @@ pub fn evaluate_file(model_path: &Path, data: Dataset) -> Result<(Scores, ModelM
                 Some(k) => *l = k as u32,
                 None => {
                     return Err(Error::Input(format!(
-                        "the data hold class '{}', which model {} does not know (classes: {})",
+                        "the data hold class '{}', which model {name} does not know (classes: {})",
                         dn[*l as usize],
-                        model_path.display(),
                         names.join(", ")
                     )))
                 }
@@ -461,6 +537,5 @@ pub fn evaluate_file(model_path: &Path, data: Dataset) -> Result<(Scores, ModelM
         }
         *dn = names.clone();
     }
-    let scores = eval::evaluate(&model, &data, meta.target_scale.as_ref())?;
-    Ok((scores, meta))
+    eval::evaluate(model, &data, meta.target_scale.as_ref())
 }

@@ -126,8 +126,9 @@ fn one() -> f32 {
 
 impl TeacherConfig {
     /// Checks the table; `p` is its path for messages, `text` whether the data are texts,
-    /// `earlier` the teachers and models declared before it.
-    pub fn check(&self, p: &str, text: bool, earlier: &[&str]) -> Result<()> {
+    /// `arrays` whether they are arrays given in memory (then `outputs` and `test_outputs`
+    /// name arrays, not files), `earlier` the teachers and models declared before it.
+    pub fn check(&self, p: &str, text: bool, arrays: bool, earlier: &[&str]) -> Result<()> {
         let sources = [
             self.onnx.is_some(),
             self.bert.is_some(),
@@ -147,7 +148,9 @@ impl TeacherConfig {
             ("test_outputs", &self.test_outputs),
         ] {
             if let Some(path) = path {
-                if !path.exists() {
+                // With arrays, `outputs` names an array the caller gave, not a file.
+                let named_array = arrays && f.contains("outputs");
+                if !named_array && !path.exists() {
                     bad_field(
                         &format!("{p}.{f}"),
                         &format!("'{}' does not exist", path.display()),
@@ -258,7 +261,8 @@ fn onnx_teacher(c: &TeacherConfig, onnx: &Path, store: &mut RunStore) -> Result<
     let splits = &store.splits;
     let d = splits.train.dim();
     let outputs = splits.train.outputs();
-    let t = OnnxTeacher::load(onnx, d, c.input, c.output, splits.normalizer.clone())?;
+    let t = OnnxTeacher::load(onnx, d, c.input, c.output, splits.normalizer.clone())?
+        .with_target_scale(splits.target_scale);
     let probe = t.predict_rows(&splits.train.x[..d], 1)?;
     if probe.len() != outputs {
         return Err(Error::Input(format!(
@@ -558,39 +562,7 @@ pub fn read_outputs(
     let mut out = Vec::new();
     let bad = |line: usize, what: String| Error::Input(format!("{name}:{line}: {what}"));
     let mut push_row = |row: Vec<f64>, line: usize| -> Result<()> {
-        if row.len() != outputs {
-            return Err(bad(
-                line,
-                format!(
-                    "{} values, but the data have {outputs} {}",
-                    row.len(),
-                    what_outputs(outputs)
-                ),
-            ));
-        }
-        if let Some(i) = row.iter().position(|v| !v.is_finite()) {
-            return Err(bad(line, format!("value {} is not a finite number", i + 1)));
-        }
-        match kind {
-            OutputsKind::Logits => out.extend(row.iter().map(|&v| v as f32)),
-            OutputsKind::LogProbs | OutputsKind::TopK => {
-                if row.iter().any(|&v| v > 1e-4) {
-                    return Err(bad(line, "a log-probability above 0".into()));
-                }
-                out.extend(row.iter().map(|&v| v as f32));
-            }
-            OutputsKind::Probs => {
-                let sum: f64 = row.iter().sum();
-                if row.iter().any(|&v| v < 0.0) || (sum - 1.0).abs() > 1e-3 {
-                    return Err(bad(
-                        line,
-                        format!("probabilities must be ≥ 0 and sum to 1 (they sum to {sum:.4})"),
-                    ));
-                }
-                out.extend(row.iter().map(|&v| v.max(1e-12).ln() as f32));
-            }
-        }
-        Ok(())
+        output_row(&row, kind, outputs, &mut out).map_err(|e| bad(line, e))
     };
     if jsonl {
         for (i, line) in data.split(|&b| b == b'\n').enumerate() {
@@ -686,18 +658,132 @@ fn top_k_row(
         .collect())
 }
 
+/// One row of teacher outputs of the given kind, checked, appended to `out` as logits
+/// (log-probabilities for the probability kinds).
+fn output_row(
+    row: &[f64],
+    kind: OutputsKind,
+    outputs: usize,
+    out: &mut Vec<f32>,
+) -> std::result::Result<(), String> {
+    if row.len() != outputs {
+        return Err(format!(
+            "{} values, but the data have {outputs} {}",
+            row.len(),
+            what_outputs(outputs)
+        ));
+    }
+    if let Some(i) = row.iter().position(|v| !v.is_finite()) {
+        return Err(format!("value {} is not a finite number", i + 1));
+    }
+    match kind {
+        OutputsKind::Logits => out.extend(row.iter().map(|&v| v as f32)),
+        OutputsKind::LogProbs | OutputsKind::TopK => {
+            if row.iter().any(|&v| v > 1e-4) {
+                return Err("a log-probability above 0".into());
+            }
+            out.extend(row.iter().map(|&v| v as f32));
+        }
+        OutputsKind::Probs => {
+            let sum: f64 = row.iter().sum();
+            if row.iter().any(|&v| v < 0.0) || (sum - 1.0).abs() > 1e-3 {
+                return Err(format!(
+                    "probabilities must be ≥ 0 and sum to 1 (they sum to {sum:.4})"
+                ));
+            }
+            out.extend(row.iter().map(|&v| v.max(1e-12).ln() as f32));
+        }
+    }
+    Ok(())
+}
+
+/// Teacher outputs given as an array in memory (`data.format = "arrays"`), checked and
+/// converted as a file's rows are; `what` names the array in messages.
+fn array_outputs(
+    values: &[f32],
+    cols: usize,
+    kind: OutputsKind,
+    outputs: usize,
+    what: &str,
+) -> Result<Vec<f32>> {
+    if kind == OutputsKind::TopK {
+        return Err(Error::Input(format!(
+            "{what}: top-k outputs are read from JSON Lines files; give an array of logits or probabilities"
+        )));
+    }
+    if cols != outputs {
+        return Err(Error::Input(format!(
+            "{what}: {cols} columns, but the data have {outputs} {}",
+            what_outputs(outputs)
+        )));
+    }
+    let mut out = Vec::with_capacity(values.len());
+    let mut row = Vec::with_capacity(outputs);
+    for (i, r) in values.chunks_exact(outputs.max(1)).enumerate() {
+        row.clear();
+        row.extend(r.iter().map(|&v| v as f64));
+        output_row(&row, kind, outputs, &mut out)
+            .map_err(|e| Error::Input(format!("{what}: row {i}: {e}")))?;
+    }
+    Ok(out)
+}
+
 fn precomputed_teacher(c: &TeacherConfig, file: &Path, store: &mut RunStore) -> Result<()> {
     let s = &store.splits;
     let outputs = s.train.outputs();
     let classes = s.train.class_names().unwrap_or(&[]).to_vec();
-    let all = read_outputs(file, c.outputs_kind, &classes, outputs)?;
+    // Arrays given in memory (from Python), or a file.
+    let given = match &store.arrays {
+        Some(a) => {
+            let key = file.display().to_string();
+            let o = a.outputs.get(&key).ok_or_else(|| {
+                Error::Input(format!(
+                    "teacher.{}.outputs: no array named '{key}' was given",
+                    c.name
+                ))
+            })?;
+            let what = format!("teacher.{}.outputs", c.name);
+            let tr = array_outputs(&o.train, o.cols, c.outputs_kind, outputs, &what)?;
+            let te = o
+                .test
+                .as_ref()
+                .map(|t| {
+                    let w = format!("{what} (test)");
+                    array_outputs(t, o.cols, c.outputs_kind, outputs, &w)
+                })
+                .transpose()?;
+            Some((tr, te))
+        }
+        None => None,
+    };
+    let from_arrays = given.is_some();
+    let (mut all, mut given_test) = match given {
+        Some((tr, te)) => (tr, Some(te)),
+        None => (read_outputs(file, c.outputs_kind, &classes, outputs)?, None),
+    };
+    // Regression values are in the target's units: standardise them as the targets are.
+    if let Some(ts) = s.target_scale {
+        for v in all
+            .iter_mut()
+            .chain(given_test.iter_mut().flatten().flatten())
+        {
+            *v = ts.forward(*v);
+        }
+    }
     let rows = all.len() / outputs.max(1);
     if rows != s.source_rows {
-        return Err(Error::Input(format!(
-            "{}: {rows} rows, but the data file has {} samples; give one row per sample, in the data file's order",
-            file.display(),
-            s.source_rows
-        )));
+        return Err(Error::Input(if from_arrays {
+            format!(
+                "teacher.{}.outputs: {rows} rows, but the data arrays have {} samples; give one row per sample, in the same order",
+                c.name, s.source_rows
+            )
+        } else {
+            format!(
+                "{}: {rows} rows, but the data file has {} samples; give one row per sample, in the data file's order",
+                file.display(),
+                s.source_rows
+            )
+        }));
     }
     let pick = |d: &Dataset| -> Vec<f32> {
         d.rows
@@ -706,6 +792,17 @@ fn precomputed_teacher(c: &TeacherConfig, file: &Path, store: &mut RunStore) -> 
             .collect()
     };
     let test = match (&c.test_outputs, s.test_from_file) {
+        (_, true) if given_test.is_some() => match given_test.flatten() {
+            Some(v) if v.len() / outputs.max(1) != s.test.len() => {
+                return Err(Error::Input(format!(
+                    "teacher.{}.outputs (test): {} rows, but the test arrays have {} samples",
+                    c.name,
+                    v.len() / outputs.max(1),
+                    s.test.len()
+                )))
+            }
+            v => v,
+        },
         (Some(t), true) => {
             let v = read_outputs(t, c.outputs_kind, &classes, outputs)?;
             if v.len() / outputs.max(1) != s.test.len() {
@@ -715,6 +812,10 @@ fn precomputed_teacher(c: &TeacherConfig, file: &Path, store: &mut RunStore) -> 
                     v.len() / outputs.max(1),
                     s.test.len()
                 )));
+            }
+            let mut v = v;
+            if let Some(ts) = s.target_scale {
+                v.iter_mut().for_each(|x| *x = ts.forward(*x));
             }
             Some(v)
         }
@@ -727,12 +828,16 @@ fn precomputed_teacher(c: &TeacherConfig, file: &Path, store: &mut RunStore) -> 
         val: pick(&s.val).into(),
         test: test.map(Into::into),
     };
+    let what = if from_arrays {
+        "outputs given from Python".to_string()
+    } else {
+        format!("outputs {}", file.display())
+    };
     store.progress.say(&format!(
-        "{}: precomputed outputs {} ({rows} rows of {outputs})",
-        c.name,
-        file.display()
+        "{}: precomputed {what} ({rows} rows of {outputs})",
+        c.name
     ));
-    record_known(c, store, &known, format!("outputs {}", file.display()))?;
+    record_known(c, store, &known, what)?;
     store.add_known(
         &c.name,
         KnownTeacher {

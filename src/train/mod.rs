@@ -559,6 +559,7 @@ fn fit_shared(
             m.tally = Tally::default();
         }
         for (bi, full_idx) in perm.chunks(cfg.batch_size).enumerate() {
+            crate::progress::check_interrupt()?;
             let full_b = full_idx.len();
             let (lo, hi) = if dp {
                 (
