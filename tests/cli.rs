@@ -75,10 +75,49 @@ fn demo_end_to_end() {
     assert!(models[1]["params"].as_u64().unwrap() * 50 < models[0]["params"].as_u64().unwrap());
     let report = std::fs::read_to_string(out.join("report.md")).unwrap();
     assert!(report.contains("| teacher | teacher |") && report.contains("student-kd"));
-    for p in ["loss.svg", "val_accuracy.svg", "accuracy_vs_size.svg"] {
+    for p in [
+        "val_accuracy.svg",
+        "accuracy_vs_size.svg",
+        "accuracy_vs_latency.svg",
+        "rounds-sub.svg",
+        "curves-teacher.svg",
+        "curves-student-kd.svg",
+    ] {
         let svg = std::fs::read_to_string(out.join("plots").join(p)).unwrap();
-        assert!(svg.starts_with("<svg") && svg.contains("</svg>"));
+        assert!(svg.starts_with("<svg") && svg.contains("</svg>"), "{p}");
+        assert!(
+            report.contains(&format!("](plots/{p})")),
+            "{p} not in report.md"
+        );
     }
+    // The trade-off plot marks the front; the disagreement plot draws the tolerance and the
+    // round kept.
+    let size = std::fs::read_to_string(out.join("plots/accuracy_vs_size.svg")).unwrap();
+    assert!(size.contains("◆ front") && size.contains("kB"), "{size}");
+    let dis = std::fs::read_to_string(out.join("plots/disagreement.svg")).unwrap();
+    assert!(dis.contains("tolerance") && dis.contains("kept"), "{dis}");
+    // report.html: self-contained, every plot inline, the config and the model files linked.
+    let html = std::fs::read_to_string(out.join("report.html")).unwrap();
+    assert_eq!(
+        html.matches("<figure").count(),
+        report.matches("](plots/").count()
+    );
+    for bad in [
+        "src=\"http",
+        "href=\"http",
+        "<link",
+        "<script src",
+        "@import",
+        "url(",
+    ] {
+        assert!(
+            !html.contains(bad),
+            "report.html loads something from outside: {bad}"
+        );
+    }
+    assert!(html.contains("format = &quot;digits&quot;"));
+    assert!(html.contains("<a href=\"models/teacher.safetensors\">"));
+    assert!(html.contains(">test accuracy</th>") && html.contains("dataset.ready"));
     let cfg = std::fs::read_to_string(out.join("config.toml")).unwrap();
     assert!(cfg.contains("format = \"digits\""));
     // No checkpoints or temporary files are left once the run is complete.
@@ -110,6 +149,67 @@ fn demo_end_to_end() {
         assert_eq!(x["latency_us_b1"], y["latency_us_b1"], "{}", x["name"]);
         assert_eq!(x["latency_us_b256"], y["latency_us_b256"], "{}", x["name"]);
     }
+}
+
+#[test]
+fn report_and_compare_verbs() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = dir.path().join("a");
+    let b = dir.path().join("b");
+    for (out, seed) in [(&a, "seed=3"), (&b, "seed=9")] {
+        let o = run(&[
+            "demo",
+            "--quick",
+            "-q",
+            "--set",
+            seed,
+            "--out",
+            out.to_str().unwrap(),
+        ]);
+        assert!(o.status.success(), "{}", stderr(&o));
+    }
+    // `report` makes the report and plots again from metrics.json alone.
+    let md = std::fs::read_to_string(a.join("report.md")).unwrap();
+    let size = std::fs::read_to_string(a.join("plots/accuracy_vs_size.svg")).unwrap();
+    std::fs::remove_file(a.join("report.md")).unwrap();
+    std::fs::remove_file(a.join("report.html")).unwrap();
+    std::fs::remove_dir_all(a.join("plots")).unwrap();
+    let o = run(&["report", a.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(std::fs::read_to_string(a.join("report.md")).unwrap(), md);
+    assert_eq!(
+        std::fs::read_to_string(a.join("plots/accuracy_vs_size.svg")).unwrap(),
+        size
+    );
+    assert!(a.join("report.html").exists());
+    // `compare` puts both runs' models in one table and one plot.
+    let c = dir.path().join("c");
+    let o = run(&[
+        "compare",
+        a.to_str().unwrap(),
+        b.to_str().unwrap(),
+        "--out",
+        c.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let cmp = std::fs::read_to_string(c.join("compare.md")).unwrap();
+    assert!(
+        cmp.contains("| 1 | teacher |") && cmp.contains("| 2 | teacher |"),
+        "{cmp}"
+    );
+    let svg = std::fs::read_to_string(c.join("accuracy_vs_size.svg")).unwrap();
+    assert!(svg.contains("1: teacher") && svg.contains("2: student-kd"));
+    assert!(std::fs::read_to_string(c.join("compare.html"))
+        .unwrap()
+        .contains("<figure"));
+    // A folder that holds no run: exit 2, naming the file.
+    let o = run(&["compare", a.to_str().unwrap(), dir.path().to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        stderr(&o).contains("metrics.json: file not found"),
+        "{}",
+        stderr(&o)
+    );
 }
 
 #[test]

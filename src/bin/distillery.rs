@@ -81,6 +81,20 @@ enum Verb {
         #[command(flatten)]
         common: Common,
     },
+    /// Make report.md, report.html and the plots again from a run folder's metrics.json.
+    Report {
+        /// Run folder (holds metrics.json).
+        dir: PathBuf,
+    },
+    /// Put the models of several runs in one table and one accuracy–size plot.
+    Compare {
+        /// Run folders (each holds metrics.json).
+        #[arg(required = true, num_args = 2..)]
+        dirs: Vec<PathBuf>,
+        /// Where compare.md, compare.html and the plot go.
+        #[arg(long, default_value = "runs/compare")]
+        out: PathBuf,
+    },
     /// Evaluate a saved model on a data set.
     Evaluate {
         /// Model file (.safetensors written by distillery).
@@ -238,6 +252,24 @@ fn dispatch(cli: Cli) -> Result<()> {
             json,
         } => evaluate(&model, images, labels, csv, label, digits, json),
         Verb::Check { config, common } => check(&config, &common),
+        Verb::Report { dir } => {
+            let md = distillery::report::rebuild(&dir)?;
+            println!("{md}");
+            println!(
+                "report.md, report.html and plots/ written to {}",
+                dir.display()
+            );
+            Ok(())
+        }
+        Verb::Compare { dirs, out } => {
+            let md = distillery::report::compare(&dirs, &out)?;
+            println!("{md}");
+            println!(
+                "compare.md, compare.html and the plot written to {}",
+                out.display()
+            );
+            Ok(())
+        }
         Verb::Export { model, format, out } => export(&model, format, &out),
         Verb::Predict {
             model,

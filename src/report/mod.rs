@@ -1,13 +1,15 @@
-//! Run reports: `metrics.json` (machine-readable), `report.md` (the side-by-side table) and
-//! SVG plots (training curves; accuracy vs size). Built from what the stages recorded, never by
-//! re-training.
+//! Run reports: `metrics.json` (machine-readable), `report.md` (the side-by-side table),
+//! `report.html` (the same, self-contained, with the plots inline) and SVG plots (the trade-offs
+//! of score against size and latency with their front; training curves; sub-model rounds;
+//! compression). Built from what the stages recorded, never by re-training, so
+//! `distillery report DIR` redoes them from `metrics.json` alone.
 
+pub mod html;
 pub mod plot;
 
 use crate::data::Task;
 use crate::error::{Error, Result};
 pub use crate::store::{DataSummary, DistillSummary, ModelMetrics, Ratios};
-use plot::{line_chart, scatter_chart, Series};
 use serde::{Deserialize, Serialize};
 use std::fmt::Write;
 use std::path::Path;
@@ -407,16 +409,12 @@ pub fn markdown(m: &Metrics) -> String {
             }
         );
     }
-    s.push_str("\n## Plots\n\n![training loss](plots/loss.svg)\n\n");
-    if !m.submodel_groups.is_empty() {
-        s.push_str("![disagreement per round](plots/disagreement.svg)\n\n");
-    }
-    if cls {
-        s.push_str("![validation accuracy](plots/val_accuracy.svg)\n\n![accuracy vs size](plots/accuracy_vs_size.svg)\n");
-    } else {
-        s.push_str(
-            "![validation MSE](plots/val_mse.svg)\n\n![MSE vs size](plots/mse_vs_size.svg)\n",
-        );
+    let plots = plot_list(m);
+    if !plots.is_empty() {
+        s.push_str("\n## Plots\n\n");
+        for (file, caption) in &plots {
+            let _ = writeln!(s, "![{caption}](plots/{file})\n");
+        }
     }
     s
 }
@@ -425,128 +423,461 @@ pub fn markdown(m: &Metrics) -> String {
 pub fn write_reports(out: &Path, m: &Metrics) -> Result<String> {
     let json = serde_json::to_string_pretty(m).map_err(|e| Error::Other(e.to_string()))?;
     crate::io::write_atomic_str(&out.join("metrics.json"), &json)?;
+    render(out, m)
+}
+
+/// Writes `report.md`, the plots and `report.html` from `m` (what `distillery report DIR`
+/// redoes from a run folder's `metrics.json`). Returns the Markdown.
+pub fn render(out: &Path, m: &Metrics) -> Result<String> {
     let md = markdown(m);
     crate::io::write_atomic_str(&out.join("report.md"), &md)?;
-    let plots = out.join("plots");
-    let mut loss = Vec::new();
-    let mut val = Vec::new();
-    for x in &m.models {
-        if let Some(t) = &x.training {
-            let c = &t.curves;
-            let ep: Vec<f64> = c.epoch.iter().map(|&e| e as f64).collect();
-            loss.push(Series {
-                name: format!("{} train", x.name),
-                points: ep
-                    .iter()
-                    .copied()
-                    .zip(c.train_loss.iter().copied())
-                    .collect(),
-                dashed: false,
-            });
-            loss.push(Series {
-                name: format!("{} val", x.name),
-                points: ep.iter().copied().zip(c.val_loss.iter().copied()).collect(),
-                dashed: true,
-            });
-            let v = if m.task == Task::Classification {
-                &c.val_accuracy
+    let dir = out.join("plots");
+    std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+    let tolerances = tolerances(out);
+    let mut svgs = Vec::new();
+    for (file, _) in plot_list(m) {
+        let svg = draw(m, &file, &tolerances)?;
+        crate::io::write_atomic_str(&dir.join(&file), &svg)?;
+        svgs.push((file, svg));
+    }
+    let config = std::fs::read_to_string(out.join("config.toml")).ok();
+    let page = html::page(m, &md, &svgs, config.as_deref(), out);
+    crate::io::write_atomic_str(&out.join("report.html"), &page)?;
+    Ok(md)
+}
+
+/// Each sub-model group's tolerance, from the run's resolved `config.toml` (the records do not
+/// hold it).
+fn tolerances(out: &Path) -> Vec<(String, f64)> {
+    let Ok(text) = std::fs::read_to_string(out.join("config.toml")) else {
+        return Vec::new();
+    };
+    let Ok(t) = toml::from_str::<toml::Table>(&text) else {
+        return Vec::new();
+    };
+    t.get("submodels")
+        .and_then(|v| v.as_array())
+        .map(|a| {
+            a.iter()
+                .filter_map(|g| {
+                    let name = g.get("name")?.as_str()?.to_string();
+                    let tol = g
+                        .get("transfer")
+                        .and_then(|t| t.get("tolerance"))
+                        .and_then(|v| v.as_float().or_else(|| v.as_integer().map(|i| i as f64)))
+                        .unwrap_or(crate::submodels::TransferConfig::default().tolerance);
+                    Some((name, tol))
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// A file name made of a model's or group's name.
+fn slug(name: &str) -> String {
+    name.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
             } else {
-                &c.val_mse
-            };
-            val.push(Series {
-                name: x.name.clone(),
-                points: ep.iter().copied().zip(v.iter().copied()).collect(),
-                dashed: false,
-            });
+                '_'
+            }
+        })
+        .collect()
+}
+
+/// The plots a run gets, each with its caption, in report order.
+pub fn plot_list(m: &Metrics) -> Vec<(String, String)> {
+    let cls = m.task == Task::Classification;
+    let score = if cls { "accuracy" } else { "mse" };
+    let mut v = vec![(
+        format!("{score}_vs_size.svg"),
+        format!(
+            "test {} against size, with the front of models no other beats on both",
+            if cls { "accuracy" } else { "MSE" }
+        ),
+    )];
+    if m.models.iter().any(|x| x.latency_us_b1 > 0.0) {
+        v.push((
+            format!("{score}_vs_latency.svg"),
+            format!(
+                "test {} against batch-1 latency, with the front",
+                if cls { "accuracy" } else { "MSE" }
+            ),
+        ));
+    }
+    if m.models.iter().any(|x| x.training.is_some()) {
+        v.push((
+            if cls {
+                "val_accuracy.svg"
+            } else {
+                "val_mse.svg"
+            }
+            .to_string(),
+            format!(
+                "validation {} per epoch, every trained model",
+                if cls { "accuracy" } else { "MSE" }
+            ),
+        ));
+    }
+    if !m.submodel_groups.is_empty() {
+        v.push((
+            "disagreement.svg".into(),
+            "sub-model disagreement per transfer round, with the tolerance and the round kept"
+                .into(),
+        ));
+        for g in &m.submodel_groups {
+            v.push((
+                format!("rounds-{}.svg", slug(&g.name)),
+                format!(
+                    "{}: validation score of each sub-model and of the ensemble per round",
+                    g.name
+                ),
+            ));
         }
     }
-    crate::io::write_atomic_str(
-        &plots.join("loss.svg"),
-        &line_chart(
-            "Loss per epoch (train: solid, validation: dashed)",
-            "epoch",
-            "loss",
-            &loss,
-            true,
-        ),
-    )?;
-    if !m.submodel_groups.is_empty() {
-        let series: Vec<Series> = m
-            .submodel_groups
+    if m.models.iter().any(|x| {
+        x.compression
+            .as_ref()
+            .map(|c| c.before.is_some())
+            .unwrap_or(false)
+    }) {
+        v.push((
+            "compression.svg".into(),
+            "compression stages: test score before and after recovery".into(),
+        ));
+    }
+    for x in &m.models {
+        if x.training
+            .as_ref()
+            .map(|t| !t.curves.epoch.is_empty())
+            .unwrap_or(false)
+        {
+            v.push((
+                format!("curves-{}.svg", slug(&x.name)),
+                format!("{}: training and validation curves", x.name),
+            ));
+        }
+    }
+    v
+}
+
+/// Draws one plot of `plot_list`.
+fn draw(m: &Metrics, file: &str, tolerances: &[(String, f64)]) -> Result<String> {
+    use plot::{Axes, Line, Look, Mark, Point, Scale};
+    let cls = m.task == Task::Classification;
+    let look_of =
+        |name: &str| plot::look(m.models.iter().position(|x| x.name == name).unwrap_or(0));
+    let score = |x: &ModelMetrics| -> Option<f64> {
+        if cls {
+            x.accuracy.map(|a| 100.0 * a)
+        } else {
+            x.mse
+        }
+    };
+    let score_label = if cls {
+        "test accuracy (%)"
+    } else {
+        "test MSE (target units², lower is better)"
+    };
+    let val_label = if cls {
+        "validation accuracy (%)"
+    } else {
+        "validation MSE (standardised target)"
+    };
+    let points = |xv: &dyn Fn(&ModelMetrics) -> f64| -> Vec<Point> {
+        m.models
             .iter()
-            .map(|g| Series {
-                name: g.name.clone(),
+            .filter_map(|x| {
+                score(x).map(|y| Point {
+                    name: x.name.clone(),
+                    look: look_of(&x.name),
+                    x: xv(x),
+                    y,
+                })
+            })
+            .filter(|p| p.x > 0.0)
+            .collect()
+    };
+    if file.ends_with("_vs_size.svg") {
+        return plot::tradeoff(
+            &Axes {
+                title: &format!("Test {} against size", if cls { "accuracy" } else { "MSE" }),
+                x_label: "size of the weights (bytes, log scale)",
+                y_label: score_label,
+                x: Scale::LogBytes,
+                y: Scale::Linear,
+            },
+            &points(&|x| x.bytes as f64),
+            cls,
+        );
+    }
+    if file.ends_with("_vs_latency.svg") {
+        return plot::tradeoff(
+            &Axes {
+                title: &format!(
+                    "Test {} against batch-1 latency",
+                    if cls { "accuracy" } else { "MSE" }
+                ),
+                x_label: "latency at batch 1 (log scale)",
+                y_label: score_label,
+                x: Scale::LogMicros,
+                y: Scale::Linear,
+            },
+            &points(&|x| x.latency_us_b1),
+            cls,
+        );
+    }
+    if file == "val_accuracy.svg" || file == "val_mse.svg" {
+        let series: Vec<Line> = m
+            .models
+            .iter()
+            .filter_map(|x| {
+                let c = &x.training.as_ref()?.curves;
+                let v = if cls { &c.val_accuracy } else { &c.val_mse };
+                Some(Line {
+                    name: x.name.clone(),
+                    look: look_of(&x.name),
+                    points: c
+                        .epoch
+                        .iter()
+                        .zip(v)
+                        .map(|(&e, &a)| (e as f64, if cls { 100.0 * a } else { a }))
+                        .collect(),
+                    dashed: false,
+                    bold: false,
+                })
+            })
+            .collect();
+        return plot::lines(
+            &Axes {
+                title: &format!(
+                    "Validation {} per epoch",
+                    if cls { "accuracy" } else { "MSE" }
+                ),
+                x_label: "epoch",
+                y_label: val_label,
+                x: Scale::Integer,
+                y: if cls { Scale::Linear } else { Scale::Log },
+            },
+            &series,
+            &[],
+        );
+    }
+    if file == "disagreement.svg" {
+        let mut series = Vec::new();
+        let mut marks = Vec::new();
+        for (gi, g) in m.submodel_groups.iter().enumerate() {
+            let look = plot::look(m.models.len() + gi);
+            series.push(Line {
+                name: format!("{} (K = {})", g.name, g.k),
+                look,
                 points: g
                     .rounds
                     .iter()
                     .map(|r| (r.round as f64, r.disagreement.max(1e-12)))
                     .collect(),
                 dashed: false,
+                bold: false,
+            });
+            if let Some((_, t)) = tolerances.iter().find(|(n, _)| n == &g.name) {
+                marks.push(Mark::Level {
+                    name: format!("{}: tolerance {t:e}", g.name),
+                    y: *t,
+                    look,
+                });
+            }
+            marks.push(Mark::At {
+                name: format!("{}: round {} kept", g.name, g.chosen_round),
+                x: g.chosen_round as f64,
+                look: Look {
+                    colour: plotters::style::RGBColor(150, 150, 150),
+                    ..look
+                },
+            });
+        }
+        return plot::lines(
+            &Axes {
+                title: "Disagreement between sub-models per round",
+                x_label: "transfer round (0 = after phase 1)",
+                y_label: "disagreement on validation (log scale)",
+                x: Scale::Integer,
+                y: Scale::Log,
+            },
+            &series,
+            &marks,
+        );
+    }
+    if let Some(name) = file
+        .strip_prefix("rounds-")
+        .and_then(|f| f.strip_suffix(".svg"))
+    {
+        let g = m
+            .submodel_groups
+            .iter()
+            .find(|g| slug(&g.name) == name)
+            .ok_or_else(|| Error::Other(format!("no group for {file}")))?;
+        let mut series: Vec<Line> = (0..g.k)
+            .map(|i| {
+                let member = format!("{}-{}", g.name, i + 1);
+                Line {
+                    name: member.clone(),
+                    look: look_of(&member),
+                    points: g
+                        .rounds
+                        .iter()
+                        .filter_map(|r| {
+                            let v = if cls {
+                                r.val_accuracy.get(i).map(|a| 100.0 * a)
+                            } else {
+                                r.val_loss.get(i).copied()
+                            };
+                            v.map(|v| (r.round as f64, v))
+                        })
+                        .collect(),
+                    dashed: false,
+                    bold: false,
+                }
             })
             .collect();
-        crate::io::write_atomic_str(
-            &plots.join("disagreement.svg"),
-            &line_chart(
-                "Sub-model disagreement on validation data per transfer round",
-                "round (0 = after phase 1)",
-                "disagreement (log scale)",
-                &series,
-                true,
-            ),
-        )?;
+        let ens = format!("{}-ensemble", g.name);
+        series.push(Line {
+            name: ens.clone(),
+            look: look_of(&ens),
+            points: g
+                .rounds
+                .iter()
+                .map(|r| {
+                    (
+                        r.round as f64,
+                        if cls {
+                            100.0 * r.ensemble_val_accuracy.unwrap_or(f64::NAN)
+                        } else {
+                            r.ensemble_val_loss
+                        },
+                    )
+                })
+                .collect(),
+            dashed: false,
+            bold: true,
+        });
+        let marks = [Mark::At {
+            name: format!("round {} kept", g.chosen_round),
+            x: g.chosen_round as f64,
+            look: Look {
+                colour: plotters::style::RGBColor(150, 150, 150),
+                marker: plot::Marker::Circle,
+            },
+        }];
+        return plot::lines(
+            &Axes {
+                title: &format!(
+                    "Group {}: each sub-model and the ensemble per round",
+                    g.name
+                ),
+                x_label: "transfer round (0 = after phase 1)",
+                y_label: if cls {
+                    "validation accuracy (%)"
+                } else {
+                    "validation loss (standardised MSE)"
+                },
+                x: Scale::Integer,
+                y: Scale::Linear,
+            },
+            &series,
+            &marks,
+        );
     }
-    let pts_of = |f: &dyn Fn(&ModelMetrics) -> Option<f64>| -> Vec<(String, f64, f64)> {
-        m.models
+    if file == "compression.svg" {
+        let rows: Vec<(String, Look, f64, f64)> = m
+            .models
             .iter()
-            .filter_map(|x| f(x).map(|v| (x.name.clone(), x.bytes as f64, v)))
-            .collect()
-    };
-    if m.task == Task::Classification {
-        crate::io::write_atomic_str(
-            &plots.join("val_accuracy.svg"),
-            &line_chart(
-                "Validation accuracy per epoch",
-                "epoch",
-                "accuracy",
-                &val,
-                false,
-            ),
-        )?;
-        let pts = pts_of(&|x| x.accuracy.map(|a| 100.0 * a));
-        crate::io::write_atomic_str(
-            &plots.join("accuracy_vs_size.svg"),
-            &scatter_chart(
-                "Test accuracy vs size",
-                "bytes of weights (log scale)",
-                "test accuracy (%)",
-                &pts,
-                true,
-            ),
-        )?;
-    } else {
-        crate::io::write_atomic_str(
-            &plots.join("val_mse.svg"),
-            &line_chart(
-                "Validation MSE (standardised target) per epoch",
-                "epoch",
-                "MSE",
-                &val,
-                true,
-            ),
-        )?;
-        let pts = pts_of(&|x| x.mse);
-        crate::io::write_atomic_str(
-            &plots.join("mse_vs_size.svg"),
-            &scatter_chart(
-                "Test MSE vs size",
-                "bytes of weights (log scale)",
-                "test MSE",
-                &pts,
-                true,
-            ),
-        )?;
+            .filter_map(|x| {
+                let b = x.compression.as_ref()?.before.as_ref()?;
+                let before = if cls {
+                    b.accuracy.map(|a| 100.0 * a)
+                } else {
+                    b.mse
+                }?;
+                Some((x.name.clone(), look_of(&x.name), before, score(x)?))
+            })
+            .collect();
+        return plot::before_after(
+            &Axes {
+                title: "Compression: test score before and after recovery",
+                x_label: score_label,
+                y_label: "stage (see legend)",
+                x: Scale::Linear,
+                y: Scale::Integer,
+            },
+            &rows,
+        );
     }
-    Ok(md)
+    if let Some(name) = file
+        .strip_prefix("curves-")
+        .and_then(|f| f.strip_suffix(".svg"))
+    {
+        let x = m
+            .models
+            .iter()
+            .find(|x| slug(&x.name) == name)
+            .ok_or_else(|| Error::Other(format!("no model for {file}")))?;
+        let c = &x
+            .training
+            .as_ref()
+            .ok_or_else(|| Error::Other(format!("{} has no curves", x.name)))?
+            .curves;
+        let look = look_of(&x.name);
+        let ep: Vec<f64> = c.epoch.iter().map(|&e| e as f64).collect();
+        let other = Look {
+            colour: plotters::style::RGBColor(120, 120, 120),
+            marker: plot::Marker::Ring,
+        };
+        let series = vec![
+            Line {
+                name: "training loss".into(),
+                look,
+                points: ep
+                    .iter()
+                    .copied()
+                    .zip(c.train_loss.iter().copied())
+                    .collect(),
+                dashed: false,
+                bold: false,
+            },
+            Line {
+                name: "validation loss".into(),
+                look: other,
+                points: ep.iter().copied().zip(c.val_loss.iter().copied()).collect(),
+                dashed: true,
+                bold: false,
+            },
+        ];
+        let marks: Vec<Mark> = x
+            .training
+            .as_ref()
+            .map(|t| t.best_epoch)
+            .filter(|&b| b > 0)
+            .map(|b| Mark::At {
+                name: format!("best epoch ({b}), kept"),
+                x: b as f64,
+                look: other,
+            })
+            .into_iter()
+            .collect();
+        return plot::lines(
+            &Axes {
+                title: &format!("{}: loss per epoch", x.name),
+                x_label: "epoch",
+                y_label: "loss (log scale)",
+                x: Scale::Integer,
+                y: Scale::Log,
+            },
+            &series,
+            &marks,
+        );
+    }
+    Err(Error::Other(format!("unknown plot {file}")))
 }
 
 /// The grids of `alpha` / `temperature` = "auto": every trial's validation scores, the choice,
@@ -710,4 +1041,137 @@ Latency and throughput from raw text (tokenizing included). Embedding students a
         );
     }
     s.push('\n');
+}
+
+/// Reads a run folder's `metrics.json`.
+pub fn read_metrics(dir: &Path) -> Result<Metrics> {
+    let f = dir.join("metrics.json");
+    let bytes = crate::io::read_file(&f)?;
+    serde_json::from_slice(&bytes).map_err(|e| {
+        Error::Input(format!(
+            "{}: not a metrics.json this distillery ({}) reads: {e}",
+            f.display(),
+            env!("CARGO_PKG_VERSION")
+        ))
+    })
+}
+
+/// `distillery report DIR`: `report.md`, `report.html` and the plots made again from the run
+/// folder's `metrics.json` (and its `config.toml`, when there). Returns the Markdown.
+pub fn rebuild(dir: &Path) -> Result<String> {
+    let m = read_metrics(dir)?;
+    render(dir, &m)
+}
+
+/// `distillery compare DIR…`: the models of several runs in one table and one trade-off plot
+/// of score against size (the front across all runs marked), written to `out` as
+/// `compare.md`, `compare.html` and `accuracy_vs_size.svg` (`mse_vs_size.svg`). Runs must be
+/// of one task. Returns the Markdown.
+pub fn compare(dirs: &[std::path::PathBuf], out: &Path) -> Result<String> {
+    if dirs.len() < 2 {
+        return Err(Error::Input(
+            "compare: give at least two run folders".into(),
+        ));
+    }
+    let runs: Vec<(String, Metrics)> = dirs
+        .iter()
+        .map(|d| read_metrics(d).map(|m| (d.display().to_string(), m)))
+        .collect::<Result<_>>()?;
+    let task = runs[0].1.task;
+    if let Some((d, other)) = runs.iter().find(|(_, m)| m.task != task) {
+        return Err(Error::Input(format!(
+            "compare: {d} is a {:?} run but {} is {:?}; compare runs of one task",
+            other.task, runs[0].0, task
+        )));
+    }
+    let cls = task == Task::Classification;
+    let mut md = String::new();
+    let _ = writeln!(
+        md,
+        "# distillery: {} runs compared
+",
+        runs.len()
+    );
+    for (i, (d, m)) in runs.iter().enumerate() {
+        let _ = writeln!(
+            md,
+            "- run {}: `{d}` — {} ({}; {} train / {} test samples; seed {})",
+            i + 1,
+            m.experiment,
+            m.data.source,
+            m.data.train,
+            m.data.test,
+            m.seed
+        );
+    }
+    let _ = writeln!(
+        md,
+        "\n| run | model | role | architecture | params | size | {} | latency b=1 | latency b=256 |\n|---|---|---|---|---:|---:|---:|---:|---:|",
+        if cls { "test accuracy" } else { "test MSE" }
+    );
+    let mut points = Vec::new();
+    let mut k = 0;
+    for (i, (_, m)) in runs.iter().enumerate() {
+        for x in &m.models {
+            let score = if cls {
+                x.accuracy.map(|a| 100.0 * a)
+            } else {
+                x.mse
+            };
+            let _ = writeln!(
+                md,
+                "| {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+                i + 1,
+                x.name,
+                x.role,
+                arch_col(x),
+                x.params,
+                fmt_bytes(x.bytes),
+                match score {
+                    Some(v) if cls => format!("{v:.2}%"),
+                    Some(v) => format!("{v:.4}"),
+                    None => "—".into(),
+                },
+                fmt_us(x.latency_us_b1),
+                fmt_us(x.latency_us_b256)
+            );
+            if let Some(y) = score {
+                points.push(plot::Point {
+                    name: format!("{}: {}", i + 1, x.name),
+                    look: plot::look(k),
+                    x: x.bytes as f64,
+                    y,
+                });
+            }
+            k += 1;
+        }
+    }
+    let file = if cls {
+        "accuracy_vs_size.svg"
+    } else {
+        "mse_vs_size.svg"
+    };
+    let caption = "every run's models: test score against size, with the front across runs";
+    let _ = writeln!(md, "\n![{caption}]({file})");
+    let svg = plot::tradeoff(
+        &plot::Axes {
+            title: "Test score against size, all runs",
+            x_label: "size of the weights (bytes, log scale)",
+            y_label: if cls {
+                "test accuracy (%)"
+            } else {
+                "test MSE (lower is better)"
+            },
+            x: plot::Scale::LogBytes,
+            y: plot::Scale::Linear,
+        },
+        &points,
+        cls,
+    )?;
+    std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
+    crate::io::write_atomic_str(&out.join("compare.md"), &md)?;
+    crate::io::write_atomic_str(&out.join(file), &svg)?;
+    let page = html::simple_page("distillery: runs compared", &md, &[(file.to_string(), svg)]);
+    crate::io::write_atomic_str(&out.join("compare.html"), &page)?;
+    Ok(md)
 }
