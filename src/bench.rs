@@ -129,7 +129,10 @@ fn kernel_path(workload: &str, isa: &[String]) -> String {
     } else {
         "gemm crate portable"
     };
-    let own = if has("avx2") && has("fma") {
+    let own = if has("avx512f") && has("fma") && std::env::var_os("DISTILLERY_NO_AVX512").is_none()
+    {
+        "own kernels AVX2+FMA, batch-1 GEMV AVX-512"
+    } else if has("avx2") && has("fma") {
         "own kernels AVX2+FMA"
     } else {
         "own kernels portable"

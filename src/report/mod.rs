@@ -430,7 +430,15 @@ pub fn write_reports(out: &Path, m: &Metrics) -> Result<String> {
 /// redoes from a run folder's `metrics.json`). Returns the Markdown.
 pub fn render(out: &Path, m: &Metrics) -> Result<String> {
     let md = markdown(m);
-    crate::io::write_atomic_str(&out.join("report.md"), &md)?;
+    // Under MPI only rank 0 holds the latencies (it alone measures them), so the set of plots
+    // can differ between ranks: rank 0 writes every file in one shared write, and the other
+    // ranks take part in that one exchange only.
+    crate::dist::shared_write(|| crate::dist::local(|| write_files(out, m, &md)))?;
+    Ok(md)
+}
+
+fn write_files(out: &Path, m: &Metrics, md: &str) -> Result<()> {
+    crate::io::write_atomic_str(&out.join("report.md"), md)?;
     let dir = out.join("plots");
     std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
     let tolerances = tolerances(out);
@@ -441,9 +449,8 @@ pub fn render(out: &Path, m: &Metrics) -> Result<String> {
         svgs.push((file, svg));
     }
     let config = std::fs::read_to_string(out.join("config.toml")).ok();
-    let page = html::page(m, &md, &svgs, config.as_deref(), out);
-    crate::io::write_atomic_str(&out.join("report.html"), &page)?;
-    Ok(md)
+    let page = html::page(m, md, &svgs, config.as_deref(), out);
+    crate::io::write_atomic_str(&out.join("report.html"), &page)
 }
 
 /// Each sub-model group's tolerance, from the run's resolved `config.toml` (the records do not
