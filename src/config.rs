@@ -546,7 +546,9 @@ impl ExperimentConfig {
                     forbid(f, present)?;
                 }
             }
-            DataFormat::Arrays => {
+            DataFormat::Arrays | DataFormat::Digits => {
+                // No files: the digits are compiled in, arrays come from the caller. Arrays may
+                // be images (`image_shape`, set from the arrays' shape).
                 for (f, present) in [
                     ("path", d.path.is_some()),
                     ("test_path", d.test_path.is_some()),
@@ -555,24 +557,14 @@ impl ExperimentConfig {
                     ("test_images", d.test_images.is_some()),
                     ("test_labels", d.test_labels.is_some()),
                     ("label", d.label.is_some()),
+                    (
+                        "image_shape",
+                        d.format == DataFormat::Digits && d.image_shape.is_some(),
+                    ),
                 ] {
                     forbid(f, present)?;
                 }
-            }
-            DataFormat::Digits => {
-                for (f, present) in [
-                    ("path", d.path.is_some()),
-                    ("test_path", d.test_path.is_some()),
-                    ("train_images", d.train_images.is_some()),
-                    ("train_labels", d.train_labels.is_some()),
-                    ("test_images", d.test_images.is_some()),
-                    ("test_labels", d.test_labels.is_some()),
-                    ("label", d.label.is_some()),
-                    ("image_shape", d.image_shape.is_some()),
-                ] {
-                    forbid(f, present)?;
-                }
-                if d.task == Task::Regression {
+                if d.format == DataFormat::Digits && d.task == Task::Regression {
                     bad_field("data.task", "the embedded digits are a classification set")?;
                 }
             }

@@ -40,6 +40,17 @@ fn logits(d: &Dataset) -> Vec<f32> {
     out
 }
 
+/// A model's record in a run's metrics.
+fn record(m: &serde_json::Value, name: &str) -> serde_json::Value {
+    m["models"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["name"] == name)
+        .unwrap_or_else(|| panic!("no model '{name}'"))
+        .clone()
+}
+
 fn write_outputs(path: &Path, v: &[f32], cols: usize) {
     let mut s = (0..cols)
         .map(|c| format!("c{c}"))
@@ -150,16 +161,7 @@ fn arrays_in_memory_give_the_figures_of_the_same_data_in_files() {
             .unwrap()
             .starts_with("arrays given from Python")
     );
-    let rec = |m: &serde_json::Value, n: &str| {
-        m["models"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|r| r["name"] == n)
-            .unwrap()
-            .clone()
-    };
-    assert!(rec(&b, "student")["accuracy"].as_f64().unwrap() > 0.5);
+    assert!(record(&b, "student")["accuracy"].as_f64().unwrap() > 0.5);
 
     // Other arrays in the same folder are refused; the same ones resume.
     let other = Arrays {
@@ -235,15 +237,7 @@ fn precomputed_regression_outputs_are_in_the_targets_units() {
     );
     run_quiet(&cfg, &dir.path().join("r"), None).unwrap();
     let m = metrics_without_timings(&dir.path().join("r"));
-    let rec = |n: &str| {
-        m["models"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|r| r["name"] == n)
-            .unwrap()
-            .clone()
-    };
+    let rec = |n: &str| record(&m, n);
     let teacher_mse = rec("t")["mse"].as_f64().unwrap();
     assert!(teacher_mse < 1e-6, "teacher MSE {teacher_mse}");
     // A student that learns from those values alone (α = 1) learns the task: far below the

@@ -333,100 +333,96 @@ pub(crate) fn gemv_avx512_ok() -> bool {
     })
 }
 
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,avx2,fma")]
-unsafe fn gemv_avx512(out: &mut [f32], n: usize, ld: usize, k: usize, x: &[f32], w: &[f32]) {
-    use std::arch::x86_64::*;
-    let full = n / 128 * 128;
-    let wp = w.as_ptr();
-    for c0 in (0..full).step_by(128) {
-        let o = out.as_mut_ptr().add(c0);
-        let mut acc = [_mm512_setzero_ps(); 8];
-        for (j, a) in acc.iter_mut().enumerate() {
-            *a = _mm512_loadu_ps(o.add(16 * j));
-        }
-        let mut r = 0;
-        while r + 4 <= k {
-            let rows = [
-                wp.add(r * ld + c0),
-                wp.add((r + 1) * ld + c0),
-                wp.add((r + 2) * ld + c0),
-                wp.add((r + 3) * ld + c0),
-            ];
-            for (t, row) in rows.iter().enumerate() {
-                let xv = _mm512_set1_ps(*x.get_unchecked(r + t));
+/// One batch-1 kernel per register width: `$lanes`-wide registers, eight of them, hold a block
+/// of `8·$lanes` outputs while the weight rows stream past, four rows per iteration; every
+/// output sums its products in row order with fused multiply-adds, so the widths agree bit for
+/// bit. `$rest` handles the last `n mod 8·$lanes` outputs.
+macro_rules! gemv_kernel {
+    ($name:ident, $features:literal, $lanes:literal, $zero:ident, $load:ident, $store:ident,
+     $set1:ident, $fma:ident, |$o:ident, $nr:ident, $ld:ident, $k:ident, $x:ident, $w:ident, $full:ident| $rest:block) => {
+        #[cfg(target_arch = "x86_64")]
+        #[target_feature(enable = $features)]
+        unsafe fn $name(out: &mut [f32], n: usize, ld: usize, k: usize, x: &[f32], w: &[f32]) {
+            use std::arch::x86_64::*;
+            const BLOCK: usize = 8 * $lanes;
+            let full = n / BLOCK * BLOCK;
+            let wp = w.as_ptr();
+            for c0 in (0..full).step_by(BLOCK) {
+                let o = out.as_mut_ptr().add(c0);
+                let mut acc = [$zero(); 8];
                 for (j, a) in acc.iter_mut().enumerate() {
-                    *a = _mm512_fmadd_ps(xv, _mm512_loadu_ps(row.add(16 * j)), *a);
+                    *a = $load(o.add($lanes * j));
+                }
+                let mut r = 0;
+                while r + 4 <= k {
+                    let rows = [
+                        wp.add(r * ld + c0),
+                        wp.add((r + 1) * ld + c0),
+                        wp.add((r + 2) * ld + c0),
+                        wp.add((r + 3) * ld + c0),
+                    ];
+                    for (t, row) in rows.iter().enumerate() {
+                        let xv = $set1(*x.get_unchecked(r + t));
+                        for (j, a) in acc.iter_mut().enumerate() {
+                            *a = $fma(xv, $load(row.add($lanes * j)), *a);
+                        }
+                    }
+                    r += 4;
+                }
+                while r < k {
+                    let xv = $set1(*x.get_unchecked(r));
+                    let row = wp.add(r * ld + c0);
+                    for (j, a) in acc.iter_mut().enumerate() {
+                        *a = $fma(xv, $load(row.add($lanes * j)), *a);
+                    }
+                    r += 1;
+                }
+                for (j, a) in acc.iter().enumerate() {
+                    $store(o.add($lanes * j), *a);
                 }
             }
-            r += 4;
+            let ($o, $nr, $ld, $k, $x, $w, $full) = (out, n, ld, k, x, w, full);
+            $rest
         }
-        while r < k {
-            let xv = _mm512_set1_ps(*x.get_unchecked(r));
-            let row = wp.add(r * ld + c0);
-            for (j, a) in acc.iter_mut().enumerate() {
-                *a = _mm512_fmadd_ps(xv, _mm512_loadu_ps(row.add(16 * j)), *a);
-            }
-            r += 1;
-        }
-        for (j, a) in acc.iter().enumerate() {
-            _mm512_storeu_ps(o.add(16 * j), *a);
-        }
-    }
-    // The last n mod 128 outputs: the AVX2 kernel (64-wide blocks, then its scalar tail).
-    if full < n {
-        gemv_avx2(&mut out[full..], n - full, ld, k, x, &w[full..]);
-    }
+    };
 }
 
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn gemv_avx2(out: &mut [f32], n: usize, ld: usize, k: usize, x: &[f32], w: &[f32]) {
-    use std::arch::x86_64::*;
-    let full = n / 64 * 64;
-    let wp = w.as_ptr();
-    for c0 in (0..full).step_by(64) {
-        let o = out.as_mut_ptr().add(c0);
-        let mut acc = [_mm256_setzero_ps(); 8];
-        for (j, a) in acc.iter_mut().enumerate() {
-            *a = _mm256_loadu_ps(o.add(8 * j));
-        }
-        let mut r = 0;
-        while r + 4 <= k {
-            let rows = [
-                wp.add(r * ld + c0),
-                wp.add((r + 1) * ld + c0),
-                wp.add((r + 2) * ld + c0),
-                wp.add((r + 3) * ld + c0),
-            ];
-            for (t, row) in rows.iter().enumerate() {
-                let xv = _mm256_set1_ps(*x.get_unchecked(r + t));
-                for (j, a) in acc.iter_mut().enumerate() {
-                    *a = _mm256_fmadd_ps(xv, _mm256_loadu_ps(row.add(8 * j)), *a);
-                }
-            }
-            r += 4;
-        }
-        while r < k {
-            let xv = _mm256_set1_ps(*x.get_unchecked(r));
-            let row = wp.add(r * ld + c0);
-            for (j, a) in acc.iter_mut().enumerate() {
-                *a = _mm256_fmadd_ps(xv, _mm256_loadu_ps(row.add(8 * j)), *a);
-            }
-            r += 1;
-        }
-        for (j, a) in acc.iter().enumerate() {
-            _mm256_storeu_ps(o.add(8 * j), *a);
+gemv_kernel!(
+    gemv_avx512,
+    "avx512f,avx2,fma",
+    16,
+    _mm512_setzero_ps,
+    _mm512_loadu_ps,
+    _mm512_storeu_ps,
+    _mm512_set1_ps,
+    _mm512_fmadd_ps,
+    |out, n, ld, k, x, w, full| {
+        // The last n mod 128 outputs: the AVX2 kernel (64-wide blocks, then its scalar tail).
+        if full < n {
+            gemv_avx2(&mut out[full..], n - full, ld, k, x, &w[full..]);
         }
     }
-    // The last n mod 64 outputs.
-    for (r, &xv) in x[..k].iter().enumerate() {
-        let row = &w[r * ld..r * ld + n];
-        for (o, wv) in out[full..n].iter_mut().zip(&row[full..]) {
-            *o += xv * wv;
+);
+
+gemv_kernel!(
+    gemv_avx2,
+    "avx2,fma",
+    8,
+    _mm256_setzero_ps,
+    _mm256_loadu_ps,
+    _mm256_storeu_ps,
+    _mm256_set1_ps,
+    _mm256_fmadd_ps,
+    |out, n, ld, k, x, w, full| {
+        // The last n mod 64 outputs.
+        for (r, &xv) in x[..k].iter().enumerate() {
+            let row = &w[r * ld..r * ld + n];
+            for (o, wv) in out[full..n].iter_mut().zip(&row[full..]) {
+                *o += xv * wv;
+            }
         }
     }
-}
+);
 
 /// [`matmul`] with the parallelism given.
 #[allow(clippy::too_many_arguments)]
