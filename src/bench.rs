@@ -148,6 +148,11 @@ fn kernel_path(workload: &str, isa: &[String]) -> String {
             crate::teachers::native::simd_level_name()
         ),
         "onnx-teacher" => "tract".into(),
+        "gemm-bf16" => format!("own bf16 GEMM: {}", crate::models::bf16::path()),
+        "train-mlp-bf16" | "train-student-bf16" | "train-cnn-bf16" | "infer-bf16" => format!(
+            "dense products: own bf16 GEMM {}; {gemm} for the rest, {own}",
+            crate::models::bf16::path()
+        ),
         "train-trees" | "infer-trees" => format!(
             "own histogram GBDT, {} rayon threads",
             rayon::current_num_threads()
@@ -177,6 +182,11 @@ pub const WORKLOADS: &[&str] = &[
     "infer",
     "infer-int8",
     "gemm",
+    "train-mlp-bf16",
+    "train-student-bf16",
+    "train-cnn-bf16",
+    "infer-bf16",
+    "gemm-bf16",
     "bert-teacher",
     "bert-corpus",
     "onnx-teacher",
@@ -554,7 +564,12 @@ fn macs_per_sample(m: &Model) -> f64 {
 
 /// One training workload: batch 128, Adam (lr 1e-3), loss 0.9·T²·KL(teacher ‖ student) at
 /// T = 4 plus 0.1·CE, with fixed synthetic teacher logits.
-fn train_workload(name: &str, spec: ModelSpec, steps: usize) -> Result<BenchResult> {
+fn train_workload(
+    name: &str,
+    spec: ModelSpec,
+    steps: usize,
+    precision: crate::models::bf16::Precision,
+) -> Result<BenchResult> {
     let batch = 128usize;
     let d = spec.input_dim();
     let mut rng = Rng::new(1);
@@ -589,7 +604,7 @@ fn train_workload(name: &str, spec: ModelSpec, steps: usize) -> Result<BenchResu
             Ok((x.flatten_all()?.to_vec1::<f32>()?, y.to_vec1::<u32>()?))
         })
         .collect::<Result<_>>()?;
-    let mut ws = crate::models::fused::Workspace::default();
+    let mut ws = crate::models::fused::Workspace::with_precision(precision);
     let mut step = |i: usize, phases: &mut [Vec<f64>; 3]| -> Result<()> {
         let (x, y, t) = &pool[i % pool.len()];
         let t0 = Instant::now();
@@ -681,7 +696,13 @@ fn train_workload(name: &str, spec: ModelSpec, steps: usize) -> Result<BenchResu
     })
 }
 
-fn infer_workload(model_path: Option<&Path>, steps: usize, int8: bool) -> Result<BenchResult> {
+/// Inference at batch 1 and 256 through the model files' own path: f32, or the model
+/// converted to `int8` (integer inference) or `bf16`.
+fn infer_workload(
+    model_path: Option<&Path>,
+    steps: usize,
+    to: Option<crate::compress::quant::Precision>,
+) -> Result<BenchResult> {
     use crate::compress::{self, AnyModel};
     use crate::eval::Predictor;
     let mut model: AnyModel = match model_path {
@@ -706,15 +727,18 @@ fn infer_workload(model_path: Option<&Path>, steps: usize, int8: bool) -> Result
     };
     let d = model.meta.spec.input_dim();
     let mut rng = Rng::new(2);
-    if int8 {
+    if let Some(to) = to {
         let f = model.float_model().ok_or_else(|| {
-            Error::Input("infer-int8: the model is already int8; use `infer`".into())
+            Error::Input(format!(
+                "infer-{}: the model is already int8; use `infer`",
+                to.as_str()
+            ))
         })?;
         let calib: Vec<f32> = (0..256 * d).map(|_| rng.uniform()).collect();
         model = compress::quantize(
             f,
             &model.meta,
-            compress::quant::Precision::Int8,
+            to,
             Some((&calib, compress::quant::Calibration::Minmax, 100.0)),
             32,
         )?;
@@ -738,7 +762,10 @@ fn infer_workload(model_path: Option<&Path>, steps: usize, int8: bool) -> Result
     let (p50, p90) = time(1, &mut rng)?;
     let (q50, q90) = time(256, &mut rng)?;
     Ok(BenchResult {
-        workload: if int8 { "infer-int8" } else { "infer" }.into(),
+        workload: match to {
+            Some(p) => format!("infer-{}", p.as_str()),
+            None => "infer".into(),
+        },
         steps,
         samples_per_s: None,
         latency_us_p50: Some(p50),
@@ -782,6 +809,35 @@ fn gemm_workload(steps: usize) -> Result<BenchResult> {
         latency_us_p90: None,
         latency_us_p50_b256: None,
         latency_us_p90_b256: None,
+        gflops: Some(2.0 * (n * n * n) as f64 / m / 1e9),
+        peak_rss_bytes: peak_rss_bytes(),
+        ..Default::default()
+    })
+}
+
+/// The bf16 matrix product ([`crate::models::bf16`]) at 1024×1024×1024, as `gemm`.
+fn gemm_bf16_workload(steps: usize) -> Result<BenchResult> {
+    let n = 1024usize;
+    let mut rng = Rng::new(3);
+    let a: Vec<f32> = (0..n * n).map(|_| rng.uniform()).collect();
+    let b: Vec<f32> = (0..n * n).map(|_| rng.uniform()).collect();
+    let mut c = vec![0f32; n * n];
+    let mut go = || crate::models::bf16::matmul(&mut c, n, n, n, false, &a, n, 1, &b, n, 1);
+    warm_up(20, || {
+        go();
+        Ok(())
+    })?;
+    let mut t = Vec::new();
+    for _ in 0..steps {
+        let t0 = Instant::now();
+        go();
+        t.push(t0.elapsed().as_secs_f64());
+    }
+    let m = median(&mut t);
+    Ok(BenchResult {
+        workload: "gemm-bf16".into(),
+        steps,
+        latency_us_p50: Some(m * 1e6),
         gflops: Some(2.0 * (n * n * n) as f64 / m / 1e9),
         peak_rss_bytes: peak_rss_bytes(),
         ..Default::default()
@@ -836,12 +892,19 @@ pub fn run(workload: &str, steps: usize, model: Option<&Path>) -> Result<BenchRe
     if steps == 0 {
         return Err(Error::Input("--steps: must be at least 1".into()));
     }
+    use crate::compress::quant;
+    use crate::models::bf16::Precision::{Bf16, F32};
     let mut r = match workload {
-        "train-mlp" => train_workload(workload, mlp_spec(&[1200, 1200]), steps),
-        "train-student" => train_workload(workload, mlp_spec(&[800, 800]), steps),
-        "train-cnn" => train_workload(workload, lenet_spec(), steps),
-        "infer" => infer_workload(model, steps, false),
-        "infer-int8" => infer_workload(model, steps, true),
+        "train-mlp" => train_workload(workload, mlp_spec(&[1200, 1200]), steps, F32),
+        "train-student" => train_workload(workload, mlp_spec(&[800, 800]), steps, F32),
+        "train-cnn" => train_workload(workload, lenet_spec(), steps, F32),
+        "train-mlp-bf16" => train_workload(workload, mlp_spec(&[1200, 1200]), steps, Bf16),
+        "train-student-bf16" => train_workload(workload, mlp_spec(&[800, 800]), steps, Bf16),
+        "train-cnn-bf16" => train_workload(workload, lenet_spec(), steps, Bf16),
+        "gemm-bf16" => gemm_bf16_workload(steps),
+        "infer" => infer_workload(model, steps, None),
+        "infer-int8" => infer_workload(model, steps, Some(quant::Precision::Int8)),
+        "infer-bf16" => infer_workload(model, steps, Some(quant::Precision::Bf16)),
         "gemm" => gemm_workload(steps),
         "bert-teacher" => bert_workload(model, steps),
         "bert-corpus" => bert_corpus_workload(model, steps),

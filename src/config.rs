@@ -769,7 +769,7 @@ impl ExperimentConfig {
             if st.precision == Precision::F32 {
                 bad_field(
                     &format!("{p}.precision"),
-                    "expected \"int8\", \"int8-weights\" or \"int4-weights\"",
+                    "expected \"int8\", \"int8-weights\", \"int4-weights\" or \"bf16\"",
                 )?;
             }
             if st.calibration_samples == 0 {

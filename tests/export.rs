@@ -126,6 +126,10 @@ fn weight_only_formats_in_tract_match() {
         let q = compress::quantize(&m, &meta, p, None, 16).unwrap();
         compare(&q, 1e-4, 1.0);
     }
+    // bf16: exported with its (exactly representable) weights as f32; tract then computes in
+    // f32 while distillery rounds the activations to bf16 too — agreement within that.
+    let q = compress::quantize(&m, &meta, Precision::Bf16, None, 16).unwrap();
+    compare(&q, 0.02, 0.99);
 }
 
 #[test]

@@ -83,7 +83,10 @@ def kd_loss(s, t, y, T=4.0, alpha=0.9):
     return alpha * T * T * kl + (1 - alpha) * F.cross_entropy(s, y)
 
 
-def train(name, model, steps):
+def train(name, model, steps, bf16=False):
+    """One training step as distillery's: forward, KD loss, backward, fused Adam. With bf16,
+    the forward pass and loss run under torch.autocast("cpu", dtype=torch.bfloat16), PyTorch's
+    recommended mixed precision on CPU (bf16 matrix products, f32 weights)."""
     batch = 128
     try:
         opt = torch.optim.Adam(model.parameters(), lr=1e-3, fused=True)
@@ -96,7 +99,8 @@ def train(name, model, steps):
     def step(i):
         x, y, t = pool[i % len(pool)]
         opt.zero_grad(set_to_none=True)
-        loss = kd_loss(model(x), t, y)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            loss = kd_loss(model(x), t, y)
         loss.backward()
         opt.step()
 
@@ -111,7 +115,8 @@ def train(name, model, steps):
             "gflops": 6 * macs(model) * sps / 1e9, "peak_rss_bytes": peak_rss()}
 
 
-def infer(steps, int8=False):
+def infer(steps, int8=False, bf16=False):
+    """Inference under torch.inference_mode; int8: dynamic quantization; bf16: autocast."""
     model = mlp([1200, 1200]).eval()
     if int8:
         # PyTorch's recommended int8 path for Linear-heavy models on CPU: dynamic quantization
@@ -121,25 +126,30 @@ def infer(steps, int8=False):
 
     def timed(b):
         x = torch.rand(b, 1, 28, 28)
-        with torch.inference_mode():
-            warm_up(lambda: model(x).numpy())
+        with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            warm_up(lambda: model(x).float().numpy())
             ts = []
             for _ in range(steps):
                 t0 = time.perf_counter()
-                model(x).numpy()
+                model(x).float().numpy()
                 ts.append((time.perf_counter() - t0) * 1e6)
         ts.sort()
         return statistics.median(ts), ts[round((len(ts) - 1) * 0.9)]
 
     p50, p90 = timed(1)
     q50, q90 = timed(256)
-    return {"workload": "infer-int8" if int8 else "infer", "steps": steps, "latency_us_p50": p50, "latency_us_p90": p90,
+    name = "infer-int8" if int8 else "infer-bf16" if bf16 else "infer"
+    return {"workload": name, "steps": steps, "latency_us_p50": p50, "latency_us_p90": p90,
             "latency_us_p50_b256": q50, "latency_us_p90_b256": q90, "peak_rss_bytes": peak_rss()}
 
 
-def gemm(steps):
+def gemm(steps, bf16=False):
+    """1024³ f32, or with bf16 operands converted beforehand (PyTorch's fastest bf16 path;
+    distillery's gemm-bf16 converts its f32 operands in every call)."""
     n = 1024
     a, b = torch.rand(n, n), torch.rand(n, n)
+    if bf16:
+        a, b = a.bfloat16(), b.bfloat16()
     warm_up(lambda: a @ b)
     ts = []
     for _ in range(steps):
@@ -147,7 +157,7 @@ def gemm(steps):
         a @ b
         ts.append(time.perf_counter() - t0)
     m = statistics.median(ts)
-    return {"workload": "gemm", "steps": steps, "latency_us_p50": m * 1e6,
+    return {"workload": "gemm-bf16" if bf16 else "gemm", "steps": steps, "latency_us_p50": m * 1e6,
             "gflops": 2 * n ** 3 / m / 1e9, "peak_rss_bytes": peak_rss()}
 
 
@@ -261,6 +271,14 @@ def main():
         r = infer(a.steps, int8=True)
     elif a.workload == "gemm":
         r = gemm(a.steps)
+    elif a.workload in ("train-mlp-bf16", "train-student-bf16", "train-cnn-bf16"):
+        net = {"train-mlp-bf16": lambda: mlp([1200, 1200]), "train-student-bf16": lambda: mlp([800, 800]),
+               "train-cnn-bf16": lenet}[a.workload]()
+        r = train(a.workload, net, a.steps, bf16=True)
+    elif a.workload == "infer-bf16":
+        r = infer(a.steps, bf16=True)
+    elif a.workload == "gemm-bf16":
+        r = gemm(a.steps, bf16=True)
     elif a.workload == "bert-teacher":
         r = bert_teacher(a.steps)
     elif a.workload == "bert-corpus":

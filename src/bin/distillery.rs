@@ -119,7 +119,8 @@ enum Verb {
         json: bool,
     },
     /// Time a named workload: train-mlp, train-student, train-cnn, infer, infer-int8, gemm,
-    /// train-trees, infer-trees, collectives (under mpirun), ….
+    /// their bf16 forms (train-mlp-bf16, …, infer-bf16, gemm-bf16), train-trees, infer-trees,
+    /// collectives (under mpirun), ….
     Bench {
         /// Workload name.
         workload: String,

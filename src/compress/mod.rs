@@ -40,6 +40,9 @@ pub enum Body {
         stored: Vec<StoredWeight>,
         /// Dequantized model.
         model: Model,
+        /// bf16: the dense weights packed once for the bf16 products (MLPs and CNNs' dense
+        /// layers); `None` for the other formats, which compute in f32.
+        packed: Option<std::sync::Arc<[crate::models::bf16::PackedRhs]>>,
     },
     /// Boosted trees or a decision tree.
     Trees(crate::models::trees::TreeEnsemble),
@@ -101,6 +104,23 @@ impl AnyModel {
     /// Outputs for `x` (`n * input_dim` normalised values), in batches.
     pub fn predict(&self, x: &[f32], batch: usize) -> Result<Vec<f32>> {
         match &self.body {
+            Body::WeightOnly {
+                model: m,
+                packed: Some(p),
+                ..
+            } => {
+                let d = self.meta.spec.input_dim();
+                let mut out = Vec::new();
+                for chunk in x.chunks(batch.max(1) * d) {
+                    out.extend(crate::models::mlp::forward_eval_bf16(
+                        m,
+                        chunk,
+                        chunk.len() / d,
+                        p,
+                    )?);
+                }
+                Ok(out)
+            }
             Body::Float(m) | Body::WeightOnly { model: m, .. } => m.predict(x, batch),
             Body::Int8(q) => {
                 let d = self.meta.spec.input_dim();
@@ -151,7 +171,7 @@ impl AnyModel {
                 }
             }
             Body::Trees(tr) => return crate::models::trees::file_bytes(tr, &self.meta),
-            Body::WeightOnly { stored, model } => {
+            Body::WeightOnly { stored, model, .. } => {
                 for (((name, var), s), kind) in
                     model.params.iter().zip(stored).zip(model.param_kinds())
                 {
@@ -173,6 +193,12 @@ impl AnyModel {
                                 f32b(scales),
                             ));
                         }
+                        StoredWeight::Bf16(bits) => t.push((
+                            name.clone(),
+                            Dtype::BF16,
+                            shape,
+                            bits.iter().flat_map(|b| b.to_le_bytes()).collect(),
+                        )),
                         StoredWeight::I4 { packed, scales } => {
                             t.push((
                                 format!("{name}.q4"),
@@ -213,6 +239,16 @@ impl AnyModel {
 impl Predictor for AnyModel {
     fn predict_batch(&self, x: &Tensor) -> Result<Vec<f32>> {
         match &self.body {
+            Body::WeightOnly {
+                model: m,
+                packed: Some(p),
+                ..
+            } => {
+                let rows = x.dim(0)?;
+                crate::models::mlp::with_slice(x, |v| {
+                    crate::models::mlp::forward_eval_bf16(m, v, rows, p)
+                })?
+            }
             Body::Float(m) | Body::WeightOnly { model: m, .. } => m.predict_batch(x),
             Body::Int8(q) => {
                 let rows = x.dim(0)?;
@@ -229,6 +265,18 @@ impl Predictor for AnyModel {
 }
 
 pub use crate::models::write_safetensors;
+
+/// The dense weights packed for bf16 inference, for the bf16 format on a family the fused
+/// path runs.
+fn bf16_packed(
+    model: &Model,
+    precision: Precision,
+) -> Result<Option<std::sync::Arc<[crate::models::bf16::PackedRhs]>>> {
+    if precision != Precision::Bf16 || !crate::models::fused::eligible(model) {
+        return Ok(None);
+    }
+    Ok(Some(crate::models::fused::pack_bf16(model)?))
+}
 
 /// Loads a model file of any precision.
 pub fn load_any(path: &Path) -> Result<AnyModel> {
@@ -332,7 +380,7 @@ pub fn load_any_bytes(bytes: &[u8], file: &str) -> Result<AnyModel> {
                 meta,
             })
         }
-        Precision::Int8Weights | Precision::Int4Weights => {
+        Precision::Int8Weights | Precision::Int4Weights | Precision::Bf16 => {
             let group = qm.group_size.unwrap_or(32).max(1);
             let mut stored = Vec::new();
             let mut params = Vec::new();
@@ -344,6 +392,27 @@ pub fn load_any_bytes(bytes: &[u8], file: &str) -> Result<AnyModel> {
                         Tensor::from_vec(v.clone(), shape.clone(), &Device::Cpu)?,
                     ));
                     stored.push(StoredWeight::F32(v));
+                    continue;
+                }
+                if qm.precision == Precision::Bf16 {
+                    let bits: Vec<u16> = get(name, Dtype::BF16, shape)?
+                        .chunks_exact(2)
+                        .map(|b| u16::from_le_bytes([b[0], b[1]]))
+                        .collect();
+                    let v: Vec<f32> = bits
+                        .iter()
+                        .map(|&b| f32::from_bits((b as u32) << 16))
+                        .collect();
+                    if let Some(p) = v.iter().position(|x| !x.is_finite()) {
+                        return Err(Error::Input(format!(
+                            "{file}: tensor '{name}' holds a non-finite value at index {p}"
+                        )));
+                    }
+                    params.push((
+                        name.clone(),
+                        Tensor::from_vec(v, shape.clone(), &Device::Cpu)?,
+                    ));
+                    stored.push(StoredWeight::Bf16(bits));
                     continue;
                 }
                 let (rows, cols) = kind.channel_dims(shape);
@@ -383,8 +452,13 @@ pub fn load_any_bytes(bytes: &[u8], file: &str) -> Result<AnyModel> {
                 spec: meta.spec.clone(),
                 params,
             };
+            let packed = bf16_packed(&model, qm.precision)?;
             Ok(AnyModel {
-                body: Body::WeightOnly { stored, model },
+                body: Body::WeightOnly {
+                    stored,
+                    model,
+                    packed,
+                },
                 meta,
             })
         }
@@ -424,7 +498,7 @@ pub fn quantize(
                 meta,
             })
         }
-        Precision::Int8Weights | Precision::Int4Weights => {
+        Precision::Int8Weights | Precision::Int4Weights | Precision::Bf16 => {
             let (stored, deq) = quant::weight_only(model, precision, group_size)?;
             meta.quantization = Some(QuantMeta {
                 precision,
@@ -433,8 +507,13 @@ pub fn quantize(
                 group_size: (precision == Precision::Int4Weights).then_some(group_size),
                 activations: Vec::new(),
             });
+            let packed = bf16_packed(&deq, precision)?;
             Ok(AnyModel {
-                body: Body::WeightOnly { stored, model: deq },
+                body: Body::WeightOnly {
+                    stored,
+                    model: deq,
+                    packed,
+                },
                 meta,
             })
         }

@@ -542,6 +542,8 @@ pub enum StoredWeight {
         /// Row scales.
         scales: Vec<f32>,
     },
+    /// bf16 values (rounded to nearest even), in the parameter's own layout.
+    Bf16(Vec<u16>),
     /// Packed int4 codes and one scale per group.
     I4 {
         /// Two codes per byte.
@@ -558,6 +560,7 @@ impl StoredWeight {
             StoredWeight::F32(v) => 4 * v.len(),
             StoredWeight::I8 { q, scales } => q.len() + 4 * scales.len(),
             StoredWeight::I4 { packed, scales } => packed.len() + 4 * scales.len(),
+            StoredWeight::Bf16(v) => 2 * v.len(),
         }
     }
 }
@@ -577,6 +580,19 @@ pub fn weight_only(
         if !kind.is_weight() {
             stored.push(StoredWeight::F32(v.clone()));
             new_w.push(v);
+            continue;
+        }
+        if precision == Precision::Bf16 {
+            let bits: Vec<u16> = v
+                .iter()
+                .map(|&x| crate::models::bf16::round_bits(x) as u16)
+                .collect();
+            new_w.push(
+                bits.iter()
+                    .map(|&b| f32::from_bits((b as u32) << 16))
+                    .collect(),
+            );
+            stored.push(StoredWeight::Bf16(bits));
             continue;
         }
         let shape = var.dims().to_vec();

@@ -15,6 +15,8 @@ pub enum Precision {
     Int8Weights,
     /// Packed 4-bit weights (per group of inputs), f32 compute.
     Int4Weights,
+    /// bf16 weights; the dense layers' products take bf16 operands with f32 sums.
+    Bf16,
 }
 
 impl Precision {
@@ -24,6 +26,7 @@ impl Precision {
             Precision::F32 => "f32",
             Precision::Int8 | Precision::Int8Weights => "int8",
             Precision::Int4Weights => "int4",
+            Precision::Bf16 => "bf16",
         }
     }
 
@@ -34,6 +37,7 @@ impl Precision {
             Precision::Int8 => "int8",
             Precision::Int8Weights => "int8-weights",
             Precision::Int4Weights => "int4-weights",
+            Precision::Bf16 => "bf16",
         }
     }
 }

@@ -94,6 +94,19 @@ pub fn forward_eval_fused(model: &Model, x: &[f32], rows: usize) -> Result<Vec<f
     Ok(ws.logits)
 }
 
+/// [`forward_eval_fused`] with bf16 products on weights packed once
+/// ([`super::fused::pack_bf16`]).
+pub fn forward_eval_bf16(
+    model: &Model,
+    x: &[f32],
+    rows: usize,
+    packed: &std::sync::Arc<[super::bf16::PackedRhs]>,
+) -> Result<Vec<f32>> {
+    let mut ws = super::fused::Workspace::with_packed(packed.clone());
+    ws.forward(model, x, rows, None)?;
+    Ok(ws.logits)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

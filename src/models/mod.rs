@@ -4,6 +4,7 @@
 //! names).
 
 pub mod bag;
+pub mod bf16;
 pub mod boost;
 pub mod cnn;
 pub mod fused;

@@ -19,7 +19,8 @@ pub struct QuantizeConfig {
     pub name: String,
     /// The f32 model to quantize (a `[[model]]`, a final student, or a pruning stage).
     pub from: String,
-    /// `int8` (integer inference, MLPs), `int8-weights` or `int4-weights` (weight-only).
+    /// `int8` (integer inference, MLPs), `int8-weights` or `int4-weights` (weight-only), or
+    /// `bf16` (bf16 weights and products).
     pub precision: crate::compress::quant::Precision,
     /// Activation range calibration for int8: `minmax` or `percentile`.
     #[serde(default = "default_calibration")]
@@ -89,6 +90,7 @@ impl Stage for QuantizeStage {
                 "int4 weight-only (groups of {}), f32 compute",
                 st.group_size
             ),
+            Precision::Bf16 => "bf16 weights; bf16 products with f32 sums".into(),
             Precision::F32 => "f32".into(),
         };
         let mut record = StageRecord {

@@ -494,6 +494,13 @@ fn fit_shared(
             && job.objective.hint.is_none()
             && forward_hook(&job.hooks).is_none()
             && !together;
+        if !fast && cfg.precision == crate::models::bf16::Precision::Bf16 {
+            progress.say(&format!(
+                "{}: trains through autograd (hint, peers, hooks or its family), in f32: \
+                 precision = \"bf16\" applies to the autograd-free path",
+                job.name
+            ));
+        }
         members.push(Member {
             model,
             opt: Optimizer::new(cfg, &sizes),
@@ -504,7 +511,7 @@ fn fit_shared(
             best_weights: None,
             bad_epochs: 0,
             fast,
-            ws: Default::default(),
+            ws: crate::models::fused::Workspace::with_precision(cfg.precision),
             tally: Tally::default(),
             job,
         });

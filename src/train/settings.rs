@@ -71,7 +71,15 @@ pub struct TrainConfig {
     /// A training loss above this (or NaN) stops the run as diverged.
     #[serde(default = "default_max_loss")]
     pub max_loss: f64,
+    /// `f32`, or `bf16`: the dense layers' matrix products of the autograd-free path (MLPs and
+    /// the CNNs' dense layers) take bf16 operands with f32 sums, as PyTorch's CPU autocast;
+    /// weights, optimizer state and everything else stay f32. Models trained through autograd
+    /// (hints, peers, text students) train in f32 and say so.
+    #[serde(default, skip_serializing_if = "Precision::is_f32")]
+    pub precision: Precision,
 }
+
+pub use crate::models::bf16::Precision;
 
 fn default_epochs() -> usize {
     10
@@ -117,6 +125,7 @@ impl Default for TrainConfig {
             jitter: 0,
             patience: None,
             max_loss: default_max_loss(),
+            precision: Precision::F32,
         }
     }
 }

@@ -153,6 +153,29 @@ pub fn trained_digits_model(
     distillery::models::ModelMeta,
     distillery::data::Dataset,
 ) {
+    trained_digits_model_at(
+        kind,
+        hidden,
+        channels,
+        epochs,
+        seed,
+        distillery::models::bf16::Precision::F32,
+    )
+}
+
+/// [`trained_digits_model`] with the training step's products at `precision`.
+pub fn trained_digits_model_at(
+    kind: distillery::config::ArchKind,
+    hidden: Vec<usize>,
+    channels: Vec<usize>,
+    epochs: usize,
+    seed: u64,
+    precision: distillery::models::bf16::Precision,
+) -> (
+    distillery::models::Model,
+    distillery::models::ModelMeta,
+    distillery::data::Dataset,
+) {
     use distillery::models::{Model, ModelMeta, ModelSpec};
     let (d, norm) = digits_normalised();
     let spec = ModelSpec {
@@ -174,6 +197,7 @@ pub fn trained_digits_model(
     let cfg = distillery::config::TrainConfig {
         epochs,
         lr: 2e-3,
+        precision,
         ..Default::default()
     };
     distillery::train::fit(

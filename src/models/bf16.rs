@@ -1,0 +1,792 @@
+//! bf16 matrix products, the opt-in precision `precision = "bf16"`: both operands rounded to
+//! bfloat16 (round to nearest even), products exact, sums in f32 — the arithmetic of PyTorch's
+//! CPU autocast to bf16. Master weights, activations and gradients stay f32; only the
+//! operands of a product are rounded.
+//!
+//! With AVX-512 BF16 (chosen at run time): both operands packed as bf16 pairs (two
+//! consecutive k per 32-bit lane), and a micro-kernel of up to 8 rows × 32 columns that adds
+//! `VDPBF16PS` products into sixteen f32 registers, in blocks that keep the right operand's
+//! panel in L1 and the left's block in L2. Elsewhere, the portable path: the operands rounded
+//! to bf16 into f32 buffers and the f32 GEMM, the same products summed in another order
+//! (agreement within float rounding of the sums, tested).
+//!
+//! AMX tiles (`TDPBF16PS`) are not used: stable Rust has no AMX intrinsics, and no machine
+//! with AMX was available to test inline assembly on.
+
+use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
+use std::cell::RefCell;
+
+/// The precision of the dense layers' matrix products.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Precision {
+    /// f32 throughout.
+    #[default]
+    F32,
+    /// bf16 operands, f32 sums (autocast-style mixed precision).
+    Bf16,
+}
+
+impl Precision {
+    /// Whether this is the default (f32), to keep it out of saved configs.
+    pub fn is_f32(&self) -> bool {
+        *self == Precision::F32
+    }
+    /// `f32` or `bf16`.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Precision::F32 => "f32",
+            Precision::Bf16 => "bf16",
+        }
+    }
+}
+
+/// Rows of the left operand per micro-kernel.
+const MR: usize = 8;
+/// Columns of the right operand per micro-kernel (two 16-lane registers).
+const NR: usize = 32;
+/// k pairs per block: a right panel block is `KCP · NR · 4` = 32 KiB (L1).
+const KCP: usize = 256;
+
+/// The bits of `x` rounded to bf16, in the low half: round to nearest even, NaN stays a
+/// (quiet) NaN, subnormals become zero of the same sign — bit for bit what `VCVTNEPS2BF16`
+/// does, so the portable and native paths round alike.
+#[inline(always)]
+pub fn round_bits(x: f32) -> u32 {
+    let b = x.to_bits();
+    let r = b.wrapping_add(0x7fff + ((b >> 16) & 1)) >> 16;
+    if x.is_nan() {
+        (b >> 16) | 0x40
+    } else if b & 0x7f80_0000 == 0 {
+        (b >> 16) & 0x8000
+    } else {
+        r
+    }
+}
+
+/// `x` rounded to bf16, as an f32.
+#[inline(always)]
+pub fn round(x: f32) -> f32 {
+    f32::from_bits(round_bits(x) << 16)
+}
+
+/// Whether the AVX-512 BF16 kernel runs here (unless `DISTILLERY_NO_AVX512` is set, which
+/// keeps the portable path, for comparisons).
+pub fn native() -> bool {
+    static OK: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *OK.get_or_init(|| {
+        #[cfg(target_arch = "x86_64")]
+        {
+            std::env::var_os("DISTILLERY_NO_AVX512").is_none()
+                && std::is_x86_feature_detected!("avx512f")
+                && std::is_x86_feature_detected!("avx512bf16")
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        {
+            false
+        }
+    })
+}
+
+/// The path bf16 products take here: `avx512-bf16` or `portable`.
+pub fn path() -> &'static str {
+    if native() {
+        "avx512-bf16"
+    } else {
+        "portable"
+    }
+}
+
+/// A right operand (`k × n`) packed once, for products with many left operands (inference).
+#[derive(Debug, Clone)]
+pub struct PackedRhs {
+    k: usize,
+    n: usize,
+    /// Native: pairs, panel-major (empty on the portable path).
+    pairs: Vec<u32>,
+    /// Portable: the bf16-rounded values, row-major `k × n` (empty on the native path).
+    rounded: Vec<f32>,
+}
+
+impl PackedRhs {
+    /// Packs a row-major `k × n` matrix.
+    pub fn new(w: &[f32], k: usize, n: usize) -> PackedRhs {
+        Self::on(native(), w, k, n)
+    }
+    fn on(nat: bool, w: &[f32], k: usize, n: usize) -> PackedRhs {
+        assert!(w.len() >= k * n);
+        if nat {
+            let mut pairs = Vec::new();
+            pack(nat, &mut pairs, w, n, 1, k, n, NR);
+            PackedRhs {
+                k,
+                n,
+                pairs,
+                rounded: Vec::new(),
+            }
+        } else {
+            PackedRhs {
+                k,
+                n,
+                pairs: Vec::new(),
+                rounded: w[..k * n].iter().map(|&v| round(v)).collect(),
+            }
+        }
+    }
+    /// `(k, n)`.
+    pub fn dims(&self) -> (usize, usize) {
+        (self.k, self.n)
+    }
+}
+
+thread_local! {
+    static LHS: RefCell<Vec<u32>> = const { RefCell::new(Vec::new()) };
+    static RHS: RefCell<Vec<u32>> = const { RefCell::new(Vec::new()) };
+}
+
+/// `dst[m×n] = (read ? dst : 0) + bf16(lhs) · bf16(rhs)`, strides as
+/// [`super::fused::matmul`]; multi-threaded when large enough.
+#[allow(clippy::too_many_arguments)]
+pub fn matmul(
+    dst: &mut [f32],
+    m: usize,
+    n: usize,
+    k: usize,
+    read: bool,
+    lhs: &[f32],
+    lhs_rs: usize,
+    lhs_cs: usize,
+    rhs: &[f32],
+    rhs_rs: usize,
+    rhs_cs: usize,
+) {
+    let t0 = super::fused::profile::on().then(std::time::Instant::now);
+    matmul_on(
+        native(),
+        dst,
+        m,
+        n,
+        k,
+        read,
+        lhs,
+        lhs_rs,
+        lhs_cs,
+        rhs,
+        rhs_rs,
+        rhs_cs,
+    );
+    if let Some(t0) = t0 {
+        super::fused::profile::record(m, n, k, t0.elapsed().as_secs_f64());
+    }
+}
+
+/// [`matmul`] on the native path (`nat`) or the portable one.
+#[allow(clippy::too_many_arguments)]
+fn matmul_on(
+    nat: bool,
+    dst: &mut [f32],
+    m: usize,
+    n: usize,
+    k: usize,
+    read: bool,
+    lhs: &[f32],
+    lhs_rs: usize,
+    lhs_cs: usize,
+    rhs: &[f32],
+    rhs_rs: usize,
+    rhs_cs: usize,
+) {
+    assert!(dst.len() >= m * n);
+    assert!(m == 0 || k == 0 || lhs.len() > (m - 1) * lhs_rs + (k - 1) * lhs_cs);
+    assert!(n == 0 || k == 0 || rhs.len() > (k - 1) * rhs_rs + (n - 1) * rhs_cs);
+    if m == 0 || n == 0 {
+        return;
+    }
+    if !nat {
+        let a = rounded(lhs, m, k, lhs_rs, lhs_cs);
+        let b = rounded(rhs, k, n, rhs_rs, rhs_cs);
+        super::fused::matmul(dst, m, n, k, read, &a, k, 1, &b, n, 1);
+        return;
+    }
+    product(
+        dst,
+        m,
+        n,
+        k,
+        read,
+        lhs,
+        lhs_rs,
+        lhs_cs,
+        Rhs::Raw(rhs, rhs_rs, rhs_cs),
+    );
+}
+
+/// `dst[m×n] = (read ? dst : 0) + bf16(lhs) · rhs` with a packed right operand.
+pub fn matmul_packed(
+    dst: &mut [f32],
+    m: usize,
+    read: bool,
+    lhs: &[f32],
+    lhs_rs: usize,
+    lhs_cs: usize,
+    rhs: &PackedRhs,
+) {
+    let (k, n) = (rhs.k, rhs.n);
+    assert!(dst.len() >= m * n);
+    assert!(m == 0 || k == 0 || lhs.len() > (m - 1) * lhs_rs + (k - 1) * lhs_cs);
+    if m == 0 || n == 0 {
+        return;
+    }
+    if rhs.pairs.is_empty() {
+        let a = rounded(lhs, m, k, lhs_rs, lhs_cs);
+        super::fused::matmul(dst, m, n, k, read, &a, k, 1, &rhs.rounded, n, 1);
+        return;
+    }
+    product(
+        dst,
+        m,
+        n,
+        k,
+        read,
+        lhs,
+        lhs_rs,
+        lhs_cs,
+        Rhs::Packed(&rhs.pairs),
+    );
+}
+
+/// A strided `rows × cols` matrix rounded to bf16, row-major.
+fn rounded(src: &[f32], rows: usize, cols: usize, rs: usize, cs: usize) -> Vec<f32> {
+    let mut out = Vec::with_capacity(rows * cols);
+    for r in 0..rows {
+        out.extend((0..cols).map(|c| round(src[r * rs + c * cs])));
+    }
+    out
+}
+
+/// The right operand of a native product.
+#[derive(Clone, Copy)]
+enum Rhs<'a> {
+    /// Packed whole ([`PackedRhs`]).
+    Packed(&'a [u32]),
+    /// Strided f32 (`rs`, `cs`): each column panel is packed by the task that computes it,
+    /// while it is in cache.
+    Raw(&'a [f32], usize, usize),
+}
+
+/// The native product: the left operand packed once, then column panels of 32 in parallel,
+/// each in blocks of `KCP` pairs over all rows.
+#[allow(clippy::too_many_arguments)]
+fn product(
+    dst: &mut [f32],
+    m: usize,
+    n: usize,
+    k: usize,
+    read: bool,
+    lhs: &[f32],
+    lhs_rs: usize,
+    lhs_cs: usize,
+    rhs: Rhs,
+) {
+    // The buffers are taken out of their thread-locals while in use (and put back after), so
+    // that a product started on a rayon worker while it waits inside another stays correct.
+    let mut lb = LHS.with(|b| std::mem::take(&mut *b.borrow_mut()));
+    {
+        pack(true, &mut lb, lhs, m, lhs_rs, k, lhs_cs, MR);
+        let kp = k.div_ceil(2);
+        let panels = n.div_ceil(NR);
+        let threads = rayon::current_num_threads();
+        let parallel = threads > 1 && m * n * k >= 1 << 18 && panels > 1;
+        let dst_addr = dst.as_mut_ptr() as usize;
+        let a: &[u32] = &lb;
+        let run = |j: usize, b: &[u32]| {
+            let cols = (n - j * NR).min(NR);
+            for p0 in (0..kp).step_by(KCP) {
+                let pc = (kp - p0).min(KCP);
+                let acc = read || p0 > 0;
+                for r0 in (0..m).step_by(MR) {
+                    let rows = (m - r0).min(MR);
+                    let ap = &a[((r0 / MR) * kp + p0) * MR..];
+                    // SAFETY: native() checked the features; the packed operands hold `pc`
+                    // pairs from these offsets (panels of kp · MR and kp · NR pairs), and the
+                    // tile's `rows × cols` outputs at (r0, j·NR) lie inside dst (m × n). Tasks
+                    // write disjoint column panels.
+                    unsafe {
+                        let c = (dst_addr as *mut f32).add(r0 * n + j * NR);
+                        tile(ap, &b[p0 * NR..], pc, c, n, rows, cols, acc);
+                    }
+                }
+            }
+        };
+        let panel = |j: usize| match rhs {
+            Rhs::Packed(b) => run(j, &b[j * kp * NR..][..kp * NR]),
+            Rhs::Raw(src, rs, cs) => {
+                let mut rb = RHS.with(|b| std::mem::take(&mut *b.borrow_mut()));
+                rb.clear();
+                rb.resize(kp * NR, 0);
+                let w = (n - j * NR).min(NR);
+                // SAFETY: native() found AVX-512; the caller's asserts bound src.
+                unsafe { pack_panel_native(&mut rb, &src[j * NR * cs..], w, cs, k, rs, NR) };
+                run(j, &rb);
+                RHS.with(|b| *b.borrow_mut() = rb);
+            }
+        };
+        if parallel {
+            (0..panels).into_par_iter().for_each(panel);
+        } else {
+            (0..panels).for_each(panel);
+        }
+    }
+    LHS.with(|b| *b.borrow_mut() = lb);
+}
+
+/// Packs `outer` vectors of length `k` (element `(i, t)` at `src[i·os + t·ks]`) as bf16
+/// pairs in panels of `block` vectors: `dst[(panel·kp + p)·block + i mod block]` holds
+/// elements `2p` (low half) and `2p + 1` (high half) of vector `i`; missing ones are zero.
+#[allow(clippy::too_many_arguments)]
+fn pack(
+    nat: bool,
+    dst: &mut Vec<u32>,
+    src: &[f32],
+    outer: usize,
+    os: usize,
+    k: usize,
+    ks: usize,
+    block: usize,
+) {
+    let kp = k.div_ceil(2);
+    let panels = outer.div_ceil(block);
+    let len = kp * block;
+    dst.clear();
+    dst.resize(panels * len, 0);
+    let one = |panel: usize, d: &mut [u32]| {
+        let i0 = panel * block;
+        let w = (outer - i0).min(block);
+        let src = &src[i0 * os..];
+        #[cfg(target_arch = "x86_64")]
+        if nat {
+            // SAFETY: the native path runs only where native() found AVX-512.
+            unsafe { pack_panel_native(d, src, w, os, k, ks, block) };
+            return;
+        }
+        let _ = nat;
+        pack_panel(d, src, w, os, k, ks, block)
+    };
+    if rayon::current_num_threads() > 1 && panels > 1 && outer * k >= 1 << 17 {
+        dst.par_chunks_mut(len)
+            .enumerate()
+            .for_each(|(panel, d)| one(panel, d));
+    } else {
+        dst.chunks_mut(len)
+            .enumerate()
+            .for_each(|(panel, d)| one(panel, d));
+    }
+}
+
+/// One panel of [`pack`]: `w ≤ block` vectors from `src` into `d` (`kp · block` pairs,
+/// zeroed).
+fn pack_panel(d: &mut [u32], src: &[f32], w: usize, os: usize, k: usize, ks: usize, block: usize) {
+    let kp = k.div_ceil(2);
+    for i in 0..w {
+        let v = &src[i * os..];
+        for p in 0..kp {
+            let lo = round_bits(v[2 * p * ks]);
+            let hi = if 2 * p + 1 < k {
+                round_bits(v[(2 * p + 1) * ks])
+            } else {
+                0
+            };
+            d[p * block + i] = lo | (hi << 16);
+        }
+    }
+}
+
+/// [`pack_panel`] with AVX-512: `VCVTNEPS2BF16` rounds 16 values at a time (the same
+/// rounding as [`round_bits`]). Contiguous along the outer index: two k rows interleaved;
+/// contiguous along k: 32 values rounded into 16 pairs, stored `block` apart.
+///
+/// # Safety
+/// AVX-512F, BW and BF16 present; `src` holds every element the strides name.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
+unsafe fn pack_panel_native(
+    d: &mut [u32],
+    src: &[f32],
+    w: usize,
+    os: usize,
+    k: usize,
+    ks: usize,
+    block: usize,
+) {
+    use std::arch::x86_64::*;
+    let kp = k.div_ceil(2);
+    assert!(d.len() >= kp * block && w <= block);
+    if os == 1 && w == block && block.is_multiple_of(16) {
+        let full = k / 2;
+        for p in 0..full {
+            let r0 = src.as_ptr().add(2 * p * ks);
+            let r1 = src.as_ptr().add((2 * p + 1) * ks);
+            let o = d.as_mut_ptr().add(p * block);
+            for c in (0..block).step_by(16) {
+                let lo: __m256i =
+                    std::mem::transmute(_mm512_cvtneps_pbh(_mm512_loadu_ps(r0.add(c))));
+                let hi: __m256i =
+                    std::mem::transmute(_mm512_cvtneps_pbh(_mm512_loadu_ps(r1.add(c))));
+                let v = _mm512_or_si512(
+                    _mm512_cvtepu16_epi32(lo),
+                    _mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(hi)),
+                );
+                _mm512_storeu_si512(o.add(c) as *mut _, v);
+            }
+        }
+        if !k.is_multiple_of(2) {
+            let p = full;
+            for i in 0..w {
+                d[p * block + i] = round_bits(src[2 * p * ks + i]);
+            }
+        }
+        return;
+    }
+    if ks == 1 {
+        let full = k / 32 * 32;
+        let mut tmp = [0u32; 16];
+        for i in 0..w {
+            let v = src.as_ptr().add(i * os);
+            let mut t = 0;
+            while t < full {
+                let x: __m512i = std::mem::transmute(_mm512_cvtne2ps_pbh(
+                    _mm512_loadu_ps(v.add(t + 16)),
+                    _mm512_loadu_ps(v.add(t)),
+                ));
+                _mm512_storeu_si512(tmp.as_mut_ptr() as *mut _, x);
+                for (q, &pair) in tmp.iter().enumerate() {
+                    *d.get_unchecked_mut((t / 2 + q) * block + i) = pair;
+                }
+                t += 32;
+            }
+            while t < k {
+                let lo = round_bits(*v.add(t));
+                let hi = if t + 1 < k {
+                    round_bits(*v.add(t + 1))
+                } else {
+                    0
+                };
+                d[(t / 2) * block + i] = lo | (hi << 16);
+                t += 2;
+            }
+        }
+        return;
+    }
+    pack_panel(d, src, w, os, k, ks, block)
+}
+
+/// One tile: `rows ≤ MR` rows × `cols ≤ NR` columns over `kp` pairs.
+///
+/// # Safety
+/// AVX-512F and AVX-512 BF16 present; `a` holds `kp · MR` pairs, `b` `kp · NR`; `c` has
+/// `rows` rows of stride `ldc` with `cols` writable values each.
+#[allow(clippy::too_many_arguments)]
+unsafe fn tile(
+    a: &[u32],
+    b: &[u32],
+    kp: usize,
+    c: *mut f32,
+    ldc: usize,
+    rows: usize,
+    cols: usize,
+    read: bool,
+) {
+    debug_assert!(a.len() >= kp * MR && b.len() >= kp * NR);
+    #[cfg(target_arch = "x86_64")]
+    match rows {
+        1 => tile_1(a.as_ptr(), b.as_ptr(), kp, c, cols, read),
+        2 => tile_r::<2>(a.as_ptr(), b.as_ptr(), kp, c, ldc, cols, read),
+        3 => tile_r::<3>(a.as_ptr(), b.as_ptr(), kp, c, ldc, cols, read),
+        4 => tile_r::<4>(a.as_ptr(), b.as_ptr(), kp, c, ldc, cols, read),
+        5 => tile_r::<5>(a.as_ptr(), b.as_ptr(), kp, c, ldc, cols, read),
+        6 => tile_r::<6>(a.as_ptr(), b.as_ptr(), kp, c, ldc, cols, read),
+        7 => tile_r::<7>(a.as_ptr(), b.as_ptr(), kp, c, ldc, cols, read),
+        _ => tile_r::<8>(a.as_ptr(), b.as_ptr(), kp, c, ldc, cols, read),
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    unreachable!(
+        "the native bf16 kernel is x86-64 only ({a:?}{b:?}{kp}{c:?}{ldc}{rows}{cols}{read})"
+    );
+}
+
+/// Masks of the two 16-column halves for `cols` valid columns.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+fn masks(cols: usize) -> (u16, u16) {
+    let lo = if cols >= 16 {
+        0xffff
+    } else {
+        (1u32 << cols) as u16 - 1
+    };
+    let hi = if cols >= 32 {
+        0xffff
+    } else if cols > 16 {
+        (1u32 << (cols - 16)) as u16 - 1
+    } else {
+        0
+    };
+    (lo, hi)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bf16")]
+unsafe fn tile_r<const R: usize>(
+    a: *const u32,
+    b: *const u32,
+    kp: usize,
+    c: *mut f32,
+    ldc: usize,
+    cols: usize,
+    read: bool,
+) {
+    use std::arch::x86_64::*;
+    let mut lo = [_mm512_setzero_ps(); R];
+    let mut hi = [_mm512_setzero_ps(); R];
+    for p in 0..kp {
+        let b0: __m512bh = std::mem::transmute(_mm512_loadu_si512(b.add(p * NR) as *const _));
+        let b1: __m512bh = std::mem::transmute(_mm512_loadu_si512(b.add(p * NR + 16) as *const _));
+        for r in 0..R {
+            let av: __m512bh = std::mem::transmute(_mm512_set1_epi32(*a.add(p * MR + r) as i32));
+            lo[r] = _mm512_dpbf16_ps(lo[r], av, b0);
+            hi[r] = _mm512_dpbf16_ps(hi[r], av, b1);
+        }
+    }
+    let (m0, m1) = masks(cols);
+    for r in 0..R {
+        store(c.add(r * ldc), lo[r], hi[r], m0, m1, read);
+    }
+}
+
+/// One row (batch-1 inference): four pairs of accumulators over interleaved k pairs, so the
+/// additions do not wait on each other.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bf16")]
+unsafe fn tile_1(a: *const u32, b: *const u32, kp: usize, c: *mut f32, cols: usize, read: bool) {
+    use std::arch::x86_64::*;
+    let mut lo = [_mm512_setzero_ps(); 4];
+    let mut hi = [_mm512_setzero_ps(); 4];
+    let full = kp / 4 * 4;
+    let mut p = 0;
+    while p < full {
+        for u in 0..4 {
+            let q = p + u;
+            let b0: __m512bh = std::mem::transmute(_mm512_loadu_si512(b.add(q * NR) as *const _));
+            let b1: __m512bh =
+                std::mem::transmute(_mm512_loadu_si512(b.add(q * NR + 16) as *const _));
+            let av: __m512bh = std::mem::transmute(_mm512_set1_epi32(*a.add(q * MR) as i32));
+            lo[u] = _mm512_dpbf16_ps(lo[u], av, b0);
+            hi[u] = _mm512_dpbf16_ps(hi[u], av, b1);
+        }
+        p += 4;
+    }
+    while p < kp {
+        let b0: __m512bh = std::mem::transmute(_mm512_loadu_si512(b.add(p * NR) as *const _));
+        let b1: __m512bh = std::mem::transmute(_mm512_loadu_si512(b.add(p * NR + 16) as *const _));
+        let av: __m512bh = std::mem::transmute(_mm512_set1_epi32(*a.add(p * MR) as i32));
+        lo[0] = _mm512_dpbf16_ps(lo[0], av, b0);
+        hi[0] = _mm512_dpbf16_ps(hi[0], av, b1);
+        p += 1;
+    }
+    let l = _mm512_add_ps(_mm512_add_ps(lo[0], lo[1]), _mm512_add_ps(lo[2], lo[3]));
+    let h = _mm512_add_ps(_mm512_add_ps(hi[0], hi[1]), _mm512_add_ps(hi[2], hi[3]));
+    let (m0, m1) = masks(cols);
+    store(c, l, h, m0, m1, read);
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+#[inline]
+unsafe fn store(
+    c: *mut f32,
+    lo: std::arch::x86_64::__m512,
+    hi: std::arch::x86_64::__m512,
+    m0: u16,
+    m1: u16,
+    read: bool,
+) {
+    use std::arch::x86_64::*;
+    let (mut lo, mut hi) = (lo, hi);
+    if read {
+        lo = _mm512_add_ps(lo, _mm512_maskz_loadu_ps(m0, c));
+        if m1 != 0 {
+            hi = _mm512_add_ps(hi, _mm512_maskz_loadu_ps(m1, c.add(16)));
+        }
+    }
+    _mm512_mask_storeu_ps(c, m0, lo);
+    if m1 != 0 {
+        _mm512_mask_storeu_ps(c.add(16), m1, hi);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rng::Rng;
+
+    /// `bf16(lhs) · bf16(rhs)` summed in f64, and the sum of |terms| (the scale of rounding).
+    #[allow(clippy::too_many_arguments)]
+    fn reference(
+        m: usize,
+        n: usize,
+        k: usize,
+        lhs: &[f32],
+        lrs: usize,
+        lcs: usize,
+        rhs: &[f32],
+        rrs: usize,
+        rcs: usize,
+    ) -> (Vec<f64>, Vec<f64>) {
+        let mut out = vec![0f64; m * n];
+        let mut mag = vec![0f64; m * n];
+        for i in 0..m {
+            for j in 0..n {
+                for t in 0..k {
+                    let v =
+                        round(lhs[i * lrs + t * lcs]) as f64 * round(rhs[t * rrs + j * rcs]) as f64;
+                    out[i * n + j] += v;
+                    mag[i * n + j] += v.abs();
+                }
+            }
+        }
+        (out, mag)
+    }
+
+    /// The software rounding against `VCVTNEPS2BF16`, bit for bit, on random values of every
+    /// magnitude and the special ones (where the machine has AVX-512 BF16).
+    #[test]
+    fn rounding_matches_the_instruction() {
+        if !native() {
+            return;
+        }
+        let mut rng = Rng::new(8);
+        let mut xs: Vec<f32> = (0..1 << 16)
+            .map(|_| f32::from_bits(rng.next_u64() as u32))
+            .collect();
+        xs.extend([
+            0.0,
+            -0.0,
+            1e-40,
+            -1e-40,
+            f32::MIN_POSITIVE,
+            f32::MAX,
+            f32::MIN,
+            f32::INFINITY,
+            f32::NEG_INFINITY,
+            1.0 + 1.0 / 256.0,
+            3.389_531_4e38,
+        ]);
+        let mut d = vec![0u32; xs.len().div_ceil(2)];
+        let k = xs.len();
+        // One vector of length k, contiguous along k: the instruction's path.
+        // SAFETY: native() found the features; d holds ⌈k/2⌉ pairs.
+        unsafe { pack_panel_native(&mut d, &xs, 1, k, k, 1, 1) };
+        for (t, &x) in xs.iter().enumerate() {
+            let hw = (d[t / 2] >> (16 * (t % 2))) & 0xffff;
+            let sw = round_bits(x);
+            if x.is_nan() {
+                assert!(f32::from_bits(hw << 16).is_nan() && f32::from_bits(sw << 16).is_nan());
+            } else {
+                assert_eq!(hw, sw, "{x:e} ({:#x})", x.to_bits());
+            }
+        }
+    }
+
+    #[test]
+    fn rounding_is_to_nearest_even() {
+        // 1 + 2^-8 is halfway between 1 and 1 + 2^-7: ties to the even one, 1.
+        assert_eq!(round(1.0 + 1.0 / 256.0), 1.0);
+        // 1 + 3·2^-8 ties up to 1 + 2^-6 (even mantissa).
+        assert_eq!(round(1.0 + 3.0 / 256.0), 1.0 + 1.0 / 64.0);
+        assert_eq!(round(1.0 + 1.0 / 256.0 + 1e-6), 1.0 + 1.0 / 128.0);
+        assert_eq!(round(-2.5), -2.5);
+        assert!(round(f32::NAN).is_nan());
+        assert_eq!(round(f32::INFINITY), f32::INFINITY);
+    }
+
+    /// The paths this machine can run: the portable one, and the native one if present.
+    fn paths() -> Vec<bool> {
+        if native() {
+            vec![false, true]
+        } else {
+            vec![false]
+        }
+    }
+
+    /// Every layout the training step uses (plain, left transposed, right transposed), odd
+    /// and even k, tails in both directions, accumulate or not, one thread and two, against
+    /// the exact sum of the rounded products: within 1e-5 of the sum of |terms| (f32 sums).
+    /// Runs both paths where the machine has AVX-512 BF16, else the portable one.
+    #[test]
+    fn products_match_the_rounded_reference() {
+        let mut rng = Rng::new(5);
+        for &(m, n, k) in &[
+            (1, 1, 1),
+            (1, 70, 33),
+            (3, 5, 2),
+            (8, 32, 64),
+            (9, 33, 65),
+            (37, 100, 600),
+            (130, 47, 513),
+            (300, 70, 1030),
+        ] {
+            let lhs: Vec<f32> = (0..m * k).map(|_| rng.normal()).collect();
+            let rhs: Vec<f32> = (0..k * n).map(|_| rng.normal()).collect();
+            let init: Vec<f32> = (0..m * n).map(|_| rng.normal()).collect();
+            for (lt, rt) in [(false, false), (true, false), (false, true), (true, true)] {
+                let (lrs, lcs) = if lt { (1, m) } else { (k, 1) };
+                let (rrs, rcs) = if rt { (1, k) } else { (n, 1) };
+                let (want, mag) = reference(m, n, k, &lhs, lrs, lcs, &rhs, rrs, rcs);
+                for (nat, read) in paths().into_iter().flat_map(|p| [(p, false), (p, true)]) {
+                    let mut got = init.clone();
+                    matmul_on(nat, &mut got, m, n, k, read, &lhs, lrs, lcs, &rhs, rrs, rcs);
+                    for i in 0..m * n {
+                        let w = want[i] + if read { init[i] as f64 } else { 0.0 };
+                        let tol = 1e-5 * (mag[i] + 1.0);
+                        assert!(
+                            (got[i] as f64 - w).abs() <= tol,
+                            "{m}x{n}x{k} native={nat} lt={lt} rt={rt} read={read} [{i}]: {} vs {w}",
+                            got[i]
+                        );
+                    }
+                }
+            }
+            // The packed right operand gives the same values as packing per call.
+            for nat in paths() {
+                let packed = PackedRhs::on(nat, &rhs, k, n);
+                let mut a = vec![0f32; m * n];
+                let mut b = vec![0f32; m * n];
+                matmul_on(nat, &mut a, m, n, k, false, &lhs, k, 1, &rhs, n, 1);
+                matmul_packed(&mut b, m, false, &lhs, k, 1, &packed);
+                assert_eq!(a, b, "{m}x{n}x{k} native={nat} packed");
+            }
+        }
+    }
+
+    /// The native kernel against the portable path on the same operands (when this machine
+    /// has AVX-512 BF16): the same rounded products, so agreement within f32 summation error.
+    #[test]
+    fn native_and_portable_agree() {
+        if !native() {
+            return;
+        }
+        let mut rng = Rng::new(6);
+        let (m, n, k) = (64, 200, 300);
+        let lhs: Vec<f32> = (0..m * k).map(|_| rng.normal()).collect();
+        let rhs: Vec<f32> = (0..k * n).map(|_| rng.normal()).collect();
+        let mut got = vec![0f32; m * n];
+        matmul_on(true, &mut got, m, n, k, false, &lhs, k, 1, &rhs, n, 1);
+        let a: Vec<f32> = lhs.iter().map(|&v| round(v)).collect();
+        let b: Vec<f32> = rhs.iter().map(|&v| round(v)).collect();
+        let mut want = vec![0f32; m * n];
+        super::super::fused::matmul(&mut want, m, n, k, false, &a, k, 1, &b, n, 1);
+        for (g, w) in got.iter().zip(&want) {
+            assert!((g - w).abs() <= 1e-4 * (k as f32).sqrt(), "{g} vs {w}");
+        }
+    }
+}
