@@ -129,14 +129,8 @@ fn kernel_path(workload: &str, isa: &[String]) -> String {
     } else {
         "gemm crate portable"
     };
-    let own = if has("avx512f") && has("fma") && std::env::var_os("DISTILLERY_NO_AVX512").is_none()
-    {
-        "own kernels AVX2+FMA, batch-1 GEMV AVX-512"
-    } else if has("avx2") && has("fma") {
-        "own kernels AVX2+FMA"
-    } else {
-        "own kernels portable"
-    };
+    // The batch-1 GEMV, the element-wise passes and the optimizer ([`crate::simd`]).
+    let own = format!("own kernels {}", crate::simd::level_name());
     match workload {
         "gemm" => format!("candle matmul → {gemm}"),
         "infer-int8" => format!(

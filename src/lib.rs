@@ -37,6 +37,7 @@ pub mod predict;
 pub mod progress;
 pub mod report;
 pub mod rng;
+pub mod simd;
 pub mod stages;
 pub mod store;
 pub mod submodels;

@@ -643,9 +643,7 @@ impl Workspace {
             gb.clear();
             gb.resize(n, 0.0);
             for row in self.dz.chunks_exact(n) {
-                for (g, d) in gb.iter_mut().zip(row) {
-                    *g += d;
-                }
+                add_into(gb, row);
             }
             if l == 0 && blocks == 0 {
                 break;
@@ -880,28 +878,50 @@ fn sum_into<'a>(dst: &mut Vec<f32>, len: usize, parts: impl Iterator<Item = &'a 
     dst.clear();
     dst.resize(len, 0.0);
     for part in parts {
-        dst.iter_mut().zip(part).for_each(|(a, b)| *a += b);
+        add_into(dst, part);
     }
 }
 
+// The element-wise passes, each compiled for AVX-512, AVX2 and the baseline
+// ([`crate::simd`]); the same bits on every path (tested).
+use crate::simd::dispatch;
+
+#[inline(always)]
+fn add_into_body(dst: &mut [f32], src: &[f32]) {
+    dst.iter_mut().zip(src).for_each(|(a, b)| *a += b);
+}
+dispatch!(add_into, add_into_body, (dst: &mut [f32], src: &[f32]));
+
+#[inline(always)]
+fn relu_body(v: &mut [f32]) {
+    v.iter_mut().for_each(|x| *x = x.max(0.0));
+}
+dispatch!(relu, relu_body, (v: &mut [f32]));
+
+#[inline(always)]
+fn relu_grad_body(out: &mut [f32], da: &[f32], a: &[f32], keep: f32) {
+    out.iter_mut()
+        .zip(da.iter().zip(a))
+        .for_each(|(o, (d, x))| *o = if *x > 0.0 { d * keep } else { 0.0 });
+}
+dispatch!(relu_grad, relu_grad_body, (out: &mut [f32], da: &[f32], a: &[f32], keep: f32));
+
 fn relu_in_place(v: &mut [f32]) {
     if v.len() >= 1 << 16 && rayon::current_num_threads() > 1 {
-        v.par_chunks_mut(1 << 14)
-            .for_each(|c| c.iter_mut().for_each(|x| *x = x.max(0.0)));
+        v.par_chunks_mut(1 << 14).for_each(relu);
     } else {
-        v.iter_mut().for_each(|x| *x = x.max(0.0));
+        relu(v);
     }
 }
 
 /// `out = da · keep` where the layer's output `a` (after ReLU and dropout) is positive, else 0.
 fn relu_dropout_grad(out: &mut [f32], da: &[f32], a: &[f32], keep: f32) {
-    let f = |(o, (d, x)): (&mut f32, (&f32, &f32))| *o = if *x > 0.0 { d * keep } else { 0.0 };
     if out.len() >= 1 << 16 && rayon::current_num_threads() > 1 {
         out.par_chunks_mut(1 << 14)
             .zip(da.par_chunks(1 << 14).zip(a.par_chunks(1 << 14)))
-            .for_each(|(o, (d, x))| o.iter_mut().zip(d.iter().zip(x)).for_each(f));
+            .for_each(|(o, (d, x))| relu_grad(o, d, x, keep));
     } else {
-        out.iter_mut().zip(da.iter().zip(a)).for_each(f);
+        relu_grad(out, da, a, keep);
     }
 }
 
@@ -987,6 +1007,29 @@ mod tests {
         let mut ws = Workspace::with_packed(packed);
         ws.forward(&m, &x, rows, None).unwrap();
         assert_eq!(ws.logits, l16);
+    }
+
+    /// The dispatched element-wise passes (AVX-512 or AVX2 where the CPU has them) against
+    /// the baseline build of the same bodies, bit for bit, on lengths with vector tails.
+    #[test]
+    fn elementwise_passes_equal_the_baseline_bit_for_bit() {
+        let mut r = Rng::new(41);
+        for n in [1usize, 7, 16, 33, 1000, 70_001] {
+            let a: Vec<f32> = (0..n).map(|_| r.normal()).collect();
+            let b: Vec<f32> = (0..n).map(|_| r.normal()).collect();
+            let (mut x, mut y) = (a.clone(), a.clone());
+            add_into(&mut x, &b);
+            add_into_body(&mut y, &b);
+            assert_eq!(x, y, "add n={n}");
+            let (mut x, mut y) = (a.clone(), a.clone());
+            relu_in_place(&mut x);
+            relu_body(&mut y);
+            assert_eq!(x, y, "relu n={n}");
+            let (mut x, mut y) = (vec![0f32; n], vec![0f32; n]);
+            relu_dropout_grad(&mut x, &a, &b, 1.25);
+            relu_grad_body(&mut y, &a, &b, 1.25);
+            assert_eq!(x, y, "relu grad n={n}");
+        }
     }
 
     /// The batch-1 kernel (vectorised blocks, the scalar tail, the per-thread column split)

@@ -314,38 +314,9 @@ impl NativeBert {
     }
 }
 
-/// 2 with AVX-512 (F, VL, DQ) and FMA, 1 with AVX2 and FMA, else 0; detected once.
-/// `DISTILLERY_NO_AVX512` set keeps it at AVX2 (for comparisons).
-fn simd_level() -> u8 {
-    static LEVEL: std::sync::OnceLock<u8> = std::sync::OnceLock::new();
-    *LEVEL.get_or_init(|| {
-        #[cfg(target_arch = "x86_64")]
-        {
-            use std::is_x86_feature_detected as has;
-            let fma = has!("fma");
-            if std::env::var_os("DISTILLERY_NO_AVX512").is_none()
-                && has!("avx512f")
-                && has!("avx512vl")
-                && has!("avx512dq")
-                && fma
-            {
-                return 2;
-            }
-            if has!("avx2") && fma {
-                return 1;
-            }
-        }
-        0
-    })
-}
-
 /// The element-wise kernels' path on this CPU, for reports.
 pub fn simd_level_name() -> &'static str {
-    match simd_level() {
-        2 => "AVX-512",
-        1 => "AVX2+FMA",
-        _ => "portable",
-    }
+    crate::simd::level_name()
 }
 
 /// Element-wise kernels: one body, compiled for AVX-512, AVX2+FMA and the baseline, the best
@@ -496,33 +467,12 @@ pub(crate) mod kernels {
         }
     }
 
-    /// Defines `pub fn $name(args)` that runs `$body(args)` compiled for the best instruction
-    /// set the CPU has.
-    macro_rules! dispatch {
-        ($name:ident, $body:ident, ($($a:ident: $t:ty),*)) => {
-            pub fn $name($($a: $t),*) {
-                #[cfg(target_arch = "x86_64")]
-                {
-                    #[target_feature(enable = "avx512f,avx512vl,avx512dq,fma")]
-                    unsafe fn v4($($a: $t),*) { $body($($a),*) }
-                    #[target_feature(enable = "avx2,fma")]
-                    unsafe fn v3($($a: $t),*) { $body($($a),*) }
-                    match super::simd_level() {
-                        // SAFETY: the CPU has the features each function is compiled for.
-                        2 => return unsafe { v4($($a),*) },
-                        1 => return unsafe { v3($($a),*) },
-                        _ => {}
-                    }
-                }
-                $body($($a),*)
-            }
-        };
-    }
+    use crate::simd::dispatch;
 
-    dispatch!(bias_layer_norm, bias_layer_norm_body, (v: &mut [f32], bias: &[f32], g: &[f32], b: &[f32], eps: f32));
-    dispatch!(bias_act, bias_act_body, (v: &mut [f32], bias: &[f32], act: Act));
-    dispatch!(add_bias, add_bias_body, (v: &mut [f32], bias: &[f32]));
-    dispatch!(softmax_scaled, softmax_scaled_body, (row: &mut [f32], scale: f32));
+    dispatch!(pub bias_layer_norm, bias_layer_norm_body, (v: &mut [f32], bias: &[f32], g: &[f32], b: &[f32], eps: f32));
+    dispatch!(pub bias_act, bias_act_body, (v: &mut [f32], bias: &[f32], act: Act));
+    dispatch!(pub add_bias, add_bias_body, (v: &mut [f32], bias: &[f32]));
+    dispatch!(pub softmax_scaled, softmax_scaled_body, (row: &mut [f32], scale: f32));
 
     /// The baseline build of the kernels, for tests against the dispatched ones.
     #[cfg(test)]
