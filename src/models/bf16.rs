@@ -198,9 +198,14 @@ fn matmul_on(
     rhs_rs: usize,
     rhs_cs: usize,
 ) {
-    assert!(dst.len() >= m * n);
-    assert!(m == 0 || k == 0 || lhs.len() > (m - 1) * lhs_rs + (k - 1) * lhs_cs);
-    assert!(n == 0 || k == 0 || rhs.len() > (k - 1) * rhs_rs + (n - 1) * rhs_cs);
+    super::fused::check_operands(
+        dst.len(),
+        m,
+        n,
+        k,
+        (lhs.len(), lhs_rs, lhs_cs),
+        (rhs.len(), rhs_rs, rhs_cs),
+    );
     if m == 0 || n == 0 {
         return;
     }
@@ -234,8 +239,15 @@ pub fn matmul_packed(
     rhs: &PackedRhs,
 ) {
     let (k, n) = (rhs.k, rhs.n);
-    assert!(dst.len() >= m * n);
-    assert!(m == 0 || k == 0 || lhs.len() > (m - 1) * lhs_rs + (k - 1) * lhs_cs);
+    // The packed operand is whole by construction (k × n, contiguous).
+    super::fused::check_operands(
+        dst.len(),
+        m,
+        n,
+        k,
+        (lhs.len(), lhs_rs, lhs_cs),
+        (k * n, n, 1),
+    );
     if m == 0 || n == 0 {
         return;
     }

@@ -430,6 +430,22 @@ gemv_kernel!(
     }
 );
 
+/// Panics unless an `m × n` output of `dst_len` values and the strided operands
+/// `(len, row stride, column stride)` of an `m × k` by `k × n` product hold every index the
+/// strides name (what the unsafe products rely on).
+pub(crate) fn check_operands(
+    dst_len: usize,
+    m: usize,
+    n: usize,
+    k: usize,
+    lhs: (usize, usize, usize),
+    rhs: (usize, usize, usize),
+) {
+    assert!(dst_len >= m * n);
+    assert!(m == 0 || k == 0 || lhs.0 > (m - 1) * lhs.1 + (k - 1) * lhs.2);
+    assert!(n == 0 || k == 0 || rhs.0 > (k - 1) * rhs.1 + (n - 1) * rhs.2);
+}
+
 /// [`matmul`] with the parallelism given.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn matmul_with(
@@ -446,10 +462,15 @@ pub(crate) fn matmul_with(
     rhs_rs: usize,
     rhs_cs: usize,
 ) {
-    assert!(dst.len() >= m * n);
-    assert!(m == 0 || k == 0 || lhs.len() > (m - 1) * lhs_rs + (k - 1) * lhs_cs);
-    assert!(n == 0 || k == 0 || rhs.len() > (k - 1) * rhs_rs + (n - 1) * rhs_cs);
-    // SAFETY: the asserts above keep every index the strides describe inside the slices;
+    check_operands(
+        dst.len(),
+        m,
+        n,
+        k,
+        (lhs.len(), lhs_rs, lhs_cs),
+        (rhs.len(), rhs_rs, rhs_cs),
+    );
+    // SAFETY: the checks above keep every index the strides describe inside the slices;
     // dst is row-major m×n and does not alias the inputs (distinct borrows).
     unsafe {
         gemm::gemm(
