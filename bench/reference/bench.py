@@ -144,8 +144,8 @@ def infer(steps, int8=False, bf16=False):
 
 
 def gemm(steps, bf16=False):
-    """1024³ f32, or with bf16 operands converted beforehand (PyTorch's fastest bf16 path;
-    distillery's gemm-bf16 converts its f32 operands in every call)."""
+    """1024³ f32, or with bf16 operands converted beforehand (PyTorch's fastest bf16 path; its
+    output is bf16). distillery's gemm-bf16 also takes operands already in bf16, and writes f32."""
     n = 1024
     a, b = torch.rand(n, n), torch.rand(n, n)
     if bf16:

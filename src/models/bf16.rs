@@ -221,9 +221,7 @@ fn matmul_on(
         n,
         k,
         read,
-        lhs,
-        lhs_rs,
-        lhs_cs,
+        Lhs::F32(lhs, lhs_rs, lhs_cs),
         Rhs::Raw(rhs, rhs_rs, rhs_cs),
     );
 }
@@ -262,12 +260,82 @@ pub fn matmul_packed(
         n,
         k,
         read,
-        lhs,
-        lhs_rs,
-        lhs_cs,
+        Lhs::F32(lhs, lhs_rs, lhs_cs),
         Rhs::Packed(&rhs.pairs),
     );
 }
+
+/// `dst[m×n] = (read ? dst : 0) + lhs · rhs` for operands already in bf16 (their bits,
+/// row-major `m × k` and `k × n`): nothing is rounded, only packed.
+pub fn matmul_bits(
+    dst: &mut [f32],
+    m: usize,
+    n: usize,
+    k: usize,
+    read: bool,
+    lhs: &[u16],
+    rhs: &[u16],
+) {
+    assert!(dst.len() >= m * n && lhs.len() >= m * k && rhs.len() >= k * n);
+    if m == 0 || n == 0 {
+        return;
+    }
+    if !native() {
+        let f = |b: &[u16]| -> Vec<f32> {
+            b.iter()
+                .map(|&v| f32::from_bits((v as u32) << 16))
+                .collect()
+        };
+        let (a, b) = (f(&lhs[..m * k]), f(&rhs[..k * n]));
+        super::fused::matmul(dst, m, n, k, read, &a, k, 1, &b, n, 1);
+        return;
+    }
+    product(dst, m, n, k, read, Lhs::Bits(lhs), Rhs::Bits(rhs));
+}
+
+/// One panel of bf16 bits packed as pairs, as [`pack_panel`] packs f32 values.
+#[inline(always)]
+fn pack_bits_body(
+    d: &mut [u32],
+    src: &[u16],
+    w: usize,
+    os: usize,
+    k: usize,
+    ks: usize,
+    block: usize,
+) {
+    let kp = k.div_ceil(2);
+    if os == 1 {
+        // Contiguous along the outer index: two k rows interleaved (vectorises).
+        for (p, d) in d[..kp * block].chunks_exact_mut(block).enumerate() {
+            let r0 = &src[2 * p * ks..][..w];
+            if 2 * p + 1 < k {
+                let r1 = &src[(2 * p + 1) * ks..][..w];
+                for ((d, &a), &b) in d.iter_mut().zip(r0).zip(r1) {
+                    *d = a as u32 | ((b as u32) << 16);
+                }
+            } else {
+                for (d, &a) in d.iter_mut().zip(r0) {
+                    *d = a as u32;
+                }
+            }
+        }
+    } else {
+        for i in 0..w {
+            let v = &src[i * os..];
+            for p in 0..kp {
+                let lo = v[2 * p * ks] as u32;
+                let hi = if 2 * p + 1 < k {
+                    v[(2 * p + 1) * ks] as u32
+                } else {
+                    0
+                };
+                d[p * block + i] = lo | (hi << 16);
+            }
+        }
+    }
+}
+crate::simd::dispatch!(pack_bits_panel, pack_bits_body, (d: &mut [u32], src: &[u16], w: usize, os: usize, k: usize, ks: usize, block: usize));
 
 /// A strided `rows × cols` matrix rounded to bf16, row-major.
 fn rounded(src: &[f32], rows: usize, cols: usize, rs: usize, cs: usize) -> Vec<f32> {
@@ -286,27 +354,44 @@ enum Rhs<'a> {
     /// Strided f32 (`rs`, `cs`): each column panel is packed by the task that computes it,
     /// while it is in cache.
     Raw(&'a [f32], usize, usize),
+    /// bf16 bits, row-major `k × n`, packed per column panel likewise.
+    Bits(&'a [u16]),
+}
+
+/// The left operand of a native product.
+#[derive(Clone, Copy)]
+enum Lhs<'a> {
+    /// Strided f32 (`rs`, `cs`).
+    F32(&'a [f32], usize, usize),
+    /// bf16 bits, row-major `m × k`.
+    Bits(&'a [u16]),
 }
 
 /// The native product: the left operand packed once, then column panels of 32 in parallel,
 /// each in blocks of `KCP` pairs over all rows.
 #[allow(clippy::too_many_arguments)]
-fn product(
-    dst: &mut [f32],
-    m: usize,
-    n: usize,
-    k: usize,
-    read: bool,
-    lhs: &[f32],
-    lhs_rs: usize,
-    lhs_cs: usize,
-    rhs: Rhs,
-) {
+fn product(dst: &mut [f32], m: usize, n: usize, k: usize, read: bool, lhs: Lhs, rhs: Rhs) {
     // The buffers are taken out of their thread-locals while in use (and put back after), so
     // that a product started on a rayon worker while it waits inside another stays correct.
     let mut lb = LHS.with(|b| std::mem::take(&mut *b.borrow_mut()));
     {
-        pack(true, &mut lb, lhs, m, lhs_rs, k, lhs_cs, MR);
+        match lhs {
+            Lhs::F32(src, rs, cs) => pack(true, &mut lb, src, m, rs, k, cs, MR),
+            Lhs::Bits(bits) => {
+                lb.clear();
+                lb.resize(m.div_ceil(MR) * k.div_ceil(2) * MR, 0);
+                let one = |(panel, d): (usize, &mut [u32])| {
+                    let w = (m - panel * MR).min(MR);
+                    pack_bits_panel(d, &bits[panel * MR * k..], w, k, k, 1, MR);
+                };
+                let len = k.div_ceil(2) * MR;
+                if rayon::current_num_threads() > 1 && m > MR && m * k >= 1 << 17 {
+                    lb.par_chunks_mut(len).enumerate().for_each(one);
+                } else {
+                    lb.chunks_mut(len).enumerate().for_each(one);
+                }
+            }
+        }
         let kp = k.div_ceil(2);
         let panels = n.div_ceil(NR);
         let threads = rayon::current_num_threads();
@@ -341,6 +426,15 @@ fn product(
                 let w = (n - j * NR).min(NR);
                 // SAFETY: native() found AVX-512; the caller's asserts bound src.
                 unsafe { pack_panel_native(&mut rb, &src[j * NR * cs..], w, cs, k, rs, NR) };
+                run(j, &rb);
+                RHS.with(|b| *b.borrow_mut() = rb);
+            }
+            Rhs::Bits(bits) => {
+                let mut rb = RHS.with(|b| std::mem::take(&mut *b.borrow_mut()));
+                rb.clear();
+                rb.resize(kp * NR, 0);
+                let w = (n - j * NR).min(NR);
+                pack_bits_panel(&mut rb, &bits[j * NR..], w, 1, k, n, NR);
                 run(j, &rb);
                 RHS.with(|b| *b.borrow_mut() = rb);
             }
@@ -532,23 +626,23 @@ unsafe fn tile(
     );
 }
 
-/// Masks of the two 16-column halves for `cols` valid columns.
+/// 16-lane registers per row of a tile.
+const NV: usize = NR / 16;
+
+/// Masks of the tile's 16-column groups for `cols` valid columns.
 #[cfg(target_arch = "x86_64")]
 #[inline(always)]
-fn masks(cols: usize) -> (u16, u16) {
-    let lo = if cols >= 16 {
-        0xffff
-    } else {
-        (1u32 << cols) as u16 - 1
-    };
-    let hi = if cols >= 32 {
-        0xffff
-    } else if cols > 16 {
-        (1u32 << (cols - 16)) as u16 - 1
-    } else {
-        0
-    };
-    (lo, hi)
+fn masks(cols: usize) -> [u16; NV] {
+    std::array::from_fn(|v| {
+        let lo = 16 * v;
+        if cols >= lo + 16 {
+            0xffff
+        } else if cols > lo {
+            ((1u32 << (cols - lo)) - 1) as u16
+        } else {
+            0
+        }
+    })
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -563,81 +657,77 @@ unsafe fn tile_r<const R: usize>(
     read: bool,
 ) {
     use std::arch::x86_64::*;
-    let mut lo = [_mm512_setzero_ps(); R];
-    let mut hi = [_mm512_setzero_ps(); R];
+    let mut acc = [[_mm512_setzero_ps(); NV]; R];
     for p in 0..kp {
-        let b0: __m512bh = std::mem::transmute(_mm512_loadu_si512(b.add(p * NR) as *const _));
-        let b1: __m512bh = std::mem::transmute(_mm512_loadu_si512(b.add(p * NR + 16) as *const _));
-        for r in 0..R {
+        let bv: [__m512bh; NV] = std::array::from_fn(|v| {
+            std::mem::transmute(_mm512_loadu_si512(b.add(p * NR + 16 * v) as *const _))
+        });
+        for (r, row) in acc.iter_mut().enumerate() {
             let av: __m512bh = std::mem::transmute(_mm512_set1_epi32(*a.add(p * MR + r) as i32));
-            lo[r] = _mm512_dpbf16_ps(lo[r], av, b0);
-            hi[r] = _mm512_dpbf16_ps(hi[r], av, b1);
+            for (x, &bw) in row.iter_mut().zip(&bv) {
+                *x = _mm512_dpbf16_ps(*x, av, bw);
+            }
         }
     }
-    let (m0, m1) = masks(cols);
-    for r in 0..R {
-        store(c.add(r * ldc), lo[r], hi[r], m0, m1, read);
+    let m = masks(cols);
+    for (r, row) in acc.iter().enumerate() {
+        store(c.add(r * ldc), row, &m, read);
     }
 }
 
-/// One row (batch-1 inference): four pairs of accumulators over interleaved k pairs, so the
+/// One row (batch-1 inference): four sets of accumulators over interleaved k pairs, so the
 /// additions do not wait on each other.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bf16")]
 unsafe fn tile_1(a: *const u32, b: *const u32, kp: usize, c: *mut f32, cols: usize, read: bool) {
     use std::arch::x86_64::*;
-    let mut lo = [_mm512_setzero_ps(); 4];
-    let mut hi = [_mm512_setzero_ps(); 4];
+    let mut acc = [[_mm512_setzero_ps(); NV]; 4];
+    let step = |acc: &mut [__m512; NV], q: usize| {
+        let av: __m512bh = std::mem::transmute(_mm512_set1_epi32(*a.add(q * MR) as i32));
+        for (v, x) in acc.iter_mut().enumerate() {
+            let bw: __m512bh =
+                std::mem::transmute(_mm512_loadu_si512(b.add(q * NR + 16 * v) as *const _));
+            *x = _mm512_dpbf16_ps(*x, av, bw);
+        }
+    };
     let full = kp / 4 * 4;
     let mut p = 0;
     while p < full {
-        for u in 0..4 {
-            let q = p + u;
-            let b0: __m512bh = std::mem::transmute(_mm512_loadu_si512(b.add(q * NR) as *const _));
-            let b1: __m512bh =
-                std::mem::transmute(_mm512_loadu_si512(b.add(q * NR + 16) as *const _));
-            let av: __m512bh = std::mem::transmute(_mm512_set1_epi32(*a.add(q * MR) as i32));
-            lo[u] = _mm512_dpbf16_ps(lo[u], av, b0);
-            hi[u] = _mm512_dpbf16_ps(hi[u], av, b1);
+        for (u, set) in acc.iter_mut().enumerate() {
+            step(set, p + u);
         }
         p += 4;
     }
     while p < kp {
-        let b0: __m512bh = std::mem::transmute(_mm512_loadu_si512(b.add(p * NR) as *const _));
-        let b1: __m512bh = std::mem::transmute(_mm512_loadu_si512(b.add(p * NR + 16) as *const _));
-        let av: __m512bh = std::mem::transmute(_mm512_set1_epi32(*a.add(p * MR) as i32));
-        lo[0] = _mm512_dpbf16_ps(lo[0], av, b0);
-        hi[0] = _mm512_dpbf16_ps(hi[0], av, b1);
+        step(&mut acc[0], p);
         p += 1;
     }
-    let l = _mm512_add_ps(_mm512_add_ps(lo[0], lo[1]), _mm512_add_ps(lo[2], lo[3]));
-    let h = _mm512_add_ps(_mm512_add_ps(hi[0], hi[1]), _mm512_add_ps(hi[2], hi[3]));
-    let (m0, m1) = masks(cols);
-    store(c, l, h, m0, m1, read);
+    let sum: [__m512; NV] = std::array::from_fn(|v| {
+        _mm512_add_ps(
+            _mm512_add_ps(acc[0][v], acc[1][v]),
+            _mm512_add_ps(acc[2][v], acc[3][v]),
+        )
+    });
+    store(c, &sum, &masks(cols), read);
 }
 
+/// Writes (or adds, with `read`) one tile row's registers under the column masks.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 #[inline]
-unsafe fn store(
-    c: *mut f32,
-    lo: std::arch::x86_64::__m512,
-    hi: std::arch::x86_64::__m512,
-    m0: u16,
-    m1: u16,
-    read: bool,
-) {
+unsafe fn store(c: *mut f32, row: &[std::arch::x86_64::__m512; NV], m: &[u16; NV], read: bool) {
     use std::arch::x86_64::*;
-    let (mut lo, mut hi) = (lo, hi);
-    if read {
-        lo = _mm512_add_ps(lo, _mm512_maskz_loadu_ps(m0, c));
-        if m1 != 0 {
-            hi = _mm512_add_ps(hi, _mm512_maskz_loadu_ps(m1, c.add(16)));
+    for (v, (&x, &mv)) in row.iter().zip(m).enumerate() {
+        if mv == 0 {
+            continue;
         }
-    }
-    _mm512_mask_storeu_ps(c, m0, lo);
-    if m1 != 0 {
-        _mm512_mask_storeu_ps(c.add(16), m1, hi);
+        let at = c.add(16 * v);
+        let x = if read {
+            _mm512_add_ps(x, _mm512_maskz_loadu_ps(mv, at))
+        } else {
+            x
+        };
+        _mm512_mask_storeu_ps(at, mv, x);
     }
 }
 
@@ -782,6 +872,32 @@ mod tests {
                 matmul_packed(&mut b, m, false, &lhs, k, 1, &packed);
                 assert_eq!(a, b, "{m}x{n}x{k} native={nat} packed");
             }
+        }
+    }
+
+    /// Operands given as bf16 bits give exactly what the same values given as f32 give (they
+    /// round to themselves), on both paths.
+    #[test]
+    fn bits_operands_match_f32_operands() {
+        let mut rng = Rng::new(7);
+        for &(m, n, k) in &[(1, 1, 1), (5, 33, 7), (13, 70, 64), (40, 100, 301)] {
+            let a: Vec<u16> = (0..m * k)
+                .map(|_| round_bits(rng.normal()) as u16)
+                .collect();
+            let b: Vec<u16> = (0..k * n)
+                .map(|_| round_bits(rng.normal()) as u16)
+                .collect();
+            let f = |v: &[u16]| -> Vec<f32> {
+                v.iter()
+                    .map(|&x| f32::from_bits((x as u32) << 16))
+                    .collect()
+            };
+            let (af, bf) = (f(&a), f(&b));
+            let mut want = vec![1f32; m * n];
+            matmul(&mut want, m, n, k, true, &af, k, 1, &bf, n, 1);
+            let mut got = vec![1f32; m * n];
+            matmul_bits(&mut got, m, n, k, true, &a, &b);
+            assert_eq!(got, want, "{m}x{n}x{k}");
         }
     }
 
