@@ -401,7 +401,7 @@ pub fn load_any_bytes(bytes: &[u8], file: &str) -> Result<AnyModel> {
                         .collect();
                     let v: Vec<f32> = bits
                         .iter()
-                        .map(|&b| f32::from_bits((b as u32) << 16))
+                        .map(|&b| crate::models::bf16::widen(b))
                         .collect();
                     if let Some(p) = v.iter().position(|x| !x.is_finite()) {
                         return Err(Error::Input(format!(

@@ -589,7 +589,7 @@ pub fn weight_only(
                 .collect();
             new_w.push(
                 bits.iter()
-                    .map(|&b| f32::from_bits((b as u32) << 16))
+                    .map(|&b| crate::models::bf16::widen(b))
                     .collect(),
             );
             stored.push(StoredWeight::Bf16(bits));

@@ -69,7 +69,13 @@ pub fn round_bits(x: f32) -> u32 {
 /// `x` rounded to bf16, as an f32.
 #[inline(always)]
 pub fn round(x: f32) -> f32 {
-    f32::from_bits(round_bits(x) << 16)
+    widen(round_bits(x) as u16)
+}
+
+/// The f32 of a bf16 value's bits (exact).
+#[inline(always)]
+pub fn widen(bits: u16) -> f32 {
+    f32::from_bits((bits as u32) << 16)
 }
 
 /// Whether the AVX-512 BF16 kernel runs here (unless `DISTILLERY_NO_AVX512` is set, which
@@ -79,9 +85,8 @@ pub fn native() -> bool {
     *OK.get_or_init(|| {
         #[cfg(target_arch = "x86_64")]
         {
-            std::env::var_os("DISTILLERY_NO_AVX512").is_none()
-                && std::is_x86_feature_detected!("avx512f")
-                && std::is_x86_feature_detected!("avx512bf16")
+            // The AVX-512 level (and its DISTILLERY_NO_AVX512 switch) of `crate::simd`.
+            crate::simd::level() == 2 && std::is_x86_feature_detected!("avx512bf16")
         }
         #[cfg(not(target_arch = "x86_64"))]
         {
@@ -281,11 +286,7 @@ pub fn matmul_bits(
         return;
     }
     if !native() {
-        let f = |b: &[u16]| -> Vec<f32> {
-            b.iter()
-                .map(|&v| f32::from_bits((v as u32) << 16))
-                .collect()
-        };
+        let f = |b: &[u16]| -> Vec<f32> { b.iter().map(|&v| widen(v)).collect() };
         let (a, b) = (f(&lhs[..m * k]), f(&rhs[..k * n]));
         super::fused::matmul(dst, m, n, k, read, &a, k, 1, &b, n, 1);
         return;

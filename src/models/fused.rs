@@ -331,12 +331,7 @@ type GemvKernel = unsafe fn(&mut [f32], usize, usize, usize, &[f32], &[f32]);
 /// Whether the batch-1 kernel takes its AVX-512 path here.
 #[cfg(target_arch = "x86_64")]
 pub(crate) fn gemv_avx512_ok() -> bool {
-    static OK: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *OK.get_or_init(|| {
-        std::env::var_os("DISTILLERY_NO_AVX512").is_none()
-            && std::is_x86_feature_detected!("avx512f")
-            && std::is_x86_feature_detected!("fma")
-    })
+    crate::simd::level() == 2
 }
 
 /// One batch-1 kernel per register width: `$lanes`-wide registers, eight of them, hold a block

@@ -441,25 +441,25 @@ fn write_files(out: &Path, m: &Metrics, md: &str) -> Result<()> {
     crate::io::write_atomic_str(&out.join("report.md"), md)?;
     let dir = out.join("plots");
     std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
-    let tolerances = tolerances(out);
+    let config = std::fs::read_to_string(out.join("config.toml")).ok();
+    let tolerances = tolerances(config.as_deref());
     let mut svgs = Vec::new();
     for (file, _) in plot_list(m) {
         let svg = draw(m, &file, &tolerances)?;
         crate::io::write_atomic_str(&dir.join(&file), &svg)?;
         svgs.push((file, svg));
     }
-    let config = std::fs::read_to_string(out.join("config.toml")).ok();
     let page = html::page(m, md, &svgs, config.as_deref(), out);
     crate::io::write_atomic_str(&out.join("report.html"), &page)
 }
 
 /// Each sub-model group's tolerance, from the run's resolved `config.toml` (the records do not
 /// hold it).
-fn tolerances(out: &Path) -> Vec<(String, f64)> {
-    let Ok(text) = std::fs::read_to_string(out.join("config.toml")) else {
+fn tolerances(config: Option<&str>) -> Vec<(String, f64)> {
+    let Some(text) = config else {
         return Vec::new();
     };
-    let Ok(t) = toml::from_str::<toml::Table>(&text) else {
+    let Ok(t) = toml::from_str::<toml::Table>(text) else {
         return Vec::new();
     };
     t.get("submodels")
