@@ -342,8 +342,8 @@ crate::simd::dispatch!(pack_bits_panel, pack_bits_body, (d: &mut [u32], src: &[u
 
 /// [`pack_bits_panel`] for one whole panel of `MR` bf16 rows of even length `k` (row-major,
 /// `k` apart): each row's pairs already lie side by side, so the panel is a transpose of
-/// `MR × k/2` pairs, done 16 pairs at a time in registers (the 12 rows, padded to 16 with
-/// zeros, through the usual four stages of 32-bit, 64-bit and two 128-bit shuffles).
+/// `MR × k/2` pairs, 16 pairs at a time in registers ([`transpose16`], the 12 rows padded
+/// with zeros).
 ///
 /// # Safety
 /// AVX-512F present; `src` holds `MR · k` values and `d` at least `k/2 · MR` pairs.
@@ -351,58 +351,99 @@ crate::simd::dispatch!(pack_bits_panel, pack_bits_body, (d: &mut [u32], src: &[u
 #[target_feature(enable = "avx512f")]
 unsafe fn pack_bits_rows_native(d: &mut [u32], src: &[u16], k: usize) {
     use std::arch::x86_64::*;
-    const { assert!(MR == 12) };
     let kp = k / 2;
     assert!(k.is_multiple_of(2) && src.len() >= MR * k && d.len() >= kp * MR);
     let rows = src.as_ptr() as *const u32;
     let out = d.as_mut_ptr();
     let full = kp / 16 * 16;
+    let zero = _mm512_setzero_si512();
     let mut p = 0;
     while p < full {
-        let r: [__m512i; MR] =
-            std::array::from_fn(|i| _mm512_loadu_si512(rows.add(i * kp + p) as *const _));
-        // Per group g of four rows and c < 4, u[g][c]'s 128-bit lane l holds pair c + 4l of
-        // rows 4g..4g+3.
-        let zero = _mm512_setzero_si512();
-        let u: [[__m512i; 4]; 4] = std::array::from_fn(|g| {
-            if g == 3 {
-                return [zero; 4];
+        let r: [__m512i; 16] = std::array::from_fn(|i| {
+            if i < MR {
+                _mm512_loadu_si512(rows.add(i * kp + p) as *const _)
+            } else {
+                zero
             }
-            let (r0, r1, r2, r3) = (r[4 * g], r[4 * g + 1], r[4 * g + 2], r[4 * g + 3]);
-            let t0 = _mm512_unpacklo_epi32(r0, r1);
-            let t1 = _mm512_unpackhi_epi32(r0, r1);
-            let t2 = _mm512_unpacklo_epi32(r2, r3);
-            let t3 = _mm512_unpackhi_epi32(r2, r3);
-            [
-                _mm512_unpacklo_epi64(t0, t2),
-                _mm512_unpackhi_epi64(t0, t2),
-                _mm512_unpacklo_epi64(t1, t3),
-                _mm512_unpackhi_epi64(t1, t3),
-            ]
         });
-        let mut col = [zero; 16];
-        for c in 0..4 {
-            let s01_lo = _mm512_shuffle_i32x4::<0x44>(u[0][c], u[1][c]);
-            let s01_hi = _mm512_shuffle_i32x4::<0xee>(u[0][c], u[1][c]);
-            let s23_lo = _mm512_shuffle_i32x4::<0x44>(u[2][c], u[3][c]);
-            let s23_hi = _mm512_shuffle_i32x4::<0xee>(u[2][c], u[3][c]);
-            col[c] = _mm512_shuffle_i32x4::<0x88>(s01_lo, s23_lo);
-            col[c + 4] = _mm512_shuffle_i32x4::<0xdd>(s01_lo, s23_lo);
-            col[c + 8] = _mm512_shuffle_i32x4::<0x88>(s01_hi, s23_hi);
-            col[c + 12] = _mm512_shuffle_i32x4::<0xdd>(s01_hi, s23_hi);
-        }
-        // Pair x's 12 rows go to out[(p + x)·12..]: each store's 4 padding lanes are
-        // overwritten by the next; the last store is masked to its 12.
-        for (x, &v) in col.iter().enumerate().take(15) {
-            _mm512_storeu_si512(out.add((p + x) * MR) as *mut _, v);
-        }
-        _mm512_mask_storeu_epi32(out.add((p + 15) * MR) as *mut _, 0x0fff, col[15]);
+        store_columns(&transpose16(&r), out.add(p * MR), MR, MR);
         p += 16;
     }
     for p in full..kp {
         for r in 0..MR {
             *out.add(p * MR + r) = rows.add(r * kp + p).read_unaligned();
         }
+    }
+}
+
+/// The transpose of a 16 × 16 matrix of 32-bit lanes (row `i` in `r[i]`): column `x` of the
+/// result holds lane `x` of every row. Four stages: 32-bit and 64-bit interleaves within
+/// 128-bit lanes, then two 128-bit shuffles.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+#[inline]
+unsafe fn transpose16(r: &[std::arch::x86_64::__m512i; 16]) -> [std::arch::x86_64::__m512i; 16] {
+    use std::arch::x86_64::*;
+    // u[g][c]'s 128-bit lane l holds lane c + 4l of rows 4g..4g+3.
+    let u: [[__m512i; 4]; 4] = std::array::from_fn(|g| {
+        let (r0, r1, r2, r3) = (r[4 * g], r[4 * g + 1], r[4 * g + 2], r[4 * g + 3]);
+        let t0 = _mm512_unpacklo_epi32(r0, r1);
+        let t1 = _mm512_unpackhi_epi32(r0, r1);
+        let t2 = _mm512_unpacklo_epi32(r2, r3);
+        let t3 = _mm512_unpackhi_epi32(r2, r3);
+        [
+            _mm512_unpacklo_epi64(t0, t2),
+            _mm512_unpackhi_epi64(t0, t2),
+            _mm512_unpacklo_epi64(t1, t3),
+            _mm512_unpackhi_epi64(t1, t3),
+        ]
+    });
+    let mut col = [_mm512_setzero_si512(); 16];
+    for c in 0..4 {
+        let s01_lo = _mm512_shuffle_i32x4::<0x44>(u[0][c], u[1][c]);
+        let s01_hi = _mm512_shuffle_i32x4::<0xee>(u[0][c], u[1][c]);
+        let s23_lo = _mm512_shuffle_i32x4::<0x44>(u[2][c], u[3][c]);
+        let s23_hi = _mm512_shuffle_i32x4::<0xee>(u[2][c], u[3][c]);
+        col[c] = _mm512_shuffle_i32x4::<0x88>(s01_lo, s23_lo);
+        col[c + 4] = _mm512_shuffle_i32x4::<0xdd>(s01_lo, s23_lo);
+        col[c + 8] = _mm512_shuffle_i32x4::<0x88>(s01_hi, s23_hi);
+        col[c + 12] = _mm512_shuffle_i32x4::<0xdd>(s01_hi, s23_hi);
+    }
+    col
+}
+
+/// Stores the first `rows` lanes of each of 16 columns at `out + x · stride`. Where the
+/// stride is below 16 the stores overlap: each one's extra lanes are overwritten by the next,
+/// and only the last is masked.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+#[inline]
+unsafe fn store_columns(
+    col: &[std::arch::x86_64::__m512i; 16],
+    out: *mut u32,
+    stride: usize,
+    rows: usize,
+) {
+    use std::arch::x86_64::*;
+    let mk = lanes(rows);
+    let overlap = stride < 16 && rows == stride;
+    for (x, &v) in col.iter().enumerate() {
+        let at = out.add(x * stride);
+        if rows == 16 || (overlap && x < 15) {
+            _mm512_storeu_si512(at as *mut _, v);
+        } else {
+            _mm512_mask_storeu_epi32(at as *mut _, mk, v);
+        }
+    }
+}
+
+/// The mask of the first `n.min(16)` lanes.
+#[inline(always)]
+fn lanes(n: usize) -> u16 {
+    if n >= 16 {
+        0xffff
+    } else {
+        ((1u32 << n) - 1) as u16
     }
 }
 
@@ -436,7 +477,8 @@ enum Lhs<'a> {
     Bits(&'a [u16]),
 }
 
-/// The native product: the left operand packed once, then column panels of 32 in parallel,
+/// The native product: the left operand packed once, then column panels of 32 in parallel
+/// (split into runs of rows where the panels are fewer than twice the threads),
 /// each in equal blocks of at most `KCP` pairs over all rows.
 #[allow(clippy::too_many_arguments)]
 fn product(dst: &mut [f32], m: usize, n: usize, k: usize, read: bool, lhs: Lhs, rhs: Rhs) {
@@ -471,23 +513,34 @@ fn product(dst: &mut [f32], m: usize, n: usize, k: usize, read: bool, lhs: Lhs, 
         let kp = k.div_ceil(2);
         let panels = n.div_ceil(NR);
         let threads = rayon::current_num_threads();
-        let parallel = threads > 1 && m * n * k >= 1 << 18 && panels > 1;
+        let row_tiles = m.div_ceil(MR);
+        let parallel = threads > 1 && m * n * k >= 1 << 18 && panels * row_tiles > 1;
+        // Tasks: column panels, each split into `chunks` runs of row tiles when there are too
+        // few panels to share (a 10-wide output layer is one panel): each chunk packs its
+        // panel of the right operand again, which is small when panels are few.
+        let chunks = if parallel && panels < 2 * threads {
+            (2 * threads).div_ceil(panels).min(row_tiles)
+        } else {
+            1
+        };
+        let tiles_per = row_tiles.div_ceil(chunks);
         let dst_addr = dst.as_mut_ptr() as usize;
         let a: &[u32] = &lb;
-        let run = |j: usize, b: &[u32]| {
+        let run = |j: usize, tiles: std::ops::Range<usize>, b: &[u32]| {
             let cols = (n - j * NR).min(NR);
             // Equal blocks: 600 pairs as 300 + 300, not 512 + 88.
             let block = kp.div_ceil(kp.div_ceil(KCP));
             for p0 in (0..kp).step_by(block) {
                 let pc = (kp - p0).min(block);
                 let acc = read || p0 > 0;
-                for r0 in (0..m).step_by(MR) {
+                for t in tiles.clone() {
+                    let r0 = t * MR;
                     let rows = (m - r0).min(MR);
-                    let ap = &a[((r0 / MR) * kp + p0) * MR..];
+                    let ap = &a[(t * kp + p0) * MR..];
                     // SAFETY: native() checked the features; the packed operands hold `pc`
                     // pairs from these offsets (panels of kp · MR and kp · NR pairs), and the
                     // tile's `rows × cols` outputs at (r0, j·NR) lie inside dst (m × n). Tasks
-                    // write disjoint column panels.
+                    // write disjoint tiles.
                     unsafe {
                         let c = (dst_addr as *mut f32).add(r0 * n + j * NR);
                         tile(ap, &b[p0 * NR..], pc, c, n, rows, cols, acc);
@@ -495,32 +548,39 @@ fn product(dst: &mut [f32], m: usize, n: usize, k: usize, read: bool, lhs: Lhs, 
                 }
             }
         };
-        let panel = |j: usize| match rhs {
-            Rhs::Packed(b) => run(j, &b[j * kp * NR..][..kp * NR]),
-            Rhs::Raw(src, rs, cs) => {
-                let mut rb = RHS.with(|b| std::mem::take(&mut *b.borrow_mut()));
-                rb.clear();
-                rb.resize(kp * NR, 0);
-                let w = (n - j * NR).min(NR);
-                // SAFETY: native() found AVX-512; the caller's asserts bound src.
-                unsafe { pack_panel_native(&mut rb, &src[j * NR * cs..], w, cs, k, rs, NR) };
-                run(j, &rb);
-                RHS.with(|b| *b.borrow_mut() = rb);
+        let task = |q: usize| {
+            let (j, h) = (q / chunks, q % chunks);
+            let tiles = h * tiles_per..((h + 1) * tiles_per).min(row_tiles);
+            if tiles.is_empty() {
+                return;
             }
-            Rhs::Bits(bits) => {
-                let mut rb = RHS.with(|b| std::mem::take(&mut *b.borrow_mut()));
-                rb.clear();
-                rb.resize(kp * NR, 0);
-                let w = (n - j * NR).min(NR);
-                pack_bits_panel(&mut rb, &bits[j * NR..], w, 1, k, n, NR);
-                run(j, &rb);
-                RHS.with(|b| *b.borrow_mut() = rb);
+            match rhs {
+                Rhs::Packed(b) => run(j, tiles, &b[j * kp * NR..][..kp * NR]),
+                Rhs::Raw(src, rs, cs) => {
+                    let mut rb = RHS.with(|b| std::mem::take(&mut *b.borrow_mut()));
+                    rb.clear();
+                    rb.resize(kp * NR, 0);
+                    let w = (n - j * NR).min(NR);
+                    // SAFETY: native() found AVX-512; the caller's asserts bound src.
+                    unsafe { pack_panel_native(&mut rb, &src[j * NR * cs..], w, cs, k, rs, NR) };
+                    run(j, tiles, &rb);
+                    RHS.with(|b| *b.borrow_mut() = rb);
+                }
+                Rhs::Bits(bits) => {
+                    let mut rb = RHS.with(|b| std::mem::take(&mut *b.borrow_mut()));
+                    rb.clear();
+                    rb.resize(kp * NR, 0);
+                    let w = (n - j * NR).min(NR);
+                    pack_bits_panel(&mut rb, &bits[j * NR..], w, 1, k, n, NR);
+                    run(j, tiles, &rb);
+                    RHS.with(|b| *b.borrow_mut() = rb);
+                }
             }
         };
         if parallel {
-            (0..panels).into_par_iter().for_each(panel);
+            (0..panels * chunks).into_par_iter().for_each(task);
         } else {
-            (0..panels).for_each(panel);
+            (0..panels * chunks).for_each(task);
         }
     }
     LHS.with(|b| *b.borrow_mut() = lb);
@@ -607,28 +667,75 @@ unsafe fn pack_panel_native(
     use std::arch::x86_64::*;
     let kp = k.div_ceil(2);
     assert!(d.len() >= kp * block && w <= block);
-    if os == 1 && w == block && block.is_multiple_of(16) {
+    if os == 1 {
+        // Two k rows interleaved, 16 outer values at a time (masked at the panel's edge, so
+        // nothing past `w` is read or written).
         let full = k / 2;
         for p in 0..full {
             let r0 = src.as_ptr().add(2 * p * ks);
             let r1 = src.as_ptr().add((2 * p + 1) * ks);
             let o = d.as_mut_ptr().add(p * block);
-            for c in (0..block).step_by(16) {
+            for c in (0..w).step_by(16) {
+                let mk = lanes(w - c);
                 let lo: __m256i =
-                    std::mem::transmute(_mm512_cvtneps_pbh(_mm512_loadu_ps(r0.add(c))));
+                    std::mem::transmute(_mm512_cvtneps_pbh(_mm512_maskz_loadu_ps(mk, r0.add(c))));
                 let hi: __m256i =
-                    std::mem::transmute(_mm512_cvtneps_pbh(_mm512_loadu_ps(r1.add(c))));
+                    std::mem::transmute(_mm512_cvtneps_pbh(_mm512_maskz_loadu_ps(mk, r1.add(c))));
                 let v = _mm512_or_si512(
                     _mm512_cvtepu16_epi32(lo),
                     _mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(hi)),
                 );
-                _mm512_storeu_si512(o.add(c) as *mut _, v);
+                _mm512_mask_storeu_epi32(o.add(c) as *mut _, mk, v);
             }
         }
         if !k.is_multiple_of(2) {
             let p = full;
             for i in 0..w {
                 d[p * block + i] = round_bits(src[2 * p * ks + i]);
+            }
+        }
+        return;
+    }
+    if ks == 1 && w == block && (block == 12 || block.is_multiple_of(16)) {
+        // Vectors contiguous along k: 32 values of each of 16 (or the panel's 12) vectors
+        // rounded into 16 pairs, then transposed in registers.
+        let full = k / 32 * 32;
+        let zero = _mm512_setzero_si512();
+        for g in (0..w).step_by(16) {
+            let rows = (w - g).min(16);
+            let mut t = 0;
+            while t < full {
+                let r: [__m512i; 16] = std::array::from_fn(|i| {
+                    if i >= rows {
+                        return zero;
+                    }
+                    let v = src.as_ptr().add((g + i) * os + t);
+                    std::mem::transmute(_mm512_cvtne2ps_pbh(
+                        _mm512_loadu_ps(v.add(16)),
+                        _mm512_loadu_ps(v),
+                    ))
+                });
+                store_columns(
+                    &transpose16(&r),
+                    d.as_mut_ptr().add(t / 2 * block + g),
+                    block,
+                    rows,
+                );
+                t += 32;
+            }
+            for i in g..g + rows {
+                let v = src.as_ptr().add(i * os);
+                let mut t = full;
+                while t < k {
+                    let lo = round_bits(*v.add(t));
+                    let hi = if t + 1 < k {
+                        round_bits(*v.add(t + 1))
+                    } else {
+                        0
+                    };
+                    d[(t / 2) * block + i] = lo | (hi << 16);
+                    t += 2;
+                }
             }
         }
         return;
