@@ -412,9 +412,9 @@ unsafe fn transpose16(r: &[std::arch::x86_64::__m512i; 16]) -> [std::arch::x86_6
     col
 }
 
-/// Stores the first `rows` lanes of each of 16 columns at `out + x · stride`. Where the
-/// stride is below 16 the stores overlap: each one's extra lanes are overwritten by the next,
-/// and only the last is masked.
+/// Stores the first `rows` lanes of each of 16 columns at `out + x · stride`. Where a whole
+/// panel's rows fill the stride and it is 8 to 15, the stores overlap: each one's extra lanes
+/// land in the next column and are overwritten by its store, and only the last is masked.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
 #[inline]
@@ -426,7 +426,7 @@ unsafe fn store_columns(
 ) {
     use std::arch::x86_64::*;
     let mk = lanes(rows);
-    let overlap = stride < 16 && rows == stride;
+    let overlap = stride < 16 && rows == stride && 2 * stride >= 16;
     for (x, &v) in col.iter().enumerate() {
         let at = out.add(x * stride);
         if rows == 16 || (overlap && x < 15) {
