@@ -724,18 +724,7 @@ unsafe fn pack_panel_native(
                 t += 32;
             }
             for i in g..g + rows {
-                let v = src.as_ptr().add(i * os);
-                let mut t = full;
-                while t < k {
-                    let lo = round_bits(*v.add(t));
-                    let hi = if t + 1 < k {
-                        round_bits(*v.add(t + 1))
-                    } else {
-                        0
-                    };
-                    d[(t / 2) * block + i] = lo | (hi << 16);
-                    t += 2;
-                }
+                pairs_from(d, &src[i * os..][..k], i, full, block);
             }
         }
         return;
@@ -757,20 +746,21 @@ unsafe fn pack_panel_native(
                 }
                 t += 32;
             }
-            while t < k {
-                let lo = round_bits(*v.add(t));
-                let hi = if t + 1 < k {
-                    round_bits(*v.add(t + 1))
-                } else {
-                    0
-                };
-                d[(t / 2) * block + i] = lo | (hi << 16);
-                t += 2;
-            }
+            pairs_from(d, &src[i * os..][..k], i, full, block);
         }
         return;
     }
     pack_panel(d, src, w, os, k, ks, block)
+}
+
+/// The pairs of a contiguous vector `v` from element `from` (even) on, rounded into lane `i` of
+/// panel `d` (`block` lanes); a missing last element is zero.
+fn pairs_from(d: &mut [u32], v: &[f32], i: usize, from: usize, block: usize) {
+    for (q, pair) in v[from..].chunks(2).enumerate() {
+        let lo = round_bits(pair[0]);
+        let hi = pair.get(1).map_or(0, |&x| round_bits(x));
+        d[(from / 2 + q) * block + i] = lo | (hi << 16);
+    }
 }
 
 /// One tile: `rows ≤ MR` rows × `cols ≤ NR` columns over `kp` pairs.
