@@ -833,6 +833,27 @@ fn gemm_bf16_workload(steps: usize) -> Result<BenchResult> {
         t.push(t0.elapsed().as_secs_f64());
     }
     let m = median(&mut t);
+    if std::env::var_os("DISTILLERY_BENCH_BREAKDOWN").is_some() {
+        match crate::models::bf16::breakdown(n, 30) {
+            Some(parts) => {
+                eprintln!("gemm-bf16: where the time goes (medians of 30 calls):");
+                for (what, ms, gflops) in parts {
+                    if gflops > 0.0 {
+                        eprintln!("  {what}: {ms:.3} ms, {gflops:.0} GFLOP/s");
+                    } else {
+                        eprintln!("  {what}: {ms:.3} ms");
+                    }
+                }
+                eprintln!(
+                    "  whole product, {} threads: {:.3} ms, {:.0} GFLOP/s",
+                    rayon::current_num_threads(),
+                    m * 1e3,
+                    2.0 * (n * n * n) as f64 / m / 1e9
+                );
+            }
+            None => eprintln!("gemm-bf16: no breakdown on the portable path"),
+        }
+    }
     Ok(BenchResult {
         workload: "gemm-bf16".into(),
         steps,

@@ -456,6 +456,86 @@ fn rounded(src: &[f32], rows: usize, cols: usize, rs: usize, cs: usize) -> Vec<f
     out
 }
 
+/// Where a bf16 product's time goes, for `DISTILLERY_BENCH_BREAKDOWN=1 distillery bench
+/// gemm-bf16`: medians of `reps` calls on one thread of the micro-kernel alone (a 12 × 32 tile
+/// over 256 pairs, data in L1: the kernel's ceiling), of packing an `n × n` bf16 left operand
+/// and its right operand, and of the whole `n³` product on one thread. `None` off the native
+/// path.
+pub(crate) fn breakdown(n: usize, reps: usize) -> Option<Vec<(&'static str, f64, f64)>> {
+    if !native() || n == 0 || reps == 0 {
+        return None;
+    }
+    let med = |f: &mut dyn FnMut()| {
+        let mut t: Vec<f64> = (0..reps)
+            .map(|_| {
+                let t0 = std::time::Instant::now();
+                f();
+                t0.elapsed().as_secs_f64()
+            })
+            .collect();
+        t.sort_by(f64::total_cmp);
+        t[t.len() / 2]
+    };
+    let mut rng = crate::rng::Rng::new(9);
+    let bits: Vec<u16> = (0..n * n)
+        .map(|_| round_bits(rng.uniform()) as u16)
+        .collect();
+    let kp = n.div_ceil(2);
+    let mut out = Vec::new();
+    // The micro-kernel, 256 tiles per call.
+    let (ta, tb) = (
+        vec![0x3f80_3f80u32; 256 * MR],
+        vec![0x3f80_3f80u32; 256 * NR],
+    );
+    let mut c = vec![0f32; MR * NR];
+    let s = med(&mut || {
+        for _ in 0..256 {
+            // SAFETY: native() is true; the tile reads 256 pairs of each operand and writes
+            // one MR × NR tile of c.
+            unsafe { tile(&ta, &tb, 256, c.as_mut_ptr(), NR, MR, NR, true) };
+        }
+    });
+    out.push((
+        "micro-kernel, data in L1",
+        s * 1e3,
+        256.0 * (2 * MR * NR * 512) as f64 / s / 1e9,
+    ));
+    let mut lb = vec![0u32; n.div_ceil(MR) * kp * MR];
+    let s = med(&mut || {
+        for (panel, d) in lb.chunks_mut(kp * MR).enumerate() {
+            let w = (n - panel * MR).min(MR);
+            let src = &bits[panel * MR * n..];
+            if w == MR && n.is_multiple_of(2) {
+                // SAFETY: native() is true; `src` holds MR rows of n values.
+                unsafe { pack_bits_rows_native(d, src, n) };
+            } else {
+                pack_bits_panel(d, src, w, n, n, 1, MR);
+            }
+        }
+    });
+    out.push(("packing the left operand", s * 1e3, 0.0));
+    let mut rb = vec![0u32; kp * NR];
+    let s = med(&mut || {
+        for j in 0..n.div_ceil(NR) {
+            let w = (n - j * NR).min(NR);
+            pack_bits_panel(&mut rb, &bits[j * NR..], w, 1, n, n, NR);
+        }
+    });
+    out.push(("packing the right operand", s * 1e3, 0.0));
+    let mut dst = vec![0f32; n * n];
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(1)
+        .build()
+        .ok()?;
+    let s = pool.install(|| med(&mut || matmul_bits(&mut dst, n, n, n, false, &bits, &bits)));
+    out.push((
+        "whole product, one thread",
+        s * 1e3,
+        2.0 * (n * n * n) as f64 / s / 1e9,
+    ));
+    Some(out)
+}
+
 /// The right operand of a native product.
 #[derive(Clone, Copy)]
 enum Rhs<'a> {
@@ -1098,6 +1178,19 @@ mod tests {
                 got[kp * MR..].iter().all(|&v| v == 7),
                 "k = {k}: wrote past the panel"
             );
+        }
+    }
+
+    #[test]
+    fn the_breakdown_times_every_part() {
+        match breakdown(40, 2) {
+            Some(parts) => {
+                assert_eq!(parts.len(), 4);
+                assert!(parts
+                    .iter()
+                    .all(|&(_, ms, g)| ms > 0.0 && g >= 0.0 && g.is_finite()));
+            }
+            None => assert!(!native()),
         }
     }
 
