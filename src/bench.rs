@@ -139,7 +139,7 @@ fn kernel_path(workload: &str, isa: &[String]) -> String {
         ),
         "bert-teacher" | "bert-corpus" => format!(
             "native BERT: {gemm}, element-wise {}",
-            crate::teachers::native::simd_level_name()
+            crate::simd::level_name()
         ),
         "onnx-teacher" => "tract".into(),
         "gemm-bf16" => format!("own bf16 GEMM: {}", crate::models::bf16::path()),

@@ -5,9 +5,9 @@
 //!
 //! With AVX-512 BF16 (chosen at run time): both operands packed as bf16 pairs (two
 //! consecutive k per 32-bit lane), and a micro-kernel of up to 12 rows × 32 columns that adds
-//! `VDPBF16PS` products into 24 f32 registers, over blocks of 256 k pairs that keep the right
-//! operand's panel in L1; each column panel of the right operand is packed by the thread that
-//! multiplies it, while it is in cache. Elsewhere, the portable path: the operands rounded
+//! `VDPBF16PS` products into 24 f32 registers, over equal blocks of at most 512 k pairs; each
+//! column panel of the right operand is packed by the thread that multiplies it, while it is
+//! in cache, and row-major operands are packed through an in-register transpose. Elsewhere, the portable path: the operands rounded
 //! to bf16 into f32 buffers and the f32 GEMM, the same products summed in another order
 //! (agreement within float rounding of the sums, tested).
 //!
@@ -88,7 +88,9 @@ pub fn native() -> bool {
         #[cfg(target_arch = "x86_64")]
         {
             // The AVX-512 level (and its DISTILLERY_NO_AVX512 switch) of `crate::simd`.
-            crate::simd::level() == 2 && std::is_x86_feature_detected!("avx512bf16")
+            crate::simd::level() == 2
+                && std::is_x86_feature_detected!("avx512bw")
+                && std::is_x86_feature_detected!("avx512bf16")
         }
         #[cfg(not(target_arch = "x86_64"))]
         {
@@ -340,6 +342,21 @@ fn pack_bits_body(
 }
 crate::simd::dispatch!(pack_bits_panel, pack_bits_body, (d: &mut [u32], src: &[u16], w: usize, os: usize, k: usize, ks: usize, block: usize));
 
+/// One panel of a row-major bf16 left operand (`w ≤ MR` rows of `k`): whole panels of even
+/// `k` through the in-register transpose, the others through [`pack_bits_panel`]. Native path
+/// only.
+fn pack_bits_lhs_panel(d: &mut [u32], src: &[u16], w: usize, k: usize) {
+    debug_assert!(native());
+    #[cfg(target_arch = "x86_64")]
+    if w == MR && k.is_multiple_of(2) {
+        // SAFETY: the native path runs only where native() found AVX-512; `src` holds MR rows
+        // of k values and `d` kp · MR pairs (the callers' panels).
+        unsafe { pack_bits_rows_native(d, src, k) };
+        return;
+    }
+    pack_bits_panel(d, src, w, k, k, 1, MR)
+}
+
 /// [`pack_bits_panel`] for one whole panel of `MR` bf16 rows of even length `k` (row-major,
 /// `k` apart): each row's pairs already lie side by side, so the panel is a transpose of
 /// `MR × k/2` pairs, 16 pairs at a time in registers ([`transpose16`], the 12 rows padded
@@ -504,13 +521,7 @@ pub(crate) fn breakdown(n: usize, reps: usize) -> Option<Vec<(&'static str, f64,
     let s = med(&mut || {
         for (panel, d) in lb.chunks_mut(kp * MR).enumerate() {
             let w = (n - panel * MR).min(MR);
-            let src = &bits[panel * MR * n..];
-            if w == MR && n.is_multiple_of(2) {
-                // SAFETY: native() is true; `src` holds MR rows of n values.
-                unsafe { pack_bits_rows_native(d, src, n) };
-            } else {
-                pack_bits_panel(d, src, w, n, n, 1, MR);
-            }
+            pack_bits_lhs_panel(d, &bits[panel * MR * n..], w, n);
         }
     });
     out.push(("packing the left operand", s * 1e3, 0.0));
@@ -573,14 +584,7 @@ fn product(dst: &mut [f32], m: usize, n: usize, k: usize, read: bool, lhs: Lhs, 
                 lb.resize(m.div_ceil(MR) * k.div_ceil(2) * MR, 0);
                 let one = |(panel, d): (usize, &mut [u32])| {
                     let w = (m - panel * MR).min(MR);
-                    let src = &bits[panel * MR * k..];
-                    if w == MR && k.is_multiple_of(2) {
-                        // SAFETY: product() runs only where native() found AVX-512; `src`
-                        // holds MR rows of k values and `d` kp · MR pairs.
-                        unsafe { pack_bits_rows_native(d, src, k) };
-                    } else {
-                        pack_bits_panel(d, src, w, k, k, 1, MR);
-                    }
+                    pack_bits_lhs_panel(d, &bits[panel * MR * k..], w, k);
                 };
                 let len = k.div_ceil(2) * MR;
                 if rayon::current_num_threads() > 1 && m > MR && m * k >= 1 << 17 {

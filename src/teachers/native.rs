@@ -314,11 +314,6 @@ impl NativeBert {
     }
 }
 
-/// The element-wise kernels' path on this CPU, for reports.
-pub fn simd_level_name() -> &'static str {
-    crate::simd::level_name()
-}
-
 /// Element-wise kernels: one body, compiled for AVX-512, AVX2+FMA and the baseline, the best
 /// the CPU has picked at run time. Their arithmetic does not depend on the path beyond the
 /// rounding of vectorised sums.
