@@ -197,17 +197,7 @@ const TREE_TRAIN: usize = 16_000;
 
 /// The tree workloads' model: LightGBM's defaults with 100 rounds of 31 leaves.
 fn tree_settings() -> crate::models::boost::TreeSettings {
-    crate::models::boost::TreeSettings {
-        kind: crate::models::boost::TreeKind::Boosted,
-        trees: 100,
-        leaves: 31,
-        depth: None,
-        learning_rate: 0.1,
-        min_leaf: 20,
-        l2: 0.0,
-        bins: 255,
-        fit_to: Default::default(),
-    }
+    crate::models::boost::TreeSettings::boosted_defaults()
 }
 
 /// Letter recognition split for the tree workloads: (train x, train labels, test x, test

@@ -561,3 +561,52 @@ fn started_as_a_rank_without_mpi_is_refused() {
     );
     assert!(!out.join("metrics.json").exists());
 }
+
+/// Boosted trees whose best validation round is the first keep a model close to a constant:
+/// the run says so on its output and in the report (issue 27), never silently. Noise makes
+/// it happen: random features and labels, full-size steps, so every round after the first
+/// fits noise and the validation loss rises.
+#[test]
+fn boosted_trees_that_keep_round_one_say_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut rng = 12345u64;
+    let mut next = || {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        (rng >> 11) as f64 / (1u64 << 53) as f64
+    };
+    let mut csv = String::from("a,b,c,label\n");
+    for _ in 0..600 {
+        let (a, b, c, y) = (next(), next(), next(), usize::from(next() < 0.5));
+        csv.push_str(&format!("{a:.4},{b:.4},{c:.4},{y}\n"));
+    }
+    let data = dir.path().join("noise.csv");
+    std::fs::write(&data, csv).unwrap();
+    let cfg = dir.path().join("noise.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "name = \"noise\"\nseed = 1\n[data]\nformat = \"csv\"\npath = \"{}\"\nlabel = \"label\"\n\
+             val_fraction = 0.3\ntest_fraction = 0.2\n[[model]]\nname = \"trees\"\n\
+             arch = {{ kind = \"boosted-trees\", trees = 20, leaves = 31, min_leaf = 2, learning_rate = 1.0 }}\n\
+             train = {{ patience = 5 }}\n",
+            data.display()
+        ),
+    )
+    .unwrap();
+    let out = dir.path().join("run");
+    let o = run(&["run", cfg.to_str().unwrap(), "--out", out.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let said = format!("{}{}", stdout(&o), stderr(&o));
+    assert!(
+        said.contains("warning: the validation loss was lowest after the first"),
+        "{said}"
+    );
+    let m = metrics(&out);
+    let t = &m["models"][0]["training"];
+    assert_eq!(t["best_epoch"], 1, "{t}");
+    assert!(t["warning"].as_str().unwrap().contains("only round 1"));
+    let report = std::fs::read_to_string(out.join("report.md")).unwrap();
+    assert!(report.contains("**Warning, trees:**"), "{report}");
+}

@@ -49,11 +49,60 @@ pub struct TreeSettings {
     pub min_leaf: usize,
     /// L2 penalty on leaf values (λ).
     pub l2: f32,
+    /// Fewest summed Hessians in a leaf of a boosted tree (LightGBM's
+    /// `min_sum_hessian_in_leaf`, XGBoost's `min_child_weight`): a split that leaves less on
+    /// either side is not taken.
+    pub min_hessian: f32,
+    /// Largest leaf value of a boosted tree before shrinkage, `|−G / (H + λ)|` clipped to it
+    /// (XGBoost's and LightGBM's `max_delta_step`); 0 for none.
+    pub max_step: f32,
     /// Most bins per feature (≤ 255).
     pub bins: usize,
     /// What a classifier's trees fit of the teacher.
     pub fit_to: FitTo,
 }
+
+impl TreeSettings {
+    /// Boosted trees with every setting at its default: LightGBM's (100 rounds, 31 leaves,
+    /// learning rate 0.1, 20 rows a leaf, no L2, 255 bins) and the two guards of the Newton
+    /// step against leaves whose Hessian sum is near zero (`min_hessian`, `max_step`).
+    pub fn boosted_defaults() -> TreeSettings {
+        TreeSettings {
+            kind: TreeKind::Boosted,
+            trees: 100,
+            leaves: 31,
+            depth: None,
+            learning_rate: 0.1,
+            min_leaf: 20,
+            l2: 0.0,
+            min_hessian: DEFAULT_MIN_HESSIAN,
+            max_step: DEFAULT_MAX_STEP,
+            bins: 255,
+            fit_to: FitTo::Probabilities,
+        }
+    }
+
+    /// The leaf value of a boosted tree with gradient sum `g` and Hessian sum `h`, before
+    /// shrinkage: the Newton step `−g / (h + λ)`, at most `max_step` in size.
+    fn newton_step(&self, g: f64, h: f64) -> f64 {
+        let v = -g / (h + self.l2 as f64);
+        if self.max_step > 0.0 {
+            v.clamp(-(self.max_step as f64), self.max_step as f64)
+        } else {
+            v
+        }
+    }
+}
+
+/// Default of [`TreeSettings::min_hessian`].
+pub const DEFAULT_MIN_HESSIAN: f32 = 1e-3;
+/// Default of [`TreeSettings::max_step`]: the top of XGBoost's advice for imbalanced classes
+/// (1 to 10). A healthy Newton step rarely reaches it (a pure leaf of a class at 1/26 in the
+/// first round of a 26-class fit asks for about 25, shrunk to 2.5, and gets 10, shrunk to 1);
+/// a leaf of rows the model already places with certainty, whose Hessian sum is near zero,
+/// asked for steps in the thousands. On UCI letters (300 and 100 rounds) the test errors moved
+/// 135 -> 138, 181 -> 169 and 176 -> 167 against no limit; the quick fixtures are unchanged.
+pub const DEFAULT_MAX_STEP: f32 = 10.0;
 
 /// What a boosted-tree classifier fits of its teacher.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
@@ -256,6 +305,8 @@ struct Grower<'a> {
     leaves: usize,
     depth: Option<usize>,
     min_leaf: f64,
+    /// Fewest summed Hessians on either side of a split.
+    min_hessian: f64,
     l2: f64,
     /// Split rows across threads when building a histogram (no outer parallelism).
     parallel: bool,
@@ -363,6 +414,7 @@ impl<'a> Grower<'a> {
             leaves: s.leaves.max(1),
             depth: s.depth,
             min_leaf: s.min_leaf.max(1) as f64,
+            min_hessian: s.min_hessian as f64,
             l2: s.l2 as f64,
             parallel,
         }
@@ -529,7 +581,7 @@ impl<'a> Grower<'a> {
             if rc < self.min_leaf {
                 break;
             }
-            if lh < 1e-3 || rh < 1e-3 {
+            if lh < self.min_hessian || rh < self.min_hessian {
                 continue;
             }
             let gain = lg * lg / (lh + l2) + rg * rg / (rh + l2) - parent;
@@ -574,7 +626,7 @@ impl<'a> Grower<'a> {
                 if right[0] < self.min_leaf {
                     break;
                 }
-                if left[1] < 1e-3 || right[1] < 1e-3 {
+                if left[1] < self.min_hessian || right[1] < self.min_hessian {
                     continue;
                 }
                 let gain = self.score(&left) + self.score(&right) - parent;
@@ -1134,7 +1186,7 @@ fn fit_boosted(
             let values: Vec<f32> = tree
                 .sums
                 .iter()
-                .map(|sm| (-sm[2] / (sm[1] + s.l2 as f64) * lr) as f32)
+                .map(|sm| (s.newton_step(sm[2], sm[1]) * lr) as f32)
                 .collect();
             for (&(st, en), &v) in tree.ranges.iter().zip(&values) {
                 for &r in &order[st..en] {
@@ -1206,6 +1258,8 @@ mod tests {
             learning_rate: 0.2,
             min_leaf: 5,
             l2: 0.0,
+            min_hessian: DEFAULT_MIN_HESSIAN,
+            max_step: DEFAULT_MAX_STEP,
             bins: 255,
             fit_to: FitTo::Probabilities,
         }
@@ -1228,6 +1282,112 @@ mod tests {
             }
         }
         (x, y, t)
+    }
+
+    /// `tests/data/rare-classes.csv.gz` (made by `scripts/rare_classes.py`): 9 features,
+    /// 7 classes from 78% of the rows down to 18 rows, and each row's split.
+    fn rare_classes() -> [(Vec<f32>, Vec<u32>); 3] {
+        use std::io::Read;
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/data/rare-classes.csv.gz"
+        );
+        let mut text = String::new();
+        flate2::read::GzDecoder::new(std::fs::File::open(path).unwrap())
+            .read_to_string(&mut text)
+            .unwrap();
+        let mut out: [(Vec<f32>, Vec<u32>); 3] = Default::default();
+        for line in text.lines().skip(1) {
+            let f: Vec<&str> = line.split(',').collect();
+            let s = ["train", "val", "test"]
+                .iter()
+                .position(|&s| s == f[10])
+                .unwrap();
+            out[s]
+                .0
+                .extend(f[..9].iter().map(|v| v.parse::<f32>().unwrap()));
+            out[s].1.push(f[9].parse().unwrap());
+        }
+        out
+    }
+
+    /// Issue 27's bug: on a table with rare classes, leaves whose rows the model already
+    /// places with near-certainty have a Hessian sum near zero, and the unguarded Newton step
+    /// -G/H threw some rows' logits far off: the training loss rose from round to round and
+    /// early stopping kept the first round, a constant model. With the guards (a leaf's
+    /// Hessian sum at least `min_hessian`, its step at most `max_step`) the training loss
+    /// falls every round, and the test accuracy is within a point of LightGBM 4.7.0's with
+    /// the same settings on the same split, 99.42% (`python3 scripts/rare_classes.py
+    /// --lightgbm`: 300 rounds, 31 leaves, learning rate 0.1, 20 rows a leaf, 255 bins,
+    /// early stopping after 30 rounds; its best round was 24).
+    #[test]
+    fn boosting_on_rare_classes_lowers_the_training_loss_every_round() {
+        let [(xt, yt), (xv, yv), (xs, ys)] = rare_classes();
+        fn data<'a>(x: &'a [f32], y: &'a [u32]) -> FitData<'a> {
+            FitData {
+                x,
+                rows: y.len(),
+                inputs: 9,
+                labels: Labels::Classes {
+                    labels: y,
+                    classes: 7,
+                },
+                label_weight: 1.0,
+                soft: None,
+            }
+        }
+        let s = TreeSettings {
+            trees: 60,
+            leaves: 31,
+            learning_rate: 0.1,
+            min_leaf: 20,
+            ..TreeSettings::boosted_defaults()
+        };
+        let mut losses = Vec::new();
+        let out = fit(
+            &s,
+            &data(&xt, &yt),
+            Some(&data(&xv, &yv)),
+            Some(30),
+            &mut |r| losses.push(r.train_loss),
+        )
+        .unwrap();
+        for (i, w) in losses.windows(2).enumerate() {
+            assert!(
+                w[1] <= w[0] + 1e-9,
+                "the training loss rose in round {}: {} -> {} ({losses:?})",
+                i + 2,
+                w[0],
+                w[1]
+            );
+        }
+        assert!(out.best_round > 1, "kept round {}", out.best_round);
+        // Without the step limit the same fit diverges (the bug this guards against).
+        let unguarded = TreeSettings { max_step: 0.0, ..s };
+        let mut raw = Vec::new();
+        fit(
+            &unguarded,
+            &data(&xt, &yt),
+            Some(&data(&xv, &yv)),
+            Some(30),
+            &mut |r| raw.push(r.train_loss),
+        )
+        .unwrap();
+        assert!(
+            raw.windows(2).any(|w| w[1] > 2.0 * w[0]),
+            "expected the unguarded fit to diverge: {raw:?}"
+        );
+        let pred = out.ensemble.predict(&xs, ys.len());
+        let right = pred
+            .chunks_exact(7)
+            .zip(&ys)
+            .filter(|(p, &c)| argmax(p) == c as usize)
+            .count();
+        let acc = 100.0 * right as f64 / ys.len() as f64;
+        assert!(
+            acc >= 99.42 - 1.0,
+            "test accuracy {acc:.2}% (LightGBM 99.42%)"
+        );
     }
 
     #[test]

@@ -98,6 +98,14 @@ pub struct ArchConfig {
     /// Boosted trees: L2 penalty λ on leaf values (default 0).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub l2: Option<f32>,
+    /// Boosted trees: fewest summed Hessians in a leaf (default 1e-3, LightGBM's
+    /// `min_sum_hessian_in_leaf`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_hessian: Option<f32>,
+    /// Boosted trees: largest leaf value before shrinkage (XGBoost's `max_delta_step`; 0 for
+    /// none; see `boost::DEFAULT_MAX_STEP`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_step: Option<f32>,
     /// Trees: most bins per feature, 2 to 255 (default 255).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bins: Option<usize>,
@@ -132,6 +140,8 @@ impl ArchConfig {
             },
             min_leaf: self.min_leaf.unwrap_or(if single { 5 } else { 20 }),
             l2: if single { 0.0 } else { self.l2.unwrap_or(0.0) },
+            min_hessian: self.min_hessian.unwrap_or(boost::DEFAULT_MIN_HESSIAN),
+            max_step: self.max_step.unwrap_or(boost::DEFAULT_MAX_STEP),
             bins: self.bins.unwrap_or(255),
             fit_to: self.fit_to.unwrap_or_default(),
         }
@@ -176,6 +186,8 @@ impl Default for ArchConfig {
             learning_rate: None,
             min_leaf: None,
             l2: None,
+            min_hessian: None,
+            max_step: None,
             bins: None,
             fit_to: None,
         }
@@ -304,6 +316,8 @@ impl ArchConfig {
             ("learning_rate", a.learning_rate.is_some()),
             ("min_leaf", a.min_leaf.is_some()),
             ("l2", a.l2.is_some()),
+            ("min_hessian", a.min_hessian.is_some()),
+            ("max_step", a.max_step.is_some()),
             ("bins", a.bins.is_some()),
             ("flatten", a.flatten),
             ("fit_to", a.fit_to.is_some()),
@@ -334,6 +348,8 @@ impl ArchConfig {
                         ("trees", a.trees.is_some()),
                         ("learning_rate", a.learning_rate.is_some()),
                         ("l2", a.l2.is_some()),
+                        ("min_hessian", a.min_hessian.is_some()),
+                        ("max_step", a.max_step.is_some()),
                         ("fit_to", a.fit_to.is_some()),
                     ] {
                         if set {
@@ -385,6 +401,14 @@ impl ArchConfig {
                         &format!("{p}.l2"),
                         &format!("expected a finite value >= 0, got {l2}"),
                     )?;
+                }
+                for (f, v) in [("min_hessian", a.min_hessian), ("max_step", a.max_step)] {
+                    if let Some(v) = v.filter(|&v| !(v.is_finite() && v >= 0.0)) {
+                        bad_field(
+                            &format!("{p}.{f}"),
+                            &format!("expected a finite value >= 0, got {v}"),
+                        )?;
+                    }
                 }
                 if let Some(b) = a.bins.filter(|&b| !(2..=255).contains(&b)) {
                     bad_field(&format!("{p}.bins"), &format!("expected 2 to 255, got {b}"))?;

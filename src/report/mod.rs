@@ -292,6 +292,11 @@ pub fn markdown(m: &Metrics) -> String {
             }
         }
     }
+    for x in &m.models {
+        if let Some(w) = x.training.as_ref().and_then(|t| t.warning.as_ref()) {
+            let _ = writeln!(s, "\n**Warning, {}:** {w}.", x.name);
+        }
+    }
     for g in &m.submodel_groups {
         let _ = writeln!(
             s,

@@ -176,6 +176,11 @@ pub struct TrainRecord {
     /// Ranks that trained it data-parallel (under MPI; absent for one process).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub data_parallel: Option<DataParallel>,
+    /// A warning about what training kept, printed with the run's output and in the report
+    /// (for example boosted trees whose best validation round was the first: a model close
+    /// to a constant).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub warning: Option<String>,
 }
 
 /// Data-parallel training across MPI ranks.

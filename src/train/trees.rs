@@ -133,13 +133,27 @@ impl Learner for TreeLearner {
             &mut |r| bar.step(r.train_loss, r.train_accuracy),
         )?;
         let kept = outcome.ensemble.trees.len();
+        // Round 1 kept of several: every later round made the validation loss worse, and
+        // the model is one shrunken tree per output over a constant; never kept silently.
+        let warning = (outcome.best_round == 1 && outcome.rounds.len() > 1).then(|| {
+            format!(
+                "the validation loss was lowest after the first of {} rounds, so only round 1 \
+                 is kept (a model close to a constant); the training loss went {:.4} -> {:.4}",
+                outcome.rounds.len(),
+                outcome.rounds[0].train_loss,
+                outcome.rounds[outcome.rounds.len() - 1].train_loss,
+            )
+        });
         bar.finish(&format!(
-            "{}: {} trees, {} leaves, best round {} of {}",
+            "{}: {} trees, {} leaves, best round {} of {}{}",
             job.name,
             kept,
             outcome.ensemble.leaves(),
             outcome.best_round,
-            outcome.rounds.len()
+            outcome.rounds.len(),
+            warning
+                .as_ref()
+                .map_or(String::new(), |w| format!(" (warning: {w})"))
         ));
         let mut curves = Curves::default();
         for (i, r) in outcome.rounds.iter().enumerate() {
@@ -175,6 +189,7 @@ impl Learner for TreeLearner {
             seconds: start.elapsed().as_secs_f64(),
             resumed_from_epoch: None,
             data_parallel: None,
+            warning,
         };
         *self
             .fitted
