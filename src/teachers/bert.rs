@@ -8,7 +8,7 @@
 use super::native::NativeBert;
 use crate::error::{Error, Result};
 use candle_core::{DType, Device};
-use candle_transformers::models::bert::Config;
+use super::native::Config;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
