@@ -60,6 +60,17 @@ pub struct BenchResult {
     /// Seconds per fit (tree training).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub fit_seconds: Option<f64>,
+    /// Batch-256 inference's rate on the model's products (`infer*`): 2 FLOPs (int8: integer
+    /// operations) per weight per sample, over the median batch-256 latency.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub gflops_b256: Option<f64>,
+    /// The machine's own 1024³ product rate in the same precision, measured in the same run
+    /// (`infer*`): `kernels::gemm` (f32), `kernels::bf16` on bf16 operands, `kernels::int8`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub gemm_gflops: Option<f64>,
+    /// `gflops_b256 / gemm_gflops`: how close batch-256 inference runs to the product rate.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub gemm_fraction_b256: Option<f64>,
     /// The collectives' times by message size (`collectives`, under `mpirun`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub collectives: Vec<CollectiveTiming>,
@@ -104,12 +115,9 @@ pub fn isa() -> Vec<String> {
                 v.push(name.to_string());
             }
         };
-        add("avx2", std::is_x86_feature_detected!("avx2"));
-        add("fma", std::is_x86_feature_detected!("fma"));
-        add("avx512f", std::is_x86_feature_detected!("avx512f"));
-        add("avx512bw", std::is_x86_feature_detected!("avx512bw"));
-        add("avx512vnni", std::is_x86_feature_detected!("avx512vnni"));
-        add("avx512bf16", std::is_x86_feature_detected!("avx512bf16"));
+        for name in crate::kernels::Cpu::detect().names() {
+            add(name, true);
+        }
         // AMX detection is unstable in std: read the kernel's flags instead.
         let amx = std::fs::read_to_string("/proc/cpuinfo")
             .map(|c| c.split_whitespace().any(|w| w == "amx_tile"))
@@ -129,23 +137,23 @@ fn kernel_path(workload: &str, isa: &[String]) -> String {
     } else {
         "gemm crate portable"
     };
-    // The batch-1 GEMV, the element-wise passes and the optimizer ([`crate::simd`]).
-    let own = format!("own kernels {}", crate::simd::level_name());
+    // The batch-1 GEMV, the element-wise passes and the optimizer ([`crate::kernels`]).
+    let own = format!("own kernels {}", crate::kernels::level_name());
     match workload {
         "gemm" => format!("candle matmul → {gemm}"),
         "infer-int8" => format!(
             "int8 {} (batch 256), {own} (batch 1)",
-            crate::compress::kernels::Kernel::detect().name()
+            crate::kernels::int8::Kernel::detect().name()
         ),
         "bert-teacher" | "bert-corpus" => format!(
             "native BERT: {gemm}, element-wise {}",
-            crate::simd::level_name()
+            crate::kernels::level_name()
         ),
         "onnx-teacher" => "tract".into(),
-        "gemm-bf16" => format!("own bf16 GEMM: {}", crate::models::bf16::path()),
+        "gemm-bf16" => format!("own bf16 GEMM: {}", crate::kernels::bf16::path()),
         "train-mlp-bf16" | "train-student-bf16" | "train-cnn-bf16" | "infer-bf16" => format!(
             "dense products: own bf16 GEMM {}; {gemm} for the rest, {own}",
-            crate::models::bf16::path()
+            crate::kernels::bf16::path()
         ),
         "train-trees" | "infer-trees" => format!(
             "own histogram GBDT, {} rayon threads",
@@ -465,6 +473,58 @@ fn onnx_workload(file: Option<&Path>, steps: usize) -> Result<BenchResult> {
     })
 }
 
+/// The machine's own 1024×1024×1024 product rate in a precision, GFLOP/s (int8: giga integer
+/// operations), the median of `reps` products after warm-up: what batch-256 inference is
+/// measured against (`gemm_fraction_b256`).
+fn own_gemm_rate(to: Option<crate::compress::quant::Precision>, reps: usize) -> f64 {
+    use crate::compress::quant::Precision;
+    use crate::kernels::{bf16, gemm, int8};
+    let n = 1024usize;
+    let mut rng = Rng::new(4);
+    let mut go: Box<dyn FnMut()> = match to {
+        Some(Precision::Bf16) => {
+            let mut bits = || -> Vec<u16> {
+                (0..n * n)
+                    .map(|_| bf16::round_bits(rng.uniform()) as u16)
+                    .collect()
+            };
+            let (a, b) = (bits(), bits());
+            let mut c = vec![0f32; n * n];
+            Box::new(move || bf16::matmul_bits(&mut c, n, n, n, false, &a, &b))
+        }
+        Some(Precision::Int8) => {
+            let w: Vec<i8> = (0..n * n)
+                .map(|_| (rng.below(255) as i32 - 127) as i8)
+                .collect();
+            let packed = int8::PackedI8::pack(&w, n, n);
+            let x: Vec<u8> = (0..n * packed.k_padded())
+                .map(|_| rng.below(256) as u8)
+                .collect();
+            let mut out = vec![0i32; n * packed.n_padded()];
+            let kernel = int8::Kernel::detect();
+            Box::new(move || int8::gemm_u8i8(kernel, &x, n, &packed, &mut out))
+        }
+        _ => {
+            let a: Vec<f32> = (0..n * n).map(|_| rng.uniform()).collect();
+            let b: Vec<f32> = (0..n * n).map(|_| rng.uniform()).collect();
+            let mut c = vec![0f32; n * n];
+            Box::new(move || gemm::matmul(&mut c, n, n, n, false, &a, n, 1, &b, n, 1))
+        }
+    };
+    let _ = warm_up(5, || {
+        go();
+        Ok(())
+    });
+    let mut t: Vec<f64> = (0..reps)
+        .map(|_| {
+            let t0 = Instant::now();
+            go();
+            t0.elapsed().as_secs_f64()
+        })
+        .collect();
+    2.0 * (n * n * n) as f64 / median(&mut t) / 1e9
+}
+
 /// Peak resident set size (VmHWM) of this process in bytes; 0 where /proc is unavailable.
 pub fn peak_rss_bytes() -> u64 {
     std::fs::read_to_string("/proc/self/status")
@@ -552,7 +612,7 @@ fn train_workload(
     name: &str,
     spec: ModelSpec,
     steps: usize,
-    precision: crate::models::bf16::Precision,
+    precision: crate::kernels::bf16::MatmulPrecision,
 ) -> Result<BenchResult> {
     let batch = 128usize;
     let d = spec.input_dim();
@@ -632,13 +692,13 @@ fn train_workload(
     })?;
     phases.iter_mut().for_each(Vec::clear);
     let breakdown = std::env::var_os("DISTILLERY_BENCH_BREAKDOWN").is_some();
-    crate::models::fused::profile::enable(breakdown);
+    crate::kernels::gemm::profile::enable(breakdown);
     let t0 = Instant::now();
     for i in 0..steps {
         step(i, &mut phases)?;
     }
     let secs = t0.elapsed().as_secs_f64();
-    crate::models::fused::profile::enable(false);
+    crate::kernels::gemm::profile::enable(false);
     if breakdown {
         let [f, b, o] = &mut phases;
         eprintln!(
@@ -649,7 +709,7 @@ fn train_workload(
         );
         // Per GEMM shape (the step's dense products, in order of first use).
         let mut shapes: Vec<((usize, usize, usize), Vec<f64>)> = Vec::new();
-        for (m, n, k, s) in crate::models::fused::profile::take() {
+        for (m, n, k, s) in crate::kernels::gemm::profile::take() {
             match shapes.iter_mut().find(|(sh, _)| *sh == (m, n, k)) {
                 Some((_, v)) => v.push(s),
                 None => shapes.push(((m, n, k), vec![s])),
@@ -711,6 +771,8 @@ fn infer_workload(
     };
     let d = model.meta.spec.input_dim();
     let mut rng = Rng::new(2);
+    // Multiply-adds per sample of the float model (none for a model loaded already quantized).
+    let macs = model.float_model().map(macs_per_sample);
     if let Some(to) = to {
         let f = model.float_model().ok_or_else(|| {
             Error::Input(format!(
@@ -745,6 +807,8 @@ fn infer_workload(
     };
     let (p50, p90) = time(1, &mut rng)?;
     let (q50, q90) = time(256, &mut rng)?;
+    let gflops_b256 = macs.map(|m| 2.0 * m * 256.0 / (q50 * 1e-6) / 1e9);
+    let gemm_gflops = own_gemm_rate(to, steps.clamp(5, 30));
     Ok(BenchResult {
         workload: match to {
             Some(p) => format!("infer-{}", p.as_str()),
@@ -757,6 +821,9 @@ fn infer_workload(
         latency_us_p50_b256: Some(q50),
         latency_us_p90_b256: Some(q90),
         gflops: None,
+        gflops_b256,
+        gemm_gflops: Some(gemm_gflops),
+        gemm_fraction_b256: gflops_b256.map(|g| g / gemm_gflops),
         peak_rss_bytes: peak_rss_bytes(),
         ..Default::default()
     })
@@ -799,19 +866,19 @@ fn gemm_workload(steps: usize) -> Result<BenchResult> {
     })
 }
 
-/// The bf16 matrix product ([`crate::models::bf16`]) at 1024×1024×1024 on operands already in
+/// The bf16 matrix product ([`crate::kernels::bf16`]) at 1024×1024×1024 on operands already in
 /// bf16 (as the reference's `a.bfloat16() @ b.bfloat16()`), f32 output.
 fn gemm_bf16_workload(steps: usize) -> Result<BenchResult> {
     let n = 1024usize;
     let mut rng = Rng::new(3);
     let mut bits = || -> Vec<u16> {
         (0..n * n)
-            .map(|_| crate::models::bf16::round_bits(rng.uniform()) as u16)
+            .map(|_| crate::kernels::bf16::round_bits(rng.uniform()) as u16)
             .collect()
     };
     let (a, b) = (bits(), bits());
     let mut c = vec![0f32; n * n];
-    let mut go = || crate::models::bf16::matmul_bits(&mut c, n, n, n, false, &a, &b);
+    let mut go = || crate::kernels::bf16::matmul_bits(&mut c, n, n, n, false, &a, &b);
     warm_up(20, || {
         go();
         Ok(())
@@ -824,7 +891,7 @@ fn gemm_bf16_workload(steps: usize) -> Result<BenchResult> {
     }
     let m = median(&mut t);
     if std::env::var_os("DISTILLERY_BENCH_BREAKDOWN").is_some() {
-        match crate::models::bf16::breakdown(n, 30) {
+        match crate::kernels::bf16::breakdown(n, 30) {
             Some(parts) => {
                 eprintln!("gemm-bf16: where the time goes (medians of 30 calls):");
                 for (what, ms, gflops) in parts {
@@ -903,7 +970,7 @@ pub fn run(workload: &str, steps: usize, model: Option<&Path>) -> Result<BenchRe
         return Err(Error::Input("--steps: must be at least 1".into()));
     }
     use crate::compress::quant;
-    use crate::models::bf16::Precision::{Bf16, F32};
+    use crate::kernels::bf16::MatmulPrecision::{Bf16, F32};
     let mut r = match workload {
         "train-mlp" => train_workload(workload, mlp_spec(&[1200, 1200]), steps, F32),
         "train-student" => train_workload(workload, mlp_spec(&[800, 800]), steps, F32),
@@ -948,6 +1015,14 @@ impl BenchResult {
         }
         if let Some(g) = self.gflops {
             s += &format!(", {g:.1} GFLOP/s");
+        }
+        if let (Some(g), Some(r), Some(f)) =
+            (self.gflops_b256, self.gemm_gflops, self.gemm_fraction_b256)
+        {
+            s += &format!(
+                ", batch 256 at {g:.0} GFLOP/s = {:.0}% of this machine's 1024³ product ({r:.0})",
+                100.0 * f
+            );
         }
         if let Some(f) = self.fit_seconds {
             s += &format!(", {f:.2} s per fit");

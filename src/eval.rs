@@ -37,9 +37,7 @@ pub fn score_outputs(out: &[f32], data: &Dataset, scale: Option<&TargetScale>) -
             let mut pred = vec![0usize; c];
             let mut actual = vec![0usize; c];
             for (row, &y) in out.chunks_exact(c).zip(labels) {
-                let (max, lse) = crate::losses::softmax::log_sum_exp::<f64>(row, 1.0, None);
-                let lse = lse + max as f64;
-                loss += lse - row[y as usize] as f64;
+                loss += crate::losses::supervised::row_cross_entropy(row, y as usize);
                 let arg = argmax(row);
                 pred[arg] += 1;
                 actual[y as usize] += 1;
@@ -91,7 +89,7 @@ pub fn score_outputs(out: &[f32], data: &Dataset, scale: Option<&TargetScale>) -
     }
 }
 
-pub use crate::losses::softmax::argmax;
+pub use crate::kernels::softmax::argmax;
 
 pub use crate::teachers::Ensemble;
 /// Anything that maps a batch of inputs to outputs is evaluated the same way: a model of any

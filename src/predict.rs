@@ -264,7 +264,7 @@ pub fn probabilities(model: &AnyModel, x: &[f32], batch: usize) -> Result<Vec<f3
             let c = meta.spec.outputs;
             let mut p = vec![0f32; c];
             for row in out.chunks_exact_mut(c) {
-                crate::losses::softmax::softmax_into(row, 1.0, &mut p);
+                crate::kernels::softmax::softmax_into(row, 1.0, &mut p);
                 row.copy_from_slice(&p);
             }
         }
@@ -297,7 +297,7 @@ pub fn predict(model: &AnyModel, inputs: Inputs, batch: usize) -> Result<Vec<Pre
         .map(|(src, row)| match meta.task {
             Task::Classification => {
                 let mut p = vec![0f32; row.len()];
-                crate::losses::softmax::softmax_into(row, 1.0, &mut p);
+                crate::kernels::softmax::softmax_into(row, 1.0, &mut p);
                 let k = crate::eval::argmax(row);
                 Prediction {
                     input: src,

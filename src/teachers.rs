@@ -30,13 +30,13 @@ impl Teacher for Model {
     fn predict_batch(&self, x: &Tensor) -> Result<Vec<f32>> {
         if crate::models::fused::eligible(self) {
             let rows = x.dim(0)?;
-            return crate::models::mlp::with_slice(x, |v| {
-                crate::models::mlp::forward_eval_fused(self, v, rows)
+            return crate::models::with_slice(x, |v| {
+                crate::models::fused::forward_eval(self, v, rows)
             })?;
         }
         if self.spec.arch.kind == crate::models::ArchKind::EmbeddingBag {
             let rows = x.dim(0)?;
-            return crate::models::mlp::with_slice(x, |v| {
+            return crate::models::with_slice(x, |v| {
                 crate::models::bag::predict_rows(self, v, rows)
             })?;
         }

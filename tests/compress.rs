@@ -268,7 +268,7 @@ fn quantization_aware_forward_simulates_the_integer_model() {
 /// and differs from it (the precision really applies).
 #[test]
 fn bf16_training_matches_f32_accuracy() {
-    use distillery::models::bf16::Precision;
+    use distillery::kernels::bf16::MatmulPrecision as Precision;
     for (kind, hidden, channels) in [
         (ArchKind::Mlp, vec![64, 32], vec![]),
         (ArchKind::Cnn, vec![32], vec![8]),

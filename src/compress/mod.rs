@@ -1,5 +1,5 @@
 //! Compression after distillation: pruning ([`prune`]), quantization ([`quant`]) with integer
-//! kernels ([`kernels`]), and [`AnyModel`], which loads, runs and saves a model file of any
+//! kernels ([`crate::kernels::int8`]), and [`AnyModel`], which loads, runs and saves a model file of any
 //! precision.
 //!
 //! File format: a safetensors file with distillery's metadata (see [`crate::models`]). f32
@@ -10,7 +10,6 @@
 //! biases under their own names. Quantized files are written gzip-compressed
 //! (`*.safetensors.gz`); `distillery export --format safetensors` writes the plain file.
 
-pub mod kernels;
 pub mod onnx;
 pub mod prune;
 pub mod quant;
@@ -42,7 +41,7 @@ pub enum Body {
         model: Model,
         /// bf16: the dense weights packed once for the bf16 products (MLPs and CNNs' dense
         /// layers); `None` for the other formats, which compute in f32.
-        packed: Option<std::sync::Arc<[crate::models::bf16::PackedRhs]>>,
+        packed: Option<std::sync::Arc<[crate::kernels::bf16::PackedRhs]>>,
     },
     /// Boosted trees or a decision tree.
     Trees(crate::models::trees::TreeEnsemble),
@@ -112,7 +111,7 @@ impl AnyModel {
                 let d = self.meta.spec.input_dim();
                 let mut out = Vec::new();
                 for chunk in x.chunks(batch.max(1) * d) {
-                    out.extend(crate::models::mlp::forward_eval_bf16(
+                    out.extend(crate::models::fused::forward_eval_bf16(
                         m,
                         chunk,
                         chunk.len() / d,
@@ -245,8 +244,8 @@ impl Predictor for AnyModel {
                 ..
             } => {
                 let rows = x.dim(0)?;
-                crate::models::mlp::with_slice(x, |v| {
-                    crate::models::mlp::forward_eval_bf16(m, v, rows, p)
+                crate::models::with_slice(x, |v| {
+                    crate::models::fused::forward_eval_bf16(m, v, rows, p)
                 })?
             }
             Body::Float(m) | Body::WeightOnly { model: m, .. } => m.predict_batch(x),
@@ -271,7 +270,7 @@ pub use crate::models::write_safetensors;
 fn bf16_packed(
     model: &Model,
     precision: Precision,
-) -> Result<Option<std::sync::Arc<[crate::models::bf16::PackedRhs]>>> {
+) -> Result<Option<std::sync::Arc<[crate::kernels::bf16::PackedRhs]>>> {
     if precision != Precision::Bf16 || !crate::models::fused::eligible(model) {
         return Ok(None);
     }
@@ -375,7 +374,7 @@ pub fn load_any_bytes(bytes: &[u8], file: &str) -> Result<AnyModel> {
             Ok(AnyModel {
                 body: Body::Int8(Int8Mlp {
                     layers,
-                    kernel: kernels::Kernel::detect(),
+                    kernel: crate::kernels::int8::Kernel::detect(),
                 }),
                 meta,
             })
@@ -401,7 +400,7 @@ pub fn load_any_bytes(bytes: &[u8], file: &str) -> Result<AnyModel> {
                         .collect();
                     let v: Vec<f32> = bits
                         .iter()
-                        .map(|&b| crate::models::bf16::widen(b))
+                        .map(|&b| crate::kernels::bf16::widen(b))
                         .collect();
                     if let Some(p) = v.iter().position(|x| !x.is_finite()) {
                         return Err(Error::Input(format!(

@@ -4,7 +4,7 @@
 //! **int8** (MLPs): weights symmetric per output channel (`w ≈ s_w[o] · q`, `q ∈ [-127, 127]`),
 //! the input of every dense layer asymmetric per tensor as `u8` (`x ≈ s_x · (q − z)`), calibrated
 //! on training samples (min/max or a percentile). Inference multiplies `u8 × i8` and
-//! accumulates in `i32` ([`kernels`](super::kernels)), then one fused pass per layer applies the
+//! accumulates in `i32` ([`crate::kernels::int8`]), then one fused pass per layer applies the
 //! zero-point correction, the scales, the bias and ReLU, and requantizes straight into the next
 //! layer's `u8` input — floats only in that epilogue, never a dequantized weight matrix.
 //!
@@ -12,8 +12,8 @@
 //! 4-bit values with one scale per group of `group_size` inputs; they are dequantized once at
 //! load time, so they save disk and download size, not compute.
 
-use super::kernels::{gemm_u8i8, Kernel, PackedI8};
 use crate::error::{Error, Result};
+use crate::kernels::int8::{gemm_u8i8, quantize_row, requantize_row, Kernel, PackedI8};
 use crate::models::ArchKind;
 use crate::models::ParamKind;
 use crate::models::{Mode, Model};
@@ -284,141 +284,6 @@ impl Int8Mlp {
     }
 }
 
-/// `1.5 · 2²³`: adding and subtracting it rounds an f32 of magnitude < 2²² to the nearest
-/// integer, ties to even (the default IEEE rounding), without a libm call, so the loops below
-/// vectorize.
-const ROUND_MAGIC: f32 = 12_582_912.0;
-
-#[inline(always)]
-fn round_even(v: f32) -> f32 {
-    // Values outside ±2²² are clamped to the u8 range afterwards anyway.
-    let v = v.clamp(-4_000_000.0, 4_000_000.0);
-    (v + ROUND_MAGIC) - ROUND_MAGIC
-}
-
-#[inline(always)]
-fn quantize_row_generic(x: &[f32], a: ActQuant, dst: &mut [u8]) {
-    let inv = 1.0 / a.scale;
-    let z = a.zero_point as f32;
-    for (d, &v) in dst.iter_mut().zip(x) {
-        // Clamped first, so the integer conversion is exact (and vectorizes).
-        *d = (round_even(v * inv) + z).clamp(0.0, 255.0) as i32 as u8;
-    }
-}
-
-#[inline(always)]
-fn requantize_row_generic(acc: &[i32], mult: &[f32], bias: &[f32], a: ActQuant, dst: &mut [u8]) {
-    let inv = 1.0 / a.scale;
-    let z = a.zero_point as f32;
-    for (((d, &s), &m), &b) in dst.iter_mut().zip(acc).zip(mult).zip(bias) {
-        let y = (s as f32 * m + b).max(0.0);
-        *d = (round_even(y * inv) + z).clamp(z, 255.0) as i32 as u8;
-    }
-}
-
-/// Clamp bound before the f32 → i32 conversion (far outside the u8 range, far inside i32's).
-#[cfg(target_arch = "x86_64")]
-const CONVERT_BOUND: f32 = 1.0e6;
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn quantize_row_avx2(x: &[f32], a: ActQuant, dst: &mut [u8]) {
-    use std::arch::x86_64::*;
-    let n = dst.len().min(x.len());
-    let (inv, lo, hi, zv) = quant_consts(a);
-    let mut i = 0;
-    while i + 8 <= n {
-        let v = _mm256_mul_ps(_mm256_loadu_ps(x.as_ptr().add(i)), inv);
-        let v = _mm256_min_ps(_mm256_max_ps(v, lo), hi);
-        // cvtps rounds to nearest, ties to even (the default MXCSR mode); packus saturates
-        // to [0, 255].
-        let q = _mm256_add_epi32(_mm256_cvtps_epi32(v), zv);
-        store_u8x8(q, dst.as_mut_ptr().add(i));
-        i += 8;
-    }
-    quantize_row_generic(&x[i..n], a, &mut dst[i..n]);
-}
-
-/// Broadcast constants of u8 quantization: `1/scale`, the conversion clamp bounds, the zero
-/// point.
-#[cfg(target_arch = "x86_64")]
-#[inline(always)]
-unsafe fn quant_consts(
-    a: ActQuant,
-) -> (
-    std::arch::x86_64::__m256,
-    std::arch::x86_64::__m256,
-    std::arch::x86_64::__m256,
-    std::arch::x86_64::__m256i,
-) {
-    use std::arch::x86_64::*;
-    (
-        _mm256_set1_ps(1.0 / a.scale),
-        _mm256_set1_ps(-CONVERT_BOUND),
-        _mm256_set1_ps(CONVERT_BOUND),
-        _mm256_set1_epi32(a.zero_point as i32),
-    )
-}
-
-#[cfg(target_arch = "x86_64")]
-#[inline(always)]
-unsafe fn store_u8x8(q: std::arch::x86_64::__m256i, dst: *mut u8) {
-    use std::arch::x86_64::*;
-    // Signed saturation to i16, then unsigned saturation to u8: exact clamping to [0, 255].
-    let w16 = _mm_packs_epi32(_mm256_castsi256_si128(q), _mm256_extracti128_si256(q, 1));
-    let b8 = _mm_packus_epi16(w16, w16);
-    _mm_storel_epi64(dst as *mut __m128i, b8);
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn requantize_row_avx2(
-    acc: &[i32],
-    mult: &[f32],
-    bias: &[f32],
-    a: ActQuant,
-    dst: &mut [u8],
-) {
-    use std::arch::x86_64::*;
-    let n = dst.len().min(acc.len()).min(mult.len()).min(bias.len());
-    let (inv, lo, hi, zv) = quant_consts(a);
-    let mut i = 0;
-    while i + 8 <= n {
-        let s = _mm256_cvtepi32_ps(_mm256_loadu_si256(acc.as_ptr().add(i) as *const __m256i));
-        let y = _mm256_fmadd_ps(
-            s,
-            _mm256_loadu_ps(mult.as_ptr().add(i)),
-            _mm256_loadu_ps(bias.as_ptr().add(i)),
-        );
-        let v = _mm256_min_ps(_mm256_max_ps(_mm256_mul_ps(y, inv), lo), hi);
-        // ReLU: a negative value quantizes below the zero point; max restores it.
-        let q = _mm256_max_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(v), zv), zv);
-        store_u8x8(q, dst.as_mut_ptr().add(i));
-        i += 8;
-    }
-    requantize_row_generic(&acc[i..n], &mult[i..n], &bias[i..n], a, &mut dst[i..n]);
-}
-
-/// Quantizes one row of activations to u8 (vectorized with AVX2 where the CPU has it).
-fn quantize_row(x: &[f32], a: ActQuant, dst: &mut [u8]) {
-    #[cfg(target_arch = "x86_64")]
-    if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
-        // SAFETY: the CPU supports AVX2 and FMA (checked just above).
-        return unsafe { quantize_row_avx2(x, a, dst) };
-    }
-    quantize_row_generic(x, a, dst)
-}
-
-/// `dst[o] = quantize(relu(acc[o] · mult[o] + bias[o]))` for one row.
-fn requantize_row(acc: &[i32], mult: &[f32], bias: &[f32], a: ActQuant, dst: &mut [u8]) {
-    #[cfg(target_arch = "x86_64")]
-    if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
-        // SAFETY: the CPU supports AVX2 and FMA (checked just above).
-        return unsafe { requantize_row_avx2(acc, mult, bias, a, dst) };
-    }
-    requantize_row_generic(acc, mult, bias, a, dst)
-}
-
 /// The inputs of every dense layer of an MLP on a batch, computed in f32: `[x, relu(h1), …]`.
 pub fn dense_inputs(model: &Model, x: &[f32], rows: usize) -> Result<Vec<Vec<f32>>> {
     let d = model.spec.input_dim();
@@ -585,11 +450,11 @@ pub fn weight_only(
         if precision == Precision::Bf16 {
             let bits: Vec<u16> = v
                 .iter()
-                .map(|&x| crate::models::bf16::round_bits(x) as u16)
+                .map(|&x| crate::kernels::bf16::round_bits(x) as u16)
                 .collect();
             new_w.push(
                 bits.iter()
-                    .map(|&b| crate::models::bf16::widen(b))
+                    .map(|&b| crate::kernels::bf16::widen(b))
                     .collect(),
             );
             stored.push(StoredWeight::Bf16(bits));
@@ -695,46 +560,6 @@ mod tests {
         for (i, (a, b)) in w.iter().zip(&back).enumerate() {
             let step = s[(i / 35) * 5 + (i % 35) / 8];
             assert!((a - b).abs() <= step / 2.0 + 1e-6, "{i}: {a} vs {b}");
-        }
-    }
-
-    #[test]
-    fn vectorized_requantization_matches_the_scalar_definition() {
-        let mut rng = crate::rng::Rng::new(3);
-        let a = ActQuant::from_range(-0.7, 5.3);
-        let n = 37;
-        // Values on exact rounding ties, large magnitudes and ordinary values.
-        let acc: Vec<i32> = (0..n)
-            .map(|i| match i % 3 {
-                0 => (rng.below(2_000_001) as i32) - 1_000_000,
-                1 => i32::MAX / 3 * if i % 2 == 0 { 1 } else { -1 },
-                _ => (i as i32) * 7,
-            })
-            .collect();
-        let mult: Vec<f32> = (0..n)
-            .map(|i| if i % 3 == 2 { a.scale * 0.5 } else { 1e-5 })
-            .collect();
-        let bias: Vec<f32> = (0..n).map(|i| (i as f32) * 0.01 - 0.1).collect();
-        let mut fast = vec![0u8; n];
-        let mut slow = vec![0u8; n];
-        requantize_row(&acc, &mult, &bias, a, &mut fast);
-        requantize_row_generic(&acc, &mult, &bias, a, &mut slow);
-        assert_eq!(fast, slow);
-        let x: Vec<f32> = (0..n).map(|i| (i as f32 - 10.0) * a.scale * 0.5).collect();
-        quantize_row(&x, a, &mut fast);
-        quantize_row_generic(&x, a, &mut slow);
-        assert_eq!(fast, slow);
-        for (q, v) in slow.iter().zip(&x) {
-            assert_eq!(*q, a.quantize(*v, 1.0 / a.scale));
-        }
-    }
-
-    #[test]
-    fn zero_is_exact_in_activation_quantization() {
-        for (lo, hi) in [(-1.3f32, 2.0f32), (0.0, 5.0), (0.5, 3.0), (-2.0, -1.0)] {
-            let a = ActQuant::from_range(lo, hi);
-            let q = a.quantize(0.0, 1.0 / a.scale);
-            assert_eq!(q, a.zero_point);
         }
     }
 }

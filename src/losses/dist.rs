@@ -12,8 +12,8 @@
 //! β = γ = 2, τ = 4 (CIFAR-100). The intra-class term depends on the whole batch, so the loss is
 //! computed per batch, not per row.
 
-use super::softmax::softmax_into;
 use crate::error::Result;
+use crate::kernels::softmax::softmax_into;
 use candle_core::{Tensor, D};
 
 /// Default weight of the inter-class relation (β in the paper).

@@ -13,8 +13,8 @@
 //! the authors' `dkd_loss` (mdistiller), whose `−1000 · gt_mask` trick we replace by leaving the
 //! target class out of the log-sum-exp, which is the same up to `e^−1000`.
 
-use super::softmax::log_sum_exp;
 use crate::error::Result;
+use crate::kernels::softmax::log_sum_exp;
 use candle_core::{DType, Tensor, D};
 
 /// Default weight of the target-class term (α in the paper).

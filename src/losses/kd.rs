@@ -10,9 +10,9 @@
 //! (PyTorch's `reduction="batchmean"`). For regression the soft target is the teacher's output:
 //! `L = α · MSE(z_s, z_t) + (1 − α) · MSE(z_s, y)`.
 
-use super::softmax::log_sum_exp;
 use super::supervised::{cross_entropy, mse};
 use crate::error::Result;
+use crate::kernels::softmax::log_sum_exp;
 use candle_core::{Tensor, D};
 
 /// Softened teacher probabilities `softmax(z/T)` and their logarithms, row-major.
@@ -21,7 +21,7 @@ pub fn soft_targets(
     classes: usize,
     temperature: f32,
 ) -> (Vec<f32>, Vec<f32>) {
-    super::softmax::softmax_and_log_rows(teacher_logits, classes, temperature)
+    crate::kernels::softmax::softmax_and_log_rows(teacher_logits, classes, temperature)
 }
 
 /// The soft-target term alone: `T² · KL(softmax(z_t/T) ‖ softmax(z_s/T))`, averaged over the
@@ -96,4 +96,65 @@ pub fn kd_row(
         grad[c] += weight * t * (q - p) * scale;
     }
     (weight * t * t) as f64 * kl
+}
+
+/// The teacher's side of one row for [`newton_row`]: its probabilities at T, α and T.
+#[derive(Debug, Clone, Copy)]
+pub struct SoftRow<'a> {
+    /// `softmax(t / T)` of the teacher's logits for this row.
+    pub q: &'a [f32],
+    /// α, the weight of the soft term.
+    pub alpha: f32,
+    /// T.
+    pub temperature: f32,
+}
+
+/// Hinton's objective of one row in the form Newton boosting takes it (trees fit the
+/// gradient over the Hessian): `(1 − α)·CE(y, z) + α·T²·KL(q ‖ softmax(z/T))` with the label
+/// term weighted by `label_weight`. Fills `p = softmax(z)` and, with a soft term,
+/// `pt = softmax(z/T)`, and returns the row's value; [`newton_grad_hess`] then gives each
+/// class's gradient and Hessian from them.
+pub fn newton_row(
+    z: &[f32],
+    y: usize,
+    label_weight: f32,
+    soft: Option<SoftRow>,
+    p: &mut [f32],
+    pt: &mut [f32],
+) -> f64 {
+    crate::kernels::softmax::softmax_into(z, 1.0, p);
+    let mut value = label_weight as f64 * super::supervised::row_cross_entropy(z, y);
+    if let Some(s) = soft {
+        crate::kernels::softmax::softmax_into(z, s.temperature, pt);
+        let kl: f64 =
+            s.q.iter()
+                .zip(pt.iter())
+                .filter(|(&qv, _)| qv > 0.0)
+                .map(|(&qv, &pv)| qv as f64 * ((qv as f64).ln() - (pv.max(1e-30) as f64).ln()))
+                .sum();
+        value += (s.alpha * s.temperature * s.temperature) as f64 * kl;
+    }
+    value
+}
+
+/// The gradient and diagonal Hessian of [`newton_row`]'s objective with respect to logit `c`:
+/// `g = w·(p_c − [c = y]) + α·T·(pt_c − q_c)`, `h = w·p_c(1 − p_c) + α·pt_c(1 − pt_c)` (the
+/// soft term's T² cancels one 1/T of each derivative of `softmax(z/T)`).
+#[inline]
+pub fn newton_grad_hess(
+    c: usize,
+    y: usize,
+    label_weight: f32,
+    p: &[f32],
+    soft: Option<SoftRow>,
+    pt: &[f32],
+) -> (f32, f32) {
+    let yc = if c == y { 1.0 } else { 0.0 };
+    let mut g = label_weight * (p[c] - yc);
+    let mut h = label_weight * p[c] * (1.0 - p[c]);
+    if let Some(s) = soft {
+        g += s.alpha * s.temperature * (pt[c] - s.q[c]);
+        h += s.alpha * pt[c] * (1.0 - pt[c]);
+    }
+    (g, h)
 }

@@ -1,7 +1,7 @@
 //! Loss functions, one method per file, each citing its source. Each file holds the term's
 //! value and gradient with respect to the student's outputs (the form the autograd-free training
 //! step uses) and, beside it, the candle-autograd form the fast one is tested against.
-//! [`softmax`] is the crate's one softmax and log-sum-exp.
+//! The crate's one softmax and log-sum-exp are [`crate::kernels::softmax`]'s.
 
 pub mod dist;
 pub mod dkd;
@@ -9,7 +9,6 @@ pub mod embed;
 pub mod hint;
 pub mod kd;
 pub mod mutual;
-pub mod softmax;
 pub mod supervised;
 
 pub use hint::hint_loss;

@@ -12,7 +12,7 @@
 //! `L_k = T² · KL(p̄_{−k} ‖ softmax(z_k / T))`, `p̄_{−k} = mean_{j≠k} softmax(z_j / T)`.
 //! For regression, `L_k = MSE(f_k, mean_{j≠k} f_j)`.
 
-pub use super::softmax::softmax_rows;
+pub use crate::kernels::softmax::softmax_rows;
 
 /// Average of the peers' softened outputs: `mean_j softmax(z_j / T)`, row-major.
 pub fn peer_average(peers: &[&[f32]], classes: usize, temperature: f32) -> Vec<f32> {

@@ -21,7 +21,7 @@ pub fn mse(pred: &Tensor, target: &Tensor) -> Result<Tensor> {
 /// for the batch mean). The fast path's form of [`cross_entropy`].
 #[inline]
 pub fn cross_entropy_row(z: &[f32], y: usize, weight: f32, scale: f32, grad: &mut [f32]) -> f64 {
-    let (max, lse) = super::softmax::log_sum_exp::<f32>(z, 1.0, None);
+    let (max, lse) = crate::kernels::softmax::log_sum_exp::<f32>(z, 1.0, None);
     for (c, (g, &v)) in grad.iter_mut().zip(z).enumerate() {
         let p = (v - max - lse).exp();
         let t = if c == y { 1.0 } else { 0.0 };
@@ -37,4 +37,12 @@ pub fn squared_error(z: f32, target: f32, weight: f32, scale: f32, grad: &mut f3
     let d = z - target;
     *grad += weight * 2.0 * d * scale;
     weight as f64 * (d * d) as f64
+}
+
+/// Cross-entropy of one row of logits against class `y`, in f64: `log Σ e^z − z_y` (the
+/// crate's one such value: evaluation, boosting and its validation use it).
+#[inline]
+pub fn row_cross_entropy(z: &[f32], y: usize) -> f64 {
+    let (max, lse) = crate::kernels::softmax::log_sum_exp::<f64>(z, 1.0, None);
+    lse + max as f64 - z[y] as f64
 }

@@ -63,7 +63,7 @@ pub fn predict_rows(model: &Model, x: &[f32], rows: usize) -> Result<Vec<f32>> {
     let dim = model.spec.arch.dim;
     let vocab = model.spec.arch.vocab;
     let mut pooled = vec![0f32; rows * dim];
-    super::mlp::with_slice(model.params[0].1.as_tensor(), |table| {
+    super::with_slice(model.params[0].1.as_tensor(), |table| {
         for (r, out) in pooled.chunks_exact_mut(dim).enumerate() {
             let mut n = 0usize;
             for &id in &x[r * w..(r + 1) * w] {

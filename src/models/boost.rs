@@ -20,7 +20,9 @@
 
 use super::trees::{Node, Tree, TreeEnsemble, ALL_OUTPUTS};
 use crate::error::{Error, Result};
-use crate::losses::softmax::{argmax, log_sum_exp};
+use crate::kernels::softmax::argmax;
+use crate::losses::kd;
+use crate::losses::supervised::row_cross_entropy;
 use rayon::prelude::*;
 
 /// Which tree model to fit.
@@ -827,12 +829,6 @@ impl<'a> Grower<'a> {
     }
 }
 
-/// Softmax cross-entropy of one row of logits against class `y`.
-fn ce(z: &[f32], y: usize) -> f64 {
-    let (m, lse) = log_sum_exp::<f64>(z, 1.0, None);
-    lse + m as f64 - z[y] as f64
-}
-
 /// Label loss (mean CE or MSE) and accuracy of outputs `f` on `data`.
 fn label_scores(f: &[f32], data: &FitData) -> (f64, Option<f64>) {
     let n = data.rows.max(1) as f64;
@@ -841,7 +837,7 @@ fn label_scores(f: &[f32], data: &FitData) -> (f64, Option<f64>) {
             let mut loss = 0.0;
             let mut right = 0usize;
             for (z, &y) in f.chunks_exact(classes).zip(labels) {
-                loss += ce(z, y as usize);
+                loss += row_cross_entropy(z, y as usize);
                 right += usize::from(argmax(z) == y as usize);
             }
             (loss / n, Some(right as f64 / n))
@@ -916,7 +912,7 @@ pub fn fit(
         Labels::Classes { labels, classes } => {
             let mut q = match train.soft {
                 Some(st) if a > 0.0 => {
-                    let mut q = crate::losses::softmax::softmax_rows(st.outputs, classes, t);
+                    let mut q = crate::kernels::softmax::softmax_rows(st.outputs, classes, t);
                     q.iter_mut().for_each(|v| *v *= a);
                     q
                 }
@@ -1053,7 +1049,9 @@ fn fit_boosted(
         (Some(st), Labels::Classes { classes, .. })
             if a > 0.0 && s.fit_to == FitTo::Probabilities =>
         {
-            Some(crate::losses::softmax::softmax_rows(st.outputs, classes, t))
+            Some(crate::kernels::softmax::softmax_rows(
+                st.outputs, classes, t,
+            ))
         }
         _ => None,
     };
@@ -1106,30 +1104,16 @@ fn fit_boosted(
                 for r in 0..n {
                     let z = &f[r * classes..(r + 1) * classes];
                     let y = labels[r] as usize;
-                    crate::losses::softmax::softmax_into(z, 1.0, &mut p);
+                    // Hinton's objective, its gradient and Hessian: `losses::kd`'s.
+                    let soft = soft_q.as_ref().map(|q| kd::SoftRow {
+                        q: &q[r * classes..(r + 1) * classes],
+                        alpha: a,
+                        temperature: t,
+                    });
                     right += usize::from(argmax(z) == y);
-                    loss += lw as f64 * ce(z, y);
-                    if let Some(q) = &soft_q {
-                        crate::losses::softmax::softmax_into(z, t, &mut pt);
-                        let qr = &q[r * classes..(r + 1) * classes];
-                        let kl: f64 = qr
-                            .iter()
-                            .zip(&pt)
-                            .filter(|(&qv, _)| qv > 0.0)
-                            .map(|(&qv, &pv)| {
-                                qv as f64 * ((qv as f64).ln() - (pv.max(1e-30) as f64).ln())
-                            })
-                            .sum();
-                        loss += (a * t * t) as f64 * kl;
-                    }
+                    loss += kd::newton_row(z, y, lw, soft, &mut p, &mut pt);
                     for (j, &c) in grown_outputs.iter().enumerate() {
-                        let yc = if c == y { 1.0 } else { 0.0 };
-                        let mut gv = lw * (p[c] - yc);
-                        let mut hv = lw * p[c] * (1.0 - p[c]);
-                        if let Some(q) = &soft_q {
-                            gv += a * t * (pt[c] - q[r * classes + c]);
-                            hv += a * pt[c] * (1.0 - pt[c]);
-                        }
+                        let (mut gv, mut hv) = kd::newton_grad_hess(c, y, lw, &p, soft, &pt);
                         if let Some(sc) = &soft_c {
                             let d = z[c] - sc[r * classes + c];
                             gv += a * d;

@@ -8,7 +8,10 @@
 //! results agree to float rounding (tested against autograd in `tests/losses.rs`).
 
 use crate::error::Result;
-use crate::models::bf16::{PackedRhs, Precision};
+use crate::kernels::bf16::{self, MatmulPrecision, PackedRhs};
+use crate::kernels::conv::ConvGeom;
+use crate::kernels::elementwise::{add_into, relu_dropout_grad, relu_in_place};
+use crate::kernels::gemm::{gemv, matmul, matmul_with};
 use crate::models::Model;
 use crate::rng::Rng;
 use rayon::prelude::*;
@@ -31,8 +34,8 @@ pub struct Workspace {
     conv_input: Vec<f32>,
     /// Per-chunk conv scratch.
     scratch: Vec<ConvScratch>,
-    /// The precision of the dense layers' products ([`super::bf16`]).
-    pub precision: Precision,
+    /// The precision of the dense layers' products ([`crate::kernels::bf16`]).
+    pub precision: MatmulPrecision,
     /// Dense weights packed once for bf16 inference ([`pack_bf16`]); empty while training,
     /// where the weights change every step.
     packed: std::sync::Arc<[PackedRhs]>,
@@ -52,174 +55,6 @@ struct ConvCache {
 /// fixed by the batch size alone (not by the thread count), so that per-chunk gradient sums,
 /// added in chunk order, give the same bits on any machine.
 const CONV_CHUNKS: usize = 16;
-
-/// GEMM timing for `distillery bench` (`DISTILLERY_BENCH_BREAKDOWN`): when on, every dense-layer
-/// product of the step (those through `matmul`; not the per-image conv products) records its
-/// shape and time. Off, it costs one relaxed load per product.
-pub mod profile {
-    use std::sync::atomic::{AtomicBool, Ordering};
-    use std::sync::Mutex;
-
-    static ON: AtomicBool = AtomicBool::new(false);
-    /// (m, n, k, seconds) per product.
-    static RECORDS: Mutex<Vec<(usize, usize, usize, f64)>> = Mutex::new(Vec::new());
-
-    /// Starts (clearing earlier records) or stops recording.
-    pub fn enable(on: bool) {
-        if on {
-            take();
-        }
-        ON.store(on, Ordering::Relaxed);
-    }
-
-    pub(crate) fn on() -> bool {
-        ON.load(Ordering::Relaxed)
-    }
-
-    pub(crate) fn record(m: usize, n: usize, k: usize, secs: f64) {
-        if let Ok(mut r) = RECORDS.lock() {
-            r.push((m, n, k, secs));
-        }
-    }
-
-    /// The records so far, emptied.
-    pub fn take() -> Vec<(usize, usize, usize, f64)> {
-        RECORDS
-            .lock()
-            .map(|mut r| std::mem::take(&mut *r))
-            .unwrap_or_default()
-    }
-}
-
-/// The geometry of one conv block: a same-padded k×k convolution computed on a "wide" grid.
-///
-/// The input image is zero-padded to `[c_in, h + k − 1, w + k − 1]` (plus `k` floats of slack).
-/// On that padded plane, the k×k window of output `(y, x)` for tap `(ky, kx)` starts at
-/// `(y + ky)·wp + x + kx`, so for every tap the inputs of all outputs `(y, x)` with
-/// `x < wp` form one contiguous run of `h·wp` floats: im2col is `c_in·k·k` long copies, and
-/// col2im `c_in·k·k` long additions. The `wp − w` extra columns per row are computed and
-/// ignored (their gradient is zero).
-#[derive(Clone, Copy, Default)]
-struct ConvGeom {
-    c_in: usize,
-    c_out: usize,
-    h: usize,
-    w: usize,
-    k: usize,
-    /// Padded plane width and height.
-    wp: usize,
-    hp: usize,
-}
-
-impl ConvGeom {
-    fn new(c_in: usize, c_out: usize, h: usize, w: usize, k: usize) -> Self {
-        ConvGeom {
-            c_in,
-            c_out,
-            h,
-            w,
-            k,
-            wp: w + k - 1,
-            hp: h + k - 1,
-        }
-    }
-    fn ckk(&self) -> usize {
-        self.c_in * self.k * self.k
-    }
-    /// Wide-grid positions per image.
-    fn l(&self) -> usize {
-        self.h * self.wp
-    }
-    fn plane(&self) -> usize {
-        self.hp * self.wp
-    }
-    /// Padded input size (with slack for the last tap's run).
-    fn padded(&self) -> usize {
-        self.c_in * self.plane() + self.k
-    }
-    /// Pooled outputs per channel.
-    fn pq(&self) -> usize {
-        (self.h / 2) * (self.w / 2)
-    }
-    fn in_size(&self) -> usize {
-        self.c_in * self.h * self.w
-    }
-    fn out_size(&self) -> usize {
-        self.c_out * self.pq()
-    }
-
-    /// Writes image `x` (`[c_in, h, w]`) into the interior of `xpad`; the border is left as it
-    /// is (zero for a buffer that only ever receives interiors).
-    fn pad(&self, x: &[f32], xpad: &mut [f32]) {
-        let p = self.k / 2;
-        let (h, w, wp) = (self.h, self.w, self.wp);
-        for ci in 0..self.c_in {
-            let plane = &mut xpad[ci * self.plane()..];
-            for y in 0..h {
-                plane[(y + p) * wp + p..][..w].copy_from_slice(&x[(ci * h + y) * w..][..w]);
-            }
-        }
-    }
-
-    /// `cols[r, j] = xpad[base(r) + j]` for `r = (ci, ky, kx)` and `j < h·wp`.
-    fn im2col(&self, xpad: &[f32], cols: &mut [f32]) {
-        let (k, l) = (self.k, self.l());
-        for (r, row) in cols.chunks_exact_mut(l).enumerate() {
-            let (ci, ky, kx) = (r / (k * k), (r / k) % k, r % k);
-            row.copy_from_slice(&xpad[ci * self.plane() + ky * self.wp + kx..][..l]);
-        }
-    }
-
-    /// `dxpad[base(r) + j] += dcols[r, j]`.
-    fn col2im(&self, dcols: &[f32], dxpad: &mut [f32]) {
-        let (k, l) = (self.k, self.l());
-        for (r, row) in dcols.chunks_exact(l).enumerate() {
-            let (ci, ky, kx) = (r / (k * k), (r / k) % k, r % k);
-            let dst = &mut dxpad[ci * self.plane() + ky * self.wp + kx..][..l];
-            dst.iter_mut().zip(row).for_each(|(a, b)| *a += b);
-        }
-    }
-
-    /// 2×2 max-pool (stride 2, floor) of the pre-activations `out` (`[c_out, h·wp]`), then
-    /// ReLU: `relu(max) = max(relu)`. `arg` gets the wide-grid index of each window's first
-    /// maximum.
-    fn pool(&self, out: &[f32], pooled: &mut [f32], arg: &mut [u32]) {
-        let (l, wp) = (self.l(), self.wp);
-        let (ph, pw) = (self.h / 2, self.w / 2);
-        for o in 0..self.c_out {
-            let plane = &out[o * l..][..l];
-            for py in 0..ph {
-                let (r0, r1) = (
-                    &plane[2 * py * wp..][..2 * pw],
-                    &plane[(2 * py + 1) * wp..][..2 * pw],
-                );
-                let q0 = (o * ph + py) * pw;
-                let (pooled, arg) = (&mut pooled[q0..][..pw], &mut arg[q0..][..pw]);
-                // Branch-free (selects, not jumps): which element wins is data-dependent.
-                for (px, ((a, b), (p, g))) in r0
-                    .chunks_exact(2)
-                    .zip(r1.chunks_exact(2))
-                    .zip(pooled.iter_mut().zip(arg.iter_mut()))
-                    .enumerate()
-                {
-                    let j0 = (2 * py * wp + 2 * px) as u32;
-                    let (mut m, mut j) = (a[0], j0);
-                    let c = a[1] > m;
-                    m = if c { a[1] } else { m };
-                    j = if c { j0 + 1 } else { j };
-                    let c = b[0] > m;
-                    m = if c { b[0] } else { m };
-                    j = if c { j0 + wp as u32 } else { j };
-                    let c = b[1] > m;
-                    m = if c { b[1] } else { m };
-                    j = if c { j0 + wp as u32 + 1 } else { j };
-                    *p = m.max(0.0);
-                    *g = j;
-                }
-            }
-        }
-    }
-}
 
 /// Per-chunk scratch for the conv blocks (sized for the largest block).
 #[derive(Default)]
@@ -245,253 +80,6 @@ impl ConvScratch {
     }
 }
 
-fn par() -> gemm::Parallelism {
-    let t = rayon::current_num_threads();
-    if t > 1 {
-        gemm::Parallelism::Rayon(t)
-    } else {
-        gemm::Parallelism::None
-    }
-}
-
-/// `dst[m×n] = (read ? dst : 0) + lhs · rhs` with explicit strides (row stride, column stride),
-/// multi-threaded when the product is large enough to pay for it.
-#[allow(clippy::too_many_arguments)]
-pub(crate) fn matmul(
-    dst: &mut [f32],
-    m: usize,
-    n: usize,
-    k: usize,
-    read: bool,
-    lhs: &[f32],
-    lhs_rs: usize,
-    lhs_cs: usize,
-    rhs: &[f32],
-    rhs_rs: usize,
-    rhs_cs: usize,
-) {
-    let p = if m * n * k >= 1 << 18 {
-        par()
-    } else {
-        gemm::Parallelism::None
-    };
-    let t0 = profile::on().then(std::time::Instant::now);
-    matmul_with(
-        p, dst, m, n, k, read, lhs, lhs_rs, lhs_cs, rhs, rhs_rs, rhs_cs,
-    );
-    if let Some(t0) = t0 {
-        profile::record(m, n, k, t0.elapsed().as_secs_f64());
-    }
-}
-
-/// `out[n] += x[k] · w[k×n]` (one sample through a dense layer): batch-1 inference, bound by how
-/// fast the weights stream in. With AVX2 and FMA: blocks of 64 outputs held in eight registers
-/// while the weight rows stream past, four rows per iteration, column blocks shared between the
-/// threads (the gemm crate runs a matrix-vector product on one thread); otherwise the gemm
-/// crate's product.
-fn gemv(out: &mut [f32], n: usize, k: usize, x: &[f32], w: &[f32]) {
-    assert!(out.len() >= n && x.len() >= k && w.len() >= n * k);
-    #[cfg(target_arch = "x86_64")]
-    if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
-        // AVX-512 where the CPU has it (unless DISTILLERY_NO_AVX512 is set, for comparisons):
-        // blocks of 128 outputs in eight 16-wide registers. Each output sums its products in
-        // the same order with the same fused multiply-adds as the AVX2 kernel: bit-identical.
-        let kernel: GemvKernel = if gemv_avx512_ok() {
-            gemv_avx512
-        } else {
-            gemv_avx2
-        };
-        let threads = rayon::current_num_threads();
-        // Worth waking the other thread (tens of µs on a VM) only for about 2 MB of weights.
-        if threads > 1 && n * k >= 1 << 19 && n >= 128 {
-            // Blocks of 128 outputs, several per thread: rayon's caller runs the blocks nobody
-            // has stolen, so a late or descheduled second thread costs at most its share.
-            let block = 128;
-            out[..n]
-                .par_chunks_mut(block)
-                .enumerate()
-                .for_each(|(i, o)| {
-                    let nb = o.len();
-                    // SAFETY: as below, on the column block [i·block, i·block + nb) of w (row stride n).
-                    unsafe { kernel(o, nb, n, k, x, &w[i * block..]) };
-                });
-            return;
-        }
-        // SAFETY: the features were just detected; the assert above bounds every access.
-        unsafe { kernel(out, n, n, k, x, w) };
-        return;
-    }
-    matmul(out, 1, n, k, true, x, k, 1, w, n, 1)
-}
-
-/// A batch-1 kernel: `(out, n, row stride, k, x, w)`.
-#[cfg(target_arch = "x86_64")]
-type GemvKernel = unsafe fn(&mut [f32], usize, usize, usize, &[f32], &[f32]);
-
-/// Whether the batch-1 kernel takes its AVX-512 path here.
-#[cfg(target_arch = "x86_64")]
-pub(crate) fn gemv_avx512_ok() -> bool {
-    crate::simd::level() == 2
-}
-
-/// One batch-1 kernel per register width: `$lanes`-wide registers, eight of them, hold a block
-/// of `8·$lanes` outputs while the weight rows stream past, four rows per iteration; every
-/// output sums its products in row order with fused multiply-adds, so the widths agree bit for
-/// bit. `$rest` handles the last `n mod 8·$lanes` outputs.
-macro_rules! gemv_kernel {
-    ($name:ident, $features:literal, $lanes:literal, $zero:ident, $load:ident, $store:ident,
-     $set1:ident, $fma:ident, |$o:ident, $nr:ident, $ld:ident, $k:ident, $x:ident, $w:ident, $full:ident| $rest:block) => {
-        #[cfg(target_arch = "x86_64")]
-        #[target_feature(enable = $features)]
-        unsafe fn $name(out: &mut [f32], n: usize, ld: usize, k: usize, x: &[f32], w: &[f32]) {
-            use std::arch::x86_64::*;
-            const BLOCK: usize = 8 * $lanes;
-            let full = n / BLOCK * BLOCK;
-            let wp = w.as_ptr();
-            for c0 in (0..full).step_by(BLOCK) {
-                let o = out.as_mut_ptr().add(c0);
-                let mut acc = [$zero(); 8];
-                for (j, a) in acc.iter_mut().enumerate() {
-                    *a = $load(o.add($lanes * j));
-                }
-                let mut r = 0;
-                while r + 4 <= k {
-                    let rows = [
-                        wp.add(r * ld + c0),
-                        wp.add((r + 1) * ld + c0),
-                        wp.add((r + 2) * ld + c0),
-                        wp.add((r + 3) * ld + c0),
-                    ];
-                    for (t, row) in rows.iter().enumerate() {
-                        let xv = $set1(*x.get_unchecked(r + t));
-                        for (j, a) in acc.iter_mut().enumerate() {
-                            *a = $fma(xv, $load(row.add($lanes * j)), *a);
-                        }
-                    }
-                    r += 4;
-                }
-                while r < k {
-                    let xv = $set1(*x.get_unchecked(r));
-                    let row = wp.add(r * ld + c0);
-                    for (j, a) in acc.iter_mut().enumerate() {
-                        *a = $fma(xv, $load(row.add($lanes * j)), *a);
-                    }
-                    r += 1;
-                }
-                for (j, a) in acc.iter().enumerate() {
-                    $store(o.add($lanes * j), *a);
-                }
-            }
-            let ($o, $nr, $ld, $k, $x, $w, $full) = (out, n, ld, k, x, w, full);
-            $rest
-        }
-    };
-}
-
-gemv_kernel!(
-    gemv_avx512,
-    "avx512f,avx2,fma",
-    16,
-    _mm512_setzero_ps,
-    _mm512_loadu_ps,
-    _mm512_storeu_ps,
-    _mm512_set1_ps,
-    _mm512_fmadd_ps,
-    |out, n, ld, k, x, w, full| {
-        // The last n mod 128 outputs: the AVX2 kernel (64-wide blocks, then its scalar tail).
-        if full < n {
-            gemv_avx2(&mut out[full..], n - full, ld, k, x, &w[full..]);
-        }
-    }
-);
-
-gemv_kernel!(
-    gemv_avx2,
-    "avx2,fma",
-    8,
-    _mm256_setzero_ps,
-    _mm256_loadu_ps,
-    _mm256_storeu_ps,
-    _mm256_set1_ps,
-    _mm256_fmadd_ps,
-    |out, n, ld, k, x, w, full| {
-        // The last n mod 64 outputs.
-        for (r, &xv) in x[..k].iter().enumerate() {
-            let row = &w[r * ld..r * ld + n];
-            for (o, wv) in out[full..n].iter_mut().zip(&row[full..]) {
-                *o += xv * wv;
-            }
-        }
-    }
-);
-
-/// Panics unless an `m × n` output of `dst_len` values and the strided operands
-/// `(len, row stride, column stride)` of an `m × k` by `k × n` product hold every index the
-/// strides name (what the unsafe products rely on).
-pub(crate) fn check_operands(
-    dst_len: usize,
-    m: usize,
-    n: usize,
-    k: usize,
-    lhs: (usize, usize, usize),
-    rhs: (usize, usize, usize),
-) {
-    assert!(dst_len >= m * n);
-    assert!(m == 0 || k == 0 || lhs.0 > (m - 1) * lhs.1 + (k - 1) * lhs.2);
-    assert!(n == 0 || k == 0 || rhs.0 > (k - 1) * rhs.1 + (n - 1) * rhs.2);
-}
-
-/// [`matmul`] with the parallelism given.
-#[allow(clippy::too_many_arguments)]
-pub(crate) fn matmul_with(
-    p: gemm::Parallelism,
-    dst: &mut [f32],
-    m: usize,
-    n: usize,
-    k: usize,
-    read: bool,
-    lhs: &[f32],
-    lhs_rs: usize,
-    lhs_cs: usize,
-    rhs: &[f32],
-    rhs_rs: usize,
-    rhs_cs: usize,
-) {
-    check_operands(
-        dst.len(),
-        m,
-        n,
-        k,
-        (lhs.len(), lhs_rs, lhs_cs),
-        (rhs.len(), rhs_rs, rhs_cs),
-    );
-    // SAFETY: the checks above keep every index the strides describe inside the slices;
-    // dst is row-major m×n and does not alias the inputs (distinct borrows).
-    unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            dst.as_mut_ptr(),
-            1,
-            n as isize,
-            read,
-            lhs.as_ptr(),
-            lhs_cs as isize,
-            lhs_rs as isize,
-            rhs.as_ptr(),
-            rhs_cs as isize,
-            rhs_rs as isize,
-            if read { 1.0 } else { 0.0 },
-            1.0,
-            false,
-            false,
-            false,
-            p,
-        )
-    }
-}
-
 /// `model`'s dense weights packed once for bf16 inference ([`Workspace::with_packed`]).
 pub fn pack_bf16(model: &Model) -> Result<std::sync::Arc<[PackedRhs]>> {
     let blocks = conv_blocks(model);
@@ -507,7 +95,7 @@ pub fn pack_bf16(model: &Model) -> Result<std::sync::Arc<[PackedRhs]>> {
 
 /// Reads a parameter's contiguous f32 storage.
 fn with_param<R>(model: &Model, i: usize, f: impl FnOnce(&[f32]) -> R) -> Result<R> {
-    crate::models::mlp::with_slice(model.params[i].1.as_tensor(), f)
+    super::with_slice(model.params[i].1.as_tensor(), f)
 }
 
 /// Whether the fast path can train this model (an MLP, or a CNN: same-padded k×k convolutions
@@ -543,7 +131,7 @@ fn dropout_in_place(v: &mut [f32], p: f32, rng: &mut Rng) {
 
 impl Workspace {
     /// A workspace whose dense products run at `precision`.
-    pub fn with_precision(precision: Precision) -> Workspace {
+    pub fn with_precision(precision: MatmulPrecision) -> Workspace {
         Workspace {
             precision,
             ..Default::default()
@@ -554,7 +142,7 @@ impl Workspace {
     /// ([`pack_bf16`]).
     pub fn with_packed(packed: std::sync::Arc<[PackedRhs]>) -> Workspace {
         Workspace {
-            precision: Precision::Bf16,
+            precision: MatmulPrecision::Bf16,
             packed,
             ..Default::default()
         }
@@ -608,13 +196,13 @@ impl Workspace {
             })?;
             let input = &self.acts[l];
             match (self.precision, self.packed.get(l)) {
-                (Precision::Bf16, Some(p)) if p.dims() == (k, n) => {
-                    super::bf16::matmul_packed(&mut out, rows, true, input, k, 1, p)
+                (MatmulPrecision::Bf16, Some(p)) if p.dims() == (k, n) => {
+                    bf16::matmul_packed(&mut out, rows, true, input, k, 1, p)
                 }
-                (Precision::Bf16, _) => with_param(model, pi, |w| {
-                    super::bf16::matmul(&mut out, rows, n, k, true, input, k, 1, w, n, 1)
+                (MatmulPrecision::Bf16, _) => with_param(model, pi, |w| {
+                    bf16::matmul(&mut out, rows, n, k, true, input, k, 1, w, n, 1)
                 })?,
-                (Precision::F32, _) => with_param(model, pi, |w| {
+                (MatmulPrecision::F32, _) => with_param(model, pi, |w| {
                     if rows == 1 {
                         gemv(&mut out, n, k, input, w)
                     } else {
@@ -650,8 +238,8 @@ impl Workspace {
             let gw = &mut self.grads[pi];
             gw.resize(k * n, 0.0);
             let mm = match self.precision {
-                Precision::F32 => matmul,
-                Precision::Bf16 => super::bf16::matmul,
+                MatmulPrecision::F32 => matmul,
+                MatmulPrecision::Bf16 => bf16::matmul,
             };
             mm(gw, k, n, rows, false, a, 1, k, &self.dz, n, 1);
             // db = Σ_rows dz.
@@ -898,47 +486,28 @@ fn sum_into<'a>(dst: &mut Vec<f32>, len: usize, parts: impl Iterator<Item = &'a 
     }
 }
 
-// The element-wise passes, each compiled for AVX-512, AVX2 and the baseline
-// ([`crate::simd`]); the same bits on every path (tested).
-use crate::simd::dispatch;
-
-#[inline(always)]
-fn add_into_body(dst: &mut [f32], src: &[f32]) {
-    dst.iter_mut().zip(src).for_each(|(a, b)| *a += b);
-}
-dispatch!(add_into, add_into_body, (dst: &mut [f32], src: &[f32]));
-
-#[inline(always)]
-fn relu_body(v: &mut [f32]) {
-    v.iter_mut().for_each(|x| *x = x.max(0.0));
-}
-dispatch!(relu, relu_body, (v: &mut [f32]));
-
-#[inline(always)]
-fn relu_grad_body(out: &mut [f32], da: &[f32], a: &[f32], keep: f32) {
-    out.iter_mut()
-        .zip(da.iter().zip(a))
-        .for_each(|(o, (d, x))| *o = if *x > 0.0 { d * keep } else { 0.0 });
-}
-dispatch!(relu_grad, relu_grad_body, (out: &mut [f32], da: &[f32], a: &[f32], keep: f32));
-
-fn relu_in_place(v: &mut [f32]) {
-    if v.len() >= 1 << 16 && rayon::current_num_threads() > 1 {
-        v.par_chunks_mut(1 << 14).for_each(relu);
-    } else {
-        relu(v);
-    }
+/// Inference for an MLP, or a CNN the fast path takes ([`eligible`]), without
+/// the tensor machinery: the forward pass of the autograd-free
+/// training step ([`Workspace::forward`]) without dropout. `x` holds `rows`
+/// samples; returns `rows * outputs` values. Same arithmetic as [`super::mlp::forward`] in eval
+/// mode or [`super::cnn::forward`] (outputs agree to float rounding).
+pub fn forward_eval(model: &Model, x: &[f32], rows: usize) -> Result<Vec<f32>> {
+    let mut ws = Workspace::default();
+    ws.forward(model, x, rows, None)?;
+    Ok(ws.logits)
 }
 
-/// `out = da · keep` where the layer's output `a` (after ReLU and dropout) is positive, else 0.
-fn relu_dropout_grad(out: &mut [f32], da: &[f32], a: &[f32], keep: f32) {
-    if out.len() >= 1 << 16 && rayon::current_num_threads() > 1 {
-        out.par_chunks_mut(1 << 14)
-            .zip(da.par_chunks(1 << 14).zip(a.par_chunks(1 << 14)))
-            .for_each(|(o, (d, x))| relu_grad(o, d, x, keep));
-    } else {
-        relu_grad(out, da, a, keep);
-    }
+/// [`forward_eval`] with bf16 products on weights packed once
+/// ([`pack_bf16`]).
+pub fn forward_eval_bf16(
+    model: &Model,
+    x: &[f32],
+    rows: usize,
+    packed: &std::sync::Arc<[crate::kernels::bf16::PackedRhs]>,
+) -> Result<Vec<f32>> {
+    let mut ws = Workspace::with_packed(packed.clone());
+    ws.forward(model, x, rows, None)?;
+    Ok(ws.logits)
 }
 
 #[cfg(test)]
@@ -992,7 +561,7 @@ mod tests {
             (logits, ws.grads.clone())
         };
         let (l32, g32) = run(&mut Workspace::default());
-        let (l16, g16) = run(&mut Workspace::with_precision(Precision::Bf16));
+        let (l16, g16) = run(&mut Workspace::with_precision(MatmulPrecision::Bf16));
         let close = |a: &[f32], b: &[f32], max_rel: f32, min_cos: f64, what: &str| {
             let top = a.iter().fold(0f32, |s, v| s.max(v.abs()));
             let diff = a.iter().zip(b).fold(0f32, |s, (p, q)| s.max((p - q).abs()));
@@ -1023,89 +592,6 @@ mod tests {
         let mut ws = Workspace::with_packed(packed);
         ws.forward(&m, &x, rows, None).unwrap();
         assert_eq!(ws.logits, l16);
-    }
-
-    /// The dispatched element-wise passes (AVX-512 or AVX2 where the CPU has them) against
-    /// the baseline build of the same bodies, bit for bit, on lengths with vector tails.
-    #[test]
-    fn elementwise_passes_equal_the_baseline_bit_for_bit() {
-        let mut r = Rng::new(41);
-        for n in [1usize, 7, 16, 33, 1000, 70_001] {
-            let a: Vec<f32> = (0..n).map(|_| r.normal()).collect();
-            let b: Vec<f32> = (0..n).map(|_| r.normal()).collect();
-            let (mut x, mut y) = (a.clone(), a.clone());
-            add_into(&mut x, &b);
-            add_into_body(&mut y, &b);
-            assert_eq!(x, y, "add n={n}");
-            let (mut x, mut y) = (a.clone(), a.clone());
-            relu_in_place(&mut x);
-            relu_body(&mut y);
-            assert_eq!(x, y, "relu n={n}");
-            let (mut x, mut y) = (vec![0f32; n], vec![0f32; n]);
-            relu_dropout_grad(&mut x, &a, &b, 1.25);
-            relu_grad_body(&mut y, &a, &b, 1.25);
-            assert_eq!(x, y, "relu grad n={n}");
-        }
-    }
-
-    /// The batch-1 kernel (vectorised blocks, the scalar tail, the per-thread column split)
-    /// against the plain sum, accumulating into a non-zero output.
-    #[test]
-    fn gemv_matches_the_plain_product() {
-        let mut r = Rng::new(12);
-        for (n, k) in [
-            (1usize, 1usize),
-            (10, 1200),
-            (64, 3),
-            (130, 600),
-            (1200, 784),
-            (777, 97),
-        ] {
-            let x: Vec<f32> = (0..k).map(|_| r.uniform_range(-1.0, 1.0)).collect();
-            let w: Vec<f32> = (0..n * k).map(|_| r.uniform_range(-1.0, 1.0)).collect();
-            let b: Vec<f32> = (0..n).map(|_| r.uniform_range(-1.0, 1.0)).collect();
-            let mut got = b.clone();
-            gemv(&mut got, n, k, &x, &w);
-            for (c, (g, b)) in got.iter().zip(&b).enumerate() {
-                let want = b + (0..k).map(|i| (x[i] * w[i * n + c]) as f64).sum::<f64>() as f32;
-                assert!(
-                    (g - want).abs() <= 1e-5 * (1.0 + want.abs()) * (k as f32).sqrt(),
-                    "n {n}, k {k}, output {c}: {g} vs {want}"
-                );
-            }
-        }
-    }
-
-    /// The AVX-512 batch-1 kernel against the AVX2 one, on a CPU that has both: bit for bit
-    /// (each output sums the same products in the same order with fused multiply-adds). On a
-    /// CPU without AVX-512 there is nothing to compare and the test says so.
-    #[cfg(target_arch = "x86_64")]
-    #[test]
-    fn gemv_avx512_equals_the_avx2_kernel_bit_for_bit() {
-        if !(std::is_x86_feature_detected!("avx512f") && std::is_x86_feature_detected!("fma")) {
-            eprintln!("no AVX-512 on this CPU: only the AVX2 and portable paths run here");
-            return;
-        }
-        let mut r = Rng::new(31);
-        for (n, k) in [
-            (1usize, 5usize),
-            (128, 3),
-            (130, 600),
-            (1200, 784),
-            (777, 97),
-            (64, 9),
-        ] {
-            let x: Vec<f32> = (0..k).map(|_| r.uniform_range(-1.0, 1.0)).collect();
-            let w: Vec<f32> = (0..n * k).map(|_| r.uniform_range(-1.0, 1.0)).collect();
-            let b: Vec<f32> = (0..n).map(|_| r.uniform_range(-1.0, 1.0)).collect();
-            let (mut a, mut c) = (b.clone(), b.clone());
-            // SAFETY: both feature sets detected above; the buffers are n, k and n·k long.
-            unsafe {
-                gemv_avx512(&mut a, n, n, k, &x, &w);
-                gemv_avx2(&mut c, n, n, k, &x, &w);
-            }
-            assert_eq!(a, c, "n {n}, k {k}");
-        }
     }
 
     /// The fast path's loss and every gradient against candle autograd on the same objective,

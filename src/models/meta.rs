@@ -42,35 +42,7 @@ impl Precision {
     }
 }
 
-/// Per-tensor asymmetric `u8` quantization of an activation: `x ≈ scale · (q − zero_point)`.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-pub struct ActQuant {
-    /// Step size.
-    pub scale: f32,
-    /// The `u8` code of 0.0.
-    pub zero_point: u8,
-}
-
-impl ActQuant {
-    /// From an observed range (widened to contain 0, so that zero is exact).
-    pub fn from_range(lo: f32, hi: f32) -> ActQuant {
-        let lo = lo.min(0.0);
-        let hi = hi.max(0.0);
-        let scale = if hi - lo > 1e-12 {
-            (hi - lo) / 255.0
-        } else {
-            1.0
-        };
-        let zero_point = (-lo / scale).round_ties_even().clamp(0.0, 255.0) as u8;
-        ActQuant { scale, zero_point }
-    }
-
-    /// Quantizes one value (round half to even, as ONNX QuantizeLinear).
-    #[inline]
-    pub fn quantize(&self, v: f32, inv_scale: f32) -> u8 {
-        ((v * inv_scale).round_ties_even() + self.zero_point as f32).clamp(0.0, 255.0) as u8
-    }
-}
+pub use crate::kernels::int8::ActQuant;
 
 /// What a quantized model file records besides its tensors.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -69,44 +69,6 @@ pub fn forward(
     dense_forward(model, h, 0, mode, capture)
 }
 
-/// A contiguous f32 view of a CPU tensor's storage (no copy).
-pub(crate) fn with_slice<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> Result<R> {
-    let (storage, layout) = t.storage_and_layout();
-    let (start, end) = layout
-        .contiguous_offsets()
-        .ok_or_else(|| crate::error::Error::Other("parameter tensor is not contiguous".into()))?;
-    match &*storage {
-        candle_core::Storage::Cpu(cs) => Ok(f(&cs.as_slice::<f32>()?[start..end])),
-        _ => Err(crate::error::Error::Other(
-            "the fused MLP paths run on the CPU".into(),
-        )),
-    }
-}
-
-/// Inference for an MLP, or a CNN the fast path takes ([`super::fused::eligible`]), without
-/// the tensor machinery: the forward pass of the autograd-free
-/// training step ([`super::fused::Workspace::forward`]) without dropout. `x` holds `rows`
-/// samples; returns `rows * outputs` values. Same arithmetic as [`forward`] in eval mode
-/// or [`super::cnn::forward`] (outputs agree to float rounding).
-pub fn forward_eval_fused(model: &Model, x: &[f32], rows: usize) -> Result<Vec<f32>> {
-    let mut ws = super::fused::Workspace::default();
-    ws.forward(model, x, rows, None)?;
-    Ok(ws.logits)
-}
-
-/// [`forward_eval_fused`] with bf16 products on weights packed once
-/// ([`super::fused::pack_bf16`]).
-pub fn forward_eval_bf16(
-    model: &Model,
-    x: &[f32],
-    rows: usize,
-    packed: &std::sync::Arc<[super::bf16::PackedRhs]>,
-) -> Result<Vec<f32>> {
-    let mut ws = super::fused::Workspace::with_packed(packed.clone());
-    ws.forward(model, x, rows, None)?;
-    Ok(ws.logits)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -154,7 +116,7 @@ mod tests {
             .unwrap()
             .to_vec1::<f32>()
             .unwrap();
-        let got = forward_eval_fused(m, &x, rows).unwrap();
+        let got = crate::models::fused::forward_eval(m, &x, rows).unwrap();
         assert_eq!(got.len(), want.len());
         let scale = want.iter().fold(1f32, |a, &b| a.max(b.abs()));
         for (a, b) in got.iter().zip(&want) {
@@ -189,7 +151,7 @@ mod tests {
             };
             let m = Model::new(spec, &mut Rng::new(2)).unwrap();
             assert!(crate::models::fused::eligible(&m));
-            assert!(forward_eval_fused(&m, &[], 0).unwrap().is_empty());
+            assert!(crate::models::fused::forward_eval(&m, &[], 0).unwrap().is_empty());
             let mut rng = Rng::new(3);
             for rows in [1usize, 5, 37] {
                 assert_fused_matches(&m, rows, &mut rng, &format!("{shape:?}"));

@@ -4,7 +4,6 @@
 //! names).
 
 pub mod bag;
-pub mod bf16;
 pub mod boost;
 pub mod cnn;
 pub mod fused;
@@ -768,7 +767,7 @@ impl Model {
         for chunk in x.chunks(batch.max(1) * d) {
             let b = chunk.len() / d;
             if self.spec.arch.kind == ArchKind::Mlp {
-                out.extend(mlp::forward_eval_fused(self, chunk, b)?);
+                out.extend(fused::forward_eval(self, chunk, b)?);
                 continue;
             }
             if self.spec.arch.kind == ArchKind::EmbeddingBag {
@@ -1018,6 +1017,20 @@ pub fn maybe_gunzip(bytes: Vec<u8>, file: &str) -> Result<Vec<u8>> {
         Ok(out)
     } else {
         Ok(bytes)
+    }
+}
+
+/// A contiguous f32 view of a CPU tensor's storage (no copy).
+pub(crate) fn with_slice<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> Result<R> {
+    let (storage, layout) = t.storage_and_layout();
+    let (start, end) = layout
+        .contiguous_offsets()
+        .ok_or_else(|| crate::error::Error::Other("parameter tensor is not contiguous".into()))?;
+    match &*storage {
+        candle_core::Storage::Cpu(cs) => Ok(f(&cs.as_slice::<f32>()?[start..end])),
+        _ => Err(crate::error::Error::Other(
+            "the fused MLP paths run on the CPU".into(),
+        )),
     }
 }
 

@@ -353,8 +353,8 @@ impl TreeEnsemble {
             }
             match classes {
                 Some(cls) if v.len() == cls.len() => {
-                    let p = crate::losses::softmax::softmax_rows(&v, v.len(), 1.0);
-                    let best = crate::losses::softmax::argmax(&p);
+                    let p = crate::kernels::softmax::softmax_rows(&v, v.len(), 1.0);
+                    let best = crate::kernels::softmax::argmax(&p);
                     format!("class {} (p = {:.2})", cls[best], p[best])
                 }
                 _ => format!("value {:.4}", unscale_target(v[0])),

@@ -881,7 +881,7 @@ fn mix_teacher(c: &TeacherConfig, store: &mut RunStore) -> Result<()> {
                 Err(e) => return Err(e),
             };
             let part: Vec<f64> = if classification {
-                crate::losses::softmax::softmax_rows(&out, outputs, 1.0)
+                crate::kernels::softmax::softmax_rows(&out, outputs, 1.0)
                     .into_iter()
                     .map(|p| p as f64 * w)
                     .collect()

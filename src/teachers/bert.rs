@@ -5,10 +5,10 @@
 //! attention mask, or the `[CLS]` token) and its optional L2 normalisation, read from the
 //! folder's `modules.json` and `1_Pooling/config.json` when present.
 
+use super::native::Config;
 use super::native::NativeBert;
 use crate::error::{Error, Result};
 use candle_core::{DType, Device};
-use super::native::Config;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 

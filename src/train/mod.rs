@@ -499,7 +499,7 @@ fn fit_shared(
             && job.objective.hint.is_none()
             && forward_hook(&job.hooks).is_none()
             && !together;
-        if !fast && cfg.precision == crate::models::bf16::Precision::Bf16 {
+        if !fast && cfg.precision == crate::kernels::bf16::MatmulPrecision::Bf16 {
             progress.say(&format!(
                 "{}: trains through autograd (hint, peers, hooks or its family), in f32: \
                  precision = \"bf16\" applies to the autograd-free path",

@@ -7,15 +7,13 @@
 
 use super::{OptimizerKind, TrainConfig};
 use crate::error::{Error, Result};
+use crate::kernels::optim::{update_chunk, Rule, StepParams, BETA1, BETA2};
 use crate::models::Model;
 use candle_core::backprop::GradStore;
 use candle_core::{CpuStorage, InplaceOp1, InplaceOp2, Layout};
 use rayon::prelude::*;
 use std::cell::RefCell;
 
-const BETA1: f32 = 0.9;
-const BETA2: f32 = 0.999;
-const EPS: f32 = 1e-8;
 /// Elements per parallel chunk; smaller tensors are updated on the calling thread.
 const CHUNK: usize = 1 << 15;
 
@@ -32,69 +30,10 @@ pub struct Optimizer {
     pub v: Vec<Vec<f32>>,
 }
 
-/// Hyper-parameters of one update, with Adam's bias corrections folded in.
-#[derive(Clone, Copy)]
-struct StepParams {
-    kind: OptimizerKind,
-    lr: f32,
-    momentum: f32,
-    weight_decay: f32,
-    bc1: f32,
-    bc2: f32,
-    first_step: bool,
-}
-
 struct FusedUpdate<'a> {
     p: StepParams,
     m: RefCell<&'a mut [f32]>,
     v: RefCell<&'a mut [f32]>,
-}
-
-// One update pass, compiled for AVX-512, AVX2 and the baseline ([`crate::simd`]): IEEE
-// operations lane by lane (no contraction into fused multiply-adds), so the same bits on
-// every path (tested).
-crate::simd::dispatch!(update_chunk, update_chunk_body, (sp: StepParams, w: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32]));
-
-#[inline(always)]
-fn update_chunk_body(sp: StepParams, w: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32]) {
-    match sp.kind {
-        OptimizerKind::Adam | OptimizerKind::Adamw => {
-            let decoupled = sp.kind == OptimizerKind::Adamw;
-            let l2 = if decoupled { 0.0 } else { sp.weight_decay };
-            let shrink = if decoupled {
-                1.0 - sp.lr * sp.weight_decay
-            } else {
-                1.0
-            };
-            let step = sp.lr / sp.bc1;
-            let inv_bc2 = 1.0 / sp.bc2;
-            let n = w.len();
-            let (g, m, v) = (&g[..n], &mut m[..n], &mut v[..n]);
-            for (((w, g), m), v) in w.iter_mut().zip(g).zip(m.iter_mut()).zip(v.iter_mut()) {
-                let gi = g + l2 * *w;
-                let mi = BETA1 * *m + (1.0 - BETA1) * gi;
-                let vi = BETA2 * *v + (1.0 - BETA2) * gi * gi;
-                *m = mi;
-                *v = vi;
-                *w = *w * shrink - step * mi / ((vi * inv_bc2).sqrt() + EPS);
-            }
-        }
-        OptimizerKind::Sgd => {
-            let n = w.len();
-            let (g, m) = (&g[..n], &mut m[..n]);
-            for ((w, g), m) in w.iter_mut().zip(g).zip(m.iter_mut()) {
-                let gi = g + sp.weight_decay * *w;
-                // PyTorch: the buffer starts as the first gradient.
-                let bi = if sp.first_step {
-                    gi
-                } else {
-                    sp.momentum * *m + gi
-                };
-                *m = bi;
-                *w -= sp.lr * bi;
-            }
-        }
-    }
 }
 
 fn f32_slice<'s>(s: &'s CpuStorage, l: &Layout, what: &str) -> candle_core::Result<&'s [f32]> {
@@ -211,7 +150,11 @@ impl Optimizer {
         self.step += 1;
         let t = self.step as i32;
         StepParams {
-            kind: self.kind,
+            rule: match self.kind {
+                OptimizerKind::Adam => Rule::Adam,
+                OptimizerKind::Adamw => Rule::AdamW,
+                OptimizerKind::Sgd => Rule::Sgd,
+            },
             lr: lr as f32,
             momentum: self.momentum,
             weight_decay: self.weight_decay,
@@ -287,49 +230,6 @@ pub fn learning_rate(cfg: &TrainConfig, epoch: usize) -> f64 {
             // last epoch, so every epoch trains with a non-zero rate.
             let t = epoch as f64 / cfg.epochs.max(1) as f64;
             cfg.min_lr + 0.5 * (cfg.lr - cfg.min_lr) * (1.0 + (std::f64::consts::PI * t).cos())
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::rng::Rng;
-
-    /// The dispatched update (AVX-512 or AVX2 where the CPU has them) against the baseline
-    /// build of the same body: bit for bit, for Adam, AdamW and SGD, on lengths with vector
-    /// tails, over several steps.
-    #[test]
-    fn dispatched_update_equals_the_baseline_bit_for_bit() {
-        let mut r = Rng::new(40);
-        for kind in [
-            OptimizerKind::Adam,
-            OptimizerKind::Adamw,
-            OptimizerKind::Sgd,
-        ] {
-            for n in [1usize, 15, 16, 17, 1000, 4099] {
-                let w0: Vec<f32> = (0..n).map(|_| r.normal()).collect();
-                let (mut w1, mut w2) = (w0.clone(), w0);
-                let (mut m1, mut m2) = (vec![0f32; n], vec![0f32; n]);
-                let (mut v1, mut v2) = (vec![0f32; n], vec![0f32; n]);
-                for t in 1..=3 {
-                    let g: Vec<f32> = (0..n).map(|_| r.normal()).collect();
-                    let sp = StepParams {
-                        kind,
-                        lr: 1e-3,
-                        momentum: 0.9,
-                        weight_decay: 0.01,
-                        bc1: 1.0 - BETA1.powi(t),
-                        bc2: 1.0 - BETA2.powi(t),
-                        first_step: t == 1,
-                    };
-                    update_chunk(sp, &mut w1, &g, &mut m1, &mut v1);
-                    update_chunk_body(sp, &mut w2, &g, &mut m2, &mut v2);
-                }
-                assert_eq!(w1, w2, "{kind:?} n={n} ({})", crate::simd::level_name());
-                assert_eq!(m1, m2, "{kind:?} n={n}");
-                assert_eq!(v1, v2, "{kind:?} n={n}");
-            }
         }
     }
 }

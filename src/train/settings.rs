@@ -75,11 +75,11 @@ pub struct TrainConfig {
     /// the CNNs' dense layers) take bf16 operands with f32 sums, as PyTorch's CPU autocast;
     /// weights, optimizer state and everything else stay f32. Models trained through autograd
     /// (hints, peers, text students) train in f32 and say so.
-    #[serde(default, skip_serializing_if = "Precision::is_f32")]
-    pub precision: Precision,
+    #[serde(default, skip_serializing_if = "MatmulPrecision::is_f32")]
+    pub precision: MatmulPrecision,
 }
 
-pub use crate::models::bf16::Precision;
+pub use crate::kernels::bf16::MatmulPrecision;
 
 fn default_epochs() -> usize {
     10
@@ -125,7 +125,7 @@ impl Default for TrainConfig {
             jitter: 0,
             patience: None,
             max_loss: default_max_loss(),
-            precision: Precision::F32,
+            precision: MatmulPrecision::F32,
         }
     }
 }

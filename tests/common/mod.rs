@@ -159,7 +159,7 @@ pub fn trained_digits_model(
         channels,
         epochs,
         seed,
-        distillery::models::bf16::Precision::F32,
+        distillery::kernels::bf16::MatmulPrecision::F32,
     )
 }
 
@@ -170,7 +170,7 @@ pub fn trained_digits_model_at(
     channels: Vec<usize>,
     epochs: usize,
     seed: u64,
-    precision: distillery::models::bf16::Precision,
+    precision: distillery::kernels::bf16::MatmulPrecision,
 ) -> (
     distillery::models::Model,
     distillery::models::ModelMeta,

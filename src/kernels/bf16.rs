@@ -18,10 +18,11 @@ use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 use std::cell::RefCell;
 
-/// The precision of the dense layers' matrix products.
+/// The precision of the dense layers' matrix products in training (`train.precision`); the
+/// precision a model is stored and run in is `compress::quant::Precision`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
-pub enum Precision {
+pub enum MatmulPrecision {
     /// f32 throughout.
     #[default]
     F32,
@@ -29,16 +30,16 @@ pub enum Precision {
     Bf16,
 }
 
-impl Precision {
+impl MatmulPrecision {
     /// Whether this is the default (f32), to keep it out of saved configs.
     pub fn is_f32(&self) -> bool {
-        *self == Precision::F32
+        *self == MatmulPrecision::F32
     }
     /// `f32` or `bf16`.
     pub fn name(&self) -> &'static str {
         match self {
-            Precision::F32 => "f32",
-            Precision::Bf16 => "bf16",
+            MatmulPrecision::F32 => "f32",
+            MatmulPrecision::Bf16 => "bf16",
         }
     }
 }
@@ -80,23 +81,10 @@ pub fn widen(bits: u16) -> f32 {
     f32::from_bits((bits as u32) << 16)
 }
 
-/// Whether the AVX-512 BF16 kernel runs here (unless `DISTILLERY_NO_AVX512` is set, which
-/// keeps the portable path, for comparisons).
+/// Whether the AVX-512 BF16 kernel runs here (not under `DISTILLERY_NO_AVX512` or
+/// `DISTILLERY_PORTABLE`, which keep the portable path; see [`super::cpu`]).
 pub fn native() -> bool {
-    static OK: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *OK.get_or_init(|| {
-        #[cfg(target_arch = "x86_64")]
-        {
-            // The AVX-512 level (and its DISTILLERY_NO_AVX512 switch) of `crate::simd`.
-            crate::simd::level() == 2
-                && std::is_x86_feature_detected!("avx512bw")
-                && std::is_x86_feature_detected!("avx512bf16")
-        }
-        #[cfg(not(target_arch = "x86_64"))]
-        {
-            false
-        }
-    })
+    super::cpu().avx512bf16
 }
 
 /// The path bf16 products take here: `avx512-bf16` or `portable`.
@@ -156,7 +144,7 @@ thread_local! {
 }
 
 /// `dst[m×n] = (read ? dst : 0) + bf16(lhs) · bf16(rhs)`, strides as
-/// [`super::fused::matmul`]; multi-threaded when large enough.
+/// [`super::gemm::matmul`]; multi-threaded when large enough.
 #[allow(clippy::too_many_arguments)]
 pub fn matmul(
     dst: &mut [f32],
@@ -171,7 +159,7 @@ pub fn matmul(
     rhs_rs: usize,
     rhs_cs: usize,
 ) {
-    let t0 = super::fused::profile::on().then(std::time::Instant::now);
+    let t0 = super::gemm::profile::on().then(std::time::Instant::now);
     matmul_on(
         native(),
         dst,
@@ -187,7 +175,7 @@ pub fn matmul(
         rhs_cs,
     );
     if let Some(t0) = t0 {
-        super::fused::profile::record(m, n, k, t0.elapsed().as_secs_f64());
+        super::gemm::profile::record(m, n, k, t0.elapsed().as_secs_f64());
     }
 }
 
@@ -207,7 +195,7 @@ fn matmul_on(
     rhs_rs: usize,
     rhs_cs: usize,
 ) {
-    super::fused::check_operands(
+    super::gemm::check_operands(
         dst.len(),
         m,
         n,
@@ -221,7 +209,7 @@ fn matmul_on(
     if !nat {
         let a = rounded(lhs, m, k, lhs_rs, lhs_cs);
         let b = rounded(rhs, k, n, rhs_rs, rhs_cs);
-        super::fused::matmul(dst, m, n, k, read, &a, k, 1, &b, n, 1);
+        super::gemm::matmul(dst, m, n, k, read, &a, k, 1, &b, n, 1);
         return;
     }
     product(
@@ -247,7 +235,7 @@ pub fn matmul_packed(
 ) {
     let (k, n) = (rhs.k, rhs.n);
     // The packed operand is whole by construction (k × n, contiguous).
-    super::fused::check_operands(
+    super::gemm::check_operands(
         dst.len(),
         m,
         n,
@@ -260,7 +248,7 @@ pub fn matmul_packed(
     }
     if rhs.pairs.is_empty() {
         let a = rounded(lhs, m, k, lhs_rs, lhs_cs);
-        super::fused::matmul(dst, m, n, k, read, &a, k, 1, &rhs.rounded, n, 1);
+        super::gemm::matmul(dst, m, n, k, read, &a, k, 1, &rhs.rounded, n, 1);
         return;
     }
     product(
@@ -292,7 +280,7 @@ pub fn matmul_bits(
     if !native() {
         let f = |b: &[u16]| -> Vec<f32> { b.iter().map(|&v| widen(v)).collect() };
         let (a, b) = (f(&lhs[..m * k]), f(&rhs[..k * n]));
-        super::fused::matmul(dst, m, n, k, read, &a, k, 1, &b, n, 1);
+        super::gemm::matmul(dst, m, n, k, read, &a, k, 1, &b, n, 1);
         return;
     }
     product(dst, m, n, k, read, Lhs::Bits(lhs), Rhs::Bits(rhs));
@@ -340,7 +328,7 @@ fn pack_bits_body(
         }
     }
 }
-crate::simd::dispatch!(pack_bits_panel, pack_bits_body, (d: &mut [u32], src: &[u16], w: usize, os: usize, k: usize, ks: usize, block: usize));
+super::dispatch!(pack_bits_panel, pack_bits_body, (d: &mut [u32], src: &[u16], w: usize, os: usize, k: usize, ks: usize, block: usize));
 
 /// One panel of a row-major bf16 left operand (`w ≤ MR` rows of `k`): whole panels of even
 /// `k` through the in-register transpose, the others through [`pack_bits_panel`]. Native path
@@ -493,9 +481,15 @@ pub(crate) fn breakdown(n: usize, reps: usize) -> Option<Vec<(&'static str, f64,
         t.sort_by(f64::total_cmp);
         t[t.len() / 2]
     };
-    let mut rng = crate::rng::Rng::new(9);
+    // Values in [0, 1) from a fixed LCG (the kernels depend on no other module of the crate).
+    let mut state = 9u64;
     let bits: Vec<u16> = (0..n * n)
-        .map(|_| round_bits(rng.uniform()) as u16)
+        .map(|_| {
+            state = state
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            round_bits((state >> 40) as f32 / (1u64 << 24) as f32) as u16
+        })
         .collect();
     let kp = n.div_ceil(2);
     let mut out = Vec::new();
@@ -1212,7 +1206,7 @@ mod tests {
         let a: Vec<f32> = lhs.iter().map(|&v| round(v)).collect();
         let b: Vec<f32> = rhs.iter().map(|&v| round(v)).collect();
         let mut want = vec![0f32; m * n];
-        super::super::fused::matmul(&mut want, m, n, k, false, &a, k, 1, &b, n, 1);
+        crate::kernels::gemm::matmul(&mut want, m, n, k, false, &a, k, 1, &b, n, 1);
         for (g, w) in got.iter().zip(&want) {
             assert!((g - w).abs() <= 1e-4 * (k as f32).sqrt(), "{g} vs {w}");
         }

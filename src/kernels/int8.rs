@@ -7,6 +7,8 @@
 //! and `vpmaddwd`, no saturation), and a portable loop; the fastest the CPU supports is
 //! picked at run time. Integer arithmetic is exact, so all three agree bit for bit.
 
+use serde::{Deserialize, Serialize};
+
 /// Output channels per packed block.
 pub const BLOCK: usize = 16;
 /// Inputs per packed group (one `i32` lane of `vpdpbusd`).
@@ -79,17 +81,16 @@ pub enum Kernel {
 }
 
 impl Kernel {
-    /// The best kernel this CPU runs.
+    /// The best kernel this CPU runs, within the switches of [`super::cpu`]
+    /// (`DISTILLERY_NO_AVX512` keeps AVX2, `DISTILLERY_PORTABLE` the portable loop).
     pub fn detect() -> Kernel {
         #[cfg(target_arch = "x86_64")]
         {
-            if std::is_x86_feature_detected!("avx512vnni")
-                && std::is_x86_feature_detected!("avx512bw")
-                && std::is_x86_feature_detected!("avx512f")
-            {
+            let c = super::cpu();
+            if c.avx512vnni {
                 return Kernel::Vnni;
             }
-            if std::is_x86_feature_detected!("avx2") {
+            if c.avx2 {
                 return Kernel::Avx2;
             }
         }
@@ -110,7 +111,7 @@ impl Kernel {
         match self {
             Kernel::Portable => true,
             #[cfg(target_arch = "x86_64")]
-            Kernel::Avx2 => std::is_x86_feature_detected!("avx2"),
+            Kernel::Avx2 => super::cpu().avx2,
             #[cfg(target_arch = "x86_64")]
             Kernel::Vnni => Kernel::detect() == Kernel::Vnni,
             #[cfg(not(target_arch = "x86_64"))]
@@ -308,9 +309,214 @@ mod x86 {
     }
 }
 
+/// Per-tensor asymmetric `u8` quantization of an activation: `x ≈ scale · (q − zero_point)`.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct ActQuant {
+    /// Step size.
+    pub scale: f32,
+    /// The `u8` code of 0.0.
+    pub zero_point: u8,
+}
+
+impl ActQuant {
+    /// From an observed range (widened to contain 0, so that zero is exact).
+    pub fn from_range(lo: f32, hi: f32) -> ActQuant {
+        let lo = lo.min(0.0);
+        let hi = hi.max(0.0);
+        let scale = if hi - lo > 1e-12 {
+            (hi - lo) / 255.0
+        } else {
+            1.0
+        };
+        let zero_point = (-lo / scale).round_ties_even().clamp(0.0, 255.0) as u8;
+        ActQuant { scale, zero_point }
+    }
+
+    /// Quantizes one value (round half to even, as ONNX QuantizeLinear).
+    #[inline]
+    pub fn quantize(&self, v: f32, inv_scale: f32) -> u8 {
+        ((v * inv_scale).round_ties_even() + self.zero_point as f32).clamp(0.0, 255.0) as u8
+    }
+}
+
+/// `1.5 · 2²³`: adding and subtracting it rounds an f32 of magnitude < 2²² to the nearest
+/// integer, ties to even (the default IEEE rounding), without a libm call, so the loops below
+/// vectorize.
+const ROUND_MAGIC: f32 = 12_582_912.0;
+
+#[inline(always)]
+fn round_even(v: f32) -> f32 {
+    // Values outside ±2²² are clamped to the u8 range afterwards anyway.
+    let v = v.clamp(-4_000_000.0, 4_000_000.0);
+    (v + ROUND_MAGIC) - ROUND_MAGIC
+}
+
+#[inline(always)]
+fn quantize_row_generic(x: &[f32], a: ActQuant, dst: &mut [u8]) {
+    let inv = 1.0 / a.scale;
+    let z = a.zero_point as f32;
+    for (d, &v) in dst.iter_mut().zip(x) {
+        // Clamped first, so the integer conversion is exact (and vectorizes).
+        *d = (round_even(v * inv) + z).clamp(0.0, 255.0) as i32 as u8;
+    }
+}
+
+#[inline(always)]
+fn requantize_row_generic(acc: &[i32], mult: &[f32], bias: &[f32], a: ActQuant, dst: &mut [u8]) {
+    let inv = 1.0 / a.scale;
+    let z = a.zero_point as f32;
+    for (((d, &s), &m), &b) in dst.iter_mut().zip(acc).zip(mult).zip(bias) {
+        let y = (s as f32 * m + b).max(0.0);
+        *d = (round_even(y * inv) + z).clamp(z, 255.0) as i32 as u8;
+    }
+}
+
+/// Clamp bound before the f32 → i32 conversion (far outside the u8 range, far inside i32's).
+#[cfg(target_arch = "x86_64")]
+const CONVERT_BOUND: f32 = 1.0e6;
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn quantize_row_avx2(x: &[f32], a: ActQuant, dst: &mut [u8]) {
+    use std::arch::x86_64::*;
+    let n = dst.len().min(x.len());
+    let (inv, lo, hi, zv) = quant_consts(a);
+    let mut i = 0;
+    while i + 8 <= n {
+        let v = _mm256_mul_ps(_mm256_loadu_ps(x.as_ptr().add(i)), inv);
+        let v = _mm256_min_ps(_mm256_max_ps(v, lo), hi);
+        // cvtps rounds to nearest, ties to even (the default MXCSR mode); packus saturates
+        // to [0, 255].
+        let q = _mm256_add_epi32(_mm256_cvtps_epi32(v), zv);
+        store_u8x8(q, dst.as_mut_ptr().add(i));
+        i += 8;
+    }
+    quantize_row_generic(&x[i..n], a, &mut dst[i..n]);
+}
+
+/// Broadcast constants of u8 quantization: `1/scale`, the conversion clamp bounds, the zero
+/// point.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn quant_consts(
+    a: ActQuant,
+) -> (
+    std::arch::x86_64::__m256,
+    std::arch::x86_64::__m256,
+    std::arch::x86_64::__m256,
+    std::arch::x86_64::__m256i,
+) {
+    use std::arch::x86_64::*;
+    (
+        _mm256_set1_ps(1.0 / a.scale),
+        _mm256_set1_ps(-CONVERT_BOUND),
+        _mm256_set1_ps(CONVERT_BOUND),
+        _mm256_set1_epi32(a.zero_point as i32),
+    )
+}
+
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+unsafe fn store_u8x8(q: std::arch::x86_64::__m256i, dst: *mut u8) {
+    use std::arch::x86_64::*;
+    // Signed saturation to i16, then unsigned saturation to u8: exact clamping to [0, 255].
+    let w16 = _mm_packs_epi32(_mm256_castsi256_si128(q), _mm256_extracti128_si256(q, 1));
+    let b8 = _mm_packus_epi16(w16, w16);
+    _mm_storel_epi64(dst as *mut __m128i, b8);
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn requantize_row_avx2(
+    acc: &[i32],
+    mult: &[f32],
+    bias: &[f32],
+    a: ActQuant,
+    dst: &mut [u8],
+) {
+    use std::arch::x86_64::*;
+    let n = dst.len().min(acc.len()).min(mult.len()).min(bias.len());
+    let (inv, lo, hi, zv) = quant_consts(a);
+    let mut i = 0;
+    while i + 8 <= n {
+        let s = _mm256_cvtepi32_ps(_mm256_loadu_si256(acc.as_ptr().add(i) as *const __m256i));
+        let y = _mm256_fmadd_ps(
+            s,
+            _mm256_loadu_ps(mult.as_ptr().add(i)),
+            _mm256_loadu_ps(bias.as_ptr().add(i)),
+        );
+        let v = _mm256_min_ps(_mm256_max_ps(_mm256_mul_ps(y, inv), lo), hi);
+        // ReLU: a negative value quantizes below the zero point; max restores it.
+        let q = _mm256_max_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(v), zv), zv);
+        store_u8x8(q, dst.as_mut_ptr().add(i));
+        i += 8;
+    }
+    requantize_row_generic(&acc[i..n], &mult[i..n], &bias[i..n], a, &mut dst[i..n]);
+}
+
+/// Quantizes one row of activations to u8 (vectorized with AVX2 where [`super::cpu`] allows).
+pub fn quantize_row(x: &[f32], a: ActQuant, dst: &mut [u8]) {
+    #[cfg(target_arch = "x86_64")]
+    if super::cpu().avx2 {
+        // SAFETY: the CPU supports AVX2 and FMA (`cpu()` checked them).
+        return unsafe { quantize_row_avx2(x, a, dst) };
+    }
+    quantize_row_generic(x, a, dst)
+}
+
+/// `dst[o] = quantize(relu(acc[o] · mult[o] + bias[o]))` for one row.
+pub fn requantize_row(acc: &[i32], mult: &[f32], bias: &[f32], a: ActQuant, dst: &mut [u8]) {
+    #[cfg(target_arch = "x86_64")]
+    if super::cpu().avx2 {
+        // SAFETY: the CPU supports AVX2 and FMA (`cpu()` checked them).
+        return unsafe { requantize_row_avx2(acc, mult, bias, a, dst) };
+    }
+    requantize_row_generic(acc, mult, bias, a, dst)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn vectorized_requantization_matches_the_scalar_definition() {
+        let mut rng = crate::rng::Rng::new(3);
+        let a = ActQuant::from_range(-0.7, 5.3);
+        let n = 37;
+        // Values on exact rounding ties, large magnitudes and ordinary values.
+        let acc: Vec<i32> = (0..n)
+            .map(|i| match i % 3 {
+                0 => (rng.below(2_000_001) as i32) - 1_000_000,
+                1 => i32::MAX / 3 * if i % 2 == 0 { 1 } else { -1 },
+                _ => (i as i32) * 7,
+            })
+            .collect();
+        let mult: Vec<f32> = (0..n)
+            .map(|i| if i % 3 == 2 { a.scale * 0.5 } else { 1e-5 })
+            .collect();
+        let bias: Vec<f32> = (0..n).map(|i| (i as f32) * 0.01 - 0.1).collect();
+        let mut fast = vec![0u8; n];
+        let mut slow = vec![0u8; n];
+        requantize_row(&acc, &mult, &bias, a, &mut fast);
+        requantize_row_generic(&acc, &mult, &bias, a, &mut slow);
+        assert_eq!(fast, slow);
+        let x: Vec<f32> = (0..n).map(|i| (i as f32 - 10.0) * a.scale * 0.5).collect();
+        quantize_row(&x, a, &mut fast);
+        quantize_row_generic(&x, a, &mut slow);
+        assert_eq!(fast, slow);
+        for (q, v) in slow.iter().zip(&x) {
+            assert_eq!(*q, a.quantize(*v, 1.0 / a.scale));
+        }
+    }
+
+    #[test]
+    fn zero_is_exact_in_activation_quantization() {
+        for (lo, hi) in [(-1.3f32, 2.0f32), (0.0, 5.0), (0.5, 3.0), (-2.0, -1.0)] {
+            let a = ActQuant::from_range(lo, hi);
+            let q = a.quantize(0.0, 1.0 / a.scale);
+            assert_eq!(q, a.zero_point);
+        }
+    }
     use crate::rng::Rng;
 
     fn naive(x: &[u8], rows: usize, kp: usize, w: &[i8], n: usize, k: usize) -> Vec<i32> {
