@@ -151,7 +151,9 @@ mod tests {
             };
             let m = Model::new(spec, &mut Rng::new(2)).unwrap();
             assert!(crate::models::fused::eligible(&m));
-            assert!(crate::models::fused::forward_eval(&m, &[], 0).unwrap().is_empty());
+            assert!(crate::models::fused::forward_eval(&m, &[], 0)
+                .unwrap()
+                .is_empty());
             let mut rng = Rng::new(3);
             for rows in [1usize, 5, 37] {
                 assert_fused_matches(&m, rows, &mut rng, &format!("{shape:?}"));
