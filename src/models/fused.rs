@@ -11,7 +11,7 @@ use crate::error::Result;
 use crate::kernels::bf16::{self, MatmulPrecision, PackedRhs};
 use crate::kernels::conv::ConvGeom;
 use crate::kernels::elementwise::{add_into, relu_dropout_grad, relu_in_place};
-use crate::kernels::gemm::{gemv, matmul, matmul_with};
+use crate::kernels::gemm::{gemv, matmul, matmul_rows_split, matmul_with};
 use crate::models::Model;
 use crate::rng::Rng;
 use rayon::prelude::*;
@@ -171,6 +171,8 @@ impl Workspace {
         input.clear();
         input.extend_from_slice(x);
         let mut rng = rng;
+        // Inference (no dropout stream): products may split their rows over the threads.
+        let eval = rng.is_none();
         if let Some(r) = rng.as_deref_mut() {
             dropout_in_place(input, spec.arch.input_dropout, r);
         }
@@ -205,6 +207,8 @@ impl Workspace {
                 (MatmulPrecision::F32, _) => with_param(model, pi, |w| {
                     if rows == 1 {
                         gemv(&mut out, n, k, input, w)
+                    } else if eval {
+                        matmul_rows_split(&mut out, rows, n, k, input, w)
                     } else {
                         matmul(&mut out, rows, n, k, true, input, k, 1, w, n, 1)
                     }
