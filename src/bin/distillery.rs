@@ -182,6 +182,17 @@ enum ExportFormat {
     Safetensors,
 }
 
+/// Writes one line to stderr in one `write` call: under MPI several ranks share the pipe, and
+/// `eprintln!`'s pieces (one write per formatted part) interleaved with another rank's, cutting
+/// both messages ("error: rank 0error: rank  of 2: …"). A pipe write up to 4 KiB is atomic.
+fn say_error(line: &str) {
+    use std::io::Write;
+    let mut buf = String::with_capacity(line.len() + 1);
+    buf.push_str(line);
+    buf.push('\n');
+    let _ = std::io::stderr().lock().write_all(buf.as_bytes());
+}
+
 fn main() {
     distillery::tune_allocator();
     let cli = Cli::parse();
@@ -196,7 +207,7 @@ fn main() {
         | Verb::Bench { .. } => match distillery::dist::mpi_world() {
             Ok(s) => Some(s),
             Err(e) => {
-                eprintln!("error: {e}");
+                say_error(&format!("error: {e}"));
                 std::process::exit(e.exit_code());
             }
         },
@@ -206,14 +217,21 @@ fn main() {
     let job = distillery::dist::job();
     if let Err(e) = result {
         if job.size() > 1 {
-            eprintln!("error: rank {} of {}: {e}", job.rank(), job.size());
+            say_error(&format!(
+                "error: rank {} of {}: {e}",
+                job.rank(),
+                job.size()
+            ));
             if !distillery::dist::failure_is_agreed() {
                 // The other ranks may wait in a collective for this one: end them all now.
-                eprintln!("error: rank {}: ending every rank of the job", job.rank());
+                say_error(&format!(
+                    "error: rank {}: ending every rank of the job",
+                    job.rank()
+                ));
                 job.abort(e.exit_code());
             }
         } else {
-            eprintln!("error: {e}");
+            say_error(&format!("error: {e}"));
         }
         #[cfg(feature = "mpi")]
         drop(session);
