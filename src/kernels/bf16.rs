@@ -159,24 +159,22 @@ pub fn matmul(
     rhs_rs: usize,
     rhs_cs: usize,
 ) {
-    let t0 = super::gemm::profile::on().then(std::time::Instant::now);
-    matmul_on(
-        native(),
-        dst,
-        m,
-        n,
-        k,
-        read,
-        lhs,
-        lhs_rs,
-        lhs_cs,
-        rhs,
-        rhs_rs,
-        rhs_cs,
-    );
-    if let Some(t0) = t0 {
-        super::gemm::profile::record(m, n, k, t0.elapsed().as_secs_f64());
-    }
+    super::gemm::profile::timed(m, n, k, || {
+        matmul_on(
+            native(),
+            dst,
+            m,
+            n,
+            k,
+            read,
+            lhs,
+            lhs_rs,
+            lhs_cs,
+            rhs,
+            rhs_rs,
+            rhs_cs,
+        )
+    });
 }
 
 /// [`matmul`] on the native path (`nat`) or the portable one.

@@ -36,6 +36,16 @@ pub mod profile {
         }
     }
 
+    /// Runs `f`, an `m × n × k` product, recording its time when recording is on.
+    pub(crate) fn timed<R>(m: usize, n: usize, k: usize, f: impl FnOnce() -> R) -> R {
+        let t0 = on().then(std::time::Instant::now);
+        let r = f();
+        if let Some(t0) = t0 {
+            record(m, n, k, t0.elapsed().as_secs_f64());
+        }
+        r
+    }
+
     /// The records so far, emptied.
     pub fn take() -> Vec<(usize, usize, usize, f64)> {
         RECORDS
@@ -76,13 +86,11 @@ pub fn matmul(
     } else {
         gemm::Parallelism::None
     };
-    let t0 = profile::on().then(std::time::Instant::now);
-    matmul_with(
-        p, dst, m, n, k, read, lhs, lhs_rs, lhs_cs, rhs, rhs_rs, rhs_cs,
-    );
-    if let Some(t0) = t0 {
-        profile::record(m, n, k, t0.elapsed().as_secs_f64());
-    }
+    profile::timed(m, n, k, || {
+        matmul_with(
+            p, dst, m, n, k, read, lhs, lhs_rs, lhs_cs, rhs, rhs_rs, rhs_cs,
+        )
+    });
 }
 
 /// `dst[m×n] += lhs[m×k] · rhs[k×n]` (both row-major) for inference: with several threads and
@@ -93,38 +101,38 @@ pub fn matmul(
 /// 256 on the 784-1200-1200-10 MLP (Zen 4, 2 threads): 1.04× the one product, 85–87% → 90–91%
 /// of the 1024³ product's rate. `DISTILLERY_NO_ROW_SPLIT` set turns it off (for comparisons).
 pub fn matmul_rows_split(dst: &mut [f32], m: usize, n: usize, k: usize, lhs: &[f32], rhs: &[f32]) {
+    // Read once: this runs on every inference product.
+    static SPLIT: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    let split = *SPLIT.get_or_init(|| std::env::var_os("DISTILLERY_NO_ROW_SPLIT").is_none());
     let t = rayon::current_num_threads();
-    let split = std::env::var_os("DISTILLERY_NO_ROW_SPLIT").is_none();
     if !split || t < 2 || m < 16 * t || m * n * k < 1 << 20 {
         matmul(dst, m, n, k, true, lhs, k, 1, rhs, n, 1);
         return;
     }
     check_operands(dst.len(), m, n, k, (lhs.len(), k, 1), (rhs.len(), n, 1));
     let per = m.div_ceil(t);
-    let t0 = profile::on().then(std::time::Instant::now);
-    dst[..m * n]
-        .par_chunks_mut(per * n)
-        .zip(lhs[..m * k].par_chunks(per * k))
-        .for_each(|(d, x)| {
-            let r = d.len() / n;
-            matmul_with(
-                gemm::Parallelism::None,
-                d,
-                r,
-                n,
-                k,
-                true,
-                x,
-                k,
-                1,
-                rhs,
-                n,
-                1,
-            );
-        });
-    if let Some(t0) = t0 {
-        profile::record(m, n, k, t0.elapsed().as_secs_f64());
-    }
+    profile::timed(m, n, k, || {
+        dst[..m * n]
+            .par_chunks_mut(per * n)
+            .zip(lhs[..m * k].par_chunks(per * k))
+            .for_each(|(d, x)| {
+                let r = d.len() / n;
+                matmul_with(
+                    gemm::Parallelism::None,
+                    d,
+                    r,
+                    n,
+                    k,
+                    true,
+                    x,
+                    k,
+                    1,
+                    rhs,
+                    n,
+                    1,
+                );
+            })
+    });
 }
 
 /// `out[n] += x[k] · w[k×n]` (one sample through a dense layer): batch-1 inference, bound by how
