@@ -5,7 +5,7 @@
 //! The workloads mirror `bench/reference/bench.py` (PyTorch) exactly: the same shapes, batch
 //! size, optimizer and distillation loss on synthetic MNIST-shaped data.
 
-use crate::config::{ArchConfig, ArchKind, TrainConfig};
+use crate::config::{Arch, TrainConfig};
 use crate::error::{Error, Result};
 use crate::eval::median;
 use crate::losses;
@@ -551,17 +551,7 @@ fn percentile(v: &mut [f64], p: f64) -> f64 {
 
 fn mlp_spec(hidden: &[usize]) -> ModelSpec {
     ModelSpec {
-        arch: ArchConfig {
-            kind: ArchKind::Mlp,
-            hidden: hidden.to_vec(),
-            dropout: 0.0,
-            input_dropout: 0.0,
-            channels: Vec::new(),
-            kernel: 5,
-            dim: 0,
-            vocab: 0,
-            ..Default::default()
-        },
+        arch: Arch::mlp(hidden.to_vec()),
         input_shape: vec![1, 28, 28],
         outputs: 10,
     }
@@ -569,17 +559,13 @@ fn mlp_spec(hidden: &[usize]) -> ModelSpec {
 
 fn lenet_spec() -> ModelSpec {
     ModelSpec {
-        arch: ArchConfig {
-            kind: ArchKind::Cnn,
+        arch: Arch::Cnn(crate::models::cnn::CnnArch {
             hidden: vec![120, 84],
             dropout: 0.0,
             input_dropout: 0.0,
             channels: vec![6, 16],
             kernel: 5,
-            dim: 0,
-            vocab: 0,
-            ..Default::default()
-        },
+        }),
         input_shape: vec![1, 28, 28],
         outputs: 10,
     }

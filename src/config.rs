@@ -21,7 +21,7 @@
 use crate::data::{NormalizeKind, Task};
 use crate::error::{bad_field, Error, Result};
 pub use crate::eval::EvalConfig;
-pub use crate::models::{ArchConfig, ArchKind};
+pub use crate::models::Arch;
 use crate::stages::export::ExportStage;
 pub use crate::stages::export::{ExportConfig, ExportFormat};
 use crate::stages::group::GroupStage;
@@ -758,6 +758,23 @@ impl ExperimentConfig {
                     "only for method = \"magnitude\" (structured pruning removes units at once)",
                 )?;
             }
+            if st.method == PruneMethod::Structured {
+                let arch = self
+                    .models
+                    .iter()
+                    .find(|m| m.name == st.from)
+                    .and_then(|m| m.arch.as_ref());
+                if let Some(a) = arch.filter(|a| !a.family().supports().prune) {
+                    bad_field(
+                        &format!("{p}.method"),
+                        &format!(
+                            "structured pruning cuts MLPs and LeNet-style CNNs; '{}' is a {} (use method = \"magnitude\")",
+                            st.from,
+                            a.kind()
+                        ),
+                    )?;
+                }
+            }
             known.push(st.name.clone());
         }
         let floats = known.clone();
@@ -792,18 +809,25 @@ impl ExperimentConfig {
             while let Some(pr) = self.prune.iter().find(|x| x.name == origin) {
                 origin = pr.from.as_str();
             }
-            let is_cnn = self
+            let origin_arch = self
                 .models
                 .iter()
                 .find(|m| m.name == origin)
-                .and_then(|m| m.arch.as_ref())
-                .map(|a| a.kind == ArchKind::Cnn)
-                .unwrap_or(false);
-            if st.precision == Precision::Int8 && is_cnn {
-                bad_field(
-                    &format!("{p}.precision"),
-                    &format!("\"int8\" (integer inference) supports MLPs; '{}' is a CNN — use \"int8-weights\" or \"int4-weights\"", st.from),
-                )?;
+                .and_then(|m| m.arch.as_ref());
+            if let Some(a) = origin_arch {
+                let can = a.family().supports();
+                if st.precision == Precision::Int8 && !can.int8 && can.weight_formats {
+                    bad_field(
+                        &format!("{p}.precision"),
+                        &format!("\"int8\" (integer inference) supports MLPs; '{}' is a {} — use \"int8-weights\" or \"int4-weights\"", st.from, a.kind()),
+                    )?;
+                }
+                if st.precision != Precision::F32 && !can.weight_formats {
+                    bad_field(
+                        &format!("{p}.precision"),
+                        &format!("'{}' is a {}, which is kept in f32 (quantization supports mlp and cnn)", st.from, a.kind()),
+                    )?;
+                }
             }
             if let Some(q) = &st.qat {
                 if st.precision != Precision::Int8 {
@@ -909,13 +933,16 @@ impl ExperimentConfig {
                     )?;
                 }
                 if let Some(ta) = &t.arch {
-                    if ta.kind != ArchKind::Mlp {
+                    if !ta.family().supports().split {
                         bad_field(
                             &format!("{p}.init"),
-                            "splitting needs an MLP teacher; use init = \"fresh\" with a CNN",
+                            &format!(
+                                "splitting needs an MLP teacher, not a {}; use init = \"fresh\"",
+                                ta.kind()
+                            ),
                         )?;
                     }
-                    if let Some(&min) = ta.hidden.iter().min() {
+                    if let Some(&min) = ta.hidden().iter().min() {
                         if g.k > min {
                             bad_field(&format!("{p}.k"), &format!("cannot split a hidden layer of {min} units of '{}' into {} sub-models", t.name, g.k))?;
                         }
@@ -944,10 +971,13 @@ impl ExperimentConfig {
             },
         }
         if let Some(a) = &g.arch {
-            a.check(&format!("{p}.arch"), images, text)?;
+            a.check(&format!("{p}.arch"), crate::models::Input::of(images, text))?;
         }
         for (i, a) in g.archs.iter().enumerate() {
-            a.check(&format!("{p}.archs[{i}]"), images, text)?;
+            a.check(
+                &format!("{p}.archs[{i}]"),
+                crate::models::Input::of(images, text),
+            )?;
         }
         if !(0.0..=1.0).contains(&g.alpha) {
             bad_field(
@@ -1006,8 +1036,10 @@ impl ExperimentConfig {
                     &format!("'{}' is not a valid, unused model name", f.name),
                 )?;
             }
-            f.arch
-                .check(&format!("{p}.final_student.arch"), images, text)?;
+            f.arch.check(
+                &format!("{p}.final_student.arch"),
+                crate::models::Input::of(images, text),
+            )?;
             f.train.check(&format!("{p}.final_student.train"), images)?;
             if !(f.temperature.is_finite() && f.temperature > 0.0) {
                 bad_field(
@@ -1037,10 +1069,8 @@ impl ExperimentConfig {
         self.eval.latency_budget_ms = self.eval.latency_budget_ms.min(20);
         for m in &mut self.models {
             m.train.epochs = m.train.epochs.min(2);
-            if let Some(a) = m.arch.as_mut().filter(|a| a.kind.is_tree()) {
-                if a.kind == crate::models::ArchKind::BoostedTrees {
-                    a.trees = Some(a.trees.unwrap_or(100).min(5));
-                }
+            if let Some(a) = m.arch.as_mut() {
+                a.make_quick();
             }
             if let Some(sc) = m.distill.as_mut().and_then(|d| d.synthetic.as_mut()) {
                 sc.samples = sc.samples.min(300);

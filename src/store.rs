@@ -549,7 +549,8 @@ impl RunStore {
         let Body::Trees(t) = &m.body else {
             return None;
         };
-        if m.meta.spec.arch.kind != crate::models::ArchKind::DecisionTree {
+        let single = m.meta.spec.arch.tree_settings().map(|s| s.kind);
+        if single != Some(crate::models::boost::TreeKind::Single) {
             return None;
         }
         let names = &self.splits.train.features;

@@ -26,8 +26,8 @@ use crate::error::{Error, Result};
 use crate::eval::{self, Scores};
 use crate::losses::mutual;
 use crate::losses::SoftLoss;
+use crate::models::Arch;
 use crate::models::{self, Model, ModelSpec};
-use crate::models::{ArchConfig, ArchKind};
 use crate::progress::Progress;
 use crate::rng::Rng;
 use crate::train::{self, Objective, SoftTerm, TeacherSignal, TrainJob, TrainRecord};
@@ -158,7 +158,7 @@ pub struct FinalStudentConfig {
     /// Model name.
     pub name: String,
     /// Architecture.
-    pub arch: ArchConfig,
+    pub arch: Arch,
     /// Training settings.
     #[serde(default)]
     pub train: TrainConfig,
@@ -186,10 +186,10 @@ pub struct SubmodelsConfig {
     pub teacher: Option<String>,
     /// The architecture of every sub-model (fresh), or dropout settings (split).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub arch: Option<ArchConfig>,
+    pub arch: Option<Arch>,
     /// One architecture per sub-model (fresh), instead of `arch`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub archs: Vec<ArchConfig>,
+    pub archs: Vec<Arch>,
     /// Train each sub-model on its own disjoint 1/K shard of the training data.
     #[serde(default)]
     pub shards: bool,
@@ -328,15 +328,19 @@ fn partition(n: usize, k: usize) -> Vec<std::ops::Range<usize>> {
 pub fn split_teacher(
     teacher: &Model,
     k: usize,
-    arch_override: Option<&ArchConfig>,
+    arch_override: Option<&Arch>,
 ) -> Result<(Vec<Model>, Vec<f64>)> {
     let spec = &teacher.spec;
-    if spec.arch.kind != ArchKind::Mlp {
-        return Err(Error::Input(
-            "splitting needs an MLP teacher; use init = \"fresh\" with a CNN".into(),
-        ));
-    }
-    let hidden = &spec.arch.hidden;
+    let teacher_head = match spec.arch.family().head() {
+        Some(h) if spec.supports().split => h,
+        _ => {
+            return Err(Error::Input(format!(
+                "splitting needs an MLP teacher, not {}; use init = \"fresh\"",
+                spec.describe()
+            )))
+        }
+    };
+    let hidden = teacher_head.hidden;
     if hidden.is_empty() {
         return Err(Error::Input(
             "the teacher has no hidden units to split".into(),
@@ -362,12 +366,15 @@ pub fn split_teacher(
     let mut out = Vec::with_capacity(k);
     let mut kept = Vec::with_capacity(k);
     for i in 0..k {
-        let mut arch = spec.arch.clone();
-        if let Some(o) = arch_override {
-            arch.dropout = o.dropout;
-            arch.input_dropout = o.input_dropout;
-        }
-        arch.hidden = parts.iter().map(|p| p[i].len()).collect();
+        // Only an MLP splits (`Supports::split`): each part is an MLP of the part's widths.
+        let head = arch_override
+            .and_then(|o| o.family().head())
+            .unwrap_or(teacher_head);
+        let arch = Arch::Mlp(crate::models::mlp::MlpArch {
+            hidden: parts.iter().map(|p| p[i].len()).collect(),
+            dropout: head.dropout,
+            input_dropout: head.input_dropout,
+        });
         let sub_spec = ModelSpec {
             arch,
             input_shape: spec.input_shape.clone(),

@@ -10,7 +10,7 @@ pub mod native;
 pub use crate::data::Rows;
 
 use crate::error::Result;
-use crate::models::{Mode, Model};
+use crate::models::Model;
 use candle_core::{Device, Tensor};
 
 /// A source of outputs for inputs (already normalised as the run's data are).
@@ -28,22 +28,9 @@ pub trait Teacher {
 
 impl Teacher for Model {
     fn predict_batch(&self, x: &Tensor) -> Result<Vec<f32>> {
-        if crate::models::fused::eligible(self) {
-            let rows = x.dim(0)?;
-            return crate::models::with_slice(x, |v| {
-                crate::models::fused::forward_eval(self, v, rows)
-            })?;
-        }
-        if self.spec.arch.kind == crate::models::ArchKind::EmbeddingBag {
-            let rows = x.dim(0)?;
-            return crate::models::with_slice(x, |v| {
-                crate::models::bag::predict_rows(self, v, rows)
-            })?;
-        }
-        Ok(self
-            .forward(x, Mode::Eval)?
-            .flatten_all()?
-            .to_vec1::<f32>()?)
+        // The one dispatcher: the family's eval-mode path, as `Model::predict`.
+        let rows = x.dim(0)?;
+        crate::models::with_slice(x, |v| self.spec.arch.family().predict_rows(self, v, rows))?
     }
 
     fn predict_rows(&self, x: &[f32], rows: usize) -> Result<Vec<f32>> {

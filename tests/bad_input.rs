@@ -456,7 +456,7 @@ fn bad_compression_export_and_predict_input() {
         dir,
         "quantize-int8-cnn",
         cnn,
-        &["int8", "CNN", "int8-weights"],
+        &["int8", "is a cnn", "int8-weights"],
     );
 
     // A trained model and its int8 form to feed bad inputs to.
@@ -556,17 +556,13 @@ fn bad_compression_export_and_predict_input() {
     );
     // A layer the ONNX exporter does not support: a conv with an even kernel.
     let spec = distillery::models::ModelSpec {
-        arch: distillery::config::ArchConfig {
-            kind: distillery::config::ArchKind::Cnn,
+        arch: distillery::models::Arch::Cnn(distillery::models::cnn::CnnArch {
             hidden: vec![4],
             dropout: 0.0,
             input_dropout: 0.0,
             channels: vec![2],
             kernel: 4,
-            dim: 0,
-            vocab: 0,
-            ..Default::default()
-        },
+        }),
         input_shape: vec![1, 8, 8],
         outputs: 10,
     };
@@ -638,12 +634,12 @@ fn bad_tree_settings_synthetic_samples_and_tree_files() {
         (
             "trees-hidden",
             "{ kind = \"boosted-trees\", hidden = [8] }",
-            &["model.t.arch.hidden", "tree model"][..],
+            &["`hidden`", "not a setting of a tree model", ":7"][..],
         ),
         (
             "mlp-with-tree-setting",
             "{ kind = \"mlp\", hidden = [8], leaves = 8 }",
-            &["model.t.arch.leaves", "only for tree models"][..],
+            &["`leaves`", "only for tree models", ":7"][..],
         ),
     ] {
         expect_bad_config(dir, name, &cfg(arch, ""), needles);

@@ -5,7 +5,6 @@
 mod common;
 use common::*;
 use distillery::compress::{self, prune, quant, AnyModel, Body};
-use distillery::config::ArchKind;
 use distillery::data;
 use distillery::models::{Model, ModelMeta};
 
@@ -75,12 +74,15 @@ fn structured_pruning_of_dead_units_is_exact_and_really_smaller() {
         let before = m.predict(&d.x, 256).unwrap();
         let p = prune::structured(&m, 0.5, prune::Rank::WeightNorm, None).unwrap();
         assert_eq!(
-            p.spec.arch.hidden,
+            p.spec.arch.hidden(),
             hidden.iter().map(|h| h / 2).collect::<Vec<_>>(),
             "{kind:?}"
         );
         if kind == ArchKind::Cnn {
-            assert_eq!(p.spec.arch.channels, vec![3, 2]);
+            let distillery::models::Arch::Cnn(c) = &p.spec.arch else {
+                panic!("pruning a CNN gives a CNN");
+            };
+            assert_eq!(c.channels, vec![3, 2]);
         }
         assert!(p.num_params() < m.num_params() * 6 / 10, "{kind:?}");
         let after = p.predict(&d.x, 256).unwrap();

@@ -7,8 +7,8 @@
 //! predicted class on at least 99% of inputs.
 
 mod common;
+use common::ArchKind;
 use distillery::compress::{self, onnx, quant::Calibration, quant::Precision, AnyModel};
-use distillery::config::ArchKind;
 use distillery::data::{self, NormalizeKind, Normalizer};
 
 use tract_onnx::prelude::*;
@@ -105,6 +105,28 @@ fn f32_cnn_in_tract_matches() {
 }
 
 #[test]
+fn f32_resnet_in_tract_matches_with_its_normalisation_folded() {
+    // Trained, so that the running statistics are far from their start (0 and 1).
+    let (m, meta) = model(ArchKind::Resnet, vec![12], vec![4, 8], 7);
+    let means = m
+        .param("stem.bn.running_mean")
+        .unwrap()
+        .to_vec1::<f32>()
+        .unwrap();
+    assert!(
+        means.iter().any(|v| v.abs() > 1e-3),
+        "running means {means:?}"
+    );
+    compare(&AnyModel::float(m, meta), 1e-4, 1.0);
+}
+
+#[test]
+fn f32_conv1d_in_tract_matches() {
+    let (m, meta) = model(ArchKind::Conv1d, vec![16], vec![4, 6], 8);
+    compare(&AnyModel::float(m, meta), 1e-4, 1.0);
+}
+
+#[test]
 fn int8_qdq_in_tract_matches_the_integer_kernels() {
     let (m, meta) = model(ArchKind::Mlp, vec![48, 24], vec![], 3);
     let (_, x, _, _) = digits();
@@ -135,7 +157,11 @@ fn weight_only_formats_in_tract_match() {
 #[test]
 fn unsupported_layers_are_refused_with_a_clear_error() {
     let (m, mut meta) = model(ArchKind::Cnn, vec![8], vec![2], 5);
-    meta.spec.arch.kernel = 4; // even kernel: asymmetric 'same' padding
+    // An even kernel: asymmetric 'same' padding.
+    let distillery::models::Arch::Cnn(c) = &mut meta.spec.arch else {
+        panic!("a CNN");
+    };
+    c.kernel = 4;
     let any = AnyModel::float(m, meta);
     let e = onnx::export(&any).expect_err("refused").to_string();
     assert!(e.contains("even kernel"), "{e}");

@@ -167,8 +167,7 @@ fn diverging_loss_stops_names_epoch_and_keeps_checkpoint() {
         1,
     )
     .unwrap();
-    let arch: distillery::config::ArchConfig =
-        toml::from_str("kind = \"mlp\"\nhidden = [16]").unwrap();
+    let arch: distillery::config::Arch = toml::from_str("kind = \"mlp\"\nhidden = [16]").unwrap();
     let spec = ModelSpec {
         arch,
         input_shape: s.train.shape.clone(),

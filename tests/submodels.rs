@@ -33,7 +33,7 @@
 mod common;
 use candle_core::{Device, Tensor, Var};
 use common::*;
-use distillery::config::ArchConfig;
+use distillery::config::Arch as ArchConfig;
 use distillery::losses::{self, mutual};
 use distillery::models::{Model, ModelSpec};
 use distillery::rng::Rng;
@@ -141,7 +141,7 @@ fn split_of_one_hidden_layer_sums_to_the_teacher() {
     assert_eq!(subs.len(), 3);
     assert_eq!(
         subs.iter()
-            .map(|s| s.spec.arch.hidden[0])
+            .map(|s| s.spec.arch.hidden()[0])
             .collect::<Vec<_>>(),
         vec![4, 3, 3]
     );

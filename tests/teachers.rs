@@ -318,7 +318,7 @@ fn a_cache_larger_than_the_memory_limit_trains_a_student() {
     println!("big cache: mapped {} MiB", (rows.len() * 4) >> 20);
     // A student whose outputs are the cached rows (embedding distillation, MSE): one epoch.
     use distillery::data::{Dataset, Targets};
-    use distillery::models::{ArchConfig, ArchKind, Model, ModelSpec};
+    use distillery::models::{Arch, Model, ModelSpec};
     let x: Vec<f32> = (0..N).map(|i| (i % 1000) as f32 / 1000.0).collect();
     let train = Dataset::new(x, vec![1], Targets::Values(vec![0.0; N]));
     let val_n = 512;
@@ -332,17 +332,7 @@ fn a_cache_larger_than_the_memory_limit_trains_a_student() {
         .collect::<Vec<f32>>()
         .into();
     let spec = ModelSpec {
-        arch: ArchConfig {
-            kind: ArchKind::Mlp,
-            hidden: vec![16],
-            dropout: 0.0,
-            input_dropout: 0.0,
-            channels: Vec::new(),
-            kernel: 5,
-            dim: 0,
-            vocab: 0,
-            ..Default::default()
-        },
+        arch: Arch::mlp(vec![16]),
         input_shape: vec![1],
         outputs: COLS,
     };

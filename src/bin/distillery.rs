@@ -549,7 +549,7 @@ fn check(path: &Path, common: &Common) -> Result<()> {
                 .iter()
                 .map(|(_, s)| s.iter().product::<usize>())
                 .sum();
-            if a.kind.is_tree() {
+            if a.is_tree() {
                 println!("model {}: {}", m.name, spec.describe());
             } else {
                 println!("model {}: {} ({n} parameters)", m.name, spec.describe());

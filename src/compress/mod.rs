@@ -288,7 +288,7 @@ type RawTensors = HashMap<String, (Dtype, Vec<usize>, Vec<u8>)>;
 /// Loads a model of any precision from (uncompressed) bytes; `file` names it in errors.
 pub fn load_any_bytes(bytes: &[u8], file: &str) -> Result<AnyModel> {
     let meta = crate::models::read_meta(bytes, file)?;
-    if meta.spec.arch.kind.is_tree() {
+    if meta.spec.arch.is_tree() {
         let trees = crate::models::trees::from_file_bytes(bytes, &meta, file)?;
         return Ok(AnyModel {
             body: Body::Trees(trees),

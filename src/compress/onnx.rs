@@ -21,8 +21,9 @@ use super::quant::{self, Precision};
 use super::{AnyModel, Body};
 use crate::data::{Normalizer, Task};
 use crate::error::{Error, Result};
-use crate::models::ArchKind;
+use crate::models::graph::{Node as GNode, Value as GValue};
 use crate::models::ParamKind;
+use std::collections::HashMap;
 
 // --- protobuf wire format -------------------------------------------------------------------
 
@@ -474,7 +475,6 @@ pub fn export(model: &AnyModel) -> Result<Vec<u8>> {
             };
             let weights = m.weights()?;
             let shapes: Vec<Vec<usize>> = m.params.iter().map(|(_, v)| v.dims().to_vec()).collect();
-            let mut pi = 0usize;
             // Weight `i` as an ONNX tensor name: int8 + DequantizeLinear, or f32.
             let weight = |g: &mut Graph, i: usize, dense: bool| -> Result<String> {
                 if let Some(st) = stored {
@@ -504,98 +504,108 @@ pub fn export(model: &AnyModel) -> Result<Vec<u8>> {
                     Ok(g.init_f32("weight", &shapes[i], &weights[i]))
                 }
             };
-            if spec.arch.kind == ArchKind::Cnn {
-                let (c, hh, ww) = match spec.input_shape.as_slice() {
-                    [c, h, w] => (*c, *h, *w),
-                    s => {
-                        return Err(Error::Input(format!(
-                            "model {}: a CNN with input shape {s:?} (expected [c, h, w])",
-                            meta.name
-                        )))
+            let graph = spec.arch.family().graph(m)?;
+            // The current value, and values kept for residual connections.
+            let mut saved: HashMap<usize, String> = HashMap::new();
+            let owned = |g: &mut Graph, name: &str, v: &GValue| -> Result<String> {
+                match v {
+                    GValue::Param(i) => Ok(g.init_f32(name, &shapes[*i], &weights[*i])),
+                    GValue::Owned { shape, data } => Ok(g.init_f32(name, shape, data)),
+                }
+            };
+            for node in &graph.nodes {
+                h = match node {
+                    GNode::Reshape(dims) => {
+                        let mut shape: Vec<i64> = vec![-1];
+                        shape.extend(dims.iter().map(|&x| x as i64));
+                        let sh = g.init_raw(
+                            "shape",
+                            INT64,
+                            &[shape.len()],
+                            shape.iter().flat_map(|x| x.to_le_bytes()).collect(),
+                        );
+                        g.op("Reshape", &[&h, &sh], vec![])
+                    }
+                    GNode::Conv { .. } => conv_node(&mut g, &h, node, &mut |g, v| match v {
+                        GValue::Param(i) => weight(g, *i, false),
+                        other => owned(g, "weight", other),
+                    })?,
+                    GNode::Relu => g.op("Relu", &[&h], vec![]),
+                    GNode::MaxPool(size) => {
+                        let k: Vec<i64> = size.iter().map(|&x| x as i64).collect();
+                        g.op(
+                            "MaxPool",
+                            &[&h],
+                            vec![
+                                ("kernel_shape", Attr::Ints(k.clone())),
+                                ("strides", Attr::Ints(k)),
+                            ],
+                        )
+                    }
+                    GNode::GlobalAvgPool => {
+                        let p = g.op("GlobalAveragePool", &[&h], vec![]);
+                        g.op("Flatten", &[&p], vec![("axis", Attr::Int(1))])
+                    }
+                    GNode::Flatten => g.op("Flatten", &[&h], vec![("axis", Attr::Int(1))]),
+                    GNode::Dense { weight: wv, bias } => {
+                        let w = match wv {
+                            GValue::Param(i) => weight(&mut g, *i, true)?,
+                            GValue::Owned { shape, data } => {
+                                // Stored [in, out]; exported [out, in] for transB = 1.
+                                let (rows, cols, t) =
+                                    quant::channel_major(ParamKind::DenseWeight, shape, data);
+                                g.init_f32("weight", &[rows, cols], &t)
+                            }
+                        };
+                        let b = owned(&mut g, "bias", bias)?;
+                        g.op("Gemm", &[&h, &w, &b], vec![("transB", Attr::Int(1))])
+                    }
+                    GNode::Save(slot) => {
+                        saved.insert(*slot, h.clone());
+                        h
+                    }
+                    GNode::AddSaved { slot, projection } => {
+                        let s = saved.get(slot).cloned().ok_or_else(|| {
+                            Error::Other(format!(
+                                "export graph: slot {slot} read before it is written"
+                            ))
+                        })?;
+                        let s = match projection {
+                            Some(p) => conv_node(&mut g, &s, p, &mut |g, v| owned(g, "weight", v))?,
+                            None => s,
+                        };
+                        g.op("Add", &[&h, &s], vec![])
+                    }
+                    GNode::EmbeddingMean { table } => {
+                        // Input: a featurized row of token ids as floats, -1 for padding (the
+                        // tokenizer itself runs outside the graph). Mean of the embeddings of
+                        // the ids.
+                        let table = owned(&mut g, "embed", table)?;
+                        let half = g.init_f32("minus_half", &[], &[-0.5]);
+                        let present = g.op("Greater", &[&h, &half], vec![]);
+                        let mask = g.op("Cast", &[&present], vec![("to", Attr::Int(FLOAT))]);
+                        let clamped = g.op("Relu", &[&h], vec![]);
+                        let ids = g.op("Cast", &[&clamped], vec![("to", Attr::Int(INT64))]);
+                        let emb = g.op("Gather", &[&table, &ids], vec![("axis", Attr::Int(0))]);
+                        let ax2 = g.init_raw("axes", INT64, &[1], 2i64.to_le_bytes().to_vec());
+                        let mask3 = g.op("Unsqueeze", &[&mask, &ax2], vec![]);
+                        let masked = g.op("Mul", &[&emb, &mask3], vec![]);
+                        let ax1 = g.init_raw("axes", INT64, &[1], 1i64.to_le_bytes().to_vec());
+                        let sum = g.op(
+                            "ReduceSum",
+                            &[&masked, &ax1],
+                            vec![("keepdims", Attr::Int(0))],
+                        );
+                        let count = g.op(
+                            "ReduceSum",
+                            &[&mask, &ax1],
+                            vec![("keepdims", Attr::Int(1))],
+                        );
+                        let one = g.init_f32("one", &[], &[1.0]);
+                        let count = g.op("Max", &[&count, &one], vec![]);
+                        g.op("Div", &[&sum, &count], vec![])
                     }
                 };
-                let k = spec.arch.kernel;
-                if k.is_multiple_of(2) {
-                    return Err(Error::Input(format!(
-                        "model {}: ONNX export does not support conv layers with an even kernel ({k}×{k}): 'same' padding would be asymmetric",
-                        meta.name
-                    )));
-                }
-                let shape: Vec<i64> = vec![-1, c as i64, hh as i64, ww as i64];
-                let sh = g.init_raw(
-                    "shape",
-                    INT64,
-                    &[4],
-                    shape.iter().flat_map(|x| x.to_le_bytes()).collect(),
-                );
-                h = g.op("Reshape", &[&h, &sh], vec![]);
-                let p = (k / 2) as i64;
-                for _ in &spec.arch.channels {
-                    let w = weight(&mut g, pi, false)?;
-                    let b = g.init_f32("bias", &shapes[pi + 1], &weights[pi + 1]);
-                    pi += 2;
-                    h = g.op(
-                        "Conv",
-                        &[&h, &w, &b],
-                        vec![
-                            ("kernel_shape", Attr::Ints(vec![k as i64, k as i64])),
-                            ("pads", Attr::Ints(vec![p, p, p, p])),
-                        ],
-                    );
-                    h = g.op("Relu", &[&h], vec![]);
-                    h = g.op(
-                        "MaxPool",
-                        &[&h],
-                        vec![
-                            ("kernel_shape", Attr::Ints(vec![2, 2])),
-                            ("strides", Attr::Ints(vec![2, 2])),
-                        ],
-                    );
-                }
-                h = g.op("Flatten", &[&h], vec![("axis", Attr::Int(1))]);
-            } else if spec.arch.kind == ArchKind::EmbeddingBag {
-                // Input: a featurized row of token ids as floats, -1 for padding (the
-                // tokenizer itself runs outside the graph). Mean of the embeddings of the ids.
-                let table = g.init_f32("embed", &shapes[0], &weights[0]);
-                pi = 1;
-                let half = g.init_f32("minus_half", &[], &[-0.5]);
-                let present = g.op("Greater", &[&h, &half], vec![]);
-                let mask = g.op("Cast", &[&present], vec![("to", Attr::Int(FLOAT))]);
-                let clamped = g.op("Relu", &[&h], vec![]);
-                let ids = g.op("Cast", &[&clamped], vec![("to", Attr::Int(INT64))]);
-                let emb = g.op("Gather", &[&table, &ids], vec![("axis", Attr::Int(0))]);
-                let ax2 = g.init_raw("axes", INT64, &[1], 2i64.to_le_bytes().to_vec());
-                let mask3 = g.op("Unsqueeze", &[&mask, &ax2], vec![]);
-                let masked = g.op("Mul", &[&emb, &mask3], vec![]);
-                let ax1 = g.init_raw("axes", INT64, &[1], 1i64.to_le_bytes().to_vec());
-                let sum = g.op(
-                    "ReduceSum",
-                    &[&masked, &ax1],
-                    vec![("keepdims", Attr::Int(0))],
-                );
-                let count = g.op(
-                    "ReduceSum",
-                    &[&mask, &ax1],
-                    vec![("keepdims", Attr::Int(1))],
-                );
-                let one = g.init_f32("one", &[], &[1.0]);
-                let count = g.op("Max", &[&count, &one], vec![]);
-                h = g.op("Div", &[&sum, &count], vec![]);
-            } else if spec.arch.kind != ArchKind::Mlp {
-                return Err(Error::Input(format!(
-                    "model {}: ONNX export does not support this architecture",
-                    meta.name
-                )));
-            }
-            let dense = (m.params.len() - pi) / 2;
-            for l in 0..dense {
-                let w = weight(&mut g, pi, true)?;
-                let b = g.init_f32("bias", &shapes[pi + 1], &weights[pi + 1]);
-                pi += 2;
-                h = g.op("Gemm", &[&h, &w, &b], vec![("transB", Attr::Int(1))]);
-                if l + 1 < dense {
-                    h = g.op("Relu", &[&h], vec![]);
-                }
             }
         }
     }
@@ -629,6 +639,50 @@ pub fn export(model: &AnyModel) -> Result<Vec<u8>> {
         precision.as_str()
     );
     Ok(g.encode(&[d], &outputs, &doc))
+}
+
+/// A `Conv` node for a graph's [`GNode::Conv`] on `x`; `weight` names (or writes) a weight.
+fn conv_node(
+    g: &mut Graph,
+    x: &str,
+    node: &GNode,
+    weight: &mut dyn FnMut(&mut Graph, &GValue) -> Result<String>,
+) -> Result<String> {
+    let GNode::Conv {
+        weight: wv,
+        bias,
+        kernel,
+        stride,
+        pad,
+    } = node
+    else {
+        return Err(Error::Other(
+            "export graph: a projection that is not a convolution".into(),
+        ));
+    };
+    if let Some(k) = kernel.iter().find(|&&k| k.is_multiple_of(2) && *pad > 0) {
+        return Err(Error::Input(format!(
+            "ONNX export does not support conv layers with an even kernel ({k}): 'same' padding would be asymmetric"
+        )));
+    }
+    let w = weight(g, wv)?;
+    let b = match bias {
+        GValue::Owned { shape, data } => g.init_f32("bias", shape, data),
+        GValue::Param(_) => weight(g, bias)?,
+    };
+    let n = kernel.len();
+    Ok(g.op(
+        "Conv",
+        &[x, &w, &b],
+        vec![
+            (
+                "kernel_shape",
+                Attr::Ints(kernel.iter().map(|&k| k as i64).collect()),
+            ),
+            ("strides", Attr::Ints(vec![*stride as i64; n])),
+            ("pads", Attr::Ints(vec![*pad as i64; 2 * n])),
+        ],
+    ))
 }
 
 /// Runs exported ONNX bytes in tract (a pure-Rust ONNX runtime) on `rows` raw inputs of `dim`

@@ -12,8 +12,7 @@
 //! smaller matrix products.
 
 use crate::error::{Error, Result};
-use crate::models::ArchKind;
-use crate::models::{cnn, Model, ModelSpec, ParamKind};
+use crate::models::{Model, ModelSpec, ParamKind};
 use crate::train::StepHook;
 use candle_core::{Device, Tensor, Var};
 use serde::{Deserialize, Serialize};
@@ -156,13 +155,10 @@ type UnitMeans = Vec<Vec<f64>>;
 fn mean_activations(model: &Model, x: &[f32]) -> Result<(UnitMeans, UnitMeans)> {
     let spec = &model.spec;
     let d = spec.input_dim();
-    let mut conv_sum: Vec<Vec<f64>> = spec.arch.channels.iter().map(|&c| vec![0.0; c]).collect();
-    let mut dense_sum: Vec<Vec<f64>> = spec.arch.hidden.iter().map(|&h| vec![0.0; h]).collect();
-    let blocks = if spec.arch.kind == ArchKind::Cnn {
-        spec.arch.channels.len()
-    } else {
-        0
-    };
+    let (channels, kernel) = stack(model)?;
+    let mut conv_sum: Vec<Vec<f64>> = channels.iter().map(|&c| vec![0.0; c]).collect();
+    let mut dense_sum: Vec<Vec<f64>> = spec.arch.hidden().iter().map(|&h| vec![0.0; h]).collect();
+    let blocks = channels.len();
     let n = x.len() / d;
     for chunk in x.chunks(256 * d) {
         let b = chunk.len() / d;
@@ -170,7 +166,7 @@ fn mean_activations(model: &Model, x: &[f32]) -> Result<(UnitMeans, UnitMeans)> 
         if blocks > 0 {
             let s = &spec.input_shape;
             t = t.reshape((b, s[0], s[1], s[2]))?;
-            let pad = spec.arch.kernel / 2;
+            let pad = kernel / 2;
             for (i, sums) in conv_sum.iter_mut().enumerate() {
                 let w = model.params[2 * i].1.as_tensor();
                 let bias = model.params[2 * i + 1].1.as_tensor();
@@ -205,6 +201,24 @@ fn mean_activations(model: &Model, x: &[f32]) -> Result<(UnitMeans, UnitMeans)> 
     scale(&mut conv_sum);
     scale(&mut dense_sum);
     Ok((conv_sum, dense_sum))
+}
+
+/// The conv blocks (their widths, empty for none) and kernel of a model that structured
+/// pruning can cut: a stack of same-padded conv + ReLU + 2×2 max-pool blocks, then dense layers
+/// (the families whose [`crate::models::Supports::prune`] is set; they have a fused plan).
+fn stack(model: &Model) -> Result<(Vec<usize>, usize)> {
+    if !model.spec.supports().prune {
+        return Err(Error::Input(format!(
+            "structured pruning cuts MLPs and LeNet-style CNNs, not {}",
+            model.spec.describe()
+        )));
+    }
+    let plan = crate::models::fused::plan(model)
+        .ok_or_else(|| Error::Other(format!("{} has no layer plan", model.spec.describe())))?;
+    Ok(plan
+        .conv
+        .map(|c| (c.channels, c.kernel))
+        .unwrap_or((Vec::new(), 1)))
 }
 
 /// The indices of the `keep` highest-scoring units, in their original order.
@@ -279,7 +293,7 @@ pub fn structured(model: &Model, fraction: f64, rank: Rank, x: Option<&[f32]>) -
     }
     // Dense hidden units; dense weights are [in, out].
     let mut dense_keep: Vec<Vec<usize>> = Vec::new();
-    for l in 0..spec.arch.hidden.len() {
+    for l in 0..spec.arch.hidden().len() {
         let (i_dim, o_dim) = (shapes[dense[l].weight][0], shapes[dense[l].weight][1]);
         let wl = &w[dense[l].weight];
         let scores: Vec<f64> = match &acts {
@@ -296,12 +310,13 @@ pub fn structured(model: &Model, fraction: f64, rank: Rank, x: Option<&[f32]>) -
         dense_keep.push(top_units(&scores, keep_n(o_dim)));
     }
     // The new spec.
-    let mut arch = spec.arch.clone();
-    arch.channels = conv_keep.iter().map(|k| k.len()).collect();
-    if blocks == 0 {
-        arch.channels = spec.arch.channels.clone();
-    }
-    arch.hidden = dense_keep.iter().map(|k| k.len()).collect();
+    let new_channels: Vec<usize> = conv_keep.iter().map(|k| k.len()).collect();
+    let new_hidden: Vec<usize> = dense_keep.iter().map(|k| k.len()).collect();
+    let arch = spec
+        .arch
+        .family()
+        .resized(&new_channels, &new_hidden)
+        .ok_or_else(|| Error::Other(format!("{} cannot be resized", spec.describe())))?;
     let new_spec = ModelSpec {
         arch,
         input_shape: spec.input_shape.clone(),
@@ -330,14 +345,15 @@ pub fn structured(model: &Model, fraction: f64, rank: Rank, x: Option<&[f32]>) -
     }
     // Dense layers: rows kept by the previous layer (for the first, the flattened conv
     // features of kept channels), columns kept by this layer (all for the output layer).
-    let layers = spec.arch.hidden.len() + 1;
+    let layers = spec.arch.hidden().len() + 1;
     for l in 0..layers {
         let s = &shapes[dense[l].weight];
         let (i_dim, o_dim) = (s[0], s[1]);
         let rows: Vec<usize> = if l == 0 {
             if blocks > 0 {
-                let (_, h, wd) = cnn::conv_output(spec)?;
-                let hw = h * wd;
+                // Each block halves the height and width (2×2 max-pooling, floor).
+                let s = &spec.input_shape;
+                let hw = (s[1] >> blocks) * (s[2] >> blocks);
                 conv_keep[blocks - 1]
                     .iter()
                     .flat_map(|&c| (c * hw..(c + 1) * hw).collect::<Vec<_>>())

@@ -14,7 +14,6 @@
 
 use crate::error::{Error, Result};
 use crate::kernels::int8::{gemm_u8i8, quantize_row, requantize_row, Kernel, PackedI8};
-use crate::models::ArchKind;
 use crate::models::ParamKind;
 use crate::models::{Mode, Model};
 use crate::train::StepHook;
@@ -360,9 +359,9 @@ pub fn calibrate(
 
 /// Integer inference covers MLPs; CNNs take the weight-only formats.
 pub fn check_int8_arch(spec: &crate::models::ModelSpec) -> Result<()> {
-    if spec.arch.kind != ArchKind::Mlp {
+    if !spec.supports().int8 {
         return Err(Error::Input(format!(
-            "precision = \"int8\" (integer inference) supports MLPs; {} is a CNN — use precision = \"int8-weights\" or \"int4-weights\"",
+            "precision = \"int8\" (integer inference) supports MLPs; {} is not one — use precision = \"int8-weights\" or \"int4-weights\"",
             spec.describe()
         )));
     }
@@ -502,14 +501,16 @@ fn straight_through(x: &Tensor, dq: &Tensor) -> Result<Tensor> {
 /// sees the rounding the integer model will make; gradients pass straight through.
 pub fn qat_forward(model: &Model, x: &Tensor, acts: &[ActQuant], mut mode: Mode) -> Result<Tensor> {
     let layers = model.params.len() / 2;
-    let p = model.spec.arch.dropout;
-    if acts.len() != layers || model.spec.arch.kind != ArchKind::Mlp {
+    let head = model.spec.arch.family().head();
+    if acts.len() != layers || !model.spec.supports().int8 || head.is_none() {
         return Err(Error::Input(format!(
             "quantization-aware training needs an MLP and one activation quantizer per dense layer ({} for {layers})",
             acts.len()
         )));
     }
-    let mut h = crate::models::dropout(x, model.spec.arch.input_dropout, &mut mode)?;
+    let head = head.ok_or_else(|| Error::Other("an MLP has a dense head".into()))?;
+    let p = head.dropout;
+    let mut h = crate::models::dropout(x, head.input_dropout, &mut mode)?;
     let dense = model.dense_layers();
     for (l, (&a, (w, b))) in acts.iter().zip(dense).enumerate() {
         let z = a.zero_point as f64;

@@ -53,11 +53,11 @@ born_again = { generations = 2 }
         assert_eq!(teacher_of("s"), "s-ta2");
         assert_eq!(teacher_of("s-gen2"), "s");
         assert_eq!(teacher_of("s-gen3"), "s-gen2");
-        assert_eq!(e.models[1].arch.as_ref().unwrap().hidden, vec![32]);
+        assert_eq!(e.models[1].arch.as_ref().unwrap().hidden(), vec![32]);
         assert_eq!(e.models[1].role(), crate::config::Role::Assistant);
         // the born-again generations repeat the student's architecture and use BAN's defaults
         let g2 = &e.models[4];
-        assert_eq!(g2.arch.as_ref().unwrap().hidden, vec![8]);
+        assert_eq!(g2.arch.as_ref().unwrap().hidden(), vec![8]);
         assert_eq!(
             g2.distill.as_ref().unwrap().alpha,
             crate::stages::tune::Tunable::Fixed(1.0)

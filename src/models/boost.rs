@@ -25,98 +25,17 @@ use crate::losses::kd;
 use crate::losses::supervised::row_cross_entropy;
 use rayon::prelude::*;
 
-/// Which tree model to fit.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum TreeKind {
-    /// Gradient-boosted trees.
-    Boosted,
-    /// One decision tree with a vector of outputs in each leaf.
-    Single,
-}
+pub use super::trees::{FitTo, TreeKind, TreeSettings, DEFAULT_MAX_STEP, DEFAULT_MIN_HESSIAN};
 
-/// Resolved settings of a tree model.
-#[derive(Debug, Clone, PartialEq)]
-pub struct TreeSettings {
-    /// Boosted or single.
-    pub kind: TreeKind,
-    /// Boosting rounds (one tree per class and round, or one for two classes and regression).
-    pub trees: usize,
-    /// Most leaves per tree.
-    pub leaves: usize,
-    /// Most levels below the root (None: only `leaves` limits the tree).
-    pub depth: Option<usize>,
-    /// Shrinkage of each tree's leaf values.
-    pub learning_rate: f32,
-    /// Fewest training rows in a leaf.
-    pub min_leaf: usize,
-    /// L2 penalty on leaf values (λ).
-    pub l2: f32,
-    /// Fewest summed Hessians in a leaf of a boosted tree (LightGBM's
-    /// `min_sum_hessian_in_leaf`, XGBoost's `min_child_weight`): a split that leaves less on
-    /// either side is not taken.
-    pub min_hessian: f32,
-    /// Largest leaf value of a boosted tree before shrinkage, `|−G / (H + λ)|` clipped to it
-    /// (XGBoost's and LightGBM's `max_delta_step`); 0 for none.
-    pub max_step: f32,
-    /// Most bins per feature (≤ 255).
-    pub bins: usize,
-    /// What a classifier's trees fit of the teacher.
-    pub fit_to: FitTo,
-}
-
-impl TreeSettings {
-    /// Boosted trees with every setting at its default: LightGBM's (100 rounds, 31 leaves,
-    /// learning rate 0.1, 20 rows a leaf, no L2, 255 bins) and the two guards of the Newton
-    /// step against leaves whose Hessian sum is near zero (`min_hessian`, `max_step`).
-    pub fn boosted_defaults() -> TreeSettings {
-        TreeSettings {
-            kind: TreeKind::Boosted,
-            trees: 100,
-            leaves: 31,
-            depth: None,
-            learning_rate: 0.1,
-            min_leaf: 20,
-            l2: 0.0,
-            min_hessian: DEFAULT_MIN_HESSIAN,
-            max_step: DEFAULT_MAX_STEP,
-            bins: 255,
-            fit_to: FitTo::Probabilities,
-        }
+/// The leaf value of a boosted tree with gradient sum `g` and Hessian sum `h`, before
+/// shrinkage: the Newton step `−g / (h + λ)`, at most `max_step` in size.
+fn newton_step(s: &TreeSettings, g: f64, h: f64) -> f64 {
+    let v = -g / (h + s.l2 as f64);
+    if s.max_step > 0.0 {
+        v.clamp(-(s.max_step as f64), s.max_step as f64)
+    } else {
+        v
     }
-
-    /// The leaf value of a boosted tree with gradient sum `g` and Hessian sum `h`, before
-    /// shrinkage: the Newton step `−g / (h + λ)`, at most `max_step` in size.
-    fn newton_step(&self, g: f64, h: f64) -> f64 {
-        let v = -g / (h + self.l2 as f64);
-        if self.max_step > 0.0 {
-            v.clamp(-(self.max_step as f64), self.max_step as f64)
-        } else {
-            v
-        }
-    }
-}
-
-/// Default of [`TreeSettings::min_hessian`].
-pub const DEFAULT_MIN_HESSIAN: f32 = 1e-3;
-/// Default of [`TreeSettings::max_step`]: the top of XGBoost's advice for imbalanced classes
-/// (1 to 10). A healthy Newton step rarely reaches it (a pure leaf of a class at 1/26 in the
-/// first round of a 26-class fit asks for about 25, shrunk to 2.5, and gets 10, shrunk to 1);
-/// a leaf of rows the model already places with certainty, whose Hessian sum is near zero,
-/// asked for steps in the thousands. On UCI letters (300 and 100 rounds) the test errors moved
-/// 135 -> 138, 181 -> 169 and 176 -> 167 against no limit; the quick fixtures are unchanged.
-pub const DEFAULT_MAX_STEP: f32 = 10.0;
-
-/// What a boosted-tree classifier fits of its teacher.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum FitTo {
-    /// The softmax cross-entropy with the teacher's probabilities at temperature T (Hinton's
-    /// `T²·KL`, as the networks): one objective over all classes.
-    #[default]
-    Probabilities,
-    /// Each class's tree regresses the teacher's centred logit by squared error (Ba & Caruana
-    /// 2014's logit matching; T plays no part); the label term stays cross-entropy.
-    Logits,
 }
 
 /// Labels of a set of rows.
@@ -1170,7 +1089,7 @@ fn fit_boosted(
             let values: Vec<f32> = tree
                 .sums
                 .iter()
-                .map(|sm| (s.newton_step(sm[2], sm[1]) * lr) as f32)
+                .map(|sm| (newton_step(s, sm[2], sm[1]) * lr) as f32)
                 .collect();
             for (&(st, en), &v) in tree.ranges.iter().zip(&values) {
                 for &r in &order[st..en] {

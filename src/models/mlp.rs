@@ -2,13 +2,121 @@
 //! Weights are `[in, out]` (the transpose of PyTorch's `Linear.weight`); parameters
 //! `fc{i}.weight`, `fc{i}.bias`.
 
-use super::{dropout, linear, Mode, Model, ModelSpec};
+use super::graph::Graph;
+use super::{dropout, linear, Family, Head, Input, Mode, Model, ModelSpec, ParamKind, Supports};
 use crate::error::Result;
 use candle_core::Tensor;
+use serde::{Deserialize, Serialize};
 
-/// Parameter names and shapes.
-pub fn param_shapes(spec: &ModelSpec) -> Vec<(String, Vec<usize>)> {
-    dense_shapes(spec.input_dim(), &spec.arch.hidden, spec.outputs, "fc")
+/// `kind = "mlp"`: the settings of a multi-layer perceptron.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MlpArch {
+    /// Widths of the hidden dense layers.
+    #[serde(default)]
+    pub hidden: Vec<usize>,
+    /// Dropout probability after each hidden layer during training.
+    #[serde(default)]
+    pub dropout: f32,
+    /// Dropout probability on the input during training.
+    #[serde(default)]
+    pub input_dropout: f32,
+}
+
+impl Family for MlpArch {
+    fn kind(&self) -> &'static str {
+        "mlp"
+    }
+
+    fn check(&self, _p: &str, _input: Input) -> Result<()> {
+        // Widths, dropout and text data: `Arch::check`, for every family with a head.
+        Ok(())
+    }
+
+    fn param_shapes(&self, spec: &ModelSpec) -> Result<Vec<(String, Vec<usize>)>> {
+        Ok(dense_shapes(
+            spec.input_dim(),
+            &self.hidden,
+            spec.outputs,
+            "fc",
+        ))
+    }
+
+    fn param_kinds(&self, _spec: &ModelSpec) -> Vec<ParamKind> {
+        dense_kinds(self.hidden.len())
+    }
+
+    fn describe(&self, spec: &ModelSpec) -> String {
+        let mut all = vec![spec.input_dim()];
+        all.extend(&self.hidden);
+        all.push(spec.outputs);
+        format!("mlp {}", super::dims(&all))
+    }
+
+    fn head(&self) -> Option<Head<'_>> {
+        Some(Head {
+            hidden: &self.hidden,
+            dropout: self.dropout,
+            input_dropout: self.input_dropout,
+        })
+    }
+
+    fn forward(
+        &self,
+        model: &Model,
+        x: &Tensor,
+        mut mode: Mode,
+        capture: Option<usize>,
+    ) -> Result<(Tensor, Option<Tensor>)> {
+        super::ensure_f32(x)?;
+        let h = dropout(x, self.input_dropout, &mut mode)?;
+        dense_forward(model, h, 0, self.dropout, mode, capture)
+    }
+
+    fn fused(&self, _spec: &ModelSpec) -> Option<super::fused::Plan> {
+        Some(super::fused::Plan {
+            input_dropout: self.input_dropout,
+            dropout: self.dropout,
+            conv: None,
+        })
+    }
+
+    fn predict_rows(&self, model: &Model, x: &[f32], rows: usize) -> Result<Vec<f32>> {
+        super::fused::forward_eval(model, x, rows)
+    }
+
+    fn graph(&self, _model: &Model) -> Result<Graph> {
+        let mut g = Graph::default();
+        g.dense_stack(0, self.hidden.len() + 1);
+        Ok(g)
+    }
+
+    fn supports(&self) -> Supports {
+        Supports {
+            prune: true,
+            int8: true,
+            weight_formats: true,
+            split: true,
+        }
+    }
+
+    fn tree_settings(&self) -> Option<super::boost::TreeSettings> {
+        None
+    }
+
+    fn resized(&self, _channels: &[usize], hidden: &[usize]) -> Option<super::Arch> {
+        Some(super::Arch::Mlp(MlpArch {
+            hidden: hidden.to_vec(),
+            ..self.clone()
+        }))
+    }
+}
+
+/// Kinds of a dense stack with `hidden` hidden layers: weight and bias per layer.
+pub(crate) fn dense_kinds(hidden: usize) -> Vec<ParamKind> {
+    (0..=hidden)
+        .flat_map(|_| [ParamKind::DenseWeight, ParamKind::Bias])
+        .collect()
 }
 
 /// Shapes of a stack of dense layers `input → hidden… → outputs`.
@@ -36,11 +144,11 @@ pub(crate) fn dense_forward(
     model: &Model,
     mut h: Tensor,
     first: usize,
+    p: f32,
     mut mode: Mode,
     capture: Option<usize>,
 ) -> Result<(Tensor, Option<Tensor>)> {
     let layers = (model.params.len() - first) / 2;
-    let p = model.spec.arch.dropout;
     let mut captured = None;
     for l in 0..layers {
         let w = model.params[first + 2 * l].1.as_tensor();
@@ -57,40 +165,21 @@ pub(crate) fn dense_forward(
     Ok((h, captured))
 }
 
-/// Forward pass; with `capture = Some(l)` also returns hidden layer `l`'s activations.
-pub fn forward(
-    model: &Model,
-    x: &Tensor,
-    mut mode: Mode,
-    capture: Option<usize>,
-) -> Result<(Tensor, Option<Tensor>)> {
-    super::ensure_f32(x)?;
-    let h = dropout(x, model.spec.arch.input_dropout, &mut mode)?;
-    dense_forward(model, h, 0, mode, capture)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::models::ModelSpec;
-    use crate::models::{ArchConfig, ArchKind};
+    use crate::models::{Arch, ModelSpec};
     use crate::rng::Rng;
     use candle_core::Device;
 
     #[test]
     fn fused_inference_matches_the_tensor_forward() {
         let spec = ModelSpec {
-            arch: ArchConfig {
-                kind: ArchKind::Mlp,
+            arch: Arch::Mlp(MlpArch {
                 hidden: vec![300, 70],
                 dropout: 0.5,
                 input_dropout: 0.2,
-                channels: vec![],
-                kernel: 5,
-                dim: 0,
-                vocab: 0,
-                ..Default::default()
-            },
+            }),
             input_shape: vec![50],
             outputs: 7,
         };
@@ -135,17 +224,13 @@ mod tests {
             (vec![3, 9, 11], vec![4, 5], 3),
         ] {
             let spec = ModelSpec {
-                arch: ArchConfig {
-                    kind: ArchKind::Cnn,
+                arch: Arch::Cnn(crate::models::cnn::CnnArch {
                     hidden: vec![20],
                     dropout: 0.5,
                     input_dropout: 0.1,
                     channels,
                     kernel,
-                    dim: 0,
-                    vocab: 0,
-                    ..Default::default()
-                },
+                }),
                 input_shape: shape.clone(),
                 outputs: 4,
             };

@@ -4,7 +4,7 @@
 use super::Stage;
 use crate::data::Task;
 use crate::error::{bad_field, Error, Result};
-use crate::models::{self, ArchConfig, Model, ModelSpec};
+use crate::models::{self, Arch, Model, ModelSpec};
 use crate::rng::Rng;
 use crate::stages::tune::Tunable;
 use crate::store::{DistillSummary, Finished, Provenance, RunStore};
@@ -53,7 +53,7 @@ pub struct DistillConfig {
     /// Teacher-assistant chain (Mirzadeh et al. 2020): intermediate models, largest first,
     /// each distilled from the one before; the student then learns from the last.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub assistants: Vec<ArchConfig>,
+    pub assistants: Vec<Arch>,
     /// Add a FitNets hint term (Romero et al. 2015) on a hidden layer.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hint: Option<HintConfig>,
@@ -120,7 +120,7 @@ pub struct ModelConfig {
     pub role: Option<Role>,
     /// Architecture (ignored when `from` loads a saved model).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub arch: Option<ArchConfig>,
+    pub arch: Option<Arch>,
     /// Training settings.
     #[serde(default)]
     pub train: TrainConfig,
@@ -199,8 +199,8 @@ impl ModelConfig {
             _ => {}
         }
         if let Some(a) = &m.arch {
-            a.check(&format!("{p}.arch"), images, text)?;
-            if a.fit_to.is_some() && task == Task::Regression {
+            a.check(&format!("{p}.arch"), crate::models::Input::of(images, text))?;
+            if a.fit_to().is_some() && task == Task::Regression {
                 bad_field(
                     &format!("{p}.arch.fit_to"),
                     "only for classification (a regression tree fits the teacher's values)",
@@ -416,7 +416,7 @@ fn train_model(m: &ModelConfig, store: &RunStore) -> Result<()> {
         .ok_or_else(|| Error::Input(format!("model.{}.arch: required", m.name)))?;
     let mut arch = arch;
     if let Some(f) = &splits.featurizer {
-        arch.vocab = f.vocab();
+        arch.set_vocab(f.vocab());
     }
     let embedding = m.distill.as_ref().filter(|d| d.loss.is_embedding());
     let outputs = match embedding {
@@ -439,7 +439,7 @@ fn train_model(m: &ModelConfig, store: &RunStore) -> Result<()> {
         input_shape: splits.train.shape.clone(),
         outputs,
     };
-    let tree = spec.arch.kind.is_tree();
+    let tree = spec.arch.is_tree();
     if tree && m.train.jitter > 0 {
         return Err(Error::Input(format!(
             "model.{}.train.jitter: a tree model is fitted to the samples as they are; set jitter = 0",

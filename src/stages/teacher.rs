@@ -13,7 +13,7 @@ use super::Stage;
 use crate::data::Dataset;
 use crate::error::{bad_field, Error, Result};
 use crate::eval::{self, Scores};
-use crate::models::{ArchConfig, ArchKind, Model, ModelSpec};
+use crate::models::{Arch, Model, ModelSpec};
 use crate::store::{ModelMetrics, RunStore};
 use crate::teachers::bert::{BertEncoder, Pooling};
 use crate::teachers::{cache, KnownTeacher, OnnxInput, OnnxTeacher, SplitOutputs, Teacher};
@@ -483,17 +483,7 @@ fn train_head(
     let name = format!("{}-head", c.name);
     let file = store.model_path(&name);
     let spec = ModelSpec {
-        arch: ArchConfig {
-            kind: ArchKind::Mlp,
-            hidden: h.hidden.clone(),
-            dropout: 0.0,
-            input_dropout: 0.0,
-            channels: Vec::new(),
-            kernel: 5,
-            dim: 0,
-            vocab: 0,
-            ..Default::default()
-        },
+        arch: Arch::mlp(h.hidden.clone()),
         input_shape: vec![cols],
         outputs: s.train.outputs(),
     };

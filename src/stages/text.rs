@@ -8,7 +8,7 @@
 
 use crate::error::{Error, Result};
 use crate::kernels::linalg::pca;
-use crate::models::{ArchKind, Model, ParamKind};
+use crate::models::{Arch, Model, ParamKind};
 use crate::store::RunStore;
 use crate::teachers::cache;
 
@@ -26,12 +26,13 @@ pub fn init_from_teacher(model: &Model, teacher: &str, name: &str, store: &RunSt
                 "model.{name}.distill.init_from_teacher: '{teacher}' is not a bert teacher"
             ))
         })?;
-    if model.spec.arch.kind != ArchKind::EmbeddingBag {
+    // The table this initialises is the embedding bag's own.
+    let Arch::EmbeddingBag(bag) = &model.spec.arch else {
         return Err(Error::Input(format!(
             "model.{name}.distill.init_from_teacher: only for kind = \"embedding-bag\" students"
         )));
-    }
-    let vocab = model.spec.arch.vocab;
+    };
+    let vocab = bag.vocab;
     match &store.splits.featurizer {
         Some(crate::data::text::Featurizer::Tokenizer { .. }) if vocab <= enc.vocab => {}
         _ => {
@@ -41,7 +42,7 @@ pub fn init_from_teacher(model: &Model, teacher: &str, name: &str, store: &RunSt
             )))
         }
     }
-    let dim = model.spec.arch.dim;
+    let dim = bag.dim;
     let hidden = enc.hidden;
     if dim > hidden {
         return Err(Error::Input(format!(
@@ -112,7 +113,7 @@ pub fn init_from_teacher(model: &Model, teacher: &str, name: &str, store: &RunSt
         .ok_or_else(|| Error::Other("no embedding table".into()))?;
     weights[e] = table;
     // An embedding student without hidden layers maps the PCA space back to the teacher's.
-    if model.spec.arch.hidden.is_empty() && model.spec.outputs == hidden {
+    if model.spec.arch.hidden().is_empty() && model.spec.outputs == hidden {
         let mut w = vec![0f32; dim * hidden];
         for k in 0..dim {
             for j in 0..hidden {

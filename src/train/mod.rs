@@ -1097,26 +1097,31 @@ fn hint_adapter(model: &Model, job: &TrainJob) -> Result<Option<Var>> {
     let Some(h) = &job.objective.hint else {
         return Ok(None);
     };
-    let s_w = *model.spec.arch.hidden.get(h.student_layer).ok_or_else(|| {
-        Error::Input(format!(
-            "model {}: hint student_layer {} does not exist ({} hidden layers)",
-            job.name,
-            h.student_layer,
-            model.spec.arch.hidden.len()
-        ))
-    })?;
+    let s_w = *model
+        .spec
+        .arch
+        .hidden()
+        .get(h.student_layer)
+        .ok_or_else(|| {
+            Error::Input(format!(
+                "model {}: hint student_layer {} does not exist ({} hidden layers)",
+                job.name,
+                h.student_layer,
+                model.spec.arch.hidden().len()
+            ))
+        })?;
     let t_w = *h
         .teacher
         .spec
         .arch
-        .hidden
+        .hidden()
         .get(h.teacher_layer)
         .ok_or_else(|| {
             Error::Input(format!(
                 "model {}: hint teacher_layer {} does not exist ({} hidden layers)",
                 job.name,
                 h.teacher_layer,
-                h.teacher.spec.arch.hidden.len()
+                h.teacher.spec.arch.hidden().len()
             ))
         })?;
     let mut arng = Rng::derive(job.seed, &format!("adapter/{}", job.name));
@@ -1243,17 +1248,7 @@ fn divergence(job: &TrainJob, epoch: usize, bi: usize, lv: f64) -> Error {
 
 /// Wraps the hint adapter as a one-parameter model so the fused optimizer can update it.
 fn adapter_model(a: &Var) -> Model {
-    let arch = crate::models::ArchConfig {
-        kind: crate::models::ArchKind::Mlp,
-        hidden: Vec::new(),
-        dropout: 0.0,
-        input_dropout: 0.0,
-        channels: Vec::new(),
-        kernel: 5,
-        dim: 0,
-        vocab: 0,
-        ..Default::default()
-    };
+    let arch = crate::models::Arch::mlp(Vec::new());
     Model {
         spec: models::ModelSpec {
             arch,

@@ -179,7 +179,11 @@ impl Optimizer {
             )));
         }
         let sp = self.next_params(lr);
+        let kinds = model.param_kinds();
         for (i, (name, var)) in model.params.iter().enumerate() {
+            if kinds.get(i).is_some_and(|k| !k.is_trained()) {
+                continue;
+            }
             let op = SliceUpdate {
                 p: sp,
                 g: grads[i].as_ref(),
@@ -197,7 +201,11 @@ impl Optimizer {
     /// gradient in `grads`.
     pub fn step(&mut self, model: &Model, grads: &GradStore, lr: f64) -> Result<()> {
         let sp = self.next_params(lr);
+        let kinds = model.param_kinds();
         for (i, (name, var)) in model.params.iter().enumerate() {
+            if kinds.get(i).is_some_and(|k| !k.is_trained()) {
+                continue;
+            }
             let Some(g) = grads.get(var.as_tensor()) else {
                 continue;
             };

@@ -102,7 +102,9 @@ fn labels(t: &Targets) -> Labels<'_> {
 impl Learner for TreeLearner {
     fn fit(&self, job: TrainJob) -> Result<TrainRecord> {
         let start = std::time::Instant::now();
-        let settings = self.spec.arch.tree_settings();
+        let settings = self.spec.arch.tree_settings().ok_or_else(|| {
+            crate::error::Error::Other(format!("{} is not a tree model", self.spec.describe()))
+        })?;
         let soft = soft_targets(&job)?;
         let train = FitData {
             x: &job.train.x,

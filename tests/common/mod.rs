@@ -140,10 +140,61 @@ pub fn digits_normalised() -> (distillery::data::Dataset, distillery::data::Norm
     (d, norm)
 }
 
+/// The two families the compression and export tests build.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[allow(dead_code)]
+pub enum ArchKind {
+    /// `kind = "mlp"`.
+    Mlp,
+    /// `kind = "cnn"` with 3×3 kernels.
+    Cnn,
+    /// `kind = "resnet"`, one block per stage of the given widths.
+    Resnet,
+    /// `kind = "conv1d"` reading each 64-pixel row as a sequence, kernel 3.
+    Conv1d,
+}
+
+/// The architecture of `kind` with these dense and conv widths, no dropout.
+#[allow(dead_code)]
+pub fn arch(kind: ArchKind, hidden: Vec<usize>, channels: Vec<usize>) -> distillery::models::Arch {
+    use distillery::models::{
+        cnn::CnnArch, conv1d::Conv1dArch, mlp::MlpArch, resnet::ResnetArch, Arch,
+    };
+    match kind {
+        ArchKind::Mlp => Arch::Mlp(MlpArch {
+            hidden,
+            ..Default::default()
+        }),
+        ArchKind::Cnn => Arch::Cnn(CnnArch {
+            channels,
+            kernel: 3,
+            hidden,
+            dropout: 0.0,
+            input_dropout: 0.0,
+        }),
+        ArchKind::Resnet => Arch::Resnet(ResnetArch {
+            channels,
+            blocks: 1,
+            hidden,
+            dropout: 0.0,
+            input_dropout: 0.0,
+        }),
+        ArchKind::Conv1d => Arch::Conv1d(Conv1dArch {
+            channels,
+            kernel: 3,
+            stride: 1,
+            pool: 2,
+            hidden,
+            dropout: 0.0,
+            input_dropout: 0.0,
+        }),
+    }
+}
+
 /// A digits classifier of the given family, trained for `epochs` on the normalised digits, with
 /// metadata as a run would save it; also returns the normalised data.
 pub fn trained_digits_model(
-    kind: distillery::config::ArchKind,
+    kind: ArchKind,
     hidden: Vec<usize>,
     channels: Vec<usize>,
     epochs: usize,
@@ -165,7 +216,7 @@ pub fn trained_digits_model(
 
 /// [`trained_digits_model`] with the training step's products at `precision`.
 pub fn trained_digits_model_at(
-    kind: distillery::config::ArchKind,
+    kind: ArchKind,
     hidden: Vec<usize>,
     channels: Vec<usize>,
     epochs: usize,
@@ -179,18 +230,12 @@ pub fn trained_digits_model_at(
     use distillery::models::{Model, ModelMeta, ModelSpec};
     let (d, norm) = digits_normalised();
     let spec = ModelSpec {
-        arch: distillery::config::ArchConfig {
-            kind,
-            hidden,
-            dropout: 0.0,
-            input_dropout: 0.0,
-            channels,
-            kernel: 3,
-            dim: 0,
-            vocab: 0,
-            ..Default::default()
+        arch: arch(kind, hidden, channels),
+        input_shape: if kind == ArchKind::Conv1d {
+            vec![64]
+        } else {
+            vec![1, 8, 8]
         },
-        input_shape: vec![1, 8, 8],
         outputs: 10,
     };
     let m = Model::new(spec.clone(), &mut distillery::rng::Rng::new(seed)).unwrap();
