@@ -512,6 +512,7 @@ fn echo<'py>(
 
 #[pymodule]
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    distillery::pin_thread_counts();
     m.add_function(wrap_pyfunction!(run_config, m)?)?;
     m.add_function(wrap_pyfunction!(run_arrays, m)?)?;
     m.add_function(wrap_pyfunction!(version, m)?)?;

@@ -15,7 +15,7 @@
 //!
 //! Adam's per-parameter scaling hid the first; nothing hid the second.
 
-use candle_core::{CpuStorage, CustomOp1, Layout, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Shape, Tensor};
 
 use crate::error::Result;
 
@@ -23,18 +23,18 @@ use crate::error::Result;
 /// `stride`, as candle's `conv2d` computes it but with the right gradients.
 pub fn conv2d(x: &Tensor, w: &Tensor, pad: usize, stride: usize) -> Result<Tensor> {
     if stride <= 1 {
-        return Ok(x.conv2d(w, pad, 1, 1, 1)?);
+        return conv2d_s1(x, w, pad);
     }
     let (_, _, kh, kw) = w.dims4()?;
     if kh == 1 && kw == 1 && pad == 0 {
         let x = subsample(x, 2, stride, None)?;
         let x = subsample(&x, 3, stride, None)?;
-        return Ok(x.conv2d(w, 0, 1, 1, 1)?);
+        return conv2d_s1(&x, w, 0);
     }
     let (_, _, h, wd) = x.dims4()?;
     let oh = (h + 2 * pad - kh) / stride + 1;
     let ow = (wd + 2 * pad - kw) / stride + 1;
-    let y = x.conv2d(w, pad, 1, 1, 1)?;
+    let y = conv2d_s1(x, w, pad)?;
     let y = subsample(&y, 2, stride, Some(oh))?;
     subsample(&y, 3, stride, Some(ow))
 }
@@ -55,6 +55,92 @@ pub fn conv1d(x: &Tensor, w: &Tensor, pad: usize, stride: usize, grad: bool) -> 
     };
     let y = conv2d(&x.unsqueeze(2)?, &w.unsqueeze(2)?, 0, stride)?;
     Ok(y.squeeze(2)?)
+}
+
+/// A stride-1 convolution: candle's forward (im2col and a GEMM), and a backward pass that is
+/// two more such convolutions — the input gradient a convolution of the upstream gradient with
+/// the flipped, transposed kernel, where candle runs `conv_transpose2d` as a direct loop of
+/// `c_in`-long dot products (most of a residual net's training time), the kernel gradient as
+/// candle computes it at stride 1.
+fn conv2d_s1(x: &Tensor, w: &Tensor, pad: usize) -> Result<Tensor> {
+    let (_, _, kh, kw) = w.dims4()?;
+    let y = x.detach().conv2d(&w.detach(), pad, 1, 1, 1)?;
+    if (!x.track_op() && !w.track_op()) || pad >= kh.min(kw) {
+        return if pad >= kh.min(kw) {
+            Ok(x.conv2d(w, pad, 1, 1, 1)?)
+        } else {
+            Ok(y)
+        };
+    }
+    let out = y.flatten_all()?.to_vec1::<f32>()?;
+    Ok(x.apply_op2(
+        w,
+        Conv2dS1 {
+            pad,
+            out,
+            shape: y.shape().clone(),
+        },
+    )?)
+}
+
+/// [`conv2d_s1`]'s op: the forward is computed before (and handed over), the backward here.
+struct Conv2dS1 {
+    pad: usize,
+    out: Vec<f32>,
+    shape: Shape,
+}
+
+impl CustomOp2 for Conv2dS1 {
+    fn name(&self) -> &'static str {
+        "distillery-conv2d"
+    }
+
+    fn cpu_fwd(
+        &self,
+        _: &CpuStorage,
+        _: &Layout,
+        _: &CpuStorage,
+        _: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        Ok((CpuStorage::F32(self.out.clone()), self.shape.clone()))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
+        let (x, w, grad) = (x.detach(), w.detach(), grad.detach());
+        let (_, _, kh, kw) = w.dims4()?;
+        let p = self.pad;
+        let g = grad
+            .pad_with_zeros(2, kh - 1 - p, kh - 1 - p)?
+            .pad_with_zeros(3, kw - 1 - p, kw - 1 - p)?;
+        // `flipped[c, o, a, b] = w[o, c, kh − 1 − a, kw − 1 − b]` (kernels are small).
+        let (c_out, c_in) = (w.dim(0)?, w.dim(1)?);
+        let wv = w.flatten_all()?.to_vec1::<f32>()?;
+        let mut fv = vec![0f32; wv.len()];
+        for o in 0..c_out {
+            for c in 0..c_in {
+                for a in 0..kh {
+                    for b in 0..kw {
+                        fv[((c * c_out + o) * kh + a) * kw + b] =
+                            wv[((o * c_in + c) * kh + (kh - 1 - a)) * kw + (kw - 1 - b)];
+                    }
+                }
+            }
+        }
+        let flipped = Tensor::from_vec(fv, (c_in, c_out, kh, kw), w.device())?;
+        let dx = g.conv2d(&flipped, 0, 1, 1, 1)?;
+        let dw = x
+            .transpose(0, 1)?
+            .conv2d(&grad.transpose(0, 1)?, p, 1, 1, 1)?
+            .transpose(0, 1)?
+            .contiguous()?;
+        Ok((Some(dx), Some(dw)))
+    }
 }
 
 /// Positions `0, s, 2s, …` of dimension `dim` (`count` of them; as many as fit when `None`),
