@@ -15,7 +15,7 @@
 //!
 //! Adam's per-parameter scaling hid the first; nothing hid the second.
 
-use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, CustomOp3, Layout, Shape, Tensor};
 
 use crate::error::Result;
 
@@ -140,6 +140,140 @@ impl CustomOp2 for Conv2dS1 {
             .transpose(0, 1)?
             .contiguous()?;
         Ok((Some(dx), Some(dw)))
+    }
+}
+
+/// Training-mode batch normalisation of `y` (`[n, c, h, w]`) with scale `gamma` and shift
+/// `beta` (`[c]`): `gamma · (y − mean) / sqrt(var + eps) + beta` with each channel's batch mean
+/// and (biased) variance, which are returned beside the output for the running statistics.
+/// One op with the closed-form backward, instead of candle's reductions over dimensions 0, 2
+/// and 3 (a strided single-threaded loop that took a third of a residual net's training time).
+pub fn batch_norm_train(
+    y: &Tensor,
+    gamma: &Tensor,
+    beta: &Tensor,
+    eps: f64,
+) -> Result<(Tensor, Vec<f32>, Vec<f32>)> {
+    let (n, c, h, w) = y.dims4()?;
+    let hw = h * w;
+    let count = (n * hw).max(1) as f64;
+    let yv = y.flatten_all()?.to_vec1::<f32>()?;
+    let (g, b) = (gamma.to_vec1::<f32>()?, beta.to_vec1::<f32>()?);
+    let mut sum = vec![0f64; c];
+    let mut sq = vec![0f64; c];
+    for (i, plane) in yv.chunks_exact(hw).enumerate() {
+        let ch = i % c;
+        sum[ch] += plane.iter().map(|&v| v as f64).sum::<f64>();
+    }
+    let mean: Vec<f64> = sum.iter().map(|s| s / count).collect();
+    for (i, plane) in yv.chunks_exact(hw).enumerate() {
+        let (ch, m) = (i % c, mean[i % c]);
+        sq[ch] += plane.iter().map(|&v| (v as f64 - m).powi(2)).sum::<f64>();
+    }
+    let var: Vec<f64> = sq.iter().map(|s| s / count).collect();
+    let inv: Vec<f32> = var
+        .iter()
+        .map(|v| (1.0 / (v + eps).sqrt()) as f32)
+        .collect();
+    let mean32: Vec<f32> = mean.iter().map(|&m| m as f32).collect();
+    let mut out = vec![0f32; yv.len()];
+    for (i, (o, plane)) in out
+        .chunks_exact_mut(hw)
+        .zip(yv.chunks_exact(hw))
+        .enumerate()
+    {
+        let ch = i % c;
+        let (m, s, sh) = (mean32[ch], g[ch] * inv[ch], b[ch]);
+        o.iter_mut()
+            .zip(plane)
+            .for_each(|(o, &v)| *o = (v - m) * s + sh);
+    }
+    let op = BatchNorm {
+        out,
+        shape: y.shape().clone(),
+        mean: mean32.clone(),
+        inv,
+    };
+    let t = y.contiguous()?.apply_op3(gamma, beta, op)?;
+    Ok((t, mean32, var.iter().map(|&v| v as f32).collect()))
+}
+
+/// [`batch_norm_train`]'s op: the forward computed before, the backward here.
+struct BatchNorm {
+    out: Vec<f32>,
+    shape: Shape,
+    mean: Vec<f32>,
+    inv: Vec<f32>,
+}
+
+impl CustomOp3 for BatchNorm {
+    fn name(&self) -> &'static str {
+        "distillery-batch-norm"
+    }
+
+    fn cpu_fwd(
+        &self,
+        _: &CpuStorage,
+        _: &Layout,
+        _: &CpuStorage,
+        _: &Layout,
+        _: &CpuStorage,
+        _: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        Ok((CpuStorage::F32(self.out.clone()), self.shape.clone()))
+    }
+
+    /// With x̂ = (y − mean)·inv and N values per channel: dβ = Σ dy, dγ = Σ dy·x̂,
+    /// dy_in = γ·inv·(dy − dβ/N − x̂·dγ/N).
+    fn bwd(
+        &self,
+        y: &Tensor,
+        gamma: &Tensor,
+        _beta: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let (n, c, h, w) = y.dims4()?;
+        let hw = h * w;
+        let count = (n * hw).max(1) as f32;
+        let yv = y.flatten_all()?.to_vec1::<f32>()?;
+        let dy = grad.flatten_all()?.to_vec1::<f32>()?;
+        let g = gamma.to_vec1::<f32>()?;
+        let mut dbeta = vec![0f64; c];
+        let mut dgamma = vec![0f64; c];
+        for (i, (yp, dp)) in yv.chunks_exact(hw).zip(dy.chunks_exact(hw)).enumerate() {
+            let ch = i % c;
+            let (m, s) = (self.mean[ch], self.inv[ch]);
+            for (&v, &d) in yp.iter().zip(dp) {
+                dbeta[ch] += d as f64;
+                dgamma[ch] += (d * (v - m) * s) as f64;
+            }
+        }
+        let (db, dg): (Vec<f32>, Vec<f32>) = (
+            dbeta.iter().map(|&v| v as f32).collect(),
+            dgamma.iter().map(|&v| v as f32).collect(),
+        );
+        let mut dx = vec![0f32; yv.len()];
+        for (i, ((o, yp), dp)) in dx
+            .chunks_exact_mut(hw)
+            .zip(yv.chunks_exact(hw))
+            .zip(dy.chunks_exact(hw))
+            .enumerate()
+        {
+            let ch = i % c;
+            let (m, s) = (self.mean[ch], self.inv[ch]);
+            let k = g[ch] * s;
+            let (mb, mg) = (db[ch] / count, dg[ch] / count);
+            for ((o, &v), &d) in o.iter_mut().zip(yp).zip(dp) {
+                *o = k * (d - mb - (v - m) * s * mg);
+            }
+        }
+        let dev = y.device();
+        Ok((
+            Some(Tensor::from_vec(dx, y.shape(), dev)?),
+            Some(Tensor::from_vec(dg, c, dev)?),
+            Some(Tensor::from_vec(db, c, dev)?),
+        ))
     }
 }
 
@@ -296,6 +430,78 @@ mod tests {
                 assert_eq!(ours.dims(), theirs.dims());
                 let d = (ours - theirs).unwrap().abs().unwrap().max_all().unwrap();
                 assert!(d.to_scalar::<f32>().unwrap() < 1e-4, "L {hw} s {stride}");
+            }
+        }
+    }
+
+    /// The batch-norm op against the same normalisation written with candle's tensor operations:
+    /// outputs, statistics and every gradient (of Σ out ⊙ r) agree to float rounding.
+    #[test]
+    fn batch_norm_matches_the_tensor_formula() {
+        let mut rng = crate::rng::Rng::new(6);
+        let mut t = |shape: &[usize]| {
+            let n: usize = shape.iter().product();
+            let v: Vec<f32> = (0..n).map(|_| rng.normal()).collect();
+            Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
+        };
+        let (y0, g0, b0, r) = (t(&[3, 4, 5, 6]), t(&[4]), t(&[4]), t(&[3, 4, 5, 6]));
+        let run = |fused: bool| -> Vec<Vec<f32>> {
+            let (y, g, b) = (
+                Var::from_tensor(&y0).unwrap(),
+                Var::from_tensor(&g0).unwrap(),
+                Var::from_tensor(&b0).unwrap(),
+            );
+            let (out, stats) = if fused {
+                let (o, m, v) =
+                    batch_norm_train(y.as_tensor(), g.as_tensor(), b.as_tensor(), 1e-5).unwrap();
+                (o, [m, v].concat())
+            } else {
+                let yt = y.as_tensor();
+                let m = yt.mean_keepdim((0, 2, 3)).unwrap();
+                let v = yt
+                    .broadcast_sub(&m)
+                    .unwrap()
+                    .sqr()
+                    .unwrap()
+                    .mean_keepdim((0, 2, 3))
+                    .unwrap();
+                let s = (&v + 1e-5).unwrap().sqrt().unwrap().recip().unwrap();
+                let o = yt
+                    .broadcast_sub(&m)
+                    .unwrap()
+                    .broadcast_mul(&s)
+                    .unwrap()
+                    .broadcast_mul(&g.as_tensor().reshape((1, 4, 1, 1)).unwrap())
+                    .unwrap()
+                    .broadcast_add(&b.as_tensor().reshape((1, 4, 1, 1)).unwrap())
+                    .unwrap();
+                let stats = [
+                    m.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+                    v.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+                ]
+                .concat();
+                (o, stats)
+            };
+            let grads = out.mul(&r).unwrap().sum_all().unwrap().backward().unwrap();
+            let flat = |x: &Tensor| x.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            vec![
+                flat(&out),
+                stats,
+                flat(grads.get(y.as_tensor()).unwrap()),
+                flat(grads.get(g.as_tensor()).unwrap()),
+                flat(grads.get(b.as_tensor()).unwrap()),
+            ]
+        };
+        let (a, b) = (run(true), run(false));
+        for (what, (x, y)) in ["out", "stats", "dy", "dgamma", "dbeta"]
+            .iter()
+            .zip(a.iter().zip(&b))
+        {
+            for (p, q) in x.iter().zip(y) {
+                assert!(
+                    (p - q).abs() <= 1e-4 * (1.0 + q.abs()),
+                    "{what}: {p} vs {q}"
+                );
             }
         }
     }

@@ -136,25 +136,27 @@ impl ResnetArch {
         let p = |i: usize| model.params[u.first + i].1.as_tensor();
         let y = super::ops::conv2d(x, p(0), u.kernel / 2, u.stride)?;
         let shape = (1, u.c_out, 1, 1);
-        let (mean, var) = if train {
-            let mean = y.mean_keepdim((0, 2, 3))?;
-            let var = y.broadcast_sub(&mean)?.sqr()?.mean_keepdim((0, 2, 3))?;
+        if train {
+            let (out, mean, var) = super::ops::batch_norm_train(&y, p(1), p(2), BN_EPS)?;
             let n = y.elem_count() / u.c_out;
-            let unbiased = n as f64 / (n.max(2) - 1) as f64;
-            let keep = |i: usize, batch: &Tensor, scale: f64| -> Result<()> {
+            let unbiased = n as f32 / (n.max(2) - 1) as f32;
+            let keep = |i: usize, batch: &[f32], scale: f32| -> Result<()> {
                 let var = &model.params[u.first + i].1;
-                let old = var.as_tensor();
-                let new = ((old * (1.0 - BN_MOMENTUM))?
-                    + (batch.detach().reshape(u.c_out)? * (BN_MOMENTUM * scale))?)?;
-                var.set(&new)?;
+                let old = var.as_tensor().to_vec1::<f32>()?;
+                let m = BN_MOMENTUM as f32;
+                let new: Vec<f32> = old
+                    .iter()
+                    .zip(batch)
+                    .map(|(&o, &b)| o * (1.0 - m) + b * scale * m)
+                    .collect();
+                var.set(&Tensor::from_vec(new, u.c_out, y.device())?)?;
                 Ok(())
             };
             keep(3, &mean, 1.0)?;
             keep(4, &var, unbiased)?;
-            (mean, var)
-        } else {
-            (p(3).reshape(shape)?, p(4).reshape(shape)?)
-        };
+            return Ok(out);
+        }
+        let (mean, var) = (p(3).reshape(shape)?, p(4).reshape(shape)?);
         let inv = (var + BN_EPS)?.sqrt()?.recip()?;
         let scale = p(1).reshape(shape)?.broadcast_mul(&inv)?;
         Ok(y.broadcast_sub(&mean)?

@@ -320,7 +320,11 @@ fn json_diff(at: &str, e: &serde_json::Value, a: &serde_json::Value, out: &mut V
             let (x, y) = (x.as_f64().unwrap(), y.as_f64().unwrap());
             // An export's largest difference from its runtime is float rounding itself (1e-7
             // scale, moved by summation order): equal to within 1e-5 absolute.
-            let slack = if at.ends_with("max_abs_diff") { 1e-5 } else { 1e-9 };
+            let slack = if at.ends_with("max_abs_diff") {
+                1e-5
+            } else {
+                1e-9
+            };
             if (x - y).abs() > 1e-4 * x.abs().max(y.abs()) + slack {
                 out.push(format!("{at}: expected {x}, got {y}"));
             }
