@@ -18,7 +18,7 @@
 //! distill = { teacher = "teacher", temperature = 4.0, alpha = 0.9 }
 //! ```
 
-use crate::data::{NormalizeKind, Task};
+pub use crate::data::{DataConfig, DataFormat};
 use crate::error::{bad_field, Error, Result};
 pub use crate::eval::EvalConfig;
 pub use crate::models::Arch;
@@ -39,7 +39,7 @@ pub use crate::submodels::{
 };
 pub use crate::train::{OptimizerKind, ScheduleKind, TrainConfig};
 use serde::{Deserialize, Serialize};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 /// A whole experiment.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -81,101 +81,6 @@ fn default_name() -> String {
 }
 fn default_seed() -> u64 {
     42
-}
-
-/// Where the data comes from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum DataFormat {
-    /// IDX files (MNIST and alike).
-    Idx,
-    /// A CSV file with a header row.
-    Csv,
-    /// The UCI 8×8 digits compiled into the binary.
-    Digits,
-    /// Texts with labels: a CSV file with a header row, or JSON Lines (`.jsonl`).
-    Text,
-    /// Arrays a caller gave in memory (the Python package's `distill` and `submodels`);
-    /// `[[teacher]] outputs` then names an array the caller gave, not a file.
-    Arrays,
-}
-
-/// The `[data]` table.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct DataConfig {
-    /// `idx`, `csv` or `digits`.
-    pub format: DataFormat,
-    /// IDX: training images.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub train_images: Option<PathBuf>,
-    /// IDX: training labels.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub train_labels: Option<PathBuf>,
-    /// IDX: test images (used as given).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub test_images: Option<PathBuf>,
-    /// IDX: test labels.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub test_labels: Option<PathBuf>,
-    /// CSV: the data file.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub path: Option<PathBuf>,
-    /// CSV: an optional separate test file (used as given).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub test_path: Option<PathBuf>,
-    /// CSV and text: the label (target) column (text: default `label`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub label: Option<String>,
-    /// Text: the column (or JSON field) holding the text; default `text`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub text_column: Option<String>,
-    /// Text: `false` when the texts have no labels (embedding distillation only: every model
-    /// then distils a BERT teacher's embeddings).
-    #[serde(default = "yes", skip_serializing_if = "is_true")]
-    pub labels: bool,
-    /// Text: how texts become token ids for the students (`kind = "ngrams"` or
-    /// `kind = "tokenizer"`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub features: Option<crate::data::text::FeaturesConfig>,
-    /// Classification or regression.
-    #[serde(default = "default_task")]
-    pub task: Task,
-    /// CSV: treat the features as images of this shape `[c, h, w]`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub image_shape: Option<Vec<usize>>,
-    /// Feature scaling; default `global` for images, `per-feature` for tabular data.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub normalize: Option<NormalizeKind>,
-    /// Fraction of the non-test data held out for validation.
-    #[serde(default = "default_val_fraction")]
-    pub val_fraction: f64,
-    /// Fraction held out for testing when no test file is given.
-    #[serde(default = "default_test_fraction")]
-    pub test_fraction: f64,
-    /// Use at most this many training samples.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub max_train: Option<usize>,
-    /// Use at most this many validation and test samples each.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub max_test: Option<usize>,
-}
-
-fn yes() -> bool {
-    true
-}
-fn is_true(v: &bool) -> bool {
-    *v
-}
-
-fn default_task() -> Task {
-    Task::Classification
-}
-fn default_val_fraction() -> f64 {
-    0.1
-}
-fn default_test_fraction() -> f64 {
-    0.2
 }
 
 /// Parses TOML text into a config. Errors name the file, the line and the field.
@@ -413,190 +318,38 @@ impl ExperimentConfig {
 
     fn check(&self) -> Result<()> {
         let d = &self.data;
-        let check_file = |field: &str, p: &Option<PathBuf>, required: bool| -> Result<()> {
-            match p {
-                Some(p) if !p.exists() => Err(Error::Input(format!(
-                    "data.{field}: file '{}' does not exist",
-                    p.display()
-                ))),
-                None if required => Err(Error::Input(format!(
-                    "data.{field}: required when data.format = \"{}\"",
-                    fmt_name(self.data.format)
-                ))),
-                _ => Ok(()),
+        d.check()?;
+        if !d.labels && d.format == DataFormat::Text {
+            if d.label.is_some() {
+                bad_field("data.label", "not used with labels = false")?;
             }
-        };
-        let forbid = |field: &str, present: bool| -> Result<()> {
-            if present {
-                Err(Error::Input(format!(
-                    "data.{field}: not used with data.format = \"{}\"",
-                    fmt_name(self.data.format)
-                )))
-            } else {
-                Ok(())
-            }
-        };
-        match d.format {
-            DataFormat::Idx => {
-                check_file("train_images", &d.train_images, true)?;
-                check_file("train_labels", &d.train_labels, true)?;
-                check_file("test_images", &d.test_images, false)?;
-                check_file("test_labels", &d.test_labels, false)?;
-                if d.test_images.is_some() != d.test_labels.is_some() {
+            for m in &self.models {
+                if !m
+                    .distill
+                    .as_ref()
+                    .map(|x| x.loss.is_embedding())
+                    .unwrap_or(false)
+                {
                     bad_field(
-                        "data.test_images",
-                        "test_images and test_labels must be given together",
-                    )?;
-                }
-                forbid("path", d.path.is_some())?;
-                forbid("test_path", d.test_path.is_some())?;
-                forbid("label", d.label.is_some())?;
-                if d.task == Task::Regression {
-                    bad_field(
-                        "data.task",
-                        "IDX data is read as classification (labels file); use CSV for regression",
+                        &format!("model.{}.distill", m.name),
+                        "the texts have no labels (data.labels = false): distil a bert teacher's embeddings, with loss = { kind = \"cosine\" } or { kind = \"mse\" }",
                     )?;
                 }
             }
-            DataFormat::Csv => {
-                check_file("path", &d.path, true)?;
-                check_file("test_path", &d.test_path, false)?;
-                if d.label.as_deref().map(str::is_empty).unwrap_or(true) {
+            for t in &self.teachers {
+                if t.head.is_some() || t.bert.is_none() {
                     bad_field(
-                        "data.label",
-                        "required with data.format = \"csv\": the name of the label column",
+                        &format!("teacher.{}", t.name),
+                        "the texts have no labels (data.labels = false): only a bert teacher without a head",
                     )?;
                 }
-                for f in ["train_images", "train_labels", "test_images", "test_labels"] {
-                    let present = match f {
-                        "train_images" => d.train_images.is_some(),
-                        "train_labels" => d.train_labels.is_some(),
-                        "test_images" => d.test_images.is_some(),
-                        _ => d.test_labels.is_some(),
-                    };
-                    forbid(f, present)?;
-                }
             }
-            DataFormat::Text => {
-                check_file("path", &d.path, true)?;
-                check_file("test_path", &d.test_path, false)?;
-                if !d.labels {
-                    if d.label.is_some() {
-                        bad_field("data.label", "not used with labels = false")?;
-                    }
-                    for m in &self.models {
-                        if !m
-                            .distill
-                            .as_ref()
-                            .map(|x| x.loss.is_embedding())
-                            .unwrap_or(false)
-                        {
-                            bad_field(
-                                &format!("model.{}.distill", m.name),
-                                "the texts have no labels (data.labels = false): distil a bert teacher's embeddings, with loss = { kind = \"cosine\" } or { kind = \"mse\" }",
-                            )?;
-                        }
-                    }
-                    for t in &self.teachers {
-                        if t.head.is_some() || t.bert.is_none() {
-                            bad_field(
-                                &format!("teacher.{}", t.name),
-                                "the texts have no labels (data.labels = false): only a bert teacher without a head",
-                            )?;
-                        }
-                    }
-                    if !self.submodels.is_empty()
-                        || !self.prune.is_empty()
-                        || !self.quantize.is_empty()
-                    {
-                        bad_field(
-                            "data.labels",
-                            "unlabelled texts train embedding students only ([[model]] with an embedding loss)",
-                        )?;
-                    }
-                }
-                match &d.features {
-                    None => bad_field(
-                        "data.features",
-                        "required with data.format = \"text\": how texts become token ids, e.g. { kind = \"ngrams\" } or { kind = \"tokenizer\", path = \"tokenizer.json\" }",
-                    )?,
-                    Some(f) => {
-                        f.check("data.features")?;
-                        if let crate::data::text::FeaturesConfig::Tokenizer { path, .. } = f {
-                            if !path.exists() {
-                                bad_field(
-                                    "data.features.path",
-                                    &format!("file '{}' does not exist", path.display()),
-                                )?;
-                            }
-                        }
-                    }
-                }
-                if d.task == Task::Regression {
-                    bad_field("data.task", "text data are read as classification")?;
-                }
-                for (f, present) in [
-                    ("train_images", d.train_images.is_some()),
-                    ("train_labels", d.train_labels.is_some()),
-                    ("test_images", d.test_images.is_some()),
-                    ("test_labels", d.test_labels.is_some()),
-                    ("image_shape", d.image_shape.is_some()),
-                    ("normalize", d.normalize.is_some()),
-                ] {
-                    forbid(f, present)?;
-                }
-            }
-            DataFormat::Arrays | DataFormat::Digits => {
-                // No files: the digits are compiled in, arrays come from the caller. Arrays may
-                // be images (`image_shape`, set from the arrays' shape).
-                for (f, present) in [
-                    ("path", d.path.is_some()),
-                    ("test_path", d.test_path.is_some()),
-                    ("train_images", d.train_images.is_some()),
-                    ("train_labels", d.train_labels.is_some()),
-                    ("test_images", d.test_images.is_some()),
-                    ("test_labels", d.test_labels.is_some()),
-                    ("label", d.label.is_some()),
-                    (
-                        "image_shape",
-                        d.format == DataFormat::Digits && d.image_shape.is_some(),
-                    ),
-                ] {
-                    forbid(f, present)?;
-                }
-                if d.format == DataFormat::Digits && d.task == Task::Regression {
-                    bad_field("data.task", "the embedded digits are a classification set")?;
-                }
-            }
-        }
-        if !d.labels && d.format != DataFormat::Text {
-            bad_field("data.labels", "only text data may come without labels")?;
-        }
-        if let Some(s) = &d.image_shape {
-            if s.len() != 3 || s.contains(&0) {
+            if !self.submodels.is_empty() || !self.prune.is_empty() || !self.quantize.is_empty() {
                 bad_field(
-                    "data.image_shape",
-                    &format!("expected [channels, height, width], all > 0; got {s:?}"),
+                    "data.labels",
+                    "unlabelled texts train embedding students only ([[model]] with an embedding loss)",
                 )?;
             }
-        }
-        if !(0.0..1.0).contains(&d.val_fraction) || d.val_fraction == 0.0 {
-            bad_field(
-                "data.val_fraction",
-                &format!("expected a number in (0, 1), got {}", d.val_fraction),
-            )?;
-        }
-        if !(0.0..1.0).contains(&d.test_fraction) {
-            bad_field(
-                "data.test_fraction",
-                &format!("expected a number in [0, 1), got {}", d.test_fraction),
-            )?;
-        }
-        if d.max_train == Some(0) {
-            bad_field("data.max_train", "must be at least 1")?;
-        }
-        if d.max_test == Some(0) {
-            bad_field("data.max_test", "must be at least 1")?;
         }
         if self.eval.latency_runs == 0 {
             bad_field("eval.latency_runs", "must be at least 1")?;
@@ -614,21 +367,7 @@ impl ExperimentConfig {
         let mut seen: Vec<&str> = Vec::new();
         for (i, t) in self.teachers.iter().enumerate() {
             let p = format!("teacher[{i}]");
-            if t.name.is_empty()
-                || t.name.len() > 64
-                || !t
-                    .name
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
-            {
-                bad_field(
-                    &format!("{p}.name"),
-                    &format!(
-                        "'{}' is not a valid name (1-64 letters, digits, '-' or '_')",
-                        t.name
-                    ),
-                )?;
-            }
+            crate::io::check_name(&format!("{p}.name"), &t.name)?;
             if seen.contains(&t.name.as_str()) || self.models.iter().any(|m| m.name == t.name) {
                 bad_field(&format!("{p}.name"), &format!("'{}' is used twice", t.name))?;
             }
@@ -658,6 +397,9 @@ impl ExperimentConfig {
         self.validate_compression(&seen, images)
     }
 
+    /// The checks of `[[prune]]`, `[[quantize]]` and `[[export]]` that involve other tables
+    /// (each table's own fields are its `check`): names unused, `from` an earlier model or
+    /// stage, the family of the model at the start of the chain able to take the stage.
     fn validate_compression(&self, models: &[&str], images: bool) -> Result<()> {
         // Models a stage may start from: [[model]]s, final students, sub-models, earlier stages.
         let mut known: Vec<String> = models.iter().map(|s| s.to_string()).collect();
@@ -667,19 +409,7 @@ impl ExperimentConfig {
                 known.push(f.name.clone());
             }
         }
-        let float_models = known.clone();
-        let check_name = |field: &str, name: &str, known: &[String]| -> Result<()> {
-            if name.is_empty()
-                || name.len() > 64
-                || !name
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
-            {
-                bad_field(
-                    field,
-                    &format!("'{name}' is not a valid name (1-64 letters, digits, '-' or '_')"),
-                )?;
-            }
+        let unused = |field: &str, name: &str, known: &[String]| -> Result<()> {
             if known.iter().any(|k| k == name) {
                 bad_field(
                     field,
@@ -700,63 +430,36 @@ impl ExperimentConfig {
             }
             Ok(())
         };
-        let check_recover = |p: &str, r: &RecoverConfig, known: &[String]| -> Result<()> {
-            if let Some(t) = &r.teacher {
-                if !float_models.iter().any(|k| k == t) && !known.iter().any(|k| k == t) {
-                    bad_field(
-                        &format!("{p}.teacher"),
-                        &format!(
-                            "'{t}' is not an earlier model (known: {})",
-                            known.join(", ")
-                        ),
-                    )?;
-                }
+        let check_teacher = |p: &str, r: &RecoverConfig, known: &[String]| -> Result<()> {
+            match &r.teacher {
+                Some(t) if !known.iter().any(|k| k == t) => bad_field(
+                    &format!("{p}.teacher"),
+                    &format!(
+                        "'{t}' is not an earlier model (known: {})",
+                        known.join(", ")
+                    ),
+                ),
+                _ => Ok(()),
             }
-            if !(r.temperature.is_finite() && r.temperature > 0.0) {
-                bad_field(&format!("{p}.temperature"), "must be positive")?;
+        };
+        // The [[model]] a chain of stages starts from, for its family.
+        let origin_arch = |from: &str| {
+            let mut origin = from;
+            while let Some(pr) = self.prune.iter().find(|x| x.name == origin) {
+                origin = pr.from.as_str();
             }
-            if !(0.0..=1.0).contains(&r.alpha) {
-                bad_field(&format!("{p}.alpha"), "expected [0, 1]")?;
-            }
-            r.train.check(&format!("{p}.train"), images)
+            self.models
+                .iter()
+                .find(|m| m.name == origin)
+                .and_then(|m| m.arch.as_ref())
         };
         for st in &self.prune {
             let p = format!("prune.{}", st.name);
-            check_name("prune.name", &st.name, &known)?;
+            st.check(images)?;
+            unused("prune.name", &st.name, &known)?;
             check_from(&format!("{p}.from"), &st.from, &known)?;
-            if !(st.sparsity.is_finite() && (0.0..1.0).contains(&st.sparsity)) {
-                bad_field(
-                    &format!("{p}.sparsity"),
-                    &format!("expected a fraction in [0, 1), got {}", st.sparsity),
-                )?;
-            }
-            if st.rank_samples == 0 {
-                bad_field(&format!("{p}.rank_samples"), "must be at least 1")?;
-            }
             if let Some(r) = &st.recover {
-                check_recover(&format!("{p}.recover"), r, &known)?;
-                if let Some(e) = st.ramp_epochs {
-                    if e == 0 || e > r.train.epochs {
-                        bad_field(
-                            &format!("{p}.ramp_epochs"),
-                            &format!(
-                                "expected 1 ≤ ramp_epochs ≤ recover.train.epochs ({}), got {e}",
-                                r.train.epochs
-                            ),
-                        )?;
-                    }
-                }
-            } else if st.ramp_epochs.is_some() {
-                bad_field(
-                    &format!("{p}.ramp_epochs"),
-                    "gradual pruning needs a [prune.recover] fine-tuning table",
-                )?;
-            }
-            if st.method == PruneMethod::Structured && st.ramp_epochs.is_some() {
-                bad_field(
-                    &format!("{p}.ramp_epochs"),
-                    "only for method = \"magnitude\" (structured pruning removes units at once)",
-                )?;
+                check_teacher(&format!("{p}.recover"), r, &known)?;
             }
             if st.method == PruneMethod::Structured {
                 let arch = self
@@ -781,40 +484,10 @@ impl ExperimentConfig {
         for st in &self.quantize {
             use crate::compress::quant::Precision;
             let p = format!("quantize.{}", st.name);
-            check_name("quantize.name", &st.name, &known)?;
+            st.check(images)?;
+            unused("quantize.name", &st.name, &known)?;
             check_from(&format!("{p}.from"), &st.from, &floats)?;
-            if st.precision == Precision::F32 {
-                bad_field(
-                    &format!("{p}.precision"),
-                    "expected \"int8\", \"int8-weights\", \"int4-weights\" or \"bf16\"",
-                )?;
-            }
-            if st.calibration_samples == 0 {
-                bad_field(
-                    &format!("{p}.calibration_samples"),
-                    "the calibration set must hold at least 1 sample",
-                )?;
-            }
-            if !(st.percentile > 50.0 && st.percentile <= 100.0) {
-                bad_field(
-                    &format!("{p}.percentile"),
-                    &format!("expected a percentile in (50, 100], got {}", st.percentile),
-                )?;
-            }
-            if st.group_size == 0 {
-                bad_field(&format!("{p}.group_size"), "must be at least 1")?;
-            }
-            // Follow `from` back through pruning stages to a [[model]] to learn its family.
-            let mut origin = st.from.as_str();
-            while let Some(pr) = self.prune.iter().find(|x| x.name == origin) {
-                origin = pr.from.as_str();
-            }
-            let origin_arch = self
-                .models
-                .iter()
-                .find(|m| m.name == origin)
-                .and_then(|m| m.arch.as_ref());
-            if let Some(a) = origin_arch {
+            if let Some(a) = origin_arch(&st.from) {
                 let can = a.family().supports();
                 if st.precision == Precision::Int8 && !can.int8 && can.weight_formats {
                     bad_field(
@@ -830,16 +503,11 @@ impl ExperimentConfig {
                 }
             }
             if let Some(q) = &st.qat {
-                if st.precision != Precision::Int8 {
-                    bad_field(
-                        &format!("{p}.qat"),
-                        "quantization-aware training is for precision = \"int8\"",
-                    )?;
-                }
-                check_recover(&format!("{p}.qat"), q, &floats)?;
+                check_teacher(&format!("{p}.qat"), q, &floats)?;
             }
             known.push(st.name.clone());
         }
+        // An export has no field of its own to check: `from` and the format are references.
         for (i, e) in self.exports.iter().enumerate() {
             check_from(&format!("export[{i}].from"), &e.from, &known)?;
             if self.exports[..i]
@@ -855,6 +523,9 @@ impl ExperimentConfig {
         Ok(())
     }
 
+    /// The checks of a `[[submodels]]` group that involve other tables (its own fields are
+    /// `SubmodelsConfig::check`): names no model or other group uses, a teacher that exists
+    /// and, for a split, is a [[model]] whose family can be cut into K.
     fn validate_group(
         &self,
         g: &SubmodelsConfig,
@@ -863,21 +534,7 @@ impl ExperimentConfig {
         text: bool,
     ) -> Result<()> {
         let p = format!("submodels.{}", g.name);
-        let valid = |n: &str| {
-            !n.is_empty()
-                && n.len() <= 48
-                && n.chars()
-                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
-        };
-        if !valid(&g.name) {
-            bad_field(
-                "submodels.name",
-                &format!(
-                    "'{}' is not a valid name (1-48 letters, digits, '-' or '_')",
-                    g.name
-                ),
-            )?;
-        }
+        g.check(images, text)?;
         let clash = models
             .iter()
             .any(|m| *m == g.name || m.starts_with(&format!("{}-", g.name)))
@@ -886,12 +543,6 @@ impl ExperimentConfig {
             bad_field(
                 &format!("{p}.name"),
                 "clashes with another model or group name",
-            )?;
-        }
-        if g.k < 2 {
-            bad_field(
-                &format!("{p}.k"),
-                &format!("needs at least 2 sub-models, got {}", g.k),
             )?;
         }
         // Any teacher teaches (alpha > 0); only a [[model]] can be cut (init = "split").
@@ -906,149 +557,43 @@ impl ExperimentConfig {
                 )?;
             }
         }
-        let teacher = g
-            .teacher
-            .as_ref()
-            .and_then(|t| self.models.iter().find(|m| &m.name == t));
-        match g.init {
-            SubmodelInit::Split => {
-                let Some(t) = teacher else {
-                    return bad_field(
-                        &format!("{p}.teacher"),
-                        &match &g.teacher {
-                            Some(t) => format!(
-                                "init = \"split\" cuts a [[model]] MLP; '{t}' is an outside teacher (use init = \"fresh\")"
-                            ),
-                            None => {
-                                "init = \"split\" needs the teacher to cut the sub-models from"
-                                    .to_string()
-                            }
-                        },
-                    );
-                };
-                if !g.archs.is_empty() {
+        if let (SubmodelInit::Split, Some(name)) = (g.init, &g.teacher) {
+            let Some(t) = self.models.iter().find(|m| &m.name == name) else {
+                return bad_field(
+                    &format!("{p}.teacher"),
+                    &format!(
+                        "init = \"split\" cuts a [[model]] MLP; '{name}' is an outside teacher (use init = \"fresh\")"
+                    ),
+                );
+            };
+            if let Some(ta) = &t.arch {
+                if !ta.family().supports().split {
                     bad_field(
-                        &format!("{p}.archs"),
-                        "not used with init = \"split\" (sizes come from the teacher)",
+                        &format!("{p}.init"),
+                        &format!(
+                            "splitting needs an MLP teacher, not a {}; use init = \"fresh\"",
+                            ta.kind()
+                        ),
                     )?;
                 }
-                if let Some(ta) = &t.arch {
-                    if !ta.family().supports().split {
-                        bad_field(
-                            &format!("{p}.init"),
-                            &format!(
-                                "splitting needs an MLP teacher, not a {}; use init = \"fresh\"",
-                                ta.kind()
-                            ),
-                        )?;
+                if let Some(&min) = ta.hidden().iter().min() {
+                    if g.k > min {
+                        bad_field(&format!("{p}.k"), &format!("cannot split a hidden layer of {min} units of '{}' into {} sub-models", t.name, g.k))?;
                     }
-                    if let Some(&min) = ta.hidden().iter().min() {
-                        if g.k > min {
-                            bad_field(&format!("{p}.k"), &format!("cannot split a hidden layer of {min} units of '{}' into {} sub-models", t.name, g.k))?;
-                        }
-                    } else {
-                        bad_field(
-                            &format!("{p}.init"),
-                            &format!("teacher '{}' has no hidden units to split", t.name),
-                        )?;
-                    }
+                } else {
+                    bad_field(
+                        &format!("{p}.init"),
+                        &format!("teacher '{}' has no hidden units to split", t.name),
+                    )?;
                 }
             }
-            SubmodelInit::Fresh => match (&g.arch, g.archs.len()) {
-                (None, 0) => bad_field(
-                    &format!("{p}.arch"),
-                    "required with init = \"fresh\" (or give `archs`, one per sub-model)",
-                )?,
-                (Some(_), n) if n > 0 => bad_field(
-                    &format!("{p}.archs"),
-                    "give either `arch` or `archs`, not both",
-                )?,
-                (None, n) if n != g.k => bad_field(
-                    &format!("{p}.archs"),
-                    &format!("has {n} entries for k = {}", g.k),
-                )?,
-                _ => {}
-            },
         }
-        if let Some(a) = &g.arch {
-            a.check(&format!("{p}.arch"), crate::models::Input::of(images, text))?;
-        }
-        for (i, a) in g.archs.iter().enumerate() {
-            a.check(
-                &format!("{p}.archs[{i}]"),
-                crate::models::Input::of(images, text),
-            )?;
-        }
-        if !(0.0..=1.0).contains(&g.alpha) {
-            bad_field(
-                &format!("{p}.alpha"),
-                &format!("expected [0, 1], got {}", g.alpha),
-            )?;
-        }
-        if g.alpha > 0.0 && g.teacher.is_none() {
-            bad_field(
-                &format!("{p}.alpha"),
-                "alpha > 0 mixes in a teacher's soft targets: name the teacher",
-            )?;
-        }
-        if !(g.temperature.is_finite() && g.temperature > 0.0) {
-            bad_field(
-                &format!("{p}.temperature"),
-                &format!("must be positive, got {}", g.temperature),
-            )?;
-        }
-        let tr = &g.transfer;
-        if !(tr.tolerance.is_finite() && tr.tolerance > 0.0) {
-            bad_field(
-                &format!("{p}.transfer.tolerance"),
-                &format!("must be a positive number, got {}", tr.tolerance),
-            )?;
-        }
-        if tr.epochs_per_round == 0 {
-            bad_field(
-                &format!("{p}.transfer.epochs_per_round"),
-                "must be at least 1",
-            )?;
-        }
-        if let Some(b) = tr.peer_weight.fixed().filter(|b| !(0.0..=1.0).contains(b)) {
-            bad_field(
-                &format!("{p}.transfer.peer_weight"),
-                &format!("expected [0, 1] or \"auto\", got {b}"),
-            )?;
-        }
-        if let Some(t) = tr.temperature.and_then(|t| t.fixed()) {
-            if !(t.is_finite() && t > 0.0) {
-                bad_field(&format!("{p}.transfer.temperature"), "must be positive")?;
-            }
-        }
-        if g.shards && tr.peers == PeerMode::Live {
-            bad_field(&format!("{p}.transfer.peers"), "live peers need shared data: on shards each sub-model only sees its own part, so peers' predictions are taken from the previous round (stale)")?;
-        }
-        g.phase1.check(&format!("{p}.phase1"), images)?;
-        tr.train.check(&format!("{p}.transfer.train"), images)?;
         if let Some(f) = &g.final_student {
-            if !valid(&f.name)
-                || models.contains(&f.name.as_str())
-                || f.name.starts_with(&format!("{}-", g.name))
-            {
+            if models.contains(&f.name.as_str()) || f.name.starts_with(&format!("{}-", g.name)) {
                 bad_field(
                     &format!("{p}.final_student.name"),
                     &format!("'{}' is not a valid, unused model name", f.name),
                 )?;
-            }
-            f.arch.check(
-                &format!("{p}.final_student.arch"),
-                crate::models::Input::of(images, text),
-            )?;
-            f.train.check(&format!("{p}.final_student.train"), images)?;
-            if !(f.temperature.is_finite() && f.temperature > 0.0) {
-                bad_field(
-                    &format!("{p}.final_student.temperature"),
-                    "must be positive",
-                )?;
-            }
-            if !(0.0..=1.0).contains(&f.alpha) {
-                bad_field(&format!("{p}.final_student.alpha"), "expected [0, 1]")?;
             }
         }
         Ok(())
@@ -1102,15 +647,5 @@ impl ExperimentConfig {
                 f.train.epochs = f.train.epochs.min(1);
             }
         }
-    }
-}
-
-fn fmt_name(f: DataFormat) -> &'static str {
-    match f {
-        DataFormat::Idx => "idx",
-        DataFormat::Csv => "csv",
-        DataFormat::Digits => "digits",
-        DataFormat::Text => "text",
-        DataFormat::Arrays => "arrays",
     }
 }

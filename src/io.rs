@@ -7,6 +7,28 @@ use std::fs::{self, File};
 use std::io::Write;
 use std::path::Path;
 
+/// The longest name a model, teacher, stage or group may have.
+pub const MAX_NAME_LEN: usize = 64;
+
+/// The one rule for names the run folder turns into file names (`models/<name>.safetensors`,
+/// `checkpoints/<name>…`): 1 to [`MAX_NAME_LEN`] ASCII letters, digits, `-` or `_`. A group's
+/// members are named `<group>-<i>`, so a group checks the name of its last member with it too.
+pub fn check_name(field: &str, name: &str) -> Result<()> {
+    let ok = !name.is_empty()
+        && name.len() <= MAX_NAME_LEN
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+    if ok {
+        Ok(())
+    } else {
+        crate::error::bad_field(
+            field,
+            &format!("'{name}' is not a valid name (1-{MAX_NAME_LEN} letters, digits, '-' or '_')"),
+        )
+    }
+}
+
 /// Writes `bytes` to `path` atomically. On failure the previous content of `path` (if any)
 /// is untouched and the temporary file is removed.
 ///

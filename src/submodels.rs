@@ -22,7 +22,7 @@
 
 use crate::data::{self, Dataset, Splits, Targets};
 use crate::dist::{self, Comm};
-use crate::error::{Error, Result};
+use crate::error::{bad_field, Error, Result};
 use crate::eval::{self, Scores};
 use crate::losses::mutual;
 use crate::losses::SoftLoss;
@@ -208,6 +208,147 @@ pub struct SubmodelsConfig {
     /// Optionally distil the ensemble into one final student.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub final_student: Option<FinalStudentConfig>,
+}
+
+impl SubmodelsConfig {
+    /// Checks the group's own fields: its name (and the longest name it gives a member,
+    /// `<name>-ensemble`), K, how the sub-models are made (`arch` or `archs` when fresh, none
+    /// when split), the soft-target settings, phase 1, the transfer rounds and the final
+    /// student. What involves other tables — a teacher that exists and, for a split, can be
+    /// cut into K; names no other model uses — is the experiment's check, in `config`.
+    pub fn check(&self, images: bool, text: bool) -> Result<()> {
+        let g = self;
+        let p = format!("submodels.{}", g.name);
+        let input = models::Input::of(images, text);
+        crate::io::check_name("submodels.name", &g.name)?;
+        let longest = format!("{}-ensemble", g.name);
+        if longest.len() > crate::io::MAX_NAME_LEN {
+            bad_field(
+                "submodels.name",
+                &format!(
+                    "'{}' leaves no room for its members' names ('{longest}' is longer than {} characters)",
+                    g.name,
+                    crate::io::MAX_NAME_LEN
+                ),
+            )?;
+        }
+        if g.k < 2 {
+            bad_field(
+                &format!("{p}.k"),
+                &format!("needs at least 2 sub-models, got {}", g.k),
+            )?;
+        }
+        match g.init {
+            SubmodelInit::Split => {
+                if g.teacher.is_none() {
+                    bad_field(
+                        &format!("{p}.teacher"),
+                        "init = \"split\" needs the teacher to cut the sub-models from",
+                    )?;
+                }
+                if !g.archs.is_empty() {
+                    bad_field(
+                        &format!("{p}.archs"),
+                        "not used with init = \"split\" (sizes come from the teacher)",
+                    )?;
+                }
+            }
+            SubmodelInit::Fresh => match (&g.arch, g.archs.len()) {
+                (None, 0) => bad_field(
+                    &format!("{p}.arch"),
+                    "required with init = \"fresh\" (or give `archs`, one per sub-model)",
+                )?,
+                (Some(_), n) if n > 0 => bad_field(
+                    &format!("{p}.archs"),
+                    "give either `arch` or `archs`, not both",
+                )?,
+                (None, n) if n != g.k => bad_field(
+                    &format!("{p}.archs"),
+                    &format!("has {n} entries for k = {}", g.k),
+                )?,
+                _ => {}
+            },
+        }
+        if let Some(a) = &g.arch {
+            a.check(&format!("{p}.arch"), input)?;
+        }
+        for (i, a) in g.archs.iter().enumerate() {
+            a.check(&format!("{p}.archs[{i}]"), input)?;
+        }
+        if !(0.0..=1.0).contains(&g.alpha) {
+            bad_field(
+                &format!("{p}.alpha"),
+                &format!("expected [0, 1], got {}", g.alpha),
+            )?;
+        }
+        if g.alpha > 0.0 && g.teacher.is_none() {
+            bad_field(
+                &format!("{p}.alpha"),
+                "alpha > 0 mixes in a teacher's soft targets: name the teacher",
+            )?;
+        }
+        if !(g.temperature.is_finite() && g.temperature > 0.0) {
+            bad_field(
+                &format!("{p}.temperature"),
+                &format!("must be positive, got {}", g.temperature),
+            )?;
+        }
+        g.transfer
+            .check(&format!("{p}.transfer"), images, g.shards)?;
+        g.phase1.check(&format!("{p}.phase1"), images)?;
+        if let Some(f) = &g.final_student {
+            f.check(&format!("{p}.final_student"), input, images)?;
+        }
+        Ok(())
+    }
+}
+
+impl TransferConfig {
+    /// Checks the transfer rounds' settings (`shards`: the group trains on shards).
+    pub fn check(&self, p: &str, images: bool, shards: bool) -> Result<()> {
+        let tr = self;
+        if !(tr.tolerance.is_finite() && tr.tolerance > 0.0) {
+            bad_field(
+                &format!("{p}.tolerance"),
+                &format!("must be a positive number, got {}", tr.tolerance),
+            )?;
+        }
+        if tr.epochs_per_round == 0 {
+            bad_field(&format!("{p}.epochs_per_round"), "must be at least 1")?;
+        }
+        if let Some(b) = tr.peer_weight.fixed().filter(|b| !(0.0..=1.0).contains(b)) {
+            bad_field(
+                &format!("{p}.peer_weight"),
+                &format!("expected [0, 1] or \"auto\", got {b}"),
+            )?;
+        }
+        if let Some(t) = tr.temperature.and_then(|t| t.fixed()) {
+            if !(t.is_finite() && t > 0.0) {
+                bad_field(&format!("{p}.temperature"), "must be positive")?;
+            }
+        }
+        if shards && tr.peers == PeerMode::Live {
+            bad_field(&format!("{p}.peers"), "live peers need shared data: on shards each sub-model only sees its own part, so peers' predictions are taken from the previous round (stale)")?;
+        }
+        tr.train.check(&format!("{p}.train"), images)
+    }
+}
+
+impl FinalStudentConfig {
+    /// Checks the final student's own fields (that its name is unused is the experiment's
+    /// check).
+    pub fn check(&self, p: &str, input: models::Input, images: bool) -> Result<()> {
+        crate::io::check_name(&format!("{p}.name"), &self.name)?;
+        self.arch.check(&format!("{p}.arch"), input)?;
+        self.train.check(&format!("{p}.train"), images)?;
+        if !(self.temperature.is_finite() && self.temperature > 0.0) {
+            bad_field(&format!("{p}.temperature"), "must be positive")?;
+        }
+        if !(0.0..=1.0).contains(&self.alpha) {
+            bad_field(&format!("{p}.alpha"), "expected [0, 1]")?;
+        }
+        Ok(())
+    }
 }
 
 /// Default distillation temperature of a group and its final student.

@@ -240,6 +240,20 @@ fn bad_configs() {
         &format!("{base}[[model]]\nname = \"t\"\narch = {{ kind = \"mlp\", hidden = [4] }}\n"),
         &["duplicate model name"],
     );
+    // One name rule for every kind of name (models, teachers, stages, groups).
+    expect_bad_config(
+        dir,
+        "bad-stage-name",
+        &format!("{base}[[prune]]\nname = \"p 1\"\nfrom = \"t\"\nmethod = \"magnitude\"\nsparsity = 0.5\n"),
+        &["prune.name", "'p 1' is not a valid name (1-64 letters"],
+    );
+    let long = "g".repeat(60);
+    expect_bad_config(
+        dir,
+        "group-name-too-long-for-members",
+        &format!("{base}[[submodels]]\nname = \"{long}\"\nk = 2\narch = {{ kind = \"mlp\", hidden = [4] }}\n"),
+        &["submodels.name", "-ensemble' is longer than 64 characters"],
+    );
     expect_bad_config(
         dir,
         "missing-file",

@@ -423,6 +423,13 @@ fn tree_ensemble(
 
 /// The ONNX bytes of `model`.
 pub fn export(model: &AnyModel) -> Result<Vec<u8>> {
+    export_graph(model).map_err(|e| match e {
+        Error::Input(m) => Error::Input(format!("model {}: {m}", model.meta.name)),
+        e => e,
+    })
+}
+
+fn export_graph(model: &AnyModel) -> Result<Vec<u8>> {
     let meta = &model.meta;
     let spec = &meta.spec;
     let d = spec.input_dim();
@@ -660,9 +667,11 @@ fn conv_node(
             "export graph: a projection that is not a convolution".into(),
         ));
     };
-    if let Some(k) = kernel.iter().find(|&&k| k.is_multiple_of(2) && *pad > 0) {
+    if kernel.iter().any(|&k| k.is_multiple_of(2)) && *pad > 0 {
+        let k: Vec<String> = kernel.iter().map(|k| k.to_string()).collect();
         return Err(Error::Input(format!(
-            "ONNX export does not support conv layers with an even kernel ({k}): 'same' padding would be asymmetric"
+            "ONNX export does not support conv layers with an even kernel ({}): 'same' padding would be asymmetric",
+            k.join("×")
         )));
     }
     let w = weight(g, wv)?;

@@ -5,9 +5,11 @@ pub mod csv;
 pub mod idx;
 pub mod munge;
 pub mod rows;
+pub mod settings;
 pub mod text;
 pub mod wordpiece;
 pub use rows::Rows;
+pub use settings::{DataConfig, DataFormat};
 
 use crate::error::Result;
 use crate::rng::Rng;

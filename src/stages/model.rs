@@ -165,21 +165,7 @@ impl ModelConfig {
         let m = self;
         let seen = earlier;
         let p = format!("model.{}", m.name);
-        if m.name.is_empty()
-            || m.name.len() > 64
-            || !m
-                .name
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
-        {
-            bad_field(
-                "model.name",
-                &format!(
-                    "'{}' is not a valid name (1-64 letters, digits, '-' or '_')",
-                    m.name
-                ),
-            )?;
-        }
+        crate::io::check_name("model.name", &m.name)?;
         if seen.contains(&m.name.as_str()) {
             bad_field(&format!("{p}.name"), "duplicate model name")?;
         }

@@ -6,7 +6,7 @@ use super::Stage;
 use crate::compress::prune::{self, GradualPruning, Masks};
 use crate::compress::{AnyModel, StageRecord, StageScores};
 use crate::data::Splits;
-use crate::error::{Error, Result};
+use crate::error::{bad_field, Error, Result};
 use crate::eval;
 
 use crate::store::RunStore;
@@ -78,6 +78,65 @@ pub struct PruneConfig {
     /// Fine-tuning after pruning (distillation-aware when it names a teacher).
     #[serde(default)]
     pub recover: Option<RecoverConfig>,
+}
+
+impl RecoverConfig {
+    /// Checks the table's own fields (that its teacher is an earlier model is the
+    /// experiment's check, in `config`).
+    pub fn check(&self, p: &str, images: bool) -> Result<()> {
+        if !(self.temperature.is_finite() && self.temperature > 0.0) {
+            bad_field(&format!("{p}.temperature"), "must be positive")?;
+        }
+        if !(0.0..=1.0).contains(&self.alpha) {
+            bad_field(&format!("{p}.alpha"), "expected [0, 1]")?;
+        }
+        self.train.check(&format!("{p}.train"), images)
+    }
+}
+
+impl PruneConfig {
+    /// Checks the table's own fields: the name, the sparsity, the ramp against the
+    /// fine-tuning's epochs, the fine-tuning table. Whether `from` names an earlier model and
+    /// whether that model's family can be cut are the experiment's checks, in `config`.
+    pub fn check(&self, images: bool) -> Result<()> {
+        let p = format!("prune.{}", self.name);
+        crate::io::check_name("prune.name", &self.name)?;
+        if !(self.sparsity.is_finite() && (0.0..1.0).contains(&self.sparsity)) {
+            bad_field(
+                &format!("{p}.sparsity"),
+                &format!("expected a fraction in [0, 1), got {}", self.sparsity),
+            )?;
+        }
+        if self.rank_samples == 0 {
+            bad_field(&format!("{p}.rank_samples"), "must be at least 1")?;
+        }
+        if let Some(r) = &self.recover {
+            r.check(&format!("{p}.recover"), images)?;
+            if let Some(e) = self.ramp_epochs {
+                if e == 0 || e > r.train.epochs {
+                    bad_field(
+                        &format!("{p}.ramp_epochs"),
+                        &format!(
+                            "expected 1 ≤ ramp_epochs ≤ recover.train.epochs ({}), got {e}",
+                            r.train.epochs
+                        ),
+                    )?;
+                }
+            }
+        } else if self.ramp_epochs.is_some() {
+            bad_field(
+                &format!("{p}.ramp_epochs"),
+                "gradual pruning needs a [prune.recover] fine-tuning table",
+            )?;
+        }
+        if self.method == PruneMethod::Structured && self.ramp_epochs.is_some() {
+            bad_field(
+                &format!("{p}.ramp_epochs"),
+                "only for method = \"magnitude\" (structured pruning removes units at once)",
+            )?;
+        }
+        Ok(())
+    }
 }
 
 fn default_scope() -> crate::compress::prune::Scope {

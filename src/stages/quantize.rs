@@ -6,7 +6,7 @@ use super::prune::{recover_objective, sample_rows, test_scores, RecoverConfig};
 use super::Stage;
 use crate::compress::quant::{self, Precision};
 use crate::compress::{self, AnyModel, Body, StageRecord};
-use crate::error::{Error, Result};
+use crate::error::{bad_field, Error, Result};
 use crate::store::RunStore;
 use crate::train::{self, TrainJob};
 use serde::{Deserialize, Serialize};
@@ -37,6 +37,50 @@ pub struct QuantizeConfig {
     /// Quantization-aware fine-tuning (int8) before conversion.
     #[serde(default)]
     pub qat: Option<RecoverConfig>,
+}
+
+impl QuantizeConfig {
+    /// Checks the table's own fields: the name, a precision other than f32, the calibration
+    /// settings, quantization-aware training only for int8. Whether `from` names an earlier
+    /// float model and whether its family supports the precision are the experiment's checks.
+    pub fn check(&self, images: bool) -> Result<()> {
+        let p = format!("quantize.{}", self.name);
+        crate::io::check_name("quantize.name", &self.name)?;
+        if self.precision == Precision::F32 {
+            bad_field(
+                &format!("{p}.precision"),
+                "expected \"int8\", \"int8-weights\", \"int4-weights\" or \"bf16\"",
+            )?;
+        }
+        if self.calibration_samples == 0 {
+            bad_field(
+                &format!("{p}.calibration_samples"),
+                "the calibration set must hold at least 1 sample",
+            )?;
+        }
+        if !(self.percentile > 50.0 && self.percentile <= 100.0) {
+            bad_field(
+                &format!("{p}.percentile"),
+                &format!(
+                    "expected a percentile in (50, 100], got {}",
+                    self.percentile
+                ),
+            )?;
+        }
+        if self.group_size == 0 {
+            bad_field(&format!("{p}.group_size"), "must be at least 1")?;
+        }
+        if let Some(q) = &self.qat {
+            if self.precision != Precision::Int8 {
+                bad_field(
+                    &format!("{p}.qat"),
+                    "quantization-aware training is for precision = \"int8\"",
+                )?;
+            }
+            q.check(&format!("{p}.qat"), images)?;
+        }
+        Ok(())
+    }
 }
 
 fn default_percentile() -> f64 {
