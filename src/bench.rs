@@ -8,10 +8,8 @@
 use crate::config::{Arch, TrainConfig};
 use crate::error::{Error, Result};
 use crate::eval::median;
-use crate::losses;
-use crate::models::{self, Mode, Model, ModelSpec};
+use crate::models::{self, Model, ModelSpec};
 use crate::rng::Rng;
-use crate::train::optim::Optimizer;
 use candle_core::{Device, Tensor};
 use serde::Serialize;
 use std::path::Path;
@@ -608,67 +606,60 @@ fn train_workload(
         lr: 1e-3,
         ..TrainConfig::default()
     };
-    let sizes: Vec<usize> = model.params.iter().map(|(_, v)| v.elem_count()).collect();
-    let mut opt = Optimizer::new(&cfg, &sizes);
     // A pool of 8 synthetic batches, cycled, so data generation is not timed.
-    let pool: Vec<(Tensor, Tensor, Vec<f32>)> = (0..8)
-        .map(|_| -> Result<_> {
+    // Inputs, labels and the one soft term's targets.
+    type Batch = (Vec<f32>, Vec<u32>, Vec<Vec<f32>>);
+    let pool: Vec<Batch> = (0..8)
+        .map(|_| {
             let x: Vec<f32> = (0..batch * d).map(|_| rng.uniform()).collect();
             let y: Vec<u32> = (0..batch).map(|_| rng.below(10) as u32).collect();
             let t: Vec<f32> = (0..batch * 10)
                 .map(|_| rng.uniform_range(-3.0, 3.0))
                 .collect();
-            Ok((
-                Tensor::from_vec(x, (batch, d), &Device::Cpu)?,
-                Tensor::from_vec(y, batch, &Device::Cpu)?,
-                t,
-            ))
+            (x, y, vec![t])
         })
-        .collect::<Result<_>>()?;
+        .collect();
     let mut phases = [Vec::new(), Vec::new(), Vec::new()];
-    // The training loop's own step: the autograd-free path for MLPs, candle autograd otherwise.
-    let fast_path = crate::models::fused::eligible(&model);
-    let host: Vec<(Vec<f32>, Vec<u32>)> = pool
-        .iter()
-        .map(|(x, y, _)| -> Result<_> {
-            Ok((x.flatten_all()?.to_vec1::<f32>()?, y.to_vec1::<u32>()?))
-        })
-        .collect::<Result<_>>()?;
-    let mut ws = crate::models::fused::Workspace::with_precision(precision);
+    // The training loop's own step (`train::Stepper`): the fused path where the family has
+    // one, candle autograd otherwise.
+    let cfg = TrainConfig { precision, ..cfg };
+    let none = crate::data::Dataset::new(
+        Vec::new(),
+        vec![d],
+        crate::data::Targets::Values(Vec::new()),
+    );
+    let mut stepper = crate::train::Stepper::new(
+        &model,
+        crate::train::TrainJob {
+            name,
+            cfg: &cfg,
+            train: &none,
+            val: &none,
+            objective: crate::train::Objective {
+                label_weight: 0.1,
+                soft: vec![crate::train::SoftTerm {
+                    signal: crate::train::TeacherSignal::Cached(Vec::new().into()),
+                    temperature: 4.0,
+                    weight: 0.9,
+                    loss: crate::losses::SoftLoss::Kd,
+                }],
+                hint: None,
+                val_targets: None,
+            },
+            fill: 0.0,
+            checkpoint: None,
+            seed: 1,
+            progress: crate::progress::Progress::Quiet,
+            hooks: Vec::new(),
+        },
+    )?;
+    let mut step_rng = Rng::new(2);
     let mut step = |i: usize, phases: &mut [Vec<f64>; 3]| -> Result<()> {
         let (x, y, t) = &pool[i % pool.len()];
-        let t0 = Instant::now();
-        if fast_path {
-            use crate::train::objective::{BatchLabels, SoftBatch};
-            let (xh, yh) = &host[i % host.len()];
-            ws.forward(&model, xh, batch, None)?;
-            let soft = [SoftBatch {
-                targets: t,
-                temperature: 4.0,
-                weight: 0.9,
-                loss: crate::losses::SoftLoss::Kd,
-            }];
-            ws.loss_and_grad(&BatchLabels::Classes(yh), 0.1, &soft, 10)?;
-            let t1 = Instant::now();
-            ws.backward(&model, batch)?;
-            let t2 = Instant::now();
-            opt.step_slices(&model, &ws.grads, 1e-3)?;
-            let t3 = Instant::now();
-            phases[0].push((t1 - t0).as_secs_f64() * 1e3);
-            phases[1].push((t2 - t1).as_secs_f64() * 1e3);
-            phases[2].push((t3 - t2).as_secs_f64() * 1e3);
-            return Ok(());
+        let (_, secs) = stepper.step(x, y, t, 1e-3, &mut step_rng)?;
+        for (p, s) in phases.iter_mut().zip(secs) {
+            p.push(s * 1e3);
         }
-        let logits = model.forward(x, Mode::Eval)?;
-        let loss = losses::kd_loss_classification(&logits, t, y, 4.0, 0.9)?;
-        let t1 = Instant::now();
-        let grads = loss.backward()?;
-        let t2 = Instant::now();
-        opt.step(&model, &grads, 1e-3)?;
-        let t3 = Instant::now();
-        phases[0].push((t1 - t0).as_secs_f64() * 1e3);
-        phases[1].push((t2 - t1).as_secs_f64() * 1e3);
-        phases[2].push((t3 - t2).as_secs_f64() * 1e3);
         Ok(())
     };
     let mut i = 0;
@@ -688,7 +679,7 @@ fn train_workload(
     if breakdown {
         let [f, b, o] = &mut phases;
         eprintln!(
-            "{name}: median per step: forward+loss {:.2} ms, backward {:.2} ms, optimizer {:.2} ms",
+            "{name}: median per step: forward {:.2} ms, loss and backward {:.2} ms, optimizer {:.2} ms",
             median(f),
             median(b),
             median(o)

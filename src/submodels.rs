@@ -31,7 +31,7 @@ use crate::models::{self, Model, ModelSpec};
 use crate::progress::Progress;
 use crate::rng::Rng;
 use crate::train::{self, Objective, SoftTerm, TeacherSignal, TrainJob, TrainRecord};
-use crate::train::{TrainConfig, Tunable};
+use crate::train::{TrainConfig, Trial, Tunable};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::path::Path;
@@ -113,26 +113,15 @@ pub const TRIAL_ROUNDS: usize = 2;
 pub struct GroupAuto {
     /// Rounds in each trial.
     pub trial_rounds: usize,
-    /// Each candidate's best ensemble validation figures over its rounds; β = 0 is phase 1.
-    pub trials: Vec<GroupTrial>,
+    /// Each candidate's best ensemble validation figures over its rounds (the trial's weight
+    /// is β); β = 0 is phase 1.
+    pub trials: Vec<Trial>,
     /// The chosen peer weight (0: no transfer).
     pub peer_weight: f32,
     /// The chosen peer temperature.
     pub temperature: f32,
 }
 
-/// One candidate of a group's `"auto"`.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct GroupTrial {
-    /// β.
-    pub peer_weight: f32,
-    /// T.
-    pub temperature: f32,
-    /// Best ensemble validation accuracy over the trial's rounds (classification).
-    pub ensemble_val_accuracy: Option<f64>,
-    /// Its ensemble validation loss.
-    pub ensemble_val_loss: f64,
-}
 fn default_peer_mode() -> PeerMode {
     PeerMode::Auto
 }
@@ -772,44 +761,69 @@ fn load_state(path: &Path, members: &[Model]) -> Result<(RoundState, Vec<Vec<Vec
 /// round. Resumes from `checkpoints/<group>.rounds.safetensors` (and phase-1 epoch checkpoints).
 pub fn run_group(job: GroupJob) -> Result<GroupOutcome> {
     let g = job.cfg;
-    let s = job.splits;
-    let regression = matches!(s.train.targets, Targets::Values(_));
-    let outputs = s.train.outputs();
-    let ckdir = job.out.join("checkpoints");
-    let state_path = ckdir.join(format!("{}.rounds.safetensors", g.name));
-    let peer_t = match g.transfer.temperature {
-        Some(Tunable::Fixed(t)) => t,
-        _ => g.temperature,
-    };
-    let live = match g.transfer.peers {
-        PeerMode::Live => true,
-        PeerMode::Stale => false,
-        PeerMode::Auto => !g.shards,
-    };
-    let started = Instant::now();
     let comm = dist::world();
-    if comm.size() > 1 {
-        let idle = comm.size().saturating_sub(g.k);
-        job.progress.say(&format!(
-            "{}: {} sub-models on {} ranks (sub-model i on rank i mod {}){}",
-            g.name,
-            g.k,
-            comm.size(),
-            comm.size(),
-            if idle > 0 {
-                format!(
-                    "; ranks {}–{} hold none: they take part in the exchanges and wait for the group to finish",
-                    g.k,
-                    comm.size() - 1
-                )
-            } else {
-                String::new()
-            }
-        ));
-    }
+    announce_ranks(&job, comm);
+    let (members, kept) = form_members(&job)?;
+    let (data, warnings) = member_data(&job)?;
+    let teacher_out = teacher_targets(&job);
+    let ckdir = job.out.join("checkpoints");
+    let run = GroupRun {
+        g,
+        s: job.splits,
+        job: &job,
+        comm,
+        members,
+        data,
+        teacher_out,
+        live: match g.transfer.peers {
+            PeerMode::Live => true,
+            PeerMode::Stale => false,
+            PeerMode::Auto => !g.shards,
+        },
+        regression: matches!(job.splits.train.targets, Targets::Values(_)),
+        outputs: job.splits.train.outputs(),
+        state_path: ckdir.join(format!("{}.rounds.safetensors", g.name)),
+        ckdir,
+        started: Instant::now(),
+    };
+    let mut state = match run.resume()? {
+        Some(state) => state,
+        None => run.phase_one(kept, warnings)?,
+    };
+    let (beta, peer_t) = run.transfer_settings(&mut state)?;
+    run.rounds(&mut state, beta, peer_t)?;
+    run.finish(state)
+}
 
-    // Form the sub-models.
-    let (members, kept): (Vec<Model>, Option<Vec<f64>>) = match g.init {
+/// Says how the sub-models are spread over the ranks of an MPI job.
+fn announce_ranks(job: &GroupJob, comm: &dyn Comm) {
+    let g = job.cfg;
+    if comm.size() == 1 {
+        return;
+    }
+    let idle = comm.size().saturating_sub(g.k);
+    job.progress.say(&format!(
+        "{}: {} sub-models on {} ranks (sub-model i on rank i mod {}){}",
+        g.name,
+        g.k,
+        comm.size(),
+        comm.size(),
+        if idle > 0 {
+            format!(
+                "; ranks {}–{} hold none: they take part in the exchanges and wait for the group to finish",
+                g.k,
+                comm.size() - 1
+            )
+        } else {
+            String::new()
+        }
+    ));
+}
+
+/// The K sub-models: cut from the teacher (with the weight mass each keeps), or new.
+fn form_members(job: &GroupJob) -> Result<(Vec<Model>, Option<Vec<f64>>)> {
+    let (g, s) = (job.cfg, job.splits);
+    Ok(match g.init {
         SubmodelInit::Split => {
             let t = job.teacher.ok_or_else(|| {
                 Error::Input(format!(
@@ -833,91 +847,169 @@ pub fn run_group(job: GroupJob) -> Result<GroupOutcome> {
                 let spec = ModelSpec {
                     arch,
                     input_shape: s.train.shape.clone(),
-                    outputs,
+                    outputs: s.train.outputs(),
                 };
                 let mut rng = Rng::derive(job.seed, &format!("init/{}", member_name(&g.name, i)));
                 v.push(Model::new(spec, &mut rng)?);
             }
             (v, None)
         }
-    };
+    })
+}
 
-    // Each sub-model's data.
+/// Each sub-model's training data: its own shard, or (one copy of) the whole training split;
+/// and a warning for every shard that misses a class.
+fn member_data(job: &GroupJob) -> Result<(Vec<Dataset>, Vec<String>)> {
+    let (g, s) = (job.cfg, job.splits);
     let n = s.train.len();
-    if g.shards && g.k > n {
+    if !g.shards {
+        return Ok((vec![s.train.clone()], Vec::new()));
+    }
+    if g.k > n {
         return Err(Error::Input(format!(
             "submodels.{}.k: {} shards of {n} training samples would leave shards empty",
             g.name, g.k
         )));
     }
     let mut warnings = Vec::new();
-    let sh = data::shards(n, g.k, job.seed);
-    let data: Vec<Dataset> = if g.shards {
-        let sets: Vec<Dataset> = sh.iter().map(|idx| s.train.subset(idx)).collect();
-        if let Targets::Classes { names, .. } = &s.train.targets {
-            for (i, d) in sets.iter().enumerate() {
-                let labels = d.labels().unwrap_or(&[]);
-                let missing: Vec<&str> = (0..names.len())
-                    .filter(|c| !labels.contains(&(*c as u32)))
-                    .map(|c| names[c].as_str())
-                    .collect();
-                if !missing.is_empty() {
-                    let w = format!(
-                        "submodels.{}: shard {} ({} samples) holds no sample of class {}",
-                        g.name,
-                        i + 1,
-                        d.len(),
-                        missing.join(", ")
-                    );
-                    job.progress.say(&format!("warning: {w}"));
-                    warnings.push(w);
-                }
+    let sets: Vec<Dataset> = data::shards(n, g.k, job.seed)
+        .iter()
+        .map(|idx| s.train.subset(idx))
+        .collect();
+    if let Targets::Classes { names, .. } = &s.train.targets {
+        for (i, d) in sets.iter().enumerate() {
+            let labels = d.labels().unwrap_or(&[]);
+            let missing: Vec<&str> = (0..names.len())
+                .filter(|c| !labels.contains(&(*c as u32)))
+                .map(|c| names[c].as_str())
+                .collect();
+            if !missing.is_empty() {
+                let w = format!(
+                    "submodels.{}: shard {} ({} samples) holds no sample of class {}",
+                    g.name,
+                    i + 1,
+                    d.len(),
+                    missing.join(", ")
+                );
+                job.progress.say(&format!("warning: {w}"));
+                warnings.push(w);
             }
         }
-        sets
-    } else {
-        vec![s.train.clone(); 1]
-    };
-    let data_of = |i: usize| if g.shards { &data[i] } else { &data[0] };
-    // Each sub-model's teacher targets: the teacher's training-split outputs, restricted to
-    // its shard.
-    let outputs = s.train.outputs();
-    let teacher_out: Vec<Option<crate::teachers::Rows>> = (0..g.k)
-        .map(|i| match &job.teacher_outputs {
-            Some(all) if g.alpha > 0.0 => Some(if g.shards {
+    }
+    Ok((sets, warnings))
+}
+
+/// Each sub-model's teacher targets (when the group distils a teacher, α > 0): the teacher's
+/// training-split outputs, restricted to its shard.
+fn teacher_targets(job: &GroupJob) -> Vec<Option<crate::teachers::Rows>> {
+    let g = job.cfg;
+    let outputs = job.splits.train.outputs();
+    let shards = g
+        .shards
+        .then(|| data::shards(job.splits.train.len(), g.k, job.seed));
+    (0..g.k)
+        .map(|i| match (&job.teacher_outputs, &shards) {
+            (Some(all), Some(sh)) if g.alpha > 0.0 => Some(
                 sh[i]
                     .iter()
                     .flat_map(|&r| all[r * outputs..(r + 1) * outputs].iter().copied())
                     .collect::<Vec<f32>>()
-                    .into()
-            } else {
-                all.clone()
-            }),
+                    .into(),
+            ),
+            (Some(all), None) if g.alpha > 0.0 => Some(all.clone()),
             _ => None,
         })
-        .collect();
+        .collect()
+}
 
-    let mut record: GroupRecord;
-    let mut base_seconds = 0.0;
-    let mut best: Vec<Vec<Vec<f32>>>;
-    let mut best_round;
-    let start_round;
-    if state_path.exists() {
-        let (st, b) = load_state(&state_path, &members)?;
-        job.progress.say(&format!(
+/// A group in progress: its settings and data, its members, where its state is kept.
+struct GroupRun<'a, 'j> {
+    g: &'a SubmodelsConfig,
+    s: &'a Splits,
+    job: &'j GroupJob<'a>,
+    comm: &'static dyn Comm,
+    members: Vec<Model>,
+    /// One set per sub-model (shards), or one shared set.
+    data: Vec<Dataset>,
+    teacher_out: Vec<Option<crate::teachers::Rows>>,
+    /// Peers' predictions on every shared batch (deep mutual learning) rather than from the
+    /// previous round's end (codistillation).
+    live: bool,
+    regression: bool,
+    outputs: usize,
+    ckdir: std::path::PathBuf,
+    state_path: std::path::PathBuf,
+    started: Instant,
+}
+
+/// Where a group stands: its record, the kept round's weights, and the next round.
+struct GroupState {
+    record: GroupRecord,
+    best: Vec<Vec<Vec<f32>>>,
+    best_round: usize,
+    next_round: usize,
+    /// Seconds of earlier sessions (a resumed run).
+    base_seconds: f64,
+    /// Why the rounds stop, once they should.
+    stop: bool,
+}
+
+impl GroupRun<'_, '_> {
+    fn data_of(&self, i: usize) -> &Dataset {
+        if self.g.shards {
+            &self.data[i]
+        } else {
+            &self.data[0]
+        }
+    }
+
+    fn mine(&self, i: usize) -> bool {
+        dist::owner(i, self.comm.size()) == self.comm.rank()
+    }
+
+    /// The state saved after the last completed round, if this run was interrupted.
+    fn resume(&self) -> Result<Option<GroupState>> {
+        if !self.state_path.exists() {
+            return Ok(None);
+        }
+        let (st, best) = load_state(&self.state_path, &self.members)?;
+        self.job.progress.say(&format!(
             "{}: resuming after transfer round {}",
-            g.name, st.round
+            self.g.name, st.round
         ));
-        record = st.record;
-        base_seconds = record.seconds;
-        best = b;
-        best_round = st.best_round;
-        start_round = st.round + 1;
-    } else {
-        // Phase 1: each sub-model on its owner rank (every one, in one process).
+        let mut state = GroupState {
+            base_seconds: st.record.seconds,
+            record: st.record,
+            best,
+            best_round: st.best_round,
+            next_round: st.round + 1,
+            stop: false,
+        };
+        self.check_converged(&mut state);
+        Ok(Some(state))
+    }
+
+    /// A resumed group whose last round already agreed within the tolerance stops there.
+    fn check_converged(&self, state: &mut GroupState) {
+        let tol = self.g.transfer.tolerance;
+        if let Some(r) = state.record.rounds.last() {
+            if r.round > 0 && r.disagreement < tol {
+                state.stop = true;
+                state.record.stop_reason = format!(
+                    "disagreement {:.3e} fell below the tolerance {tol:.1e}",
+                    r.disagreement
+                );
+            }
+        }
+    }
+
+    /// Phase 1: each sub-model on its owner rank (every one, in one process), on labels and
+    /// the teacher's soft targets; then round 0 measured and saved.
+    fn phase_one(&self, kept: Option<Vec<f64>>, warnings: Vec<String>) -> Result<GroupState> {
+        let (g, s, job, comm) = (self.g, self.s, self.job, self.comm);
         let mut phase1: Vec<Option<TrainRecord>> = vec![None; g.k];
-        for (i, m) in members.iter().enumerate() {
-            if dist::owner(i, comm.size()) != comm.rank() {
+        for (i, m) in self.members.iter().enumerate() {
+            if !self.mine(i) {
                 continue;
             }
             dist::fault_point("phase1")?;
@@ -925,10 +1017,10 @@ pub fn run_group(job: GroupJob) -> Result<GroupOutcome> {
             job.progress.say(&format!(
                 "{name}: phase 1, {} on {} samples{}",
                 m.spec.describe(),
-                data_of(i).len(),
+                self.data_of(i).len(),
                 if g.shards { " (its own shard)" } else { "" }
             ));
-            let objective = match &teacher_out[i] {
+            let objective = match &self.teacher_out[i] {
                 Some(t) => {
                     Objective::hinton(TeacherSignal::Cached(t.clone()), g.temperature, g.alpha)
                 }
@@ -940,11 +1032,13 @@ pub fn run_group(job: GroupJob) -> Result<GroupOutcome> {
                     TrainJob {
                         name: &name,
                         cfg: &g.phase1,
-                        train: data_of(i),
+                        train: self.data_of(i),
                         val: &s.val,
                         objective,
                         fill: s.normalizer.zero_value(),
-                        checkpoint: Some(ckdir.join(format!("{name}.phase1.ckpt.safetensors"))),
+                        checkpoint: Some(
+                            self.ckdir.join(format!("{name}.phase1.ckpt.safetensors")),
+                        ),
                         seed: job.seed,
                         progress: job.progress,
                         hooks: Vec::new(),
@@ -953,31 +1047,31 @@ pub fn run_group(job: GroupJob) -> Result<GroupOutcome> {
             })?;
             phase1[i] = Some(rec);
         }
-        sync_members(comm, &members, Some(&mut phase1))?;
+        sync_members(comm, &self.members, Some(&mut phase1))?;
         let phase1: Vec<TrainRecord> = phase1.into_iter().flatten().collect();
         let (_, phase1_test, phase1_ensemble_test) = member_scores(
             comm,
-            &members,
+            &self.members,
             &s.test,
             s.target_scale.as_ref(),
-            regression,
+            self.regression,
             true,
         )?;
-        let (dis, sc, es) = measure(comm, &members, &s.val, peer_t, regression)?;
+        let (dis, sc, es) = measure(comm, &self.members, &s.val, self.peer_t(), self.regression)?;
         let r0 = round_record(&g.name, 0, dis, &sc, &es, 0.0);
         job.progress.say(&round_line(&r0));
-        record = GroupRecord {
+        let record = GroupRecord {
             name: g.name.clone(),
             k: g.k,
             init: g.init,
             shards: g.shards,
-            peers: if live {
+            peers: if self.live {
                 "live (deep mutual learning)"
             } else {
                 "stale (codistillation)"
             }
             .into(),
-            shard_sizes: (0..g.k).map(|i| data_of(i).len()).collect(),
+            shard_sizes: (0..g.k).map(|i| self.data_of(i).len()).collect(),
             weight_mass_kept: kept,
             phase1,
             phase1_test,
@@ -990,81 +1084,303 @@ pub fn run_group(job: GroupJob) -> Result<GroupOutcome> {
             auto: None,
             seconds: 0.0,
         };
-        best = members.iter().map(|m| m.weights()).collect::<Result<_>>()?;
-        best_round = 0;
-        start_round = 1;
-        record.seconds = base_seconds + started.elapsed().as_secs_f64();
-        let st = RoundState {
-            kind: "rounds".into(),
-            group: g.name.clone(),
-            round: 0,
-            best_round,
-            record: record.clone(),
+        let mut state = GroupState {
+            record,
+            best: self.weights()?,
+            best_round: 0,
+            next_round: 1,
+            base_seconds: 0.0,
+            stop: false,
         };
-        save_state(&state_path, &members, &best, &st)?;
+        self.save(&mut state, 0)?;
         for i in 0..g.k {
-            let _ = std::fs::remove_file(ckdir.join(format!(
+            let _ = std::fs::remove_file(self.ckdir.join(format!(
                 "{}.phase1.ckpt.safetensors",
                 member_name(&g.name, i)
             )));
         }
+        Ok(state)
     }
 
-    // Phase 2: transfer rounds.
-    let last = record.rounds.last().cloned();
-    let mut stop = last
-        .as_ref()
-        .map(|r| r.disagreement < g.transfer.tolerance && r.round > 0)
-        .unwrap_or(false);
-    if stop {
-        record.stop_reason = format!(
-            "disagreement {:.3e} fell below the tolerance {:.1e}",
-            last.as_ref().map(|r| r.disagreement).unwrap_or(0.0),
-            g.transfer.tolerance
-        );
+    /// The peer temperature as configured (a number, or the group's temperature).
+    fn peer_t(&self) -> f32 {
+        match self.g.transfer.temperature {
+            Some(Tunable::Fixed(t)) => t,
+            _ => self.g.temperature,
+        }
     }
-    // One transfer round of every sub-model with peer weight `beta` and temperature `peer_t`;
-    // `tag` keeps a trial's random streams apart from the run's own rounds.
-    let run_round = |beta: f32, peer_t: f32, round: usize, tag: &str| -> Result<()> {
+
+    fn weights(&self) -> Result<Vec<Vec<Vec<f32>>>> {
+        self.members.iter().map(|m| m.weights()).collect()
+    }
+
+    fn set_weights(&self, w: &[Vec<Vec<f32>>]) -> Result<()> {
+        for (m, w) in self.members.iter().zip(w) {
+            m.set_weights(w)?;
+        }
+        Ok(())
+    }
+
+    /// Saves the state after `round` (atomically), with the time spent so far.
+    fn save(&self, state: &mut GroupState, round: usize) -> Result<()> {
+        state.record.seconds = state.base_seconds + self.started.elapsed().as_secs_f64();
+        let st = RoundState {
+            kind: "rounds".into(),
+            group: self.g.name.clone(),
+            round,
+            best_round: state.best_round,
+            record: state.record.clone(),
+        };
+        save_state(&self.state_path, &self.members, &state.best, &st)
+    }
+
+    /// β and T of the peer term: as given, chosen by an earlier session (resumed), or chosen
+    /// now by the grid search (`train::grid`) — short trials of a few rounds from the phase-1
+    /// state, β = 0 (no transfer) being phase 1 itself.
+    fn transfer_settings(&self, state: &mut GroupState) -> Result<(f32, f32)> {
+        let (g, s) = (self.g, self.s);
+        let axes = train::grid::Axes {
+            weight: g.transfer.peer_weight,
+            weights: &PEER_WEIGHTS,
+            temperature: g.transfer.temperature,
+            temperatures: &PEER_TEMPERATURES,
+            default_temperature: self.peer_t(),
+            regression: self.regression,
+            with_baseline: true,
+        };
+        let (beta, peer_t) = if !axes.is_auto() {
+            (g.transfer.peer_weight.fixed().unwrap_or(0.5), self.peer_t())
+        } else if let Some(a) = &state.record.auto {
+            (a.peer_weight, a.temperature)
+        } else {
+            if s.val.is_empty() {
+                return Err(Error::Input(format!(
+                    "submodels.{}.transfer: \"auto\" chooses on the validation split, and this run has none (set data.val_fraction > 0)",
+                    g.name
+                )));
+            }
+            let auto = self.search(&axes, &state.record.rounds[0])?;
+            let chosen = (auto.peer_weight, auto.temperature);
+            state.record.auto = Some(auto);
+            // Saved before any round, so a resumed run reads the choice instead of trying again.
+            let round = state.next_round - 1;
+            self.save(state, round)?;
+            chosen
+        };
+        if beta == 0.0 && !state.stop {
+            state.stop = true;
+            state.record.stop_reason =
+                "\"auto\" chose no transfer (β = 0): no trial round beat phase 1 on validation"
+                    .into();
+        }
+        Ok((beta, peer_t))
+    }
+
+    /// The grid search of a group's transfer: each candidate's best ensemble validation
+    /// figures over a few rounds from the phase-1 state; the members are back at phase 1
+    /// afterwards.
+    fn search(&self, axes: &train::grid::Axes, r0: &RoundRecord) -> Result<GroupAuto> {
+        let (g, job) = (self.g, self.job);
+        let trial_rounds = TRIAL_ROUNDS.min(g.transfer.rounds);
+        let phase1 = self.weights()?;
+        let candidates = axes.candidates();
+        job.progress.say(&format!(
+            "{}: choosing the transfer's {} on validation: {} trials of {trial_rounds} round(s) from phase 1",
+            g.name,
+            if g.transfer.temperature == Some(Tunable::Auto) && !self.regression {
+                "β and T"
+            } else {
+                "β"
+            },
+            candidates.len() - 1
+        ));
+        let mut trials = Vec::new();
+        for (b, t) in candidates {
+            if b == 0.0 {
+                trials.push(round_trial(0.0, t, r0));
+                continue;
+            }
+            if trial_rounds == 0 {
+                continue;
+            }
+            self.set_weights(&phase1)?;
+            let mut best: Option<Trial> = None;
+            for r in 1..=trial_rounds {
+                self.transfer_round(b, t, r, &format!("/trial-b{b}-t{t}"))?;
+                let (dis, sc, es) =
+                    measure(self.comm, &self.members, &self.s.val, t, self.regression)?;
+                let tr = round_trial(b, t, &round_record(&g.name, r, dis, &sc, &es, 0.0));
+                if best.as_ref().is_none_or(|x| tr.beats(x)) {
+                    best = Some(tr);
+                }
+            }
+            let Some(best) = best else { continue };
+            job.progress.say(&format!(
+                "{}: trial β = {b}{}: ensemble {}",
+                g.name,
+                if self.regression {
+                    String::new()
+                } else {
+                    format!(", T = {t}")
+                },
+                best.line()
+            ));
+            trials.push(best);
+        }
+        self.set_weights(&phase1)?;
+        let chosen = Trial::best(&trials)
+            .cloned()
+            .ok_or_else(|| Error::Other("empty grid".into()))?;
+        let (cb, ct) = (chosen.weight, chosen.temperature);
+        job.progress.say(&format!(
+            "{}: chose β = {cb}{}",
+            g.name,
+            if cb == 0.0 {
+                " (no transfer: no trial beat phase 1 on validation)".to_string()
+            } else if self.regression {
+                String::new()
+            } else {
+                format!(", T = {ct}")
+            }
+        ));
+        Ok(GroupAuto {
+            trial_rounds,
+            trials,
+            peer_weight: cb,
+            temperature: ct,
+        })
+    }
+
+    /// Phase 2: transfer rounds until the members agree within the tolerance or the rounds
+    /// run out; the round with the best ensemble on validation is kept.
+    fn rounds(&self, state: &mut GroupState, beta: f32, peer_t: f32) -> Result<()> {
+        let g = self.g;
+        let mut round = state.next_round;
+        while !state.stop && round <= g.transfer.rounds {
+            let t0 = Instant::now();
+            let sent0 = dist::bytes_sent();
+            dist::fault_point(&format!("round{round}"))?;
+            self.transfer_round(beta, peer_t, round, "")?;
+            let (dis, sc, es) = measure(
+                self.comm,
+                &self.members,
+                &self.s.val,
+                peer_t,
+                self.regression,
+            )?;
+            let mut rr = round_record(&g.name, round, dis, &sc, &es, t0.elapsed().as_secs_f64());
+            rr.bytes_sent = dist::bytes_sent() - sent0;
+            self.job.progress.say(&round_line(&rr));
+            if better(&rr, &state.record.rounds[state.best_round]) {
+                state.best_round = round;
+                state.best = self.weights()?;
+            }
+            state.record.rounds.push(rr);
+            if dis < g.transfer.tolerance {
+                state.stop = true;
+                state.record.stop_reason = format!(
+                    "disagreement {dis:.3e} fell below the tolerance {:.1e} after round {round}",
+                    g.transfer.tolerance
+                );
+            }
+            self.save(state, round)?;
+            round += 1;
+        }
+        Ok(())
+    }
+
+    /// The kept round's weights and the record's last words.
+    fn finish(self, mut state: GroupState) -> Result<GroupOutcome> {
+        let g = self.g;
+        let record = &mut state.record;
+        if record.stop_reason.is_empty() {
+            record.stop_reason = format!(
+                "reached the maximum of {} rounds (disagreement {:.3e}, tolerance {:.1e})",
+                g.transfer.rounds,
+                record.rounds.last().map(|r| r.disagreement).unwrap_or(0.0),
+                g.transfer.tolerance
+            );
+        }
+        record.seconds = state.base_seconds + self.started.elapsed().as_secs_f64();
+        let best_round = state.best_round;
+        let b = &record.rounds[best_round];
+        record.chosen_round = best_round;
+        record.chosen_reason = match b.ensemble_val_accuracy {
+            Some(a) => format!("round {best_round} had the highest ensemble validation accuracy ({:.2}%, ties broken by lower validation loss {:.4}); later rounds did not improve it", 100.0 * a, b.ensemble_val_loss),
+            None => format!("round {best_round} had the lowest ensemble validation loss ({:.4})", b.ensemble_val_loss),
+        };
+        self.set_weights(&state.best)?;
+        let named = self
+            .members
+            .into_iter()
+            .enumerate()
+            .map(|(i, m)| (member_name(&g.name, i), m))
+            .collect();
+        Ok(GroupOutcome {
+            members: named,
+            record: state.record,
+        })
+    }
+
+    /// The training objective of sub-model `k` in a transfer round: its peers' term (weight
+    /// β, temperature `peer_t`) and, with a teacher, the teacher's term and the labels.
+    fn round_objective(
+        &self,
+        k: usize,
+        peers: TeacherSignal<'static>,
+        beta: f32,
+        peer_t: f32,
+    ) -> Objective<'static> {
+        let g = self.g;
+        let mut soft = vec![SoftTerm {
+            signal: peers,
+            temperature: peer_t,
+            weight: beta,
+            loss: SoftLoss::Kd,
+        }];
+        let teacher = if self.live {
+            &self.teacher_out[0]
+        } else {
+            &self.teacher_out[k]
+        };
+        if let Some(t) = teacher {
+            soft.push(SoftTerm {
+                signal: TeacherSignal::Cached(t.clone()),
+                temperature: g.temperature,
+                weight: (1.0 - beta) * g.alpha,
+                loss: SoftLoss::Kd,
+            });
+        }
+        Objective {
+            label_weight: (1.0 - beta) * (1.0 - g.alpha),
+            soft,
+            hint: None,
+            val_targets: None,
+        }
+    }
+
+    /// One transfer round of every sub-model with peer weight `beta` and temperature `peer_t`;
+    /// `tag` keeps a trial's random streams apart from the run's own rounds.
+    fn transfer_round(&self, beta: f32, peer_t: f32, round: usize, tag: &str) -> Result<()> {
+        let (g, s, job, comm) = (self.g, self.s, self.job, self.comm);
         let mut tcfg = g.transfer.train.clone();
         tcfg.epochs = g.transfer.epochs_per_round;
-        if live {
+        let name = |i: usize| format!("{}-r{round}{tag}", member_name(&g.name, i));
+        let mine: Vec<usize> = (0..g.k).filter(|&i| self.mine(i)).collect();
+        if self.live {
             // Deep mutual learning: all members through the one training loop together, each
             // learning from its peers' current predictions on the same batch.
-            let names: Vec<String> = (0..g.k)
-                .map(|i| format!("{}-r{round}{tag}", member_name(&g.name, i)))
-                .collect();
-            let mine: Vec<usize> = (0..g.k)
-                .filter(|&i| dist::owner(i, comm.size()) == comm.rank())
-                .collect();
+            let names: Vec<String> = (0..g.k).map(name).collect();
             let jobs = mine
                 .iter()
                 .map(|&k| {
-                    let mut soft = vec![SoftTerm {
-                        signal: TeacherSignal::Peers((0..g.k).filter(|&j| j != k).collect()),
-                        temperature: peer_t,
-                        weight: beta,
-                        loss: SoftLoss::Kd,
-                    }];
-                    if let Some(t) = &teacher_out[0] {
-                        soft.push(SoftTerm {
-                            signal: TeacherSignal::Cached(t.clone()),
-                            temperature: g.temperature,
-                            weight: (1.0 - beta) * g.alpha,
-                            loss: SoftLoss::Kd,
-                        });
-                    }
+                    let peers = TeacherSignal::Peers((0..g.k).filter(|&j| j != k).collect());
                     TrainJob {
                         name: &names[k],
                         cfg: &tcfg,
-                        train: &data[0],
+                        train: &self.data[0],
                         val: &s.val,
-                        objective: Objective {
-                            label_weight: (1.0 - beta) * (1.0 - g.alpha),
-                            soft,
-                            hint: None,
-                            val_targets: None,
-                        },
+                        objective: self.round_objective(k, peers, beta, peer_t),
                         fill: s.normalizer.zero_value(),
                         checkpoint: None,
                         seed: job.seed,
@@ -1075,10 +1391,10 @@ pub fn run_group(job: GroupJob) -> Result<GroupOutcome> {
                 .collect();
             let stream = format!("dml/{}/{round}{tag}", g.name);
             if comm.size() == 1 {
-                let refs: Vec<&Model> = members.iter().collect();
+                let refs: Vec<&Model> = self.members.iter().collect();
                 train::fit_together(&refs, jobs, &stream)?;
             } else {
-                let refs: Vec<&Model> = mine.iter().map(|&i| &members[i]).collect();
+                let refs: Vec<&Model> = mine.iter().map(|&i| &self.members[i]).collect();
                 train::fit_together_across(
                     &refs,
                     jobs,
@@ -1088,260 +1404,74 @@ pub fn run_group(job: GroupJob) -> Result<GroupOutcome> {
                         k: g.k,
                         comm,
                     },
-                    train::lockstep_steps(&tcfg, data[0].len()),
+                    train::lockstep_steps(&tcfg, self.data[0].len()),
                 )?;
-                sync_members(comm, &members, None)?;
+                sync_members(comm, &self.members, None)?;
             }
-        } else {
-            // Peers' predictions on each sub-model's data, from the state at the round's start
-            // (every rank holds every sub-model's weights; each computes its own sub-models').
-            let mine = |i: &usize| dist::owner(*i, comm.size()) == comm.rank();
-            let outs_per: Vec<Vec<f32>> = (0..g.k)
-                .map(|i| -> Result<Vec<f32>> {
-                    if !mine(&i) {
-                        return Ok(Vec::new());
-                    }
-                    let peers: Vec<Vec<f32>> = (0..g.k)
-                        .filter(|&j| j != i)
-                        .map(|j| members[j].predict(&data_of(i).x, 512))
-                        .collect::<Result<_>>()?;
-                    let refs: Vec<&[f32]> = peers.iter().map(|p| p.as_slice()).collect();
-                    Ok(if regression {
-                        mutual::mean_outputs(&refs)
-                    } else {
-                        mutual::probs_as_logits(
-                            &mutual::peer_average(&refs, outputs, peer_t),
-                            peer_t,
-                        )
-                    })
-                })
-                .collect::<Result<_>>()?;
-            for (i, m) in members.iter().enumerate().filter(|(i, _)| mine(i)) {
-                let name = format!("{}-r{round}{tag}", member_name(&g.name, i));
-                let mut soft = vec![SoftTerm {
-                    signal: TeacherSignal::Cached(outs_per[i].clone().into()),
-                    temperature: peer_t,
-                    weight: beta,
-                    loss: SoftLoss::Kd,
-                }];
-                if let Some(t) = &teacher_out[i] {
-                    soft.push(SoftTerm {
-                        signal: TeacherSignal::Cached(t.clone()),
-                        temperature: g.temperature,
-                        weight: (1.0 - beta) * g.alpha,
-                        loss: SoftLoss::Kd,
-                    });
-                }
-                let objective = Objective {
-                    label_weight: (1.0 - beta) * (1.0 - g.alpha),
-                    soft,
-                    hint: None,
-                    val_targets: None,
-                };
-                dist::local(|| {
-                    train::fit(
-                        m,
-                        TrainJob {
-                            name: &name,
-                            cfg: &tcfg,
-                            train: data_of(i),
-                            val: &s.val,
-                            objective,
-                            fill: s.normalizer.zero_value(),
-                            checkpoint: None,
-                            seed: job.seed,
-                            progress: job.progress,
-                            hooks: Vec::new(),
-                        },
-                    )
-                })?;
-            }
-            sync_members(comm, &members, None)?;
+            return Ok(());
         }
-        Ok(())
-    };
-
-    // β and T of the peer term: as given, chosen by an earlier session (resumed), or chosen
-    // now by short trials from the phase-1 state (β = 0, no transfer, is phase 1 itself).
-    let fixed_beta = g.transfer.peer_weight.fixed();
-    let auto = fixed_beta.is_none() || g.transfer.temperature == Some(Tunable::Auto);
-    let (beta, peer_t) = if !auto {
-        (fixed_beta.unwrap_or(0.5), peer_t)
-    } else if let Some(a) = &record.auto {
-        (a.peer_weight, a.temperature)
-    } else {
-        if s.val.is_empty() {
-            return Err(Error::Input(format!(
-                "submodels.{}.transfer: \"auto\" chooses on the validation split, and this run has none (set data.val_fraction > 0)",
-                g.name
-            )));
-        }
-        let betas: Vec<f32> = match fixed_beta {
-            Some(b) => vec![b],
-            None => PEER_WEIGHTS.to_vec(),
-        };
-        let temps: Vec<f32> = match g.transfer.temperature {
-            Some(Tunable::Auto) if !regression => PEER_TEMPERATURES.to_vec(),
-            _ => vec![peer_t],
-        };
-        let trial_rounds = TRIAL_ROUNDS.min(g.transfer.rounds);
-        let phase1_weights: Vec<Vec<Vec<f32>>> =
-            members.iter().map(|m| m.weights()).collect::<Result<_>>()?;
-        let r0 = record.rounds[0].clone();
-        let mut trials = vec![GroupTrial {
-            peer_weight: 0.0,
-            temperature: peer_t,
-            ensemble_val_accuracy: r0.ensemble_val_accuracy,
-            ensemble_val_loss: r0.ensemble_val_loss,
-        }];
-        let mut chosen = (r0, 0.0f32, peer_t);
-        job.progress.say(&format!(
-            "{}: choosing the transfer's {} on validation: {} trials of {trial_rounds} round(s) from phase 1",
-            g.name,
-            if temps.len() > 1 { "β and T" } else { "β" },
-            betas.len() * temps.len()
-        ));
-        for &b in betas.iter().filter(|_| trial_rounds > 0) {
-            for &t in &temps {
-                for (m, w) in members.iter().zip(&phase1_weights) {
-                    m.set_weights(w)?;
-                }
-                let mut best_r: Option<RoundRecord> = None;
-                for r in 1..=trial_rounds {
-                    run_round(b, t, r, &format!("/trial-b{b}-t{t}"))?;
-                    let (dis, sc, es) = measure(comm, &members, &s.val, t, regression)?;
-                    let rr = round_record(&g.name, r, dis, &sc, &es, 0.0);
-                    if best_r.as_ref().is_none_or(|x| better(&rr, x)) {
-                        best_r = Some(rr);
-                    }
-                }
-                let Some(br) = best_r else { continue };
-                job.progress.say(&format!(
-                    "{}: trial β = {b}{}: ensemble {}",
-                    g.name,
-                    if regression {
-                        String::new()
-                    } else {
-                        format!(", T = {t}")
+        // Peers' predictions on each sub-model's data, from the state at the round's start
+        // (every rank holds every sub-model's weights; each computes its own sub-models').
+        let outs_per: Vec<Vec<f32>> = (0..g.k)
+            .map(|i| self.stale_peers(i, peer_t))
+            .collect::<Result<_>>()?;
+        for (i, m) in self
+            .members
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| self.mine(*i))
+        {
+            let peers = TeacherSignal::Cached(outs_per[i].clone().into());
+            let objective = self.round_objective(i, peers, beta, peer_t);
+            let name = name(i);
+            dist::local(|| {
+                train::fit(
+                    m,
+                    TrainJob {
+                        name: &name,
+                        cfg: &tcfg,
+                        train: self.data_of(i),
+                        val: &s.val,
+                        objective,
+                        fill: s.normalizer.zero_value(),
+                        checkpoint: None,
+                        seed: job.seed,
+                        progress: job.progress,
+                        hooks: Vec::new(),
                     },
-                    match br.ensemble_val_accuracy {
-                        Some(a) => format!(
-                            "val acc {:.2}%, val loss {:.4}",
-                            100.0 * a,
-                            br.ensemble_val_loss
-                        ),
-                        None => format!("val loss {:.4}", br.ensemble_val_loss),
-                    }
-                ));
-                trials.push(GroupTrial {
-                    peer_weight: b,
-                    temperature: t,
-                    ensemble_val_accuracy: br.ensemble_val_accuracy,
-                    ensemble_val_loss: br.ensemble_val_loss,
-                });
-                if better(&br, &chosen.0) {
-                    chosen = (br, b, t);
-                }
-            }
+                )
+            })?;
         }
-        for (m, w) in members.iter().zip(&phase1_weights) {
-            m.set_weights(w)?;
+        sync_members(comm, &self.members, None)
+    }
+
+    /// Sub-model `i`'s peers' averaged outputs on its data (empty on a rank that does not own
+    /// it): softened probabilities as logits, or mean values for regression.
+    fn stale_peers(&self, i: usize, peer_t: f32) -> Result<Vec<f32>> {
+        if !self.mine(i) {
+            return Ok(Vec::new());
         }
-        let (_, cb, ct) = chosen;
-        job.progress.say(&format!(
-            "{}: chose β = {cb}{}",
-            g.name,
-            if cb == 0.0 {
-                " (no transfer: no trial beat phase 1 on validation)".to_string()
-            } else if regression {
-                String::new()
-            } else {
-                format!(", T = {ct}")
-            }
-        ));
-        record.auto = Some(GroupAuto {
-            trial_rounds,
-            trials,
-            peer_weight: cb,
-            temperature: ct,
-        });
-        // Saved before any round, so a resumed run reads the choice instead of trying again.
-        record.seconds = base_seconds + started.elapsed().as_secs_f64();
-        let st = RoundState {
-            kind: "rounds".into(),
-            group: g.name.clone(),
-            round: start_round - 1,
-            best_round,
-            record: record.clone(),
-        };
-        save_state(&state_path, &members, &best, &st)?;
-        (cb, ct)
-    };
-    if beta == 0.0 && !stop {
-        stop = true;
-        record.stop_reason =
-            "\"auto\" chose no transfer (β = 0): no trial round beat phase 1 on validation".into();
+        let peers: Vec<Vec<f32>> = (0..self.g.k)
+            .filter(|&j| j != i)
+            .map(|j| self.members[j].predict(&self.data_of(i).x, 512))
+            .collect::<Result<_>>()?;
+        let refs: Vec<&[f32]> = peers.iter().map(|p| p.as_slice()).collect();
+        Ok(if self.regression {
+            mutual::mean_outputs(&refs)
+        } else {
+            mutual::probs_as_logits(&mutual::peer_average(&refs, self.outputs, peer_t), peer_t)
+        })
     }
-    let mut round = start_round;
-    while !stop && round <= g.transfer.rounds {
-        let t0 = Instant::now();
-        let sent0 = dist::bytes_sent();
-        dist::fault_point(&format!("round{round}"))?;
-        run_round(beta, peer_t, round, "")?;
-        let (dis, sc, es) = measure(comm, &members, &s.val, peer_t, regression)?;
-        let mut rr = round_record(&g.name, round, dis, &sc, &es, t0.elapsed().as_secs_f64());
-        rr.bytes_sent = dist::bytes_sent() - sent0;
-        job.progress.say(&round_line(&rr));
-        if better(&rr, &record.rounds[best_round]) {
-            best_round = round;
-            best = members.iter().map(|m| m.weights()).collect::<Result<_>>()?;
-        }
-        record.rounds.push(rr);
-        if dis < g.transfer.tolerance {
-            stop = true;
-            record.stop_reason = format!(
-                "disagreement {dis:.3e} fell below the tolerance {:.1e} after round {round}",
-                g.transfer.tolerance
-            );
-        }
-        record.seconds = base_seconds + started.elapsed().as_secs_f64();
-        let st = RoundState {
-            kind: "rounds".into(),
-            group: g.name.clone(),
-            round,
-            best_round,
-            record: record.clone(),
-        };
-        save_state(&state_path, &members, &best, &st)?;
-        round += 1;
+}
+
+/// A round's ensemble figures as a trial of the grid search.
+fn round_trial(weight: f32, temperature: f32, r: &RoundRecord) -> Trial {
+    Trial {
+        weight,
+        temperature,
+        val_accuracy: r.ensemble_val_accuracy,
+        val_loss: r.ensemble_val_loss,
     }
-    if record.stop_reason.is_empty() {
-        record.stop_reason = format!(
-            "reached the maximum of {} rounds (disagreement {:.3e}, tolerance {:.1e})",
-            g.transfer.rounds,
-            record.rounds.last().map(|r| r.disagreement).unwrap_or(0.0),
-            g.transfer.tolerance
-        );
-    }
-    record.seconds = base_seconds + started.elapsed().as_secs_f64();
-    let b = &record.rounds[best_round];
-    record.chosen_round = best_round;
-    record.chosen_reason = match b.ensemble_val_accuracy {
-        Some(a) => format!("round {best_round} had the highest ensemble validation accuracy ({:.2}%, ties broken by lower validation loss {:.4}); later rounds did not improve it", 100.0 * a, b.ensemble_val_loss),
-        None => format!("round {best_round} had the lowest ensemble validation loss ({:.4})", b.ensemble_val_loss),
-    };
-    for (m, w) in members.iter().zip(&best) {
-        m.set_weights(w)?;
-    }
-    let named = members
-        .into_iter()
-        .enumerate()
-        .map(|(i, m)| (member_name(&g.name, i), m))
-        .collect();
-    Ok(GroupOutcome {
-        members: named,
-        record,
-    })
 }
 
 fn round_record(

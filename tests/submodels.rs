@@ -413,24 +413,25 @@ fn auto_transfer_settings_are_chosen_on_validation() {
     let a = &g["auto"];
     let trials = a["trials"].as_array().unwrap();
     assert_eq!(trials.len(), 7, "{a}");
-    assert_eq!(trials[0]["peer_weight"].as_f64(), Some(0.0));
+    // One trial record for every grid search: the weight is β here.
+    assert_eq!(trials[0]["weight"].as_f64(), Some(0.0));
     let rounds = m["transfer_rounds"].as_array().unwrap();
     assert_eq!(
-        trials[0]["ensemble_val_accuracy"], rounds[0]["ensemble_val_accuracy"],
+        trials[0]["val_accuracy"], rounds[0]["ensemble_val_accuracy"],
         "β = 0 is phase 1 itself"
     );
     // The choice is the best trial: highest accuracy, then lowest loss, first among equals.
     let key = |t: &serde_json::Value| {
         (
-            t["ensemble_val_accuracy"].as_f64().unwrap(),
-            -t["ensemble_val_loss"].as_f64().unwrap(),
+            t["val_accuracy"].as_f64().unwrap(),
+            -t["val_loss"].as_f64().unwrap(),
         )
     };
     let best = trials
         .iter()
         .fold(&trials[0], |b, t| if key(t) > key(b) { t } else { b });
-    assert_eq!(a["peer_weight"], best["peer_weight"], "{a}");
-    if best["peer_weight"].as_f64() == Some(0.0) {
+    assert_eq!(a["peer_weight"], best["weight"], "{a}");
+    if best["weight"].as_f64() == Some(0.0) {
         assert_eq!(rounds.len(), 1, "no transfer: {rounds:?}");
         assert!(g["stop_reason"].as_str().unwrap().contains("no transfer"));
     } else {

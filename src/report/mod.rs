@@ -336,32 +336,17 @@ pub fn markdown(m: &Metrics) -> String {
         if let Some(a) = &g.auto {
             let _ = writeln!(
                 s,
-                "\nTransfer settings chosen on validation: {} candidates, each {} round(s) from phase 1 (β = 0 is phase 1 itself, no transfer); chose **β = {}{}**.\n\n| β | T | best ensemble validation accuracy | its validation loss |\n|---:|---:|---:|---:|",
+                "\nTransfer settings chosen on validation: {} candidates, each {} round(s) from phase 1 (β = 0 is phase 1 itself, no transfer; a trial's figures are its ensemble's best over its rounds); chose **β = {}{}**.\n",
                 a.trials.len(),
                 a.trial_rounds,
                 a.peer_weight,
-                if a.peer_weight == 0.0 || a.trials.iter().all(|t| t.ensemble_val_accuracy.is_none()) {
+                if a.peer_weight == 0.0 || a.trials.iter().all(|t| t.val_accuracy.is_none()) {
                     String::new()
                 } else {
                     format!(", T = {}", a.temperature)
                 }
             );
-            for t in &a.trials {
-                let _ = writeln!(
-                    s,
-                    "| {} | {} | {} | {:.4} |",
-                    t.peer_weight,
-                    if t.peer_weight == 0.0 || t.ensemble_val_accuracy.is_none() {
-                        "—".to_string()
-                    } else {
-                        t.temperature.to_string()
-                    },
-                    t.ensemble_val_accuracy
-                        .map(|v| format!("{:.2}%", 100.0 * v))
-                        .unwrap_or_else(|| "—".into()),
-                    t.ensemble_val_loss
-                );
-            }
+            trials_table(&mut s, "β", &a.trials);
         }
         let _ = writeln!(s, "\n| round | disagreement | validation accuracy per sub-model | ensemble validation accuracy | ensemble validation loss |\n|---:|---:|---|---:|---:|");
         for r in &g.rounds {
@@ -932,6 +917,32 @@ fn rules_section(s: &mut String, m: &Metrics) {
     }
 }
 
+/// The table of a grid search's trials (`symbol`: the weight's name, α or β), the best marked.
+fn trials_table(s: &mut String, symbol: &str, trials: &[crate::train::Trial]) {
+    let best = crate::train::Trial::best(trials);
+    let _ = writeln!(
+        s,
+        "| {symbol} | T | validation accuracy | validation loss | |\n|---:|---:|---:|---:|---|"
+    );
+    for t in trials {
+        let _ = writeln!(
+            s,
+            "| {} | {} | {} | {:.4} | {} |",
+            t.weight,
+            if t.weight == 0.0 || t.val_accuracy.is_none() {
+                "—".to_string()
+            } else {
+                t.temperature.to_string()
+            },
+            t.val_accuracy
+                .map(|v| format!("{:.2}%", 100.0 * v))
+                .unwrap_or_else(|| "—".into()),
+            t.val_loss,
+            if best == Some(t) { "best trial" } else { "" }
+        );
+    }
+}
+
 fn auto_section(s: &mut String, m: &Metrics) {
     let chosen: Vec<_> = m
         .models
@@ -966,32 +977,12 @@ fn auto_section(s: &mut String, m: &Metrics) {
                 ""
             }
         );
-        let best = crate::train::Trial::best(&a.trials);
-        s.push_str(
-            "| α | T | validation accuracy | validation loss | |\n|---:|---:|---:|---:|---|\n",
-        );
-        for t in &a.trials {
-            let _ = writeln!(
-                s,
-                "| {} | {} | {} | {:.4} | {} |",
-                t.alpha,
-                if t.alpha == 0.0 {
-                    "—".to_string()
-                } else {
-                    t.temperature.to_string()
-                },
-                t.val_accuracy
-                    .map(|v| format!("{:.2}%", 100.0 * v))
-                    .unwrap_or_else(|| "—".into()),
-                t.val_loss,
-                if best == Some(t) { "best trial" } else { "" }
-            );
-        }
+        trials_table(s, "α", &a.trials);
         if let Some(f) = &a.full_runs {
             let _ = writeln!(
                 s,
                 "\nThe best trial trained in full (α = {}, T = {}) validated at {}, the same student on labels alone{} at {}: the {} one was kept.",
-                f.distilled.alpha,
+                f.distilled.weight,
                 f.distilled.temperature,
                 f.distilled.describe(),
                 f.labels_model

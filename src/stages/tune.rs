@@ -24,7 +24,7 @@ pub fn trial_of(alpha: f32, temperature: f32, r: &train::TrainRecord) -> Trial {
     let i = r.best_epoch.saturating_sub(1);
     let c = &r.curves;
     Trial {
-        alpha,
+        weight: alpha,
         temperature,
         val_accuracy: c.val_accuracy.get(i).copied(),
         val_loss: c.val_loss.get(i).copied().unwrap_or(f64::INFINITY),
@@ -63,26 +63,18 @@ pub fn choose<'a>(
             "model.{name}.distill: \"auto\" chooses on the validation split, and this run has none (set data.val_fraction > 0)"
         )));
     }
-    let alphas: Vec<f32> = match alpha {
-        Tunable::Auto => ALPHAS.to_vec(),
-        Tunable::Fixed(a) => vec![a],
-    };
     // Regression distils the teacher's outputs by MSE: the temperature plays no part.
     let regression = matches!(store.splits.train.targets, crate::data::Targets::Values(_));
-    let temps: Vec<f32> = match temperature {
-        Tunable::Auto if !regression => TEMPERATURES.to_vec(),
-        Tunable::Auto => vec![1.0],
-        Tunable::Fixed(t) => vec![t],
-    };
-    let mut grid = Vec::new();
-    for &a in &alphas {
-        if a == 0.0 {
-            // Labels only: the temperature plays no part.
-            grid.push((a, temps[0]));
-        } else {
-            grid.extend(temps.iter().map(|&t| (a, t)));
-        }
+    let grid = train::grid::Axes {
+        weight: alpha,
+        weights: &ALPHAS,
+        temperature: Some(temperature),
+        temperatures: &TEMPERATURES,
+        default_temperature: 1.0,
+        regression,
+        with_baseline: false,
     }
+    .candidates();
     // Tree models (`full_fits`) fit in one go, in seconds: their trials are full fits
     // (trial_epochs = 0).
     let trial_epochs = if full_fits {
@@ -105,7 +97,7 @@ pub fn choose<'a>(
             && c.trials
                 .iter()
                 .zip(&grid)
-                .all(|(t, &(a, tt))| t.alpha == a && t.temperature == tt)
+                .all(|(t, &(a, tt))| t.weight == a && t.temperature == tt)
     }) {
         store.progress.say(&format!(
             "{name}: distillation settings chosen earlier (α = {}, T = {}; {})",
@@ -149,19 +141,15 @@ pub fn choose<'a>(
             hooks: Vec::new(),
         })?;
         let tr = trial_of(a, t, &record);
-        store.progress.say(&format!(
-            "{name}: trial α = {a}, T = {t}: {}",
-            match tr.val_accuracy {
-                Some(acc) => format!("val acc {:.2}%, val loss {:.4}", 100.0 * acc, tr.val_loss),
-                None => format!("val MSE (standardised) {:.4}", tr.val_loss),
-            }
-        ));
+        store
+            .progress
+            .say(&format!("{name}: trial α = {a}, T = {t}: {}", tr.line()));
         trials.push(tr);
     }
     let best = Trial::best(&trials)
         .ok_or_else(|| Error::Other("empty grid".into()))?
         .clone();
-    let labels_only = trials.iter().find(|t| t.alpha == 0.0);
+    let labels_only = trials.iter().find(|t| t.weight == 0.0);
     let warning = match (teacher_val_accuracy, labels_only.and_then(|t| t.val_accuracy)) {
         (Some(tv), Some(lv)) if tv < lv => Some(format!(
             "teacher validates worse ({:.2}%) than this student trained on labels alone ({:.2}%, {trial_is}): distilling it copies its mistakes",
@@ -175,12 +163,12 @@ pub fn choose<'a>(
     }
     store.progress.say(&format!(
         "{name}: chose α = {}, T = {}",
-        best.alpha, best.temperature
+        best.weight, best.temperature
     ));
     let choice = AutoChoice {
         trial_epochs,
         trials,
-        alpha: best.alpha,
+        alpha: best.weight,
         temperature: best.temperature,
         teacher_val_accuracy,
         warning,

@@ -3,14 +3,14 @@
 //! epoch, early stopping that keeps the best epoch's weights, divergence detection, and an
 //! atomic checkpoint after every epoch from which a killed run resumes exactly.
 
+pub mod grid;
 pub mod objective;
 pub mod optim;
 mod settings;
 pub mod trees;
 
-pub use settings::{
-    AutoChoice, FullRuns, OptimizerKind, ScheduleKind, TrainConfig, Trial, Tunable,
-};
+pub use grid::Trial;
+pub use settings::{AutoChoice, FullRuns, OptimizerKind, ScheduleKind, TrainConfig, Tunable};
 
 use crate::data::{Dataset, Targets};
 use crate::error::{Error, Result};
@@ -477,7 +477,6 @@ fn fit_shared(
         ));
     }
     let n = train.len();
-    let d = train.dim();
     let classification = matches!(train.targets, Targets::Classes { .. });
     let mut rng = Rng::derive(seed, stream);
     // Members trained together draw their dropout from streams of their own, so a member's
@@ -486,72 +485,15 @@ fn fit_shared(
         .iter()
         .map(|i| Rng::derive(seed, &format!("{stream}/member{i}")))
         .collect();
-    let mut members: Vec<Member> = Vec::with_capacity(models.len());
-    for (model, job) in models.iter().copied().zip(jobs) {
-        let sizes: Vec<usize> = model.params.iter().map(|(_, v)| v.elem_count()).collect();
-        let adapter = hint_adapter(model, &job)?;
-        let adapter_opt = adapter
-            .as_ref()
-            .map(|a| Optimizer::new(cfg, &[a.elem_count()]));
-        // The autograd-free path: families that have one, without a hint term, a hook that
-        // replaces the forward pass, or peers (their mutual learning runs through autograd).
-        let fast = crate::models::fused::eligible(model)
-            && job.objective.hint.is_none()
-            && forward_hook(&job.hooks).is_none()
-            && !together;
-        if !fast && cfg.precision == crate::kernels::bf16::MatmulPrecision::Bf16 {
-            progress.say(&format!(
-                "{}: trains through autograd (hint, peers, hooks or its family), in f32: \
-                 precision = \"bf16\" applies to the autograd-free path",
-                job.name
-            ));
-        }
-        members.push(Member {
-            model,
-            opt: Optimizer::new(cfg, &sizes),
-            adapter,
-            adapter_opt,
-            record: TrainRecord::default(),
-            best_val_loss: f64::INFINITY,
-            best_weights: None,
-            bad_epochs: 0,
-            fast,
-            ws: crate::models::fused::Workspace::with_precision(cfg.precision),
-            tally: Tally::default(),
-            job,
-        });
-    }
+    let mut members = new_members(models, jobs, together)?;
     let patience = if together { None } else { cfg.patience };
-    let patience_hit = |bad: usize| patience.map(|p| bad >= p).unwrap_or(false);
-    let mut start_epoch = 0usize;
-    if !together {
-        let m = &mut members[0];
-        if let Some(ck) = m.job.checkpoint.clone() {
-            if ck.exists() {
-                let st = load_checkpoint(&ck, m.model, &mut m.opt, &mut m.best_weights)?;
-                if st.name == m.job.name {
-                    start_epoch = st.epoch;
-                    rng = Rng::from_state(st.rng);
-                    m.opt.step = st.opt_step;
-                    m.best_val_loss = st.best_val_loss;
-                    m.bad_epochs = st.bad_epochs;
-                    m.record = st.record;
-                    m.record.resumed_from_epoch = Some(st.epoch);
-                    progress.say(&format!(
-                        "{}: resuming from the checkpoint after epoch {}",
-                        m.job.name, st.epoch
-                    ));
-                }
-            }
-        }
-        if patience_hit(m.bad_epochs) {
-            start_epoch = cfg.epochs; // already stopped early before the kill
-        }
-    }
-
-    let mut xbuf = Vec::with_capacity(cfg.batch_size * d);
+    let start_epoch = if together {
+        0
+    } else {
+        resume(&mut members[0], &mut rng, patience)?
+    };
+    let mut batch = Batch::default();
     let outputs = models[0].spec.outputs;
-    let mut teacher_buf: Vec<f32> = Vec::new();
     let set_name = first_name(&members);
     for epoch in start_epoch..cfg.epochs {
         let t0 = Instant::now();
@@ -562,8 +504,7 @@ fn fit_shared(
         // epoch, so a resumed run draws the same masks).
         let mut dp_rng = Rng::derive(seed, &format!("{stream}/rank{}/epoch{epoch}", comm.rank()));
         let perm = rng.permutation(n);
-        let batches = n.div_ceil(cfg.batch_size);
-        let bar = progress.epoch(&set_name, epoch, cfg.epochs, batches);
+        let bar = progress.epoch(&set_name, epoch, cfg.epochs, n.div_ceil(cfg.batch_size));
         for m in members.iter_mut() {
             for h in m.job.hooks.iter_mut() {
                 h.start_epoch(m.model, epoch)?;
@@ -572,44 +513,24 @@ fn fit_shared(
         }
         for (bi, full_idx) in perm.chunks(cfg.batch_size).enumerate() {
             crate::progress::check_interrupt()?;
-            let full_b = full_idx.len();
-            let (lo, hi) = if dp {
+            let ranks = dp.then_some(comm);
+            batch.gather(train, full_idx, ranks, cfg.jitter, fill, &mut rng)?;
+            let tensors = members.iter().any(|m| !m.fast);
+            let (x, y) = if tensors {
                 (
-                    full_b * comm.rank() / comm.size(),
-                    full_b * (comm.rank() + 1) / comm.size(),
+                    Some(Tensor::from_slice(
+                        &batch.x,
+                        (batch.b, train.dim()),
+                        &Device::Cpu,
+                    )?),
+                    Some(labels_tensor(train, &batch.idx)?),
                 )
             } else {
-                (0, full_b)
-            };
-            let idx = &full_idx[lo..hi];
-            let b = idx.len();
-            if dp && train.jitters(cfg.jitter) {
-                // Every rank jitters the whole global batch from the shared stream (so the
-                // stream stays the same on every rank), then keeps its rows.
-                train.gather(full_idx, cfg.jitter, fill, &mut rng, &mut xbuf);
-                xbuf.copy_within(lo * d..hi * d, 0);
-                xbuf.truncate(b * d);
-            } else {
-                train.gather(idx, cfg.jitter, fill, &mut rng, &mut xbuf);
-            }
-            let (cls_buf, val_buf): (Vec<u32>, Vec<f32>) = match &train.targets {
-                Targets::Classes { labels, .. } => {
-                    (idx.iter().map(|&i| labels[i]).collect(), Vec::new())
-                }
-                Targets::Values(v) => (Vec::new(), idx.iter().map(|&i| v[i]).collect()),
+                (None, None)
             };
             // Every member's forward pass first, so that peers see each other's predictions
             // from before this batch's steps.
-            let x = if members.iter().any(|m| !m.fast) {
-                Some(Tensor::from_slice(&xbuf, (b, d), &Device::Cpu)?)
-            } else {
-                None
-            };
-            let y = match &x {
-                Some(_) => Some(labels_tensor(train, idx)?),
-                None => None,
-            };
-            let mut forwards: Vec<(Option<Tensor>, Option<Tensor>)> = Vec::new();
+            let mut forwards: Vec<Forward> = Vec::with_capacity(members.len());
             for (mi, m) in members.iter_mut().enumerate() {
                 let drop_rng = if together {
                     &mut member_rngs[mi]
@@ -618,295 +539,46 @@ fn fit_shared(
                 } else {
                     &mut rng
                 };
-                if m.fast {
-                    if b > 0 {
-                        m.ws.forward(m.model, &xbuf, b, Some(drop_rng))?;
-                    }
-                    forwards.push((None, None));
-                    continue;
-                }
-                let x = x
-                    .as_ref()
-                    .ok_or_else(|| Error::Other("no batch tensor".into()))?;
-                let hint_layer = m.job.objective.hint.as_ref().map(|h| h.student_layer);
-                if b == 0 {
-                    forwards.push((None, None));
-                    continue;
-                }
-                forwards.push(match forward_hook(&m.job.hooks) {
-                    Some(h) => (Some(h.forward(m.model, x, Mode::Train(drop_rng))?), None),
-                    None => {
-                        let (l, hid) =
-                            m.model
-                                .forward_hidden(x, Mode::Train(drop_rng), hint_layer)?;
-                        (Some(l), hid)
-                    }
-                });
+                forwards.push(m.forward(&batch, x.as_ref(), drop_rng)?);
             }
-            let peer_outputs: Vec<Vec<f32>> = if together {
-                let mine: Vec<Vec<f32>> = forwards
+            let peer_outputs = if together {
+                let mine = forwards
                     .iter()
-                    .map(|(l, _)| match l {
-                        Some(l) => Ok(l.flatten_all()?.to_vec1::<f32>()?),
-                        None => Ok(Vec::new()),
-                    })
-                    .collect::<Result<_>>()?;
+                    .map(Forward::outputs)
+                    .collect::<Result<Vec<_>>>()?;
                 match &share {
                     None => mine,
-                    Some(sh) => exchange_outputs(sh, mine, b * outputs)?,
+                    Some(sh) => exchange_outputs(sh, mine, batch.b * outputs)?,
                 }
             } else {
                 Vec::new()
             };
-            for (k, (m, (logits, s_hidden))) in members.iter_mut().zip(forwards).enumerate() {
-                let obj = &m.job.objective;
-                // Each soft term's targets for this batch.
-                let mut soft_bufs: Vec<Vec<f32>> = Vec::new();
-                for term in &obj.soft {
-                    soft_bufs.push(match &term.signal {
-                        TeacherSignal::Cached(all) => {
-                            teacher_buf.clear();
-                            for &i in idx {
-                                teacher_buf.extend_from_slice(&all[i * outputs..(i + 1) * outputs]);
-                            }
-                            teacher_buf.clone()
-                        }
-                        TeacherSignal::Live(t) => t.predict_rows(&xbuf, b)?,
-                        TeacherSignal::Peers(of) => {
-                            let refs: Vec<&[f32]> =
-                                of.iter().map(|&j| peer_outputs[j].as_slice()).collect();
-                            if classification {
-                                losses::mutual::probs_as_logits(
-                                    &losses::mutual::peer_average(&refs, outputs, term.temperature),
-                                    term.temperature,
-                                )
-                            } else {
-                                losses::mutual::mean_outputs(&refs)
-                            }
-                        }
-                    });
-                }
-                if obj.label_weight == 0.0
-                    && obj.soft.iter().all(|t| t.weight == 0.0)
-                    && obj.hint.is_none()
-                {
-                    return Err(Error::Input(format!(
-                        "model {}: every loss term has weight 0",
-                        m.job.name
-                    )));
-                }
-                let (lv, hits) = if m.fast {
-                    let soft: Vec<objective::SoftBatch> = obj
-                        .soft
-                        .iter()
-                        .zip(&soft_bufs)
-                        .map(|(t, v)| objective::SoftBatch {
-                            targets: v,
-                            temperature: t.temperature,
-                            weight: t.weight,
-                            loss: t.loss,
-                        })
-                        .collect();
-                    let labels = if classification {
-                        objective::BatchLabels::Classes(&cls_buf)
-                    } else {
-                        objective::BatchLabels::Values(&val_buf)
-                    };
-                    let lv = if b > 0 {
-                        m.ws.loss_and_grad(&labels, obj.label_weight, &soft, outputs)?
-                    } else {
-                        0.0
-                    };
-                    if !dp && (!lv.is_finite() || lv > cfg.max_loss) {
-                        return Err(divergence(&m.job, epoch, bi, lv));
-                    }
-                    if b > 0 {
-                        m.ws.backward(m.model, b)?;
-                    }
-                    let hits = if b > 0 {
-                        m.ws.logits
-                            .chunks_exact(outputs)
-                            .zip(&cls_buf)
-                            .filter(|(row, &y)| crate::eval::argmax(row) == y as usize)
-                            .count()
-                    } else {
-                        0
-                    };
-                    if dp {
-                        let zeros;
-                        let local = if b > 0 {
-                            &m.ws.grads
-                        } else {
-                            zeros = zero_grads(m.model);
-                            &zeros
-                        };
-                        let (sum, glv, ghits) = sum_across(comm, local, lv, hits, b, full_b);
-                        if !glv.is_finite() || glv > cfg.max_loss {
-                            return Err(divergence(&m.job, epoch, bi, glv));
-                        }
-                        m.opt.step_slices(m.model, &split_like(&sum, local), lr)?;
-                        (glv, ghits)
-                    } else {
-                        m.opt.step_slices(m.model, &m.ws.grads, lr)?;
-                        (lv, hits)
-                    }
+            for (m, fwd) in members.iter_mut().zip(forwards) {
+                let soft = soft_targets(&m.job.objective, &batch, &peer_outputs, outputs)?;
+                let (lv, hits, grads) = if m.fast {
+                    m.fused_grads(&batch, &soft, outputs)?
                 } else {
-                    // Through autograd. Data-parallel: this rank's rows' gradients (none when its
-                    // slice of the batch is empty), summed across the ranks, then the same step
-                    // everywhere.
-                    let local = match logits {
-                        Some(logits) if b > 0 => {
-                            let y = y.as_ref().ok_or_else(|| Error::Other("no labels".into()))?;
-                            let loss = autograd_loss(
-                                obj,
-                                &logits,
-                                y,
-                                &soft_bufs,
-                                s_hidden.as_ref(),
-                                m.adapter.as_ref(),
-                                x.as_ref(),
-                                classification,
-                                b,
-                                m.job.name,
-                            )?;
-                            let hits = if classification && obj.val_targets.is_none() {
-                                let v = logits.argmax(1)?.to_vec1::<u32>()?;
-                                v.iter().zip(&cls_buf).filter(|(a, b)| a == b).count()
-                            } else {
-                                0
-                            };
-                            Some((loss.to_scalar::<f32>()? as f64, hits, loss))
-                        }
-                        _ if dp => None,
-                        _ => return Err(Error::Other("no logits".into())),
-                    };
-                    if dp {
-                        let adapter = m.adapter.as_ref().map(adapter_model);
-                        let (lv, hits, grads) = match local {
-                            Some((lv, hits, loss)) => {
-                                let store = loss.backward()?;
-                                let mut grads = grads_of(m.model, &store)?;
-                                if let Some(a) = &adapter {
-                                    grads.extend(grads_of(a, &store)?);
-                                }
-                                (lv, hits, grads)
-                            }
-                            None => {
-                                let mut g = zero_grads(m.model);
-                                if let Some(a) = &adapter {
-                                    g.extend(zero_grads(a));
-                                }
-                                (0.0, 0, g)
-                            }
-                        };
-                        let (sum, glv, ghits) = sum_across(comm, &grads, lv, hits, b, full_b);
-                        if !glv.is_finite() || glv > cfg.max_loss {
-                            return Err(divergence(&m.job, epoch, bi, glv));
-                        }
-                        let grads = split_like(&sum, &grads);
-                        let n_model = m.model.params.len();
-                        m.opt.step_slices(m.model, &grads[..n_model], lr)?;
-                        if let (Some(a), Some(ao)) = (&adapter, m.adapter_opt.as_mut()) {
-                            ao.step_slices(a, &grads[n_model..], lr)?;
-                        }
-                        (glv, ghits)
-                    } else {
-                        let (lv, hits, loss) =
-                            local.ok_or_else(|| Error::Other("no logits".into()))?;
-                        if !lv.is_finite() || lv > cfg.max_loss {
-                            return Err(divergence(&m.job, epoch, bi, lv));
-                        }
-                        let grads = loss.backward()?;
-                        m.opt.step(m.model, &grads, lr)?;
-                        if let (Some(a), Some(ao)) = (&m.adapter, m.adapter_opt.as_mut()) {
-                            ao.step(&adapter_model(a), &grads, lr)?;
-                        }
-                        (lv, hits)
-                    }
+                    m.autograd_grads(fwd, &batch, &soft, x.as_ref(), y.as_ref())?
                 };
+                let (lv, hits) = m.take_step(grads, lv, hits, &batch, ranks, lr, (epoch, bi))?;
                 for h in m.job.hooks.iter_mut() {
                     h.after_step(m.model)?;
                 }
-                m.tally.add(lv, if dp { full_b } else { b }, hits);
-                let _ = k;
+                m.tally.add(lv, batch.full_b, hits);
             }
             let (loss, acc) = mean_tally(&members);
             bar.step(loss, classification.then_some(acc));
         }
         let secs = t0.elapsed().as_secs_f64();
         let mut stop_all = !members.is_empty();
-        let mut summary = String::new();
+        let mut summary = Vec::new();
         for m in members.iter_mut() {
-            let vs = validate(
-                m.model,
-                val,
-                &m.job.hooks,
-                &m.job.objective,
-                dp.then_some(comm),
-            )?;
-            let tally = std::mem::take(&mut m.tally);
-            let record = &mut m.record;
-            let c = &mut record.curves;
-            c.epoch.push(epoch + 1);
-            c.train_loss.push(tally.loss());
-            if classification {
-                c.train_accuracy.push(tally.accuracy());
-                c.val_accuracy.push(vs.accuracy.unwrap_or(0.0));
-            } else {
-                c.val_mse.push(vs.loss);
-            }
-            c.val_loss.push(vs.loss);
-            c.lr.push(lr);
-            c.seconds.push(secs);
-            if dp {
-                let d = record.data_parallel.get_or_insert_with(Default::default);
-                d.ranks = comm.size();
-                d.steps += n.div_ceil(cfg.batch_size) as u64;
-                d.bytes_sent += crate::dist::bytes_sent() - sent0;
-            }
-            record.seconds += secs;
-            record.epochs_run = epoch + 1;
-            if vs.loss < m.best_val_loss {
-                m.best_val_loss = vs.loss;
-                record.best_epoch = epoch + 1;
-                m.bad_epochs = 0;
-                if patience.is_some() {
-                    m.best_weights = Some(m.model.weights()?);
-                }
-            } else {
-                m.bad_epochs += 1;
-            }
-            if !summary.is_empty() {
-                summary.push_str(" | ");
-            }
-            summary.push_str(&match vs.accuracy {
-                Some(a) => format!(
-                    "loss {:.4}  val_loss {:.4}  val_acc {:.2}%",
-                    tally.loss(),
-                    vs.loss,
-                    100.0 * a
-                ),
-                None => format!("loss {:.4}  val_mse(std) {:.4}", tally.loss(), vs.loss),
-            });
-            let stop = patience_hit(m.bad_epochs);
-            record.stopped_early = stop && epoch + 1 < cfg.epochs;
+            let ranks = dp.then_some(comm);
+            let (stop, line) = m.end_epoch(val, epoch, lr, secs, ranks, sent0, patience, &rng)?;
             stop_all &= stop;
-            if let Some(ck) = &m.job.checkpoint {
-                let st = CheckpointState {
-                    kind: "checkpoint".into(),
-                    name: m.job.name.to_string(),
-                    epoch: epoch + 1,
-                    opt_step: m.opt.step,
-                    rng: rng.state(),
-                    best_val_loss: m.best_val_loss,
-                    best_epoch: record.best_epoch,
-                    bad_epochs: m.bad_epochs,
-                    record: record.clone(),
-                };
-                save_checkpoint(ck, m.model, &m.opt, m.best_weights.as_deref(), &st)?;
-            }
+            summary.push(line);
         }
-        bar.finish(&format!("{summary}  lr {lr:.2e}  {secs:.1}s"));
+        bar.finish(&format!("{}  lr {lr:.2e}  {secs:.1}s", summary.join(" | ")));
         if stop_all {
             let m = &members[0];
             progress.say(&format!(
@@ -932,6 +604,564 @@ fn fit_shared(
         records.push(m.record);
     }
     Ok(records)
+}
+
+/// One model's training step exactly as [`fit`] takes it — the fused pass or autograd, the
+/// optimizer, the one divergence check — on batches the caller gives: what `bench` times.
+pub struct Stepper<'m, 'a> {
+    member: Member<'m, 'a>,
+    batch: Batch,
+}
+
+impl<'m, 'a> Stepper<'m, 'a> {
+    /// The step of `model` under `job` (its settings and objective; its data are not read).
+    pub fn new(model: &'m Model, job: TrainJob<'a>) -> Result<Self> {
+        let member = new_members(&[model], vec![job], false)?
+            .pop()
+            .ok_or_else(|| Error::Other("no member".into()))?;
+        Ok(Stepper {
+            member,
+            batch: Batch::default(),
+        })
+    }
+
+    /// Whether the step takes the autograd-free fused path.
+    pub fn fused(&self) -> bool {
+        self.member.fast
+    }
+
+    /// One step on the rows `x` with class labels and each soft term's targets (dropout drawn
+    /// from `rng`). Returns the loss and the seconds spent in the forward pass, in the loss
+    /// and its gradients, and in the optimizer.
+    pub fn step(
+        &mut self,
+        x: &[f32],
+        classes: &[u32],
+        soft: &[Vec<f32>],
+        lr: f64,
+        rng: &mut Rng,
+    ) -> Result<(f64, [f64; 3])> {
+        let b = classes.len();
+        let batch = &mut self.batch;
+        batch.x.clear();
+        batch.x.extend_from_slice(x);
+        batch.idx = (0..b).collect();
+        batch.classes.clear();
+        batch.classes.extend_from_slice(classes);
+        batch.values.clear();
+        (batch.b, batch.full_b, batch.classification) = (b, b, true);
+        let m = &mut self.member;
+        let t0 = Instant::now();
+        let (xt, yt) = if m.fast {
+            (None, None)
+        } else {
+            (
+                Some(Tensor::from_slice(
+                    x,
+                    (b, x.len() / b.max(1)),
+                    &Device::Cpu,
+                )?),
+                Some(Tensor::from_slice(classes, b, &Device::Cpu)?),
+            )
+        };
+        let fwd = m.forward(&self.batch, xt.as_ref(), rng)?;
+        let t1 = Instant::now();
+        let outputs = m.model.spec.outputs;
+        let (lv, hits, grads) = if m.fast {
+            m.fused_grads(&self.batch, soft, outputs)?
+        } else {
+            m.autograd_grads(fwd, &self.batch, soft, xt.as_ref(), yt.as_ref())?
+        };
+        let t2 = Instant::now();
+        let (lv, _) = m.take_step(grads, lv, hits, &self.batch, None, lr, (0, 0))?;
+        let t3 = Instant::now();
+        Ok((
+            lv,
+            [
+                (t1 - t0).as_secs_f64(),
+                (t2 - t1).as_secs_f64(),
+                (t3 - t2).as_secs_f64(),
+            ],
+        ))
+    }
+}
+
+/// The members of a set, each with its optimizer and its step: the autograd-free fused pass
+/// for families that have one, without a hint term, a hook that replaces the forward pass, or
+/// peers (their mutual learning runs through autograd); autograd otherwise.
+fn new_members<'m, 'a>(
+    models: &[&'m Model],
+    jobs: Vec<TrainJob<'a>>,
+    together: bool,
+) -> Result<Vec<Member<'m, 'a>>> {
+    let mut members = Vec::with_capacity(models.len());
+    for (model, job) in models.iter().copied().zip(jobs) {
+        let cfg = job.cfg;
+        let sizes: Vec<usize> = model.params.iter().map(|(_, v)| v.elem_count()).collect();
+        let adapter = hint_adapter(model, &job)?;
+        let adapter_opt = adapter
+            .as_ref()
+            .map(|a| Optimizer::new(cfg, &[a.elem_count()]));
+        let fast = crate::models::fused::eligible(model)
+            && job.objective.hint.is_none()
+            && forward_hook(&job.hooks).is_none()
+            && !together;
+        if !fast && cfg.precision == crate::kernels::bf16::MatmulPrecision::Bf16 {
+            job.progress.say(&format!(
+                "{}: trains through autograd (hint, peers, hooks or its family), in f32: \
+                 precision = \"bf16\" applies to the autograd-free path",
+                job.name
+            ));
+        }
+        if job.objective.label_weight == 0.0
+            && job.objective.soft.iter().all(|t| t.weight == 0.0)
+            && job.objective.hint.is_none()
+        {
+            return Err(Error::Input(format!(
+                "model {}: every loss term has weight 0",
+                job.name
+            )));
+        }
+        members.push(Member {
+            model,
+            opt: Optimizer::new(cfg, &sizes),
+            adapter,
+            adapter_opt,
+            record: TrainRecord::default(),
+            best_val_loss: f64::INFINITY,
+            best_weights: None,
+            bad_epochs: 0,
+            fast,
+            ws: crate::models::fused::Workspace::with_precision(cfg.precision),
+            tally: Tally::default(),
+            job,
+        });
+    }
+    Ok(members)
+}
+
+/// Restores a lone member from its checkpoint, if one of this job exists: its weights,
+/// optimizer moments, early-stopping state, record and the batch-order stream. Returns the
+/// epoch to start from (all of them done when it had already stopped early).
+fn resume(m: &mut Member, rng: &mut Rng, patience: Option<usize>) -> Result<usize> {
+    let mut start = 0;
+    if let Some(ck) = m.job.checkpoint.clone() {
+        if ck.exists() {
+            let st = load_checkpoint(&ck, m.model, &mut m.opt, &mut m.best_weights)?;
+            if st.name == m.job.name {
+                start = st.epoch;
+                *rng = Rng::from_state(st.rng);
+                m.opt.step = st.opt_step;
+                m.best_val_loss = st.best_val_loss;
+                m.bad_epochs = st.bad_epochs;
+                m.record = st.record;
+                m.record.resumed_from_epoch = Some(st.epoch);
+                m.job.progress.say(&format!(
+                    "{}: resuming from the checkpoint after epoch {}",
+                    m.job.name, st.epoch
+                ));
+            }
+        }
+    }
+    if patience.is_some_and(|p| m.bad_epochs >= p) {
+        start = m.job.cfg.epochs; // already stopped early before the kill
+    }
+    Ok(start)
+}
+
+/// One batch as this rank trains on it: its rows of the global batch (all of them in one
+/// process), their inputs (jittered) and targets.
+#[derive(Default)]
+struct Batch {
+    /// Sample indices of this rank's rows.
+    idx: Vec<usize>,
+    /// Their inputs, row after row.
+    x: Vec<f32>,
+    /// Their class labels (classification) …
+    classes: Vec<u32>,
+    /// … or target values (regression).
+    values: Vec<f32>,
+    /// This rank's rows.
+    b: usize,
+    /// The global batch's rows.
+    full_b: usize,
+    /// Whether the targets are classes.
+    classification: bool,
+}
+
+impl Batch {
+    /// Gathers the rows `full_idx` (this rank's slice of them under data parallelism).
+    fn gather(
+        &mut self,
+        train: &Dataset,
+        full_idx: &[usize],
+        ranks: Option<&dyn crate::dist::Comm>,
+        jitter: usize,
+        fill: f32,
+        rng: &mut Rng,
+    ) -> Result<()> {
+        let d = train.dim();
+        let full_b = full_idx.len();
+        let (lo, hi) = match ranks {
+            Some(c) => (
+                full_b * c.rank() / c.size(),
+                full_b * (c.rank() + 1) / c.size(),
+            ),
+            None => (0, full_b),
+        };
+        let idx = &full_idx[lo..hi];
+        if ranks.is_some() && train.jitters(jitter) {
+            // Every rank jitters the whole global batch from the shared stream (so the stream
+            // stays the same on every rank), then keeps its rows.
+            train.gather(full_idx, jitter, fill, rng, &mut self.x);
+            self.x.copy_within(lo * d..hi * d, 0);
+            self.x.truncate(idx.len() * d);
+        } else {
+            train.gather(idx, jitter, fill, rng, &mut self.x);
+        }
+        self.idx.clear();
+        self.idx.extend_from_slice(idx);
+        self.classes.clear();
+        self.values.clear();
+        match &train.targets {
+            Targets::Classes { labels, .. } => {
+                self.classes.extend(idx.iter().map(|&i| labels[i]));
+            }
+            Targets::Values(v) => self.values.extend(idx.iter().map(|&i| v[i])),
+        }
+        self.b = idx.len();
+        self.full_b = full_b;
+        self.classification = matches!(train.targets, Targets::Classes { .. });
+        Ok(())
+    }
+
+    fn labels(&self) -> objective::BatchLabels<'_> {
+        if self.classification {
+            objective::BatchLabels::Classes(&self.classes)
+        } else {
+            objective::BatchLabels::Values(&self.values)
+        }
+    }
+}
+
+/// A member's forward pass on a batch: autograd's logits (and the hint layer's output), or
+/// nothing when the fused pass keeps its outputs in the member's workspace or the rank has no
+/// rows.
+struct Forward {
+    logits: Option<Tensor>,
+    hidden: Option<Tensor>,
+}
+
+impl Forward {
+    /// The outputs as values, for peers (empty when this rank had no rows).
+    fn outputs(&self) -> Result<Vec<f32>> {
+        match &self.logits {
+            Some(l) => Ok(l.flatten_all()?.to_vec1::<f32>()?),
+            None => Ok(Vec::new()),
+        }
+    }
+}
+
+/// A step's gradients on this rank's rows, before data-parallel ranks sum them.
+enum Grads {
+    /// In the member's fused workspace.
+    Fused,
+    /// Autograd's store (the model's and a hint adapter's).
+    Autograd(candle_core::backprop::GradStore),
+    /// This rank had no rows of the batch (data-parallel only).
+    Empty,
+}
+
+/// Each soft term's targets for the batch: the cached teacher outputs of its rows, the live
+/// teacher on its inputs, or the peers' current predictions.
+fn soft_targets(
+    obj: &Objective,
+    batch: &Batch,
+    peer_outputs: &[Vec<f32>],
+    outputs: usize,
+) -> Result<Vec<Vec<f32>>> {
+    obj.soft
+        .iter()
+        .map(|term| {
+            Ok(match &term.signal {
+                TeacherSignal::Cached(all) => {
+                    let mut v = Vec::with_capacity(batch.b * outputs);
+                    for &i in &batch.idx {
+                        v.extend_from_slice(&all[i * outputs..(i + 1) * outputs]);
+                    }
+                    v
+                }
+                TeacherSignal::Live(t) => t.predict_rows(&batch.x, batch.b)?,
+                TeacherSignal::Peers(of) => {
+                    let refs: Vec<&[f32]> =
+                        of.iter().map(|&j| peer_outputs[j].as_slice()).collect();
+                    if batch.classification {
+                        losses::mutual::probs_as_logits(
+                            &losses::mutual::peer_average(&refs, outputs, term.temperature),
+                            term.temperature,
+                        )
+                    } else {
+                        losses::mutual::mean_outputs(&refs)
+                    }
+                }
+            })
+        })
+        .collect()
+}
+
+impl Member<'_, '_> {
+    /// The forward pass of a step (dropout drawn from `drop_rng`).
+    fn forward(
+        &mut self,
+        batch: &Batch,
+        x: Option<&Tensor>,
+        drop_rng: &mut Rng,
+    ) -> Result<Forward> {
+        let none = Forward {
+            logits: None,
+            hidden: None,
+        };
+        if batch.b == 0 {
+            return Ok(none);
+        }
+        if self.fast {
+            self.ws
+                .forward(self.model, &batch.x, batch.b, Some(drop_rng))?;
+            return Ok(none);
+        }
+        let x = x.ok_or_else(|| Error::Other("no batch tensor".into()))?;
+        Ok(match forward_hook(&self.job.hooks) {
+            Some(h) => Forward {
+                logits: Some(h.forward(self.model, x, Mode::Train(drop_rng))?),
+                hidden: None,
+            },
+            None => {
+                let hint_layer = self.job.objective.hint.as_ref().map(|h| h.student_layer);
+                let (l, hidden) =
+                    self.model
+                        .forward_hidden(x, Mode::Train(drop_rng), hint_layer)?;
+                Forward {
+                    logits: Some(l),
+                    hidden,
+                }
+            }
+        })
+    }
+
+    /// The fused pass's loss, hits and gradients (in the workspace).
+    fn fused_grads(
+        &mut self,
+        batch: &Batch,
+        soft: &[Vec<f32>],
+        outputs: usize,
+    ) -> Result<(f64, usize, Grads)> {
+        if batch.b == 0 {
+            return Ok((0.0, 0, Grads::Empty));
+        }
+        let obj = &self.job.objective;
+        let terms: Vec<objective::SoftBatch> = obj
+            .soft
+            .iter()
+            .zip(soft)
+            .map(|(t, v)| objective::SoftBatch {
+                targets: v,
+                temperature: t.temperature,
+                weight: t.weight,
+                loss: t.loss,
+            })
+            .collect();
+        let lv = self
+            .ws
+            .loss_and_grad(&batch.labels(), obj.label_weight, &terms, outputs)?;
+        self.ws.backward(self.model, batch.b)?;
+        let hits = self
+            .ws
+            .logits
+            .chunks_exact(outputs)
+            .zip(&batch.classes)
+            .filter(|(row, &y)| crate::eval::argmax(row) == y as usize)
+            .count();
+        Ok((lv, hits, Grads::Fused))
+    }
+
+    /// The loss, hits and gradients through candle autograd.
+    fn autograd_grads(
+        &mut self,
+        fwd: Forward,
+        batch: &Batch,
+        soft: &[Vec<f32>],
+        x: Option<&Tensor>,
+        y: Option<&Tensor>,
+    ) -> Result<(f64, usize, Grads)> {
+        let Some(logits) = fwd.logits.filter(|_| batch.b > 0) else {
+            return Ok((0.0, 0, Grads::Empty));
+        };
+        let obj = &self.job.objective;
+        let classification = batch.classification;
+        let y = y.ok_or_else(|| Error::Other("no labels".into()))?;
+        let loss = autograd_loss(
+            obj,
+            &logits,
+            y,
+            soft,
+            fwd.hidden.as_ref(),
+            self.adapter.as_ref(),
+            x,
+            classification,
+            batch.b,
+            self.job.name,
+        )?;
+        let hits = if classification && obj.val_targets.is_none() {
+            let v = logits.argmax(1)?.to_vec1::<u32>()?;
+            v.iter().zip(&batch.classes).filter(|(a, b)| a == b).count()
+        } else {
+            0
+        };
+        let lv = loss.to_scalar::<f32>()? as f64;
+        Ok((lv, hits, Grads::Autograd(loss.backward()?)))
+    }
+
+    /// The optimizer step on a step's gradients, with the one divergence check: in one
+    /// process on this batch's loss; under data parallelism, ranks first sum their slices'
+    /// gradients (each weighted by its share of the global batch), check the global loss, and
+    /// take the same step. Returns the loss and hits the tally counts.
+    #[allow(clippy::too_many_arguments)]
+    fn take_step(
+        &mut self,
+        grads: Grads,
+        lv: f64,
+        hits: usize,
+        batch: &Batch,
+        ranks: Option<&dyn crate::dist::Comm>,
+        lr: f64,
+        (epoch, bi): (usize, usize),
+    ) -> Result<(f64, usize)> {
+        let max_loss = self.job.cfg.max_loss;
+        let adapter = self.adapter.as_ref().map(adapter_model);
+        let Some(comm) = ranks else {
+            if !lv.is_finite() || lv > max_loss {
+                return Err(divergence(&self.job, epoch, bi, lv));
+            }
+            match grads {
+                Grads::Fused => self.opt.step_slices(self.model, &self.ws.grads, lr)?,
+                Grads::Autograd(store) => {
+                    self.opt.step(self.model, &store, lr)?;
+                    if let (Some(a), Some(ao)) = (&adapter, self.adapter_opt.as_mut()) {
+                        ao.step(a, &store, lr)?;
+                    }
+                }
+                Grads::Empty => return Err(Error::Other("no gradients".into())),
+            }
+            return Ok((lv, hits));
+        };
+        let owned;
+        let local: &[Vec<f32>] = match grads {
+            Grads::Fused => &self.ws.grads,
+            Grads::Autograd(store) => {
+                let mut g = grads_of(self.model, &store)?;
+                if let Some(a) = &adapter {
+                    g.extend(grads_of(a, &store)?);
+                }
+                owned = g;
+                &owned
+            }
+            Grads::Empty => {
+                let mut g = zero_grads(self.model);
+                if let Some(a) = &adapter {
+                    g.extend(zero_grads(a));
+                }
+                owned = g;
+                &owned
+            }
+        };
+        let (sum, glv, ghits) = sum_across(comm, local, lv, hits, batch.b, batch.full_b);
+        if !glv.is_finite() || glv > max_loss {
+            return Err(divergence(&self.job, epoch, bi, glv));
+        }
+        let grads = split_like(&sum, local);
+        let n_model = self.model.params.len();
+        self.opt.step_slices(self.model, &grads[..n_model], lr)?;
+        if let (Some(a), Some(ao)) = (&adapter, self.adapter_opt.as_mut()) {
+            ao.step_slices(a, &grads[n_model..], lr)?;
+        }
+        Ok((glv, ghits))
+    }
+
+    /// Validates after an epoch, records the epoch's figures, keeps the best weights, writes
+    /// the checkpoint. Returns whether patience ran out, and the progress line's part.
+    #[allow(clippy::too_many_arguments)]
+    fn end_epoch(
+        &mut self,
+        val: &Dataset,
+        epoch: usize,
+        lr: f64,
+        secs: f64,
+        ranks: Option<&dyn crate::dist::Comm>,
+        sent0: u64,
+        patience: Option<usize>,
+        rng: &Rng,
+    ) -> Result<(bool, String)> {
+        let cfg = self.job.cfg;
+        let vs = validate(self.model, val, &self.job.hooks, &self.job.objective, ranks)?;
+        let tally = std::mem::take(&mut self.tally);
+        let record = &mut self.record;
+        let c = &mut record.curves;
+        c.epoch.push(epoch + 1);
+        c.train_loss.push(tally.loss());
+        if matches!(self.job.train.targets, Targets::Classes { .. }) {
+            c.train_accuracy.push(tally.accuracy());
+            c.val_accuracy.push(vs.accuracy.unwrap_or(0.0));
+        } else {
+            c.val_mse.push(vs.loss);
+        }
+        c.val_loss.push(vs.loss);
+        c.lr.push(lr);
+        c.seconds.push(secs);
+        if let Some(comm) = ranks {
+            let d = record.data_parallel.get_or_insert_with(Default::default);
+            d.ranks = comm.size();
+            d.steps += self.job.train.len().div_ceil(cfg.batch_size) as u64;
+            d.bytes_sent += crate::dist::bytes_sent() - sent0;
+        }
+        record.seconds += secs;
+        record.epochs_run = epoch + 1;
+        if vs.loss < self.best_val_loss {
+            self.best_val_loss = vs.loss;
+            record.best_epoch = epoch + 1;
+            self.bad_epochs = 0;
+            if patience.is_some() {
+                self.best_weights = Some(self.model.weights()?);
+            }
+        } else {
+            self.bad_epochs += 1;
+        }
+        let line = match vs.accuracy {
+            Some(a) => format!(
+                "loss {:.4}  val_loss {:.4}  val_acc {:.2}%",
+                tally.loss(),
+                vs.loss,
+                100.0 * a
+            ),
+            None => format!("loss {:.4}  val_mse(std) {:.4}", tally.loss(), vs.loss),
+        };
+        let stop = patience.is_some_and(|p| self.bad_epochs >= p);
+        self.record.stopped_early = stop && epoch + 1 < cfg.epochs;
+        if let Some(ck) = &self.job.checkpoint {
+            let st = CheckpointState {
+                kind: "checkpoint".into(),
+                name: self.job.name.to_string(),
+                epoch: epoch + 1,
+                opt_step: self.opt.step,
+                rng: rng.state(),
+                best_val_loss: self.best_val_loss,
+                best_epoch: self.record.best_epoch,
+                bad_epochs: self.bad_epochs,
+                record: self.record.clone(),
+            };
+            save_checkpoint(ck, self.model, &self.opt, self.best_weights.as_deref(), &st)?;
+        }
+        Ok((stop, line))
+    }
 }
 
 /// The objective's loss on a batch through candle autograd (the path of models without a

@@ -189,20 +189,7 @@ impl TrainConfig {
     }
 }
 
-/// `alpha = "auto"` / `temperature = "auto"` ([`crate::stages::tune`]): the trials and the choice.
-/// One short trial of the grid.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Trial {
-    /// Soft-target weight.
-    pub alpha: f32,
-    /// Temperature.
-    pub temperature: f32,
-    /// Validation accuracy at the trial's best epoch (classification).
-    pub val_accuracy: Option<f64>,
-    /// Validation loss against the labels at that epoch (cross-entropy, or MSE in
-    /// standardised units): the score for regression, the tie-break for classification.
-    pub val_loss: f64,
-}
+use super::grid::Trial;
 
 /// The grid, its scores and the choice.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -228,34 +215,12 @@ pub struct AutoChoice {
     pub full_runs: Option<FullRuns>,
 }
 
-impl Trial {
-    /// Larger is better: validation accuracy, then lower loss; regression: lower loss.
-    pub fn key(&self) -> (f64, f64) {
-        (self.val_accuracy.unwrap_or(0.0), -self.val_loss)
-    }
-
-    /// The validation figure: accuracy, or the loss for regression.
-    pub fn describe(&self) -> String {
-        match self.val_accuracy {
-            Some(a) => format!("{:.2}%", 100.0 * a),
-            None => format!("loss {:.4}", self.val_loss),
-        }
-    }
-
-    /// The best of `trials` (the first of equals).
-    pub fn best(trials: &[Trial]) -> Option<&Trial> {
-        trials
-            .iter()
-            .reduce(|b, t| if t.key() > b.key() { t } else { b })
-    }
-}
-
 impl AutoChoice {
     /// The (α, T) of the best trial: the choice itself until the full runs are compared, which
     /// may then set α to 0.
     pub fn winner(&self) -> (f32, f32) {
         match &self.full_runs {
-            Some(f) => (f.distilled.alpha, f.distilled.temperature),
+            Some(f) => (f.distilled.weight, f.distilled.temperature),
             None => (self.alpha, self.temperature),
         }
     }
