@@ -645,6 +645,7 @@ fn train_workload(
                 }],
                 hint: None,
                 val_targets: None,
+                teacher_val: None,
             },
             fill: 0.0,
             checkpoint: None,

@@ -78,6 +78,39 @@ impl Rng {
         (-2.0 * u1.ln()).sqrt() * (std::f32::consts::TAU * u2).cos()
     }
 
+    /// A Gamma(shape, 1) sample (Marsaglia and Tsang 2000; shape < 1 through
+    /// Gamma(shape + 1) · U^(1/shape)).
+    pub fn gamma(&mut self, shape: f32) -> f32 {
+        if shape < 1.0 {
+            let u = self.uniform().max(1e-7);
+            return self.gamma(shape + 1.0) * u.powf(1.0 / shape);
+        }
+        let d = shape - 1.0 / 3.0;
+        let c = 1.0 / (9.0 * d).sqrt();
+        loop {
+            let z = self.normal();
+            let v = (1.0 + c * z).powi(3);
+            if v <= 0.0 {
+                continue;
+            }
+            let u = self.uniform().max(1e-7);
+            if u.ln() < 0.5 * z * z + d - d * v + d * v.ln() {
+                return d * v;
+            }
+        }
+    }
+
+    /// A Beta(a, b) sample.
+    pub fn beta(&mut self, a: f32, b: f32) -> f32 {
+        let x = self.gamma(a);
+        let y = self.gamma(b);
+        if x + y > 0.0 {
+            x / (x + y)
+        } else {
+            0.5
+        }
+    }
+
     /// Uniform in [lo, hi).
     pub fn uniform_range(&mut self, lo: f32, hi: f32) -> f32 {
         lo + (hi - lo) * self.uniform()
@@ -113,6 +146,28 @@ impl Rng {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn beta_samples_have_the_right_mean_and_spread() {
+        let mut r = Rng::new(7);
+        for (a, b) in [(0.2f32, 0.2f32), (1.0, 1.0), (2.0, 5.0)] {
+            let n = 20000;
+            let v: Vec<f64> = (0..n).map(|_| r.beta(a, b) as f64).collect();
+            let mean = v.iter().sum::<f64>() / n as f64;
+            let var = v.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / n as f64;
+            let (a, b) = (a as f64, b as f64);
+            let want_var = a * b / ((a + b).powi(2) * (a + b + 1.0));
+            assert!(
+                (mean - a / (a + b)).abs() < 0.01,
+                "Beta({a}, {b}) mean {mean}"
+            );
+            assert!(
+                (var - want_var).abs() < 0.01,
+                "Beta({a}, {b}) variance {var}"
+            );
+            assert!(v.iter().all(|x| (0.0..=1.0).contains(x)));
+        }
+    }
 
     #[test]
     fn same_seed_same_stream() {

@@ -76,6 +76,19 @@ pub struct DistillSummary {
     /// When α or T was `"auto"`: the grid tried on the validation split and the choice.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub auto: Option<crate::train::AutoChoice>,
+    /// A classifier's agreement with its teacher (top-1 and mean KL) on the validation and
+    /// test splits.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agreement: Option<Agreements>,
+}
+
+/// Agreement with the teacher on the validation and test splits.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Agreements {
+    /// On the validation split.
+    pub val: crate::losses::agreement::Agreement,
+    /// On the test split.
+    pub test: crate::losses::agreement::Agreement,
 }
 
 /// All figures for one model.
@@ -487,6 +500,38 @@ impl RunStore {
         Ok((scores, b1, b256))
     }
 
+    /// A classifier's agreement with `teacher` on the validation and test splits (`None` for
+    /// regression, embeddings, or a teacher whose outputs are not class scores).
+    fn agreements(&self, p: &dyn Predictor, teacher: &str) -> Result<Option<Agreements>> {
+        let s = &self.splits;
+        let classes = s.test.outputs();
+        if classes < 2
+            || s.val.is_empty()
+            || s.test.is_empty()
+            || !matches!(s.test.targets, crate::data::Targets::Classes { .. })
+            || !s.test.text.is_empty() && s.featurizer.is_none()
+        {
+            return Ok(None);
+        }
+        let Ok(t_val) = self.teacher_outputs(teacher, "val") else {
+            return Ok(None);
+        };
+        let t_test = self.teacher_outputs(teacher, "test")?;
+        let d = s.test.dim();
+        let own_val = eval::predict_all(p, &s.val.x, d, 512)?;
+        let own_test = eval::predict_all(p, &s.test.x, d, 512)?;
+        use crate::losses::agreement::agreement;
+        Ok(
+            match (
+                agreement(&own_val, &t_val, classes),
+                agreement(&own_test, &t_test, classes),
+            ) {
+                (Some(val), Some(test)) => Some(Agreements { val, test }),
+                _ => None,
+            },
+        )
+    }
+
     /// Latency at batch 1 and 256 on test inputs; for text, from the raw texts (featurizing
     /// included), as a user calling the model pays it.
     pub fn latencies(&self, p: &dyn Predictor) -> Result<(f64, f64)> {
@@ -587,6 +632,9 @@ impl RunStore {
                         let (scores, b1, b256) = self.measure(&f.model)?;
                         let mut r = record_of(&f, scores, b1, b256, how)?;
                         r.rules = self.tree_rules(&f.model);
+                        if let Some(d) = r.distill.as_mut() {
+                            d.agreement = self.agreements(&f.model, &d.teacher)?;
+                        }
                         r
                     }
                 },

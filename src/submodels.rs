@@ -1356,6 +1356,7 @@ impl GroupRun<'_, '_> {
             soft,
             hint: None,
             val_targets: None,
+            teacher_val: None,
         }
     }
 

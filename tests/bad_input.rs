@@ -240,6 +240,32 @@ fn bad_configs() {
         &format!("{base}[[model]]\nname = \"t\"\narch = {{ kind = \"mlp\", hidden = [4] }}\n"),
         &["duplicate model name"],
     );
+    // Augmentation that does not fit the data, and transfer data that are not there.
+    let iris = "[data]\nformat = \"csv\"\npath = \"data/sklearn/iris.csv\"\nlabel = \"species\"\n[[model]]\nname = \"t\"\narch = { kind = \"mlp\" }\n";
+    expect_bad_config(
+        dir,
+        "augment-flip-on-rows",
+        &format!("{iris}train = {{ augment = {{ flip = true }} }}\n"),
+        &["model.t.train.augment.flip", "works on images"],
+    );
+    expect_bad_config(
+        dir,
+        "augment-shift-and-jitter",
+        &format!("{base}train = {{ jitter = 1, augment = {{ shift = 2 }} }}\n"),
+        &["model.t.train.augment.shift", "give the shift once"],
+    );
+    expect_bad_config(
+        dir,
+        "augment-bad-mixup",
+        &format!("{iris}train = {{ augment = {{ mixup = -1.0 }} }}\n"),
+        &["model.t.train.augment.mixup"],
+    );
+    expect_bad_config(
+        dir,
+        "transfer-missing-file",
+        &format!("{base}[[model]]\nname = \"s\"\narch = {{ kind = \"mlp\", hidden = [4] }}\ndistill = {{ teacher = \"t\", alpha = 1.0, temperature = 2.0, transfer = {{ path = \"no/such.csv\" }} }}\n"),
+        &["model.s.distill.transfer.path", "does not exist"],
+    );
     // One name rule for every kind of name (models, teachers, stages, groups).
     expect_bad_config(
         dir,

@@ -1,6 +1,7 @@
 //! Data: readers for IDX and CSV files and the embedded digits, normalisation, splits,
 //! shards and mini-batches.
 
+pub mod augment;
 pub mod csv;
 pub mod idx;
 pub mod munge;

@@ -3,6 +3,7 @@
 //! step uses) and, beside it, the candle-autograd form the fast one is tested against.
 //! The crate's one softmax and log-sum-exp are [`crate::kernels::softmax`]'s.
 
+pub mod agreement;
 pub mod dist;
 pub mod dkd;
 pub mod embed;

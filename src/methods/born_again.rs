@@ -32,6 +32,7 @@ pub fn expand(models: &[ModelConfig]) -> Vec<ModelConfig> {
                         loss: crate::losses::SoftLoss::Kd,
                         init_from_teacher: false,
                         synthetic: None,
+                        transfer: None,
                     }),
                     from: None,
                     born_again: None,

@@ -267,6 +267,7 @@ pub fn markdown(m: &Metrics) -> String {
     }
     s.push_str("\nLatency: median of repeated timed forward passes on this machine (after warm-up). Size: bytes of the stored weights in their precision (f32, int8 codes + scales, packed int4 + scales).\n\n");
     text_section(&mut s, m);
+    agreement_section(&mut s, m);
     auto_section(&mut s, m);
     rules_section(&mut s, m);
     compression_section(&mut s, m);
@@ -517,6 +518,16 @@ pub fn plot_list(m: &Metrics) -> Vec<(String, String)> {
             ),
         ));
     }
+    if m.models.iter().any(|x| {
+        x.training
+            .as_ref()
+            .is_some_and(|t| !t.curves.val_agreement.is_empty())
+    }) {
+        v.push((
+            "val_agreement.svg".into(),
+            "validation top-1 agreement with the teacher per epoch (solid) beside validation accuracy (dashed), every distilled classifier".into(),
+        ));
+    }
     if !m.submodel_groups.is_empty() {
         v.push((
             "disagreement.svg".into(),
@@ -656,6 +667,45 @@ fn draw(m: &Metrics, file: &str, tolerances: &[(String, f64)]) -> Result<String>
                 y_label: val_label,
                 x: Scale::Integer,
                 y: if cls { Scale::Linear } else { Scale::Log },
+            },
+            &series,
+            &[],
+        );
+    }
+    if file == "val_agreement.svg" {
+        let mut series: Vec<Line> = Vec::new();
+        for x in &m.models {
+            let Some(c) = x.training.as_ref().map(|t| &t.curves) else {
+                continue;
+            };
+            if c.val_agreement.is_empty() {
+                continue;
+            }
+            for (v, dashed, what) in [
+                (&c.val_agreement, false, "agreement"),
+                (&c.val_accuracy, true, "accuracy"),
+            ] {
+                series.push(Line {
+                    name: format!("{} ({what})", x.name),
+                    look: look_of(&x.name),
+                    points: c
+                        .epoch
+                        .iter()
+                        .zip(v)
+                        .map(|(&e, &a)| (e as f64, 100.0 * a))
+                        .collect(),
+                    dashed,
+                    bold: false,
+                });
+            }
+        }
+        return plot::lines(
+            &Axes {
+                title: "Agreement with the teacher and accuracy, validation, per epoch",
+                x_label: "epoch",
+                y_label: "%",
+                x: Scale::Integer,
+                y: Scale::Linear,
             },
             &series,
             &[],
@@ -941,6 +991,39 @@ fn trials_table(s: &mut String, symbol: &str, trials: &[crate::train::Trial]) {
             if best == Some(t) { "best trial" } else { "" }
         );
     }
+}
+
+/// Each distilled classifier's fidelity to its teacher beside its accuracy (Stanton et al. 2021:
+/// the two can part).
+fn agreement_section(s: &mut String, m: &Metrics) {
+    let rows: Vec<_> = m
+        .models
+        .iter()
+        .filter_map(|x| {
+            let d = x.distill.as_ref()?;
+            Some((x, d, d.agreement.as_ref()?))
+        })
+        .collect();
+    if rows.is_empty() {
+        return;
+    }
+    s.push_str("## Agreement with the teacher\n\nTop-1 agreement: the share of samples on which the student's class is the teacher's; KL: the mean KL(teacher ‖ student) at T = 1, nats. \n\n| model | teacher | test accuracy | test agreement | test KL | validation agreement | validation KL |\n|---|---|---:|---:|---:|---:|---:|\n");
+    for (x, d, a) in rows {
+        let _ = writeln!(
+            s,
+            "| {} | {} | {} | {:.2}% | {:.4} | {:.2}% | {:.4} |",
+            x.name,
+            d.teacher,
+            x.accuracy
+                .map(|v| format!("{:.2}%", 100.0 * v))
+                .unwrap_or_else(|| "—".into()),
+            100.0 * a.test.top1,
+            a.test.kl,
+            100.0 * a.val.top1,
+            a.val.kl
+        );
+    }
+    s.push('\n');
 }
 
 fn auto_section(s: &mut String, m: &Metrics) {

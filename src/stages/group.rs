@@ -190,6 +190,7 @@ impl Stage for GroupStage {
                         alpha: f.alpha,
                         loss: None,
                         auto: None,
+                        agreement: None,
                     }),
                     embedding_teacher: None,
                 },

@@ -71,6 +71,24 @@ pub struct DistillConfig {
     /// Bucila et al. 2006): `{ samples = 20000, swap = 0.5, spread = 1.0 }`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub synthetic: Option<crate::data::munge::MungeConfig>,
+    /// Unlabelled transfer data: `{ path = "more.csv.gz" }`, a CSV file with the training
+    /// file's columns (its label column's values are ignored: write `?`). Its samples join the
+    /// training split with the teacher's outputs as targets — with α = 1 (function matching)
+    /// the student learns the teacher alone on every sample; the label term of a transfer
+    /// sample, where α < 1, is the teacher's arg-max, as for synthetic samples.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub transfer: Option<TransferSet>,
+}
+
+/// The `transfer = { … }` table of a student's `distill`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TransferSet {
+    /// The CSV file (gzip allowed).
+    pub path: std::path::PathBuf,
+    /// Use at most this many of its samples (the first ones).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_samples: Option<usize>,
 }
 
 /// FitNets hint: match the student's hidden layer, through a learned linear adapter, to the
@@ -264,6 +282,36 @@ impl ModelConfig {
                     )?;
                 }
             }
+            if let Some(tr) = &ds.transfer {
+                let f = format!("{p}.distill.transfer");
+                if !tr.path.exists() {
+                    bad_field(
+                        &format!("{f}.path"),
+                        &format!("file '{}' does not exist", tr.path.display()),
+                    )?;
+                }
+                if tr.max_samples == Some(0) {
+                    bad_field(&format!("{f}.max_samples"), "must be at least 1")?;
+                }
+                if auto {
+                    bad_field(
+                        &f,
+                        "a transfer set with alpha or temperature \"auto\" is not available (give numbers)",
+                    )?;
+                }
+                if text {
+                    bad_field(
+                        &f,
+                        "a transfer set is read as feature columns; text students are not supported yet",
+                    )?;
+                }
+                if ds.synthetic.is_some() {
+                    bad_field(
+                        &f,
+                        "give either synthetic samples or a transfer set, not both",
+                    )?;
+                }
+            }
             if auto && !ds.assistants.is_empty() {
                 bad_field(
                     &format!("{p}.distill"),
@@ -371,6 +419,7 @@ impl Stage for ModelStage {
                 .unwrap_or(f32::NAN),
             auto: chosen.clone(),
             loss: (d.loss != crate::losses::SoftLoss::Kd).then(|| d.loss.describe().to_uppercase()),
+            agreement: None,
         });
         store.finish(
             Finished {
@@ -426,9 +475,14 @@ fn train_model(m: &ModelConfig, store: &RunStore) -> Result<()> {
         outputs,
     };
     let tree = spec.arch.is_tree();
-    if tree && m.train.jitter > 0 {
+    if tree && m.train.augments() {
+        let field = if m.train.jitter > 0 {
+            "jitter"
+        } else {
+            "augment"
+        };
         return Err(Error::Input(format!(
-            "model.{}.train.jitter: a tree model is fitted to the samples as they are; set jitter = 0",
+            "model.{}.train.{field}: a tree model is fitted to the samples as they are; remove {field}",
             m.name
         )));
     }
@@ -482,13 +536,20 @@ fn train_model(m: &ModelConfig, store: &RunStore) -> Result<()> {
                 return Err(missing());
             }
             let known = store.known(&ds.teacher).is_some();
-            if known && m.train.jitter > 0 {
+            if known && m.train.augments() {
+                let field = if m.train.jitter > 0 {
+                    "jitter"
+                } else {
+                    "augment"
+                };
                 return Err(Error::Input(format!(
-                    "model.{}.train.jitter: teacher '{}' has outputs for the samples as they are, not for shifted ones; set jitter = 0",
+                    "model.{}.train.{field}: teacher '{}' has outputs for the samples as they are, not for shifted or augmented ones; remove {field}",
                     m.name, ds.teacher
                 )));
             }
-            let mut cached = if known || m.train.jitter == 0 {
+            // Consistent teaching: with augmentation the teacher runs on every batch, on the
+            // very view the student sees; otherwise its outputs are computed once.
+            let mut cached = if known || !m.train.augments() {
                 if !known {
                     store.progress.say(&format!(
                         "{}: computing {}'s soft targets once for the whole training set",
@@ -515,12 +576,39 @@ fn train_model(m: &ModelConfig, store: &RunStore) -> Result<()> {
                 }
                 augmented = Some(aug);
             }
+            if let Some(tr) = &ds.transfer {
+                if known {
+                    return Err(Error::Input(format!(
+                        "model.{}.distill.transfer: teacher '{}' has outputs for the data set's own samples only; a transfer set needs a teacher that runs on features (a [[model]] or an ONNX file)",
+                        m.name, ds.teacher
+                    )));
+                }
+                let teacher = store.teacher(&ds.teacher).map_err(|_| missing())?;
+                let (aug, outputs) = with_transfer(m, tr, teacher, store)?;
+                if let Some(c) = cached.as_mut() {
+                    let mut all = c.to_vec();
+                    all.extend(outputs);
+                    *c = all.into();
+                }
+                augmented = Some(aug);
+            }
+            // The teacher on the validation split, for the agreement curves (classifiers).
+            let teacher_val = if splits.val.outputs() > 1
+                && !splits.val.is_empty()
+                && !ds.loss.is_embedding()
+                && matches!(splits.val.targets, crate::data::Targets::Classes { .. })
+            {
+                Some(store.teacher_outputs(&ds.teacher, "val")?)
+            } else {
+                None
+            };
             let make = |alpha: f32, temperature: f32| -> Result<Objective> {
                 let signal = match &cached {
                     Some(rows) => TeacherSignal::Cached(rows.clone()),
                     None => TeacherSignal::Live(store.teacher(&ds.teacher).map_err(|_| missing())?),
                 };
                 let mut obj = Objective::distill(signal, ds.loss, temperature, alpha);
+                obj.teacher_val = teacher_val.clone();
                 if let Some(h) = &ds.hint {
                     obj.hint = Some(HintTerm {
                         teacher: model_teacher.ok_or_else(missing)?,
@@ -619,6 +707,111 @@ fn with_synthetic(
         sc.swap,
         sc.spread,
         categorical.iter().filter(|&&c| c).count()
+    ));
+    let targets = match &train.targets {
+        Targets::Classes { labels, names } => {
+            let mut l = labels.clone();
+            l.extend(
+                outputs
+                    .chunks_exact(k)
+                    .map(|row| crate::eval::argmax(row) as u32),
+            );
+            Targets::Classes {
+                labels: l,
+                names: names.clone(),
+            }
+        }
+        Targets::Values(v) => {
+            let mut v = v.clone();
+            v.extend_from_slice(&outputs);
+            Targets::Values(v)
+        }
+    };
+    let mut x = train.x.to_vec();
+    x.extend(sx);
+    Ok((Dataset::new(x, train.shape.clone(), targets), outputs))
+}
+
+/// The training split with a transfer set's samples appended: read with the training file's
+/// columns, normalised as the training split was, targets the teacher's outputs (classes: its
+/// arg-max for the label term). Returns the set and the teacher's outputs on the new samples.
+fn with_transfer(
+    m: &ModelConfig,
+    tr: &TransferSet,
+    teacher: &dyn crate::teachers::Teacher,
+    store: &RunStore,
+) -> Result<(crate::data::Dataset, Vec<f32>)> {
+    use crate::data::{Dataset, Targets};
+    let train = &store.splits.train;
+    let (d, k) = (train.dim(), train.outputs());
+    let field = format!("model.{}.distill.transfer.path", m.name);
+    // The label column: the one the training data's features do not name.
+    let bytes = crate::io::read_file(&tr.path)?;
+    let name = tr.path.display().to_string();
+    let text = crate::data::csv::maybe_gunzip(&bytes, &name, 4 << 30)?;
+    let header: Vec<&str> = std::str::from_utf8(text.split(|&b| b == b'\n').next().unwrap_or(&[]))
+        .unwrap_or("")
+        .trim()
+        .split(',')
+        .map(str::trim)
+        .collect();
+    let others: Vec<&str> = header
+        .iter()
+        .copied()
+        .filter(|h| !train.features.iter().any(|f| f == h))
+        .collect();
+    let [label] = others.as_slice() else {
+        return Err(Error::Input(format!(
+            "{field}: '{name}' must have the training file's columns (its feature columns and its label column, whose values are ignored); {} of its {} columns are not features",
+            others.len(),
+            header.len()
+        )));
+    };
+    let label = label.to_string();
+    let opts = crate::data::csv::CsvOptions {
+        label,
+        // The label column is read as names and ignored.
+        task: crate::data::Task::Classification,
+        image_shape: (train.shape.len() == 3).then(|| train.shape.clone()),
+    };
+    // Labels are ignored: `?`, an empty cell, or one of the training data's classes.
+    let mut known: Vec<String> = train
+        .class_names()
+        .map(<[String]>::to_vec)
+        .unwrap_or_default();
+    known.extend(["?".to_string(), String::new()]);
+    let mut set = crate::data::csv::parse_csv_bytes(&text, &name, &opts, Some(&known))
+        .map_err(|e| Error::Input(format!("{field}: {e}")))?;
+    if set.dim() != d {
+        return Err(Error::Input(format!(
+            "{field}: '{}' has {} feature columns, the training data {d}",
+            tr.path.display(),
+            set.dim()
+        )));
+    }
+    if !train.features.is_empty() && set.features != train.features {
+        return Err(Error::Input(format!(
+            "{field}: '{}' has other feature columns than the training data (expected {}…)",
+            tr.path.display(),
+            train
+                .features
+                .iter()
+                .take(4)
+                .cloned()
+                .collect::<Vec<_>>()
+                .join(", ")
+        )));
+    }
+    let n = tr.max_samples.unwrap_or(usize::MAX).min(set.len());
+    let mut sx = set.x.to_vec();
+    sx.truncate(n * d);
+    store.splits.normalizer.apply(&mut sx, d);
+    set.x = Vec::new().into();
+    let outputs = crate::eval::predict_all(teacher, &sx, d, 512)?;
+    store.progress.say(&format!(
+        "{}: {n} transfer samples from {}, labelled by the teacher",
+        m.name,
+        tr.path.display()
     ));
     let targets = match &train.targets {
         Targets::Classes { labels, names } => {

@@ -313,11 +313,11 @@ pub(super) fn recover_objective<'a>(
 ) -> Result<Objective<'a>> {
     Ok(match &r.teacher {
         Some(t) => {
-            let signal = if r.train.jitter == 0 {
+            let signal = if !r.train.augments() {
                 TeacherSignal::Cached(store.teacher_outputs(t, "train")?)
             } else if store.known(t).is_some() {
                 return Err(Error::Input(format!(
-                    "{t}: this teacher has outputs for the samples as they are, not for shifted ones; fine-tune with jitter = 0"
+                    "{t}: this teacher has outputs for the samples as they are, not for shifted or augmented ones; fine-tune without jitter or augment"
                 )));
             } else {
                 TeacherSignal::Live(store.teacher(t)?)

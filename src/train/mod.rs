@@ -76,6 +76,10 @@ pub struct Objective<'a> {
     /// Embedding distillation: the teacher's embeddings of the validation split, against which
     /// validation scores the model (its outputs are vectors, not class scores).
     pub val_targets: Option<crate::teachers::Rows>,
+    /// The teacher's outputs (class logits) on the validation split, when a classifier is
+    /// distilled: each epoch then records the student's top-1 agreement with it and their
+    /// mean KL.
+    pub teacher_val: Option<crate::teachers::Rows>,
 }
 
 impl<'a> Objective<'a> {
@@ -86,6 +90,7 @@ impl<'a> Objective<'a> {
             soft: Vec::new(),
             hint: None,
             val_targets: None,
+            teacher_val: None,
         }
     }
 
@@ -112,6 +117,7 @@ impl<'a> Objective<'a> {
             }],
             hint: None,
             val_targets: None,
+            teacher_val: None,
         }
     }
 
@@ -132,6 +138,7 @@ impl<'a> Objective<'a> {
             }],
             hint: None,
             val_targets: Some(val),
+            teacher_val: None,
         }
     }
 }
@@ -155,6 +162,13 @@ pub struct Curves {
     pub lr: Vec<f64>,
     /// Seconds spent in the epoch.
     pub seconds: Vec<f64>,
+    /// Distilled classifiers: the share of validation samples whose top-1 class is the
+    /// teacher's.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub val_agreement: Vec<f64>,
+    /// Distilled classifiers: the mean KL(teacher ‖ student) on validation, nats.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub val_kl: Vec<f64>,
 }
 
 /// The result of training.
@@ -262,19 +276,6 @@ pub trait StepHook {
     }
 }
 
-fn labels_tensor(data: &Dataset, idx: &[usize]) -> Result<Tensor> {
-    Ok(match &data.targets {
-        Targets::Classes { labels, .. } => {
-            let v: Vec<u32> = idx.iter().map(|&i| labels[i]).collect();
-            Tensor::from_vec(v, idx.len(), &Device::Cpu)?
-        }
-        Targets::Values(vals) => {
-            let v: Vec<f32> = idx.iter().map(|&i| vals[i]).collect();
-            Tensor::from_vec(v, (idx.len(), 1), &Device::Cpu)?
-        }
-    })
-}
-
 /// The hook that replaces the forward pass, if any.
 fn forward_hook<'h>(hooks: &'h [Box<dyn StepHook + '_>]) -> Option<&'h dyn StepHook> {
     hooks
@@ -290,7 +291,7 @@ fn validate(
     hooks: &[Box<dyn StepHook + '_>],
     objective: &Objective,
     ranks: Option<&dyn crate::dist::Comm>,
-) -> Result<Scores> {
+) -> Result<(Scores, Vec<f32>)> {
     // Data-parallel ranks each predict their slice of the validation rows, then gather them.
     let d = val.dim();
     let rows = val.len();
@@ -316,9 +317,12 @@ fn validate(
         None => out,
     };
     if let (Some(t), Some(term)) = (&objective.val_targets, objective.soft.first()) {
-        return embedding_scores(&out, t, model.spec.outputs, term.loss);
+        return Ok((
+            embedding_scores(&out, t, model.spec.outputs, term.loss)?,
+            out,
+        ));
     }
-    Ok(score_outputs(&out, val, None))
+    Ok((score_outputs(&out, val, None), out))
 }
 
 /// Validation of embedding distillation: the mean loss against the teacher's embeddings.
@@ -514,7 +518,7 @@ fn fit_shared(
         for (bi, full_idx) in perm.chunks(cfg.batch_size).enumerate() {
             crate::progress::check_interrupt()?;
             let ranks = dp.then_some(comm);
-            batch.gather(train, full_idx, ranks, cfg.jitter, fill, &mut rng)?;
+            batch.gather(train, full_idx, ranks, cfg, fill, &mut rng)?;
             let tensors = members.iter().any(|m| !m.fast);
             let (x, y) = if tensors {
                 (
@@ -523,7 +527,7 @@ fn fit_shared(
                         (batch.b, train.dim()),
                         &Device::Cpu,
                     )?),
-                    Some(labels_tensor(train, &batch.idx)?),
+                    Some(batch.labels_tensor()?),
                 )
             } else {
                 (None, None)
@@ -649,6 +653,8 @@ impl<'m, 'a> Stepper<'m, 'a> {
         batch.classes.clear();
         batch.classes.extend_from_slice(classes);
         batch.values.clear();
+        batch.partner_classes.clear();
+        batch.mix = None;
         (batch.b, batch.full_b, batch.classification) = (b, b, true);
         let m = &mut self.member;
         let t0 = Instant::now();
@@ -787,16 +793,21 @@ struct Batch {
     full_b: usize,
     /// Whether the targets are classes.
     classification: bool,
+    /// How the batch was mixed (mixup, CutMix), if it was.
+    mix: Option<crate::data::augment::Mix>,
+    /// A mixed batch's partner labels (classification).
+    partner_classes: Vec<u32>,
 }
 
 impl Batch {
-    /// Gathers the rows `full_idx` (this rank's slice of them under data parallelism).
+    /// Gathers the rows `full_idx` (this rank's slice of them under data parallelism), shifted
+    /// and augmented as `cfg` asks.
     fn gather(
         &mut self,
         train: &Dataset,
         full_idx: &[usize],
         ranks: Option<&dyn crate::dist::Comm>,
-        jitter: usize,
+        cfg: &TrainConfig,
         fill: f32,
         rng: &mut Rng,
     ) -> Result<()> {
@@ -809,18 +820,14 @@ impl Batch {
             ),
             None => (0, full_b),
         };
-        let idx = &full_idx[lo..hi];
-        if ranks.is_some() && train.jitters(jitter) {
-            // Every rank jitters the whole global batch from the shared stream (so the stream
-            // stays the same on every rank), then keeps its rows.
-            train.gather(full_idx, jitter, fill, rng, &mut self.x);
-            self.x.copy_within(lo * d..hi * d, 0);
-            self.x.truncate(idx.len() * d);
-        } else {
-            train.gather(idx, jitter, fill, rng, &mut self.x);
-        }
-        self.idx.clear();
-        self.idx.extend_from_slice(idx);
+        let jitter = cfg.image_shift();
+        let augment = cfg.augment.is_active();
+        // Under data parallelism every rank shifts and augments the whole global batch from the
+        // shared stream (so the stream, and a mixed sample's partner, are the same on every
+        // rank), then keeps its rows.
+        let whole = ranks.is_some() && (train.jitters(jitter) || augment);
+        let idx = if whole { full_idx } else { &full_idx[lo..hi] };
+        train.gather(idx, jitter, fill, rng, &mut self.x);
         self.classes.clear();
         self.values.clear();
         match &train.targets {
@@ -829,17 +836,80 @@ impl Batch {
             }
             Targets::Values(v) => self.values.extend(idx.iter().map(|&i| v[i])),
         }
-        self.b = idx.len();
+        self.partner_classes.clear();
+        self.mix = None;
+        if augment {
+            if !train.text.is_empty() {
+                return Err(Error::Input(
+                    "train.augment: texts (token ids) are not augmented".into(),
+                ));
+            }
+            self.mix = cfg.augment.apply(&mut self.x, &train.shape, fill, rng);
+            if let Some(m) = &self.mix {
+                if self.values.is_empty() {
+                    self.partner_classes = m.partner.iter().map(|&j| self.classes[j]).collect();
+                } else {
+                    // Regression: the targets are mixed as the inputs are.
+                    let v = self.values.clone();
+                    for (i, t) in self.values.iter_mut().enumerate() {
+                        *t = m.lambda * v[i] + (1.0 - m.lambda) * v[m.partner[i]];
+                    }
+                }
+            }
+        }
+        if whole {
+            self.x.copy_within(lo * d..hi * d, 0);
+            self.x.truncate((hi - lo) * d);
+            for v in [&mut self.classes, &mut self.partner_classes] {
+                if !v.is_empty() {
+                    v.copy_within(lo..hi, 0);
+                    v.truncate(hi - lo);
+                }
+            }
+            if !self.values.is_empty() {
+                self.values.copy_within(lo..hi, 0);
+                self.values.truncate(hi - lo);
+            }
+        }
+        self.idx.clear();
+        self.idx.extend_from_slice(&full_idx[lo..hi]);
+        self.b = hi - lo;
         self.full_b = full_b;
         self.classification = matches!(train.targets, Targets::Classes { .. });
         Ok(())
     }
 
-    fn labels(&self) -> objective::BatchLabels<'_> {
-        if self.classification {
-            objective::BatchLabels::Classes(&self.classes)
+    /// The labels as a tensor (autograd): classes, or values as a column.
+    fn labels_tensor(&self) -> Result<Tensor> {
+        Ok(if self.classification {
+            Tensor::from_slice(&self.classes, self.b, &Device::Cpu)?
         } else {
-            objective::BatchLabels::Values(&self.values)
+            Tensor::from_slice(&self.values, (self.b, 1), &Device::Cpu)?
+        })
+    }
+
+    /// A mixed batch's partner labels and λ, as autograd takes them.
+    fn mix_tensor(&self) -> Result<Option<(Tensor, f32)>> {
+        match &self.mix {
+            Some(m) if self.classification && !self.partner_classes.is_empty() => Ok(Some((
+                Tensor::from_slice(&self.partner_classes, self.b, &Device::Cpu)?,
+                m.lambda,
+            ))),
+            _ => Ok(None),
+        }
+    }
+
+    fn labels(&self) -> objective::BatchLabels<'_> {
+        match &self.mix {
+            Some(m) if self.classification && !self.partner_classes.is_empty() => {
+                objective::BatchLabels::Mixed {
+                    own: &self.classes,
+                    partner: &self.partner_classes,
+                    lambda: m.lambda,
+                }
+            }
+            _ if self.classification => objective::BatchLabels::Classes(&self.classes),
+            _ => objective::BatchLabels::Values(&self.values),
         }
     }
 }
@@ -999,10 +1069,12 @@ impl Member<'_, '_> {
         let obj = &self.job.objective;
         let classification = batch.classification;
         let y = y.ok_or_else(|| Error::Other("no labels".into()))?;
+        let mix = batch.mix_tensor()?;
         let loss = autograd_loss(
             obj,
             &logits,
             y,
+            mix.as_ref().map(|(t, l)| (t, *l)),
             soft,
             fwd.hidden.as_ref(),
             self.adapter.as_ref(),
@@ -1102,7 +1174,11 @@ impl Member<'_, '_> {
         rng: &Rng,
     ) -> Result<(bool, String)> {
         let cfg = self.job.cfg;
-        let vs = validate(self.model, val, &self.job.hooks, &self.job.objective, ranks)?;
+        let (vs, out) = validate(self.model, val, &self.job.hooks, &self.job.objective, ranks)?;
+        let agree =
+            self.job.objective.teacher_val.as_ref().and_then(|t| {
+                crate::losses::agreement::agreement(&out, t, self.model.spec.outputs)
+            });
         let tally = std::mem::take(&mut self.tally);
         let record = &mut self.record;
         let c = &mut record.curves;
@@ -1117,6 +1193,10 @@ impl Member<'_, '_> {
         c.val_loss.push(vs.loss);
         c.lr.push(lr);
         c.seconds.push(secs);
+        if let Some(a) = agree {
+            c.val_agreement.push(a.top1);
+            c.val_kl.push(a.kl);
+        }
         if let Some(comm) = ranks {
             let d = record.data_parallel.get_or_insert_with(Default::default);
             d.ranks = comm.size();
@@ -1143,6 +1223,10 @@ impl Member<'_, '_> {
                 100.0 * a
             ),
             None => format!("loss {:.4}  val_mse(std) {:.4}", tally.loss(), vs.loss),
+        };
+        let line = match agree {
+            Some(a) => format!("{line}  agree {:.2}%", 100.0 * a.top1),
+            None => line,
         };
         let stop = patience.is_some_and(|p| self.bad_epochs >= p);
         self.record.stopped_early = stop && epoch + 1 < cfg.epochs;
@@ -1171,6 +1255,7 @@ fn autograd_loss(
     obj: &Objective,
     logits: &Tensor,
     y: &Tensor,
+    mix: Option<(&Tensor, f32)>,
     soft_bufs: &[Vec<f32>],
     s_hidden: Option<&Tensor>,
     adapter: Option<&Var>,
@@ -1181,10 +1266,14 @@ fn autograd_loss(
 ) -> Result<Tensor> {
     let mut terms: Vec<Tensor> = Vec::new();
     if obj.label_weight > 0.0 {
-        let l = if classification {
-            losses::cross_entropy(logits, y)?
-        } else {
-            losses::mse(logits, y)?
+        let l = match (classification, mix) {
+            // Mixup / CutMix: λ·CE(own label) + (1 − λ)·CE(partner's label).
+            (true, Some((partner, lambda))) => {
+                ((losses::cross_entropy(logits, y)? * lambda as f64)?
+                    + (losses::cross_entropy(logits, partner)? * (1.0 - lambda) as f64)?)?
+            }
+            (true, None) => losses::cross_entropy(logits, y)?,
+            (false, _) => losses::mse(logits, y)?,
         };
         terms.push((l * obj.label_weight as f64)?);
     }
@@ -1486,5 +1575,145 @@ fn adapter_model(a: &Var) -> Model {
             outputs: a.dims()[1],
         },
         params: vec![("adapter".to_string(), a.clone())],
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::cell::RefCell;
+
+    /// A teacher that records every batch it is shown.
+    struct Recorder<'r> {
+        seen: &'r RefCell<Vec<Vec<f32>>>,
+        outputs: usize,
+    }
+
+    impl crate::teachers::Teacher for Recorder<'_> {
+        fn predict_batch(&self, x: &Tensor) -> Result<Vec<f32>> {
+            self.seen
+                .borrow_mut()
+                .push(x.flatten_all()?.to_vec1::<f32>()?);
+            Ok(vec![0.5; x.dim(0)? * self.outputs])
+        }
+    }
+
+    /// A forward hook that records the training batches the student is shown.
+    struct Student<'r> {
+        seen: &'r RefCell<Vec<Vec<f32>>>,
+    }
+
+    impl StepHook for Student<'_> {
+        fn replaces_forward(&self) -> bool {
+            true
+        }
+        fn forward(&self, model: &Model, x: &Tensor, mode: Mode) -> Result<Tensor> {
+            if matches!(mode, Mode::Train(_)) {
+                self.seen
+                    .borrow_mut()
+                    .push(x.flatten_all()?.to_vec1::<f32>()?);
+            }
+            model.forward(x, mode)
+        }
+    }
+
+    #[test]
+    fn a_live_teacher_sees_the_very_augmented_view_the_student_sees() {
+        let n = 12;
+        let x: Vec<f32> = (0..n * 16).map(|i| ((i * 7) % 11) as f32 / 10.0).collect();
+        let labels: Vec<u32> = (0..n).map(|i| (i % 2) as u32).collect();
+        let targets = Targets::Classes {
+            labels,
+            names: vec!["a".into(), "b".into()],
+        };
+        let train = Dataset::new(x.clone(), vec![1, 4, 4], targets.clone());
+        let val = Dataset::new(
+            x[..4 * 16].to_vec(),
+            vec![1, 4, 4],
+            Targets::Classes {
+                labels: vec![0, 1, 0, 1],
+                names: vec!["a".into(), "b".into()],
+            },
+        );
+        let cfg = TrainConfig {
+            epochs: 2,
+            batch_size: 4,
+            augment: crate::data::augment::AugmentConfig {
+                shift: 1,
+                flip: true,
+                erase: 0.5,
+                noise: 0.1,
+                mixup: 0.4,
+                ..Default::default()
+            },
+            ..TrainConfig::default()
+        };
+        let spec = models::ModelSpec {
+            arch: crate::models::Arch::mlp(vec![4]),
+            input_shape: vec![1, 4, 4],
+            outputs: 2,
+        };
+        let model = Model::new(spec, &mut Rng::new(1)).unwrap();
+        let (by_teacher, by_student) = (RefCell::new(Vec::new()), RefCell::new(Vec::new()));
+        let teacher = Recorder {
+            seen: &by_teacher,
+            outputs: 2,
+        };
+        fit(
+            &model,
+            TrainJob {
+                name: "s",
+                cfg: &cfg,
+                train: &train,
+                val: &val,
+                objective: Objective::hinton(TeacherSignal::Live(&teacher), 2.0, 0.5),
+                fill: 0.0,
+                checkpoint: None,
+                seed: 3,
+                progress: Progress::Quiet,
+                hooks: vec![Box::new(Student { seen: &by_student })],
+            },
+        )
+        .unwrap();
+        let (t, s) = (by_teacher.into_inner(), by_student.into_inner());
+        assert_eq!(t.len(), 2 * 3, "one teacher call per batch");
+        assert_eq!(t, s, "the teacher saw exactly the student's views");
+        // And the views are not the raw samples: augmentation took place.
+        let raw: Vec<f32> = x[..4 * 16].to_vec();
+        assert!(t.iter().all(|b| *b != raw));
+    }
+
+    #[test]
+    fn mixed_labels_weigh_both_classes_by_lambda() {
+        // One row, logits [1, 2, 0], own class 0, partner class 1, λ = 0.3:
+        // 0.3·CE(0) + 0.7·CE(1), with CE(c) = log Σ exp z − z_c.
+        let mut ws = crate::models::fused::Workspace::with_precision(
+            crate::kernels::bf16::MatmulPrecision::F32,
+        );
+        ws.logits = vec![1.0, 2.0, 0.0];
+        let lse = (1f64.exp() + 2f64.exp() + 1.0).ln();
+        let want = 0.3 * (lse - 1.0) + 0.7 * (lse - 2.0);
+        let got = ws
+            .loss_and_grad(
+                &objective::BatchLabels::Mixed {
+                    own: &[0],
+                    partner: &[1],
+                    lambda: 0.3,
+                },
+                1.0,
+                &[],
+                3,
+            )
+            .unwrap();
+        assert!((got - want).abs() < 1e-5, "{got} vs {want}");
+        // Its gradient: softmax(z) − (0.3, 0.7, 0).
+        let p: Vec<f64> = [1f64, 2.0, 0.0].iter().map(|z| (z - lse).exp()).collect();
+        for (c, w) in [0.3, 0.7, 0.0].iter().enumerate() {
+            assert!(
+                (ws.dz[c] as f64 - (p[c] - w)).abs() < 1e-5,
+                "dz {:?}",
+                ws.dz
+            );
+        }
     }
 }

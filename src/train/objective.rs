@@ -25,6 +25,16 @@ pub enum BatchLabels<'a> {
     Classes(&'a [u32]),
     /// Regression targets (standardised).
     Values(&'a [f32]),
+    /// A mixed batch (mixup, CutMix): each row's own class and its partner's, weighted by λ
+    /// and 1 − λ in the label term; soft-target terms that read labels see the own class.
+    Mixed {
+        /// Each row's own class.
+        own: &'a [u32],
+        /// Each row's partner's class.
+        partner: &'a [u32],
+        /// The own class's weight.
+        lambda: f32,
+    },
 }
 
 impl Workspace {
@@ -44,9 +54,39 @@ impl Workspace {
         let inv_b = 1.0 / rows.max(1) as f32;
         let mut loss = 0f64;
         // One pass per term; each adds its gradient into dz in term order.
+        let (labels, mixed) = match labels {
+            BatchLabels::Mixed {
+                own,
+                partner,
+                lambda,
+            } => (&BatchLabels::Classes(own), Some((*partner, *lambda))),
+            l => (l, None),
+        };
         match labels {
             BatchLabels::Classes(y) => {
-                if label_weight != 0.0 {
+                if let (Some((partner, lambda)), true) = (mixed, label_weight != 0.0) {
+                    for (((zr, dr), &yi), &pi) in z
+                        .chunks_exact(classes)
+                        .zip(dz.chunks_exact_mut(classes))
+                        .zip(y.iter())
+                        .zip(partner)
+                    {
+                        loss += losses::supervised::cross_entropy_row(
+                            zr,
+                            yi as usize,
+                            label_weight * lambda,
+                            inv_b,
+                            dr,
+                        );
+                        loss += losses::supervised::cross_entropy_row(
+                            zr,
+                            pi as usize,
+                            label_weight * (1.0 - lambda),
+                            inv_b,
+                            dr,
+                        );
+                    }
+                } else if label_weight != 0.0 {
                     for ((zr, dr), &yi) in z
                         .chunks_exact(classes)
                         .zip(dz.chunks_exact_mut(classes))
@@ -74,6 +114,7 @@ impl Workspace {
                     );
                 }
             }
+            BatchLabels::Mixed { .. } => unreachable!("unpacked above"),
             BatchLabels::Values(y) => {
                 if label_weight != 0.0 {
                     for ((&zr, dr), &yr) in z.iter().zip(dz.iter_mut()).zip(y.iter()) {

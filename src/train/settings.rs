@@ -64,6 +64,10 @@ pub struct TrainConfig {
     /// Random shifts of the input images by up to this many pixels.
     #[serde(default)]
     pub jitter: usize,
+    /// Augmentation of every training batch (shifts, flips, erasing, scaling, noise, mixup,
+    /// CutMix), seen by the student and by a live teacher alike.
+    #[serde(default, skip_serializing_if = "is_inactive")]
+    pub augment: crate::data::augment::AugmentConfig,
     /// Stop when the validation loss has not improved for this many epochs (the best
     /// epoch's weights are kept).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -123,6 +127,7 @@ impl Default for TrainConfig {
             gamma: default_gamma(),
             min_lr: 0.0,
             jitter: 0,
+            augment: Default::default(),
             patience: None,
             max_loss: default_max_loss(),
             precision: MatmulPrecision::F32,
@@ -130,7 +135,22 @@ impl Default for TrainConfig {
     }
 }
 
+fn is_inactive(a: &crate::data::augment::AugmentConfig) -> bool {
+    !a.is_active()
+}
+
 impl TrainConfig {
+    /// Whether the training batches are changed (shifted, augmented): a teacher must then be
+    /// run on each batch, not read from outputs computed once.
+    pub fn augments(&self) -> bool {
+        self.jitter > 0 || self.augment.is_active()
+    }
+
+    /// The images' shift in pixels (`jitter`, or `augment.shift` on images).
+    pub fn image_shift(&self) -> usize {
+        self.jitter.max(self.augment.shift)
+    }
+
     /// Checks the values; `p` is the table's path in the experiment file, for the messages, and
     /// `images` whether the data are images (jitter needs them).
     pub fn check(&self, p: &str, images: bool) -> Result<()> {
@@ -177,6 +197,18 @@ impl TrainConfig {
             bad_field(
                 &format!("{p}.jitter"),
                 "jitter shifts images; the data are not images (set data.image_shape)",
+            )?;
+        }
+        let kind = if images {
+            crate::data::augment::InputKind::Images
+        } else {
+            crate::data::augment::InputKind::Rows
+        };
+        t.augment.check(&format!("{p}.augment"), kind)?;
+        if t.jitter > 0 && t.augment.shift > 0 {
+            bad_field(
+                &format!("{p}.augment.shift"),
+                "give the shift once: jitter or augment.shift",
             )?;
         }
         if t.patience == Some(0) {

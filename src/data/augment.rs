@@ -1,0 +1,366 @@
+//! Augmentation of training batches (`train.augment = { … }`): applied to each batch after it is
+//! gathered, from the run's seeded batch stream (so a seed gives the same views, and a run
+//! resumed from an epoch checkpoint draws the same ones), before the student *and* a live
+//! teacher see it — the teacher is run on the very view the student learns from (Beyer et al.,
+//! CVPR 2022, "Knowledge distillation: A good teacher is patient and consistent").
+//!
+//! - images (`[c, h, w]`): `shift` (up to k pixels in x and y, the border filled with the blank
+//!   value), `flip` (left-right, probability ½; opt-in, it is wrong for digits and text),
+//!   `erase` (random erasing, Zhong et al. 2020: with this probability one rectangle of 2–33% of
+//!   the image, aspect 0.3–3.3, set to the blank value), `cutmix` (Yun et al. 2019);
+//! - sequences and signals (a CSV row read as a sequence): `shift` (positions), `scale`;
+//! - every non-text input: `noise` (Gaussian, in normalised units), `scale` (each sample
+//!   multiplied by a factor in [1 − s, 1 + s]), `mixup` (Zhang et al. 2018).
+//!
+//! Mixup and CutMix draw one λ ~ Beta(α, α) per batch and pair every sample with another of the
+//! batch (a random permutation); the inputs are mixed, the label term weighs both labels by λ
+//! and 1 − λ ([`Mix`]), regression targets are mixed as the inputs are. With both set, each batch
+//! takes one of the two, chosen at random (as timm does).
+
+use crate::error::{bad_field, Result};
+use crate::rng::Rng;
+use serde::{Deserialize, Serialize};
+
+/// The `train.augment` table.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AugmentConfig {
+    /// Shift by up to this many pixels (images, in x and y) or positions (sequences).
+    #[serde(default, skip_serializing_if = "is_zero_usize")]
+    pub shift: usize,
+    /// Images: mirror left-right with probability ½.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub flip: bool,
+    /// Images: the probability of erasing one random rectangle of a sample.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub erase: f32,
+    /// Multiply each sample by a factor drawn uniformly from [1 − scale, 1 + scale].
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub scale: f32,
+    /// Add Gaussian noise of this standard deviation (normalised units) to every feature.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub noise: f32,
+    /// Mixup's α (λ ~ Beta(α, α)); 0: off.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub mixup: f32,
+    /// CutMix's α (images); 0: off.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub cutmix: f32,
+}
+
+fn is_zero(v: &f32) -> bool {
+    *v == 0.0
+}
+fn is_zero_usize(v: &usize) -> bool {
+    *v == 0
+}
+fn is_false(v: &bool) -> bool {
+    !*v
+}
+
+/// What the data are, for the checks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InputKind {
+    /// `[c, h, w]` images.
+    Images,
+    /// Rows of numbers: tables, or sequences and signals.
+    Rows,
+    /// Token ids of texts.
+    Tokens,
+    /// Regression targets (rows of numbers).
+    RegressionRows,
+}
+
+/// How a batch's samples were mixed: sample i is `λ·x_i + (1 − λ)·x_partner(i)`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Mix {
+    /// Each sample's partner, an index into the batch.
+    pub partner: Vec<usize>,
+    /// The weight of the sample's own input and label.
+    pub lambda: f32,
+}
+
+impl AugmentConfig {
+    /// Whether the table changes anything.
+    pub fn is_active(&self) -> bool {
+        *self != AugmentConfig::default()
+    }
+
+    /// Checks the values and that each augmentation fits the data (`p`: the table's path).
+    pub fn check(&self, p: &str, kind: InputKind) -> Result<()> {
+        if !self.is_active() {
+            return Ok(());
+        }
+        if kind == InputKind::Tokens {
+            return bad_field(
+                p,
+                "texts (token ids) are not augmented by train.augment; give a transfer set or synthetic samples instead",
+            );
+        }
+        for (name, v, max) in [
+            ("erase", self.erase, 1.0),
+            ("scale", self.scale, 1.0),
+            ("noise", self.noise, f32::INFINITY),
+            ("mixup", self.mixup, f32::INFINITY),
+            ("cutmix", self.cutmix, f32::INFINITY),
+        ] {
+            if !(v.is_finite() && v >= 0.0 && v <= max) {
+                bad_field(
+                    &format!("{p}.{name}"),
+                    &format!(
+                        "expected a number in {}, got {v}",
+                        if max.is_finite() {
+                            "[0, 1]"
+                        } else {
+                            "[0, ∞)"
+                        }
+                    ),
+                )?;
+            }
+        }
+        if self.scale >= 1.0 {
+            bad_field(
+                &format!("{p}.scale"),
+                "must be below 1 (a factor in [1 − scale, 1 + scale])",
+            )?;
+        }
+        if kind != InputKind::Images {
+            for (name, on) in [
+                ("flip", self.flip),
+                ("erase", self.erase > 0.0),
+                ("cutmix", self.cutmix > 0.0),
+            ] {
+                if on {
+                    bad_field(
+                        &format!("{p}.{name}"),
+                        "works on images ([c, h, w]); these data are rows of numbers (set data.image_shape if they are images)",
+                    )?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Augments a gathered batch in place: `x` holds `b` samples of `shape` (`[c, h, w]` for
+    /// images), `fill` is the normalised blank value. Returns the mixing, if the batch was
+    /// mixed. The shift of images is done by the gather (`Dataset::gather`'s jitter), not here.
+    pub fn apply(&self, x: &mut [f32], shape: &[usize], fill: f32, rng: &mut Rng) -> Option<Mix> {
+        let d: usize = shape.iter().product();
+        if d == 0 || x.is_empty() {
+            return None;
+        }
+        let b = x.len() / d;
+        let image = match shape {
+            [c, h, w] => Some((*c, *h, *w)),
+            _ => None,
+        };
+        for row in x.chunks_exact_mut(d) {
+            if image.is_none() && self.shift > 0 {
+                shift_row(row, rng.shift(self.shift), fill);
+            }
+            if let (Some((c, h, w)), true) = (image, self.flip) {
+                if rng.uniform() < 0.5 {
+                    for ch in 0..c {
+                        for y in 0..h {
+                            row[(ch * h + y) * w..(ch * h + y + 1) * w].reverse();
+                        }
+                    }
+                }
+            }
+            if self.scale > 0.0 {
+                let f = rng.uniform_range(1.0 - self.scale, 1.0 + self.scale);
+                row.iter_mut().for_each(|v| *v = fill + (*v - fill) * f);
+            }
+            if self.noise > 0.0 {
+                row.iter_mut().for_each(|v| *v += self.noise * rng.normal());
+            }
+            if let (Some((c, h, w)), true) = (image, self.erase > 0.0) {
+                if rng.uniform() < self.erase {
+                    let area = rng.uniform_range(0.02, 0.33) * (h * w) as f32;
+                    let aspect = rng.uniform_range(0.3f32.ln(), (1.0f32 / 0.3).ln()).exp();
+                    let eh = ((area * aspect).sqrt().round() as usize).clamp(1, h);
+                    let ew = ((area / aspect).sqrt().round() as usize).clamp(1, w);
+                    let y0 = rng.below(h - eh + 1);
+                    let x0 = rng.below(w - ew + 1);
+                    for ch in 0..c {
+                        for y in y0..y0 + eh {
+                            let at = (ch * h + y) * w;
+                            row[at + x0..at + x0 + ew].fill(fill);
+                        }
+                    }
+                }
+            }
+        }
+        let use_cutmix = match (self.mixup > 0.0, self.cutmix > 0.0 && image.is_some()) {
+            (false, false) => return None,
+            (true, false) => false,
+            (false, true) => true,
+            (true, true) => rng.uniform() < 0.5,
+        };
+        if b < 2 {
+            return None;
+        }
+        let alpha = if use_cutmix { self.cutmix } else { self.mixup };
+        let mut lambda = rng.beta(alpha, alpha);
+        let mut partner: Vec<usize> = (0..b).collect();
+        rng.shuffle(&mut partner);
+        let src = x.to_vec();
+        if let (true, Some((c, h, w))) = (use_cutmix, image) {
+            // A box of area (1 − λ) from the partner; λ is then the area actually kept.
+            let r = (1.0 - lambda).sqrt();
+            let bh = ((h as f32 * r).round() as usize).min(h);
+            let bw = ((w as f32 * r).round() as usize).min(w);
+            let cy = rng.below(h);
+            let cx = rng.below(w);
+            let y0 = cy.saturating_sub(bh / 2);
+            let y1 = (y0 + bh).min(h);
+            let x0 = cx.saturating_sub(bw / 2);
+            let x1 = (x0 + bw).min(w);
+            for (i, row) in x.chunks_exact_mut(d).enumerate() {
+                let other = &src[partner[i] * d..(partner[i] + 1) * d];
+                for ch in 0..c {
+                    for y in y0..y1 {
+                        let at = (ch * h + y) * w;
+                        row[at + x0..at + x1].copy_from_slice(&other[at + x0..at + x1]);
+                    }
+                }
+            }
+            lambda = 1.0 - ((y1 - y0) * (x1 - x0)) as f32 / (h * w) as f32;
+        } else {
+            for (i, row) in x.chunks_exact_mut(d).enumerate() {
+                let other = &src[partner[i] * d..(partner[i] + 1) * d];
+                for (v, o) in row.iter_mut().zip(other) {
+                    *v = lambda * *v + (1.0 - lambda) * o;
+                }
+            }
+        }
+        Some(Mix { partner, lambda })
+    }
+}
+
+/// Shifts a sequence by `k` positions (right for k > 0), filling the uncovered end with `fill`.
+fn shift_row(row: &mut [f32], k: i64, fill: f32) {
+    let n = row.len() as i64;
+    if k == 0 || n == 0 {
+        return;
+    }
+    if k.abs() >= n {
+        row.fill(fill);
+    } else if k > 0 {
+        row.copy_within(0..(n - k) as usize, k as usize);
+        row[..k as usize].fill(fill);
+    } else {
+        let k = (-k) as usize;
+        row.copy_within(k.., 0);
+        let len = row.len();
+        row[len - k..].fill(fill);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_same_seed_gives_the_same_views() {
+        let a = AugmentConfig {
+            shift: 2,
+            scale: 0.2,
+            noise: 0.1,
+            mixup: 0.4,
+            ..Default::default()
+        };
+        let x: Vec<f32> = (0..40).map(|i| i as f32).collect();
+        let run = |seed| {
+            let mut v = x.clone();
+            let m = a.apply(&mut v, &[10], 0.0, &mut Rng::new(seed));
+            (v, m)
+        };
+        assert_eq!(run(1), run(1));
+        assert_ne!(run(1).0, run(2).0);
+    }
+
+    #[test]
+    fn mixup_mixes_inputs_by_lambda_with_the_partner() {
+        let a = AugmentConfig {
+            mixup: 1.0,
+            ..Default::default()
+        };
+        let x = vec![1.0, 2.0, 10.0, 20.0, 100.0, 200.0];
+        let mut v = x.clone();
+        let m = a.apply(&mut v, &[2], 0.0, &mut Rng::new(5)).unwrap();
+        assert!((0.0..=1.0).contains(&m.lambda));
+        for i in 0..3 {
+            for j in 0..2 {
+                let want = m.lambda * x[i * 2 + j] + (1.0 - m.lambda) * x[m.partner[i] * 2 + j];
+                assert!((v[i * 2 + j] - want).abs() < 1e-5);
+            }
+        }
+        let mut p = m.partner.clone();
+        p.sort();
+        assert_eq!(p, vec![0, 1, 2]);
+    }
+
+    #[test]
+    fn cutmix_keeps_lambda_as_the_area_it_keeps() {
+        let a = AugmentConfig {
+            cutmix: 1.0,
+            ..Default::default()
+        };
+        // Two 1×4×4 images, all 0 and all 1.
+        let mut v: Vec<f32> = [0.0f32; 16]
+            .iter()
+            .chain([1.0f32; 16].iter())
+            .copied()
+            .collect();
+        for seed in 0..20 {
+            let mut w = v.clone();
+            let Some(m) = a.apply(&mut w, &[1, 4, 4], 0.0, &mut Rng::new(seed)) else {
+                panic!("two samples are mixed");
+            };
+            for i in 0..2 {
+                let own = if i == 0 { 0.0 } else { 1.0 };
+                let kept = w[i * 16..(i + 1) * 16]
+                    .iter()
+                    .filter(|&&p| p == own)
+                    .count();
+                if m.partner[i] != i {
+                    assert_eq!(kept as f32 / 16.0, m.lambda, "seed {seed}");
+                }
+            }
+        }
+        v.clear();
+    }
+
+    #[test]
+    fn a_sequence_shifts_and_fills() {
+        let mut r = vec![1.0, 2.0, 3.0, 4.0];
+        shift_row(&mut r, 1, 0.0);
+        assert_eq!(r, vec![0.0, 1.0, 2.0, 3.0]);
+        shift_row(&mut r, -2, 9.0);
+        assert_eq!(r, vec![2.0, 3.0, 9.0, 9.0]);
+    }
+
+    #[test]
+    fn image_only_augmentations_are_refused_on_rows_and_anything_on_tokens() {
+        let flip = AugmentConfig {
+            flip: true,
+            ..Default::default()
+        };
+        let e = flip
+            .check("model.s.train.augment", InputKind::Rows)
+            .unwrap_err();
+        assert!(e.to_string().contains("model.s.train.augment.flip"), "{e}");
+        assert!(flip.check("a", InputKind::Images).is_ok());
+        let noise = AugmentConfig {
+            noise: 0.1,
+            ..Default::default()
+        };
+        assert!(noise.check("a", InputKind::Tokens).is_err());
+        let bad = AugmentConfig {
+            erase: 1.5,
+            ..Default::default()
+        };
+        assert!(bad.check("a", InputKind::Images).is_err());
+    }
+}
