@@ -614,6 +614,7 @@ impl ExperimentConfig {
         self.eval.latency_budget_ms = self.eval.latency_budget_ms.min(20);
         for m in &mut self.models {
             m.train.epochs = m.train.epochs.min(2);
+            m.train.warmup_epochs = m.train.warmup_epochs.min(m.train.epochs.saturating_sub(1));
             if let Some(a) = m.arch.as_mut() {
                 a.make_quick();
             }

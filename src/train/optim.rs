@@ -230,14 +230,45 @@ impl Optimizer {
 /// Learning rate at `epoch` (0-based) under the configured schedule.
 pub fn learning_rate(cfg: &TrainConfig, epoch: usize) -> f64 {
     use super::ScheduleKind::*;
+    // Linear warm-up over the first `warmup_epochs` (lr · (e + 1) / w), then the schedule over
+    // the epochs that remain, as if they were all.
+    let w = cfg.warmup_epochs;
+    if epoch < w {
+        return cfg.lr * (epoch + 1) as f64 / w as f64;
+    }
+    let (epoch, epochs) = (epoch - w, cfg.epochs.saturating_sub(w));
     match cfg.schedule {
         Constant => cfg.lr,
         Step => cfg.lr * cfg.gamma.powi((epoch / cfg.step_size.max(1)) as i32),
         Cosine => {
             // As PyTorch's CosineAnnealingLR with T_max = epochs: min_lr is reached after the
             // last epoch, so every epoch trains with a non-zero rate.
-            let t = epoch as f64 / cfg.epochs.max(1) as f64;
+            let t = epoch as f64 / epochs.max(1) as f64;
             cfg.min_lr + 0.5 * (cfg.lr - cfg.min_lr) * (1.0 + (std::f64::consts::PI * t).cos())
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn warm_up_then_cosine() {
+        let cfg = TrainConfig {
+            epochs: 6,
+            lr: 1.0,
+            warmup_epochs: 2,
+            schedule: crate::train::ScheduleKind::Cosine,
+            ..TrainConfig::default()
+        };
+        let lr: Vec<f64> = (0..6).map(|e| learning_rate(&cfg, e)).collect();
+        assert_eq!(&lr[..3], &[0.5, 1.0, 1.0]);
+        // Then the cosine over the 4 epochs that remain: 1, (1 + cos(π/4))/2, ½, …
+        assert!((lr[3] - 0.5 * (1.0 + (std::f64::consts::PI / 4.0).cos())).abs() < 1e-12);
+        assert!((lr[4] - 0.5).abs() < 1e-12);
+        // Without warm-up, the schedule is as before.
+        let plain = TrainConfig { warmup_epochs: 0, ..cfg };
+        assert_eq!(learning_rate(&plain, 0), 1.0);
     }
 }

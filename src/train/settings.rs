@@ -61,6 +61,10 @@ pub struct TrainConfig {
     /// Cosine schedule: final learning rate.
     #[serde(default)]
     pub min_lr: f64,
+    /// Epochs of linear warm-up (lr · (e + 1) / w) before the schedule, which then runs over
+    /// the remaining epochs.
+    #[serde(default, skip_serializing_if = "is_zero_epochs")]
+    pub warmup_epochs: usize,
     /// Random shifts of the input images by up to this many pixels.
     #[serde(default)]
     pub jitter: usize,
@@ -128,11 +132,16 @@ impl Default for TrainConfig {
             min_lr: 0.0,
             jitter: 0,
             augment: Default::default(),
+            warmup_epochs: 0,
             patience: None,
             max_loss: default_max_loss(),
             precision: MatmulPrecision::F32,
         }
     }
+}
+
+fn is_zero_epochs(v: &usize) -> bool {
+    *v == 0
 }
 
 fn is_inactive(a: &crate::data::augment::AugmentConfig) -> bool {
@@ -209,6 +218,15 @@ impl TrainConfig {
             bad_field(
                 &format!("{p}.augment.shift"),
                 "give the shift once: jitter or augment.shift",
+            )?;
+        }
+        if t.warmup_epochs >= t.epochs && t.warmup_epochs > 0 {
+            bad_field(
+                &format!("{p}.warmup_epochs"),
+                &format!(
+                    "expected fewer warm-up epochs than epochs ({}), got {}",
+                    t.epochs, t.warmup_epochs
+                ),
             )?;
         }
         if t.patience == Some(0) {
