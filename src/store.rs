@@ -622,8 +622,13 @@ impl RunStore {
                 .flatten();
             let rec = match earlier {
                 Some(mut r) => {
+                    // Measured by the earlier session: its agreement with the teacher stays.
+                    let agreement = r.distill.as_ref().and_then(|d| d.agreement.clone());
                     r.source = how.source;
                     r.distill = how.distill;
+                    if let Some(d) = r.distill.as_mut() {
+                        d.agreement = agreement;
+                    }
                     r
                 }
                 None => match how.embedding_teacher.clone() {
