@@ -268,7 +268,10 @@ mod tests {
         assert!((lr[3] - 0.5 * (1.0 + (std::f64::consts::PI / 4.0).cos())).abs() < 1e-12);
         assert!((lr[4] - 0.5).abs() < 1e-12);
         // Without warm-up, the schedule is as before.
-        let plain = TrainConfig { warmup_epochs: 0, ..cfg };
+        let plain = TrainConfig {
+            warmup_epochs: 0,
+            ..cfg
+        };
         assert_eq!(learning_rate(&plain, 0), 1.0);
     }
 }
