@@ -82,12 +82,63 @@ pub enum OnnxInput {
     Normalized,
 }
 
+/// Which output of an ONNX graph holds the logits (or values): by position (`output = 1`) or
+/// by name (`output = "logits"`, as `torch.onnx.export(output_names=…)` names them).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OnnxOutput {
+    /// The output at this position.
+    Index(usize),
+    /// The output of this name.
+    Name(String),
+}
+
+impl Default for OnnxOutput {
+    fn default() -> Self {
+        OnnxOutput::Index(0)
+    }
+}
+
+impl From<usize> for OnnxOutput {
+    fn from(i: usize) -> Self {
+        OnnxOutput::Index(i)
+    }
+}
+
+impl serde::Serialize for OnnxOutput {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        match self {
+            OnnxOutput::Index(i) => s.serialize_u64(*i as u64),
+            OnnxOutput::Name(n) => s.serialize_str(n),
+        }
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for OnnxOutput {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        #[derive(serde::Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Index(u64),
+            Name(String),
+        }
+        Ok(match Raw::deserialize(d)? {
+            Raw::Index(i) => OnnxOutput::Index(i as usize),
+            Raw::Name(n) => OnnxOutput::Name(n),
+        })
+    }
+}
+
 /// A teacher in an ONNX file, run in pure Rust by tract: a model trained and exported by
-/// PyTorch, TensorFlow or any tool. Its first input takes `[batch, features]`; one of its
-/// outputs gives the logits (or values). A plan is built per batch size and kept.
+/// PyTorch, TensorFlow or any tool. Its one input takes `[batch, features]` or, as PyTorch
+/// exports image models, `[batch, c, h, w]` (any fixed per-sample shape of `features` values,
+/// read from the graph; only the batch axis may be dynamic); weights may sit in an
+/// external-data file beside it (`model.onnx.data`); one of its outputs, by position or name,
+/// gives the logits (or values). A plan is built per batch size and kept.
 pub struct OnnxTeacher {
     bytes: Vec<u8>,
     file: String,
+    /// The folder external-data files are read from (the model file's).
+    dir: Option<std::path::PathBuf>,
     input: OnnxInput,
     output: usize,
     normalizer: crate::data::Normalizer,
@@ -95,6 +146,8 @@ pub struct OnnxTeacher {
     /// units) become the standardised values students train on.
     target_scale: Option<crate::data::TargetScale>,
     dim: usize,
+    /// One sample's shape as the graph's input declares it (`[dim]`, or `[c, h, w]`, …).
+    sample_shape: Vec<usize>,
     params: usize,
     plans: std::sync::Mutex<
         std::collections::HashMap<usize, std::sync::Arc<tract_onnx::prelude::TypedSimplePlan>>,
@@ -107,16 +160,27 @@ impl OnnxTeacher {
         path: &std::path::Path,
         dim: usize,
         input: OnnxInput,
-        output: usize,
+        output: impl Into<OnnxOutput>,
         normalizer: crate::data::Normalizer,
     ) -> Result<OnnxTeacher> {
         let bytes = crate::io::read_file(path)?;
-        Self::from_bytes(
+        let dir = path
+            .parent()
+            .map(|d| {
+                if d.as_os_str().is_empty() {
+                    std::path::Path::new(".")
+                } else {
+                    d
+                }
+            })
+            .map(|d| d.to_path_buf());
+        Self::build(
             bytes,
             &path.display().to_string(),
+            dir,
             dim,
             input,
-            output,
+            output.into(),
             normalizer,
         )
     }
@@ -128,32 +192,55 @@ impl OnnxTeacher {
         self
     }
 
-    /// The same from the bytes of an ONNX file; `file` names it in errors.
+    /// The same from the bytes of an ONNX file (no external data); `file` names it in errors.
     pub fn from_bytes(
         bytes: Vec<u8>,
         file: &str,
         dim: usize,
         input: OnnxInput,
-        output: usize,
+        output: impl Into<OnnxOutput>,
+        normalizer: crate::data::Normalizer,
+    ) -> Result<OnnxTeacher> {
+        Self::build(bytes, file, None, dim, input, output.into(), normalizer)
+    }
+
+    fn build(
+        bytes: Vec<u8>,
+        file: &str,
+        dir: Option<std::path::PathBuf>,
+        dim: usize,
+        input: OnnxInput,
+        output: OnnxOutput,
         normalizer: crate::data::Normalizer,
     ) -> Result<OnnxTeacher> {
         let mut t = OnnxTeacher {
             bytes,
             file: file.to_string(),
+            dir,
             input,
-            output,
+            output: 0,
             normalizer,
             target_scale: None,
             dim,
+            sample_shape: vec![dim],
             params: 0,
             plans: Default::default(),
         };
         let file = t.file.clone();
-        t.params = crate::error::no_panic(&file, || {
+        crate::error::no_panic(&file, || {
+            let model = t.model()?;
+            t.sample_shape = t.sample_shape_of(&model)?;
+            t.output = t.output_index(&model, &output)?;
             t.plan(1)?;
-            t.count_params()
+            t.params = t.count_params()?;
+            Ok(())
         })?;
         Ok(t)
+    }
+
+    /// One sample's shape as the graph's input should take it.
+    pub fn sample_shape(&self) -> &[usize] {
+        &self.sample_shape
     }
 
     /// Elements of the graph's floating-point constant tensors (its weights and biases).
@@ -161,14 +248,137 @@ impl OnnxTeacher {
         self.params
     }
 
+    /// The graph, its external data (if any) read from the model file's folder.
+    fn model(&self) -> Result<tract_onnx::prelude::InferenceModel> {
+        use tract_onnx::prelude::*;
+        let bad = |what: &str, e: &dyn std::fmt::Display| {
+            crate::error::Error::Input(format!("{}: {what}: {e}", self.file))
+        };
+        let onnx = tract_onnx::onnx();
+        let proto = onnx
+            .proto_model_for_read(&mut &self.bytes[..])
+            .map_err(|e| bad("not an ONNX model tract can read", &e))?;
+        let dir = self.dir.as_ref().and_then(|d| d.to_str());
+        let parsed = onnx.parse(&proto, dir).map_err(|e| {
+            let hint = if format!("{e:?}").contains("external")
+                || format!("{e:?}").contains("No such file")
+            {
+                " (its weights are in an external-data file that is not beside it?)"
+            } else {
+                ""
+            };
+            bad(
+                &format!("not an ONNX model tract can read{hint}"),
+                &format!("{e:#}"),
+            )
+        })?;
+        if !parsed.unresolved_inputs.is_empty() {
+            return Err(bad(
+                "inputs that are not defined",
+                &format!("{:?}", parsed.unresolved_inputs),
+            ));
+        }
+        Ok(parsed.model)
+    }
+
+    /// The per-sample shape the graph's first input declares: `[dim]` for `[batch, features]`,
+    /// `[c, h, w]` for an image model, when its dimensions multiply to the data's features.
+    fn sample_shape_of(&self, model: &tract_onnx::prelude::InferenceModel) -> Result<Vec<usize>> {
+        use tract_hir::infer::Factoid;
+        let inputs = model.input_outlets().map(|v| v.len()).unwrap_or(0);
+        if inputs != 1 {
+            return Err(crate::error::Error::Input(format!(
+                "{}: the graph has {inputs} inputs; an ONNX teacher takes one",
+                self.file
+            )));
+        }
+        let fact = model
+            .input_fact(0)
+            .map_err(|e| crate::error::Error::Input(format!("{}: its input: {e}", self.file)))?;
+        if fact.shape.is_open() {
+            // Rank unknown: feed [batch, features].
+            return Ok(vec![self.dim]);
+        }
+        let dims: Vec<_> = fact.shape.dims().collect();
+        if dims.len() < 2 {
+            return Ok(vec![self.dim]);
+        }
+        let shape_len = dims.len();
+        let rest: Vec<Option<usize>> = dims[1..]
+            .iter()
+            .map(|d| {
+                d.concretize()
+                    .and_then(|v| v.to_i64().ok())
+                    .map(|v| v as usize)
+            })
+            .collect();
+        let known: Option<Vec<usize>> = rest.iter().copied().collect();
+        match known {
+            Some(dims) if dims.iter().product::<usize>() == self.dim => Ok(dims),
+            Some(dims) => Err(crate::error::Error::Input(format!(
+                "{}: its input takes samples of shape {dims:?} ({} values), but the data have {} features",
+                self.file,
+                dims.iter().product::<usize>(),
+                self.dim
+            ))),
+            None if shape_len == 2 => Ok(vec![self.dim]),
+            None => Err(crate::error::Error::Input(format!(
+                "{}: its input has {shape_len} axes whose sizes beyond the batch are not fixed; export it with fixed sample dimensions (only the batch axis dynamic)",
+                self.file
+            ))),
+        }
+    }
+
+    /// The position of the output holding the logits.
+    fn output_index(
+        &self,
+        model: &tract_onnx::prelude::InferenceModel,
+        output: &OnnxOutput,
+    ) -> Result<usize> {
+        let outlets = model
+            .output_outlets()
+            .map_err(|e| crate::error::Error::Input(format!("{}: its outputs: {e}", self.file)))?;
+        let names: Vec<String> = outlets
+            .iter()
+            .map(|o| {
+                model
+                    .outlet_label(*o)
+                    .map(str::to_string)
+                    .unwrap_or_else(|| model.node(o.node).name.clone())
+            })
+            .collect();
+        match output {
+            OnnxOutput::Index(i) if *i < outlets.len() => Ok(*i),
+            OnnxOutput::Index(i) => Err(crate::error::Error::Input(format!(
+                "{}: output {i} requested, but the graph has {} output(s): {}",
+                self.file,
+                outlets.len(),
+                names.join(", ")
+            ))),
+            OnnxOutput::Name(n) => names.iter().position(|x| x == n).ok_or_else(|| {
+                crate::error::Error::Input(format!(
+                    "{}: no output named '{n}'; the graph's outputs are {}",
+                    self.file,
+                    names.join(", ")
+                ))
+            }),
+        }
+    }
+
+    fn input_fact(&self, rows: usize) -> tract_onnx::prelude::InferenceFact {
+        use tract_onnx::prelude::*;
+        let mut shape = vec![rows];
+        shape.extend_from_slice(&self.sample_shape);
+        f32::fact(shape).into()
+    }
+
     fn count_params(&self) -> Result<usize> {
         use tract_onnx::prelude::*;
         let bad =
             |e: &dyn std::fmt::Display| crate::error::Error::Input(format!("{}: {e}", self.file));
-        let typed = tract_onnx::onnx()
-            .model_for_read(&mut &self.bytes[..])
-            .map_err(|e| bad(&e))?
-            .with_input_fact(0, f32::fact([1, self.dim]).into())
+        let typed = self
+            .model()?
+            .with_input_fact(0, self.input_fact(1))
             .map_err(|e| bad(&e))?
             .into_typed()
             .map_err(|e| bad(&e))?;
@@ -193,17 +403,16 @@ impl OnnxTeacher {
         let bad = |what: &str, e: &dyn std::fmt::Display| {
             crate::error::Error::Input(format!("{}: {what}: {e}", self.file))
         };
-        let plan = tract_onnx::onnx()
-            .model_for_read(&mut &self.bytes[..])
-            .map_err(|e| bad("not an ONNX model tract can read", &e))?
-            .with_input_fact(0, f32::fact([rows, self.dim]).into())
-            .map_err(|e| bad("its first input cannot take [batch, features]", &e))?
+        let plan = self
+            .model()?
+            .with_input_fact(0, self.input_fact(rows))
+            .map_err(|e| bad("its input cannot take [batch, features]", &e))?
             .into_optimized()
             .map_err(|e| {
                 bad(
                     &format!(
-                        "the graph does not fit inputs of {} features (or uses an operator tract lacks)",
-                        self.dim
+                        "the graph does not fit inputs of shape {:?} (or uses an operator tract lacks)",
+                        self.sample_shape
                     ),
                     &e,
                 )
@@ -229,10 +438,11 @@ impl Teacher for OnnxTeacher {
             self.normalizer.invert(&mut raw, self.dim);
         }
         let plan = self.plan(rows)?;
-        let input: tract_onnx::prelude::Tensor =
-            tract_ndarray::Array2::from_shape_vec((rows, self.dim), raw)
-                .map_err(|e| crate::error::Error::Other(format!("{}: {e}", self.file)))?
-                .into();
+        let mut shape = vec![rows];
+        shape.extend_from_slice(&self.sample_shape);
+        let input: tract_onnx::prelude::Tensor = tract_ndarray::ArrayD::from_shape_vec(shape, raw)
+            .map_err(|e| crate::error::Error::Other(format!("{}: {e}", self.file)))?
+            .into();
         let out = plan.run(tvec!(input.into())).map_err(|e| {
             crate::error::Error::Input(format!("{}: running it failed: {e}", self.file))
         })?;

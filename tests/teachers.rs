@@ -495,3 +495,102 @@ train = {{ epochs = 10, batch_size = 64, lr = 0.003 }}
     assert!(s2["accuracy"].as_f64().unwrap() > 0.85, "{s2}");
     assert!(!out2.join("checkpoints/student.labels.ckpt").exists());
 }
+
+/// An image model as PyTorch exports it: input `pixels` of shape `[N, 1, 8, 8]` (dynamic batch),
+/// two outputs with the logits second, picked by name; in one file and with its weights in an
+/// external-data file beside it (`scripts/make_onnx_image_teacher.py`, against onnxruntime's
+/// outputs saved with them).
+#[test]
+fn onnx_image_teachers_as_pytorch_exports_them_match_onnxruntime() {
+    let dir = common::repo().join("tests/data/onnx");
+    let refs: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(dir.join("image-cnn.expected.json")).unwrap(),
+    )
+    .unwrap();
+    let (x, want) = (rows(&refs["inputs"]), rows(&refs["logits"]));
+    let by_name = distillery::teachers::OnnxOutput::Name("logits".into());
+    for file in ["image-cnn.onnx", "image-cnn-ext.onnx"] {
+        let t = OnnxTeacher::load(
+            &dir.join(file),
+            64,
+            OnnxInput::Raw,
+            by_name.clone(),
+            Normalizer::None,
+        )
+        .unwrap_or_else(|e| panic!("{file}: {e}"));
+        assert_eq!(t.sample_shape(), &[1, 8, 8], "{file}");
+        // Its weights and biases, plus the few constants tract's typing adds.
+        let weights = 4 * 9 + 4 + 64 * 10 + 10;
+        assert!(
+            (weights..weights + 32).contains(&t.params()),
+            "{file}: {}",
+            t.params()
+        );
+        for rows_at_once in [5, 2] {
+            let mut got = Vec::new();
+            for chunk in x.chunks(rows_at_once * 64) {
+                got.extend(t.predict_rows(chunk, chunk.len() / 64).unwrap());
+            }
+            let worst = got
+                .iter()
+                .zip(&want)
+                .map(|(a, b)| (a - b).abs())
+                .fold(0f32, f32::max);
+            assert!(worst < 1e-4, "{file}: max |Δ| {worst} against onnxruntime");
+        }
+    }
+    // By position, the first output is the softmax: rows sum to 1.
+    let probs = OnnxTeacher::load(
+        &dir.join("image-cnn.onnx"),
+        64,
+        OnnxInput::Raw,
+        0,
+        Normalizer::None,
+    )
+    .unwrap();
+    let p = probs.predict_rows(&x[..64], 1).unwrap();
+    assert!((p.iter().sum::<f32>() - 1.0).abs() < 1e-5);
+    // What does not fit is one line naming the file.
+    let e = OnnxTeacher::load(
+        &dir.join("image-cnn.onnx"),
+        63,
+        OnnxInput::Raw,
+        0,
+        Normalizer::None,
+    )
+    .err()
+    .unwrap()
+    .to_string();
+    assert!(
+        e.contains("image-cnn.onnx") && e.contains("[1, 8, 8]") && e.contains("63"),
+        "{e}"
+    );
+    let e = OnnxTeacher::load(
+        &dir.join("image-cnn.onnx"),
+        64,
+        OnnxInput::Raw,
+        distillery::teachers::OnnxOutput::Name("scores".into()),
+        Normalizer::None,
+    )
+    .err()
+    .unwrap()
+    .to_string();
+    assert!(
+        e.contains("no output named 'scores'") && e.contains("logits"),
+        "{e}"
+    );
+    // The external-data form without its data file.
+    let lone = tempfile::tempdir().unwrap();
+    std::fs::copy(dir.join("image-cnn-ext.onnx"), lone.path().join("m.onnx")).unwrap();
+    let e = OnnxTeacher::load(
+        &lone.path().join("m.onnx"),
+        64,
+        OnnxInput::Raw,
+        0,
+        Normalizer::None,
+    )
+    .err()
+    .unwrap()
+    .to_string();
+    assert!(e.contains("m.onnx") && !e.contains('\n'), "{e}");
+}

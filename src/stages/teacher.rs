@@ -28,15 +28,16 @@ use std::sync::Arc;
 pub struct TeacherConfig {
     /// The name students use in `distill.teacher`.
     pub name: String,
-    /// An ONNX file whose first input takes `[batch, features]`.
+    /// An ONNX file whose input takes `[batch, features]` or a fixed per-sample shape such as
+    /// `[batch, 1, 28, 28]` (weights may sit in an external-data file beside it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub onnx: Option<PathBuf>,
     /// ONNX: feed it `raw` feature values (default) or the run's `normalized` ones.
     #[serde(default, skip_serializing_if = "is_default")]
     pub input: OnnxInput,
-    /// ONNX: the output that holds the logits (or values), by position.
+    /// ONNX: the output that holds the logits (or values), by position (`1`) or name (`"logits"`).
     #[serde(default, skip_serializing_if = "is_default")]
-    pub output: usize,
+    pub output: crate::teachers::OnnxOutput,
     /// A Hugging Face BERT-family folder: `config.json`, `model.safetensors`, `tokenizer.json`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bert: Option<PathBuf>,
@@ -261,8 +262,14 @@ fn onnx_teacher(c: &TeacherConfig, onnx: &Path, store: &mut RunStore) -> Result<
     let splits = &store.splits;
     let d = splits.train.dim();
     let outputs = splits.train.outputs();
-    let t = OnnxTeacher::load(onnx, d, c.input, c.output, splits.normalizer.clone())?
-        .with_target_scale(splits.target_scale);
+    let t = OnnxTeacher::load(
+        onnx,
+        d,
+        c.input,
+        c.output.clone(),
+        splits.normalizer.clone(),
+    )?
+    .with_target_scale(splits.target_scale);
     let probe = t.predict_rows(&splits.train.x[..d], 1)?;
     if probe.len() != outputs {
         return Err(Error::Input(format!(
