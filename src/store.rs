@@ -513,10 +513,14 @@ impl RunStore {
         {
             return Ok(None);
         }
-        let Ok(t_val) = self.teacher_outputs(teacher, "val") else {
+        // A teacher known only by outputs given for some splits (precomputed outputs without
+        // test outputs) has no agreement to measure.
+        let (Ok(t_val), Ok(t_test)) = (
+            self.teacher_outputs(teacher, "val"),
+            self.teacher_outputs(teacher, "test"),
+        ) else {
             return Ok(None);
         };
-        let t_test = self.teacher_outputs(teacher, "test")?;
         let d = s.test.dim();
         let own_val = eval::predict_all(p, &s.val.x, d, 512)?;
         let own_test = eval::predict_all(p, &s.test.x, d, 512)?;
