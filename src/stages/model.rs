@@ -558,6 +558,7 @@ fn train_model(m: &ModelConfig, store: &RunStore) -> Result<()> {
                 }
                 Some(store.teacher_outputs(&ds.teacher, "train")?)
             } else {
+                teacher_cost(m, &ds.teacher, store)?;
                 None
             };
             if let Some(sc) = &ds.synthetic {
@@ -730,6 +731,37 @@ fn with_synthetic(
     let mut x = train.x.to_vec();
     x.extend(sx);
     Ok((Dataset::new(x, train.shape.clone(), targets), outputs))
+}
+
+/// Says, before training, what running the teacher on every batch costs: one batch timed
+/// (after a first call that builds its plan) times the steps of the schedule on the training
+/// split (transfer or synthetic samples add to it).
+fn teacher_cost(m: &ModelConfig, teacher: &str, store: &RunStore) -> Result<()> {
+    let t = store.teacher(teacher)?;
+    let train = &store.splits.train;
+    let (n, d) = (train.len(), train.dim());
+    let b = m.train.batch_size.min(n);
+    if b == 0 {
+        return Ok(());
+    }
+    let x = &train.x[..b * d];
+    t.predict_rows(x, b)?;
+    let t0 = std::time::Instant::now();
+    t.predict_rows(x, b)?;
+    let per = t0.elapsed().as_secs_f64();
+    let total = per * (m.train.epochs * n.div_ceil(b)) as f64;
+    store.progress.say(&format!(
+        "{}: the teacher runs on every augmented batch (consistent teaching): {:.2} ms per batch of {b}, about {} of teacher time over {} epochs",
+        m.name,
+        1e3 * per,
+        if total < 120.0 {
+            format!("{total:.0} s")
+        } else {
+            format!("{:.1} min", total / 60.0)
+        },
+        m.train.epochs
+    ));
+    Ok(())
 }
 
 /// The training split with a transfer set's samples appended: read with the training file's

@@ -297,7 +297,13 @@ fn onnx_teacher(c: &TeacherConfig, onnx: &Path, store: &mut RunStore) -> Result<
         format!("ONNX file {}", onnx.display()),
     );
     r.architecture = format!("onnx {}", onnx.display());
-    r.file_bytes = std::fs::metadata(onnx).map(|m| m.len()).unwrap_or(0);
+    // The file, and an external-data file beside it (`model.onnx.data`, as PyTorch names it).
+    let data = onnx.with_extension("onnx.data");
+    r.file_bytes = [onnx, data.as_path()]
+        .iter()
+        .filter_map(|p| std::fs::metadata(p).ok())
+        .map(|m| m.len())
+        .sum();
     r.bytes = r.file_bytes as usize;
     r.params = t.params();
     store.record(r)?;
