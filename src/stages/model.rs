@@ -687,7 +687,7 @@ fn with_synthetic(
     teacher: &dyn crate::teachers::Teacher,
     store: &RunStore,
 ) -> Result<(crate::data::Dataset, Vec<f32>)> {
-    use crate::data::{munge, Dataset, Targets};
+    use crate::data::munge;
     let train = &store.splits.train;
     let (n, d, k) = (train.len(), train.dim(), train.outputs());
     munge::check_fits_memory(
@@ -709,6 +709,18 @@ fn with_synthetic(
         sc.spread,
         categorical.iter().filter(|&&c| c).count()
     ));
+    Ok((with_teacher_labelled(train, sx, &outputs), outputs))
+}
+
+/// The training split with the samples `sx` appended, labelled by the teacher's `outputs`
+/// (classes: its arg-max; regression: its values) — synthetic and transfer samples alike.
+fn with_teacher_labelled(
+    train: &crate::data::Dataset,
+    sx: Vec<f32>,
+    outputs: &[f32],
+) -> crate::data::Dataset {
+    use crate::data::{Dataset, Targets};
+    let k = train.outputs();
     let targets = match &train.targets {
         Targets::Classes { labels, names } => {
             let mut l = labels.clone();
@@ -724,13 +736,13 @@ fn with_synthetic(
         }
         Targets::Values(v) => {
             let mut v = v.clone();
-            v.extend_from_slice(&outputs);
+            v.extend_from_slice(outputs);
             Targets::Values(v)
         }
     };
     let mut x = train.x.to_vec();
     x.extend(sx);
-    Ok((Dataset::new(x, train.shape.clone(), targets), outputs))
+    Dataset::new(x, train.shape.clone(), targets)
 }
 
 /// Says, before training, what running the teacher on every batch costs: one batch timed
@@ -773,9 +785,8 @@ fn with_transfer(
     teacher: &dyn crate::teachers::Teacher,
     store: &RunStore,
 ) -> Result<(crate::data::Dataset, Vec<f32>)> {
-    use crate::data::{Dataset, Targets};
     let train = &store.splits.train;
-    let (d, k) = (train.dim(), train.outputs());
+    let d = train.dim();
     let field = format!("model.{}.distill.transfer.path", m.name);
     // The label column: the one the training data's features do not name.
     let bytes = crate::io::read_file(&tr.path)?;
@@ -812,7 +823,7 @@ fn with_transfer(
         .map(<[String]>::to_vec)
         .unwrap_or_default();
     known.extend(["?".to_string(), String::new()]);
-    let mut set = crate::data::csv::parse_csv_bytes(&text, &name, &opts, Some(&known))
+    let set = crate::data::csv::parse_csv_bytes(&text, &name, &opts, Some(&known))
         .map_err(|e| Error::Input(format!("{field}: {e}")))?;
     if set.dim() != d {
         return Err(Error::Input(format!(
@@ -838,35 +849,13 @@ fn with_transfer(
     let mut sx = set.x.to_vec();
     sx.truncate(n * d);
     store.splits.normalizer.apply(&mut sx, d);
-    set.x = Vec::new().into();
     let outputs = crate::eval::predict_all(teacher, &sx, d, 512)?;
     store.progress.say(&format!(
         "{}: {n} transfer samples from {}, labelled by the teacher",
         m.name,
         tr.path.display()
     ));
-    let targets = match &train.targets {
-        Targets::Classes { labels, names } => {
-            let mut l = labels.clone();
-            l.extend(
-                outputs
-                    .chunks_exact(k)
-                    .map(|row| crate::eval::argmax(row) as u32),
-            );
-            Targets::Classes {
-                labels: l,
-                names: names.clone(),
-            }
-        }
-        Targets::Values(v) => {
-            let mut v = v.clone();
-            v.extend_from_slice(&outputs);
-            Targets::Values(v)
-        }
-    };
-    let mut x = train.x.to_vec();
-    x.extend(sx);
-    Ok((Dataset::new(x, train.shape.clone(), targets), outputs))
+    Ok((with_teacher_labelled(train, sx, &outputs), outputs))
 }
 
 /// "auto" chose to distil: trains the winner in full and compares it with the same student on
