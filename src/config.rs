@@ -319,6 +319,18 @@ impl ExperimentConfig {
     fn check(&self) -> Result<()> {
         let d = &self.data;
         d.check()?;
+        if d.labels_per_class.is_some() {
+            for m in &self.models {
+                if let Some(crate::losses::SoftLoss::Dkd { .. }) =
+                    m.distill.as_ref().map(|x| x.loss)
+                {
+                    bad_field(
+                        &format!("model.{}.distill.loss", m.name),
+                        "decoupled KD reads every sample's label, and data.labels_per_class leaves most training samples without one: use kd or dist",
+                    )?;
+                }
+            }
+        }
         if !d.labels && d.format == DataFormat::Text {
             if d.label.is_some() {
                 bad_field("data.label", "not used with labels = false")?;

@@ -1,6 +1,6 @@
 //! Evaluation: accuracy and error count (or MSE and MAE), and inference latency.
 
-use crate::data::{Dataset, TargetScale, Targets};
+use crate::data::{Dataset, TargetScale, Targets, MISSING};
 use crate::error::Result;
 use candle_core::{Device, Tensor};
 use serde::{Deserialize, Serialize};
@@ -36,7 +36,14 @@ pub fn score_outputs(out: &[f32], data: &Dataset, scale: Option<&TargetScale>) -
             let mut tp = vec![0usize; c];
             let mut pred = vec![0usize; c];
             let mut actual = vec![0usize; c];
-            for (row, &y) in out.chunks_exact(c).zip(labels) {
+            // Samples without a label (`MISSING`) are left out.
+            let labelled = labels.iter().filter(|&&y| y != MISSING).count();
+            let n = labelled.max(1);
+            for (row, &y) in out
+                .chunks_exact(c)
+                .zip(labels)
+                .filter(|(_, &y)| y != MISSING)
+            {
                 loss += crate::losses::supervised::row_cross_entropy(row, y as usize);
                 let arg = argmax(row);
                 pred[arg] += 1;
@@ -58,7 +65,7 @@ pub fn score_outputs(out: &[f32], data: &Dataset, scale: Option<&TargetScale>) -
             Scores {
                 loss: loss / n as f64,
                 accuracy: Some(correct as f64 / n as f64),
-                errors: Some(data.len() - correct),
+                errors: Some(labelled - correct),
                 mse: None,
                 mae: None,
                 f1: Some(f1_sum / f1_n.max(1) as f64),

@@ -4,6 +4,7 @@
 //! measures one, and outside teachers (an ONNX file, a transformer, precomputed outputs) plug in
 //! by implementing it.
 
+pub mod adapter;
 pub mod bert;
 pub mod cache;
 pub mod native;
@@ -68,6 +69,34 @@ pub fn ensemble_outputs(outs: &[Vec<f32>], classes: usize, regression: bool) -> 
     }
     let p = crate::losses::mutual::peer_average(&refs, classes, 1.0);
     p.iter().map(|&v| v.max(1e-30).ln()).collect()
+}
+
+/// A teacher whose logits pass through a small model fitted on this run's labels (a
+/// logistic regression on its standardised logits): a teacher from another domain, its
+/// classes' scores recalibrated to the data it now teaches on, or mapped to another number of
+/// classes.
+pub struct Calibrated {
+    /// The teacher.
+    pub inner: Box<dyn Teacher>,
+    /// Standardises the teacher's logits (fitted on the training split).
+    pub norm: crate::data::Normalizer,
+    /// Maps them to the run's classes.
+    pub head: Model,
+}
+
+impl Teacher for Calibrated {
+    fn predict_batch(&self, x: &Tensor) -> Result<Vec<f32>> {
+        let rows = x.dim(0)?;
+        let v = x.flatten_all()?.to_vec1::<f32>()?;
+        self.predict_rows(&v, rows)
+    }
+
+    fn predict_rows(&self, x: &[f32], rows: usize) -> Result<Vec<f32>> {
+        let mut z = self.inner.predict_rows(x, rows)?;
+        let k = z.len() / rows.max(1);
+        self.norm.apply(&mut z, k);
+        self.head.predict(&z, rows.max(1))
+    }
 }
 
 /// What an ONNX teacher is fed: the run's normalised inputs, or the raw values (the normaliser
@@ -146,6 +175,8 @@ pub struct OnnxTeacher {
     /// units) become the standardised values students train on.
     target_scale: Option<crate::data::TargetScale>,
     dim: usize,
+    /// A teacher from another domain: the run's raw samples mapped to its input.
+    adapter: Option<adapter::Adapter>,
     /// One sample's shape as the graph's input declares it (`[dim]`, or `[c, h, w]`, …).
     sample_shape: Vec<usize>,
     params: usize,
@@ -222,6 +253,7 @@ impl OnnxTeacher {
             normalizer,
             target_scale: None,
             dim,
+            adapter: None,
             sample_shape: vec![dim],
             params: 0,
             plans: Default::default(),
@@ -236,6 +268,13 @@ impl OnnxTeacher {
             Ok(())
         })?;
         Ok(t)
+    }
+
+    /// A teacher from another domain: `adapter` maps the run's raw samples (its `in_dim`
+    /// values each) to this graph's input; the run's normaliser is undone first.
+    pub fn with_adapter(mut self, adapter: adapter::Adapter) -> OnnxTeacher {
+        self.adapter = Some(adapter);
+        self
     }
 
     /// One sample's shape as the graph's input should take it.
@@ -434,7 +473,11 @@ impl Teacher for OnnxTeacher {
     fn predict_rows(&self, x: &[f32], rows: usize) -> Result<Vec<f32>> {
         use tract_onnx::prelude::*;
         let mut raw = x.to_vec();
-        if self.input == OnnxInput::Raw {
+        if let Some(a) = &self.adapter {
+            // The run's raw values (a cross-domain teacher always reads raw values), mapped.
+            self.normalizer.invert(&mut raw, a.in_dim());
+            raw = a.apply(&raw, rows);
+        } else if self.input == OnnxInput::Raw {
             self.normalizer.invert(&mut raw, self.dim);
         }
         let plan = self.plan(rows)?;

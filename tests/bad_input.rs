@@ -750,3 +750,82 @@ fn bad_tree_settings_synthetic_samples_and_tree_files() {
     let o = run(&["predict", &bad, &data, "--label", "y"]);
     check(&o, "tree-loop", &["loop.safetensors", "out of range"]);
 }
+
+/// Teachers from another domain and data with few labels: every mistake is found before any
+/// work starts (the adapter is built against the data and the ONNX graph at the start).
+#[test]
+fn bad_adapters_and_label_budgets() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let root = env!("CARGO_MANIFEST_DIR");
+    let mnist = format!("{root}/data/teachers/mnist-cnn.onnx");
+    let mlp = format!("{root}/data/teachers/digits-torch-mlp.onnx");
+    let digits = "[data]\nformat = \"digits\"\n";
+    let student = "[[model]]\nname = \"s\"\nrole = \"student\"\narch = { kind = \"mlp\", hidden = [8] }\ntrain = { epochs = 1 }\ndistill = { teacher = \"t\" }\n";
+    // The adapter's 20×20 images are not the 28×28 the graph takes.
+    expect_bad_config(
+        dir,
+        "adapter-shape-mismatch",
+        &format!("{digits}[[teacher]]\nname = \"t\"\nonnx = \"{mnist}\"\nadapter = {{ resize = [20, 20] }}\n{student}"),
+        &["teacher.t.adapter", "[1, 20, 20]", "784"],
+    );
+    // Resizing a table.
+    let table = format!(
+        "[data]\nformat = \"csv\"\npath = \"{root}/data/sklearn/iris.csv\"\nlabel = \"species\"\n"
+    );
+    expect_bad_config(
+        dir,
+        "adapter-resize-table",
+        &format!("{table}[[teacher]]\nname = \"t\"\nonnx = \"{mnist}\"\nadapter = {{ resize = [28, 28] }}\n{student}"),
+        &["teacher.t.adapter.resize", "map images", "[4]"],
+    );
+    // A column the data do not have.
+    expect_bad_config(
+        dir,
+        "adapter-unknown-column",
+        &format!("{table}[[teacher]]\nname = \"t\"\nonnx = \"{mlp}\"\nadapter = {{ columns = [\"petal_width\", \"wingspan\"] }}\n{student}"),
+        &["teacher.t.adapter.columns", "no column 'wingspan'"],
+    );
+    // A teacher of 10 classes for data of 3, uncalibrated.
+    let mut csv = String::from(
+        &(0..64)
+            .map(|i| format!("p{i}"))
+            .chain(["label".to_string()])
+            .collect::<Vec<_>>()
+            .join(","),
+    );
+    csv.push('\n');
+    for r in 0..30 {
+        let row: Vec<String> = (0..64).map(|i| ((r * 7 + i) % 17).to_string()).collect();
+        csv.push_str(&format!("{},c{}\n", row.join(","), r % 3));
+    }
+    let path = write(dir, "three.csv", csv.as_bytes());
+    expect_bad_config(
+        dir,
+        "adapter-teacher-classes",
+        &format!("[data]\nformat = \"csv\"\npath = \"{path}\"\nlabel = \"label\"\n[[teacher]]\nname = \"t\"\nonnx = \"{mlp}\"\nadapter = {{ scale = 1.0 }}\n{student}"),
+        &["teacher.t", "10 outputs", "3 classes", "calibrate"],
+    );
+    // Adapters and calibration belong to ONNX teachers; the label budget is at least 1 and
+    // leaves decoupled KD without labels.
+    expect_bad_config(
+        dir,
+        "adapter-not-onnx",
+        &format!(
+            "{digits}[[teacher]]\nname = \"t\"\noutputs = \"{path}\"\ncalibrate = true\n{student}"
+        ),
+        &["teacher[0].calibrate", "onnx"],
+    );
+    expect_bad_config(
+        dir,
+        "labels-per-class-zero",
+        &format!("{digits}labels_per_class = 0\n[[model]]\nname = \"s\"\narch = {{ kind = \"mlp\", hidden = [8] }}\n"),
+        &["data.labels_per_class", "at least 1"],
+    );
+    expect_bad_config(
+        dir,
+        "labels-per-class-dkd",
+        &format!("{digits}labels_per_class = 5\n[[model]]\nname = \"t\"\narch = {{ kind = \"mlp\", hidden = [8] }}\n[[model]]\nname = \"s\"\narch = {{ kind = \"mlp\", hidden = [8] }}\ndistill = {{ teacher = \"t\", loss = {{ kind = \"dkd\" }} }}\n"),
+        &["model.s.distill.loss", "labels_per_class"],
+    );
+}

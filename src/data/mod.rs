@@ -26,6 +26,10 @@ pub enum Task {
     Regression,
 }
 
+/// The class index of a sample whose label is missing: the label term of the objective skips
+/// it (soft-target terms still read it), scores leave it out.
+pub use crate::losses::supervised::MISSING;
+
 /// Targets of a data set.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Targets {
@@ -170,6 +174,38 @@ impl Dataset {
         match &self.targets {
             Targets::Classes { labels, .. } => Some(labels),
             Targets::Values(_) => None,
+        }
+    }
+
+    /// Keeps the labels of `per_class` samples of each class (a class with fewer keeps all
+    /// of its), drawn by `rng`; every other label becomes [`MISSING`]. Returns how many
+    /// labels were kept.
+    pub fn keep_labels_per_class(&mut self, per_class: usize, rng: &mut Rng) -> usize {
+        let Targets::Classes { labels, names } = &mut self.targets else {
+            return 0;
+        };
+        let mut kept = vec![0usize; names.len()];
+        let mut keep = vec![false; labels.len()];
+        for i in rng.permutation(labels.len()) {
+            let c = labels[i];
+            if c != MISSING && kept[c as usize] < per_class {
+                kept[c as usize] += 1;
+                keep[i] = true;
+            }
+        }
+        for (l, k) in labels.iter_mut().zip(keep) {
+            if !k {
+                *l = MISSING;
+            }
+        }
+        kept.iter().sum()
+    }
+
+    /// How many samples have a label (all, for regression).
+    pub fn labelled(&self) -> usize {
+        match &self.targets {
+            Targets::Classes { labels, .. } => labels.iter().filter(|&&l| l != MISSING).count(),
+            Targets::Values(v) => v.len(),
         }
     }
 

@@ -83,6 +83,11 @@ pub struct DataConfig {
     /// Use at most this many validation and test samples each.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_test: Option<usize>,
+    /// Classification: keep the labels of only this many training samples per class (drawn
+    /// with the run's seed); the other training samples stay, unlabelled — the label term
+    /// skips them, a teacher's terms still read them. Validation and test keep their labels.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub labels_per_class: Option<usize>,
 }
 
 fn yes() -> bool {
@@ -269,6 +274,20 @@ impl DataConfig {
         }
         if d.max_test == Some(0) {
             bad_field("data.max_test", "must be at least 1")?;
+        }
+        if let Some(n) = d.labels_per_class {
+            if n == 0 {
+                bad_field("data.labels_per_class", "must be at least 1")?;
+            }
+            if d.task == Task::Regression {
+                bad_field(
+                    "data.labels_per_class",
+                    "only for classification (labels per class)",
+                )?;
+            }
+            if d.format == DataFormat::Text && !d.labels {
+                bad_field("data.labels_per_class", "the texts have no labels")?;
+            }
         }
         Ok(())
     }

@@ -3,12 +3,48 @@
 use crate::error::Result;
 use candle_core::{Tensor, D};
 
+/// The class index of a sample whose label is missing (`data::MISSING` re-exports it): the
+/// label term skips it, soft-target terms still read the sample, scores leave it out.
+pub const MISSING: u32 = u32::MAX;
+
 /// Mean cross-entropy of `logits` `[b, c]` against class indices `labels` `[b]` (u32),
 /// i.e. PyTorch's `F.cross_entropy(logits, labels)`.
+///
+/// Rows whose label is [`MISSING`] are skipped: the mean is over the labelled
+/// rows (0 when none is), as `F.cross_entropy(logits, labels, ignore_index=-100)`:
+/// ```python
+/// z = torch.tensor([[1.0, 2.0, 0.5], [0.3, -1.0, 2.0], [2.0, 0.0, -1.0]])
+/// F.cross_entropy(z, torch.tensor([1, -100, 0]), ignore_index=-100)  # 0.317107
+/// ```
 pub fn cross_entropy(logits: &Tensor, labels: &Tensor) -> Result<Tensor> {
     let logp = candle_nn::ops::log_softmax(logits, D::Minus1)?;
-    let picked = logp.gather(&labels.unsqueeze(1)?, 1)?;
-    Ok(picked.mean_all()?.neg()?)
+    let y = labels.to_vec1::<u32>()?;
+    if !y.contains(&MISSING) {
+        let picked = logp.gather(&labels.unsqueeze(1)?, 1)?;
+        return Ok(picked.mean_all()?.neg()?);
+    }
+    let n = y.iter().filter(|&&l| l != MISSING).count();
+    cross_entropy_sum(logits, labels, 1.0 / n.max(1) as f32)
+}
+
+/// `scale ·` the sum of the cross-entropies of the labelled rows (those not [`MISSING`]): a
+/// slice of a batch whose mean is taken over the labelled rows of the whole batch.
+pub fn cross_entropy_sum(logits: &Tensor, labels: &Tensor, scale: f32) -> Result<Tensor> {
+    let logp = candle_nn::ops::log_softmax(logits, D::Minus1)?;
+    let y = labels.to_vec1::<u32>()?;
+    let idx: Vec<u32> = y
+        .iter()
+        .map(|&l| if l == MISSING { 0 } else { l })
+        .collect();
+    let w: Vec<f32> = y
+        .iter()
+        .map(|&l| if l == MISSING { 0.0 } else { scale })
+        .collect();
+    let dev = logits.device();
+    let idx = Tensor::from_vec(idx, (y.len(), 1), dev)?;
+    let w = Tensor::from_vec(w, (y.len(), 1), dev)?;
+    let picked = logp.gather(&idx, 1)?;
+    Ok((picked * w)?.sum_all()?.neg()?)
 }
 
 /// Mean squared error between `pred` and `target` of the same shape (`F.mse_loss`).

@@ -22,7 +22,7 @@ use super::trees::{Node, Tree, TreeEnsemble, ALL_OUTPUTS};
 use crate::error::{Error, Result};
 use crate::kernels::softmax::argmax;
 use crate::losses::kd;
-use crate::losses::supervised::row_cross_entropy;
+use crate::losses::supervised::{row_cross_entropy, MISSING};
 use rayon::prelude::*;
 
 pub use super::trees::{FitTo, TreeKind, TreeSettings, DEFAULT_MAX_STEP, DEFAULT_MIN_HESSIAN};
@@ -755,10 +755,16 @@ fn label_scores(f: &[f32], data: &FitData) -> (f64, Option<f64>) {
         Labels::Classes { labels, classes } => {
             let mut loss = 0.0;
             let mut right = 0usize;
+            let mut seen = 0usize;
             for (z, &y) in f.chunks_exact(classes).zip(labels) {
+                if y == MISSING {
+                    continue;
+                }
+                seen += 1;
                 loss += row_cross_entropy(z, y as usize);
                 right += usize::from(argmax(z) == y as usize);
             }
+            let n = seen.max(1) as f64;
             (loss / n, Some(right as f64 / n))
         }
         Labels::Values(y) => {
@@ -837,7 +843,8 @@ pub fn fit(
                 }
                 _ => vec![0f32; n * classes],
             };
-            for (r, &y) in labels.iter().enumerate() {
+            // A row without a label (`MISSING`) keeps the teacher's part alone.
+            for (r, &y) in labels.iter().enumerate().filter(|(_, &y)| y != MISSING) {
                 q[r * classes + y as usize] += lw;
             }
             q
@@ -1022,14 +1029,18 @@ fn fit_boosted(
                 let mut pt = vec![0f32; classes];
                 for r in 0..n {
                     let z = &f[r * classes..(r + 1) * classes];
-                    let y = labels[r] as usize;
+                    // A row without a label: its label term's weight is 0.
+                    let (y, lw) = match labels[r] {
+                        MISSING => (0, 0.0),
+                        y => (y as usize, lw),
+                    };
                     // Hinton's objective, its gradient and Hessian: `losses::kd`'s.
                     let soft = soft_q.as_ref().map(|q| kd::SoftRow {
                         q: &q[r * classes..(r + 1) * classes],
                         alpha: a,
                         temperature: t,
                     });
-                    right += usize::from(argmax(z) == y);
+                    right += usize::from(labels[r] != MISSING && argmax(z) == y);
                     loss += kd::newton_row(z, y, lw, soft, &mut p, &mut pt);
                     for (j, &c) in grown_outputs.iter().enumerate() {
                         let (mut gv, mut hv) = kd::newton_grad_hess(c, y, lw, &p, soft, &pt);

@@ -59,7 +59,17 @@ pub fn load_splits(cfg: &ExperimentConfig) -> Result<Splits> {
 }
 
 /// Like [`load_splits`], with the arrays of `data.format = "arrays"` when the caller gave them.
+/// With `data.labels_per_class`, the training split keeps that many labels per class.
 pub fn load_splits_with(cfg: &ExperimentConfig, arrays: Option<&data::Arrays>) -> Result<Splits> {
+    let mut s = read_splits(cfg, arrays)?;
+    if let Some(n) = cfg.data.labels_per_class {
+        let mut rng = crate::rng::Rng::derive(cfg.seed, "labels-per-class");
+        s.train.keep_labels_per_class(n, &mut rng);
+    }
+    Ok(s)
+}
+
+fn read_splits(cfg: &ExperimentConfig, arrays: Option<&data::Arrays>) -> Result<Splits> {
     let d = &cfg.data;
     let (full, test, default_norm) = match d.format {
         DataFormat::Text => return load_text_splits(cfg),
@@ -328,8 +338,12 @@ pub fn run_experiment(checked: &CheckedConfig, opts: &RunOptions) -> Result<RunS
     let task = splits.train.targets.task();
     let progress = opts.progress;
     progress.say(&format!(
-        "data: {} train / {} val / {} test samples, input {:?}, {} outputs",
+        "data: {} train{} / {} val / {} test samples, input {:?}, {} outputs",
         splits.train.len(),
+        match splits.train.labelled() {
+            n if n < splits.train.len() => format!(" ({n} labelled)"),
+            _ => String::new(),
+        },
         splits.val.len(),
         splits.test.len(),
         shape,
@@ -401,6 +415,9 @@ pub fn run_experiment(checked: &CheckedConfig, opts: &RunOptions) -> Result<RunS
         }
     }
 
+    for t in &cfg.teachers {
+        crate::stages::teacher::preflight(t, &splits)?;
+    }
     let stages = checked.stages(only, opts.groups);
     let mut store = RunStore::open(out, splits, cfg.seed, cfg.eval.clone(), progress)?;
     store.arrays = opts.arrays.clone();

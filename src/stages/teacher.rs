@@ -15,6 +15,7 @@ use crate::error::{bad_field, Error, Result};
 use crate::eval::{self, Scores};
 use crate::models::{Arch, Model, ModelSpec};
 use crate::store::{ModelMetrics, RunStore};
+use crate::teachers::adapter::AdapterConfig;
 use crate::teachers::bert::{BertEncoder, Pooling};
 use crate::teachers::{cache, KnownTeacher, OnnxInput, OnnxTeacher, SplitOutputs, Teacher};
 use crate::train::{self, Objective, TrainConfig, TrainJob};
@@ -38,6 +39,16 @@ pub struct TeacherConfig {
     /// ONNX: the output that holds the logits (or values), by position (`1`) or name (`"logits"`).
     #[serde(default, skip_serializing_if = "is_default")]
     pub output: crate::teachers::OnnxOutput,
+    /// ONNX: a teacher from another domain, fed the run's raw samples mapped to its input
+    /// (`{ resize = [20, 20], pad = 4, scale = 0.0625 }`, `{ columns = [...] }`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub adapter: Option<AdapterConfig>,
+    /// ONNX: recalibrate the teacher's logits to this run's classes with the labels the
+    /// training split has — a logistic regression on its standardised logits, early-stopped
+    /// on the validation split — before it teaches. The teacher may then have another number
+    /// of outputs than the data have classes.
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub calibrate: bool,
     /// A Hugging Face BERT-family folder: `config.json`, `model.safetensors`, `tokenizer.json`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bert: Option<PathBuf>,
@@ -177,6 +188,25 @@ impl TeacherConfig {
                 "a BERT teacher reads texts: use data.format = \"text\"",
             )?;
         }
+        if self.onnx.is_none() {
+            for (f, set) in [
+                ("adapter", self.adapter.is_some()),
+                ("calibrate", self.calibrate),
+            ] {
+                if set {
+                    bad_field(&format!("{p}.{f}"), "only for an onnx teacher")?;
+                }
+            }
+        }
+        if let Some(a) = &self.adapter {
+            a.check(&format!("{p}.adapter"))?;
+            if self.input != OnnxInput::Raw {
+                bad_field(
+                    &format!("{p}.input"),
+                    "a teacher with an adapter reads the raw values (the run's normalisation is not its own)",
+                )?;
+            }
+        }
         if self.onnx.is_some() && text {
             bad_field(
                 &format!("{p}.onnx"),
@@ -258,35 +288,95 @@ fn what_outputs(outputs: usize) -> &'static str {
     }
 }
 
-fn onnx_teacher(c: &TeacherConfig, onnx: &Path, store: &mut RunStore) -> Result<()> {
-    let splits = &store.splits;
+/// Loads an ONNX teacher (with its adapter, if any) and checks it against the data: it runs on
+/// one sample, and gives as many outputs as the data have classes (or any number, when it is
+/// calibrated). Returns it and its outputs per sample. Called before any work starts
+/// ([`preflight`]) and by the stage.
+fn load_onnx(
+    c: &TeacherConfig,
+    onnx: &Path,
+    splits: &crate::data::Splits,
+) -> Result<(OnnxTeacher, usize)> {
     let d = splits.train.dim();
     let outputs = splits.train.outputs();
-    let t = OnnxTeacher::load(
+    let adapter = match &c.adapter {
+        Some(a) => Some(a.build(
+            &format!("teacher.{}.adapter", c.name),
+            &splits.train.shape,
+            &splits.train.features,
+        )?),
+        None => None,
+    };
+    let graph_dim = adapter.as_ref().map(|a| a.out_dim()).unwrap_or(d);
+    let mut t = OnnxTeacher::load(
         onnx,
-        d,
+        graph_dim,
         c.input,
         c.output.clone(),
         splits.normalizer.clone(),
-    )?
+    )
+    .map_err(|e| match &adapter {
+        Some(a) => Error::Input(format!(
+            "teacher.{}.adapter: it maps {}; {e}",
+            c.name,
+            a.describe()
+        )),
+        None => e,
+    })?
     .with_target_scale(splits.target_scale);
+    if let Some(a) = adapter {
+        t = t.with_adapter(a);
+    }
     let probe = t.predict_rows(&splits.train.x[..d], 1)?;
-    if probe.len() != outputs {
+    if probe.len() != outputs && !c.calibrate {
         return Err(Error::Input(format!(
-            "teacher.{}: {} gives {} outputs per sample, but the data have {outputs} {}",
+            "teacher.{}: {} gives {} outputs per sample, but the data have {outputs} {}{}",
             c.name,
             onnx.display(),
             probe.len(),
-            what_outputs(outputs)
+            what_outputs(outputs),
+            if splits.train.outputs() > 1 {
+                " (calibrate = true maps its outputs to the data's classes)"
+            } else {
+                ""
+            }
         )));
     }
+    Ok((t, probe.len()))
+}
+
+/// Checks, before any stage runs, what a teacher can only check against the data: an ONNX
+/// teacher's adapter maps the samples to the graph's input, and its outputs fit the classes.
+pub fn preflight(c: &TeacherConfig, splits: &crate::data::Splits) -> Result<()> {
+    match &c.onnx {
+        Some(onnx) if c.adapter.is_some() || c.calibrate => load_onnx(c, onnx, splits).map(|_| ()),
+        _ => Ok(()),
+    }
+}
+
+fn onnx_teacher(c: &TeacherConfig, onnx: &Path, store: &mut RunStore) -> Result<()> {
+    let splits = &store.splits;
+    let d = splits.train.dim();
+    let (t, t_outputs) = load_onnx(c, onnx, splits)?;
+    let adapted = c
+        .adapter
+        .as_ref()
+        .map(|a| {
+            a.build("adapter", &splits.train.shape, &splits.train.features)
+                .map(|a| format!(", adapter {}", a.describe()))
+        })
+        .transpose()?
+        .unwrap_or_default();
     store.progress.say(&format!(
-        "{}: ONNX teacher {} ({} inputs, {} outputs)",
+        "{}: ONNX teacher {} ({} inputs, {} outputs{adapted})",
         c.name,
         onnx.display(),
         d,
-        outputs
+        t_outputs
     ));
+    if c.calibrate {
+        return calibrated_teacher(c, onnx, t, t_outputs, &adapted, store);
+    }
     let (scores, b1, b256) = store.measure(&t)?;
     let mut r = ModelMetrics::measured(
         &c.name,
@@ -296,18 +386,95 @@ fn onnx_teacher(c: &TeacherConfig, onnx: &Path, store: &mut RunStore) -> Result<
         b256,
         format!("ONNX file {}", onnx.display()),
     );
-    r.architecture = format!("onnx {}", onnx.display());
-    // The file, and an external-data file beside it (`model.onnx.data`, as PyTorch names it).
-    let data = onnx.with_extension("onnx.data");
-    r.file_bytes = [onnx, data.as_path()]
-        .iter()
-        .filter_map(|p| std::fs::metadata(p).ok())
-        .map(|m| m.len())
-        .sum();
+    r.architecture = format!("onnx {}{adapted}", onnx.display());
+    r.file_bytes = onnx_file_bytes(onnx);
     r.bytes = r.file_bytes as usize;
     r.params = t.params();
     store.record(r)?;
     store.add_teacher(&c.name, Box::new(t));
+    Ok(())
+}
+
+/// The bytes of an ONNX file and of an external-data file beside it (`model.onnx.data`, as
+/// PyTorch names it).
+fn onnx_file_bytes(onnx: &Path) -> u64 {
+    let data = onnx.with_extension("onnx.data");
+    [onnx, data.as_path()]
+        .iter()
+        .filter_map(|p| std::fs::metadata(p).ok())
+        .map(|m| m.len())
+        .sum()
+}
+
+/// `calibrate = true`: the teacher's logits on every split, a logistic regression on them
+/// (standardised) fitted to the training split's labels (missing ones skipped) and
+/// early-stopped on the validation split, then the calibrated teacher measured and put in the
+/// store; the report gives the uncalibrated teacher's test accuracy beside it.
+fn calibrated_teacher(
+    c: &TeacherConfig,
+    onnx: &Path,
+    t: OnnxTeacher,
+    t_outputs: usize,
+    adapted: &str,
+    store: &mut RunStore,
+) -> Result<()> {
+    let s = &store.splits;
+    let d = s.train.dim();
+    let logits = |data: &Dataset| crate::eval::predict_all(&t, &data.x, d, 512);
+    let (tr, va) = (logits(&s.train)?, logits(&s.val)?);
+    let raw = eval::score_outputs(&logits(&s.test)?, &s.test, None);
+    let norm =
+        crate::data::Normalizer::fit_rows(crate::data::NormalizeKind::PerFeature, &tr, t_outputs);
+    let train_cfg = TrainConfig {
+        epochs: 300,
+        batch_size: 32,
+        lr: 1e-2,
+        patience: Some(30),
+        ..TrainConfig::default()
+    };
+    train_cfg.check(&format!("teacher.{}.calibrate", c.name), false)?;
+    let h = HeadConfig {
+        hidden: Vec::new(),
+        train: train_cfg,
+    };
+    let scaled = |mut v: Vec<f32>| {
+        norm.apply(&mut v, t_outputs);
+        crate::teachers::Rows::from(v)
+    };
+    store.progress.say(&format!(
+        "{}: calibrating its {t_outputs} outputs to the {} classes on the {} labelled training samples (uncalibrated test accuracy {:.2}%)",
+        c.name,
+        s.train.outputs(),
+        s.train.labelled(),
+        100.0 * raw.accuracy.unwrap_or(0.0)
+    ));
+    let head = train_head(c, &h, t_outputs, &scaled(tr), &scaled(va), &norm, store)?;
+    let params = t.params() + head.num_params();
+    let ct = crate::teachers::Calibrated {
+        inner: Box::new(t),
+        norm,
+        head,
+    };
+    let (scores, b1, b256) = store.measure(&ct)?;
+    let mut r = ModelMetrics::measured(
+        &c.name,
+        "teacher",
+        &scores,
+        b1,
+        b256,
+        format!(
+            "ONNX file {}, calibrated on the training labels (uncalibrated: {:.2}% test accuracy, {} errors)",
+            onnx.display(),
+            100.0 * raw.accuracy.unwrap_or(0.0),
+            raw.errors.unwrap_or(0)
+        ),
+    );
+    r.architecture = format!("onnx {}{adapted} + calibration", onnx.display());
+    r.file_bytes = onnx_file_bytes(onnx);
+    r.bytes = r.file_bytes as usize;
+    r.params = params;
+    store.record(r)?;
+    store.add_teacher(&c.name, Box::new(ct));
     Ok(())
 }
 

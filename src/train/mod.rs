@@ -12,7 +12,7 @@ pub mod trees;
 pub use grid::Trial;
 pub use settings::{AutoChoice, FullRuns, OptimizerKind, ScheduleKind, TrainConfig, Tunable};
 
-use crate::data::{Dataset, Targets};
+use crate::data::{Dataset, Targets, MISSING};
 use crate::error::{Error, Result};
 use crate::eval::{score_outputs, Scores};
 use crate::losses::{self, SoftLoss};
@@ -568,7 +568,7 @@ fn fit_shared(
                 for h in m.job.hooks.iter_mut() {
                     h.after_step(m.model)?;
                 }
-                m.tally.add(lv, batch.full_b, hits);
+                m.tally.add(lv, batch.full_b, hits, batch.labelled);
             }
             let (loss, acc) = mean_tally(&members);
             bar.step(loss, classification.then_some(acc));
@@ -797,6 +797,11 @@ struct Batch {
     mix: Option<crate::data::augment::Mix>,
     /// A mixed batch's partner labels (classification).
     partner_classes: Vec<u32>,
+    /// When some labels of the global batch are missing: its rows over its labelled rows,
+    /// for the own labels and a mixed batch's partners' (`objective::BatchLabels::Partial`).
+    share: Option<[f32; 2]>,
+    /// The global batch's rows that have a label (what training accuracy counts).
+    labelled: usize,
 }
 
 impl Batch {
@@ -857,6 +862,26 @@ impl Batch {
                 }
             }
         }
+        // Missing labels: the label term's mean is over the global batch's labelled rows.
+        self.share = None;
+        self.labelled = full_b;
+        if let Targets::Classes { labels, .. } = &train.targets {
+            let own = full_idx.iter().filter(|&&i| labels[i] != MISSING).count();
+            self.labelled = own;
+            let partner = match ranks.is_none() || whole {
+                true => self
+                    .partner_classes
+                    .iter()
+                    .filter(|&&c| c != MISSING)
+                    .count(),
+                false => 0,
+            };
+            let mixed = !self.partner_classes.is_empty();
+            if own < full_b || (mixed && partner < full_b) {
+                let s = |n: usize| full_b as f32 / n.max(1) as f32;
+                self.share = Some([s(own), s(partner)]);
+            }
+        }
         if whole {
             self.x.copy_within(lo * d..hi * d, 0);
             self.x.truncate((hi - lo) * d);
@@ -900,6 +925,18 @@ impl Batch {
     }
 
     fn labels(&self) -> objective::BatchLabels<'_> {
+        if let (Some(share), true) = (self.share, self.classification) {
+            return objective::BatchLabels::Partial {
+                own: &self.classes,
+                partner: match &self.mix {
+                    Some(m) if !self.partner_classes.is_empty() => {
+                        Some((&self.partner_classes, m.lambda))
+                    }
+                    _ => None,
+                },
+                share,
+            };
+        }
         match &self.mix {
             Some(m) if self.classification && !self.partner_classes.is_empty() => {
                 objective::BatchLabels::Mixed {
@@ -1075,6 +1112,7 @@ impl Member<'_, '_> {
             &logits,
             y,
             mix.as_ref().map(|(t, l)| (t, *l)),
+            batch.share.map(|s| s.map(|v| v / batch.b.max(1) as f32)),
             soft,
             fwd.hidden.as_ref(),
             self.adapter.as_ref(),
@@ -1256,6 +1294,7 @@ fn autograd_loss(
     logits: &Tensor,
     y: &Tensor,
     mix: Option<(&Tensor, f32)>,
+    label_scale: Option<[f32; 2]>,
     soft_bufs: &[Vec<f32>],
     s_hidden: Option<&Tensor>,
     adapter: Option<&Var>,
@@ -1266,13 +1305,18 @@ fn autograd_loss(
 ) -> Result<Tensor> {
     let mut terms: Vec<Tensor> = Vec::new();
     if obj.label_weight > 0.0 {
+        // Missing labels: each part sums its labelled rows, scaled to the global batch's
+        // labelled rows; otherwise the mean over the rows.
+        let ce = |y: &Tensor, part: usize| match label_scale {
+            Some(s) => losses::supervised::cross_entropy_sum(logits, y, s[part]),
+            None => losses::cross_entropy(logits, y),
+        };
         let l = match (classification, mix) {
             // Mixup / CutMix: λ·CE(own label) + (1 − λ)·CE(partner's label).
             (true, Some((partner, lambda))) => {
-                ((losses::cross_entropy(logits, y)? * lambda as f64)?
-                    + (losses::cross_entropy(logits, partner)? * (1.0 - lambda) as f64)?)?
+                ((ce(y, 0)? * lambda as f64)? + (ce(partner, 1)? * (1.0 - lambda) as f64)?)?
             }
-            (true, None) => losses::cross_entropy(logits, y)?,
+            (true, None) => ce(y, 0)?,
             (false, _) => losses::mse(logits, y)?,
         };
         terms.push((l * obj.label_weight as f64)?);
@@ -1525,13 +1569,15 @@ fn load_checkpoint(
 struct Tally {
     loss_sum: f64,
     seen: usize,
+    labelled: usize,
     correct: usize,
 }
 
 impl Tally {
-    fn add(&mut self, loss: f64, batch: usize, correct: usize) {
+    fn add(&mut self, loss: f64, batch: usize, correct: usize, labelled: usize) {
         self.loss_sum += loss * batch as f64;
         self.seen += batch;
+        self.labelled += labelled;
         self.correct += correct;
     }
 
@@ -1540,7 +1586,7 @@ impl Tally {
     }
 
     fn accuracy(&self) -> f64 {
-        self.correct as f64 / self.seen.max(1) as f64
+        self.correct as f64 / self.labelled.max(1) as f64
     }
 }
 
