@@ -277,6 +277,11 @@ impl OnnxTeacher {
         self
     }
 
+    /// Its adapter, for a teacher from another domain.
+    pub fn adapter(&self) -> Option<&adapter::Adapter> {
+        self.adapter.as_ref()
+    }
+
     /// One sample's shape as the graph's input should take it.
     pub fn sample_shape(&self) -> &[usize] {
         &self.sample_shape

@@ -310,3 +310,64 @@ fn a_rank_without_its_data_ends_the_job() {
         "{s}"
     );
 }
+
+/// Few labels (`data.labels_per_class`) under data parallelism: a slice of a batch holds
+/// another share of the labelled rows than the batch, and the label term's mean over the
+/// *global* batch's labelled rows keeps `-np 2` equal to one process — for the fused path and
+/// autograd (a hint student), with mixup's partners, and for a calibrated teacher from another
+/// domain (its head is trained on the few labels too).
+#[test]
+fn few_labels_give_the_same_answers_as_one_process() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("few-labels.toml");
+    std::fs::write(
+        &cfg,
+        r#"name = "few-labels"
+seed = 2
+
+[data]
+format = "digits"
+val_fraction = 0.15
+test_fraction = 0.25
+labels_per_class = 5
+
+[[teacher]]
+name = "mnist"
+onnx = "data/teachers/mnist-cnn.onnx"
+adapter = { resize = [20, 20], pad = 4, scale = 0.0625 }
+calibrate = true
+
+[[model]]
+name = "own"
+arch = { kind = "mlp", hidden = [64] }
+train = { epochs = 8, batch_size = 32, lr = 3e-3 }
+
+[[model]]
+name = "kd-mixup"
+arch = { kind = "mlp", hidden = [24] }
+train = { epochs = 8, batch_size = 32, lr = 3e-3, augment = { mixup = 0.4 } }
+distill = { teacher = "mnist", temperature = 2.0, alpha = 0.7 }
+
+[[model]]
+name = "hint-mixup"
+arch = { kind = "mlp", hidden = [24] }
+train = { epochs = 8, batch_size = 32, lr = 3e-3, augment = { mixup = 0.4 } }
+distill = { teacher = "own", temperature = 2.0, alpha = 0.5, hint = { teacher_layer = 0, student_layer = 0, weight = 0.1 } }
+"#,
+    )
+    .unwrap();
+    let cfg = cfg.to_str().unwrap();
+    let one = dir.path().join("one");
+    let o = Command::new(bin())
+        .args(["run", cfg, "--out", one.to_str().unwrap(), "-q"])
+        .current_dir(repo())
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", text(&o));
+    let two = dir.path().join("np2");
+    let o = mpirun(2, &["run", cfg, "--out", two.to_str().unwrap(), "-q"], &[]);
+    assert!(o.status.success(), "-np 2: {}", text(&o));
+    let (a, b) = (comparable(&one), comparable(&two));
+    assert_eq!(a["models"].as_array().unwrap().len(), 4, "{a}");
+    assert_close(&a, &b, 1e-4, "-np 2, few labels");
+}

@@ -8,6 +8,13 @@ use distillery::data::Normalizer;
 use distillery::teachers::{OnnxInput, OnnxTeacher, Teacher};
 
 /// A JSON matrix (array of rows), row-major.
+/// The inputs and the reference logits saved beside an ONNX model.
+fn inputs_and_logits(path: &std::path::Path) -> (Vec<f32>, Vec<f32>) {
+    let refs: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    (rows(&refs["inputs"]), rows(&refs["logits"]))
+}
+
 fn rows(v: &serde_json::Value) -> Vec<f32> {
     v.as_array()
         .unwrap()
@@ -24,11 +31,7 @@ fn rows(v: &serde_json::Value) -> Vec<f32> {
 #[test]
 fn onnx_teacher_matches_the_pytorch_outputs_saved_with_it() {
     let dir = common::repo().join("data/teachers");
-    let refs: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(dir.join("digits-torch-mlp.outputs.json")).unwrap(),
-    )
-    .unwrap();
-    let (x, want) = (rows(&refs["inputs"]), rows(&refs["logits"]));
+    let (x, want) = inputs_and_logits(&dir.join("digits-torch-mlp.outputs.json"));
     let t = OnnxTeacher::load(
         &dir.join("digits-torch-mlp.onnx"),
         64,
@@ -503,11 +506,7 @@ train = {{ epochs = 10, batch_size = 64, lr = 0.003 }}
 #[test]
 fn onnx_image_teachers_as_pytorch_exports_them_match_onnxruntime() {
     let dir = common::repo().join("tests/data/onnx");
-    let refs: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(dir.join("image-cnn.expected.json")).unwrap(),
-    )
-    .unwrap();
-    let (x, want) = (rows(&refs["inputs"]), rows(&refs["logits"]));
+    let (x, want) = inputs_and_logits(&dir.join("image-cnn.expected.json"));
     let by_name = distillery::teachers::OnnxOutput::Name("logits".into());
     for file in ["image-cnn.onnx", "image-cnn-ext.onnx"] {
         let t = OnnxTeacher::load(

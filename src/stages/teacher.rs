@@ -358,14 +358,9 @@ fn onnx_teacher(c: &TeacherConfig, onnx: &Path, store: &mut RunStore) -> Result<
     let splits = &store.splits;
     let d = splits.train.dim();
     let (t, t_outputs) = load_onnx(c, onnx, splits)?;
-    let adapted = c
-        .adapter
-        .as_ref()
-        .map(|a| {
-            a.build("adapter", &splits.train.shape, &splits.train.features)
-                .map(|a| format!(", adapter {}", a.describe()))
-        })
-        .transpose()?
+    let adapted = t
+        .adapter()
+        .map(|a| format!(", adapter {}", a.describe()))
         .unwrap_or_default();
     store.progress.say(&format!(
         "{}: ONNX teacher {} ({} inputs, {} outputs{adapted})",
@@ -377,33 +372,38 @@ fn onnx_teacher(c: &TeacherConfig, onnx: &Path, store: &mut RunStore) -> Result<
     if c.calibrate {
         return calibrated_teacher(c, onnx, t, t_outputs, &adapted, store);
     }
-    let (scores, b1, b256) = store.measure(&t)?;
-    let mut r = ModelMetrics::measured(
-        &c.name,
-        "teacher",
-        &scores,
-        b1,
-        b256,
-        format!("ONNX file {}", onnx.display()),
-    );
-    r.architecture = format!("onnx {}{adapted}", onnx.display());
-    r.file_bytes = onnx_file_bytes(onnx);
-    r.bytes = r.file_bytes as usize;
-    r.params = t.params();
-    store.record(r)?;
-    store.add_teacher(&c.name, Box::new(t));
-    Ok(())
+    let params = t.params();
+    let architecture = format!("onnx {}{adapted}", onnx.display());
+    let description = format!("ONNX file {}", onnx.display());
+    record_onnx(c, onnx, t, params, architecture, description, store)
 }
 
-/// The bytes of an ONNX file and of an external-data file beside it (`model.onnx.data`, as
-/// PyTorch names it).
-fn onnx_file_bytes(onnx: &Path) -> u64 {
+/// Measures an ONNX teacher (as it teaches: adapted, calibrated), records it with the file's
+/// size — and an external-data file's beside it (`model.onnx.data`, as PyTorch names it) —
+/// and puts it in the store.
+fn record_onnx<T: Teacher + 'static>(
+    c: &TeacherConfig,
+    onnx: &Path,
+    t: T,
+    params: usize,
+    architecture: String,
+    description: String,
+    store: &mut RunStore,
+) -> Result<()> {
+    let (scores, b1, b256) = store.measure(&t)?;
+    let mut r = ModelMetrics::measured(&c.name, "teacher", &scores, b1, b256, description);
+    r.architecture = architecture;
     let data = onnx.with_extension("onnx.data");
-    [onnx, data.as_path()]
+    r.file_bytes = [onnx, data.as_path()]
         .iter()
         .filter_map(|p| std::fs::metadata(p).ok())
         .map(|m| m.len())
-        .sum()
+        .sum();
+    r.bytes = r.file_bytes as usize;
+    r.params = params;
+    store.record(r)?;
+    store.add_teacher(&c.name, Box::new(t));
+    Ok(())
 }
 
 /// `calibrate = true`: the teacher's logits on every split, a logistic regression on them
@@ -455,27 +455,14 @@ fn calibrated_teacher(
         norm,
         head,
     };
-    let (scores, b1, b256) = store.measure(&ct)?;
-    let mut r = ModelMetrics::measured(
-        &c.name,
-        "teacher",
-        &scores,
-        b1,
-        b256,
-        format!(
-            "ONNX file {}, calibrated on the training labels (uncalibrated: {:.2}% test accuracy, {} errors)",
-            onnx.display(),
-            100.0 * raw.accuracy.unwrap_or(0.0),
-            raw.errors.unwrap_or(0)
-        ),
+    let description = format!(
+        "ONNX file {}, calibrated on the training labels (uncalibrated: {:.2}% test accuracy, {} errors)",
+        onnx.display(),
+        100.0 * raw.accuracy.unwrap_or(0.0),
+        raw.errors.unwrap_or(0)
     );
-    r.architecture = format!("onnx {}{adapted} + calibration", onnx.display());
-    r.file_bytes = onnx_file_bytes(onnx);
-    r.bytes = r.file_bytes as usize;
-    r.params = params;
-    store.record(r)?;
-    store.add_teacher(&c.name, Box::new(ct));
-    Ok(())
+    let architecture = format!("onnx {}{adapted} + calibration", onnx.display());
+    record_onnx(c, onnx, ct, params, architecture, description, store)
 }
 
 /// The encoder's embeddings of one split's texts, from the cache or computed into it.

@@ -568,7 +568,7 @@ fn fit_shared(
                 for h in m.job.hooks.iter_mut() {
                     h.after_step(m.model)?;
                 }
-                m.tally.add(lv, batch.full_b, hits, batch.labelled);
+                m.tally.add(lv, batch.full_b, hits, batch.labelled[0]);
             }
             let (loss, acc) = mean_tally(&members);
             bar.step(loss, classification.then_some(acc));
@@ -656,6 +656,7 @@ impl<'m, 'a> Stepper<'m, 'a> {
         batch.partner_classes.clear();
         batch.mix = None;
         (batch.b, batch.full_b, batch.classification) = (b, b, true);
+        batch.labelled = [b, b];
         let m = &mut self.member;
         let t0 = Instant::now();
         let (xt, yt) = if m.fast {
@@ -797,11 +798,9 @@ struct Batch {
     mix: Option<crate::data::augment::Mix>,
     /// A mixed batch's partner labels (classification).
     partner_classes: Vec<u32>,
-    /// When some labels of the global batch are missing: its rows over its labelled rows,
-    /// for the own labels and a mixed batch's partners' (`objective::BatchLabels::Partial`).
-    share: Option<[f32; 2]>,
-    /// The global batch's rows that have a label (what training accuracy counts).
-    labelled: usize,
+    /// The global batch's rows that have a label (what training accuracy counts) and, in a
+    /// mixed batch, whose partner has one.
+    labelled: [usize; 2],
 }
 
 impl Batch {
@@ -863,23 +862,16 @@ impl Batch {
             }
         }
         // Missing labels: the label term's mean is over the global batch's labelled rows.
-        self.share = None;
-        self.labelled = full_b;
+        self.labelled = [full_b, full_b];
         if let Targets::Classes { labels, .. } = &train.targets {
-            let own = full_idx.iter().filter(|&&i| labels[i] != MISSING).count();
-            self.labelled = own;
-            let partner = match ranks.is_none() || whole {
-                true => self
+            self.labelled[0] = full_idx.iter().filter(|&&i| labels[i] != MISSING).count();
+            // The partners span the global batch here (one process, or `whole`).
+            if !self.partner_classes.is_empty() {
+                self.labelled[1] = self
                     .partner_classes
                     .iter()
                     .filter(|&&c| c != MISSING)
-                    .count(),
-                false => 0,
-            };
-            let mixed = !self.partner_classes.is_empty();
-            if own < full_b || (mixed && partner < full_b) {
-                let s = |n: usize| full_b as f32 / n.max(1) as f32;
-                self.share = Some([s(own), s(partner)]);
+                    .count();
             }
         }
         if whole {
@@ -924,8 +916,16 @@ impl Batch {
         }
     }
 
+    /// When some labels of the global batch are missing: its rows over its labelled rows, for
+    /// the own labels and a mixed batch's partners' (`objective::BatchLabels::Partial`).
+    fn share(&self) -> Option<[f32; 2]> {
+        let full = self.full_b;
+        (self.classification && self.labelled.iter().any(|&n| n < full))
+            .then(|| self.labelled.map(|n| full as f32 / n.max(1) as f32))
+    }
+
     fn labels(&self) -> objective::BatchLabels<'_> {
-        if let (Some(share), true) = (self.share, self.classification) {
+        if let Some(share) = self.share() {
             return objective::BatchLabels::Partial {
                 own: &self.classes,
                 partner: match &self.mix {
@@ -1112,7 +1112,7 @@ impl Member<'_, '_> {
             &logits,
             y,
             mix.as_ref().map(|(t, l)| (t, *l)),
-            batch.share.map(|s| s.map(|v| v / batch.b.max(1) as f32)),
+            batch.share().map(|s| s.map(|v| v / batch.b.max(1) as f32)),
             soft,
             fwd.hidden.as_ref(),
             self.adapter.as_ref(),
