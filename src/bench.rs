@@ -646,6 +646,7 @@ fn train_workload(
                 hint: None,
                 val_targets: None,
                 teacher_val: None,
+                anneal: false,
             },
             fill: 0.0,
             checkpoint: None,

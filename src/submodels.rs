@@ -1357,6 +1357,7 @@ impl GroupRun<'_, '_> {
             hint: None,
             val_targets: None,
             teacher_val: None,
+            anneal: false,
         }
     }
 

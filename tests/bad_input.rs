@@ -829,3 +829,23 @@ fn bad_adapters_and_label_budgets() {
         &["model.s.distill.loss", "labels_per_class"],
     );
 }
+
+/// Teacher annealing needs labels to move to and a network's training steps.
+#[test]
+fn bad_teacher_annealing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let base = "[data]\nformat = \"digits\"\n[[model]]\nname = \"t\"\narch = { kind = \"mlp\", hidden = [8] }\n";
+    expect_bad_config(
+        dir,
+        "anneal-trees",
+        &format!("{base}[[model]]\nname = \"s\"\narch = {{ kind = \"boosted-trees\", flatten = true }}\ndistill = {{ teacher = \"t\", anneal = true }}\n"),
+        &["model.s.distill.anneal", "tree"],
+    );
+    expect_bad_config(
+        dir,
+        "anneal-embedding",
+        &format!("{base}[[model]]\nname = \"s\"\narch = {{ kind = \"mlp\", hidden = [8] }}\ndistill = {{ teacher = \"t\", anneal = true, loss = {{ kind = \"cosine\" }} }}\n"),
+        &["model.s.distill.anneal", "embedding"],
+    );
+}

@@ -33,6 +33,7 @@ pub fn expand(models: &[ModelConfig]) -> Vec<ModelConfig> {
                         init_from_teacher: false,
                         synthetic: None,
                         transfer: None,
+                        anneal: false,
                     }),
                     from: None,
                     born_again: None,

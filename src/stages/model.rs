@@ -78,6 +78,11 @@ pub struct DistillConfig {
     /// sample, where α < 1, is the teacher's arg-max, as for synthetic samples.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub transfer: Option<TransferSet>,
+    /// Teacher annealing (Clark et al. 2019, BAM!): the soft term's weight α falls linearly to
+    /// 0 over training and the label term's rises to 1, so each sample's target moves from the
+    /// teacher to its label (with α = 1: BAM!'s schedule).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub anneal: bool,
 }
 
 /// The `transfer = { … }` table of a student's `distill`.
@@ -265,6 +270,18 @@ impl ModelConfig {
                 bad_field(
                     &format!("{p}.distill"),
                     "alpha and temperature \"auto\" choose how much of the labels to mix in; an embedding loss uses no labels (give numbers)",
+                )?;
+            }
+            if ds.anneal && ds.loss.is_embedding() {
+                bad_field(
+                    &format!("{p}.distill.anneal"),
+                    "teacher annealing moves the target from the teacher to the labels; an embedding loss has no labels",
+                )?;
+            }
+            if ds.anneal && m.arch.as_ref().map(|a| a.is_tree()).unwrap_or(false) {
+                bad_field(
+                    &format!("{p}.distill.anneal"),
+                    "teacher annealing follows a network's training steps; tree models are fitted round by round on one fixed target",
                 )?;
             }
             if let Some(sc) = &ds.synthetic {
@@ -610,6 +627,7 @@ fn train_model(m: &ModelConfig, store: &RunStore) -> Result<()> {
                 };
                 let mut obj = Objective::distill(signal, ds.loss, temperature, alpha);
                 obj.teacher_val = teacher_val.clone();
+                obj.anneal = ds.anneal;
                 if let Some(h) = &ds.hint {
                     obj.hint = Some(HintTerm {
                         teacher: model_teacher.ok_or_else(missing)?,

@@ -80,9 +80,27 @@ pub struct Objective<'a> {
     /// distilled: each epoch then records the student's top-1 agreement with it and their
     /// mean KL.
     pub teacher_val: Option<crate::teachers::Rows>,
+    /// Teacher annealing (Clark et al. 2019, "BAM! Born-Again Multi-Task Networks"): the soft
+    /// terms' weights fall linearly to 0 over training, the label term taking what they give
+    /// up, so each sample's target moves from the teacher to its label ([`Objective::weights_at`]).
+    pub anneal: bool,
 }
 
 impl<'a> Objective<'a> {
+    /// The label term's weight and the factor on every soft term's weight at `progress` ∈
+    /// [0, 1] of training (steps taken over all steps): as set, or, with teacher annealing,
+    /// `(λ + S·p, 1 − p)` for label weight λ and soft weights summing to S — at T = 1 with one
+    /// KD term of weight α, the cross-entropy against `(1 − α(1 − p))·onehot(y) + α(1 − p)·
+    /// softmax(t)` up to the teacher's entropy, BAM!'s target when α = 1.
+    pub fn weights_at(&self, progress: f32) -> (f32, f32) {
+        if !self.anneal {
+            return (self.label_weight, 1.0);
+        }
+        let p = progress.clamp(0.0, 1.0);
+        let soft: f32 = self.soft.iter().map(|t| t.weight).sum();
+        (self.label_weight + soft * p, 1.0 - p)
+    }
+
     /// Labels only.
     pub fn supervised() -> Self {
         Objective {
@@ -91,6 +109,7 @@ impl<'a> Objective<'a> {
             hint: None,
             val_targets: None,
             teacher_val: None,
+            anneal: false,
         }
     }
 
@@ -118,6 +137,7 @@ impl<'a> Objective<'a> {
             hint: None,
             val_targets: None,
             teacher_val: None,
+            anneal: false,
         }
     }
 
@@ -139,6 +159,7 @@ impl<'a> Objective<'a> {
             hint: None,
             val_targets: Some(val),
             teacher_val: None,
+            anneal: false,
         }
     }
 }
@@ -391,6 +412,8 @@ struct Member<'m, 'a> {
     fast: bool,
     ws: crate::models::fused::Workspace,
     tally: Tally,
+    /// Steps taken over all steps of the schedule (teacher annealing reads it).
+    progress: f32,
 }
 
 /// The one training loop. Trains `models` in lockstep on the same shuffled batches (every
@@ -515,8 +538,13 @@ fn fit_shared(
             }
             m.tally = Tally::default();
         }
+        let steps = n.div_ceil(cfg.batch_size.max(1));
         for (bi, full_idx) in perm.chunks(cfg.batch_size).enumerate() {
             crate::progress::check_interrupt()?;
+            let progress = (epoch * steps + bi) as f32 / (cfg.epochs * steps).max(1) as f32;
+            for m in members.iter_mut() {
+                m.progress = progress;
+            }
             let ranks = dp.then_some(comm);
             batch.gather(train, full_idx, ranks, cfg, fill, &mut rng)?;
             let tensors = members.iter().any(|m| !m.fast);
@@ -741,6 +769,7 @@ fn new_members<'m, 'a>(
             fast,
             ws: crate::models::fused::Workspace::with_precision(cfg.precision),
             tally: Tally::default(),
+            progress: 0.0,
             job,
         });
     }
@@ -1066,6 +1095,7 @@ impl Member<'_, '_> {
             return Ok((0.0, 0, Grads::Empty));
         }
         let obj = &self.job.objective;
+        let (label_weight, soft_scale) = obj.weights_at(self.progress);
         let terms: Vec<objective::SoftBatch> = obj
             .soft
             .iter()
@@ -1073,13 +1103,13 @@ impl Member<'_, '_> {
             .map(|(t, v)| objective::SoftBatch {
                 targets: v,
                 temperature: t.temperature,
-                weight: t.weight,
+                weight: t.weight * soft_scale,
                 loss: t.loss,
             })
             .collect();
         let lv = self
             .ws
-            .loss_and_grad(&batch.labels(), obj.label_weight, &terms, outputs)?;
+            .loss_and_grad(&batch.labels(), label_weight, &terms, outputs)?;
         self.ws.backward(self.model, batch.b)?;
         let hits = self
             .ws
@@ -1109,6 +1139,7 @@ impl Member<'_, '_> {
         let mix = batch.mix_tensor()?;
         let loss = autograd_loss(
             obj,
+            obj.weights_at(self.progress),
             &logits,
             y,
             mix.as_ref().map(|(t, l)| (t, *l)),
@@ -1291,6 +1322,7 @@ impl Member<'_, '_> {
 #[allow(clippy::too_many_arguments)]
 fn autograd_loss(
     obj: &Objective,
+    (label_weight, soft_scale): (f32, f32),
     logits: &Tensor,
     y: &Tensor,
     mix: Option<(&Tensor, f32)>,
@@ -1304,7 +1336,7 @@ fn autograd_loss(
     name: &str,
 ) -> Result<Tensor> {
     let mut terms: Vec<Tensor> = Vec::new();
-    if obj.label_weight > 0.0 {
+    if label_weight > 0.0 {
         // Missing labels: each part sums its labelled rows, scaled to the global batch's
         // labelled rows; otherwise the mean over the rows.
         let ce = |y: &Tensor, part: usize| match label_scale {
@@ -1319,10 +1351,11 @@ fn autograd_loss(
             (true, None) => ce(y, 0)?,
             (false, _) => losses::mse(logits, y)?,
         };
-        terms.push((l * obj.label_weight as f64)?);
+        terms.push((l * label_weight as f64)?);
     }
     for (term, t_out) in obj.soft.iter().zip(soft_bufs) {
-        if term.weight == 0.0 {
+        let weight = term.weight * soft_scale;
+        if weight == 0.0 {
             continue;
         }
         let l = if classification {
@@ -1330,7 +1363,7 @@ fn autograd_loss(
         } else {
             losses::mse(logits, &Tensor::from_slice(t_out, (b, 1), &Device::Cpu)?)?
         };
-        terms.push((l * term.weight as f64)?);
+        terms.push((l * weight as f64)?);
     }
     if let (Some(h), Some(sh), Some(a)) = (&obj.hint, s_hidden, adapter) {
         let x = x.ok_or_else(|| Error::Other("no batch tensor".into()))?;
@@ -1727,6 +1760,50 @@ mod tests {
         // And the views are not the raw samples: augmentation took place.
         let raw: Vec<f32> = x[..4 * 16].to_vec();
         assert!(t.iter().all(|b| *b != raw));
+    }
+
+    /// Teacher annealing: at a quarter of training, α = 1 gives label weight 0.25 and soft
+    /// weight 0.75, and the objective's gradient is BAM!'s — the cross-entropy against the
+    /// moving target — from PyTorch's expressions (float64, plain Python gave the same):
+    /// ```python
+    /// z=torch.tensor([[1.,2.,0.5],[0.3,-1.,2.]],requires_grad=True); t=torch.tensor([[2.,1.,0.1],[0.,0.5,3.]]); y=torch.tensor([1,2])
+    /// target=0.25*F.one_hot(y,3)+0.75*F.softmax(t,1)
+    /// loss=-(target*F.log_softmax(z,1)).sum(1).mean(); loss.backward()   # 0.7488915233410101
+    /// # minus 0.75 × the teacher's mean entropy (a constant): 0.2674387012631366
+    /// ```
+    #[test]
+    fn teacher_annealing_moves_the_target_from_teacher_to_labels() {
+        let t = [2.0f32, 1.0, 0.1, 0.0, 0.5, 3.0];
+        let mut obj = Objective::hinton(TeacherSignal::Cached(t.to_vec().into()), 1.0, 1.0);
+        assert_eq!(obj.weights_at(0.25), (0.0, 1.0), "no annealing: as set");
+        obj.anneal = true;
+        assert_eq!(obj.weights_at(0.0), (0.0, 1.0));
+        assert_eq!(obj.weights_at(1.0), (1.0, 0.0));
+        let (lw, scale) = obj.weights_at(0.25);
+        assert_eq!((lw, scale), (0.25, 0.75));
+        let mut ws = crate::models::fused::Workspace::default();
+        ws.logits = vec![1.0, 2.0, 0.5, 0.3, -1.0, 2.0];
+        let soft = [objective::SoftBatch {
+            targets: &t,
+            temperature: 1.0,
+            weight: scale,
+            loss: SoftLoss::Kd,
+        }];
+        let v = ws
+            .loss_and_grad(&objective::BatchLabels::Classes(&[1, 2]), lw, &soft, 3)
+            .unwrap();
+        assert!((v - 0.2674387012631366).abs() < 1e-6, "{v}");
+        let want = [
+            -0.131513478271,
+            0.098353495592,
+            0.03315998268,
+            0.057617801333,
+            -0.006997466544,
+            -0.050620334789,
+        ];
+        for (a, b) in ws.dz.iter().zip(want) {
+            assert!((*a as f64 - b).abs() < 1e-6, "{a} vs {b}");
+        }
     }
 
     #[test]
