@@ -1,6 +1,7 @@
 //! Lost work: a run killed with SIGKILL at random moments and restarted with the same --out
 //! resumes from its last completed epoch and ends with exactly the metrics of an uninterrupted
-//! run; a diverging loss stops the run, names the epoch and keeps the last good checkpoint.
+//! run (a student with teacher annealing, the training split with 60 labels per class); a
+//! diverging loss stops the run, names the epoch and keeps the last good checkpoint.
 
 mod common;
 use common::*;
@@ -15,6 +16,7 @@ name = "resume-test"
 seed = 5
 [data]
 format = "digits"
+labels_per_class = 60
 [eval]
 latency_runs = 2
 latency_budget_ms = 5
@@ -26,7 +28,7 @@ train = { epochs = 8, batch_size = 8, lr = 5e-4, patience = 6 }
 name = "student"
 arch = { kind = "mlp", hidden = [32] }
 train = { epochs = 8, batch_size = 4, lr = 2e-3, schedule = "cosine" }
-distill = { teacher = "teacher", temperature = 4.0, alpha = 0.9 }
+distill = { teacher = "teacher", temperature = 4.0, alpha = 0.9, anneal = true }
 [[submodels]]
 name = "sub"
 k = 2
