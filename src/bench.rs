@@ -647,6 +647,7 @@ fn train_workload(
                 val_targets: None,
                 teacher_val: None,
                 anneal: false,
+                tasks: Vec::new(),
             },
             fill: 0.0,
             checkpoint: None,
@@ -744,6 +745,7 @@ fn infer_workload(
                 quantization: None,
                 compression: None,
                 text: None,
+                heads: Vec::new(),
             };
             AnyModel::float(m, meta)
         }

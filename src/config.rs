@@ -389,7 +389,7 @@ impl ExperimentConfig {
             seen.push(&t.name);
         }
         for m in &self.models {
-            m.check(&seen, self.data.task, images, text)?;
+            m.check(&seen, self.data.task, images, text, d.labels)?;
             if let Some(ds) = &m.distill {
                 if ds.hint.is_some() && self.teachers.iter().any(|t| t.name == ds.teacher) {
                     bad_field(
@@ -405,6 +405,23 @@ impl ExperimentConfig {
         }
         for g in &self.submodels {
             self.validate_group(g, &seen, images, text)?;
+        }
+        // A multi-task model is exported (one output per head) but not yet pruned or
+        // quantized: their fine-tuning and calibration read one task's outputs.
+        let multi = |name: &str| {
+            self.models
+                .iter()
+                .any(|m| m.name == name && !m.tasks.is_empty())
+        };
+        for (i, p) in self.prune.iter().enumerate() {
+            if multi(&p.from) {
+                bad_field(&format!("prune[{i}].from"), &format!("'{}' is a multi-task model; pruning one is not available yet (export it, or prune a single-task student)", p.from))?;
+            }
+        }
+        for (i, q) in self.quantize.iter().enumerate() {
+            if multi(&q.from) {
+                bad_field(&format!("quantize[{i}].from"), &format!("'{}' is a multi-task model; quantizing one is not available yet (export it, or quantize a single-task student)", q.from))?;
+            }
         }
         self.validate_compression(&seen, images)
     }

@@ -32,6 +32,69 @@ pub struct Prediction {
     /// Predicted value in the target's units (regression).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub value: Option<f32>,
+    /// A multi-task model: every head's prediction, by task name, in head order.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tasks: Option<serde_json::Map<String, serde_json::Value>>,
+}
+
+/// A multi-task model's outputs on raw inputs (`x`: whole rows, the model's normalisation
+/// applied here), `batch` rows at a time, one array per head in head order: class
+/// probabilities (`rows × classes`), values in the target's units, or embedding vectors.
+pub fn head_outputs(
+    model: &AnyModel,
+    x: &[f32],
+    batch: usize,
+) -> Result<Vec<(crate::models::TaskHead, Vec<f32>)>> {
+    let meta = &model.meta;
+    let dim = meta.spec.input_dim();
+    if dim == 0 || !x.len().is_multiple_of(dim) {
+        return Err(Error::Input(format!(
+            "inputs: {} values are not whole samples of shape {:?}",
+            x.len(),
+            meta.spec.input_shape
+        )));
+    }
+    let mut x = x.to_vec();
+    meta.normalizer.apply(&mut x, dim);
+    let out = model.predict(&x, batch)?;
+    Ok(split_heads(model, &out))
+}
+
+/// A multi-task model's raw outputs split into its heads: softmax for class heads, the target
+/// scale undone for value heads that learned the labels.
+fn split_heads(model: &AnyModel, out: &[f32]) -> Vec<(crate::models::TaskHead, Vec<f32>)> {
+    use crate::models::HeadKind;
+    let meta = &model.meta;
+    meta.heads
+        .iter()
+        .map(|h| {
+            let mut v = crate::train::tasks::columns(out, meta.spec.outputs, &h.cols());
+            match h.kind {
+                HeadKind::Classes => {
+                    let mut p = vec![0f32; h.outputs];
+                    for row in v.chunks_exact_mut(h.outputs) {
+                        crate::kernels::softmax::softmax_into(row, 1.0, &mut p);
+                        row.copy_from_slice(&p);
+                    }
+                }
+                HeadKind::Values if h.labels => {
+                    if let Some(t) = meta.target_scale {
+                        v.iter_mut().for_each(|x| *x = t.inverse(*x));
+                    }
+                }
+                _ => {}
+            }
+            (h.clone(), v)
+        })
+        .collect()
+}
+
+/// The class names of head `h` of a multi-task model.
+fn head_classes(model: &AnyModel, h: &crate::models::TaskHead) -> Vec<String> {
+    match &model.meta.class_names {
+        Some(n) if h.labels && n.len() == h.outputs => n.clone(),
+        _ => (0..h.outputs).map(|i| i.to_string()).collect(),
+    }
 }
 
 fn ext(p: &Path) -> String {
@@ -257,6 +320,18 @@ pub fn probabilities(model: &AnyModel, x: &[f32], batch: usize) -> Result<Vec<f3
         )));
     }
     let mut x = x.to_vec();
+    if !meta.heads.is_empty() {
+        return Err(Error::Input(format!(
+            "model '{}' has {} heads ({}): read them by name (head_outputs)",
+            meta.name,
+            meta.heads.len(),
+            meta.heads
+                .iter()
+                .map(|h| h.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        )));
+    }
     meta.normalizer.apply(&mut x, dim);
     let mut out = model.predict(&x, batch)?;
     match meta.task {
@@ -290,6 +365,9 @@ pub fn predict(model: &AnyModel, inputs: Inputs, batch: usize) -> Result<Vec<Pre
     meta.normalizer.apply(&mut x, dim);
     let out = model.predict(&x, batch)?;
     let c = meta.spec.outputs;
+    if !meta.heads.is_empty() {
+        return Ok(head_predictions(model, inputs.sources, &out));
+    }
     Ok(inputs
         .sources
         .into_iter()
@@ -309,6 +387,7 @@ pub fn predict(model: &AnyModel, inputs: Inputs, batch: usize) -> Result<Vec<Pre
                     ),
                     probabilities: Some(p),
                     value: None,
+                    tasks: None,
                 }
             }
             Task::Regression => Prediction {
@@ -320,12 +399,94 @@ pub fn predict(model: &AnyModel, inputs: Inputs, batch: usize) -> Result<Vec<Pre
                         .map(|t| t.inverse(row[0]))
                         .unwrap_or(row[0]),
                 ),
+                tasks: None,
             },
         })
         .collect())
 }
 
-/// The predictions as CSV: `input,predicted,p_<class>…` or `input,value`.
+/// A multi-task model's predictions: per input, each head's class and probabilities, value
+/// or embedding, by task name.
+fn head_predictions(model: &AnyModel, sources: Vec<String>, out: &[f32]) -> Vec<Prediction> {
+    use crate::models::HeadKind;
+    use serde_json::{json, Value};
+    let heads = split_heads(model, out);
+    sources
+        .into_iter()
+        .enumerate()
+        .map(|(i, src)| {
+            let mut tasks = serde_json::Map::new();
+            for (h, v) in &heads {
+                let row = &v[i * h.outputs..(i + 1) * h.outputs];
+                let entry: Value = match h.kind {
+                    HeadKind::Classes => {
+                        let k = crate::eval::argmax(row);
+                        json!({"class": head_classes(model, h)[k], "probabilities": row})
+                    }
+                    HeadKind::Values => json!({"value": row[0]}),
+                    HeadKind::Embedding => json!({"embedding": row}),
+                };
+                tasks.insert(h.name.clone(), entry);
+            }
+            Prediction {
+                input: src,
+                class: None,
+                probabilities: None,
+                value: None,
+                tasks: Some(tasks),
+            }
+        })
+        .collect()
+}
+
+/// A multi-task model's predictions as CSV: `input`, then per head `<task>.predicted` and
+/// `<task>.p_<class>…` (class heads), `<task>.value`, or `<task>.0…` (embedding heads).
+fn heads_csv(model: &AnyModel, preds: &[Prediction], q: &dyn Fn(&str) -> String) -> String {
+    use crate::models::HeadKind;
+    let mut s = String::from("input");
+    for h in &model.meta.heads {
+        match h.kind {
+            HeadKind::Classes => {
+                s.push_str(&format!(",{}.predicted", q(&h.name)));
+                for c in head_classes(model, h) {
+                    s.push_str(&format!(",{}", q(&format!("{}.p_{c}", h.name))));
+                }
+            }
+            HeadKind::Values => s.push_str(&format!(",{}.value", q(&h.name))),
+            HeadKind::Embedding => {
+                for j in 0..h.outputs {
+                    s.push_str(&format!(",{}.{j}", q(&h.name)));
+                }
+            }
+        }
+    }
+    s.push('\n');
+    let num = |v: &serde_json::Value| v.as_f64().map_or("NaN".to_string(), |x| format!("{x:.6}"));
+    for p in preds {
+        s.push_str(&q(&p.input));
+        for h in &model.meta.heads {
+            let Some(t) = p.tasks.as_ref().and_then(|t| t.get(&h.name)) else {
+                continue;
+            };
+            if let Some(c) = t.get("class").and_then(|c| c.as_str()) {
+                s.push_str(&format!(",{}", q(c)));
+            }
+            for key in ["probabilities", "embedding"] {
+                for v in t.get(key).and_then(|v| v.as_array()).into_iter().flatten() {
+                    s.push_str(&format!(",{}", num(v)));
+                }
+            }
+            if let Some(v) = t.get("value") {
+                s.push_str(&format!(",{}", num(v)));
+            }
+        }
+        s.push('\n');
+    }
+    s
+}
+
+/// The predictions as CSV: `input,predicted,p_<class>…` or `input,value`; a multi-task
+/// model's, one group of columns per head.
 pub fn to_csv(model: &AnyModel, preds: &[Prediction]) -> String {
     let mut s = String::new();
     let q = |v: &str| {
@@ -335,6 +496,9 @@ pub fn to_csv(model: &AnyModel, preds: &[Prediction]) -> String {
             v.to_string()
         }
     };
+    if !model.meta.heads.is_empty() {
+        return heads_csv(model, preds, &q);
+    }
     match model.meta.task {
         Task::Classification => {
             let names: Vec<String> = model.meta.class_names.clone().unwrap_or_else(|| {

@@ -152,6 +152,29 @@ pub struct ModelMetrics {
     /// A decision tree, as readable rules (thresholds in the data's own units).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rules: Option<String>,
+    /// A multi-task model: each head's test score.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tasks: Vec<TaskScore>,
+}
+
+/// One head of a multi-task model on the test split.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TaskScore {
+    /// The task.
+    pub name: String,
+    /// What `value` is: `accuracy`, `mse` (the target's units), `cosine` (mean cosine to the
+    /// teacher's embeddings), `agreement` (top-1 with the teacher) or `teacher-mse`.
+    pub metric: String,
+    /// Its value.
+    pub value: f64,
+    /// The task's teacher, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub teacher: Option<String>,
+    /// The single-task student it is compared with in the report, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub baseline: Option<String>,
+    /// Its weight at the end of training (fixed, or learned).
+    pub weight: f32,
 }
 
 /// What an `[[export]]` stage wrote, and how its ONNX export compared with the model in tract.
@@ -209,6 +232,8 @@ pub struct Provenance {
     pub distill: Option<DistillSummary>,
     /// An embedding student: the teacher whose test embeddings it is scored against.
     pub embedding_teacher: Option<String>,
+    /// A multi-task model: each task's single-task student to compare with (task, model).
+    pub baselines: Vec<(String, String)>,
 }
 
 /// The run folder and everything finished in it.
@@ -422,6 +447,7 @@ impl RunStore {
             quantization: None,
             compression: None,
             text: splits.featurizer.clone(),
+            heads: Vec::new(),
         }
     }
 
@@ -593,6 +619,94 @@ impl RunStore {
         Ok(r)
     }
 
+    /// The record of a multi-task model: each head scored on the test split — against the
+    /// labels where it learned them, else against its teacher (mean cosine for an embedding
+    /// head, top-1 agreement for a class head, MSE for values) — its first labelled class
+    /// head's accuracy (or its first embedding head's cosine) as the model's own figures, and
+    /// its latencies (every head at once).
+    fn multi_task_record(&self, f: &Finished, how: Provenance) -> Result<ModelMetrics> {
+        use crate::models::HeadKind;
+        let s = &self.splits;
+        let m = &f.model;
+        let out = eval::predict_all(m, &s.test.x, s.test.dim(), 512)?;
+        let width = m.meta.spec.outputs;
+        let weights: Vec<f32> = serde_json::from_value::<TrainRecord>(m.meta.training.clone())
+            .map(|r| r.task_weights)
+            .unwrap_or_default();
+        let baselines = how.baselines.clone();
+        let mut tasks = Vec::new();
+        let mut own: Option<Scores> = None;
+        let mut cosine = None;
+        for (i, h) in m.meta.heads.iter().enumerate() {
+            let z = crate::train::tasks::columns(&out, width, &h.cols());
+            let (metric, value) = if h.labels {
+                let sc = eval::score_outputs(&z, &s.test, s.target_scale.as_ref());
+                let r = match (h.kind, sc.accuracy, sc.mse) {
+                    (HeadKind::Classes, Some(a), _) => ("accuracy", a),
+                    (_, _, Some(mse)) => ("mse", mse),
+                    _ => ("loss", sc.loss),
+                };
+                if own.is_none() {
+                    own = Some(sc);
+                }
+                r
+            } else {
+                let t = h.teacher.as_deref().unwrap_or_default();
+                match h.kind {
+                    HeadKind::Embedding => {
+                        let te = self
+                            .known(t)
+                            .and_then(|k| k.embeddings.as_ref())
+                            .and_then(|e| e.test.as_ref())
+                            .ok_or_else(|| {
+                                Error::Input(format!("teacher '{t}' has no test embeddings"))
+                            })?;
+                        let c = eval::mean_cosine(&z, te, h.outputs);
+                        cosine.get_or_insert(c);
+                        ("cosine", c)
+                    }
+                    HeadKind::Classes => {
+                        let te = self.teacher_outputs(t, "test")?;
+                        let a = crate::losses::agreement::agreement(&z, &te, h.outputs)
+                            .map(|a| a.top1)
+                            .unwrap_or(f64::NAN);
+                        ("agreement", a)
+                    }
+                    HeadKind::Values => {
+                        let te = self.teacher_outputs(t, "test")?;
+                        let mse = z
+                            .iter()
+                            .zip(te.iter())
+                            .map(|(a, b)| ((a - b) as f64).powi(2))
+                            .sum::<f64>()
+                            / z.len().max(1) as f64;
+                        ("teacher-mse", mse)
+                    }
+                }
+            };
+            tasks.push(TaskScore {
+                name: h.name.clone(),
+                metric: metric.into(),
+                value,
+                teacher: h.teacher.clone(),
+                baseline: baselines
+                    .iter()
+                    .find(|(t, _)| *t == h.name)
+                    .map(|(_, b)| b.clone()),
+                weight: weights.get(i).copied().unwrap_or(1.0),
+            });
+        }
+        let (b1, b256) = self.latencies(m)?;
+        let scores = own.unwrap_or(Scores {
+            loss: cosine.map_or(f64::NAN, |c| 1.0 - c),
+            ..Default::default()
+        });
+        let mut r = record_of(f, scores, b1, b256, how)?;
+        r.cosine_to_teacher = cosine;
+        r.tasks = tasks;
+        Ok(r)
+    }
+
     /// A decision tree's rules, with the data's feature names and units.
     fn tree_rules(&self, m: &AnyModel) -> Option<String> {
         let Body::Trees(t) = &m.body else {
@@ -635,6 +749,7 @@ impl RunStore {
                     }
                     r
                 }
+                None if !f.model.meta.heads.is_empty() => self.multi_task_record(&f, how)?,
                 None => match how.embedding_teacher.clone() {
                     Some(t) => self.embedding_record(&f, &t, how)?,
                     None => {
@@ -688,6 +803,7 @@ impl RunStore {
                 source,
                 distill: None,
                 embedding_teacher: None,
+                baselines: Vec::new(),
             },
             true,
         )
@@ -811,6 +927,7 @@ impl ModelMetrics {
             cosine_to_teacher: None,
             nn_agreement: None,
             rules: None,
+            tasks: Vec::new(),
         }
     }
 }

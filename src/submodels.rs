@@ -1358,6 +1358,7 @@ impl GroupRun<'_, '_> {
             val_targets: None,
             teacher_val: None,
             anneal: false,
+            tasks: Vec::new(),
         }
     }
 

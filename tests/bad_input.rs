@@ -620,6 +620,7 @@ fn bad_compression_export_and_predict_input() {
         quantization: None,
         compression: None,
         text: None,
+        heads: Vec::new(),
     };
     let even = dir.join("even.safetensors");
     distillery::models::save_model(&even, &m, &meta).unwrap();
@@ -847,5 +848,101 @@ fn bad_teacher_annealing() {
         "anneal-embedding",
         &format!("{base}[[model]]\nname = \"s\"\narch = {{ kind = \"mlp\", hidden = [8] }}\ndistill = {{ teacher = \"t\", anneal = true, loss = {{ kind = \"cosine\" }} }}\n"),
         &["model.s.distill.anneal", "embedding"],
+    );
+}
+
+/// Multi-task models: their tasks are checked before any work starts, and a head whose teacher
+/// has another number of classes than its labels stops before training.
+#[test]
+fn bad_multi_task_models() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let base = "[data]\nformat = \"digits\"\n[[model]]\nname = \"t\"\narch = { kind = \"mlp\", hidden = [8] }\n";
+    let task = |name: &str, extra: &str| format!("[[model.task]]\nname = \"{name}\"\n{extra}\n");
+    let model =
+        |arch: &str, tasks: &str| format!("{base}[[model]]\nname = \"s\"\narch = {arch}\n{tasks}");
+    let mlp = "{ kind = \"mlp\", hidden = [8] }";
+    expect_bad_config(
+        dir,
+        "task-duplicate-name",
+        &model(mlp, &(task("a", "teacher = \"t\"") + &task("a", ""))),
+        &["model.s.task[1].name", "duplicate task name 'a'"],
+    );
+    expect_bad_config(
+        dir,
+        "task-weight-zero",
+        &model(
+            mlp,
+            &(task("a", "teacher = \"t\"\nweight = 0.0") + &task("b", "")),
+        ),
+        &["model.s.task[0].weight", "> 0", "auto"],
+    );
+    expect_bad_config(
+        dir,
+        "task-not-a-trunk",
+        &model(
+            "{ kind = \"boosted-trees\", flatten = true }",
+            &(task("a", "teacher = \"t\"") + &task("b", "")),
+        ),
+        &["model.s.arch.kind", "boosted-trees", "trunk"],
+    );
+    expect_bad_config(
+        dir,
+        "task-one-only",
+        &model(mlp, &task("a", "teacher = \"t\"")),
+        &["model.s.task", "at least two"],
+    );
+    expect_bad_config(
+        dir,
+        "task-learns-nothing",
+        &model(mlp, &(task("a", "labels = false") + &task("b", ""))),
+        &["model.s.task[0].teacher", "neither labels nor a teacher"],
+    );
+    expect_bad_config(
+        dir,
+        "task-unknown-teacher",
+        &model(mlp, &(task("a", "teacher = \"nobody\"") + &task("b", ""))),
+        &["model.s.task[0].teacher", "'nobody'", "known: t"],
+    );
+    expect_bad_config(
+        dir,
+        "task-with-distill",
+        &format!(
+            "{base}[[model]]\nname = \"s\"\narch = {mlp}\ndistill = {{ teacher = \"t\" }}\n{}",
+            task("a", "teacher = \"t\"") + &task("b", "")
+        ),
+        &["model.s.distill", "remove distill"],
+    );
+    expect_bad_config(
+        dir,
+        "task-prune",
+        &format!(
+            "{}[[prune]]\nname = \"p\"\nfrom = \"s\"\nmethod = \"magnitude\"\nsparsity = 0.5\n",
+            model(mlp, &(task("a", "teacher = \"t\"") + &task("b", "")))
+        ),
+        &["prune[0].from", "multi-task"],
+    );
+    // A head that learns 3 classes from a teacher of 10: the teacher is refused first.
+    let onnx = repo().join("data/teachers/digits-torch-mlp.onnx");
+    let mut csv = (0..64)
+        .map(|i| format!("p{i}"))
+        .chain(["label".to_string()])
+        .collect::<Vec<_>>()
+        .join(",");
+    csv.push('\n');
+    for r in 0..60 {
+        let row: Vec<String> = (0..64).map(|i| ((r * 7 + i) % 17).to_string()).collect();
+        csv.push_str(&format!("{},c{}\n", row.join(","), r % 3));
+    }
+    let path = write(dir, "three.csv", csv.as_bytes());
+    expect_bad_config(
+        dir,
+        "task-teacher-classes",
+        &format!(
+            "[data]\nformat = \"csv\"\npath = \"{path}\"\nlabel = \"label\"\n[[teacher]]\nname = \"t\"\nonnx = \"{}\"\n[[model]]\nname = \"s\"\narch = {mlp}\ntrain = {{ epochs = 1 }}\n{}",
+            onnx.display(),
+            task("a", "teacher = \"t\"") + &task("b", "")
+        ),
+        &["teacher.t", "10 outputs", "3 classes"],
     );
 }

@@ -610,3 +610,157 @@ fn boosted_trees_that_keep_round_one_say_so() {
     let report = std::fs::read_to_string(out.join("report.md")).unwrap();
     assert!(report.contains("**Warning, trees:**"), "{report}");
 }
+
+/// A multi-task student through the binary: each head scored in the report, `predict` naming
+/// every head's output (plain lines, JSON, CSV), and the ONNX export's one output per head
+/// equal in tract to the heads as the model predicts them.
+#[test]
+fn a_multi_task_student_predicts_and_exports_every_head() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("multi.toml");
+    std::fs::write(
+        &cfg,
+        r#"seed = 3
+[data]
+format = "digits"
+[[model]]
+name = "teacher"
+arch = { kind = "mlp", hidden = [64] }
+train = { epochs = 5, lr = 3e-3 }
+[[model]]
+name = "single"
+arch = { kind = "mlp", hidden = [16] }
+train = { epochs = 5, lr = 3e-3 }
+distill = { teacher = "teacher", alpha = 0.5 }
+[[model]]
+name = "multi"
+arch = { kind = "mlp", hidden = [16] }
+train = { epochs = 5, lr = 3e-3 }
+[[model.task]]
+name = "digit"
+teacher = "teacher"
+baseline = "single"
+[[model.task]]
+name = "mimic"
+teacher = "teacher"
+labels = false
+weight = "auto"
+[[export]]
+from = "multi"
+"#,
+    )
+    .unwrap();
+    let out = dir.path().join("out");
+    let o = run(&[
+        "run",
+        cfg.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "-q",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let m = metrics(&out);
+    let multi = m["models"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|x| x["name"] == "multi")
+        .unwrap()
+        .clone();
+    let tasks = multi["tasks"].as_array().unwrap();
+    assert_eq!(tasks.len(), 2, "{multi}");
+    assert_eq!(tasks[0]["metric"], "accuracy");
+    assert_eq!(tasks[0]["baseline"], "single");
+    assert_eq!(tasks[1]["metric"], "agreement");
+    assert!(tasks[0]["value"].as_f64().unwrap() > 0.5, "{multi}");
+    assert!(tasks[1]["value"].as_f64().unwrap() > 0.5, "{multi}");
+    // The learned weight moved from 1.
+    assert!(
+        (tasks[1]["weight"].as_f64().unwrap() - 1.0).abs() > 1e-3,
+        "{multi}"
+    );
+    assert_eq!(multi["accuracy"], tasks[0]["value"]);
+    let report = std::fs::read_to_string(out.join("report.md")).unwrap();
+    assert!(report.contains("## Multi-task students"), "{report}");
+    assert!(report.contains("sum of single"), "{report}");
+    assert!(
+        m["exports"][0]["max_abs_diff"].as_f64().unwrap() < 1e-4,
+        "{m}"
+    );
+
+    // The export: `outputs`, then one output per head, each equal in tract to the model's.
+    let model_file = out.join("models/multi.safetensors");
+    let model = distillery::compress::load_any(&model_file).unwrap();
+    let bytes = std::fs::read(out.join("exports/multi.onnx")).unwrap();
+    let d = distillery::data::embedded_digits().unwrap();
+    let n = 40;
+    let raw = d.x[..n * 64].to_vec();
+    let all = distillery::compress::onnx::run_in_tract_all(&bytes, &raw, n, 64).unwrap();
+    let heads = distillery::predict::head_outputs(&model, &raw, 16).unwrap();
+    assert_eq!(all.len(), 3);
+    assert_eq!(heads.len(), 2);
+    for ((h, want), got) in heads.iter().zip(&all[1..]) {
+        assert_eq!(want.len(), n * h.outputs, "{}", h.name);
+        let diff = want
+            .iter()
+            .zip(got)
+            .fold(0f32, |a, (p, q)| a.max((p - q).abs()));
+        assert!(diff < 1e-5, "head {}: {diff}", h.name);
+    }
+    // Heads' probabilities sum to 1.
+    for row in heads[0].1.chunks(10) {
+        assert!((row.iter().sum::<f32>() - 1.0).abs() < 1e-4);
+    }
+
+    // `predict`: each head named.
+    let csv = dir.path().join("rows.csv");
+    let header: Vec<String> = (0..64).map(|i| format!("p{i}")).collect();
+    let mut text = header.join(",") + "\n";
+    for r in 0..3 {
+        let row: Vec<String> = d.x[r * 64..(r + 1) * 64]
+            .iter()
+            .map(|v| v.to_string())
+            .collect();
+        text += &(row.join(",") + "\n");
+    }
+    std::fs::write(&csv, text).unwrap();
+    let mf = model_file.to_str().unwrap();
+    let o = run(&["predict", mf, csv.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let plain = stdout(&o);
+    assert_eq!(plain.lines().count(), 3, "{plain}");
+    assert!(
+        plain.contains("digit=") && plain.contains("mimic="),
+        "{plain}"
+    );
+    let o = run(&["predict", mf, csv.to_str().unwrap(), "--json"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    for line in stdout(&o).lines() {
+        let v: serde_json::Value = serde_json::from_str(line).unwrap();
+        assert!(v["tasks"]["digit"]["class"].is_string(), "{v}");
+        assert_eq!(
+            v["tasks"]["mimic"]["probabilities"]
+                .as_array()
+                .unwrap()
+                .len(),
+            10
+        );
+    }
+    let to = dir.path().join("pred.csv");
+    let o = run(&[
+        "predict",
+        mf,
+        csv.to_str().unwrap(),
+        "--out",
+        to.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let written = std::fs::read_to_string(&to).unwrap();
+    let head = written.lines().next().unwrap();
+    assert!(
+        head.starts_with("input,digit.predicted,digit.p_0"),
+        "{head}"
+    );
+    assert_eq!(head.split(',').count(), 1 + 11 + 11);
+    assert!(written.lines().skip(1).all(|l| l.split(',').count() == 23));
+}

@@ -314,8 +314,9 @@ fn a_rank_without_its_data_ends_the_job() {
 /// Few labels (`data.labels_per_class`) under data parallelism: a slice of a batch holds
 /// another share of the labelled rows than the batch, and the label term's mean over the
 /// *global* batch's labelled rows keeps `-np 2` equal to one process — for the fused path and
-/// autograd (a hint student), with mixup's partners, and for a calibrated teacher from another
-/// domain (its head is trained on the few labels too).
+/// autograd (a hint student), with mixup's partners, for a calibrated teacher from another
+/// domain (its head is trained on the few labels too), and for multi-task students whose
+/// learned task weights step on the global batch's task losses (fused and autograd trunks).
 #[test]
 fn few_labels_give_the_same_answers_as_one_process() {
     let dir = tempfile::tempdir().unwrap();
@@ -353,6 +354,38 @@ name = "hint-mixup"
 arch = { kind = "mlp", hidden = [24] }
 train = { epochs = 8, batch_size = 32, lr = 3e-3, augment = { mixup = 0.4 } }
 distill = { teacher = "own", temperature = 2.0, alpha = 0.5, hint = { teacher_layer = 0, student_layer = 0, weight = 0.1 } }
+
+# Multi-task: a fused trunk and an autograd one (resnet), each with a learned task weight.
+[[model]]
+name = "multi"
+arch = { kind = "mlp", hidden = [24] }
+train = { epochs = 8, batch_size = 32, lr = 3e-3, augment = { mixup = 0.4 } }
+
+[[model.task]]
+name = "digit"
+teacher = "mnist"
+alpha = 0.5
+weight = "auto"
+
+[[model.task]]
+name = "mimic"
+teacher = "own"
+labels = false
+
+[[model]]
+name = "multi-resnet"
+arch = { kind = "resnet", channels = [4], blocks = 1 }
+train = { epochs = 3, batch_size = 32, lr = 3e-3 }
+
+[[model.task]]
+name = "digit"
+weight = "auto"
+
+[[model.task]]
+name = "mimic"
+teacher = "own"
+labels = false
+weight = "auto"
 "#,
     )
     .unwrap();
@@ -368,6 +401,6 @@ distill = { teacher = "own", temperature = 2.0, alpha = 0.5, hint = { teacher_la
     let o = mpirun(2, &["run", cfg, "--out", two.to_str().unwrap(), "-q"], &[]);
     assert!(o.status.success(), "-np 2: {}", text(&o));
     let (a, b) = (comparable(&one), comparable(&two));
-    assert_eq!(a["models"].as_array().unwrap().len(), 4, "{a}");
+    assert_eq!(a["models"].as_array().unwrap().len(), 6, "{a}");
     assert_close(&a, &b, 1e-4, "-np 2, few labels");
 }

@@ -1,6 +1,7 @@
 //! Lost work: a run killed with SIGKILL at random moments and restarted with the same --out
 //! resumes from its last completed epoch and ends with exactly the metrics of an uninterrupted
-//! run (a student with teacher annealing, the training split with 60 labels per class); a
+//! run (a student with teacher annealing, a multi-task student with a learned task weight, the
+//! training split with 60 labels per class); a
 //! diverging loss stops the run, names the epoch and keeps the last good checkpoint.
 
 mod common;
@@ -29,6 +30,19 @@ name = "student"
 arch = { kind = "mlp", hidden = [32] }
 train = { epochs = 8, batch_size = 4, lr = 2e-3, schedule = "cosine" }
 distill = { teacher = "teacher", temperature = 4.0, alpha = 0.9, anneal = true }
+[[model]]
+name = "multi"
+arch = { kind = "mlp", hidden = [32] }
+train = { epochs = 8, batch_size = 4, lr = 2e-3 }
+[[model.task]]
+name = "digit"
+teacher = "teacher"
+anneal = true
+[[model.task]]
+name = "mimic"
+teacher = "teacher"
+labels = false
+weight = "auto"
 [[submodels]]
 name = "sub"
 k = 2

@@ -344,7 +344,8 @@ impl Model {
         })
     }
 
-    /// Class probabilities (`n × classes`) or values (`n`), in the target's units.
+    /// Class probabilities (`n × classes`) or values (`n`), in the target's units; a
+    /// multi-task model: a dict of such arrays (embedding heads `n × dim`), one per head.
     fn predict<'py>(
         &self,
         py: Python<'py>,
@@ -354,6 +355,22 @@ impl Model {
         let m = &*self.inner;
         let rows = input_rows(m, &x)?;
         let n = x.shape()[0];
+        if !m.meta.heads.is_empty() {
+            // A multi-task model: a dict of arrays, one per head, by task name.
+            let heads = py
+                .detach(|| distillery::predict::head_outputs(m, rows, batch))
+                .map_err(to_py)?;
+            let d = pyo3::types::PyDict::new(py);
+            for (h, v) in heads {
+                let a = PyArray1::from_vec(py, v);
+                if h.kind == distillery::models::HeadKind::Values {
+                    d.set_item(&h.name, a)?;
+                } else {
+                    d.set_item(&h.name, a.reshape([n, h.outputs])?)?;
+                }
+            }
+            return Ok(d.into_any());
+        }
         let out = if n <= 4 {
             // A few rows: releasing the GIL would cost more than the call.
             distillery::predict::probabilities(m, rows, batch)

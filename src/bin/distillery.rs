@@ -613,6 +613,33 @@ fn predict(
     for p in &preds {
         let line = if json {
             serde_json::to_string(p).map_err(|e| Error::Other(e.to_string()))?
+        } else if let Some(tasks) = &p.tasks {
+            // A multi-task model: each head's answer, named.
+            let mut parts = vec![p.input.clone()];
+            for (name, t) in tasks {
+                parts.push(
+                    match (t.get("class"), t.get("probabilities"), t.get("value")) {
+                        (Some(c), Some(pr), _) => {
+                            let best = pr
+                                .as_array()
+                                .into_iter()
+                                .flatten()
+                                .filter_map(|v| v.as_f64())
+                                .fold(0f64, f64::max);
+                            format!("{name}={}\t{best:.4}", c.as_str().unwrap_or(""))
+                        }
+                        (_, _, Some(v)) => format!("{name}={v}"),
+                        _ => {
+                            let n = t
+                                .get("embedding")
+                                .and_then(|e| e.as_array())
+                                .map_or(0, |e| e.len());
+                            format!("{name}=[{n} values; --json or --out for them]")
+                        }
+                    },
+                );
+            }
+            parts.join("\t")
         } else if let (Some(c), Some(pr)) = (&p.class, &p.probabilities) {
             let best = pr.iter().fold(0f32, |a, &b| a.max(b));
             format!("{}\t{c}\t{best:.4}", p.input)

@@ -616,7 +616,12 @@ fn export_graph(model: &AnyModel) -> Result<Vec<u8>> {
             }
         }
     }
+    let named: Vec<(String, usize)>;
     let outputs: Vec<(&str, usize)> = match meta.task {
+        _ if !meta.heads.is_empty() => {
+            named = head_outputs(&mut g, &h, meta)?;
+            named.iter().map(|(n, d)| (n.as_str(), *d)).collect()
+        }
         Task::Classification => {
             g.op_named("Identity", &[&h], vec![], "logits");
             g.op_named(
@@ -646,6 +651,61 @@ fn export_graph(model: &AnyModel) -> Result<Vec<u8>> {
         precision.as_str()
     );
     Ok(g.encode(&[d], &outputs, &doc))
+}
+
+/// A multi-task model's outputs: `outputs` (every head's raw columns, what the model's own
+/// predict gives), then one output per head, named after its task — a class head's
+/// probabilities (softmax), a value head's values (in the target's units when it learned
+/// the labels), an embedding head's vector — each a `Slice` of the columns.
+fn head_outputs(
+    g: &mut Graph,
+    h: &str,
+    meta: &crate::models::ModelMeta,
+) -> Result<Vec<(String, usize)>> {
+    use crate::models::HeadKind;
+    g.op_named("Identity", &[h], vec![], "outputs");
+    let mut out = vec![("outputs".to_string(), meta.spec.outputs)];
+    let int = |g: &mut Graph, stem: &str, v: usize| {
+        g.init_raw(stem, INT64, &[1], (v as i64).to_le_bytes().to_vec())
+    };
+    for head in &meta.heads {
+        let taken = |n: &str| {
+            n == "input"
+                || g.inits.iter().any(|i| i.name == n)
+                || g.nodes.iter().any(|x| x.outputs.iter().any(|o| o == n))
+        };
+        if taken(&head.name) {
+            return Err(Error::Input(format!(
+                "task '{}': its name is already a tensor of the ONNX graph; rename the task",
+                head.name
+            )));
+        }
+        let starts = int(g, "starts", head.start);
+        let ends = int(g, "ends", head.start + head.outputs);
+        let axes = int(g, "axes", 1);
+        let cols = g.op("Slice", &["outputs", &starts, &ends, &axes], vec![]);
+        match head.kind {
+            HeadKind::Classes => g.op_named(
+                "Softmax",
+                &[&cols],
+                vec![("axis", Attr::Int(1))],
+                &head.name,
+            ),
+            HeadKind::Values if head.labels && meta.target_scale.is_some() => {
+                let ts = meta.target_scale.unwrap_or(crate::data::TargetScale {
+                    mean: 0.0,
+                    std: 1.0,
+                });
+                let s = g.init_f32("target_std", &[], &[ts.std]);
+                let mu = g.init_f32("target_mean", &[], &[ts.mean]);
+                let scaled = g.op("Mul", &[&cols, &s], vec![]);
+                g.op_named("Add", &[&scaled, &mu], vec![], &head.name);
+            }
+            _ => g.op_named("Identity", &[&cols], vec![], &head.name),
+        }
+        out.push((head.name.clone(), head.outputs));
+    }
+    Ok(out)
 }
 
 /// A `Conv` node for a graph's [`GNode::Conv`] on `x`; `weight` names (or writes) a weight.
@@ -698,6 +758,20 @@ fn conv_node(
 /// features; returns the first output (logits, or values for regression). What a distillery
 /// export is checked against.
 pub fn run_in_tract(bytes: &[u8], raw: &[f32], rows: usize, dim: usize) -> Result<Vec<f32>> {
+    run_in_tract_all(bytes, raw, rows, dim)?
+        .into_iter()
+        .next()
+        .ok_or_else(|| Error::Other("tract: the graph has no output".into()))
+}
+
+/// [`run_in_tract`]'s every output, in the graph's order (a multi-task model's heads follow
+/// its raw outputs).
+pub fn run_in_tract_all(
+    bytes: &[u8],
+    raw: &[f32],
+    rows: usize,
+    dim: usize,
+) -> Result<Vec<Vec<f32>>> {
     use tract_onnx::prelude::*;
     let fail = |what: &str, e: &dyn std::fmt::Display| Error::Other(format!("tract: {what}: {e}"));
     let plan = tract_onnx::onnx()
@@ -715,13 +789,13 @@ pub fn run_in_tract(bytes: &[u8], raw: &[f32], rows: usize, dim: usize) -> Resul
     let out = plan
         .run(tvec!(input.into()))
         .map_err(|e| fail("cannot run the graph", &e))?;
-    let first = out
-        .first()
-        .ok_or_else(|| Error::Other("tract: the graph has no output".into()))?;
-    Ok(first
-        .to_plain_array_view::<f32>()
-        .map_err(|e| fail("output", &e))?
-        .iter()
-        .copied()
-        .collect())
+    out.iter()
+        .map(|o| {
+            Ok(o.to_plain_array_view::<f32>()
+                .map_err(|e| fail("output", &e))?
+                .iter()
+                .copied()
+                .collect())
+        })
+        .collect()
 }

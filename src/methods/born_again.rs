@@ -37,6 +37,7 @@ pub fn expand(models: &[ModelConfig]) -> Vec<ModelConfig> {
                     }),
                     from: None,
                     born_again: None,
+                    tasks: Vec::new(),
                 });
                 prev = name;
             }

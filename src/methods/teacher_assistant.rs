@@ -31,6 +31,7 @@ pub fn expand(models: &[ModelConfig]) -> Vec<ModelConfig> {
                 distill: Some(d),
                 from: None,
                 born_again: None,
+                tasks: Vec::new(),
             });
             teacher = name;
         }

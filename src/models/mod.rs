@@ -523,6 +523,49 @@ pub struct ModelMeta {
     /// Text models: how raw texts become the model's input ids.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub text: Option<crate::data::text::Featurizer>,
+    /// A multi-task model's heads, in column order (empty for one task).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub heads: Vec<TaskHead>,
+}
+
+/// One head of a multi-task model: a block of the model's outputs (the trunk is shared; the
+/// head is its columns of the last layer).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TaskHead {
+    /// The task's name (an output's name in predictions and exports).
+    pub name: String,
+    /// Its first column of the model's outputs.
+    pub start: usize,
+    /// Its width.
+    pub outputs: usize,
+    /// What its outputs are.
+    pub kind: HeadKind,
+    /// The teacher it learned from, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub teacher: Option<String>,
+    /// Whether it learned the data's labels (its values are then in the target's units once
+    /// the model's target scale is undone; its classes are the model's class names).
+    pub labels: bool,
+}
+
+/// What a head's outputs are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum HeadKind {
+    /// Class scores (logits).
+    Classes,
+    /// Regression values.
+    Values,
+    /// An embedding vector.
+    Embedding,
+}
+
+impl TaskHead {
+    /// Its columns of the model's outputs.
+    pub fn cols(&self) -> std::ops::Range<usize> {
+        self.start..self.start + self.outputs
+    }
 }
 
 /// A model: its spec and named parameters.

@@ -267,6 +267,7 @@ pub fn markdown(m: &Metrics) -> String {
     }
     s.push_str("\nLatency: median of repeated timed forward passes on this machine (after warm-up). Size: bytes of the stored weights in their precision (f32, int8 codes + scales, packed int4 + scales).\n\n");
     text_section(&mut s, m);
+    tasks_section(&mut s, m);
     agreement_section(&mut s, m);
     auto_section(&mut s, m);
     rules_section(&mut s, m);
@@ -1127,6 +1128,102 @@ Latency and throughput from raw text (tokenizing included). Embedding students a
         );
     }
     s.push('\n');
+}
+
+/// Multi-task students: each head's test score beside the single-task student it replaces
+/// (the task's `baseline`), and the model's size and latency beside the baselines' sums.
+fn tasks_section(s: &mut String, m: &Metrics) {
+    let multi: Vec<&ModelMetrics> = m.models.iter().filter(|x| !x.tasks.is_empty()).collect();
+    if multi.is_empty() {
+        return;
+    }
+    s.push_str("## Multi-task students
+
+One shared trunk, one head per task. Each head is scored on the test split against its labels (accuracy, or MSE in the target's units) or, without labels, against its teacher (mean cosine to its embeddings, top-1 agreement with its classes, or MSE to its values), beside the single-task student of the same trunk named as the task's baseline. Weight: the task's weight at the end of training (learned ones by uncertainty weighting).
+
+");
+    let fmt = |metric: &str, v: f64| match metric {
+        "accuracy" | "agreement" => format!("{:.2}%", 100.0 * v),
+        "cosine" => format!("{v:.3}"),
+        _ => format!("{v:.4}"),
+    };
+    let find = |name: &str| m.models.iter().find(|x| x.name == name);
+    let base_value = |b: &ModelMetrics, metric: &str| -> Option<f64> {
+        match metric {
+            "accuracy" => b.accuracy,
+            "mse" => b.mse,
+            "cosine" => b.cosine_to_teacher,
+            "agreement" => b.distill.as_ref()?.agreement.as_ref().map(|a| a.test.top1),
+            _ => None,
+        }
+    };
+    for x in multi {
+        let _ = writeln!(
+            s,
+            "**{}** ({}):\n\n| task | teacher | metric | weight | multi-task | single-task student | single-task |  Δ |\n|---|---|---|---:|---:|---|---:|---:|",
+            x.name, x.architecture
+        );
+        let mut bases: Vec<&ModelMetrics> = Vec::new();
+        for t in &x.tasks {
+            let b = t.baseline.as_deref().and_then(find);
+            let bv = b.and_then(|b| base_value(b, &t.metric));
+            let delta = match (bv, t.metric.as_str()) {
+                (Some(v), "accuracy" | "agreement") => format!("{:+.2} pts", 100.0 * (t.value - v)),
+                (Some(v), _) => format!("{:+.4}", t.value - v),
+                (None, _) => "—".into(),
+            };
+            let _ = writeln!(
+                s,
+                "| {} | {} | {} | {:.3} | {} | {} | {} | {} |",
+                t.name,
+                t.teacher.as_deref().unwrap_or("labels"),
+                t.metric,
+                t.weight,
+                fmt(&t.metric, t.value),
+                t.baseline.as_deref().unwrap_or("—"),
+                bv.map(|v| fmt(&t.metric, v)).unwrap_or_else(|| "—".into()),
+                delta
+            );
+            if let Some(b) = b {
+                if !bases.iter().any(|y| y.name == b.name) {
+                    bases.push(b);
+                }
+            }
+        }
+        if !bases.is_empty() {
+            let params: usize = bases.iter().map(|b| b.params).sum();
+            let bytes: usize = bases.iter().map(|b| b.bytes).sum();
+            let b1: f64 = bases.iter().map(|b| b.latency_us_b1).sum();
+            let b256: f64 = bases.iter().map(|b| b.latency_us_b256).sum();
+            let ratio = |a: f64, b: f64| {
+                if b > 0.0 {
+                    format!("{:.2}×", a / b)
+                } else {
+                    "—".into()
+                }
+            };
+            let names: Vec<&str> = bases.iter().map(|b| b.name.as_str()).collect();
+            let _ = writeln!(
+                s,
+                "\n| | {} | sum of {} | ratio |\n|---|---:|---:|---:|\n| params | {} | {} | {} |\n| size | {} | {} | {} |\n| latency b=1 | {} | {} | {} |\n| latency b=256 | {} | {} | {} |",
+                x.name,
+                names.join(" + "),
+                x.params,
+                params,
+                ratio(x.params as f64, params as f64),
+                fmt_bytes(x.bytes),
+                fmt_bytes(bytes),
+                ratio(x.bytes as f64, bytes as f64),
+                fmt_us(x.latency_us_b1),
+                fmt_us(b1),
+                ratio(x.latency_us_b1, b1),
+                fmt_us(x.latency_us_b256),
+                fmt_us(b256),
+                ratio(x.latency_us_b256, b256)
+            );
+        }
+        s.push('\n');
+    }
 }
 
 /// Reads a run folder's `metrics.json`.

@@ -106,9 +106,31 @@ impl Stage for ExportStage {
             let mut raw = x.to_vec();
             model.meta.normalizer.invert(&mut raw, d);
             let ours = model.predict(x, 256)?;
-            let theirs = onnx::run_in_tract(&bytes, &raw, n, d).map_err(|e| {
+            let all = onnx::run_in_tract_all(&bytes, &raw, n, d).map_err(|e| {
                 Error::Other(format!("export of '{}' ({}): {e}", c.from, file.display()))
             })?;
+            let mut all = all.into_iter();
+            let theirs = all.next().unwrap_or_default();
+            // A multi-task model: each head's output against the head as predict gives it.
+            let mut head_diff = 0f32;
+            if !model.meta.heads.is_empty() {
+                let heads = crate::predict::head_outputs(model, &raw, 256)?;
+                for ((h, want), got) in heads.iter().zip(all.by_ref()) {
+                    if want.len() != got.len() {
+                        return Err(Error::Other(format!(
+                            "export of '{}': head '{}' gave {} values in tract, {} expected",
+                            c.from,
+                            h.name,
+                            got.len(),
+                            want.len()
+                        )));
+                    }
+                    head_diff = want
+                        .iter()
+                        .zip(&got)
+                        .fold(head_diff, |a, (p, q)| a.max((p - q).abs()));
+                }
+            }
             if ours.len() != theirs.len() {
                 return Err(Error::Other(format!(
                     "export of '{}': tract gave {} outputs for {} expected",
@@ -120,11 +142,11 @@ impl Stage for ExportStage {
             let diff = ours
                 .iter()
                 .zip(&theirs)
-                .fold(0f32, |a, (p, q)| a.max((p - q).abs()));
+                .fold(head_diff, |a, (p, q)| a.max((p - q).abs()));
             let outputs = model.meta.spec.outputs;
             record.checked_samples = n;
             record.max_abs_diff = Some(diff as f64);
-            if outputs > 1 {
+            if outputs > 1 && model.meta.heads.is_empty() {
                 let agree = ours
                     .chunks(outputs)
                     .zip(theirs.chunks(outputs))

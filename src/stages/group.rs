@@ -111,6 +111,7 @@ impl Stage for GroupStage {
                     source: source.clone(),
                     distill: None,
                     embedding_teacher: None,
+                    baselines: Vec::new(),
                 },
                 true,
             )?;
@@ -193,6 +194,7 @@ impl Stage for GroupStage {
                         agreement: None,
                     }),
                     embedding_teacher: None,
+                    baselines: Vec::new(),
                 },
                 true,
             )?;

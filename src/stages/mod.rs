@@ -8,6 +8,7 @@ pub mod group;
 pub mod model;
 pub mod prune;
 pub mod quantize;
+pub mod tasks;
 pub mod teacher;
 pub mod text;
 pub mod tune;

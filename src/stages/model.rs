@@ -156,6 +156,10 @@ pub struct ModelConfig {
     /// Born-again generations (Furlanello et al. 2018) that follow this model.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub born_again: Option<BornAgainConfig>,
+    /// A multi-task model: one head per `[[model.task]]` on the shared trunk `arch`
+    /// ([`crate::stages::tasks`]).
+    #[serde(default, rename = "task", skip_serializing_if = "Vec::is_empty")]
+    pub tasks: Vec<crate::stages::tasks::TaskConfig>,
 }
 
 /// Born-again networks: `generations` further models of the same architecture, each
@@ -184,7 +188,14 @@ impl ModelConfig {
     /// Checks the entry: its name (not among the `earlier` models), `arch` or `from`, the
     /// schemes, training settings and distillation table (its teacher must be an earlier
     /// model). `task` and `images` describe the data.
-    pub fn check(&self, earlier: &[&str], task: Task, images: bool, text: bool) -> Result<()> {
+    pub fn check(
+        &self,
+        earlier: &[&str],
+        task: Task,
+        images: bool,
+        text: bool,
+        labelled: bool,
+    ) -> Result<()> {
         let m = self;
         let seen = earlier;
         let p = format!("model.{}", m.name);
@@ -234,6 +245,17 @@ impl ModelConfig {
             }
         }
         m.train.check(&format!("{p}.train"), images)?;
+        crate::stages::tasks::check(
+            &self.multi_task(),
+            &[
+                ("distill", m.distill.is_some()),
+                ("born_again", m.born_again.is_some()),
+                ("from", m.from.is_some()),
+            ],
+            seen,
+            task,
+            labelled,
+        )?;
         if let Some(ds) = &m.distill {
             if !seen.contains(&ds.teacher.as_str()) {
                 bad_field(
@@ -356,13 +378,25 @@ impl ModelConfig {
         Ok(())
     }
 
+    /// The entry as a multi-task model (its `[[model.task]]` tables, if any).
+    pub fn multi_task(&self) -> crate::stages::tasks::MultiTask<'_> {
+        crate::stages::tasks::MultiTask {
+            name: &self.name,
+            arch: self.arch.as_ref(),
+            train: &self.train,
+            role: self.role().as_str(),
+            tasks: &self.tasks,
+        }
+    }
+
     /// The effective role.
     pub fn role(&self) -> Role {
-        self.role.unwrap_or(if self.distill.is_some() {
-            Role::Student
-        } else {
-            Role::Teacher
-        })
+        self.role
+            .unwrap_or(if self.distill.is_some() || !self.tasks.is_empty() {
+                Role::Student
+            } else {
+                Role::Teacher
+            })
     }
 }
 
@@ -453,6 +487,11 @@ impl Stage for ModelStage {
                     .as_ref()
                     .filter(|d| d.loss.is_embedding())
                     .map(|d| d.teacher.clone()),
+                baselines: m
+                    .tasks
+                    .iter()
+                    .filter_map(|t| t.baseline.clone().map(|b| (t.name.clone(), b)))
+                    .collect(),
             },
             self.report,
         )
@@ -461,6 +500,9 @@ impl Stage for ModelStage {
 
 /// Trains `m` and saves it as `store.model_path(&m.name)`.
 fn train_model(m: &ModelConfig, store: &RunStore) -> Result<()> {
+    if !m.tasks.is_empty() {
+        return crate::stages::tasks::train(&m.multi_task(), store);
+    }
     let splits = &store.splits;
     let arch = m
         .arch
@@ -512,7 +554,7 @@ fn train_model(m: &ModelConfig, store: &RunStore) -> Result<()> {
         let mut init_rng = Rng::derive(store.seed, &format!("init/{}", m.name));
         let model = Model::new(spec.clone(), &mut init_rng)?;
         if let Some(ds) = m.distill.as_ref().filter(|d| d.init_from_teacher) {
-            crate::stages::text::init_from_teacher(&model, &ds.teacher, &m.name, store)?;
+            crate::stages::text::init_from_teacher(&model, &ds.teacher, &m.name, store, None)?;
         }
         Ok(Box::new(model))
     };

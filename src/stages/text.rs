@@ -16,8 +16,15 @@ use crate::teachers::cache;
 const SIF_A: f64 = 1e-4;
 
 /// Initialises `model`'s embedding table (and, for an embedding student with no hidden layer,
-/// its output layer) from teacher `teacher`'s token embeddings.
-pub fn init_from_teacher(model: &Model, teacher: &str, name: &str, store: &RunStore) -> Result<()> {
+/// its output layer — or, for a multi-task model, the columns `head` of its embedding head)
+/// from teacher `teacher`'s token embeddings.
+pub fn init_from_teacher(
+    model: &Model,
+    teacher: &str,
+    name: &str,
+    store: &RunStore,
+    head: Option<std::ops::Range<usize>>,
+) -> Result<()> {
     let enc = store
         .known(teacher)
         .and_then(|k| k.encoder.clone())
@@ -112,16 +119,20 @@ pub fn init_from_teacher(model: &Model, teacher: &str, name: &str, store: &RunSt
         .position(|k| *k == ParamKind::Embedding)
         .ok_or_else(|| Error::Other("no embedding table".into()))?;
     weights[e] = table;
-    // An embedding student without hidden layers maps the PCA space back to the teacher's.
-    if model.spec.arch.hidden().is_empty() && model.spec.outputs == hidden {
-        let mut w = vec![0f32; dim * hidden];
+    // An embedding student without hidden layers maps the PCA space back to the teacher's
+    // (a multi-task model: in its embedding head's columns).
+    let outputs = model.spec.outputs;
+    let cols = head.unwrap_or(0..outputs);
+    if model.spec.arch.hidden().is_empty() && cols.len() == hidden {
+        let w = &mut weights[e + 1];
         for k in 0..dim {
             for j in 0..hidden {
-                w[k * hidden + j] = comps[k * hidden + j] as f32;
+                w[k * outputs + cols.start + j] = comps[k * hidden + j] as f32;
             }
         }
-        weights[e + 1] = w;
-        weights[e + 2] = mean.iter().map(|&m| m as f32).collect();
+        for (j, &m) in mean.iter().enumerate() {
+            weights[e + 2][cols.start + j] = m as f32;
+        }
     }
     model.set_weights(&weights)
 }

@@ -7,10 +7,12 @@ pub mod grid;
 pub mod objective;
 pub mod optim;
 mod settings;
+pub mod tasks;
 pub mod trees;
 
 pub use grid::Trial;
 pub use settings::{AutoChoice, FullRuns, OptimizerKind, ScheduleKind, TrainConfig, Tunable};
+pub use tasks::{TaskObjective, TaskWeights};
 
 use crate::data::{Dataset, Targets, MISSING};
 use crate::error::{Error, Result};
@@ -84,6 +86,9 @@ pub struct Objective<'a> {
     /// terms' weights fall linearly to 0 over training, the label term taking what they give
     /// up, so each sample's target moves from the teacher to its label ([`Objective::weights_at`]).
     pub anneal: bool,
+    /// A multi-task student's tasks, each on its head's columns ([`tasks`]); empty for one
+    /// task, whose terms are the fields above (then unused: label weight 0, no soft terms).
+    pub tasks: Vec<TaskObjective<'a>>,
 }
 
 impl<'a> Objective<'a> {
@@ -101,6 +106,15 @@ impl<'a> Objective<'a> {
         (self.label_weight + soft * p, 1.0 - p)
     }
 
+    /// A multi-task objective: each task's own objective on its head's columns.
+    pub fn multi_task(tasks: Vec<TaskObjective<'a>>) -> Self {
+        Objective {
+            label_weight: 0.0,
+            tasks,
+            ..Self::supervised()
+        }
+    }
+
     /// Labels only.
     pub fn supervised() -> Self {
         Objective {
@@ -110,6 +124,7 @@ impl<'a> Objective<'a> {
             val_targets: None,
             teacher_val: None,
             anneal: false,
+            tasks: Vec::new(),
         }
     }
 
@@ -138,6 +153,7 @@ impl<'a> Objective<'a> {
             val_targets: None,
             teacher_val: None,
             anneal: false,
+            tasks: Vec::new(),
         }
     }
 
@@ -160,6 +176,7 @@ impl<'a> Objective<'a> {
             val_targets: Some(val),
             teacher_val: None,
             anneal: false,
+            tasks: Vec::new(),
         }
     }
 }
@@ -216,6 +233,10 @@ pub struct TrainRecord {
     /// to a constant).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub warning: Option<String>,
+    /// A multi-task student's task weights at the end of training (fixed, or as learned by
+    /// uncertainty weighting), in task order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub task_weights: Vec<f32>,
 }
 
 /// Data-parallel training across MPI ranks.
@@ -241,6 +262,9 @@ struct CheckpointState {
     best_epoch: usize,
     bad_epochs: usize,
     record: TrainRecord,
+    /// A multi-task objective's task weights and their optimizer state.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    task_weights: Option<TaskWeights>,
 }
 
 /// Everything the loop needs besides the model.
@@ -311,6 +335,7 @@ fn validate(
     val: &Dataset,
     hooks: &[Box<dyn StepHook + '_>],
     objective: &Objective,
+    weights: &TaskWeights,
     ranks: Option<&dyn crate::dist::Comm>,
 ) -> Result<(Scores, Vec<f32>)> {
     // Data-parallel ranks each predict their slice of the validation rows, then gather them.
@@ -337,6 +362,10 @@ fn validate(
         Some(c) => c.all_gather_f32(&out).concat(),
         None => out,
     };
+    if !objective.tasks.is_empty() {
+        let s = tasks::val_scores(objective, weights, &out, val, model.spec.outputs)?;
+        return Ok((s, out));
+    }
     if let (Some(t), Some(term)) = (&objective.val_targets, objective.soft.first()) {
         return Ok((
             embedding_scores(&out, t, model.spec.outputs, term.loss)?,
@@ -414,6 +443,10 @@ struct Member<'m, 'a> {
     tally: Tally,
     /// Steps taken over all steps of the schedule (teacher annealing reads it).
     progress: f32,
+    /// A multi-task objective's task weights (fixed or learned; empty for one task).
+    weights: TaskWeights,
+    /// Each task's unweighted loss on this rank's rows of the last batch.
+    task_losses: Vec<f64>,
 }
 
 /// The one training loop. Trains `models` in lockstep on the same shuffled batches (every
@@ -751,6 +784,7 @@ fn new_members<'m, 'a>(
         if job.objective.label_weight == 0.0
             && job.objective.soft.iter().all(|t| t.weight == 0.0)
             && job.objective.hint.is_none()
+            && job.objective.tasks.is_empty()
         {
             return Err(Error::Input(format!(
                 "model {}: every loss term has weight 0",
@@ -770,6 +804,8 @@ fn new_members<'m, 'a>(
             ws: crate::models::fused::Workspace::with_precision(cfg.precision),
             tally: Tally::default(),
             progress: 0.0,
+            weights: TaskWeights::new(&job.objective.tasks),
+            task_losses: Vec::new(),
             job,
         });
     }
@@ -792,6 +828,9 @@ fn resume(m: &mut Member, rng: &mut Rng, patience: Option<usize>) -> Result<usiz
                 m.bad_epochs = st.bad_epochs;
                 m.record = st.record;
                 m.record.resumed_from_epoch = Some(st.epoch);
+                if let Some(w) = st.task_weights {
+                    m.weights = w;
+                }
                 m.job.progress.say(&format!(
                     "{}: resuming from the checkpoint after epoch {}",
                     m.job.name, st.epoch
@@ -1016,9 +1055,16 @@ fn soft_targets(
     peer_outputs: &[Vec<f32>],
     outputs: usize,
 ) -> Result<Vec<Vec<f32>>> {
+    // A multi-task objective's terms follow, each as wide as its head.
+    let heads = obj.tasks.iter().flat_map(|t| {
+        let w = t.cols.len();
+        t.objective.soft.iter().map(move |s| (s, w))
+    });
     obj.soft
         .iter()
-        .map(|term| {
+        .map(|s| (s, outputs))
+        .chain(heads)
+        .map(|(term, outputs)| {
             Ok(match &term.signal {
                 TeacherSignal::Cached(all) => {
                     let mut v = Vec::with_capacity(batch.b * outputs);
@@ -1095,6 +1141,21 @@ impl Member<'_, '_> {
             return Ok((0.0, 0, Grads::Empty));
         }
         let obj = &self.job.objective;
+        if !obj.tasks.is_empty() {
+            let (lv, per) = tasks::fused_loss(
+                &mut self.ws,
+                obj,
+                &batch.labels(),
+                soft,
+                &self.weights,
+                self.progress,
+                outputs,
+            )?;
+            self.task_losses = per;
+            self.ws.backward(self.model, batch.b)?;
+            let hits = tasks::hits(obj, &self.ws.logits, outputs, &batch.classes);
+            return Ok((lv, hits, Grads::Fused));
+        }
         let (label_weight, soft_scale) = obj.weights_at(self.progress);
         let terms: Vec<objective::SoftBatch> = obj
             .soft
@@ -1137,6 +1198,25 @@ impl Member<'_, '_> {
         let classification = batch.classification;
         let y = y.ok_or_else(|| Error::Other("no labels".into()))?;
         let mix = batch.mix_tensor()?;
+        if !obj.tasks.is_empty() {
+            let (loss, per) = tasks::autograd_tasks_loss(
+                obj,
+                &self.weights,
+                self.progress,
+                &logits,
+                y,
+                mix.as_ref().map(|(t, l)| (t, *l)),
+                batch.share().map(|s| s.map(|v| v / batch.b.max(1) as f32)),
+                soft,
+                batch.b,
+                self.job.name,
+            )?;
+            self.task_losses = per;
+            let out = logits.flatten_all()?.to_vec1::<f32>()?;
+            let hits = tasks::hits(obj, &out, self.model.spec.outputs, &batch.classes);
+            let lv = loss.to_scalar::<f32>()? as f64;
+            return Ok((lv, hits, Grads::Autograd(loss.backward()?)));
+        }
         let loss = autograd_loss(
             obj,
             obj.weights_at(self.progress),
@@ -1193,6 +1273,8 @@ impl Member<'_, '_> {
                 }
                 Grads::Empty => return Err(Error::Other("no gradients".into())),
             }
+            let losses = std::mem::take(&mut self.task_losses);
+            self.weights.update(&losses, lr);
             return Ok((lv, hits));
         };
         let owned;
@@ -1215,11 +1297,37 @@ impl Member<'_, '_> {
                 &owned
             }
         };
+        // Learned task weights step on the global batch's task losses: each rank's, weighted
+        // by its share of the batch as the gradients are, summed with them.
+        let with_losses;
+        let local: &[Vec<f32>] = if self.weights.learned() {
+            let mut v = local.to_vec();
+            let n = self.weights.log_vars.len();
+            let mut l: Vec<f32> = std::mem::take(&mut self.task_losses)
+                .iter()
+                .map(|&x| x as f32)
+                .collect();
+            l.resize(n, 0.0);
+            v.push(l);
+            with_losses = v;
+            &with_losses
+        } else {
+            local
+        };
         let (sum, glv, ghits) = sum_across(comm, local, lv, hits, batch.b, batch.full_b);
         if !glv.is_finite() || glv > max_loss {
             return Err(divergence(&self.job, epoch, bi, glv));
         }
-        let grads = split_like(&sum, local);
+        let mut grads = split_like(&sum, local);
+        if self.weights.learned() {
+            let losses: Vec<f64> = grads
+                .pop()
+                .unwrap_or(&[])
+                .iter()
+                .map(|&x| x as f64)
+                .collect();
+            self.weights.update(&losses, lr);
+        }
         let n_model = self.model.params.len();
         self.opt.step_slices(self.model, &grads[..n_model], lr)?;
         if let (Some(a), Some(ao)) = (&adapter, self.adapter_opt.as_mut()) {
@@ -1243,7 +1351,14 @@ impl Member<'_, '_> {
         rng: &Rng,
     ) -> Result<(bool, String)> {
         let cfg = self.job.cfg;
-        let (vs, out) = validate(self.model, val, &self.job.hooks, &self.job.objective, ranks)?;
+        let (vs, out) = validate(
+            self.model,
+            val,
+            &self.job.hooks,
+            &self.job.objective,
+            &self.weights,
+            ranks,
+        )?;
         let agree =
             self.job.objective.teacher_val.as_ref().and_then(|t| {
                 crate::losses::agreement::agreement(&out, t, self.model.spec.outputs)
@@ -1274,6 +1389,9 @@ impl Member<'_, '_> {
         }
         record.seconds += secs;
         record.epochs_run = epoch + 1;
+        if !self.weights.fixed.is_empty() {
+            record.task_weights = self.weights.weights();
+        }
         if vs.loss < self.best_val_loss {
             self.best_val_loss = vs.loss;
             record.best_epoch = epoch + 1;
@@ -1310,6 +1428,7 @@ impl Member<'_, '_> {
                 best_epoch: self.record.best_epoch,
                 bad_epochs: self.bad_epochs,
                 record: self.record.clone(),
+                task_weights: (!self.weights.fixed.is_empty()).then(|| self.weights.clone()),
             };
             save_checkpoint(ck, self.model, &self.opt, self.best_weights.as_deref(), &st)?;
         }

@@ -192,6 +192,7 @@ impl Learner for TreeLearner {
             resumed_from_epoch: None,
             data_parallel: None,
             warning,
+            task_weights: Vec::new(),
         };
         *self
             .fitted

@@ -273,6 +273,7 @@ pub fn trained_digits_model_at(
         quantization: None,
         compression: None,
         text: None,
+        heads: Vec::new(),
     };
     (m, meta, d)
 }
