@@ -214,6 +214,7 @@ fn tree_data() -> Result<(Vec<f32>, Vec<u32>, Vec<f32>, Vec<u32>, usize, usize)>
         label: "lettr".into(),
         task: crate::data::Task::Classification,
         image_shape: None,
+        extra: Vec::new(),
     };
     let data = crate::data::csv::read_csv(Path::new(TREE_DATA), &opts, None)?;
     let (d, n) = (data.dim(), data.len());

@@ -389,7 +389,7 @@ impl ExperimentConfig {
             seen.push(&t.name);
         }
         for m in &self.models {
-            m.check(&seen, self.data.task, images, text, d.labels)?;
+            m.check(&seen, self.data.task, images, text, d)?;
             if let Some(ds) = &m.distill {
                 if ds.hint.is_some() && self.teachers.iter().any(|t| t.name == ds.teacher) {
                     bad_field(

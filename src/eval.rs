@@ -26,8 +26,13 @@ pub struct Scores {
 
 /// Scores from model outputs (`n * outputs` values) against the data's targets.
 pub fn score_outputs(out: &[f32], data: &Dataset, scale: Option<&TargetScale>) -> Scores {
-    let n = data.len().max(1);
-    match &data.targets {
+    score_targets(out, &data.targets, scale)
+}
+
+/// Scores from model outputs against `targets` (the data's, or a further target column's).
+pub fn score_targets(out: &[f32], targets: &Targets, scale: Option<&TargetScale>) -> Scores {
+    let n = targets.len().max(1);
+    match targets {
         Targets::Classes { labels, names } => {
             let c = names.len();
             let mut loss = 0f64;

@@ -45,6 +45,11 @@ pub fn head_outputs(
     x: &[f32],
     batch: usize,
 ) -> Result<Vec<(crate::models::TaskHead, Vec<f32>)>> {
+    Ok(split_heads(model, &raw_outputs(model, x, batch)?))
+}
+
+/// The model's raw outputs on raw inputs `x` (whole rows; its normalisation applied here).
+fn raw_outputs(model: &AnyModel, x: &[f32], batch: usize) -> Result<Vec<f32>> {
     let meta = &model.meta;
     let dim = meta.spec.input_dim();
     if dim == 0 || !x.len().is_multiple_of(dim) {
@@ -56,8 +61,7 @@ pub fn head_outputs(
     }
     let mut x = x.to_vec();
     meta.normalizer.apply(&mut x, dim);
-    let out = model.predict(&x, batch)?;
-    Ok(split_heads(model, &out))
+    model.predict(&x, batch)
 }
 
 /// A multi-task model's raw outputs split into its heads: softmax for class heads, the target
@@ -78,7 +82,13 @@ fn split_heads(model: &AnyModel, out: &[f32]) -> Vec<(crate::models::TaskHead, V
                     }
                 }
                 HeadKind::Values if h.labels => {
-                    if let Some(t) = meta.target_scale {
+                    // A further column's own scale, or the data's target scale.
+                    let scale = if h.column.is_some() {
+                        h.scale
+                    } else {
+                        meta.target_scale
+                    };
+                    if let Some(t) = scale {
                         v.iter_mut().for_each(|x| *x = t.inverse(*x));
                     }
                 }
@@ -91,8 +101,11 @@ fn split_heads(model: &AnyModel, out: &[f32]) -> Vec<(crate::models::TaskHead, V
 
 /// The class names of head `h` of a multi-task model.
 fn head_classes(model: &AnyModel, h: &crate::models::TaskHead) -> Vec<String> {
+    if let Some(c) = &h.classes {
+        return c.clone();
+    }
     match &model.meta.class_names {
-        Some(n) if h.labels && n.len() == h.outputs => n.clone(),
+        Some(n) if h.labels && h.column.is_none() && n.len() == h.outputs => n.clone(),
         _ => (0..h.outputs).map(|i| i.to_string()).collect(),
     }
 }
@@ -311,15 +324,6 @@ fn read_feature_csv(path: &Path, dim: usize, label: Option<&str>) -> Result<Inpu
 /// units (`rows`).
 pub fn probabilities(model: &AnyModel, x: &[f32], batch: usize) -> Result<Vec<f32>> {
     let meta = &model.meta;
-    let dim = meta.spec.input_dim();
-    if dim == 0 || !x.len().is_multiple_of(dim) {
-        return Err(Error::Input(format!(
-            "inputs: {} values are not whole samples of shape {:?}",
-            x.len(),
-            meta.spec.input_shape
-        )));
-    }
-    let mut x = x.to_vec();
     if !meta.heads.is_empty() {
         return Err(Error::Input(format!(
             "model '{}' has {} heads ({}): read them by name (head_outputs)",
@@ -332,8 +336,7 @@ pub fn probabilities(model: &AnyModel, x: &[f32], batch: usize) -> Result<Vec<f3
                 .join(", ")
         )));
     }
-    meta.normalizer.apply(&mut x, dim);
-    let mut out = model.predict(&x, batch)?;
+    let mut out = raw_outputs(model, x, batch)?;
     match meta.task {
         Task::Classification => {
             let c = meta.spec.outputs;

@@ -636,18 +636,38 @@ impl RunStore {
         let baselines = how.baselines.clone();
         let mut tasks = Vec::new();
         let mut own: Option<Scores> = None;
+        let mut own_main: Option<()> = None;
         let mut cosine = None;
         for (i, h) in m.meta.heads.iter().enumerate() {
             let z = crate::train::tasks::columns(&out, width, &h.cols());
             let (metric, value) = if h.labels {
-                let sc = eval::score_outputs(&z, &s.test, s.target_scale.as_ref());
+                // Its labels: a further target column's, or the data's.
+                let k = h
+                    .column
+                    .as_ref()
+                    .and_then(|c| s.test.extra.iter().position(|e| &e.name == c));
+                let sc = match k {
+                    Some(k) => eval::score_targets(
+                        &z,
+                        &s.test.extra[k].targets,
+                        s.extra_scales.get(k).copied().flatten().as_ref(),
+                    ),
+                    None => eval::score_outputs(&z, &s.test, s.target_scale.as_ref()),
+                };
                 let r = match (h.kind, sc.accuracy, sc.mse) {
                     (HeadKind::Classes, Some(a), _) => ("accuracy", a),
                     (_, _, Some(mse)) => ("mse", mse),
                     _ => ("loss", sc.loss),
                 };
-                if own.is_none() {
-                    own = Some(sc);
+                // The model's own figures: its head on the data's label, else its first
+                // labelled head's.
+                if h.column.is_none() || own.is_none() {
+                    if own_main.is_none() {
+                        own = Some(sc);
+                    }
+                    if h.column.is_none() {
+                        own_main = Some(());
+                    }
                 }
                 r
             } else {

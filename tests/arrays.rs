@@ -105,6 +105,7 @@ fn arrays_in_memory_give_the_figures_of_the_same_data_in_files() {
         label: "digit".into(),
         task: Task::Classification,
         image_shape: None,
+        extra: Vec::new(),
     };
     let d = data::csv::read_csv(&digits_csv(), &opts, None).unwrap();
     let t = logits(&d);
@@ -222,6 +223,7 @@ fn precomputed_regression_outputs_are_in_the_targets_units() {
         label: "progression".into(),
         task: Task::Regression,
         image_shape: None,
+        extra: Vec::new(),
     };
     let d = data::csv::read_csv(&path, &opts, None).unwrap();
     let y = match &d.targets {

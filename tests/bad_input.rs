@@ -922,6 +922,20 @@ fn bad_multi_task_models() {
         ),
         &["prune[0].from", "multi-task"],
     );
+    expect_bad_config(
+        dir,
+        "task-unknown-column",
+        &model(mlp, &(task("a", "column = \"height\"") + &task("b", ""))),
+        &["model.s.task[0].column", "'height'", "data.targets"],
+    );
+    expect_bad_config(
+        dir,
+        "data-targets-not-csv",
+        &format!(
+            "[data]\nformat = \"digits\"\ntargets = [{{ column = \"x\", task = \"regression\" }}]\n[[model]]\nname = \"t\"\narch = {mlp}\n"
+        ),
+        &["data.targets[0].column", "CSV"],
+    );
     // A head that learns 3 classes from a teacher of 10: the teacher is refused first.
     let onnx = repo().join("data/teachers/digits-torch-mlp.onnx");
     let mut csv = (0..64)

@@ -617,9 +617,9 @@ fn boosted_trees_that_keep_round_one_say_so() {
 #[test]
 fn a_multi_task_student_predicts_and_exports_every_head() {
     let dir = tempfile::tempdir().unwrap();
-    let cfg = dir.path().join("multi.toml");
-    std::fs::write(
-        &cfg,
+    let (out, m) = run_toml(
+        dir.path(),
+        "multi",
         r#"seed = 3
 [data]
 format = "digits"
@@ -648,18 +648,7 @@ weight = "auto"
 [[export]]
 from = "multi"
 "#,
-    )
-    .unwrap();
-    let out = dir.path().join("out");
-    let o = run(&[
-        "run",
-        cfg.to_str().unwrap(),
-        "--out",
-        out.to_str().unwrap(),
-        "-q",
-    ]);
-    assert!(o.status.success(), "{}", stderr(&o));
-    let m = metrics(&out);
+    );
     let multi = m["models"]
         .as_array()
         .unwrap()
@@ -763,4 +752,103 @@ from = "multi"
     );
     assert_eq!(head.split(',').count(), 1 + 11 + 11);
     assert!(written.lines().skip(1).all(|l| l.split(',').count() == 23));
+}
+
+/// Further target columns of one table (`data.targets`) learned by heads of one student: a
+/// class column with missing cells (that task's label term skips them) and a value column
+/// scored and predicted in its own units.
+#[test]
+fn further_target_columns_train_their_own_heads() {
+    let dir = tempfile::tempdir().unwrap();
+    let iris = std::fs::read_to_string(repo().join("data/sklearn/iris.csv")).unwrap();
+    let mut csv = String::from("sepal_length,sepal_width,petal_length,petal_width,species,big\n");
+    for (i, line) in iris.lines().skip(1).enumerate() {
+        let c: Vec<&str> = line.split(',').collect();
+        let pl: f32 = c[2].parse().unwrap();
+        // Every third row lacks the `big` label.
+        let big = if i % 3 == 0 {
+            ""
+        } else if pl > 4.0 {
+            "yes"
+        } else {
+            "no"
+        };
+        csv.push_str(&format!("{line},{big}\n"));
+    }
+    let data = dir.path().join("iris-more.csv");
+    std::fs::write(&data, csv).unwrap();
+    let toml = format!(
+        r#"seed = 4
+[data]
+format = "csv"
+path = "{}"
+label = "species"
+targets = [{{ column = "petal_width", task = "regression" }}, {{ column = "big", task = "classification" }}]
+[[model]]
+name = "m"
+arch = {{ kind = "mlp", hidden = [32] }}
+train = {{ epochs = 60, lr = 1e-2, batch_size = 16 }}
+[[model.task]]
+name = "species"
+[[model.task]]
+name = "width"
+column = "petal_width"
+weight = "auto"
+[[model.task]]
+name = "big"
+column = "big"
+"#,
+        data.display()
+    );
+    let (out, m) = run_toml(dir.path(), "cols", &toml);
+    let x = &m["models"][0];
+    let tasks = x["tasks"].as_array().unwrap();
+    let metric = |i: usize| {
+        (
+            tasks[i]["metric"].as_str().unwrap(),
+            tasks[i]["value"].as_f64().unwrap(),
+        )
+    };
+    assert_eq!(metric(0).0, "accuracy");
+    assert!(metric(0).1 > 0.8, "{x}");
+    // The width in cm²-free units (0.1–2.5 cm, variance ≈ 0.58): far below the variance.
+    assert_eq!(metric(1).0, "mse");
+    assert!(metric(1).1 < 0.15, "{x}");
+    assert_eq!(metric(2).0, "accuracy");
+    assert!(metric(2).1 > 0.8, "{x}");
+    // Three features are left (petal_width and big are targets); the heads are 3 + 1 + 2 wide.
+    assert!(
+        x["architecture"]
+            .as_str()
+            .unwrap()
+            .starts_with("mlp 3-32-6"),
+        "{x}"
+    );
+    // predict: the width in its own units, the big column's own classes.
+    let rows = dir.path().join("rows.csv");
+    std::fs::write(
+        &rows,
+        "sepal_length,sepal_width,petal_length\n6.3,3.3,6.0\n5.1,3.5,1.4\n",
+    )
+    .unwrap();
+    let mf = out.join("models/m.safetensors");
+    let o = run(&[
+        "predict",
+        mf.to_str().unwrap(),
+        rows.to_str().unwrap(),
+        "--json",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let preds: Vec<serde_json::Value> = stdout(&o)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let width = |p: &serde_json::Value| p["tasks"]["width"]["value"].as_f64().unwrap();
+    assert!(
+        width(&preds[0]) > 1.5 && width(&preds[1]) < 0.7,
+        "{preds:?}"
+    );
+    assert_eq!(preds[0]["tasks"]["big"]["class"], "yes");
+    assert_eq!(preds[1]["tasks"]["big"]["class"], "no");
+    assert_eq!(preds[0]["tasks"]["species"]["class"], "virginica");
 }

@@ -50,6 +50,7 @@ fn csv_inputs() {
             } else {
                 Some(vec![1, 2, 2])
             },
+            extra: Vec::new(),
         };
         let _ = parse_csv_bytes(body, &p.display().to_string(), &opts, None);
     }

@@ -9,6 +9,7 @@ fuzz_target!(|data: &[u8]| {
         label: "y".into(),
         task: if mode & 1 == 0 { Task::Classification } else { Task::Regression },
         image_shape: if mode & 2 == 0 { None } else { Some(vec![1, 2, 2]) },
+        extra: Vec::new(),
     };
     let _ = parse_csv_bytes(body, "fuzz.csv", &opts, None);
 });

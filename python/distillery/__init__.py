@@ -140,7 +140,9 @@ class Model:
     """A saved distillery model: a network (f32, int8, weight-only int8/int4) or a tree model.
 
     ``predict`` gives class probabilities (``n × classes``, columns in ``classes`` order) or
-    regression values (``n``), from raw inputs: the model file's normalisation is applied.
+    regression values (``n``), from raw inputs: the model file's normalisation is applied. A
+    multi-task model's ``predict`` gives a dict of such arrays, one per head (``heads``, in
+    order; an embedding head ``n × dim``).
     """
 
     def __init__(self, native: "_native.Model", record: Optional[Dict[str, Any]] = None):
@@ -153,9 +155,10 @@ class Model:
         #: training curves), when it came from a run.
         self.record: Optional[Dict[str, Any]] = record
 
-    def predict(self, X: ArrayLike, batch_size: int = 256) -> np.ndarray:
+    def predict(self, X: ArrayLike, batch_size: int = 256) -> Union[np.ndarray, Dict[str, np.ndarray]]:
         """Class probabilities (``n × classes``) or values (``n``) for raw inputs ``X``
-        (one sample, or ``n`` samples of the model's input shape)."""
+        (one sample, or ``n`` samples of the model's input shape); a multi-task model: a dict
+        of them by head name."""
         if batch_size < 1:
             raise ValueError(f"batch_size: expected at least 1, got {batch_size}")
         # The common case, a float32 C-contiguous batch of rows, goes straight through.
@@ -173,6 +176,10 @@ class Model:
         """The most likely class name of each sample (classification models)."""
         if self._m.task != "classification":
             raise ValueError("predict_labels: a regression model predicts values; use predict")
+        if self.heads:
+            raise ValueError(
+                f"predict_labels: a multi-task model has heads {self.heads}; use predict, a dict by head"
+            )
         p = self.predict(X, batch_size)
         names = self._m.classes
         try:
@@ -194,6 +201,11 @@ class Model:
         returns the path."""
         self._m.export_onnx(os.fspath(path))
         return os.fspath(path)
+
+    @property
+    def heads(self) -> List[str]:
+        """A multi-task model's heads, in order (empty for one task)."""
+        return list(self._m.heads)
 
     @property
     def path(self) -> str:

@@ -456,6 +456,17 @@ impl Model {
         self.path.display().to_string()
     }
 
+    /// A multi-task model's heads, in order (empty for one task).
+    #[getter]
+    fn heads(&self) -> Vec<String> {
+        self.inner
+            .meta
+            .heads
+            .iter()
+            .map(|h| h.name.clone())
+            .collect()
+    }
+
     /// Number of parameters (tree models: nodes and leaf values).
     #[getter]
     fn params(&self) -> usize {

@@ -166,6 +166,52 @@ def test_a_loaded_model_predicts_as_the_command_line_does(cli, digits, tmp_path)
     assert m.input_shape == [64] and "mlp" in m.architecture
 
 
+def test_a_multi_task_model_predicts_a_dict_by_head(cli, tmp_path):
+    m = cli_run(
+        cli,
+        textwrap.dedent(
+            """
+            seed = 2
+            [data]
+            format = "digits"
+            [[model]]
+            name = "t"
+            arch = { kind = "mlp", hidden = [32] }
+            train = { epochs = 3 }
+            [[model]]
+            name = "multi"
+            arch = { kind = "mlp", hidden = [16] }
+            train = { epochs = 3 }
+            [[model.task]]
+            name = "digit"
+            teacher = "t"
+            [[model.task]]
+            name = "mimic"
+            teacher = "t"
+            labels = false
+            """
+        ),
+        tmp_path,
+    )
+    assert [t["name"] for t in record(m, "multi")["tasks"]] == ["digit", "mimic"]
+    model = distillery.load(tmp_path / "cfg-cli" / "models" / "multi.safetensors")
+    assert model.heads == ["digit", "mimic"]
+    X = np.loadtxt(DIGITS, delimiter=",", skiprows=1, max_rows=12)[:, :64].astype(np.float32)
+    out = model.predict(X)
+    assert list(out) == ["digit", "mimic"]
+    assert out["digit"].shape == (12, 10) and out["mimic"].shape == (12, 10)
+    np.testing.assert_allclose(out["digit"].sum(axis=1), 1.0, rtol=1e-5)
+    csv = tmp_path / "x.csv"
+    np.savetxt(csv, X, fmt="%.9g", delimiter=",", header=",".join(f"p{i}" for i in range(64)), comments="")
+    r = subprocess.run([cli, "predict", model.path, str(csv), "--json"], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    lines = [json.loads(l) for l in r.stdout.splitlines() if l.strip()]
+    want = np.array([l["tasks"]["mimic"]["probabilities"] for l in lines], dtype=np.float32)
+    np.testing.assert_array_equal(out["mimic"], want)
+    with pytest.raises(ValueError, match="multi-task"):
+        model.predict_labels(X)
+
+
 def test_regression_and_a_separate_test_set(tmp_path):
     rng = np.random.default_rng(1)
     X = rng.normal(size=(400, 5))

@@ -493,6 +493,7 @@ fn evaluate(
             task: meta.task,
             // The model's own input shape is checked against the column count below.
             image_shape: None,
+            extra: Vec::new(),
         };
         data::csv::read_csv(&c, &opts, None)?
     } else if digits {

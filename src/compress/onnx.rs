@@ -691,8 +691,14 @@ fn head_outputs(
                 vec![("axis", Attr::Int(1))],
                 &head.name,
             ),
-            HeadKind::Values if head.labels && meta.target_scale.is_some() => {
-                let ts = meta.target_scale.unwrap_or(crate::data::TargetScale {
+            HeadKind::Values
+                if head.labels && (head.scale.is_some() || meta.target_scale.is_some()) =>
+            {
+                let ts = match &head.column {
+                    Some(_) => head.scale,
+                    None => meta.target_scale,
+                }
+                .unwrap_or(crate::data::TargetScale {
                     mean: 0.0,
                     std: 1.0,
                 });

@@ -18,6 +18,9 @@ pub struct CsvOptions {
     pub task: Task,
     /// Optional image shape `[c, h, w]` for the feature columns.
     pub image_shape: Option<Vec<usize>>,
+    /// Further target columns (not features): name, task, and — reading a test file — the
+    /// training file's classes of a classification column.
+    pub extra: Vec<(String, Task, Option<Vec<String>>)>,
 }
 
 /// Reads a CSV file (gzip detected from its magic bytes). `classes` gives the class mapping
@@ -107,7 +110,19 @@ pub fn parse_csv_bytes(
                 if headers.len() > 12 { ", ..." } else { "" }
             ))
         })?;
-    let d = headers.len() - 1;
+    let mut extra_cols = Vec::with_capacity(opts.extra.len());
+    for (col, _, _) in &opts.extra {
+        match headers.iter().position(|h| h == col) {
+            Some(j) => extra_cols.push(j),
+            None => {
+                return Err(Error::Input(format!(
+                    "{name}: target column '{col}' (data.targets) not found in the header"
+                )))
+            }
+        }
+    }
+    let mut raw_extra: Vec<Vec<String>> = vec![Vec::new(); extra_cols.len()];
+    let d = headers.len() - 1 - extra_cols.len();
     if d == 0 {
         return Err(Error::Input(format!(
             "{name}: no feature columns besides the label '{}'",
@@ -145,6 +160,10 @@ pub fn parse_csv_bytes(
         }
         let line = record.position().map(|p| p.line()).unwrap_or(line);
         for (j, cell) in record.iter().enumerate() {
+            if let Some(k) = extra_cols.iter().position(|&c| c == j) {
+                raw_extra[k].push(cell.to_string());
+                continue;
+            }
             if j == label_col {
                 match opts.task {
                     Task::Classification => {
@@ -207,10 +226,65 @@ pub fn parse_csv_bytes(
     data.features = headers
         .iter()
         .enumerate()
-        .filter(|&(j, _)| j != label_col)
+        .filter(|&(j, _)| j != label_col && !extra_cols.contains(&j))
         .map(|(_, h)| h.to_string())
         .collect();
+    for ((col, task, classes), raw) in opts.extra.iter().zip(raw_extra) {
+        data.extra.push(super::ExtraTargets {
+            name: col.clone(),
+            targets: extra_targets(&raw, col, *task, classes.as_deref(), name)?,
+        });
+    }
     Ok(data)
+}
+
+/// A further target column's targets: classes (an empty cell: [`super::MISSING`]; a test
+/// file's classes are the training file's), or values (every cell a number).
+fn extra_targets(
+    raw: &[String],
+    col: &str,
+    task: Task,
+    classes: Option<&[String]>,
+    name: &str,
+) -> Result<Targets> {
+    Ok(match task {
+        Task::Regression => Targets::Values(
+            raw.iter()
+                .enumerate()
+                .map(|(i, c)| parse_cell(c, name, i as u64 + 2, col))
+                .collect::<Result<Vec<f32>>>()?,
+        ),
+        Task::Classification => {
+            let present: Vec<String> = raw.iter().filter(|c| !c.is_empty()).cloned().collect();
+            let names = match classes {
+                Some(c) => c.to_vec(),
+                None => class_names(&present),
+            };
+            if classes.is_none() && names.len() < 2 {
+                return Err(Error::Input(format!(
+                    "{name}: target column '{col}' holds fewer than 2 classes"
+                )));
+            }
+            let mut labels = Vec::with_capacity(raw.len());
+            for (i, c) in raw.iter().enumerate() {
+                if c.is_empty() {
+                    labels.push(super::MISSING);
+                    continue;
+                }
+                match names.iter().position(|n| n == c) {
+                    Some(k) => labels.push(k as u32),
+                    None => {
+                        return Err(Error::Input(format!(
+                            "{name}: data row {} has '{c}' in column '{col}', which the training data does not contain (classes: {})",
+                            i + 1,
+                            names.join(", ")
+                        )))
+                    }
+                }
+            }
+            Targets::Classes { labels, names }
+        }
+    })
 }
 
 fn parse_cell(cell: &str, name: &str, line: u64, col: &str) -> Result<f32> {
@@ -264,6 +338,7 @@ mod tests {
             label: "y".into(),
             task,
             image_shape: None,
+            extra: Vec::new(),
         }
     }
 
@@ -282,6 +357,58 @@ mod tests {
         );
         assert_eq!(d.labels().unwrap(), &[0, 1, 0]);
         assert_eq!(*d.x, [1.0, 2.0, 3.0, 4.0, 5.0, 6.0]);
+    }
+
+    /// Further target columns are not features; an empty cell of a class column is a missing
+    /// label; a test file keeps the training file's classes; a value column needs numbers.
+    #[test]
+    fn further_target_columns_are_read_apart_from_the_features() {
+        let o = CsvOptions {
+            extra: vec![
+                ("big".into(), Task::Classification, None),
+                ("h".into(), Task::Regression, None),
+            ],
+            ..opts(Task::Classification)
+        };
+        let d = parse_csv_bytes(
+            b"a,big,b,y,h\n1,yes,2,cat,0.5\n3,,4,dog,1.5\n5,no,6,cat,2\n",
+            "t.csv",
+            &o,
+            None,
+        )
+        .unwrap();
+        assert_eq!(*d.x, [1.0, 2.0, 3.0, 4.0, 5.0, 6.0]);
+        assert_eq!(d.features, ["a", "b"]);
+        assert_eq!(d.extra.len(), 2);
+        assert_eq!(
+            d.extra[0].targets,
+            Targets::Classes {
+                labels: vec![1, crate::data::MISSING, 0],
+                names: vec!["no".into(), "yes".into()],
+            }
+        );
+        assert_eq!(d.extra[1].targets, Targets::Values(vec![0.5, 1.5, 2.0]));
+        // A test file: the training file's classes, in their order.
+        let mut t = o.clone();
+        t.extra[0].2 = Some(vec!["no".into(), "yes".into(), "maybe".into()]);
+        let classes = ["cat".to_string(), "dog".to_string()];
+        let d = parse_csv_bytes(
+            b"a,big,b,y,h\n1,maybe,2,cat,0\n",
+            "u.csv",
+            &t,
+            Some(&classes),
+        )
+        .unwrap();
+        assert_eq!(d.extra[0].targets.subset(&[0]), d.extra[0].targets);
+        assert!(matches!(&d.extra[0].targets, Targets::Classes { labels, .. } if labels == &[2]));
+        let e = parse_csv_bytes(b"a,big,b,y,h\n1,yes,2,cat,\n", "t.csv", &t, Some(&classes))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("'h'") && e.contains("empty cell"), "{e}");
+        let e = parse_csv_bytes(b"a,b,y\n1,2,cat\n", "t.csv", &o, None)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("target column 'big'"), "{e}");
     }
 
     #[test]

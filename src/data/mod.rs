@@ -95,6 +95,17 @@ pub struct Dataset {
     pub rows: Vec<usize>,
     /// The feature columns' names (CSV headers), when the file has them; empty otherwise.
     pub features: Vec<String>,
+    /// Further target columns of the same samples (`data.targets`), for multi-task models.
+    pub extra: Vec<ExtraTargets>,
+}
+
+/// The targets of one further target column.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ExtraTargets {
+    /// The column's name.
+    pub name: String,
+    /// Its targets (classification: [`MISSING`] where a cell was empty).
+    pub targets: Targets,
 }
 
 impl Dataset {
@@ -114,6 +125,7 @@ impl Dataset {
             text: Vec::new(),
             rows: (0..n).collect(),
             features: Vec::new(),
+            extra: Vec::new(),
         }
     }
 
@@ -166,6 +178,14 @@ impl Dataset {
             },
             rows: idx.iter().map(|&i| self.rows[i]).collect(),
             features: self.features.clone(),
+            extra: self
+                .extra
+                .iter()
+                .map(|e| ExtraTargets {
+                    name: e.name.clone(),
+                    targets: e.targets.subset(idx),
+                })
+                .collect(),
         }
     }
 
@@ -532,6 +552,8 @@ pub struct Splits {
     pub normalizer: Normalizer,
     /// Target scale for regression (fitted on `train`).
     pub target_scale: Option<TargetScale>,
+    /// Each further target column's scale (`Dataset::extra`; value columns only).
+    pub extra_scales: Vec<Option<TargetScale>>,
     /// Text data: how the texts became the token ids in `x` (model files carry it).
     pub featurizer: Option<text::Featurizer>,
     /// Samples in the data file (the splits' `rows` index into it).
@@ -622,12 +644,30 @@ impl Splits {
             }
             Targets::Classes { .. } => None,
         };
+        // Further value columns are standardised as the target is, each with its own training
+        // statistics.
+        let mut extra_scales = Vec::with_capacity(train.extra.len());
+        for k in 0..train.extra.len() {
+            let scale = match &train.extra[k].targets {
+                Targets::Values(v) => Some(TargetScale::fit(v)),
+                Targets::Classes { .. } => None,
+            };
+            if let Some(s) = scale {
+                for ds in [&mut train, &mut val, &mut test_set] {
+                    if let Some(Targets::Values(v)) = ds.extra.get_mut(k).map(|e| &mut e.targets) {
+                        v.iter_mut().for_each(|t| *t = s.forward(*t));
+                    }
+                }
+            }
+            extra_scales.push(scale);
+        }
         Ok(Splits {
             train,
             val,
             test: test_set,
             normalizer,
             target_scale,
+            extra_scales,
             featurizer: None,
             source_rows,
             test_from_file,
@@ -653,6 +693,7 @@ pub fn embedded_digits() -> Result<Dataset> {
         label: "digit".into(),
         task: Task::Classification,
         image_shape: Some(vec![1, 8, 8]),
+        extra: Vec::new(),
     };
     csv::parse_csv_bytes(
         EMBEDDED_DIGITS_CSV_GZ,

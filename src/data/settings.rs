@@ -88,6 +88,22 @@ pub struct DataConfig {
     /// skips them, a teacher's terms still read them. Validation and test keep their labels.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub labels_per_class: Option<usize>,
+    /// CSV: further target columns of the same rows, not features, for the tasks of
+    /// multi-task models (`[[model.task]] column = "…"`): `[{ column = "alcohol", task =
+    /// "regression" }, …]`. A classification column may leave cells empty (that sample lacks
+    /// the task's label).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub targets: Vec<ExtraTarget>,
+}
+
+/// One further target column (`data.targets`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExtraTarget {
+    /// The column's name in the CSV header.
+    pub column: String,
+    /// Classification or regression.
+    pub task: Task,
 }
 
 fn yes() -> bool {
@@ -274,6 +290,18 @@ impl DataConfig {
         }
         if d.max_test == Some(0) {
             bad_field("data.max_test", "must be at least 1")?;
+        }
+        for (i, t) in d.targets.iter().enumerate() {
+            let f = format!("data.targets[{i}].column");
+            if d.format != DataFormat::Csv {
+                bad_field(&f, "further target columns are read from CSV files only")?;
+            }
+            if t.column.is_empty() || d.label.as_deref() == Some(t.column.as_str()) {
+                bad_field(&f, "expected a column other than data.label")?;
+            }
+            if d.targets[..i].iter().any(|u| u.column == t.column) {
+                bad_field(&f, &format!("'{}' is given twice", t.column))?;
+            }
         }
         if let Some(n) = d.labels_per_class {
             if n == 0 {

@@ -716,6 +716,7 @@ pub fn text_dataset(rows: TextRows, targets: Targets, f: &Featurizer) -> Result<
         text: rows.texts,
         rows: (0..n).collect(),
         features: Vec::new(),
+        extra: Vec::new(),
     })
 }
 

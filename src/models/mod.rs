@@ -547,6 +547,15 @@ pub struct TaskHead {
     /// Whether it learned the data's labels (its values are then in the target's units once
     /// the model's target scale is undone; its classes are the model's class names).
     pub labels: bool,
+    /// The further target column it learned (`data.targets`), if not the data's label.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub column: Option<String>,
+    /// A head of a further class column: its class names.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub classes: Option<Vec<String>>,
+    /// A head of a further value column: its scale (outputs are standardised; undo with it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scale: Option<crate::data::TargetScale>,
 }
 
 /// What a head's outputs are.

@@ -141,14 +141,26 @@ fn read_splits(cfg: &ExperimentConfig, arrays: Option<&data::Arrays>) -> Result<
                 .path
                 .as_deref()
                 .ok_or_else(|| Error::Input("data.path: required".into()))?;
-            let opts = CsvOptions {
+            let mut opts = CsvOptions {
                 label: d.label.clone().unwrap_or_default(),
                 task: d.task,
                 image_shape: d.image_shape.clone(),
+                extra: d
+                    .targets
+                    .iter()
+                    .map(|t| (t.column.clone(), t.task, None))
+                    .collect(),
             };
             let train = data::csv::read_csv(path, &opts, None)?;
             let test = match &d.test_path {
                 Some(p) => {
+                    // The test file's further class columns keep the training file's classes.
+                    for (o, e) in opts.extra.iter_mut().zip(&train.extra) {
+                        o.2 = match &e.targets {
+                            data::Targets::Classes { names, .. } => Some(names.clone()),
+                            data::Targets::Values(_) => None,
+                        };
+                    }
                     let t = data::csv::read_csv(p, &opts, train.class_names())?;
                     if t.dim() != train.dim() {
                         return Err(Error::Input(format!(

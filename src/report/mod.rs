@@ -1148,7 +1148,17 @@ One shared trunk, one head per task. Each head is scored on the test split again
         _ => format!("{v:.4}"),
     };
     let find = |name: &str| m.models.iter().find(|x| x.name == name);
-    let base_value = |b: &ModelMetrics, metric: &str| -> Option<f64> {
+    let base_value = |b: &ModelMetrics, task: &str, metric: &str| -> Option<f64> {
+        // A baseline with heads of its own (a task on a further column): its head of that
+        // task, or its one head of that metric.
+        if !b.tasks.is_empty() {
+            let same: Vec<_> = b.tasks.iter().filter(|t| t.metric == metric).collect();
+            return same
+                .iter()
+                .find(|t| t.name == task)
+                .or(same.first().filter(|_| same.len() == 1))
+                .map(|t| t.value);
+        }
         match metric {
             "accuracy" => b.accuracy,
             "mse" => b.mse,
@@ -1166,7 +1176,7 @@ One shared trunk, one head per task. Each head is scored on the test split again
         let mut bases: Vec<&ModelMetrics> = Vec::new();
         for t in &x.tasks {
             let b = t.baseline.as_deref().and_then(find);
-            let bv = b.and_then(|b| base_value(b, &t.metric));
+            let bv = b.and_then(|b| base_value(b, &t.name, &t.metric));
             let delta = match (bv, t.metric.as_str()) {
                 (Some(v), "accuracy" | "agreement") => format!("{:+.2} pts", 100.0 * (t.value - v)),
                 (Some(v), _) => format!("{:+.4}", t.value - v),

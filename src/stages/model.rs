@@ -194,7 +194,7 @@ impl ModelConfig {
         task: Task,
         images: bool,
         text: bool,
-        labelled: bool,
+        data: &crate::data::DataConfig,
     ) -> Result<()> {
         let m = self;
         let seen = earlier;
@@ -253,8 +253,7 @@ impl ModelConfig {
                 ("from", m.from.is_some()),
             ],
             seen,
-            task,
-            labelled,
+            data,
         )?;
         if let Some(ds) = &m.distill {
             if !seen.contains(&ds.teacher.as_str()) {
@@ -871,11 +870,18 @@ fn with_transfer(
         )));
     };
     let label = label.to_string();
+    if !train.extra.is_empty() {
+        return Err(Error::Input(format!(
+            "model.{}.distill.transfer: a transfer set beside further target columns (data.targets) is not available",
+            m.name
+        )));
+    }
     let opts = crate::data::csv::CsvOptions {
         label,
         // The label column is read as names and ignored.
         task: crate::data::Task::Classification,
         image_shape: (train.shape.len() == 3).then(|| train.shape.clone()),
+        extra: Vec::new(),
     };
     // Labels are ignored: `?`, an empty cell, or one of the training data's classes.
     let mut known: Vec<String> = train

@@ -7,11 +7,11 @@
 use crate::data::Task;
 use crate::error::{bad_field, Error, Result};
 use crate::losses::SoftLoss;
+use crate::models::Arch;
 use crate::models::{HeadKind, Model, ModelSpec, TaskHead};
 use crate::rng::Rng;
-use crate::models::Arch;
-use crate::train::TrainConfig;
 use crate::store::RunStore;
+use crate::train::TrainConfig;
 use crate::train::{Objective, SoftTerm, TaskObjective, TeacherSignal, Tunable};
 use serde::{Deserialize, Serialize};
 
@@ -29,6 +29,10 @@ pub struct TaskConfig {
     /// embedding loss (which has none).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub labels: Option<bool>,
+    /// The head learns this further target column (one of `data.targets`) instead of
+    /// `data.label`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub column: Option<String>,
     /// The head's soft-target loss: `{ kind = "kd" }` (default), `dkd`, `dist`, or for an
     /// embedding head `cosine` / `mse`.
     #[serde(default, skip_serializing_if = "is_kd")]
@@ -99,17 +103,17 @@ pub fn check(
     m: &MultiTask,
     given: &[(&str, bool)],
     earlier: &[&str],
-    task: Task,
-    labelled: bool,
+    data: &crate::data::DataConfig,
 ) -> Result<()> {
+    let labelled = data.labels;
     let p = format!("model.{}", m.name);
     if m.tasks.is_empty() {
         return Ok(());
     }
-    if m.tasks.len() < 2 {
+    if m.tasks.len() < 2 && m.tasks[0].column.is_none() {
         bad_field(
             &format!("{p}.task"),
-            "a multi-task model declares at least two [[model.task]] tables (one task is a plain model with `distill`)",
+            "a multi-task model declares at least two [[model.task]] tables (one task is a plain model with `distill`; one task alone only to learn a further column, `column = \"…\"`)",
         )?;
     }
     for (key, set) in given {
@@ -163,6 +167,25 @@ pub fn check(
             )?;
         }
         let labels = t.learns_labels();
+        // The task's own kind: its column's, or the data's.
+        let mut task = data.task;
+        if let Some(c) = &t.column {
+            match data.targets.iter().find(|x| &x.column == c) {
+                Some(x) => task = x.task,
+                None => bad_field(
+                    &format!("{f}.column"),
+                    &format!(
+                        "'{c}' is not one of data.targets (declare it there: {{ column = \"{c}\", task = \"regression\" }})"
+                    ),
+                )?,
+            }
+            if !labels {
+                bad_field(
+                    &format!("{f}.labels"),
+                    "a task with a column learns its labels",
+                )?;
+            }
+        }
         if labels && !labelled {
             bad_field(
                 &format!("{f}.labels"),
@@ -241,6 +264,7 @@ struct Planned<'a> {
     head: TaskHead,
     objective: Objective<'a>,
     weight: Option<f32>,
+    column: Option<usize>,
 }
 
 /// The head and objective of task `t`, starting at column `start`.
@@ -253,8 +277,27 @@ fn plan<'s>(
     let splits = &store.splits;
     let f = format!("model.{}.task.{}", m.name, t.name);
     let labels = t.learns_labels();
-    let regression = splits.train.targets.task() == Task::Regression;
-    let data_outputs = splits.train.outputs();
+    // The labels it learns: a further target column's, or the data's.
+    let column = match &t.column {
+        Some(c) => Some(
+            splits
+                .train
+                .extra
+                .iter()
+                .position(|e| &e.name == c)
+                .ok_or_else(|| Error::Input(format!("{f}.column: no column '{c}' in the data")))?,
+        ),
+        None => None,
+    };
+    let targets = match column {
+        Some(k) => &splits.train.extra[k].targets,
+        None => &splits.train.targets,
+    };
+    let regression = targets.task() == Task::Regression;
+    let data_outputs = match targets {
+        crate::data::Targets::Classes { names, .. } => names.len(),
+        crate::data::Targets::Values(_) => 1,
+    };
     let (mut objective, width, kind) = match &t.teacher {
         None => (
             Objective::supervised(),
@@ -283,6 +326,11 @@ fn plan<'s>(
                 return Err(Error::Input(format!(
                     "model.{}.train.augment: teacher '{name}' of task '{}' has outputs for the samples as they are, not for augmented ones; remove augment",
                     m.name, t.name
+                )));
+            }
+            if store.get(name).is_ok_and(|f| f.model.meta.heads.len() > 1) {
+                return Err(Error::Input(format!(
+                    "{f}.teacher: '{name}' is a multi-task model; a head learns from a teacher of one task"
                 )));
             }
             let val = store.teacher_outputs(name, "val")?;
@@ -327,6 +375,11 @@ fn plan<'s>(
     if !labels {
         objective.label_weight = 0.0;
     }
+    let (classes, scale) = match (column, targets) {
+        (Some(_), crate::data::Targets::Classes { names, .. }) => (Some(names.clone()), None),
+        (Some(k), crate::data::Targets::Values(_)) => (None, splits.extra_scales[k]),
+        _ => (None, None),
+    };
     Ok(Planned {
         head: TaskHead {
             name: t.name.clone(),
@@ -335,9 +388,13 @@ fn plan<'s>(
             kind,
             teacher: t.teacher.clone(),
             labels,
+            column: t.column.clone(),
+            classes,
+            scale,
         },
         objective,
         weight: t.weight.fixed(),
+        column,
     })
 }
 
@@ -386,15 +443,17 @@ pub fn train(m: &MultiTask, store: &RunStore) -> Result<()> {
             cols: p.head.cols(),
             labels: p.head.labels,
             values: p.head.kind == HeadKind::Values,
+            column: p.column,
             weight: p.weight,
             objective: p.objective,
         })
         .collect();
     store.progress.say(&format!(
-        "{}: training {} with {} heads ({}) for up to {} epochs",
+        "{}: training {} with {} head{} ({}) for up to {} epochs",
         m.name,
         model.spec.describe(),
         heads.len(),
+        if heads.len() == 1 { "" } else { "s" },
         heads
             .iter()
             .map(|h| format!("{} ×{}", h.name, h.outputs))
@@ -408,7 +467,7 @@ pub fn train(m: &MultiTask, store: &RunStore) -> Result<()> {
         m.name,
         &ckpt,
         &model,
-        &m.train,
+        m.train,
         Objective::multi_task(tasks),
         Vec::new(),
     )?;

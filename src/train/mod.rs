@@ -869,6 +869,18 @@ struct Batch {
     /// The global batch's rows that have a label (what training accuracy counts) and, in a
     /// mixed batch, whose partner has one.
     labelled: [usize; 2],
+    /// The labels of the data's further target columns (multi-task heads read them).
+    extra: Vec<ExtraBatch>,
+}
+
+/// One further target column's labels on a batch (this rank's rows).
+#[derive(Default)]
+struct ExtraBatch {
+    classes: Vec<u32>,
+    values: Vec<f32>,
+    classification: bool,
+    /// The global batch's rows that have this column's label.
+    labelled: usize,
 }
 
 impl Batch {
@@ -908,6 +920,23 @@ impl Batch {
             }
             Targets::Values(v) => self.values.extend(idx.iter().map(|&i| v[i])),
         }
+        self.extra.resize_with(train.extra.len(), Default::default);
+        for (e, t) in self.extra.iter_mut().zip(&train.extra) {
+            e.classes.clear();
+            e.values.clear();
+            match &t.targets {
+                Targets::Classes { labels, .. } => {
+                    e.classification = true;
+                    e.classes.extend(idx.iter().map(|&i| labels[i]));
+                    e.labelled = full_idx.iter().filter(|&&i| labels[i] != MISSING).count();
+                }
+                Targets::Values(v) => {
+                    e.classification = false;
+                    e.values.extend(idx.iter().map(|&i| v[i]));
+                    e.labelled = full_b;
+                }
+            }
+        }
         self.partner_classes.clear();
         self.mix = None;
         if augment {
@@ -917,6 +946,11 @@ impl Batch {
                 ));
             }
             self.mix = cfg.augment.apply(&mut self.x, &train.shape, fill, rng);
+            if self.mix.is_some() && !train.extra.is_empty() {
+                return Err(Error::Input(
+                    "train.augment: mixup and CutMix do not mix the further target columns (data.targets); remove them".into(),
+                ));
+            }
             if let Some(m) = &self.mix {
                 if self.values.is_empty() {
                     self.partner_classes = m.partner.iter().map(|&j| self.classes[j]).collect();
@@ -955,6 +989,16 @@ impl Batch {
                 self.values.copy_within(lo..hi, 0);
                 self.values.truncate(hi - lo);
             }
+            for e in self.extra.iter_mut() {
+                if !e.classes.is_empty() {
+                    e.classes.copy_within(lo..hi, 0);
+                    e.classes.truncate(hi - lo);
+                }
+                if !e.values.is_empty() {
+                    e.values.copy_within(lo..hi, 0);
+                    e.values.truncate(hi - lo);
+                }
+            }
         }
         self.idx.clear();
         self.idx.extend_from_slice(&full_idx[lo..hi]);
@@ -990,6 +1034,49 @@ impl Batch {
         let full = self.full_b;
         (self.classification && self.labelled.iter().any(|&n| n < full))
             .then(|| self.labelled.map(|n| full as f32 / n.max(1) as f32))
+    }
+
+    /// The further target columns' labels, as the objective reads them (a column with missing
+    /// labels: its mean over the global batch's labelled rows).
+    fn extra_labels(&self) -> Vec<objective::BatchLabels<'_>> {
+        self.extra
+            .iter()
+            .map(|e| {
+                if !e.classification {
+                    objective::BatchLabels::Values(&e.values)
+                } else if e.labelled < self.full_b {
+                    objective::BatchLabels::Partial {
+                        own: &e.classes,
+                        partner: None,
+                        share: [self.full_b as f32 / e.labelled.max(1) as f32, 1.0],
+                    }
+                } else {
+                    objective::BatchLabels::Classes(&e.classes)
+                }
+            })
+            .collect()
+    }
+
+    /// The further target columns' labels as autograd takes them, with a column's share when
+    /// some of its labels are missing (per row of this rank's slice).
+    fn extra_tensors(&self) -> Result<Vec<(Tensor, Option<[f32; 2]>)>> {
+        self.extra
+            .iter()
+            .map(|e| {
+                Ok(if e.classification {
+                    let share = (e.labelled < self.full_b).then(|| {
+                        let s = self.full_b as f32 / e.labelled.max(1) as f32;
+                        [s / self.b.max(1) as f32, 0.0]
+                    });
+                    (Tensor::from_slice(&e.classes, self.b, &Device::Cpu)?, share)
+                } else {
+                    (
+                        Tensor::from_slice(&e.values, (self.b, 1), &Device::Cpu)?,
+                        None,
+                    )
+                })
+            })
+            .collect()
     }
 
     fn labels(&self) -> objective::BatchLabels<'_> {
@@ -1146,6 +1233,7 @@ impl Member<'_, '_> {
                 &mut self.ws,
                 obj,
                 &batch.labels(),
+                &batch.extra_labels(),
                 soft,
                 &self.weights,
                 self.progress,
@@ -1207,6 +1295,7 @@ impl Member<'_, '_> {
                 y,
                 mix.as_ref().map(|(t, l)| (t, *l)),
                 batch.share().map(|s| s.map(|v| v / batch.b.max(1) as f32)),
+                &batch.extra_tensors()?,
                 soft,
                 batch.b,
                 self.job.name,
@@ -1369,8 +1458,11 @@ impl Member<'_, '_> {
         c.epoch.push(epoch + 1);
         c.train_loss.push(tally.loss());
         if matches!(self.job.train.targets, Targets::Classes { .. }) {
-            c.train_accuracy.push(tally.accuracy());
-            c.val_accuracy.push(vs.accuracy.unwrap_or(0.0));
+            // (A multi-task model without a head on the data's classes has no accuracy.)
+            if let Some(a) = vs.accuracy {
+                c.train_accuracy.push(tally.accuracy());
+                c.val_accuracy.push(a);
+            }
         } else {
             c.val_mse.push(vs.loss);
         }

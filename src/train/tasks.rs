@@ -28,6 +28,9 @@ pub struct TaskObjective<'a> {
     pub labels: bool,
     /// The head's outputs are values (regression: MSE terms), not class scores or an embedding.
     pub values: bool,
+    /// Its labels are this further target column of the data (`Dataset::extra`), not the
+    /// data's own.
+    pub column: Option<usize>,
     /// The task's weight; `None`: learned (uncertainty weighting).
     pub weight: Option<f32>,
     /// The head's own objective, its soft terms' targets as wide as the head.
@@ -110,15 +113,20 @@ impl TaskWeights {
     }
 }
 
-/// The labels a head reads on a batch: the batch's own when the task learns from labels;
-/// otherwise none (class or embedding heads: every row `MISSING`; value heads: zeros, under
-/// a label weight of 0).
+/// The labels a head reads on a batch: the batch's own (or its further column's, `extra`)
+/// when the task learns from labels; otherwise none (class or embedding heads: every row
+/// `MISSING`; value heads: zeros, under a label weight of 0).
 fn head_labels<'b>(
     task: &TaskObjective,
     batch: &BatchLabels<'b>,
+    extra: &[BatchLabels<'b>],
     missing: &'b [u32],
     zeros: &'b [f32],
 ) -> BatchLabels<'b> {
+    let batch = match task.column {
+        Some(k) if k < extra.len() => &extra[k],
+        _ => batch,
+    };
     if task.labels {
         return match batch {
             BatchLabels::Classes(y) => BatchLabels::Classes(y),
@@ -175,10 +183,12 @@ fn soft_split<'v>(obj: &Objective, soft: &'v [Vec<f32>]) -> Vec<&'v [Vec<f32>]> 
 /// The fused step's multi-task loss: each head's objective on its columns, its gradient
 /// scattered into `ws.dz`, weighted by the task's weight. Returns the weighted total (with
 /// the learned weights' regulariser) and each task's unweighted loss.
+#[allow(clippy::too_many_arguments)]
 pub(super) fn fused_loss(
     ws: &mut Workspace,
     obj: &Objective,
     labels: &BatchLabels,
+    extra: &[BatchLabels],
     soft: &[Vec<f32>],
     weights: &TaskWeights,
     progress: f32,
@@ -209,7 +219,7 @@ pub(super) fn fused_loss(
                 loss: t.loss,
             })
             .collect();
-        let hl = head_labels(task, labels, &missing, &zeros);
+        let hl = head_labels(task, labels, extra, &missing, &zeros);
         let v = sub.loss_and_grad(&hl, lw, &terms, width)?;
         for (dr, sr) in ws
             .dz
@@ -237,6 +247,7 @@ pub(super) fn autograd_tasks_loss(
     y: &Tensor,
     mix: Option<(&Tensor, f32)>,
     label_scale: Option<[f32; 2]>,
+    extra: &[(Tensor, Option<[f32; 2]>)],
     soft: &[Vec<f32>],
     b: usize,
     name: &str,
@@ -248,7 +259,9 @@ pub(super) fn autograd_tasks_loss(
     let mut per = Vec::with_capacity(obj.tasks.len());
     for ((task, bufs), &wt) in obj.tasks.iter().zip(soft_split(obj, soft)).zip(&w) {
         let z = logits.narrow(1, task.cols.start, task.cols.len())?;
-        let (yt, mix_t, scale_t) = if task.labels {
+        let (yt, mix_t, scale_t) = if let Some((t, s)) = task.column.and_then(|k| extra.get(k)) {
+            (t, None, *s)
+        } else if task.labels {
             (y, mix, label_scale)
         } else if task.values {
             (&zeros, None, None)
@@ -285,7 +298,11 @@ pub(super) fn autograd_tasks_loss(
 
 /// Training accuracy's hits: the first head that learns class labels, on its columns.
 pub(super) fn hits(obj: &Objective, logits: &[f32], outputs: usize, classes: &[u32]) -> usize {
-    let Some(t) = obj.tasks.iter().find(|t| t.labels && !t.values) else {
+    let Some(t) = obj
+        .tasks
+        .iter()
+        .find(|t| t.labels && !t.values && t.column.is_none())
+    else {
         return 0;
     };
     logits
@@ -299,6 +316,14 @@ pub(super) fn hits(obj: &Objective, logits: &[f32], outputs: usize, classes: &[u
 /// else against its teacher's validation outputs (the embedding loss, KL at T = 1, or MSE).
 fn task_val(task: &TaskObjective, z: &[f32], val: &Dataset) -> Result<(f64, Option<f64>)> {
     let width = task.cols.len();
+    if let Some(k) = task.column {
+        let t = val
+            .extra
+            .get(k)
+            .ok_or_else(|| Error::Other(format!("task {}: no column {k}", task.name)))?;
+        let s = crate::eval::score_targets(z, &t.targets, None);
+        return Ok((s.loss, s.accuracy));
+    }
     if task.labels {
         let s = score_outputs(z, val, None);
         return Ok((s.loss, s.accuracy));
@@ -342,7 +367,7 @@ pub(super) fn val_scores(
             Some(_) => wt as f64 * l,
             None => l.max(1e-12).ln(),
         };
-        if scores.accuracy.is_none() {
+        if scores.accuracy.is_none() && task.column.is_none() {
             scores.accuracy = acc;
         }
     }
@@ -378,6 +403,7 @@ mod tests {
             cols,
             labels,
             values: false,
+            column: None,
             weight,
             objective,
         };
@@ -449,8 +475,17 @@ mod tests {
             // The fused path.
             let mut ws = Workspace::default();
             ws.logits = Z.to_vec();
-            let (v, per) =
-                fused_loss(&mut ws, &obj, &BatchLabels::Classes(&y), &soft, &tw, 0.0, 5).unwrap();
+            let (v, per) = fused_loss(
+                &mut ws,
+                &obj,
+                &BatchLabels::Classes(&y),
+                &[],
+                &soft,
+                &tw,
+                0.0,
+                5,
+            )
+            .unwrap();
             assert!((v - want).abs() < 1e-6, "{v} vs {want}");
             assert!(
                 (per[0] - la).abs() < 1e-6 && (per[1] - lb).abs() < 1e-6,
@@ -471,6 +506,7 @@ mod tests {
                 &yt,
                 None,
                 None,
+                &[],
                 &soft,
                 3,
                 "t",

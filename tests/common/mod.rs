@@ -36,6 +36,25 @@ pub fn metrics(out: &Path) -> serde_json::Value {
 
 /// The metrics without timing figures (latency, seconds), which differ between runs, or what
 /// depends on the CPU (the int8 kernel chosen).
+/// Writes `toml` as `dir/<name>.toml`, runs it quietly into `dir/<name>` and returns that
+/// folder and its metrics; the run must succeed.
+#[allow(dead_code)]
+pub fn run_toml(dir: &Path, name: &str, toml: &str) -> (PathBuf, serde_json::Value) {
+    let cfg = dir.join(format!("{name}.toml"));
+    std::fs::write(&cfg, toml).unwrap();
+    let out = dir.join(name);
+    let o = run(&[
+        "run",
+        cfg.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "-q",
+    ]);
+    assert!(o.status.success(), "{name}: {}", stderr(&o));
+    let m = metrics(&out);
+    (out, m)
+}
+
 pub fn metrics_without_timings(out: &Path) -> serde_json::Value {
     let mut m = metrics(out);
     strip(&mut m);
