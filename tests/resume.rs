@@ -28,12 +28,12 @@ train = { epochs = 8, batch_size = 8, lr = 5e-4, patience = 6 }
 [[model]]
 name = "student"
 arch = { kind = "mlp", hidden = [32] }
-train = { epochs = 8, batch_size = 4, lr = 2e-3, schedule = "cosine" }
+train = { epochs = 8, batch_size = 4, lr = 2e-3, schedule = "cosine", checkpoint_seconds = 0.002 }
 distill = { teacher = "teacher", temperature = 4.0, alpha = 0.9, anneal = true }
 [[model]]
 name = "multi"
 arch = { kind = "mlp", hidden = [32] }
-train = { epochs = 8, batch_size = 4, lr = 2e-3 }
+train = { epochs = 8, batch_size = 4, lr = 2e-3, checkpoint_seconds = 0.002 }
 [[model.task]]
 name = "digit"
 teacher = "teacher"
@@ -135,6 +135,68 @@ fn killed_runs_resume_to_identical_metrics() {
     );
     assert!(resumed_lines >= 1, "no restart resumed from a checkpoint");
     eprintln!("survived {kills} kills in {completed} run(s); {resumed_lines} restarts resumed mid-model or mid-rounds; every completed run equals the uninterrupted one");
+}
+
+/// A run killed right after a checkpoint within an epoch (`train.checkpoint_seconds`) resumes
+/// in that epoch at the next batch — the same shuffle, random stream (dropout, mixup), running
+/// figures and learned task weights — and ends with the uninterrupted run's metrics.
+#[test]
+fn a_run_killed_within_an_epoch_resumes_there() {
+    let d = tempfile::tempdir().unwrap();
+    let cfg = d.path().join("mid.toml");
+    std::fs::write(
+        &cfg,
+        r#"seed = 9
+[data]
+format = "digits"
+[[model]]
+name = "t"
+arch = { kind = "mlp", hidden = [32] }
+train = { epochs = 2 }
+[[model]]
+name = "m"
+arch = { kind = "mlp", hidden = [24], dropout = 0.2 }
+train = { epochs = 3, batch_size = 32, lr = 3e-3, schedule = "cosine", checkpoint_seconds = 1e-9, augment = { mixup = 0.3, noise = 0.05 } }
+[[model.task]]
+name = "digit"
+teacher = "t"
+anneal = true
+[[model.task]]
+name = "mimic"
+teacher = "t"
+labels = false
+weight = "auto"
+"#,
+    )
+    .unwrap();
+    let cfg = cfg.to_str().unwrap();
+    let reference = d.path().join("reference");
+    let o = run(&["run", cfg, "--out", reference.to_str().unwrap(), "-q"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = d.path().join("killed");
+    let o = Command::new(bin())
+        .args(["run", cfg, "--out", out.to_str().unwrap(), "-q"])
+        .env("DISTILLERY_FAULT", "kill@0:mid2.5/m")
+        .current_dir(repo())
+        .output()
+        .unwrap();
+    assert!(!o.status.success(), "the fault did not stop the run");
+    let o = Command::new(bin())
+        .args(["run", cfg, "--out", out.to_str().unwrap()])
+        .current_dir(repo())
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("m: resuming from the checkpoint in epoch 2 after batch 5"),
+        "{}",
+        stderr(&o)
+    );
+    assert_eq!(
+        metrics_without_timings(&reference),
+        metrics_without_timings(&out),
+        "resumed within an epoch, the run differs from the uninterrupted one"
+    );
 }
 
 /// Every file under the folder is complete at every moment: models, checkpoints, JSON and the

@@ -265,6 +265,26 @@ struct CheckpointState {
     /// A multi-task objective's task weights and their optimizer state.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     task_weights: Option<TaskWeights>,
+    /// A checkpoint taken within epoch `epoch + 1`: where to go on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    mid: Option<MidEpoch>,
+}
+
+/// Where a checkpoint taken within an epoch stands: the stream as the epoch began (its
+/// shuffle is drawn again from it), the stream after the last completed batch, that batch, and
+/// the epoch's running figures.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct MidEpoch {
+    epoch_rng: [u64; 4],
+    rng: [u64; 4],
+    next_batch: usize,
+    tally: Tally,
+}
+
+impl std::fmt::Debug for Tally {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Tally({} seen)", self.seen)
+    }
 }
 
 /// Everything the loop needs besides the model.
@@ -447,6 +467,8 @@ struct Member<'m, 'a> {
     weights: TaskWeights,
     /// Each task's unweighted loss on this rank's rows of the last batch.
     task_losses: Vec<f64>,
+    /// Restored from a checkpoint taken within an epoch: where that epoch goes on.
+    mid: Option<MidEpoch>,
 }
 
 /// The one training loop. Trains `models` in lockstep on the same shuffled batches (every
@@ -555,6 +577,15 @@ fn fit_shared(
     let mut batch = Batch::default();
     let outputs = models[0].spec.outputs;
     let set_name = first_name(&members);
+    // Checkpoints within an epoch: one model in one process, without hooks (their per-epoch
+    // state is not saved), every `checkpoint_seconds` of training.
+    let mid_epoch = !together
+        && !dp
+        && members.len() == 1
+        && members[0].job.checkpoint.is_some()
+        && members[0].job.hooks.is_empty()
+        && cfg.checkpoint_seconds > 0.0;
+    let mut last_checkpoint = Instant::now();
     for epoch in start_epoch..cfg.epochs {
         let t0 = Instant::now();
         let sent0 = crate::dist::bytes_sent();
@@ -563,6 +594,7 @@ fn fit_shared(
         // Data-parallel ranks draw dropout for their rows from a stream of their own (one per
         // epoch, so a resumed run draws the same masks).
         let mut dp_rng = Rng::derive(seed, &format!("{stream}/rank{}/epoch{epoch}", comm.rank()));
+        let epoch_rng = rng.state();
         let perm = rng.permutation(n);
         let bar = progress.epoch(&set_name, epoch, cfg.epochs, n.div_ceil(cfg.batch_size));
         for m in members.iter_mut() {
@@ -571,8 +603,16 @@ fn fit_shared(
             }
             m.tally = Tally::default();
         }
+        // Resumed within this epoch: the same shuffle (drawn again above), then the stream,
+        // the batch and the running figures where the checkpoint left them.
+        let mut skip = 0;
+        if let Some(mid) = members.first_mut().and_then(|m| m.mid.take()) {
+            rng = Rng::from_state(mid.rng);
+            skip = mid.next_batch;
+            members[0].tally = mid.tally;
+        }
         let steps = n.div_ceil(cfg.batch_size.max(1));
-        for (bi, full_idx) in perm.chunks(cfg.batch_size).enumerate() {
+        for (bi, full_idx) in perm.chunks(cfg.batch_size).enumerate().skip(skip) {
             crate::progress::check_interrupt()?;
             let progress = (epoch * steps + bi) as f32 / (cfg.epochs * steps).max(1) as f32;
             for m in members.iter_mut() {
@@ -633,6 +673,21 @@ fn fit_shared(
             }
             let (loss, acc) = mean_tally(&members);
             bar.step(loss, classification.then_some(acc));
+            if mid_epoch
+                && bi + 1 < steps
+                && last_checkpoint.elapsed().as_secs_f64() >= cfg.checkpoint_seconds
+            {
+                let m = &members[0];
+                let mid = MidEpoch {
+                    epoch_rng,
+                    rng: rng.state(),
+                    next_batch: bi + 1,
+                    tally: m.tally.clone(),
+                };
+                m.save_checkpoint(epoch, epoch_rng, Some(mid))?;
+                last_checkpoint = Instant::now();
+                crate::dist::fault_point(&format!("mid{}.{}/{set_name}", epoch + 1, bi + 1))?;
+            }
         }
         let secs = t0.elapsed().as_secs_f64();
         let mut stop_all = !members.is_empty();
@@ -643,6 +698,7 @@ fn fit_shared(
             stop_all &= stop;
             summary.push(line);
         }
+        last_checkpoint = Instant::now();
         bar.finish(&format!("{}  lr {lr:.2e}  {secs:.1}s", summary.join(" | ")));
         if stop_all {
             let m = &members[0];
@@ -806,6 +862,7 @@ fn new_members<'m, 'a>(
             progress: 0.0,
             weights: TaskWeights::new(&job.objective.tasks),
             task_losses: Vec::new(),
+            mid: None,
             job,
         });
     }
@@ -831,9 +888,16 @@ fn resume(m: &mut Member, rng: &mut Rng, patience: Option<usize>) -> Result<usiz
                 if let Some(w) = st.task_weights {
                     m.weights = w;
                 }
+                let at = match &st.mid {
+                    Some(mid) => {
+                        format!("in epoch {} after batch {}", st.epoch + 1, mid.next_batch)
+                    }
+                    None => format!("after epoch {}", st.epoch),
+                };
+                m.mid = st.mid;
                 m.job.progress.say(&format!(
-                    "{}: resuming from the checkpoint after epoch {}",
-                    m.job.name, st.epoch
+                    "{}: resuming from the checkpoint {at}",
+                    m.job.name
                 ));
             }
         }
@@ -1509,22 +1573,31 @@ impl Member<'_, '_> {
         };
         let stop = patience.is_some_and(|p| self.bad_epochs >= p);
         self.record.stopped_early = stop && epoch + 1 < cfg.epochs;
-        if let Some(ck) = &self.job.checkpoint {
-            let st = CheckpointState {
-                kind: "checkpoint".into(),
-                name: self.job.name.to_string(),
-                epoch: epoch + 1,
-                opt_step: self.opt.step,
-                rng: rng.state(),
-                best_val_loss: self.best_val_loss,
-                best_epoch: self.record.best_epoch,
-                bad_epochs: self.bad_epochs,
-                record: self.record.clone(),
-                task_weights: (!self.weights.fixed.is_empty()).then(|| self.weights.clone()),
-            };
-            save_checkpoint(ck, self.model, &self.opt, self.best_weights.as_deref(), &st)?;
-        }
+        self.save_checkpoint(epoch + 1, rng.state(), None)?;
         Ok((stop, line))
+    }
+
+    /// Writes the job's checkpoint (if it has one): `epochs` completed, the stream's state
+    /// (at the start of the epoch in progress, for a checkpoint within it), the weights,
+    /// optimizer moments, best weights, early-stopping state, record and task weights.
+    fn save_checkpoint(&self, epochs: usize, rng: [u64; 4], mid: Option<MidEpoch>) -> Result<()> {
+        let Some(ck) = &self.job.checkpoint else {
+            return Ok(());
+        };
+        let st = CheckpointState {
+            kind: "checkpoint".into(),
+            name: self.job.name.to_string(),
+            epoch: epochs,
+            opt_step: self.opt.step,
+            rng,
+            best_val_loss: self.best_val_loss,
+            best_epoch: self.record.best_epoch,
+            bad_epochs: self.bad_epochs,
+            record: self.record.clone(),
+            task_weights: (!self.weights.fixed.is_empty()).then(|| self.weights.clone()),
+            mid,
+        };
+        save_checkpoint(ck, self.model, &self.opt, self.best_weights.as_deref(), &st)
     }
 }
 
@@ -1809,7 +1882,7 @@ fn load_checkpoint(
 }
 
 /// Running training figures of an epoch.
-#[derive(Default)]
+#[derive(Default, Clone, Serialize, Deserialize)]
 struct Tally {
     loss_sum: f64,
     seen: usize,

@@ -85,6 +85,22 @@ pub struct TrainConfig {
     /// (hints, peers, text students) train in f32 and say so.
     #[serde(default, skip_serializing_if = "MatmulPrecision::is_f32")]
     pub precision: MatmulPrecision,
+    /// Within an epoch, the training state is also checkpointed when this many seconds of
+    /// training have passed since the last checkpoint, so that a run killed mid-epoch resumes
+    /// from there with the same result (0: only after each epoch). Not with hooks (pruning,
+    /// QAT), under data parallelism, or for models trained together.
+    #[serde(
+        default = "default_checkpoint_seconds",
+        skip_serializing_if = "is_default_checkpoint_seconds"
+    )]
+    pub checkpoint_seconds: f64,
+}
+
+fn default_checkpoint_seconds() -> f64 {
+    60.0
+}
+fn is_default_checkpoint_seconds(v: &f64) -> bool {
+    *v == default_checkpoint_seconds()
 }
 
 pub use crate::kernels::bf16::MatmulPrecision;
@@ -136,6 +152,7 @@ impl Default for TrainConfig {
             patience: None,
             max_loss: default_max_loss(),
             precision: MatmulPrecision::F32,
+            checkpoint_seconds: default_checkpoint_seconds(),
         }
     }
 }
@@ -169,6 +186,12 @@ impl TrainConfig {
         }
         if t.batch_size == 0 {
             bad_field(&format!("{p}.batch_size"), "must be at least 1")?;
+        }
+        if !(t.checkpoint_seconds.is_finite() && t.checkpoint_seconds >= 0.0) {
+            bad_field(
+                &format!("{p}.checkpoint_seconds"),
+                &format!("expected seconds ≥ 0, got {}", t.checkpoint_seconds),
+            )?;
         }
         if !(t.lr.is_finite() && t.lr > 0.0) {
             bad_field(
