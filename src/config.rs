@@ -423,6 +423,33 @@ impl ExperimentConfig {
                 bad_field(&format!("quantize[{i}].from"), &format!("'{}' is a multi-task model; quantizing one is not available yet (export it, or quantize a single-task student)", q.from))?;
             }
         }
+        // A model of several heads teaches no single-task student or group: its outputs are
+        // its heads side by side (a head of a multi-task student names it as its teacher and
+        // is refused later; a one-head model teaches as any model).
+        let heads = |name: &str| {
+            self.models
+                .iter()
+                .any(|m| m.name == name && m.tasks.len() > 1)
+        };
+        for m in &self.models {
+            if let Some(d) = m.distill.as_ref().filter(|d| heads(&d.teacher)) {
+                bad_field(
+                    &format!("model.{}.distill.teacher", m.name),
+                    &format!(
+                        "'{}' is a multi-task model; a teacher of one task is needed",
+                        d.teacher
+                    ),
+                )?;
+            }
+        }
+        for g in &self.submodels {
+            if let Some(t) = g.teacher.as_ref().filter(|t| heads(t)) {
+                bad_field(
+                    &format!("submodels.{}.teacher", g.name),
+                    &format!("'{t}' is a multi-task model; a teacher of one task is needed"),
+                )?;
+            }
+        }
         self.validate_compression(&seen, images)
     }
 

@@ -936,6 +936,15 @@ fn bad_multi_task_models() {
         ),
         &["data.targets[0].column", "CSV"],
     );
+    expect_bad_config(
+        dir,
+        "task-model-as-teacher",
+        &format!(
+            "{}[[model]]\nname = \"u\"\narch = {mlp}\ndistill = {{ teacher = \"s\" }}\n",
+            model(mlp, &(task("a", "teacher = \"t\"") + &task("b", "")))
+        ),
+        &["model.u.distill.teacher", "'s' is a multi-task model"],
+    );
     // A head that learns 3 classes from a teacher of 10: the teacher is refused first.
     let onnx = repo().join("data/teachers/digits-torch-mlp.onnx");
     let mut csv = (0..64)

@@ -354,6 +354,20 @@ fn plan<'s>(
                 TeacherSignal::Live(store.teacher(name)?)
             };
             let alpha = if labels { t.alpha } else { 1.0 };
+            // A head without labels takes its teacher's kind of outputs: values from a
+            // regression model (or a one-head model of values), class scores otherwise.
+            let teacher_values = store.get(name).ok().map(|f| {
+                let meta = &f.model.meta;
+                match meta.heads.as_slice() {
+                    [h] => h.kind == HeadKind::Values,
+                    _ => meta.task == Task::Regression,
+                }
+            });
+            let regression = if labels {
+                regression
+            } else {
+                teacher_values.unwrap_or(regression)
+            };
             let mut o = Objective::supervised();
             o.label_weight = if labels { 1.0 - alpha } else { 0.0 };
             o.soft.push(SoftTerm {
