@@ -335,7 +335,8 @@ impl ExperimentConfig {
             if d.label.is_some() {
                 bad_field("data.label", "not used with labels = false")?;
             }
-            for m in &self.models {
+            // (A multi-task model's tasks check that none learns labels.)
+            for m in self.models.iter().filter(|m| m.tasks.is_empty()) {
                 if !m
                     .distill
                     .as_ref()
@@ -421,6 +422,18 @@ impl ExperimentConfig {
         for (i, q) in self.quantize.iter().enumerate() {
             if multi(&q.from) {
                 bad_field(&format!("quantize[{i}].from"), &format!("'{}' is a multi-task model; quantizing one is not available yet (export it, or quantize a single-task student)", q.from))?;
+            }
+        }
+        // Mixed batches do not mix the further target columns.
+        if !self.data.targets.is_empty() {
+            for m in &self.models {
+                let a = &m.train.augment;
+                if a.mixup > 0.0 || a.cutmix > 0.0 {
+                    bad_field(
+                        &format!("model.{}.train.augment", m.name),
+                        "mixup and CutMix do not mix the further target columns (data.targets); remove them",
+                    )?;
+                }
             }
         }
         // A model of several heads teaches no single-task student or group: its outputs are

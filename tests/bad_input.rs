@@ -945,6 +945,16 @@ fn bad_multi_task_models() {
         ),
         &["model.u.distill.teacher", "'s' is a multi-task model"],
     );
+    let iris = repo().join("data/sklearn/iris.csv");
+    expect_bad_config(
+        dir,
+        "targets-mixup",
+        &format!(
+            "[data]\nformat = \"csv\"\npath = \"{}\"\nlabel = \"species\"\ntargets = [{{ column = \"petal_width\", task = \"regression\" }}]\n[[model]]\nname = \"s\"\narch = {mlp}\ntrain = {{ augment = {{ mixup = 0.2 }} }}\n",
+            iris.display()
+        ),
+        &["model.s.train.augment", "mixup", "data.targets"],
+    );
     // A head that learns 3 classes from a teacher of 10: the teacher is refused first.
     let onnx = repo().join("data/teachers/digits-torch-mlp.onnx");
     let mut csv = (0..64)
