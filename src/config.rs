@@ -614,6 +614,25 @@ impl ExperimentConfig {
                 "clashes with another model or group name",
             )?;
         }
+        // A multi-task group: each task names its teacher; fresh members on the whole split.
+        crate::train::tasks::check(
+            &g.multi_task(),
+            &[
+                ("teacher", g.teacher.is_some()),
+                ("init", g.init == SubmodelInit::Split),
+                ("archs", !g.archs.is_empty()),
+                ("shards", g.shards),
+                ("final_student", g.final_student.is_some()),
+            ],
+            models,
+            &self.data,
+        )?;
+        if !g.tasks.is_empty() && g.phase1.augments() {
+            bad_field(
+                &format!("{p}.phase1"),
+                "a multi-task group's members learn from teacher outputs computed once: remove jitter and augment",
+            )?;
+        }
         // Any teacher teaches (alpha > 0); only a [[model]] can be cut (init = "split").
         if let Some(t) = &g.teacher {
             if !models.contains(&t.as_str()) {

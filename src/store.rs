@@ -625,20 +625,38 @@ impl RunStore {
     /// head's accuracy (or its first embedding head's cosine) as the model's own figures, and
     /// its latencies (every head at once).
     fn multi_task_record(&self, f: &Finished, how: Provenance) -> Result<ModelMetrics> {
-        use crate::models::HeadKind;
-        let s = &self.splits;
         let m = &f.model;
-        let out = eval::predict_all(m, &s.test.x, s.test.dim(), 512)?;
-        let width = m.meta.spec.outputs;
         let weights: Vec<f32> = serde_json::from_value::<TrainRecord>(m.meta.training.clone())
             .map(|r| r.task_weights)
             .unwrap_or_default();
-        let baselines = how.baselines.clone();
+        let (tasks, scores, cosine) =
+            self.head_scores(m, &m.meta.heads, &weights, &how.baselines)?;
+        let (b1, b256) = self.latencies(m)?;
+        let mut r = record_of(f, scores, b1, b256, how)?;
+        r.cosine_to_teacher = cosine;
+        r.tasks = tasks;
+        Ok(r)
+    }
+
+    /// Each head of `p`'s outputs (heads `heads`) scored on the test split, with the task
+    /// weights and baselines to record beside them; the model's own scores (its head on the
+    /// data's label, else its first labelled head's) and its first embedding head's cosine.
+    pub fn head_scores(
+        &self,
+        p: &dyn Predictor,
+        heads: &[crate::models::TaskHead],
+        weights: &[f32],
+        baselines: &[(String, String)],
+    ) -> Result<(Vec<TaskScore>, Scores, Option<f64>)> {
+        use crate::models::HeadKind;
+        let s = &self.splits;
+        let out = eval::predict_all(p, &s.test.x, s.test.dim(), 512)?;
+        let width = heads.iter().map(|h| h.start + h.outputs).max().unwrap_or(0);
         let mut tasks = Vec::new();
         let mut own: Option<Scores> = None;
         let mut own_main: Option<()> = None;
         let mut cosine = None;
-        for (i, h) in m.meta.heads.iter().enumerate() {
+        for (i, h) in heads.iter().enumerate() {
             let z = crate::train::tasks::columns(&out, width, &h.cols());
             let (metric, value) = if h.labels {
                 // Its labels: a further target column's, or the data's.
@@ -716,15 +734,11 @@ impl RunStore {
                 weight: weights.get(i).copied().unwrap_or(1.0),
             });
         }
-        let (b1, b256) = self.latencies(m)?;
         let scores = own.unwrap_or(Scores {
             loss: cosine.map_or(f64::NAN, |c| 1.0 - c),
             ..Default::default()
         });
-        let mut r = record_of(f, scores, b1, b256, how)?;
-        r.cosine_to_teacher = cosine;
-        r.tasks = tasks;
-        Ok(r)
+        Ok((tasks, scores, cosine))
     }
 
     /// A decision tree's rules, with the data's feature names and units.

@@ -197,6 +197,25 @@ pub struct SubmodelsConfig {
     /// Optionally distil the ensemble into one final student.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub final_student: Option<FinalStudentConfig>,
+    /// Multi-task sub-models: every member carries one head per `[[submodels.task]]` (the
+    /// tables of a multi-task `[[model]]`, each with its teacher and labels), and the transfer
+    /// between members runs per head.
+    #[serde(default, rename = "task", skip_serializing_if = "Vec::is_empty")]
+    pub tasks: Vec<crate::train::tasks::TaskConfig>,
+}
+
+impl SubmodelsConfig {
+    /// The group as a multi-task model (its task tables, the members' trunk, phase 1).
+    pub fn multi_task(&self) -> crate::train::tasks::MultiTask<'_> {
+        crate::train::tasks::MultiTask {
+            table: "submodels",
+            name: &self.name,
+            arch: self.arch.as_ref(),
+            train: &self.phase1,
+            role: "submodel",
+            tasks: &self.tasks,
+        }
+    }
 }
 
 impl SubmodelsConfig {
@@ -567,6 +586,65 @@ pub struct GroupJob<'a> {
     pub out: &'a Path,
     /// Progress display.
     pub progress: Progress,
+    /// A multi-task group: every member's heads and each head's objective (its labels and
+    /// teacher, with cached targets); empty for one task.
+    pub heads: Vec<crate::models::TaskHead>,
+    /// Each head's objective, in head order.
+    pub tasks: Vec<crate::train::TaskObjective<'static>>,
+}
+
+/// What a multi-task group measures by: its members' heads, and an objective of every head's
+/// task that scores validation outputs (`train::tasks::val_scores`).
+struct Heads<'h> {
+    heads: &'h [crate::models::TaskHead],
+    val: Objective<'static>,
+    weights: crate::train::TaskWeights,
+}
+
+impl Heads<'_> {
+    /// Scores of outputs on validation: the tasks' validation loss and the first labelled
+    /// class head's accuracy.
+    fn val_scores(&self, out: &[f32], val: &Dataset, width: usize) -> Result<Scores> {
+        crate::train::tasks::val_scores(&self.val, &self.weights, out, val, width)
+    }
+
+    /// Test scores of outputs: the first labelled head's, against its labels (the data's or
+    /// a further column's), in the target's units.
+    fn test_scores(&self, out: &[f32], test: &Dataset, s: &Splits, width: usize) -> Scores {
+        let Some(h) = self.heads.iter().find(|h| h.labels) else {
+            return Scores::default();
+        };
+        let z = crate::train::tasks::columns(out, width, &h.cols());
+        match h
+            .column
+            .as_ref()
+            .and_then(|c| test.extra.iter().position(|e| &e.name == c))
+        {
+            Some(k) => eval::score_targets(
+                &z,
+                &test.extra[k].targets,
+                s.extra_scales.get(k).copied().flatten().as_ref(),
+            ),
+            None => eval::score_outputs(&z, test, s.target_scale.as_ref()),
+        }
+    }
+
+    /// The members' disagreement, averaged over the heads (class heads at `temperature`).
+    fn disagreement(&self, outs: &[Vec<f32>], width: usize, temperature: f32) -> f64 {
+        let per: Vec<f64> = self
+            .heads
+            .iter()
+            .map(|h| {
+                let cols: Vec<Vec<f32>> = outs
+                    .iter()
+                    .map(|o| crate::train::tasks::columns(o, width, &h.cols()))
+                    .collect();
+                let values = h.kind != crate::models::HeadKind::Classes;
+                mutual::disagreement(&cols, h.outputs, temperature, values)
+            })
+            .collect();
+        per.iter().sum::<f64>() / per.len().max(1) as f64
+    }
 }
 
 fn member_name(g: &str, i: usize) -> String {
@@ -631,14 +709,31 @@ fn member_scores(
     Ok((outs, scores, ens_scores))
 }
 
-/// Validation figures of all members: (disagreement, per-member scores, ensemble scores).
+/// Validation figures of all members: (disagreement, per-member scores, ensemble scores);
+/// a multi-task group's head by head (`heads`).
 fn measure(
     comm: &dyn Comm,
     members: &[Model],
     val: &Dataset,
     temperature: f32,
     regression: bool,
+    heads: Option<&Heads>,
 ) -> Result<(f64, Vec<Scores>, Scores)> {
+    if let Some(h) = heads {
+        let width = members[0].spec.outputs;
+        let outs = member_outputs(comm, members, val, false)?;
+        let scores = outs
+            .iter()
+            .map(|o| h.val_scores(o, val, width))
+            .collect::<Result<Vec<_>>>()?;
+        let ens = crate::train::tasks::ensemble_heads(&outs, h.heads, width);
+        let ens_scores = h.val_scores(&ens, val, width)?;
+        return Ok((
+            h.disagreement(&outs, width, temperature),
+            scores,
+            ens_scores,
+        ));
+    }
     let (outs, scores, ens_scores) = member_scores(comm, members, val, None, regression, false)?;
     let classes = members[0].spec.outputs;
     let dis = mutual::disagreement(&outs, classes, temperature, regression);
@@ -782,6 +877,7 @@ pub fn run_group(job: GroupJob) -> Result<GroupOutcome> {
         },
         regression: matches!(job.splits.train.targets, Targets::Values(_)),
         outputs: job.splits.train.outputs(),
+        multi: multi_heads(&job)?,
         state_path: ckdir.join(format!("{}.rounds.safetensors", g.name)),
         ckdir,
         started: Instant::now(),
@@ -793,6 +889,25 @@ pub fn run_group(job: GroupJob) -> Result<GroupOutcome> {
     let (beta, peer_t) = run.transfer_settings(&mut state)?;
     run.rounds(&mut state, beta, peer_t)?;
     run.finish(state)
+}
+
+/// A multi-task group's heads and validation objective (`None` for one task).
+fn multi_heads<'j>(job: &'j GroupJob<'_>) -> Result<Option<Heads<'j>>> {
+    if job.heads.is_empty() {
+        return Ok(None);
+    }
+    let tasks = job
+        .tasks
+        .iter()
+        .map(|t| t.try_clone())
+        .collect::<Option<Vec<_>>>()
+        .ok_or_else(|| Error::Other("a group task's teacher is not cached".into()))?;
+    let weights = crate::train::TaskWeights::new(&tasks);
+    Ok(Some(Heads {
+        heads: &job.heads,
+        val: Objective::multi_task(tasks),
+        weights,
+    }))
 }
 
 /// Says how the sub-models are spread over the ranks of an MPI job.
@@ -844,10 +959,15 @@ fn form_members(job: &GroupJob) -> Result<(Vec<Model>, Option<Vec<f64>>)> {
                     g.archs.get(i).cloned()
                 }
                 .ok_or_else(|| Error::Input(format!("submodels.{}.arch: required", g.name)))?;
+                let outputs = if job.heads.is_empty() {
+                    s.train.outputs()
+                } else {
+                    job.heads.iter().map(|h| h.outputs).sum()
+                };
                 let spec = ModelSpec {
                     arch,
                     input_shape: s.train.shape.clone(),
-                    outputs: s.train.outputs(),
+                    outputs,
                 };
                 let mut rng = Rng::derive(job.seed, &format!("init/{}", member_name(&g.name, i)));
                 v.push(Model::new(spec, &mut rng)?);
@@ -937,6 +1057,8 @@ struct GroupRun<'a, 'j> {
     live: bool,
     regression: bool,
     outputs: usize,
+    /// A multi-task group's heads and what they are measured by.
+    multi: Option<Heads<'j>>,
     ckdir: std::path::PathBuf,
     state_path: std::path::PathBuf,
     started: Instant,
@@ -1020,11 +1142,12 @@ impl GroupRun<'_, '_> {
                 self.data_of(i).len(),
                 if g.shards { " (its own shard)" } else { "" }
             ));
-            let objective = match &self.teacher_out[i] {
-                Some(t) => {
+            let objective = match (&self.teacher_out[i], &self.multi) {
+                (_, Some(_)) => Objective::multi_task(self.task_templates()?),
+                (Some(t), None) => {
                     Objective::hinton(TeacherSignal::Cached(t.clone()), g.temperature, g.alpha)
                 }
-                None => Objective::supervised(),
+                (None, None) => Objective::supervised(),
             };
             let rec = dist::local(|| {
                 train::fit(
@@ -1049,15 +1172,38 @@ impl GroupRun<'_, '_> {
         }
         sync_members(comm, &self.members, Some(&mut phase1))?;
         let phase1: Vec<TrainRecord> = phase1.into_iter().flatten().collect();
-        let (_, phase1_test, phase1_ensemble_test) = member_scores(
+        let (phase1_test, phase1_ensemble_test) = match &self.multi {
+            Some(h) => {
+                let width = self.members[0].spec.outputs;
+                let outs = member_outputs(comm, &self.members, &s.test, true)?;
+                let ens = crate::train::tasks::ensemble_heads(&outs, h.heads, width);
+                (
+                    outs.iter()
+                        .map(|o| h.test_scores(o, &s.test, s, width))
+                        .collect(),
+                    h.test_scores(&ens, &s.test, s, width),
+                )
+            }
+            None => {
+                let (_, t, e) = member_scores(
+                    comm,
+                    &self.members,
+                    &s.test,
+                    s.target_scale.as_ref(),
+                    self.regression,
+                    true,
+                )?;
+                (t, e)
+            }
+        };
+        let (dis, sc, es) = measure(
             comm,
             &self.members,
-            &s.test,
-            s.target_scale.as_ref(),
+            &s.val,
+            self.peer_t(),
             self.regression,
-            true,
+            self.multi.as_ref(),
         )?;
-        let (dis, sc, es) = measure(comm, &self.members, &s.val, self.peer_t(), self.regression)?;
         let r0 = round_record(&g.name, 0, dis, &sc, &es, 0.0);
         job.progress.say(&round_line(&r0));
         let record = GroupRecord {
@@ -1100,6 +1246,46 @@ impl GroupRun<'_, '_> {
             )));
         }
         Ok(state)
+    }
+
+    /// A copy of every head's objective (a multi-task group's), for one member's training.
+    fn task_templates(&self) -> Result<Vec<crate::train::TaskObjective<'static>>> {
+        self.job
+            .tasks
+            .iter()
+            .map(|t| t.try_clone())
+            .collect::<Option<Vec<_>>>()
+            .ok_or_else(|| Error::Other("a group task's teacher is not cached".into()))
+    }
+
+    /// A multi-task member's objective in a transfer round: each head's own terms weighted
+    /// by 1 − β, and its peers' term on that head (`peers[h]`) weighted by β — class heads by
+    /// KD at `peer_t`, value heads by MSE, embedding heads by their own loss.
+    fn round_objective_heads(
+        &self,
+        peers: Vec<TeacherSignal<'static>>,
+        beta: f32,
+        peer_t: f32,
+    ) -> Result<Objective<'static>> {
+        let mut tasks = self.task_templates()?;
+        for (t, signal) in tasks.iter_mut().zip(peers) {
+            let o = &mut t.objective;
+            o.label_weight *= 1.0 - beta;
+            for s in o.soft.iter_mut() {
+                s.weight *= 1.0 - beta;
+            }
+            let loss = match o.val_targets {
+                Some(_) => o.soft.first().map_or(SoftLoss::Cosine, |s| s.loss),
+                None => SoftLoss::Kd,
+            };
+            o.soft.push(SoftTerm {
+                signal,
+                temperature: peer_t,
+                weight: beta,
+                loss,
+            });
+        }
+        Ok(Objective::multi_task(tasks))
     }
 
     /// The peer temperature as configured (a number, or the group's temperature).
@@ -1207,8 +1393,14 @@ impl GroupRun<'_, '_> {
             let mut best: Option<Trial> = None;
             for r in 1..=trial_rounds {
                 self.transfer_round(b, t, r, &format!("/trial-b{b}-t{t}"))?;
-                let (dis, sc, es) =
-                    measure(self.comm, &self.members, &self.s.val, t, self.regression)?;
+                let (dis, sc, es) = measure(
+                    self.comm,
+                    &self.members,
+                    &self.s.val,
+                    t,
+                    self.regression,
+                    self.multi.as_ref(),
+                )?;
                 let tr = round_trial(b, t, &round_record(&g.name, r, dis, &sc, &es, 0.0));
                 if best.as_ref().is_none_or(|x| tr.beats(x)) {
                     best = Some(tr);
@@ -1267,6 +1459,7 @@ impl GroupRun<'_, '_> {
                 &self.s.val,
                 peer_t,
                 self.regression,
+                self.multi.as_ref(),
             )?;
             let mut rr = round_record(&g.name, round, dis, &sc, &es, t0.elapsed().as_secs_f64());
             rr.bytes_sent = dist::bytes_sent() - sent0;
@@ -1374,22 +1567,42 @@ impl GroupRun<'_, '_> {
             // Deep mutual learning: all members through the one training loop together, each
             // learning from its peers' current predictions on the same batch.
             let names: Vec<String> = (0..g.k).map(name).collect();
-            let jobs = mine
+            let mut objectives = mine
                 .iter()
                 .map(|&k| {
-                    let peers = TeacherSignal::Peers((0..g.k).filter(|&j| j != k).collect());
-                    TrainJob {
-                        name: &names[k],
-                        cfg: &tcfg,
-                        train: &self.data[0],
-                        val: &s.val,
-                        objective: self.round_objective(k, peers, beta, peer_t),
-                        fill: s.normalizer.zero_value(),
-                        checkpoint: None,
-                        seed: job.seed,
-                        progress: job.progress,
-                        hooks: Vec::new(),
+                    let of: Vec<usize> = (0..g.k).filter(|&j| j != k).collect();
+                    match &self.multi {
+                        // Each head learns from its peers' same head.
+                        Some(h) => {
+                            let signals = h
+                                .heads
+                                .iter()
+                                .map(|head| TeacherSignal::PeersHead {
+                                    of: of.clone(),
+                                    cols: head.cols(),
+                                    values: head.kind != crate::models::HeadKind::Classes,
+                                })
+                                .collect();
+                            self.round_objective_heads(signals, beta, peer_t)
+                        }
+                        None => Ok(self.round_objective(k, TeacherSignal::Peers(of), beta, peer_t)),
                     }
+                })
+                .collect::<Result<Vec<_>>>()?
+                .into_iter();
+            let jobs = mine
+                .iter()
+                .map(|&k| TrainJob {
+                    name: &names[k],
+                    cfg: &tcfg,
+                    train: &self.data[0],
+                    val: &s.val,
+                    objective: objectives.next().unwrap_or_else(Objective::supervised),
+                    fill: s.normalizer.zero_value(),
+                    checkpoint: None,
+                    seed: job.seed,
+                    progress: job.progress,
+                    hooks: Vec::new(),
                 })
                 .collect();
             let stream = format!("dml/{}/{round}{tag}", g.name);
@@ -1424,8 +1637,26 @@ impl GroupRun<'_, '_> {
             .enumerate()
             .filter(|(i, _)| self.mine(*i))
         {
-            let peers = TeacherSignal::Cached(outs_per[i].clone().into());
-            let objective = self.round_objective(i, peers, beta, peer_t);
+            let objective = match &self.multi {
+                Some(h) => {
+                    // Each head from its peers' same head, averaged at the round's start.
+                    let full = &outs_per[i];
+                    let width = self.members[0].spec.outputs;
+                    let signals = h
+                        .heads
+                        .iter()
+                        .map(|head| {
+                            let cols = crate::train::tasks::columns(full, width, &head.cols());
+                            TeacherSignal::Cached(cols.into())
+                        })
+                        .collect();
+                    self.round_objective_heads(signals, beta, peer_t)?
+                }
+                None => {
+                    let peers = TeacherSignal::Cached(outs_per[i].clone().into());
+                    self.round_objective(i, peers, beta, peer_t)
+                }
+            };
             let name = name(i);
             dist::local(|| {
                 train::fit(
@@ -1459,6 +1690,32 @@ impl GroupRun<'_, '_> {
             .map(|j| self.members[j].predict(&self.data_of(i).x, 512))
             .collect::<Result<_>>()?;
         let refs: Vec<&[f32]> = peers.iter().map(|p| p.as_slice()).collect();
+        if let Some(h) = &self.multi {
+            // Head by head, in the heads' columns: softened class scores at the peer
+            // temperature, mean values and embeddings.
+            let width = self.members[0].spec.outputs;
+            let rows = refs.first().map_or(0, |r| r.len() / width.max(1));
+            let mut out = vec![0f32; rows * width];
+            for head in h.heads {
+                let cols: Vec<Vec<f32>> = refs
+                    .iter()
+                    .map(|r| crate::train::tasks::columns(r, width, &head.cols()))
+                    .collect();
+                let c: Vec<&[f32]> = cols.iter().map(|c| c.as_slice()).collect();
+                let v = match head.kind {
+                    crate::models::HeadKind::Classes => mutual::probs_as_logits(
+                        &mutual::peer_average(&c, head.outputs, peer_t),
+                        peer_t,
+                    ),
+                    _ => mutual::mean_outputs(&c),
+                };
+                for (r, row) in v.chunks_exact(head.outputs).enumerate() {
+                    out[r * width + head.start..r * width + head.start + head.outputs]
+                        .copy_from_slice(row);
+                }
+            }
+            return Ok(out);
+        }
         Ok(if self.regression {
             mutual::mean_outputs(&refs)
         } else {

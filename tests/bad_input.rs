@@ -955,6 +955,16 @@ fn bad_multi_task_models() {
         ),
         &["model.s.train.augment", "mixup", "data.targets"],
     );
+    expect_bad_config(
+        dir,
+        "group-task-shards",
+        &format!(
+            "{base}[[submodels]]\nname = \"g\"\nk = 2\nshards = true\narch = {mlp}\n{}",
+            (task("a", "teacher = \"t\"") + &task("b", ""))
+                .replace("[[model.task]]", "[[submodels.task]]")
+        ),
+        &["submodels.g.shards", "remove shards"],
+    );
     // A head that learns 3 classes from a teacher of 10: the teacher is refused first.
     let onnx = repo().join("data/teachers/digits-torch-mlp.onnx");
     let mut csv = (0..64)

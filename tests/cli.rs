@@ -852,3 +852,70 @@ column = "big"
     assert_eq!(preds[1]["tasks"]["big"]["class"], "no");
     assert_eq!(preds[0]["tasks"]["species"]["class"], "virginica");
 }
+
+/// Groups of multi-task sub-models: every member carries every head, the transfer runs head by
+/// head (stale peers: their averaged head outputs from the round's start; live peers: each
+/// batch's), the members come closer round by round, and the ensemble is scored per head.
+#[test]
+fn multi_task_sub_models_transfer_head_by_head() {
+    let dir = tempfile::tempdir().unwrap();
+    let group = |name: &str, peers: &str| {
+        format!(
+            r#"
+[[submodels]]
+name = "{name}"
+k = 2
+arch = {{ kind = "mlp", hidden = [16] }}
+phase1 = {{ epochs = 6, lr = 3e-3 }}
+transfer = {{ rounds = 2, peer_weight = 0.5, tolerance = 1e-9, peers = "{peers}" }}
+[[submodels.task]]
+name = "digit"
+teacher = "t"
+[[submodels.task]]
+name = "mimic"
+teacher = "t"
+labels = false
+weight = "auto"
+"#
+        )
+    };
+    let toml = format!(
+        "seed = 3\n[data]\nformat = \"digits\"\n[[model]]\nname = \"t\"\narch = {{ kind = \"mlp\", hidden = [64] }}\ntrain = {{ epochs = 6, lr = 3e-3 }}\n{}{}",
+        group("g", "stale"),
+        group("h", "live")
+    );
+    let (out, m) = run_toml(dir.path(), "groups", &toml);
+    for g in ["g", "h"] {
+        let rec = m["submodel_groups"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|x| x["name"] == g)
+            .unwrap();
+        let rounds = rec["rounds"].as_array().unwrap();
+        assert_eq!(rounds.len(), 3, "{rec}");
+        let dis = |r: usize| rounds[r]["disagreement"].as_f64().unwrap();
+        assert!(
+            dis(2) < dis(0),
+            "{g}: the members did not come closer: {rec}"
+        );
+        assert!(
+            rounds[0]["ensemble_val_accuracy"].as_f64().unwrap() > 0.5,
+            "{rec}"
+        );
+        let ens = m["models"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|x| x["name"] == format!("{g}-ensemble"))
+            .unwrap();
+        let tasks = ens["tasks"].as_array().unwrap();
+        assert_eq!(tasks.len(), 2, "{ens}");
+        assert_eq!(tasks[0]["metric"], "accuracy");
+        assert_eq!(tasks[1]["metric"], "agreement");
+        let model =
+            distillery::compress::load_any(&out.join(format!("models/{g}-1.safetensors"))).unwrap();
+        let heads: Vec<&str> = model.meta.heads.iter().map(|h| h.name.as_str()).collect();
+        assert_eq!(heads, ["digit", "mimic"]);
+    }
+}

@@ -381,7 +381,8 @@ labels = false
 
 /// Multi-task students under data parallelism: heads on the data's label and on a further
 /// value column (`data.targets`), both weights learned, through the fused pass (an MLP) and
-/// autograd (a 1-D CNN): `-np 2` equals one process.
+/// autograd (a 1-D CNN); and groups of multi-task members whose transfer runs head by head,
+/// live (outputs exchanged per batch) and stale: `-np 2` equals one process.
 #[test]
 fn multi_task_students_give_the_same_answers_as_one_process() {
     let dir = tempfile::tempdir().unwrap();
@@ -403,15 +404,37 @@ weight = "auto"
 "#
         )
     };
+    // Groups of multi-task members, with live and stale peers, head by head.
+    let group = |name: &str, peers: &str| {
+        format!(
+            r#"
+[[submodels]]
+name = "{name}"
+k = 2
+arch = {{ kind = "mlp", hidden = [8] }}
+phase1 = {{ epochs = 3, batch_size = 32, lr = 3e-3 }}
+transfer = {{ rounds = 2, peer_weight = 0.5, tolerance = 1e-9, peers = "{peers}", train = {{ batch_size = 32 }} }}
+[[submodels.task]]
+name = "diagnosis"
+[[submodels.task]]
+name = "area"
+column = "mean_area"
+weight = "auto"
+"#
+        )
+    };
     let toml = format!(
-        "seed = 3\n[data]\nformat = \"csv\"\npath = \"data/sklearn/breast_cancer.csv\"\nlabel = \"diagnosis\"\ntargets = [{{ column = \"mean_area\", task = \"regression\" }}]\n{}{}",
+        "seed = 3\n[data]\nformat = \"csv\"\npath = \"data/sklearn/breast_cancer.csv\"\nlabel = \"diagnosis\"\ntargets = [{{ column = \"mean_area\", task = \"regression\" }}]\n{}{}{}{}",
         model("mlp", "{ kind = \"mlp\", hidden = [16] }"),
-        model("conv", "{ kind = \"conv1d\", channels = [4], kernel = 3, hidden = [] }")
+        model("conv", "{ kind = \"conv1d\", channels = [4], kernel = 3, hidden = [] }"),
+        group("live", "live"),
+        group("stale", "stale")
     );
     std::fs::write(&cfg, toml).unwrap();
     let (a, b) = one_and_two(&cfg, dir.path());
-    assert_eq!(a["models"].as_array().unwrap().len(), 2, "{a}");
+    assert_eq!(a["models"].as_array().unwrap().len(), 8, "{a}");
     assert_eq!(a["models"][1]["tasks"].as_array().unwrap().len(), 2, "{a}");
+    assert_eq!(a["submodel_groups"].as_array().unwrap().len(), 2, "{a}");
     assert_close(&a, &b, 1e-4, "-np 2, multi-task");
 }
 

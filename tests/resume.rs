@@ -44,6 +44,19 @@ teacher = "teacher"
 labels = false
 weight = "auto"
 [[submodels]]
+name = "multi-sub"
+k = 2
+arch = { kind = "mlp", hidden = [16] }
+phase1 = { epochs = 3, batch_size = 8 }
+transfer = { rounds = 2, tolerance = 1e-9, peer_weight = 0.5, train = { batch_size = 8 } }
+[[submodels.task]]
+name = "digit"
+teacher = "teacher"
+[[submodels.task]]
+name = "mimic"
+teacher = "teacher"
+labels = false
+[[submodels]]
 name = "sub"
 k = 2
 arch = { kind = "mlp", hidden = [32] }

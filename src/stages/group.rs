@@ -8,7 +8,7 @@ use crate::compress::AnyModel;
 use crate::error::{Error, Result};
 use crate::eval::Ensemble;
 use crate::losses::mutual;
-use crate::models::{self, Model, ModelSpec};
+use crate::models::{self, Model, ModelSpec, TaskHead};
 use crate::rng::Rng;
 use crate::store::{DistillSummary, Finished, ModelMetrics, Provenance, RunStore};
 use crate::submodels::{self, GroupJob, GroupRecord, SubmodelsConfig};
@@ -73,6 +73,13 @@ impl Stage for GroupStage {
                 Some(t) if g.alpha > 0.0 => Some(store.teacher_outputs(t, "train")?),
                 _ => None,
             };
+            // A multi-task group: every member's heads, each head's task with cached targets.
+            let (heads, tasks) = if g.tasks.is_empty() {
+                (Vec::new(), Vec::new())
+            } else {
+                crate::stages::tasks::plan_heads(&g.multi_task(), store)?
+            };
+            let member_heads = heads.clone();
             let outcome = submodels::run_group(GroupJob {
                 cfg: g,
                 splits: &store.splits,
@@ -81,12 +88,15 @@ impl Stage for GroupStage {
                 seed: store.seed,
                 out: store.out(),
                 progress: store.progress,
+                heads,
+                tasks,
             })?;
             let mut members = Vec::new();
             for (i, (name, m)) in outcome.members.into_iter().enumerate() {
                 let training = serde_json::to_value(&outcome.record.phase1[i])
                     .map_err(|e| Error::Other(e.to_string()))?;
-                let meta = store.meta(&name, "submodel", &m.spec, training);
+                let mut meta = store.meta(&name, "submodel", &m.spec, training);
+                meta.heads = member_heads.clone();
                 models::save_model(&store.model_path(&name), &m, &meta)?;
                 members.push(AnyModel::float(m, meta));
             }
@@ -127,7 +137,10 @@ impl Stage for GroupStage {
                 r.source = source.clone();
                 r
             }
-            _ => ensemble_record(store, g, &floats, &names, &source)?,
+            _ => {
+                let heads = store.get(&names[0])?.model.meta.heads.clone();
+                ensemble_record(store, g, &floats, &names, &source, &heads)?
+            }
         };
         store.record(ensemble)?;
         store.record_group(record);
@@ -203,6 +216,29 @@ impl Stage for GroupStage {
     }
 }
 
+/// A multi-task group's ensemble: its members' outputs combined head by head (class heads'
+/// probabilities averaged, value and embedding heads' outputs).
+struct HeadsEnsemble<'m> {
+    members: Vec<&'m Model>,
+    heads: Vec<TaskHead>,
+    width: usize,
+}
+
+impl crate::teachers::Teacher for HeadsEnsemble<'_> {
+    fn predict_batch(&self, x: &candle_core::Tensor) -> Result<Vec<f32>> {
+        let outs = self
+            .members
+            .iter()
+            .map(|m| crate::teachers::Teacher::predict_batch(*m, x))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(crate::train::tasks::ensemble_heads(
+            &outs,
+            &self.heads,
+            self.width,
+        ))
+    }
+}
+
 /// The ensemble's soft targets on the training set: the members' averaged softened outputs
 /// (as logits at temperature `t`), or their mean output for regression.
 fn ensemble_targets(store: &RunStore, members: &[&Model], t: f32) -> Result<Vec<f32>> {
@@ -226,12 +262,26 @@ fn ensemble_record(
     members: &[&Model],
     names: &[String],
     source: &str,
+    heads: &[TaskHead],
 ) -> Result<ModelMetrics> {
     let ens = Ensemble {
         members: members.to_vec(),
         regression: store.task() == crate::data::Task::Regression,
     };
-    let (scores, b1, b256) = store.measure(&ens)?;
+    // A multi-task group's ensemble combines its members head by head.
+    let by_head = HeadsEnsemble {
+        members: members.to_vec(),
+        heads: heads.to_vec(),
+        width: members.first().map_or(0, |m| m.spec.outputs),
+    };
+    let (scores, b1, b256, tasks, cosine) = if heads.is_empty() {
+        let (s, b1, b256) = store.measure(&ens)?;
+        (s, b1, b256, Vec::new(), None)
+    } else {
+        let (tasks, s, cosine) = store.head_scores(&by_head, heads, &[], &[])?;
+        let (b1, b256) = store.latencies(&by_head)?;
+        (s, b1, b256, tasks, cosine)
+    };
     let params: usize = members.iter().map(|m| m.num_params()).sum();
     let mut r = ModelMetrics::measured(
         &format!("{}-ensemble", g.name),
@@ -252,6 +302,8 @@ fn ensemble_record(
     );
     r.params = params;
     r.bytes = params * 4;
+    r.tasks = tasks;
+    r.cosine_to_teacher = cosine;
     r.file_bytes = names
         .iter()
         .map(|n| {

@@ -380,6 +380,7 @@ impl ModelConfig {
     /// The entry as a multi-task model (its `[[model.task]]` tables, if any).
     pub fn multi_task(&self) -> crate::stages::tasks::MultiTask<'_> {
         crate::stages::tasks::MultiTask {
+            table: "model",
             name: &self.name,
             arch: self.arch.as_ref(),
             train: &self.train,

@@ -5,259 +5,12 @@
 //! its own terms, and the model file names the heads ([`crate::models::TaskHead`]).
 
 use crate::data::Task;
-use crate::error::{bad_field, Error, Result};
-use crate::losses::SoftLoss;
-use crate::models::Arch;
+use crate::error::{Error, Result};
 use crate::models::{HeadKind, Model, ModelSpec, TaskHead};
 use crate::rng::Rng;
 use crate::store::RunStore;
-use crate::train::TrainConfig;
-use crate::train::{Objective, SoftTerm, TaskObjective, TeacherSignal, Tunable};
-use serde::{Deserialize, Serialize};
-
-/// One `[[model.task]]` of a multi-task model.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct TaskConfig {
-    /// The task's name (the head's name in predictions, exports and the report).
-    pub name: String,
-    /// The teacher of this head: an earlier `[[model]]` or `[[teacher]]` (its class scores,
-    /// values, or — with an embedding loss — a BERT teacher's sentence embeddings).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub teacher: Option<String>,
-    /// Whether the head learns the data's labels; default: yes, unless the loss is an
-    /// embedding loss (which has none).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub labels: Option<bool>,
-    /// The head learns this further target column (one of `data.targets`) instead of
-    /// `data.label`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub column: Option<String>,
-    /// The head's soft-target loss: `{ kind = "kd" }` (default), `dkd`, `dist`, or for an
-    /// embedding head `cosine` / `mse`.
-    #[serde(default, skip_serializing_if = "is_kd")]
-    pub loss: SoftLoss,
-    /// With labels and a teacher: the teacher term's weight α within the task, (1 − α) the
-    /// label term's.
-    #[serde(default = "default_alpha")]
-    pub alpha: f32,
-    /// Softmax temperature of the teacher term (class heads).
-    #[serde(default = "default_temperature")]
-    pub temperature: f32,
-    /// The task's weight in the sum over tasks, or `"auto"`: learned by homoscedastic
-    /// uncertainty weighting (Kendall et al. 2018).
-    #[serde(default = "default_weight")]
-    pub weight: Tunable,
-    /// Teacher annealing (BAM!): the head's target moves from its teacher to its labels over
-    /// training.
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-    pub anneal: bool,
-    /// Text students: start the shared embedding table from this task's BERT teacher's token
-    /// embeddings (Model2Vec); at most one task sets it.
-    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
-    pub init_from_teacher: bool,
-    /// The single-task student of the same trunk to compare this head with in the report
-    /// (an earlier `[[model]]`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub baseline: Option<String>,
-}
-
-fn is_kd(l: &SoftLoss) -> bool {
-    *l == SoftLoss::Kd
-}
-fn default_alpha() -> f32 {
-    0.5
-}
-fn default_temperature() -> f32 {
-    4.0
-}
-fn default_weight() -> Tunable {
-    Tunable::Fixed(1.0)
-}
-
-impl TaskConfig {
-    /// Whether the head learns the data's labels.
-    pub fn learns_labels(&self) -> bool {
-        self.labels.unwrap_or(!self.loss.is_embedding())
-    }
-}
-
-/// What a multi-task `[[model]]` entry gives: its name, trunk, training settings and tasks.
-pub struct MultiTask<'a> {
-    /// The model's name.
-    pub name: &'a str,
-    /// The shared trunk.
-    pub arch: Option<&'a Arch>,
-    /// Training settings.
-    pub train: &'a TrainConfig,
-    /// Its role, as written in the model file.
-    pub role: &'a str,
-    /// The tasks.
-    pub tasks: &'a [TaskConfig],
-}
-
-/// The checks of a model's `[[model.task]]` tables: at least two, names unique and valid,
-/// teachers earlier models or teachers, weights > 0, each task learning something, a family
-/// that can be a trunk, and none of the single-task keys `given` (name, set) beside them.
-pub fn check(
-    m: &MultiTask,
-    given: &[(&str, bool)],
-    earlier: &[&str],
-    data: &crate::data::DataConfig,
-) -> Result<()> {
-    let labelled = data.labels;
-    let p = format!("model.{}", m.name);
-    if m.tasks.is_empty() {
-        return Ok(());
-    }
-    if m.tasks.len() < 2 && m.tasks[0].column.is_none() {
-        bad_field(
-            &format!("{p}.task"),
-            "a multi-task model declares at least two [[model.task]] tables (one task is a plain model with `distill`; one task alone only to learn a further column, `column = \"…\"`)",
-        )?;
-    }
-    for (key, set) in given {
-        if *set {
-            bad_field(
-                &format!("{p}.{key}"),
-                &format!("a multi-task model gives each task its own teacher in [[model.task]]; remove {key}"),
-            )?;
-        }
-    }
-    if let Some(a) = m.arch {
-        if a.is_tree() {
-            bad_field(
-                &format!("{p}.arch.kind"),
-                &format!(
-                    "'{}' cannot be the shared trunk of a multi-task model (mlp, cnn, conv1d, resnet or embedding-bag can)",
-                    a.kind()
-                ),
-            )?;
-        }
-    }
-    let mut names: Vec<&str> = Vec::new();
-    let mut inits = 0;
-    for (i, t) in m.tasks.iter().enumerate() {
-        let f = format!("{p}.task[{i}]");
-        crate::io::check_name(&format!("{f}.name"), &t.name)?;
-        if names.contains(&t.name.as_str()) {
-            bad_field(
-                &format!("{f}.name"),
-                &format!("duplicate task name '{}'", t.name),
-            )?;
-        }
-        names.push(&t.name);
-        match t.weight {
-            Tunable::Fixed(w) if !(w.is_finite() && w > 0.0) => bad_field(
-                &format!("{f}.weight"),
-                &format!("expected a weight > 0 or \"auto\", got {w}"),
-            )?,
-            _ => {}
-        }
-        if !(0.0..=1.0).contains(&t.alpha) {
-            bad_field(
-                &format!("{f}.alpha"),
-                &format!("expected [0, 1], got {}", t.alpha),
-            )?;
-        }
-        if !(t.temperature.is_finite() && t.temperature > 0.0) {
-            bad_field(
-                &format!("{f}.temperature"),
-                &format!("must be positive, got {}", t.temperature),
-            )?;
-        }
-        let labels = t.learns_labels();
-        // The task's own kind: its column's, or the data's.
-        let mut task = data.task;
-        if let Some(c) = &t.column {
-            match data.targets.iter().find(|x| &x.column == c) {
-                Some(x) => task = x.task,
-                None => bad_field(
-                    &format!("{f}.column"),
-                    &format!(
-                        "'{c}' is not one of data.targets (declare it there: {{ column = \"{c}\", task = \"regression\" }})"
-                    ),
-                )?,
-            }
-            if !labels {
-                bad_field(
-                    &format!("{f}.labels"),
-                    "a task with a column learns its labels",
-                )?;
-            }
-        }
-        if labels && !labelled {
-            bad_field(
-                &format!("{f}.labels"),
-                "the data have no labels (data.labels = false): set labels = false and give a teacher",
-            )?;
-        }
-        if labels && t.loss.is_embedding() {
-            bad_field(
-                &format!("{f}.labels"),
-                "an embedding head matches its teacher's vectors and has no labels: set labels = false",
-            )?;
-        }
-        match &t.teacher {
-            None if !labels => bad_field(
-                &format!("{f}.teacher"),
-                "the task has neither labels nor a teacher: it would learn nothing",
-            )?,
-            None if t.loss != SoftLoss::Kd => bad_field(
-                &format!("{f}.loss"),
-                "a loss needs a teacher: give teacher = \"…\"",
-            )?,
-            Some(name) if !earlier.contains(&name.as_str()) => bad_field(
-                &format!("{f}.teacher"),
-                &format!(
-                    "'{name}' is not the name of an earlier [[model]] or [[teacher]] (known: {})",
-                    if earlier.is_empty() {
-                        "none".to_string()
-                    } else {
-                        earlier.join(", ")
-                    }
-                ),
-            )?,
-            _ => {}
-        }
-        if t.anneal && !(labels && t.teacher.is_some()) {
-            bad_field(
-                &format!("{f}.anneal"),
-                "teacher annealing moves a head's target from its teacher to its labels: the task needs both",
-            )?;
-        }
-        if t.loss != SoftLoss::Kd && !t.loss.is_embedding() && task == Task::Regression {
-            bad_field(
-                &format!("{f}.loss"),
-                "needs class probabilities; a regression head matches its teacher by MSE",
-            )?;
-        }
-        if let Some(b) = &t.baseline {
-            if !earlier.contains(&b.as_str()) {
-                bad_field(
-                    &format!("{f}.baseline"),
-                    &format!("'{b}' is not the name of an earlier [[model]]"),
-                )?;
-            }
-        }
-        if t.init_from_teacher {
-            inits += 1;
-            if t.teacher.is_none() {
-                bad_field(
-                    &format!("{f}.init_from_teacher"),
-                    "needs the task's teacher (a bert teacher)",
-                )?;
-            }
-        }
-    }
-    if inits > 1 {
-        bad_field(
-            &format!("{p}.task"),
-            "init_from_teacher starts the one shared embedding table: at most one task sets it",
-        )?;
-    }
-    Ok(())
-}
+pub use crate::train::tasks::{check, MultiTask, TaskConfig};
+use crate::train::{Objective, SoftTerm, TaskObjective, TeacherSignal};
 
 /// What one task's head is, found from the data and its teacher before training.
 struct Planned<'a> {
@@ -275,7 +28,7 @@ fn plan<'s>(
     store: &'s RunStore,
 ) -> Result<Planned<'s>> {
     let splits = &store.splits;
-    let f = format!("model.{}.task.{}", m.name, t.name);
+    let f = format!("{}.{}.task.{}", m.table, m.name, t.name);
     let labels = t.learns_labels();
     // The labels it learns: a further target column's, or the data's.
     let column = match &t.column {
@@ -410,6 +163,39 @@ fn plan<'s>(
         weight: t.weight.fixed(),
         column,
     })
+}
+
+/// The heads of `m`'s tasks, in column order, and each head's objective: what every member
+/// of a multi-task sub-model group carries (`[[submodels]]` with task tables). Every teacher's
+/// outputs are computed once (a group's members learn from cached targets).
+pub fn plan_heads(
+    m: &MultiTask,
+    store: &RunStore,
+) -> Result<(Vec<TaskHead>, Vec<TaskObjective<'static>>)> {
+    let mut heads = Vec::with_capacity(m.tasks.len());
+    let mut tasks = Vec::with_capacity(m.tasks.len());
+    let mut start = 0;
+    for t in m.tasks {
+        let p = plan(m, t, start, store)?;
+        start += p.head.outputs;
+        let task = TaskObjective {
+            name: p.head.name.clone(),
+            cols: p.head.cols(),
+            labels: p.head.labels,
+            values: p.head.kind == HeadKind::Values,
+            column: p.column,
+            weight: p.weight,
+            objective: p.objective,
+        };
+        tasks.push(task.try_clone().ok_or_else(|| {
+            Error::Input(format!(
+                "submodels.{}.task.{}: the members learn from targets computed once; a teacher that runs on every batch (augmentation) is not available in a group",
+                m.name, t.name
+            ))
+        })?);
+        heads.push(p.head);
+    }
+    Ok((heads, tasks))
 }
 
 /// Trains the multi-task model `m` and saves it, with its heads, as

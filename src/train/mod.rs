@@ -39,6 +39,32 @@ pub enum TeacherSignal<'a> {
     /// together ([`fit_together`]): their averaged softened outputs (classification) or mean
     /// output (regression). Deep mutual learning.
     Peers(Vec<usize>),
+    /// The same for one head of multi-task members: the peers' columns `cols`, averaged as
+    /// softened class scores, or as values (value and embedding heads, `values`).
+    PeersHead {
+        /// The peers.
+        of: Vec<usize>,
+        /// The head's columns of their outputs.
+        cols: std::ops::Range<usize>,
+        /// Average the columns as values rather than as class probabilities.
+        values: bool,
+    },
+}
+
+impl TeacherSignal<'_> {
+    /// A copy, unless the signal borrows a live teacher.
+    fn try_clone(&self) -> Option<TeacherSignal<'static>> {
+        Some(match self {
+            TeacherSignal::Cached(r) => TeacherSignal::Cached(r.clone()),
+            TeacherSignal::Live(_) => return None,
+            TeacherSignal::Peers(of) => TeacherSignal::Peers(of.clone()),
+            TeacherSignal::PeersHead { of, cols, values } => TeacherSignal::PeersHead {
+                of: of.clone(),
+                cols: cols.clone(),
+                values: *values,
+            },
+        })
+    }
 }
 
 /// One soft-target term: `weight · loss(signal, z; T)` for classification (Hinton's
@@ -104,6 +130,40 @@ impl<'a> Objective<'a> {
         let p = progress.clamp(0.0, 1.0);
         let soft: f32 = self.soft.iter().map(|t| t.weight).sum();
         (self.label_weight + soft * p, 1.0 - p)
+    }
+
+    /// A copy whose signals are all cached or peers' (none is a live teacher) and without a
+    /// hint term (which borrows its teacher model).
+    pub fn try_clone(&self) -> Option<Objective<'static>> {
+        if self.hint.is_some() {
+            return None;
+        }
+        let soft = self
+            .soft
+            .iter()
+            .map(|t| {
+                Some(SoftTerm {
+                    signal: t.signal.try_clone()?,
+                    temperature: t.temperature,
+                    weight: t.weight,
+                    loss: t.loss,
+                })
+            })
+            .collect::<Option<Vec<_>>>()?;
+        let tasks = self
+            .tasks
+            .iter()
+            .map(|t| t.try_clone())
+            .collect::<Option<Vec<_>>>()?;
+        Some(Objective {
+            label_weight: self.label_weight,
+            soft,
+            hint: None,
+            val_targets: self.val_targets.clone(),
+            teacher_val: self.teacher_val.clone(),
+            anneal: self.anneal,
+            tasks,
+        })
     }
 
     /// A multi-task objective: each task's own objective on its head's columns.
@@ -1235,6 +1295,22 @@ fn soft_targets(
                         )
                     } else {
                         losses::mutual::mean_outputs(&refs)
+                    }
+                }
+                TeacherSignal::PeersHead { of, cols, values } => {
+                    let full = peer_outputs.first().map_or(0, |p| p.len() / batch.b.max(1));
+                    let heads: Vec<Vec<f32>> = of
+                        .iter()
+                        .map(|&j| tasks::columns(&peer_outputs[j], full, cols))
+                        .collect();
+                    let refs: Vec<&[f32]> = heads.iter().map(|h| h.as_slice()).collect();
+                    if *values {
+                        losses::mutual::mean_outputs(&refs)
+                    } else {
+                        losses::mutual::probs_as_logits(
+                            &losses::mutual::peer_average(&refs, cols.len(), term.temperature),
+                            term.temperature,
+                        )
                     }
                 }
             })

@@ -7,15 +7,265 @@
 //! checkpoints; a single-task objective never reaches it.
 
 use super::objective::{BatchLabels, SoftBatch};
-use super::{autograd_loss, embedding_scores, Objective};
-use crate::data::{Dataset, MISSING};
-use crate::error::{Error, Result};
+use super::{autograd_loss, embedding_scores, Objective, TrainConfig, Tunable};
+use crate::data::{Dataset, Task, MISSING};
+use crate::error::{bad_field, Error, Result};
 use crate::eval::{score_outputs, Scores};
 use crate::losses::SoftLoss;
 use crate::models::fused::Workspace;
+use crate::models::Arch;
 use candle_core::{Device, Tensor};
 use serde::{Deserialize, Serialize};
 use std::ops::Range;
+
+/// One `[[model.task]]` of a multi-task model.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TaskConfig {
+    /// The task's name (the head's name in predictions, exports and the report).
+    pub name: String,
+    /// The teacher of this head: an earlier `[[model]]` or `[[teacher]]` (its class scores,
+    /// values, or — with an embedding loss — a BERT teacher's sentence embeddings).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub teacher: Option<String>,
+    /// Whether the head learns the data's labels; default: yes, unless the loss is an
+    /// embedding loss (which has none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub labels: Option<bool>,
+    /// The head learns this further target column (one of `data.targets`) instead of
+    /// `data.label`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub column: Option<String>,
+    /// The head's soft-target loss: `{ kind = "kd" }` (default), `dkd`, `dist`, or for an
+    /// embedding head `cosine` / `mse`.
+    #[serde(default, skip_serializing_if = "is_kd")]
+    pub loss: SoftLoss,
+    /// With labels and a teacher: the teacher term's weight α within the task, (1 − α) the
+    /// label term's.
+    #[serde(default = "default_alpha")]
+    pub alpha: f32,
+    /// Softmax temperature of the teacher term (class heads).
+    #[serde(default = "default_temperature")]
+    pub temperature: f32,
+    /// The task's weight in the sum over tasks, or `"auto"`: learned by homoscedastic
+    /// uncertainty weighting (Kendall et al. 2018).
+    #[serde(default = "default_weight")]
+    pub weight: Tunable,
+    /// Teacher annealing (BAM!): the head's target moves from its teacher to its labels over
+    /// training.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub anneal: bool,
+    /// Text students: start the shared embedding table from this task's BERT teacher's token
+    /// embeddings (Model2Vec); at most one task sets it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub init_from_teacher: bool,
+    /// The single-task student of the same trunk to compare this head with in the report
+    /// (an earlier `[[model]]`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub baseline: Option<String>,
+}
+
+fn is_kd(l: &SoftLoss) -> bool {
+    *l == SoftLoss::Kd
+}
+fn default_alpha() -> f32 {
+    0.5
+}
+fn default_temperature() -> f32 {
+    4.0
+}
+fn default_weight() -> Tunable {
+    Tunable::Fixed(1.0)
+}
+
+impl TaskConfig {
+    /// Whether the head learns the data's labels.
+    pub fn learns_labels(&self) -> bool {
+        self.labels.unwrap_or(!self.loss.is_embedding())
+    }
+}
+
+/// What a multi-task `[[model]]` entry gives: its name, trunk, training settings and tasks.
+pub struct MultiTask<'a> {
+    /// The table it comes from (`model`, `submodels`), for messages.
+    pub table: &'a str,
+    /// The model's name.
+    pub name: &'a str,
+    /// The shared trunk.
+    pub arch: Option<&'a Arch>,
+    /// Training settings.
+    pub train: &'a TrainConfig,
+    /// Its role, as written in the model file.
+    pub role: &'a str,
+    /// The tasks.
+    pub tasks: &'a [TaskConfig],
+}
+
+/// The checks of a model's `[[model.task]]` tables: at least two, names unique and valid,
+/// teachers earlier models or teachers, weights > 0, each task learning something, a family
+/// that can be a trunk, and none of the single-task keys `given` (name, set) beside them.
+pub fn check(
+    m: &MultiTask,
+    given: &[(&str, bool)],
+    earlier: &[&str],
+    data: &crate::data::DataConfig,
+) -> Result<()> {
+    let labelled = data.labels;
+    let p = format!("{}.{}", m.table, m.name);
+    if m.tasks.is_empty() {
+        return Ok(());
+    }
+    if m.tasks.len() < 2 && m.tasks[0].column.is_none() {
+        bad_field(
+            &format!("{p}.task"),
+            "a multi-task model declares at least two [[model.task]] tables (one task is a plain model with `distill`; one task alone only to learn a further column, `column = \"…\"`)",
+        )?;
+    }
+    for (key, set) in given {
+        if *set {
+            bad_field(
+                &format!("{p}.{key}"),
+                &format!(
+                    "not with task tables (a multi-task {}: each task names its own teacher); remove {key}",
+                    if m.table == "model" { "model" } else { "group's fresh members, trained on the whole split" }
+                ),
+            )?;
+        }
+    }
+    if let Some(a) = m.arch {
+        if a.is_tree() {
+            bad_field(
+                &format!("{p}.arch.kind"),
+                &format!(
+                    "'{}' cannot be the shared trunk of a multi-task model (mlp, cnn, conv1d, resnet or embedding-bag can)",
+                    a.kind()
+                ),
+            )?;
+        }
+    }
+    let mut names: Vec<&str> = Vec::new();
+    let mut inits = 0;
+    for (i, t) in m.tasks.iter().enumerate() {
+        let f = format!("{p}.task[{i}]");
+        crate::io::check_name(&format!("{f}.name"), &t.name)?;
+        if names.contains(&t.name.as_str()) {
+            bad_field(
+                &format!("{f}.name"),
+                &format!("duplicate task name '{}'", t.name),
+            )?;
+        }
+        names.push(&t.name);
+        match t.weight {
+            Tunable::Fixed(w) if !(w.is_finite() && w > 0.0) => bad_field(
+                &format!("{f}.weight"),
+                &format!("expected a weight > 0 or \"auto\", got {w}"),
+            )?,
+            _ => {}
+        }
+        if !(0.0..=1.0).contains(&t.alpha) {
+            bad_field(
+                &format!("{f}.alpha"),
+                &format!("expected [0, 1], got {}", t.alpha),
+            )?;
+        }
+        if !(t.temperature.is_finite() && t.temperature > 0.0) {
+            bad_field(
+                &format!("{f}.temperature"),
+                &format!("must be positive, got {}", t.temperature),
+            )?;
+        }
+        let labels = t.learns_labels();
+        // The task's own kind: its column's, or the data's.
+        let mut task = data.task;
+        if let Some(c) = &t.column {
+            match data.targets.iter().find(|x| &x.column == c) {
+                Some(x) => task = x.task,
+                None => bad_field(
+                    &format!("{f}.column"),
+                    &format!(
+                        "'{c}' is not one of data.targets (declare it there: {{ column = \"{c}\", task = \"regression\" }})"
+                    ),
+                )?,
+            }
+            if !labels {
+                bad_field(
+                    &format!("{f}.labels"),
+                    "a task with a column learns its labels",
+                )?;
+            }
+        }
+        if labels && !labelled {
+            bad_field(
+                &format!("{f}.labels"),
+                "the data have no labels (data.labels = false): set labels = false and give a teacher",
+            )?;
+        }
+        if labels && t.loss.is_embedding() {
+            bad_field(
+                &format!("{f}.labels"),
+                "an embedding head matches its teacher's vectors and has no labels: set labels = false",
+            )?;
+        }
+        match &t.teacher {
+            None if !labels => bad_field(
+                &format!("{f}.teacher"),
+                "the task has neither labels nor a teacher: it would learn nothing",
+            )?,
+            None if t.loss != SoftLoss::Kd => bad_field(
+                &format!("{f}.loss"),
+                "a loss needs a teacher: give teacher = \"…\"",
+            )?,
+            Some(name) if !earlier.contains(&name.as_str()) => bad_field(
+                &format!("{f}.teacher"),
+                &format!(
+                    "'{name}' is not the name of an earlier [[model]] or [[teacher]] (known: {})",
+                    if earlier.is_empty() {
+                        "none".to_string()
+                    } else {
+                        earlier.join(", ")
+                    }
+                ),
+            )?,
+            _ => {}
+        }
+        if t.anneal && !(labels && t.teacher.is_some()) {
+            bad_field(
+                &format!("{f}.anneal"),
+                "teacher annealing moves a head's target from its teacher to its labels: the task needs both",
+            )?;
+        }
+        if t.loss != SoftLoss::Kd && !t.loss.is_embedding() && task == Task::Regression {
+            bad_field(
+                &format!("{f}.loss"),
+                "needs class probabilities; a regression head matches its teacher by MSE",
+            )?;
+        }
+        if let Some(b) = &t.baseline {
+            if !earlier.contains(&b.as_str()) {
+                bad_field(
+                    &format!("{f}.baseline"),
+                    &format!("'{b}' is not the name of an earlier [[model]]"),
+                )?;
+            }
+        }
+        if t.init_from_teacher {
+            inits += 1;
+            if t.teacher.is_none() {
+                bad_field(
+                    &format!("{f}.init_from_teacher"),
+                    "needs the task's teacher (a bert teacher)",
+                )?;
+            }
+        }
+    }
+    if inits > 1 {
+        bad_field(
+            &format!("{p}.task"),
+            "init_from_teacher starts the one shared embedding table: at most one task sets it",
+        )?;
+    }
+    Ok(())
+}
 
 /// One task of a multi-task objective: a head (columns of the model's outputs) and what it
 /// learns from.
@@ -35,6 +285,21 @@ pub struct TaskObjective<'a> {
     pub weight: Option<f32>,
     /// The head's own objective, its soft terms' targets as wide as the head.
     pub objective: Objective<'a>,
+}
+
+impl TaskObjective<'_> {
+    /// A copy whose teacher signals are all cached or peers' (no live teacher, no hint).
+    pub fn try_clone(&self) -> Option<TaskObjective<'static>> {
+        Some(TaskObjective {
+            name: self.name.clone(),
+            cols: self.cols.clone(),
+            labels: self.labels,
+            values: self.values,
+            column: self.column,
+            weight: self.weight,
+            objective: self.objective.try_clone()?,
+        })
+    }
 }
 
 /// The learned task weights of uncertainty weighting: per task `s = log σ²`, the task's
@@ -163,6 +428,32 @@ pub fn columns(z: &[f32], width: usize, cols: &Range<usize>) -> Vec<f32> {
     z.chunks_exact(width.max(1))
         .flat_map(|r| r[cols.clone()].iter().copied())
         .collect()
+}
+
+/// Several multi-task models' outputs (`width` values per row each) combined head by head:
+/// class heads as the log of their mean probabilities, value and embedding heads as their mean.
+pub fn ensemble_heads(
+    outs: &[Vec<f32>],
+    heads: &[crate::models::TaskHead],
+    width: usize,
+) -> Vec<f32> {
+    use crate::losses::mutual;
+    let rows = outs.first().map_or(0, |o| o.len() / width.max(1));
+    let mut ens = vec![0f32; rows * width];
+    for h in heads {
+        let cols: Vec<Vec<f32>> = outs.iter().map(|o| columns(o, width, &h.cols())).collect();
+        let refs: Vec<&[f32]> = cols.iter().map(|c| c.as_slice()).collect();
+        let v = match h.kind {
+            crate::models::HeadKind::Classes => {
+                mutual::probs_as_logits(&mutual::peer_average(&refs, h.outputs, 1.0), 1.0)
+            }
+            _ => mutual::mean_outputs(&refs),
+        };
+        for (r, row) in v.chunks_exact(h.outputs).enumerate() {
+            ens[r * width + h.start..r * width + h.start + h.outputs].copy_from_slice(row);
+        }
+    }
+    ens
 }
 
 /// How many soft terms each task has, in order (the loop's flat list of soft-target buffers
@@ -351,7 +642,7 @@ fn task_val(task: &TaskObjective, z: &[f32], val: &Dataset) -> Result<(f64, Opti
 /// fixed-weight tasks plus `Σ ln L` over the learned ones — uncertainty weighting's own
 /// objective `Σ exp(−s)·L + s` at its best `s = ln L` (less a constant), so it does not move
 /// with the weights as they are learned, and a task counts by its relative improvement.
-pub(super) fn val_scores(
+pub fn val_scores(
     obj: &Objective,
     weights: &TaskWeights,
     out: &[f32],

@@ -79,7 +79,7 @@ fn soft_targets(job: &TrainJob) -> Result<Option<(Vec<f32>, f32, f32)>> {
     let outputs = match &term.signal {
         TeacherSignal::Cached(rows) => rows.to_vec(),
         TeacherSignal::Live(t) => crate::eval::predict_all(*t, &job.train.x, job.train.dim(), 512)?,
-        TeacherSignal::Peers(_) => {
+        TeacherSignal::Peers(_) | TeacherSignal::PeersHead { .. } => {
             return Err(Error::Input(format!(
             "{}: tree models do not train in lockstep with peers (sub-model groups are networks)",
             job.name
