@@ -621,7 +621,6 @@ impl ExperimentConfig {
                 ("teacher", g.teacher.is_some()),
                 ("init", g.init == SubmodelInit::Split),
                 ("archs", !g.archs.is_empty()),
-                ("shards", g.shards),
                 ("final_student", g.final_student.is_some()),
             ],
             models,

@@ -1143,7 +1143,7 @@ impl GroupRun<'_, '_> {
                 if g.shards { " (its own shard)" } else { "" }
             ));
             let objective = match (&self.teacher_out[i], &self.multi) {
-                (_, Some(_)) => Objective::multi_task(self.task_templates()?),
+                (_, Some(_)) => Objective::multi_task(self.task_templates(i)?),
                 (Some(t), None) => {
                     Objective::hinton(TeacherSignal::Cached(t.clone()), g.temperature, g.alpha)
                 }
@@ -1248,14 +1248,33 @@ impl GroupRun<'_, '_> {
         Ok(state)
     }
 
-    /// A copy of every head's objective (a multi-task group's), for one member's training.
-    fn task_templates(&self) -> Result<Vec<crate::train::TaskObjective<'static>>> {
-        self.job
+    /// A copy of every head's objective (a multi-task group's), for member `i`'s training:
+    /// with shards, each cached teacher target restricted to the member's shard.
+    fn task_templates(&self, i: usize) -> Result<Vec<crate::train::TaskObjective<'static>>> {
+        let mut tasks = self
+            .job
             .tasks
             .iter()
             .map(|t| t.try_clone())
             .collect::<Option<Vec<_>>>()
-            .ok_or_else(|| Error::Other("a group task's teacher is not cached".into()))
+            .ok_or_else(|| Error::Other("a group task's teacher is not cached".into()))?;
+        if self.g.shards {
+            let n = self.s.train.len();
+            let shard = &data::shards(n, self.g.k, self.job.seed)[i];
+            for t in tasks.iter_mut() {
+                for term in t.objective.soft.iter_mut() {
+                    if let TeacherSignal::Cached(rows) = &term.signal {
+                        let w = rows.len() / n.max(1);
+                        let part: Vec<f32> = shard
+                            .iter()
+                            .flat_map(|&r| rows[r * w..(r + 1) * w].iter().copied())
+                            .collect();
+                        term.signal = TeacherSignal::Cached(part.into());
+                    }
+                }
+            }
+        }
+        Ok(tasks)
     }
 
     /// A multi-task member's objective in a transfer round: each head's own terms weighted
@@ -1263,11 +1282,12 @@ impl GroupRun<'_, '_> {
     /// KD at `peer_t`, value heads by MSE, embedding heads by their own loss.
     fn round_objective_heads(
         &self,
+        i: usize,
         peers: Vec<TeacherSignal<'static>>,
         beta: f32,
         peer_t: f32,
     ) -> Result<Objective<'static>> {
-        let mut tasks = self.task_templates()?;
+        let mut tasks = self.task_templates(i)?;
         for (t, signal) in tasks.iter_mut().zip(peers) {
             let o = &mut t.objective;
             o.label_weight *= 1.0 - beta;
@@ -1583,7 +1603,7 @@ impl GroupRun<'_, '_> {
                                     values: head.kind != crate::models::HeadKind::Classes,
                                 })
                                 .collect();
-                            self.round_objective_heads(signals, beta, peer_t)
+                            self.round_objective_heads(k, signals, beta, peer_t)
                         }
                         None => Ok(self.round_objective(k, TeacherSignal::Peers(of), beta, peer_t)),
                     }
@@ -1650,7 +1670,7 @@ impl GroupRun<'_, '_> {
                             TeacherSignal::Cached(cols.into())
                         })
                         .collect();
-                    self.round_objective_heads(signals, beta, peer_t)?
+                    self.round_objective_heads(i, signals, beta, peer_t)?
                 }
                 None => {
                     let peers = TeacherSignal::Cached(outs_per[i].clone().into());

@@ -957,13 +957,13 @@ fn bad_multi_task_models() {
     );
     expect_bad_config(
         dir,
-        "group-task-shards",
+        "group-task-teacher",
         &format!(
-            "{base}[[submodels]]\nname = \"g\"\nk = 2\nshards = true\narch = {mlp}\n{}",
+            "{base}[[submodels]]\nname = \"g\"\nk = 2\nteacher = \"t\"\nalpha = 0.5\narch = {mlp}\n{}",
             (task("a", "teacher = \"t\"") + &task("b", ""))
                 .replace("[[model.task]]", "[[submodels.task]]")
         ),
-        &["submodels.g.shards", "remove shards"],
+        &["submodels.g.teacher", "remove teacher"],
     );
     // A head that learns 3 classes from a teacher of 10: the teacher is refused first.
     let onnx = repo().join("data/teachers/digits-torch-mlp.onnx");

@@ -859,14 +859,17 @@ column = "big"
 #[test]
 fn multi_task_sub_models_transfer_head_by_head() {
     let dir = tempfile::tempdir().unwrap();
+    // The stale group trains each member on its own shard (each head's teacher targets
+    // restricted to it).
     let group = |name: &str, peers: &str| {
         format!(
             r#"
 [[submodels]]
 name = "{name}"
 k = 2
+shards = {}
 arch = {{ kind = "mlp", hidden = [16] }}
-phase1 = {{ epochs = 6, lr = 3e-3 }}
+phase1 = {{ epochs = 25, lr = 3e-3 }}
 transfer = {{ rounds = 2, peer_weight = 0.5, tolerance = 1e-9, peers = "{peers}" }}
 [[submodels.task]]
 name = "digit"
@@ -876,7 +879,8 @@ name = "mimic"
 teacher = "t"
 labels = false
 weight = "auto"
-"#
+"#,
+            peers == "stale"
         )
     };
     let toml = format!(
@@ -913,6 +917,9 @@ weight = "auto"
         assert_eq!(tasks.len(), 2, "{ens}");
         assert_eq!(tasks[0]["metric"], "accuracy");
         assert_eq!(tasks[1]["metric"], "agreement");
+        // The mimic head follows its teacher (with shards: on each member's own rows of the
+        // teacher's targets; misaligned rows would leave it near chance).
+        assert!(tasks[1]["value"].as_f64().unwrap() > 0.8, "{g}: {ens}");
         let model =
             distillery::compress::load_any(&out.join(format!("models/{g}-1.safetensors"))).unwrap();
         let heads: Vec<&str> = model.meta.heads.iter().map(|h| h.name.as_str()).collect();

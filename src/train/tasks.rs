@@ -127,7 +127,7 @@ pub fn check(
                 &format!("{p}.{key}"),
                 &format!(
                     "not with task tables (a multi-task {}: each task names its own teacher); remove {key}",
-                    if m.table == "model" { "model" } else { "group's fresh members, trained on the whole split" }
+                    if m.table == "model" { "model" } else { "group's fresh members" }
                 ),
             )?;
         }
