@@ -20,6 +20,22 @@ struct Planned<'a> {
     column: Option<usize>,
 }
 
+impl<'a> Planned<'a> {
+    /// The head, and the task's objective on the head's columns.
+    fn into_task(self) -> (TaskHead, TaskObjective<'a>) {
+        let task = TaskObjective {
+            name: self.head.name.clone(),
+            cols: self.head.cols(),
+            labels: self.head.labels,
+            values: self.head.kind == HeadKind::Values,
+            column: self.column,
+            weight: self.weight,
+            objective: self.objective,
+        };
+        (self.head, task)
+    }
+}
+
 /// The head and objective of task `t`, starting at column `start`.
 fn plan<'s>(
     m: &MultiTask,
@@ -176,24 +192,15 @@ pub fn plan_heads(
     let mut tasks = Vec::with_capacity(m.tasks.len());
     let mut start = 0;
     for t in m.tasks {
-        let p = plan(m, t, start, store)?;
-        start += p.head.outputs;
-        let task = TaskObjective {
-            name: p.head.name.clone(),
-            cols: p.head.cols(),
-            labels: p.head.labels,
-            values: p.head.kind == HeadKind::Values,
-            column: p.column,
-            weight: p.weight,
-            objective: p.objective,
-        };
+        let (head, task) = plan(m, t, start, store)?.into_task();
+        start += head.outputs;
         tasks.push(task.try_clone().ok_or_else(|| {
             Error::Input(format!(
                 "submodels.{}.task.{}: the members learn from targets computed once; a teacher that runs on every batch (augmentation) is not available in a group",
                 m.name, t.name
             ))
         })?);
-        heads.push(p.head);
+        heads.push(head);
     }
     Ok((heads, tasks))
 }
@@ -236,18 +243,7 @@ pub fn train(m: &MultiTask, store: &RunStore) -> Result<()> {
         crate::stages::text::init_from_teacher(&model, teacher, m.name, store, cols)?;
     }
     let heads: Vec<TaskHead> = planned.iter().map(|p| p.head.clone()).collect();
-    let tasks: Vec<TaskObjective> = planned
-        .into_iter()
-        .map(|p| TaskObjective {
-            name: p.head.name.clone(),
-            cols: p.head.cols(),
-            labels: p.head.labels,
-            values: p.head.kind == HeadKind::Values,
-            column: p.column,
-            weight: p.weight,
-            objective: p.objective,
-        })
-        .collect();
+    let tasks: Vec<TaskObjective> = planned.into_iter().map(|p| p.into_task().1).collect();
     store.progress.say(&format!(
         "{}: training {} with {} head{} ({}) for up to {} epochs",
         m.name,
