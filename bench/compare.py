@@ -26,6 +26,7 @@ KEYS = {
     "bert-teacher": [("samples_per_s", True)],
     "bert-corpus": [("samples_per_s", True)],
     "onnx-teacher": [("latency_us_p50", False), ("latency_us_p50_b256", False)],
+    "onnx-teacher-cnn": [("latency_us_p50", False), ("latency_us_p50_b256", False)],
     "train-trees": [("fit_seconds", False), ("accuracy", True)],
     "infer-trees": [("latency_us_p50", False), ("latency_us_p50_b256", False)],
 }
@@ -46,7 +47,9 @@ def main():
     a = ap.parse_args()
     global THEIRS
     trees = {"train-trees", "infer-trees"}
+    onnx = {"onnx-teacher", "onnx-teacher-cnn"}
     other = ("LightGBM" if set(a.workloads) <= trees
+             else "onnxruntime" if set(a.workloads) <= onnx
              else "PyTorch" if not set(a.workloads) & trees else "reference")
     if a.base:
         THEIRS = [a.base, "bench"]

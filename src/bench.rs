@@ -147,7 +147,8 @@ fn kernel_path(workload: &str, isa: &[String]) -> String {
             "native BERT: {gemm}, element-wise {}",
             crate::kernels::level_name()
         ),
-        "onnx-teacher" => "tract".into(),
+        // The teacher says what runs it (`onnx_workload`).
+        "onnx-teacher" | "onnx-teacher-cnn" => String::new(),
         "gemm-bf16" => format!("own bf16 GEMM: {}", crate::kernels::bf16::path()),
         "train-mlp-bf16" | "train-student-bf16" | "train-cnn-bf16" | "infer-bf16" => format!(
             "dense products: own bf16 GEMM {}; {gemm} for the rest, {own}",
@@ -190,6 +191,7 @@ pub const WORKLOADS: &[&str] = &[
     "bert-teacher",
     "bert-corpus",
     "onnx-teacher",
+    "onnx-teacher-cnn",
     "train-trees",
     "infer-trees",
     "collectives",
@@ -433,20 +435,27 @@ fn bert_corpus_workload(dir: Option<&Path>, steps: usize) -> Result<BenchResult>
     })
 }
 
-/// Latency of an ONNX teacher in tract (the committed PyTorch-made digits MLP by default) at
-/// batch 1 and 256.
-fn onnx_workload(file: Option<&Path>, steps: usize) -> Result<BenchResult> {
+/// Latency of an ONNX teacher (the committed PyTorch-made digits MLP, or the MNIST CNN, by
+/// default) at batch 1 and 256, run as a teacher runs it: lowered onto our kernels when it can
+/// be, in tract otherwise (`DISTILLERY_ONNX_TRACT` forces tract); `kernel` says which.
+fn onnx_workload(workload: &str, file: Option<&Path>, steps: usize) -> Result<BenchResult> {
     use crate::teachers::Teacher;
-    let file = file.unwrap_or(Path::new("data/teachers/digits-torch-mlp.onnx"));
+    // The PyTorch-made digits MLP (64-128-64-10), or the MNIST CNN of the cross-domain
+    // showcase (784 raw pixels, two 5×5 conv blocks, a dense layer).
+    let (default, dim) = match workload {
+        "onnx-teacher-cnn" => ("data/teachers/mnist-cnn.onnx", 784),
+        _ => ("data/teachers/digits-torch-mlp.onnx", 64),
+    };
+    let file = file.unwrap_or(Path::new(default));
     let t = crate::teachers::OnnxTeacher::load(
         file,
-        64,
+        dim,
         crate::teachers::OnnxInput::Raw,
         0,
         crate::data::Normalizer::None,
     )?;
     let timed = |b: usize| -> Result<(f64, f64)> {
-        let x: Vec<f32> = (0..b * 64).map(|i| (i % 17) as f32).collect();
+        let x: Vec<f32> = (0..b * dim).map(|i| (i % 17) as f32).collect();
         warm_up(5, || t.predict_rows(&x, b).map(|_| ()))?;
         let mut ts = Vec::new();
         for _ in 0..steps {
@@ -459,7 +468,7 @@ fn onnx_workload(file: Option<&Path>, steps: usize) -> Result<BenchResult> {
     let (p50, p90) = timed(1)?;
     let (q50, q90) = timed(256)?;
     Ok(BenchResult {
-        workload: "onnx-teacher".into(),
+        workload: workload.into(),
         steps,
         samples_per_s: None,
         latency_us_p50: Some(p50),
@@ -468,6 +477,7 @@ fn onnx_workload(file: Option<&Path>, steps: usize) -> Result<BenchResult> {
         latency_us_p90_b256: Some(q90),
         gflops: None,
         peak_rss_bytes: peak_rss_bytes(),
+        kernel: t.runtime().to_string(),
         ..Default::default()
     })
 }
@@ -967,7 +977,7 @@ pub fn run(workload: &str, steps: usize, model: Option<&Path>) -> Result<BenchRe
         "gemm" => gemm_workload(steps),
         "bert-teacher" => bert_workload(model, steps),
         "bert-corpus" => bert_corpus_workload(model, steps),
-        "onnx-teacher" => onnx_workload(model, steps),
+        "onnx-teacher" | "onnx-teacher-cnn" => onnx_workload(workload, model, steps),
         "train-trees" => train_trees_workload(steps),
         "infer-trees" => infer_trees_workload(steps),
         "collectives" => collectives_workload(steps),
@@ -978,7 +988,9 @@ pub fn run(workload: &str, steps: usize, model: Option<&Path>) -> Result<BenchRe
     }?;
     r.cpu = cpu_name();
     r.isa = isa();
-    r.kernel = kernel_path(workload, &r.isa);
+    if r.kernel.is_empty() {
+        r.kernel = kernel_path(workload, &r.isa);
+    }
     Ok(r)
 }
 

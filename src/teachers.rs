@@ -7,6 +7,7 @@
 pub mod adapter;
 pub mod bert;
 pub mod cache;
+pub mod lowered;
 pub mod native;
 pub use crate::data::Rows;
 
@@ -180,6 +181,11 @@ pub struct OnnxTeacher {
     /// One sample's shape as the graph's input declares it (`[dim]`, or `[c, h, w]`, …).
     sample_shape: Vec<usize>,
     params: usize,
+    /// The graph lowered onto distillery's own model (the fused MLP / CNN passes), when it is
+    /// made only of the operators `lowered` takes and agrees with tract on a probe batch.
+    lowered: Option<lowered::Lowered>,
+    /// What runs the graph, in words (the lowered model, or tract and why).
+    runtime: String,
     plans: std::sync::Mutex<
         std::collections::HashMap<usize, std::sync::Arc<tract_onnx::prelude::TypedSimplePlan>>,
     >,
@@ -256,6 +262,8 @@ impl OnnxTeacher {
             adapter: None,
             sample_shape: vec![dim],
             params: 0,
+            lowered: None,
+            runtime: "tract".into(),
             plans: Default::default(),
         };
         let file = t.file.clone();
@@ -265,9 +273,68 @@ impl OnnxTeacher {
             t.output = t.output_index(&model, &output)?;
             t.plan(1)?;
             t.params = t.count_params()?;
-            Ok(())
+            t.lower()
         })?;
         Ok(t)
+    }
+
+    /// Lowers the graph onto distillery's own model when it can (`lowered::lower`) and the
+    /// result agrees with tract on a probe batch of 3 samples (each output within 1e-4 of the
+    /// largest output's magnitude, or 1e-4); `DISTILLERY_ONNX_TRACT` set keeps tract.
+    fn lower(&mut self) -> Result<()> {
+        use tract_onnx::prelude::*;
+        if std::env::var_os("DISTILLERY_ONNX_TRACT").is_some() {
+            self.runtime = "tract (DISTILLERY_ONNX_TRACT)".into();
+            return Ok(());
+        }
+        let proto = tract_onnx::onnx()
+            .proto_model_for_read(&mut &self.bytes[..])
+            .map_err(|e| crate::error::Error::Input(format!("{}: {e}", self.file)))?;
+        let Some(graph) = proto.graph.as_ref() else {
+            return Ok(());
+        };
+        let Some(output) = graph.output.get(self.output).map(|o| o.name.clone()) else {
+            return Ok(());
+        };
+        let dir = self.dir.as_ref().and_then(|d| d.to_str());
+        let lowered = match lowered::lower(graph, dir, &output, &self.sample_shape) {
+            Ok(l) => l,
+            Err(why) => {
+                self.runtime = format!("tract (not lowered: {why})");
+                return Ok(());
+            }
+        };
+        let rows = 3;
+        let width: usize = self.sample_shape.iter().product();
+        let x: Vec<f32> = (0..rows * width)
+            .map(|i| ((i * 7919) % 1013) as f32 / 1013.0 * 2.0)
+            .collect();
+        let want = self.run_tract(&x, rows)?;
+        let got = lowered.run(&x, rows)?;
+        let scale = want.iter().fold(1f32, |m, v| m.max(v.abs()));
+        let worst = want.iter().zip(&got).map(|(a, b)| (a - b).abs()).fold(
+            if want.len() == got.len() {
+                0f32
+            } else {
+                f32::INFINITY
+            },
+            f32::max,
+        );
+        if worst.is_finite() && worst <= 1e-4 * scale {
+            self.runtime = format!("native {}", lowered.describe());
+            self.lowered = Some(lowered);
+        } else {
+            self.runtime = format!(
+                "tract (lowered as {} it differs from tract by {worst:.2e})",
+                lowered.describe()
+            );
+        }
+        Ok(())
+    }
+
+    /// What runs the graph, in words: `native mlp 64-128-64-10`, or `tract (…why…)`.
+    pub fn runtime(&self) -> &str {
+        &self.runtime
     }
 
     /// A teacher from another domain: `adapter` maps the run's raw samples (its `in_dim`
@@ -476,7 +543,23 @@ impl Teacher for OnnxTeacher {
     }
 
     fn predict_rows(&self, x: &[f32], rows: usize) -> Result<Vec<f32>> {
-        use tract_onnx::prelude::*;
+        self.outputs(x, rows, self.lowered.as_ref())
+    }
+}
+
+impl OnnxTeacher {
+    /// The same as [`Teacher::predict_rows`], always run by tract (what the lowered graph is
+    /// checked against).
+    pub fn predict_rows_in_tract(&self, x: &[f32], rows: usize) -> Result<Vec<f32>> {
+        self.outputs(x, rows, None)
+    }
+
+    fn outputs(
+        &self,
+        x: &[f32],
+        rows: usize,
+        lowered: Option<&lowered::Lowered>,
+    ) -> Result<Vec<f32>> {
         let mut raw = x.to_vec();
         if let Some(a) = &self.adapter {
             // The run's raw values (a cross-domain teacher always reads raw values), mapped.
@@ -485,12 +568,29 @@ impl Teacher for OnnxTeacher {
         } else if self.input == OnnxInput::Raw {
             self.normalizer.invert(&mut raw, self.dim);
         }
+        let out = match lowered {
+            Some(l) => l.run(&raw, rows)?,
+            None => self.run_tract(&raw, rows)?,
+        };
+        let ts = self.target_scale;
+        Ok(match ts {
+            Some(t) => out.into_iter().map(|v| t.forward(v)).collect(),
+            None => out,
+        })
+    }
+}
+
+impl OnnxTeacher {
+    /// The graph's chosen output for `rows` samples in its input layout, run by tract.
+    fn run_tract(&self, raw: &[f32], rows: usize) -> Result<Vec<f32>> {
+        use tract_onnx::prelude::*;
         let plan = self.plan(rows)?;
         let mut shape = vec![rows];
         shape.extend_from_slice(&self.sample_shape);
-        let input: tract_onnx::prelude::Tensor = tract_ndarray::ArrayD::from_shape_vec(shape, raw)
-            .map_err(|e| crate::error::Error::Other(format!("{}: {e}", self.file)))?
-            .into();
+        let input: tract_onnx::prelude::Tensor =
+            tract_ndarray::ArrayD::from_shape_vec(shape, raw.to_vec())
+                .map_err(|e| crate::error::Error::Other(format!("{}: {e}", self.file)))?
+                .into();
         let out = plan.run(tvec!(input.into())).map_err(|e| {
             crate::error::Error::Input(format!("{}: running it failed: {e}", self.file))
         })?;
@@ -502,13 +602,12 @@ impl Teacher for OnnxTeacher {
                 out.len()
             ))
         })?;
-        let ts = self.target_scale;
         Ok(o.to_plain_array_view::<f32>()
             .map_err(|e| {
                 crate::error::Error::Input(format!("{}: output {}: {e}", self.file, self.output))
             })?
             .iter()
-            .map(|&v| ts.map(|t| t.forward(v)).unwrap_or(v))
+            .copied()
             .collect())
     }
 }

@@ -55,9 +55,33 @@ pub mod profile {
     }
 }
 
+thread_local! {
+    /// Set by [`serial`]: this thread's products run on it alone.
+    static SERIAL: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Runs `f` with every product on this thread single-threaded: for a caller that has already
+/// split its work over the threads (a block of rows per thread through a whole network), so
+/// that no product inside splits it again.
+pub fn serial<R>(f: impl FnOnce() -> R) -> R {
+    let before = SERIAL.with(|s| s.replace(true));
+    let r = f();
+    SERIAL.with(|s| s.set(before));
+    r
+}
+
+/// The threads a product on this thread may use: the pool's, or 1 inside [`serial`].
+pub fn threads() -> usize {
+    if SERIAL.with(|s| s.get()) {
+        1
+    } else {
+        rayon::current_num_threads()
+    }
+}
+
 /// The `gemm` crate's parallelism for a product on this pool's threads.
 pub fn par() -> gemm::Parallelism {
-    let t = rayon::current_num_threads();
+    let t = threads();
     if t > 1 {
         gemm::Parallelism::Rayon(t)
     } else {
@@ -104,7 +128,7 @@ pub fn matmul_rows_split(dst: &mut [f32], m: usize, n: usize, k: usize, lhs: &[f
     // Read once: this runs on every inference product.
     static SPLIT: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     let split = *SPLIT.get_or_init(|| std::env::var_os("DISTILLERY_NO_ROW_SPLIT").is_none());
-    let t = rayon::current_num_threads();
+    let t = threads();
     if !split || t < 2 || m < 16 * t || m * n * k < 1 << 20 {
         matmul(dst, m, n, k, true, lhs, k, 1, rhs, n, 1);
         return;
@@ -152,7 +176,7 @@ pub fn gemv(out: &mut [f32], n: usize, k: usize, x: &[f32], w: &[f32]) {
         } else {
             gemv_avx2
         };
-        let threads = rayon::current_num_threads();
+        let threads = threads();
         // Worth waking the other thread (tens of µs on a VM) only for about 2 MB of weights.
         if threads > 1 && n * k >= 1 << 19 && n >= 128 {
             // Blocks of 128 outputs, several per thread: rayon's caller runs the blocks nobody

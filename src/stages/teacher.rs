@@ -363,11 +363,12 @@ fn onnx_teacher(c: &TeacherConfig, onnx: &Path, store: &mut RunStore) -> Result<
         .map(|a| format!(", adapter {}", a.describe()))
         .unwrap_or_default();
     store.progress.say(&format!(
-        "{}: ONNX teacher {} ({} inputs, {} outputs{adapted})",
+        "{}: ONNX teacher {} ({} inputs, {} outputs{adapted}; runs on {})",
         c.name,
         onnx.display(),
         d,
-        t_outputs
+        t_outputs,
+        t.runtime()
     ));
     if c.calibrate {
         return calibrated_teacher(c, onnx, t, t_outputs, &adapted, store);
