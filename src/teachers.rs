@@ -112,6 +112,51 @@ pub enum OnnxInput {
     Normalized,
 }
 
+/// How token ids (a text run's featurized rows: ids, then padding) become an integer input of an
+/// ONNX graph: the padding's id, and ids put before and after each text's tokens (a BERT
+/// export's `[CLS]` and `[SEP]`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct TokenIds {
+    /// The id padding positions get (default 0).
+    #[serde(default)]
+    pub pad: i64,
+    /// An id put before each text's tokens.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cls: Option<i64>,
+    /// An id put after each text's tokens.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sep: Option<i64>,
+}
+
+impl TokenIds {
+    /// Positions a row gains.
+    fn extra(&self) -> usize {
+        usize::from(self.cls.is_some()) + usize::from(self.sep.is_some())
+    }
+}
+
+/// Which graph input the data feed, and how integer inputs are filled.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct OnnxFeed {
+    /// The input the data feed, by name; `None`: the one input that is not an
+    /// `attention_mask` or `token_type_ids`.
+    pub input_name: Option<String>,
+    /// Integer (token-id) inputs: padding and special ids.
+    pub token_ids: TokenIds,
+}
+
+/// What distillery puts in a graph input besides the data.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Companion {
+    /// The data themselves.
+    Data,
+    /// `attention_mask`: 1 on a token (special ids included), 0 on padding.
+    Mask,
+    /// `token_type_ids`: 0 everywhere.
+    Zeros,
+}
+
 /// Which output of an ONNX graph holds the logits (or values): by position (`output = 1`) or
 /// by name (`output = "logits"`, as `torch.onnx.export(output_names=…)` names them).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -180,6 +225,10 @@ pub struct OnnxTeacher {
     adapter: Option<adapter::Adapter>,
     /// One sample's shape as the graph's input declares it (`[dim]`, or `[c, h, w]`, …).
     sample_shape: Vec<usize>,
+    /// Which input the data feed and how integer inputs are filled.
+    feed: OnnxFeed,
+    /// What each graph input gets, in the graph's order, with its element type.
+    inputs: Vec<(Companion, tract_onnx::prelude::DatumType)>,
     params: usize,
     /// The graph lowered onto distillery's own model (the fused MLP / CNN passes), when it is
     /// made only of the operators `lowered` takes and agrees with tract on a probe batch.
@@ -200,6 +249,20 @@ impl OnnxTeacher {
         output: impl Into<OnnxOutput>,
         normalizer: crate::data::Normalizer,
     ) -> Result<OnnxTeacher> {
+        Self::load_fed(path, dim, input, output, normalizer, OnnxFeed::default())
+    }
+
+    /// [`OnnxTeacher::load`] with the graph input chosen by name and integer inputs filled as
+    /// `feed` says: a text run's token ids (its padding and special ids), an `attention_mask`
+    /// and `token_type_ids` beside them filled by distillery.
+    pub fn load_fed(
+        path: &std::path::Path,
+        dim: usize,
+        input: OnnxInput,
+        output: impl Into<OnnxOutput>,
+        normalizer: crate::data::Normalizer,
+        feed: OnnxFeed,
+    ) -> Result<OnnxTeacher> {
         let bytes = crate::io::read_file(path)?;
         let dir = path
             .parent()
@@ -219,6 +282,7 @@ impl OnnxTeacher {
             input,
             output.into(),
             normalizer,
+            feed,
         )
     }
 
@@ -238,9 +302,19 @@ impl OnnxTeacher {
         output: impl Into<OnnxOutput>,
         normalizer: crate::data::Normalizer,
     ) -> Result<OnnxTeacher> {
-        Self::build(bytes, file, None, dim, input, output.into(), normalizer)
+        Self::build(
+            bytes,
+            file,
+            None,
+            dim,
+            input,
+            output.into(),
+            normalizer,
+            OnnxFeed::default(),
+        )
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn build(
         bytes: Vec<u8>,
         file: &str,
@@ -249,6 +323,7 @@ impl OnnxTeacher {
         input: OnnxInput,
         output: OnnxOutput,
         normalizer: crate::data::Normalizer,
+        feed: OnnxFeed,
     ) -> Result<OnnxTeacher> {
         let mut t = OnnxTeacher {
             bytes,
@@ -261,6 +336,8 @@ impl OnnxTeacher {
             dim,
             adapter: None,
             sample_shape: vec![dim],
+            feed,
+            inputs: Vec::new(),
             params: 0,
             lowered: None,
             runtime: "tract".into(),
@@ -269,6 +346,7 @@ impl OnnxTeacher {
         let file = t.file.clone();
         crate::error::no_panic(&file, || {
             let model = t.model()?;
+            t.inputs = t.inputs_of(&model)?;
             t.sample_shape = t.sample_shape_of(&model)?;
             t.output = t.output_index(&model, &output)?;
             t.plan(1)?;
@@ -285,6 +363,10 @@ impl OnnxTeacher {
         use tract_onnx::prelude::*;
         if std::env::var_os("DISTILLERY_ONNX_TRACT").is_some() {
             self.runtime = "tract (DISTILLERY_ONNX_TRACT)".into();
+            return Ok(());
+        }
+        if self.inputs.len() != 1 || self.int_input() {
+            self.runtime = "tract (not lowered: token ids or several inputs)".into();
             return Ok(());
         }
         let proto = tract_onnx::onnx()
@@ -392,29 +474,139 @@ impl OnnxTeacher {
         Ok(parsed.model)
     }
 
-    /// The per-sample shape the graph's first input declares: `[dim]` for `[batch, features]`,
-    /// `[c, h, w]` for an image model, when its dimensions multiply to the data's features.
+    /// What each graph input gets: the data (the input named `feed.input_name`, or the one
+    /// input that is not an `attention_mask` or `token_type_ids`), or a companion distillery
+    /// fills; with its element type (integer inputs take token ids).
+    fn inputs_of(
+        &self,
+        model: &tract_onnx::prelude::InferenceModel,
+    ) -> Result<Vec<(Companion, tract_onnx::prelude::DatumType)>> {
+        use tract_hir::infer::Factoid;
+        use tract_onnx::prelude::DatumType;
+        let bad = |m: String| crate::error::Error::Input(format!("{}: {m}", self.file));
+        let outlets = model
+            .input_outlets()
+            .map_err(|e| bad(format!("its inputs: {e}")))?;
+        let names: Vec<String> = outlets
+            .iter()
+            .map(|o| model.node(o.node).name.clone())
+            .collect();
+        let data = match &self.feed.input_name {
+            Some(n) => names.iter().position(|x| x == n).ok_or_else(|| {
+                bad(format!(
+                    "no input named '{n}'; the graph's inputs are {}",
+                    names.join(", ")
+                ))
+            })?,
+            None => {
+                let free: Vec<usize> = (0..names.len())
+                    .filter(|&i| !matches!(names[i].as_str(), "attention_mask" | "token_type_ids"))
+                    .collect();
+                match free.as_slice() {
+                    [one] => *one,
+                    _ => {
+                        return Err(bad(format!(
+                            "the graph has inputs {}; name the one the data feed with input_name (distillery fills attention_mask and token_type_ids)",
+                            names.join(", ")
+                        )))
+                    }
+                }
+            }
+        };
+        let dt_of = |i: usize| {
+            model
+                .input_fact(i)
+                .ok()
+                .and_then(|f| f.datum_type.concretize())
+                .unwrap_or(DatumType::F32)
+        };
+        let data_dt = dt_of(data);
+        let mut out = Vec::new();
+        for (i, name) in names.iter().enumerate() {
+            let dt = dt_of(i);
+            let role = if i == data {
+                Companion::Data
+            } else {
+                match name.as_str() {
+                    "attention_mask" => Companion::Mask,
+                    "token_type_ids" => Companion::Zeros,
+                    _ => {
+                        return Err(bad(format!(
+                            "its input '{name}' is not one distillery can fill: the data feed '{}', and only attention_mask and token_type_ids may stand beside it",
+                            names[data]
+                        )))
+                    }
+                }
+            };
+            let ok = match role {
+                Companion::Data => matches!(dt, DatumType::F32 | DatumType::I64 | DatumType::I32),
+                _ => matches!(dt, DatumType::I64 | DatumType::I32 | DatumType::F32),
+            };
+            if !ok {
+                return Err(bad(format!(
+                    "its input '{name}' takes {dt:?}; distillery feeds f32 values or i64 / i32 token ids"
+                )));
+            }
+            if role != Companion::Data && !is_int(data_dt) {
+                return Err(bad(format!(
+                    "its input '{name}' goes with token ids, but '{}' takes float values",
+                    names[data]
+                )));
+            }
+            out.push((role, dt));
+        }
+        Ok(out)
+    }
+
+    /// The graph input the data feed.
+    fn data_input(&self) -> usize {
+        self.inputs
+            .iter()
+            .position(|(c, _)| *c == Companion::Data)
+            .unwrap_or(0)
+    }
+
+    /// Whether the data feed an integer (token-id) input.
+    pub fn takes_token_ids(&self) -> bool {
+        self.int_input()
+    }
+
+    fn int_input(&self) -> bool {
+        self.inputs
+            .get(self.data_input())
+            .is_some_and(|(_, dt)| is_int(*dt))
+    }
+
+    /// The per-sample shape the data input declares: `[dim]` for `[batch, features]`,
+    /// `[c, h, w]` for an image model, when its dimensions multiply to the data's features;
+    /// for token ids `[dim]` plus the special ids, the sequence axis fixed or not.
     fn sample_shape_of(&self, model: &tract_onnx::prelude::InferenceModel) -> Result<Vec<usize>> {
         use tract_hir::infer::Factoid;
-        let inputs = model.input_outlets().map(|v| v.len()).unwrap_or(0);
-        if inputs != 1 {
-            return Err(crate::error::Error::Input(format!(
-                "{}: the graph has {inputs} inputs; an ONNX teacher takes one",
-                self.file
-            )));
-        }
+        let tokens = self.int_input();
+        let width = self.dim
+            + if tokens {
+                self.feed.token_ids.extra()
+            } else {
+                0
+            };
         let fact = model
-            .input_fact(0)
+            .input_fact(self.data_input())
             .map_err(|e| crate::error::Error::Input(format!("{}: its input: {e}", self.file)))?;
         if fact.shape.is_open() {
             // Rank unknown: feed [batch, features].
-            return Ok(vec![self.dim]);
+            return Ok(vec![width]);
         }
         let dims: Vec<_> = fact.shape.dims().collect();
         if dims.len() < 2 {
-            return Ok(vec![self.dim]);
+            return Ok(vec![width]);
         }
         let shape_len = dims.len();
+        if tokens && shape_len != 2 {
+            return Err(crate::error::Error::Input(format!(
+                "{}: its token-id input has {shape_len} axes; expected [batch, tokens]",
+                self.file
+            )));
+        }
         let rest: Vec<Option<usize>> = dims[1..]
             .iter()
             .map(|d| {
@@ -425,14 +617,21 @@ impl OnnxTeacher {
             .collect();
         let known: Option<Vec<usize>> = rest.iter().copied().collect();
         match known {
-            Some(dims) if dims.iter().product::<usize>() == self.dim => Ok(dims),
+            Some(dims) if dims.iter().product::<usize>() == width => Ok(dims),
+            Some(dims) if tokens => Err(crate::error::Error::Input(format!(
+                "{}: its input takes rows of {} token ids, but the data's rows have {} ({} with the special ids); export it with a dynamic sequence axis or set the featurizer's max_tokens",
+                self.file,
+                dims.iter().product::<usize>(),
+                self.dim,
+                width
+            ))),
             Some(dims) => Err(crate::error::Error::Input(format!(
                 "{}: its input takes samples of shape {dims:?} ({} values), but the data have {} features",
                 self.file,
                 dims.iter().product::<usize>(),
                 self.dim
             ))),
-            None if shape_len == 2 => Ok(vec![self.dim]),
+            None if shape_len == 2 => Ok(vec![width]),
             None => Err(crate::error::Error::Input(format!(
                 "{}: its input has {shape_len} axes whose sizes beyond the batch are not fixed; export it with fixed sample dimensions (only the batch axis dynamic)",
                 self.file
@@ -476,11 +675,19 @@ impl OnnxTeacher {
         }
     }
 
-    fn input_fact(&self, rows: usize) -> tract_onnx::prelude::InferenceFact {
+    /// Every graph input's fact at `rows` samples (companions take the data's shape).
+    fn with_input_facts(
+        &self,
+        mut model: tract_onnx::prelude::InferenceModel,
+        rows: usize,
+    ) -> tract_onnx::prelude::TractResult<tract_onnx::prelude::InferenceModel> {
         use tract_onnx::prelude::*;
         let mut shape = vec![rows];
         shape.extend_from_slice(&self.sample_shape);
-        f32::fact(shape).into()
+        for (i, (_, dt)) in self.inputs.iter().enumerate() {
+            model = model.with_input_fact(i, InferenceFact::dt_shape(*dt, shape.clone()))?;
+        }
+        Ok(model)
     }
 
     fn count_params(&self) -> Result<usize> {
@@ -488,8 +695,7 @@ impl OnnxTeacher {
         let bad =
             |e: &dyn std::fmt::Display| crate::error::Error::Input(format!("{}: {e}", self.file));
         let typed = self
-            .model()?
-            .with_input_fact(0, self.input_fact(1))
+            .with_input_facts(self.model()?, 1)
             .map_err(|e| bad(&e))?
             .into_typed()
             .map_err(|e| bad(&e))?;
@@ -515,8 +721,7 @@ impl OnnxTeacher {
             crate::error::Error::Input(format!("{}: {what}: {e}", self.file))
         };
         let plan = self
-            .model()?
-            .with_input_fact(0, self.input_fact(rows))
+            .with_input_facts(self.model()?, rows)
             .map_err(|e| bad("its input cannot take [batch, features]", &e))?
             .into_optimized()
             .map_err(|e| {
@@ -532,6 +737,48 @@ impl OnnxTeacher {
             .map_err(|e| bad("cannot plan the graph", &e))?;
         plans.insert(rows, plan.clone());
         Ok(plan)
+    }
+}
+
+/// Whether a graph input takes integers.
+fn is_int(dt: tract_onnx::prelude::DatumType) -> bool {
+    matches!(
+        dt,
+        tract_onnx::prelude::DatumType::I64 | tract_onnx::prelude::DatumType::I32
+    )
+}
+
+impl OnnxTeacher {
+    /// A text run's rows (token ids, then `data::text::PAD`) as the graph's ids — the special
+    /// ids around each text's tokens, padding given its id — and the attention mask (1 on every
+    /// id but padding). A value that is not a whole id is an error naming it.
+    fn token_rows(&self, raw: &[f32], rows: usize) -> Result<(Vec<i64>, Vec<i64>)> {
+        let tk = self.feed.token_ids;
+        let width = self.dim + tk.extra();
+        let mut ids = Vec::with_capacity(rows * width);
+        let mut mask = Vec::with_capacity(rows * width);
+        for (r, row) in raw.chunks_exact(self.dim).take(rows).enumerate() {
+            let mut real: Vec<i64> = Vec::with_capacity(width);
+            real.extend(tk.cls);
+            for &v in row {
+                if v == crate::data::text::PAD {
+                    continue;
+                }
+                if !(v.is_finite() && v >= 0.0 && v.fract() == 0.0) {
+                    return Err(crate::error::Error::Input(format!(
+                        "{}: its input takes integer token ids, but sample {r} holds {v}",
+                        self.file
+                    )));
+                }
+                real.push(v as i64);
+            }
+            real.extend(tk.sep);
+            mask.extend(std::iter::repeat_n(1, real.len()));
+            mask.extend(std::iter::repeat_n(0, width - real.len()));
+            ids.extend(real.iter().copied());
+            ids.extend(std::iter::repeat_n(tk.pad, width - real.len()));
+        }
+        Ok((ids, mask))
     }
 }
 
@@ -587,11 +834,29 @@ impl OnnxTeacher {
         let plan = self.plan(rows)?;
         let mut shape = vec![rows];
         shape.extend_from_slice(&self.sample_shape);
-        let input: tract_onnx::prelude::Tensor =
-            tract_ndarray::ArrayD::from_shape_vec(shape, raw.to_vec())
-                .map_err(|e| crate::error::Error::Other(format!("{}: {e}", self.file)))?
+        let bad =
+            |e: &dyn std::fmt::Display| crate::error::Error::Other(format!("{}: {e}", self.file));
+        let mut feeds: TVec<TValue> = tvec!();
+        if self.int_input() {
+            let (ids, mask) = self.token_rows(raw, rows)?;
+            for (role, dt) in &self.inputs {
+                let v: Vec<i64> = match role {
+                    Companion::Data => ids.clone(),
+                    Companion::Mask => mask.clone(),
+                    Companion::Zeros => vec![0; ids.len()],
+                };
+                let t: Tensor = tract_ndarray::ArrayD::from_shape_vec(shape.clone(), v)
+                    .map_err(|e| bad(&e))?
+                    .into();
+                feeds.push(t.cast_to_dt(*dt).map_err(|e| bad(&e))?.into_owned().into());
+            }
+        } else {
+            let input: Tensor = tract_ndarray::ArrayD::from_shape_vec(shape, raw.to_vec())
+                .map_err(|e| bad(&e))?
                 .into();
-        let out = plan.run(tvec!(input.into())).map_err(|e| {
+            feeds.push(input.into());
+        }
+        let out = plan.run(feeds).map_err(|e| {
             crate::error::Error::Input(format!("{}: running it failed: {e}", self.file))
         })?;
         let o = out.get(self.output).ok_or_else(|| {

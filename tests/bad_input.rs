@@ -989,3 +989,75 @@ fn bad_multi_task_models() {
         &["teacher.t", "10 outputs", "3 classes"],
     );
 }
+
+/// ONNX teachers whose inputs do not fit the data: an input name the graph lacks, a float graph
+/// on texts, token-id settings on a float graph, an id below 0, and values that are not ids
+/// fed to a token-id graph — each one line, exit 2, before any work.
+#[test]
+fn bad_onnx_inputs() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let root = env!("CARGO_MANIFEST_DIR");
+    let mlp = format!("{root}/data/teachers/digits-torch-mlp.onnx");
+    let float12 = format!("{root}/tests/data/onnx/lower-mlp.onnx");
+    let ids = format!("{root}/tests/data/onnx/token-bag.onnx");
+    let digits = "[data]\nformat = \"digits\"\n";
+    let student = "[[model]]\nname = \"s\"\nrole = \"student\"\narch = { kind = \"mlp\", hidden = [8] }\ntrain = { epochs = 1 }\ndistill = { teacher = \"t\" }\n";
+    expect_bad_config(
+        dir,
+        "onnx-input-name-missing",
+        &format!(
+            "{digits}[[teacher]]\nname = \"t\"\nonnx = \"{mlp}\"\ninput_name = \"ids\"\n{student}"
+        ),
+        &["digits-torch-mlp.onnx", "no input named 'ids'", "pixels"],
+    );
+    expect_bad_config(
+        dir,
+        "onnx-token-ids-float-graph",
+        &format!("{digits}[[teacher]]\nname = \"t\"\nonnx = \"{mlp}\"\ntoken_ids = {{ pad = 0 }}\n{student}"),
+        &["teacher.t.token_ids", "takes float values, not token ids"],
+    );
+    expect_bad_config(
+        dir,
+        "onnx-token-ids-negative",
+        &format!("{digits}[[teacher]]\nname = \"t\"\nonnx = \"{ids}\"\ntoken_ids = {{ pad = -1 }}\n{student}"),
+        &["teacher[0].token_ids.pad", "≥ 0"],
+    );
+    let iris = format!(
+        "[data]\nformat = \"csv\"\npath = \"{root}/data/sklearn/iris.csv\"\nlabel = \"species\"\n"
+    );
+    expect_bad_config(
+        dir,
+        "onnx-token-ids-not-ids",
+        &format!("{iris}[[teacher]]\nname = \"t\"\nonnx = \"{ids}\"\ncalibrate = true\n{student}"),
+        &["token-bag.onnx", "integer token ids", "sample 0 holds"],
+    );
+    let texts: String = (0..40)
+        .map(|i| {
+            format!(
+                "{}\n",
+                serde_json::json!({"text": format!("word{} other words {}", i % 5, i), "label": if i % 2 == 0 {"a"} else {"b"}})
+            )
+        })
+        .collect();
+    let data = write(dir, "t.jsonl", texts.as_bytes());
+    expect_bad_config(
+        dir,
+        "onnx-float-teacher-on-text",
+        &format!("[data]\nformat = \"text\"\npath = \"{data}\"\nfeatures = {{ kind = \"ngrams\", buckets = 64, max_tokens = 12 }}\n[[teacher]]\nname = \"t\"\nonnx = \"{float12}\"\ncalibrate = true\n[[model]]\nname = \"s\"\nrole = \"student\"\narch = {{ kind = \"embedding-bag\", dim = 4 }}\ntrain = {{ epochs = 1 }}\ndistill = {{ teacher = \"t\" }}\n"),
+        &["lower-mlp.onnx", "takes float values", "integer token ids"],
+    );
+    // Token augmentations on images; image and row augmentations on texts.
+    expect_bad_config(
+        dir,
+        "augment-mask-on-images",
+        &format!("{digits}[[model]]\nname = \"s\"\narch = {{ kind = \"mlp\", hidden = [8] }}\ntrain = {{ epochs = 1, augment = {{ mask = 0.1 }} }}\n"),
+        &["model.s.train.augment.mask", "texts"],
+    );
+    expect_bad_config(
+        dir,
+        "augment-noise-on-texts",
+        &format!("[data]\nformat = \"text\"\npath = \"{data}\"\nfeatures = {{ kind = \"ngrams\", buckets = 64 }}\n[[model]]\nname = \"s\"\narch = {{ kind = \"embedding-bag\", dim = 4 }}\ntrain = {{ epochs = 1, augment = {{ noise = 0.1 }} }}\n"),
+        &["model.s.train.augment", "mask and ngram only"],
+    );
+}

@@ -696,3 +696,67 @@ fn onnx_graphs_made_of_our_operators_run_on_our_kernels() {
         }
     }
 }
+
+/// An ONNX text classifier over integer token ids, with three inputs as `torch.onnx.export`
+/// writes Hugging Face models (`scripts/make_onnx_token_teacher.py`): distillery feeds the
+/// featurized rows (ids, then -1 padding) as `input_ids` — the padding given its id, [CLS]
+/// and [SEP] put around each text when asked — and fills `attention_mask` and
+/// `token_type_ids`; the logits are onnxruntime's. Inputs are chosen by name; what does not fit
+/// is one line naming the file.
+#[test]
+fn onnx_teachers_of_token_ids_fill_the_inputs_pytorch_exports() {
+    let dir = common::repo().join("tests/data/onnx");
+    let refs: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(dir.join("token-bag.expected.json")).unwrap(),
+    )
+    .unwrap();
+    let x = rows(&refs["rows"]);
+    let file = dir.join("token-bag.onnx");
+    let load = |feed: distillery::teachers::OnnxFeed| {
+        OnnxTeacher::load_fed(&file, 6, OnnxInput::Raw, 0, Normalizer::None, feed)
+    };
+    let plain = distillery::teachers::OnnxFeed::default();
+    let wrapped = distillery::teachers::OnnxFeed {
+        input_name: Some("input_ids".into()),
+        token_ids: distillery::teachers::TokenIds {
+            pad: 0,
+            cls: Some(1),
+            sep: Some(2),
+        },
+    };
+    for (feed, key) in [(plain, "logits"), (wrapped, "logits_cls_sep")] {
+        let t = load(feed).unwrap();
+        assert!(t.takes_token_ids());
+        assert!(t.runtime().starts_with("tract"), "{}", t.runtime());
+        let want = rows(&refs[key]);
+        for at_once in [6, 1, 4] {
+            let mut got = Vec::new();
+            for chunk in x.chunks(at_once * 6) {
+                got.extend(t.predict_rows(chunk, chunk.len() / 6).unwrap());
+            }
+            for (a, b) in got.iter().zip(&want) {
+                assert!((a - b).abs() < 1e-5, "{key}: {a} vs onnxruntime's {b}");
+            }
+        }
+    }
+    // A value that is not an id; an input name the graph lacks.
+    let t = load(Default::default()).unwrap();
+    let mut bad = x.clone();
+    bad[7] = 2.5;
+    let e = t.predict_rows(&bad, 6).unwrap_err().to_string();
+    assert!(
+        e.contains("token-bag.onnx") && e.contains("sample 1 holds 2.5"),
+        "{e}"
+    );
+    let e = load(distillery::teachers::OnnxFeed {
+        input_name: Some("ids".into()),
+        ..Default::default()
+    })
+    .err()
+    .unwrap()
+    .to_string();
+    assert!(
+        e.contains("no input named 'ids'") && e.contains("input_ids, attention_mask"),
+        "{e}"
+    );
+}

@@ -804,3 +804,96 @@ fn fast_wordpiece_matches_the_tokenizers_crate() {
     assert!(!fast.first_ids("the cat [SEP] sat", 8, &mut v) && v.is_empty());
     assert!(!fast.first_ids("the café", 8, &mut v) && v.is_empty());
 }
+
+/// Through the binary: an ONNX text classifier over token ids (three inputs, as PyTorch
+/// exports Hugging Face models) teaches an embedding-bag student on hashed n-gram ids of the
+/// same vocabulary, and the student agrees with it; a float-input ONNX teacher on texts is
+/// refused before any work, one line naming the file.
+#[test]
+fn onnx_token_id_teachers_teach_text_students() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("texts.jsonl");
+    write_texts(&data, 150);
+    let cfg_with = |onnx: &str, augment: &str| {
+        format!(
+            r#"
+seed = 3
+[data]
+format = "text"
+path = "{}"
+features = {{ kind = "ngrams", buckets = 64, word_ngrams = 1, min_char = 0, max_tokens = 12 }}
+[eval]
+latency_runs = 2
+latency_budget_ms = 1
+[[teacher]]
+name = "onnx-ids"
+onnx = "{onnx}"
+token_ids = {{ pad = 0, cls = 1, sep = 2 }}
+calibrate = true
+[[model]]
+name = "s"
+role = "student"
+arch = {{ kind = "embedding-bag", dim = 8 }}
+train = {{ epochs = 6, optimizer = "adam", lr = 0.02{augment} }}
+distill = {{ teacher = "onnx-ids", alpha = 1.0, temperature = 1.0 }}
+"#,
+            data.display()
+        )
+    };
+    let cfg = |onnx: &str| cfg_with(onnx, "");
+    let f = dir.path().join("t.toml");
+    let onnx = common::repo().join("tests/data/onnx/token-bag.onnx");
+    std::fs::write(&f, cfg(&onnx.display().to_string())).unwrap();
+    let out = dir.path().join("o");
+    let o = run(&["run", f.to_str().unwrap(), "--out", out.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let m = metrics(&out);
+    let s = m["models"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["name"] == "s")
+        .unwrap()
+        .clone();
+    let agree = s["distill"]["agreement"]["test"]["top1"].as_f64().unwrap();
+    assert!(agree > 0.7, "{s}");
+    // Tang et al.'s token augmentations, the teacher on every augmented view.
+    std::fs::write(
+        &f,
+        cfg_with(
+            &onnx.display().to_string(),
+            ", augment = { mask = 0.1, ngram = 0.2 }",
+        ),
+    )
+    .unwrap();
+    let out = dir.path().join("aug");
+    let o = run(&["run", f.to_str().unwrap(), "--out", out.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("the teacher runs on every augmented batch"),
+        "{}",
+        stderr(&o)
+    );
+    let m = metrics(&out);
+    assert!(m["models"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|r| r["name"] == "s"
+            && r["distill"]["agreement"]["test"]["top1"].as_f64().unwrap() > 0.7));
+    // A float-input teacher of as many values as the rows have ids, on texts.
+    let img = common::repo().join("tests/data/onnx/lower-mlp.onnx");
+    std::fs::write(&f, cfg(&img.display().to_string())).unwrap();
+    let o = run(&[
+        "run",
+        f.to_str().unwrap(),
+        "--out",
+        dir.path().join("p").to_str().unwrap(),
+    ]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    let e = stderr(&o);
+    assert!(
+        e.contains("lower-mlp.onnx") && e.contains("takes float values"),
+        "{e}"
+    );
+}

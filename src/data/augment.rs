@@ -46,6 +46,14 @@ pub struct AugmentConfig {
     /// CutMix's α (images); 0: off.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub cutmix: f32,
+    /// Texts: each token removed with this probability (Tang et al. 2019's masking; a bag of
+    /// embeddings reads a `[MASK]` as nothing); a text keeps at least one token.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub mask: f32,
+    /// Texts: the probability of replacing a text by one of its n-grams (n drawn from 1 to 5,
+    /// the window from the text's tokens; Tang et al. 2019's n-gram sampling).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub ngram: f32,
 }
 
 fn is_zero(v: &f32) -> bool {
@@ -80,6 +88,17 @@ pub struct Mix {
     pub lambda: f32,
 }
 
+impl InputKind {
+    /// The kind of a run's data.
+    pub fn of(images: bool, text: bool) -> InputKind {
+        match (images, text) {
+            (_, true) => InputKind::Tokens,
+            (true, false) => InputKind::Images,
+            (false, false) => InputKind::Rows,
+        }
+    }
+}
+
 impl AugmentConfig {
     /// Whether the table changes anything.
     pub fn is_active(&self) -> bool {
@@ -91,11 +110,33 @@ impl AugmentConfig {
         if !self.is_active() {
             return Ok(());
         }
+        for (name, v) in [("mask", self.mask), ("ngram", self.ngram)] {
+            if !(v.is_finite() && (0.0..=1.0).contains(&v)) {
+                bad_field(
+                    &format!("{p}.{name}"),
+                    &format!("expected a number in [0, 1], got {v}"),
+                )?;
+            }
+            if v > 0.0 && kind != InputKind::Tokens {
+                bad_field(
+                    &format!("{p}.{name}"),
+                    "works on texts (token ids); these data are not texts",
+                )?;
+            }
+        }
         if kind == InputKind::Tokens {
-            return bad_field(
-                p,
-                "texts (token ids) are not augmented by train.augment; give a transfer set or synthetic samples instead",
-            );
+            let others = AugmentConfig {
+                mask: 0.0,
+                ngram: 0.0,
+                ..self.clone()
+            };
+            if others.is_active() {
+                return bad_field(
+                    p,
+                    "texts (token ids) take mask and ngram only (shifts, noise and mixing do not apply to ids)",
+                );
+            }
+            return Ok(());
         }
         for (name, v, max) in [
             ("erase", self.erase, 1.0),
@@ -147,6 +188,12 @@ impl AugmentConfig {
     pub fn apply(&self, x: &mut [f32], shape: &[usize], fill: f32, rng: &mut Rng) -> Option<Mix> {
         let d: usize = shape.iter().product();
         if d == 0 || x.is_empty() {
+            return None;
+        }
+        if self.mask > 0.0 || self.ngram > 0.0 {
+            for row in x.chunks_exact_mut(d) {
+                self.tokens(row, rng);
+            }
             return None;
         }
         let b = x.len() / d;
@@ -235,6 +282,39 @@ impl AugmentConfig {
             }
         }
         Some(Mix { partner, lambda })
+    }
+}
+
+impl AugmentConfig {
+    /// One text's row (token ids, then `text::PAD`), augmented in place: an n-gram of it kept
+    /// with probability `ngram`, then each token removed with probability `mask` (at least one
+    /// kept); the ids left move to the front, padding after them.
+    fn tokens(&self, row: &mut [f32], rng: &mut Rng) {
+        let pad = super::text::PAD;
+        let mut ids: Vec<f32> = row.iter().copied().filter(|&v| v != pad).collect();
+        if ids.is_empty() {
+            return;
+        }
+        if self.ngram > 0.0 && rng.uniform() < self.ngram && ids.len() > 1 {
+            let n = 1 + rng.below(ids.len().min(5));
+            let start = rng.below(ids.len() - n + 1);
+            ids = ids[start..start + n].to_vec();
+        }
+        if self.mask > 0.0 {
+            let keep: Vec<bool> = ids.iter().map(|_| rng.uniform() >= self.mask).collect();
+            if keep.iter().any(|&k| k) {
+                ids = ids
+                    .iter()
+                    .zip(&keep)
+                    .filter(|(_, &k)| k)
+                    .map(|(&v, _)| v)
+                    .collect();
+            } else {
+                ids = vec![ids[rng.below(ids.len())]];
+            }
+        }
+        row.fill(pad);
+        row[..ids.len()].copy_from_slice(&ids);
     }
 }
 
@@ -342,7 +422,7 @@ mod tests {
     }
 
     #[test]
-    fn image_only_augmentations_are_refused_on_rows_and_anything_on_tokens() {
+    fn each_augmentation_is_refused_on_data_it_does_not_fit() {
         let flip = AugmentConfig {
             flip: true,
             ..Default::default()
@@ -357,10 +437,61 @@ mod tests {
             ..Default::default()
         };
         assert!(noise.check("a", InputKind::Tokens).is_err());
+        let mask = AugmentConfig {
+            mask: 0.1,
+            ..Default::default()
+        };
+        assert!(mask.check("a", InputKind::Tokens).is_ok());
+        let e = mask.check("m", InputKind::Images).unwrap_err().to_string();
+        assert!(e.contains("m.mask") && e.contains("texts"), "{e}");
         let bad = AugmentConfig {
             erase: 1.5,
             ..Default::default()
         };
         assert!(bad.check("a", InputKind::Images).is_err());
+    }
+
+    /// Tang et al.'s masking and n-gram sampling on token rows: seeded; the ids left are the
+    /// text's own, in order (an n-gram is one contiguous window of 1 to 5 of them), at the
+    /// front with padding after them, never none; masking removes about its rate of the tokens.
+    #[test]
+    fn token_views_keep_the_texts_ids_in_order() {
+        let pad = crate::data::text::PAD;
+        let row: Vec<f32> = (10..30).map(|v| v as f32).chain([pad; 4]).collect();
+        let x: Vec<f32> = (0..200).flat_map(|_| row.clone()).collect();
+        let run = |a: &AugmentConfig, seed| {
+            let mut v = x.clone();
+            assert!(a.apply(&mut v, &[24], 0.0, &mut Rng::new(seed)).is_none());
+            v
+        };
+        let ngram = AugmentConfig {
+            ngram: 1.0,
+            ..Default::default()
+        };
+        assert_eq!(run(&ngram, 4), run(&ngram, 4));
+        assert_ne!(run(&ngram, 4), run(&ngram, 5));
+        for r in run(&ngram, 4).chunks(24) {
+            let ids: Vec<f32> = r.iter().copied().take_while(|&v| v != pad).collect();
+            assert!((1..=5).contains(&ids.len()), "{r:?}");
+            assert!(r[ids.len()..].iter().all(|&v| v == pad));
+            assert!(
+                ids.windows(2).all(|w| w[1] == w[0] + 1.0),
+                "contiguous: {ids:?}"
+            );
+        }
+        let mask = AugmentConfig {
+            mask: 0.25,
+            ..Default::default()
+        };
+        let kept: usize = run(&mask, 7)
+            .chunks(24)
+            .map(|r| {
+                let ids: Vec<f32> = r.iter().copied().take_while(|&v| v != pad).collect();
+                assert!(!ids.is_empty() && ids.windows(2).all(|w| w[1] > w[0]));
+                ids.len()
+            })
+            .sum();
+        let rate = 1.0 - kept as f32 / (200.0 * 20.0);
+        assert!((rate - 0.25).abs() < 0.03, "removed {rate}");
     }
 }

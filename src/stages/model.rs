@@ -244,7 +244,10 @@ impl ModelConfig {
                 )?;
             }
         }
-        m.train.check(&format!("{p}.train"), images)?;
+        m.train.check_for(
+            &format!("{p}.train"),
+            crate::data::augment::InputKind::of(images, text),
+        )?;
         crate::stages::tasks::check(
             &self.multi_task(),
             &[

@@ -39,6 +39,14 @@ pub struct TeacherConfig {
     /// ONNX: the output that holds the logits (or values), by position (`1`) or name (`"logits"`).
     #[serde(default, skip_serializing_if = "is_default")]
     pub output: crate::teachers::OnnxOutput,
+    /// ONNX: the graph input the data feed, by name (`"input_ids"`), for a graph with several
+    /// inputs; distillery fills an `attention_mask` and `token_type_ids` beside token ids.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub input_name: Option<String>,
+    /// ONNX with an integer input (token ids of a text run): the padding's id and the ids put
+    /// before and after each text (`{ pad = 0, cls = 101, sep = 102 }`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_ids: Option<crate::teachers::TokenIds>,
     /// ONNX: a teacher from another domain, fed the run's raw samples mapped to its input
     /// (`{ resize = [20, 20], pad = 4, scale = 0.0625 }`, `{ columns = [...] }`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -192,6 +200,8 @@ impl TeacherConfig {
             for (f, set) in [
                 ("adapter", self.adapter.is_some()),
                 ("calibrate", self.calibrate),
+                ("input_name", self.input_name.is_some()),
+                ("token_ids", self.token_ids.is_some()),
             ] {
                 if set {
                     bad_field(&format!("{p}.{f}"), "only for an onnx teacher")?;
@@ -207,10 +217,20 @@ impl TeacherConfig {
                 )?;
             }
         }
-        if self.onnx.is_some() && text {
+        if let Some(t) = &self.token_ids {
+            for (f, v) in [("pad", Some(t.pad)), ("cls", t.cls), ("sep", t.sep)] {
+                if v.is_some_and(|v| v < 0) {
+                    bad_field(
+                        &format!("{p}.token_ids.{f}"),
+                        &format!("expected an id ≥ 0, got {}", v.unwrap_or_default()),
+                    )?;
+                }
+            }
+        }
+        if self.onnx.is_some() && text && self.adapter.is_some() {
             bad_field(
-                &format!("{p}.onnx"),
-                "an ONNX teacher takes feature vectors; with text data, give its outputs (outputs = \"file\") or use a bert teacher",
+                &format!("{p}.adapter"),
+                "an adapter maps images or table columns; with text data the teacher reads token ids",
             )?;
         }
         if self.max_tokens == Some(0) || self.batch_size == 0 {
@@ -308,12 +328,17 @@ fn load_onnx(
         None => None,
     };
     let graph_dim = adapter.as_ref().map(|a| a.out_dim()).unwrap_or(d);
-    let mut t = OnnxTeacher::load(
+    let feed = crate::teachers::OnnxFeed {
+        input_name: c.input_name.clone(),
+        token_ids: c.token_ids.unwrap_or_default(),
+    };
+    let mut t = OnnxTeacher::load_fed(
         onnx,
         graph_dim,
         c.input,
         c.output.clone(),
         splits.normalizer.clone(),
+        feed,
     )
     .map_err(|e| match &adapter {
         Some(a) => Error::Input(format!(
@@ -326,6 +351,20 @@ fn load_onnx(
     .with_target_scale(splits.target_scale);
     if let Some(a) = adapter {
         t = t.with_adapter(a);
+    }
+    if !splits.train.text.is_empty() && !t.takes_token_ids() {
+        return Err(Error::Input(format!(
+            "teacher.{}: {} takes float values, but the data are texts: an ONNX teacher of texts takes integer token ids (input_ids), from the same tokenizer as data.features",
+            c.name,
+            onnx.display()
+        )));
+    }
+    if c.token_ids.is_some() && !t.takes_token_ids() {
+        return Err(Error::Input(format!(
+            "teacher.{}.token_ids: {} takes float values, not token ids",
+            c.name,
+            onnx.display()
+        )));
     }
     let probe = t.predict_rows(&splits.train.x[..d], 1)?;
     if probe.len() != outputs && !c.calibrate {
@@ -349,7 +388,15 @@ fn load_onnx(
 /// teacher's adapter maps the samples to the graph's input, and its outputs fit the classes.
 pub fn preflight(c: &TeacherConfig, splits: &crate::data::Splits) -> Result<()> {
     match &c.onnx {
-        Some(onnx) if c.adapter.is_some() || c.calibrate => load_onnx(c, onnx, splits).map(|_| ()),
+        Some(onnx)
+            if c.adapter.is_some()
+                || c.calibrate
+                || c.input_name.is_some()
+                || c.token_ids.is_some()
+                || !splits.train.text.is_empty() =>
+        {
+            load_onnx(c, onnx, splits).map(|_| ())
+        }
         _ => Ok(()),
     }
 }

@@ -1064,10 +1064,13 @@ impl Batch {
         self.partner_classes.clear();
         self.mix = None;
         if augment {
-            if !train.text.is_empty() {
-                return Err(Error::Input(
-                    "train.augment: texts (token ids) are not augmented".into(),
-                ));
+            let tokens = cfg.augment.mask > 0.0 || cfg.augment.ngram > 0.0;
+            if train.text.is_empty() == tokens {
+                return Err(Error::Input(if tokens {
+                    "train.augment: mask and ngram augment texts; these data are not texts".into()
+                } else {
+                    "train.augment: texts (token ids) take mask and ngram only".into()
+                }));
             }
             self.mix = cfg.augment.apply(&mut self.x, &train.shape, fill, rng);
             if self.mix.is_some() && !train.extra.is_empty() {

@@ -180,6 +180,12 @@ impl TrainConfig {
     /// Checks the values; `p` is the table's path in the experiment file, for the messages, and
     /// `images` whether the data are images (jitter needs them).
     pub fn check(&self, p: &str, images: bool) -> Result<()> {
+        self.check_for(p, crate::data::augment::InputKind::of(images, false))
+    }
+
+    /// [`TrainConfig::check`] for data of a known kind (texts take the token augmentations).
+    pub fn check_for(&self, p: &str, kind: crate::data::augment::InputKind) -> Result<()> {
+        let images = kind == crate::data::augment::InputKind::Images;
         let t = self;
         if t.epochs == 0 {
             bad_field(&format!("{p}.epochs"), "must be at least 1")?;
@@ -231,11 +237,6 @@ impl TrainConfig {
                 "jitter shifts images; the data are not images (set data.image_shape)",
             )?;
         }
-        let kind = if images {
-            crate::data::augment::InputKind::Images
-        } else {
-            crate::data::augment::InputKind::Rows
-        };
         t.augment.check(&format!("{p}.augment"), kind)?;
         if t.jitter > 0 && t.augment.shift > 0 {
             bad_field(
