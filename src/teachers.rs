@@ -203,12 +203,15 @@ impl<'de> serde::Deserialize<'de> for OnnxOutput {
     }
 }
 
-/// A teacher in an ONNX file, run in pure Rust by tract: a model trained and exported by
-/// PyTorch, TensorFlow or any tool. Its one input takes `[batch, features]` or, as PyTorch
-/// exports image models, `[batch, c, h, w]` (any fixed per-sample shape of `features` values,
-/// read from the graph; only the batch axis may be dynamic); weights may sit in an
-/// external-data file beside it (`model.onnx.data`); one of its outputs, by position or name,
-/// gives the logits (or values). A plan is built per batch size and kept.
+/// A teacher in an ONNX file: a model trained and exported by PyTorch, TensorFlow or any tool,
+/// lowered onto distillery's own model when its graph is made of the operators our kernels
+/// have ([`lowered`]), run in pure Rust by tract otherwise. The data feed one input
+/// (`OnnxFeed::input_name`, or the only one): `[batch, features]` or, as PyTorch exports image
+/// models, `[batch, c, h, w]` (any fixed per-sample shape of `features` values, read from the
+/// graph; only the batch axis may be dynamic), or integer token ids `[batch, tokens]` with an
+/// `attention_mask` and `token_type_ids` beside them that distillery fills; weights may sit in
+/// an external-data file beside it (`model.onnx.data`); one of its outputs, by position or
+/// name, gives the logits (or values). A tract plan is built per batch size and kept.
 pub struct OnnxTeacher {
     bytes: Vec<u8>,
     file: String,

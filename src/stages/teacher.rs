@@ -1,6 +1,8 @@
 //! `[[teacher]]`: a teacher distillery did not train, put in the store under its name so that
 //! a `[[model]]`'s `distill.teacher` can name it. One of:
-//! - `onnx = "file.onnx"`: any ONNX model, run in tract;
+//! - `onnx = "file.onnx"`: any ONNX model — lowered onto our own MLP / CNN kernels when it is
+//!   made of their operators, run in tract otherwise — over feature rows, images or a text
+//!   run's token ids (`input_name`, `token_ids`);
 //! - `bert = "folder"`: a Hugging Face BERT-family encoder (sentence-transformers layout), its
 //!   embeddings of every text computed once and cached, with an optional classification
 //!   `head` that distillery trains on the frozen embeddings;
