@@ -580,25 +580,11 @@ fn lenet_spec() -> ModelSpec {
     }
 }
 
-/// Weights (multiply-accumulates per sample) of the dense and conv layers.
+/// Multiply-accumulates per sample of the dense and conv layers (the family's graph,
+/// [`crate::models::graph::Graph::flops`], halved).
 fn macs_per_sample(m: &Model) -> f64 {
-    let spec = &m.spec;
-    let mut macs = 0f64;
-    let (mut h, mut w) = (
-        spec.input_shape.get(1).copied().unwrap_or(1),
-        spec.input_shape.get(2).copied().unwrap_or(1),
-    );
-    for (name, var) in &m.params {
-        let d = var.dims();
-        if name.starts_with("conv") && name.ends_with(".weight") {
-            macs += (d.iter().product::<usize>() * h * w) as f64;
-            h /= 2;
-            w /= 2;
-        } else if name.ends_with(".weight") {
-            macs += d.iter().product::<usize>() as f64;
-        }
-    }
-    macs
+    use crate::teachers::Teacher;
+    m.flops_per_sample().unwrap_or(0.0) / 2.0
 }
 
 /// One training workload: batch 128, Adam (lr 1e-3), loss 0.9·T²·KL(teacher ‖ student) at

@@ -26,6 +26,12 @@ pub trait Teacher {
         let d = x.len() / rows.max(1);
         self.predict_batch(&Tensor::from_slice(x, (rows, d), &Device::Cpu)?)
     }
+
+    /// Floating-point operations of its products per sample, when known (what running it on
+    /// every training batch costs).
+    fn flops_per_sample(&self) -> Option<f64> {
+        None
+    }
 }
 
 impl Teacher for Model {
@@ -37,6 +43,15 @@ impl Teacher for Model {
 
     fn predict_rows(&self, x: &[f32], rows: usize) -> Result<Vec<f32>> {
         self.predict(x, rows.max(1))
+    }
+
+    fn flops_per_sample(&self) -> Option<f64> {
+        self.spec
+            .arch
+            .family()
+            .graph(self)
+            .ok()
+            .map(|g| g.flops(self))
     }
 }
 
@@ -58,6 +73,10 @@ impl Teacher for Ensemble<'_> {
             .collect::<Result<Vec<_>>>()?;
         let classes = self.members.first().map(|m| m.spec.outputs).unwrap_or(1);
         Ok(ensemble_outputs(&outs, classes, self.regression))
+    }
+
+    fn flops_per_sample(&self) -> Option<f64> {
+        self.members.iter().map(|m| m.flops_per_sample()).sum()
     }
 }
 
@@ -97,6 +116,10 @@ impl Teacher for Calibrated {
         let k = z.len() / rows.max(1);
         self.norm.apply(&mut z, k);
         self.head.predict(&z, rows.max(1))
+    }
+
+    fn flops_per_sample(&self) -> Option<f64> {
+        Some(self.inner.flops_per_sample()? + self.head.flops_per_sample()?)
     }
 }
 
@@ -794,6 +817,10 @@ impl Teacher for OnnxTeacher {
 
     fn predict_rows(&self, x: &[f32], rows: usize) -> Result<Vec<f32>> {
         self.outputs(x, rows, self.lowered.as_ref())
+    }
+
+    fn flops_per_sample(&self) -> Option<f64> {
+        self.lowered.as_ref()?.model.flops_per_sample()
     }
 }
 

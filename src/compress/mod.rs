@@ -236,6 +236,14 @@ impl AnyModel {
 }
 
 impl Predictor for AnyModel {
+    fn flops_per_sample(&self) -> Option<f64> {
+        match &self.body {
+            Body::Float(m) | Body::WeightOnly { model: m, .. } => m.flops_per_sample(),
+            // Integer products, or tree walks: no floating-point count to give.
+            Body::Int8(_) | Body::Trees(_) => None,
+        }
+    }
+
     fn predict_batch(&self, x: &Tensor) -> Result<Vec<f32>> {
         match &self.body {
             Body::WeightOnly {

@@ -825,8 +825,12 @@ fn teacher_cost(m: &ModelConfig, teacher: &str, store: &RunStore) -> Result<()> 
     t.predict_rows(x, b)?;
     let per = t0.elapsed().as_secs_f64();
     let total = per * (m.train.epochs * n.div_ceil(b)) as f64;
+    let flops = t
+        .flops_per_sample()
+        .map(|f| format!(" ({} per sample, {} per step)", flop(f), flop(f * b as f64)))
+        .unwrap_or_default();
     store.progress.say(&format!(
-        "{}: the teacher runs on every augmented batch (consistent teaching): {:.2} ms per batch of {b}, about {} of teacher time over {} epochs",
+        "{}: the teacher runs on every augmented batch (consistent teaching): {:.2} ms per batch of {b}{flops}, about {} of teacher time over {} epochs",
         m.name,
         1e3 * per,
         if total < 120.0 {
@@ -1042,4 +1046,13 @@ fn keep_better_than_labels(
     let _ = std::fs::remove_file(&ckpt);
     let _ = std::fs::remove_file(&labels_ckpt);
     Ok(())
+}
+
+/// A number of floating-point operations in words: `8.4 kFLOP`, `2.1 MFLOP`, `1.30 GFLOP`.
+fn flop(f: f64) -> String {
+    match f {
+        f if f >= 1e9 => format!("{:.2} GFLOP", f / 1e9),
+        f if f >= 1e6 => format!("{:.1} MFLOP", f / 1e6),
+        f => format!("{:.1} kFLOP", f / 1e3),
+    }
 }
