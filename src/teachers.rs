@@ -564,11 +564,7 @@ impl OnnxTeacher {
                     }
                 }
             };
-            let ok = match role {
-                Companion::Data => matches!(dt, DatumType::F32 | DatumType::I64 | DatumType::I32),
-                _ => matches!(dt, DatumType::I64 | DatumType::I32 | DatumType::F32),
-            };
-            if !ok {
+            if !matches!(dt, DatumType::F32 | DatumType::I64 | DatumType::I32) {
                 return Err(bad(format!(
                     "its input '{name}' takes {dt:?}; distillery feeds f32 values or i64 / i32 token ids"
                 )));
@@ -837,14 +833,20 @@ impl OnnxTeacher {
         rows: usize,
         lowered: Option<&lowered::Lowered>,
     ) -> Result<Vec<f32>> {
-        let mut raw = x.to_vec();
-        if let Some(a) = &self.adapter {
+        // The values as the graph takes them, copied only when they change (this runs on every
+        // training batch of a live teacher).
+        let raw: std::borrow::Cow<[f32]> = if let Some(a) = &self.adapter {
             // The run's raw values (a cross-domain teacher always reads raw values), mapped.
-            self.normalizer.invert(&mut raw, a.in_dim());
-            raw = a.apply(&raw, rows);
-        } else if self.input == OnnxInput::Raw {
-            self.normalizer.invert(&mut raw, self.dim);
-        }
+            let mut v = x.to_vec();
+            self.normalizer.invert(&mut v, a.in_dim());
+            a.apply(&v, rows).into()
+        } else if self.input == OnnxInput::Raw && self.normalizer != crate::data::Normalizer::None {
+            let mut v = x.to_vec();
+            self.normalizer.invert(&mut v, self.dim);
+            v.into()
+        } else {
+            x.into()
+        };
         let out = match lowered {
             Some(l) => l.run(&raw, rows)?,
             None => self.run_tract(&raw, rows)?,

@@ -120,7 +120,7 @@ enum Phase {
 }
 
 struct Walk<'a> {
-    consts: HashMap<String, (Vec<usize>, Vec<f32>)>,
+    consts: HashMap<String, Const>,
     consumers: HashMap<&'a str, Vec<&'a NodeProto>>,
     /// The per-sample shape of the current value.
     shape: Vec<usize>,
@@ -295,8 +295,22 @@ fn attr_ints(node: &NodeProto, name: &str) -> std::result::Result<Option<Vec<i64
 }
 
 impl Walk<'_> {
-    fn konst(&self, name: &str) -> Option<&(Vec<usize>, Vec<f32>)> {
+    fn konst(&self, name: &str) -> Option<&Const> {
         self.consts.get(name)
+    }
+
+    /// Input `i` of `node`, which must be a constant; `what` says otherwise (`"Conv with
+    /// computed weights"`).
+    fn input_const(
+        &self,
+        node: &NodeProto,
+        i: usize,
+        what: &str,
+    ) -> std::result::Result<&Const, Why> {
+        node.input
+            .get(i)
+            .and_then(|n| self.konst(n))
+            .ok_or_else(|| what.to_string())
     }
 
     /// The other operand of a binary node whose one operand is `cur`, if a constant; and
@@ -402,11 +416,8 @@ impl Walk<'_> {
             }
             vec![width]
         } else {
-            let spec = node
-                .input
-                .get(1)
-                .and_then(|n| self.konst(n))
-                .ok_or("Reshape to a computed shape")?
+            let spec = self
+                .input_const(node, 1, "Reshape to a computed shape")?
                 .1
                 .iter()
                 .map(|&v| v as i64)
@@ -460,11 +471,8 @@ impl Walk<'_> {
         let [c, h, wd] = self.shape[..] else {
             return Err(format!("Conv on samples of shape {:?}", self.shape));
         };
-        let (ws, w) = node
-            .input
-            .get(1)
-            .and_then(|n| self.konst(n))
-            .ok_or("Conv with computed weights")?
+        let (ws, w) = self
+            .input_const(node, 1, "Conv with computed weights")?
             .clone();
         let [c_out, c_in, k, k2] = ws[..] else {
             return Err(format!("Conv with weights of shape {ws:?}"));
@@ -563,11 +571,10 @@ impl Walk<'_> {
 
     fn batch_norm(&mut self, node: &NodeProto) -> std::result::Result<(), Why> {
         let get = |i: usize| -> std::result::Result<Vec<f32>, Why> {
-            node.input
-                .get(i)
-                .and_then(|n| self.konst(n))
-                .map(|t| t.1.clone())
-                .ok_or_else(|| "BatchNormalization with computed statistics".to_string())
+            Ok(self
+                .input_const(node, i, "BatchNormalization with computed statistics")?
+                .1
+                .clone())
         };
         let (scale, bias, mean, var) = (get(1)?, get(2)?, get(3)?, get(4)?);
         let eps = attr_f(node, "epsilon", 1e-5)?;
@@ -642,11 +649,8 @@ impl Walk<'_> {
         }
         let (alpha, beta) = (attr_f(node, "alpha", 1.0)?, attr_f(node, "beta", 1.0)?);
         let trans_b = attr_i(node, "transB", 0)? != 0;
-        let (bs, bv) = node
-            .input
-            .get(1)
-            .and_then(|n| self.konst(n))
-            .ok_or("Gemm with computed weights")?
+        let (bs, bv) = self
+            .input_const(node, 1, "Gemm with computed weights")?
             .clone();
         let [r, c] = bs[..] else {
             return Err(format!("Gemm with weights of shape {bs:?}"));
@@ -683,11 +687,8 @@ impl Walk<'_> {
 
     fn matmul(&mut self, node: &NodeProto) -> std::result::Result<(), Why> {
         let f = self.dense_ready()?;
-        let (bs, bv) = node
-            .input
-            .get(1)
-            .and_then(|n| self.konst(n))
-            .ok_or("MatMul with a computed right operand")?
+        let (bs, bv) = self
+            .input_const(node, 1, "MatMul with a computed right operand")?
             .clone();
         match bs[..] {
             [k, n] if k == f => {
