@@ -401,6 +401,30 @@ impl ExperimentConfig {
                         ),
                     )?;
                 }
+                // Synthetic and transfer samples are new inputs: their teacher must run on
+                // features, which precomputed outputs, mixes of teachers and a BERT teacher's
+                // split embeddings do not.
+                let precomputed = self.teachers.iter().find(|t| {
+                    t.name == ds.teacher
+                        && (t.outputs.is_some() || !t.mix.is_empty() || t.bert.is_some())
+                });
+                if let Some(t) = precomputed {
+                    for (key, on) in [
+                        ("synthetic", ds.synthetic.is_some()),
+                        ("transfer", ds.transfer.is_some()),
+                    ] {
+                        if on {
+                            bad_field(
+                                &format!("model.{}.distill.{key}", m.name),
+                                &format!(
+                                    "teacher '{}' gives outputs for the data set's own samples only ({}); {key} samples need a teacher that runs on features (a [[model]] or an ONNX file)",
+                                    t.name,
+                                    if t.outputs.is_some() { "precomputed outputs" } else if t.bert.is_some() { "a BERT teacher's splits" } else { "a mix of teachers" }
+                                ),
+                            )?;
+                        }
+                    }
+                }
             }
             seen.push(&m.name);
         }

@@ -1060,4 +1060,37 @@ fn bad_onnx_inputs() {
         &format!("[data]\nformat = \"text\"\npath = \"{data}\"\nfeatures = {{ kind = \"ngrams\", buckets = 64 }}\n[[model]]\nname = \"s\"\narch = {{ kind = \"embedding-bag\", dim = 4 }}\ntrain = {{ epochs = 1, augment = {{ noise = 0.1 }} }}\n"),
         &["model.s.train.augment", "mask and ngram only"],
     );
+    // Synthetic or transfer samples need a teacher that runs on features, not a mix of
+    // teachers (their outputs are averaged over the data set's own samples).
+    expect_bad_config(
+        dir,
+        "synthetic-from-a-mix",
+        &format!("{digits}[[teacher]]\nname = \"a\"\nonnx = \"{mlp}\"\n[[model]]\nname = \"own\"\narch = {{ kind = \"mlp\", hidden = [8] }}\ntrain = {{ epochs = 1 }}\n[[teacher]]\nname = \"t\"\nmix = [{{ teacher = \"a\", weight = 1.0 }}, {{ teacher = \"own\", weight = 1.0 }}]\n[[model]]\nname = \"s\"\nrole = \"student\"\narch = {{ kind = \"mlp\", hidden = [8] }}\ntrain = {{ epochs = 1 }}\ndistill = {{ teacher = \"t\", synthetic = {{ samples = 100 }} }}\n"),
+        &["model.s.distill.synthetic", "a mix of teachers", "runs on features"],
+    );
+    // Fixed views: none, without augmentation, with mixup.
+    for (case, train, expect) in [
+        (
+            "views-zero",
+            "{ epochs = 1, views = 0, augment = { noise = 0.1 } }",
+            &["model.s.train.views", "at least 1 view"][..],
+        ),
+        (
+            "views-without-augment",
+            "{ epochs = 1, views = 4 }",
+            &["model.s.train.views", "set jitter or augment"][..],
+        ),
+        (
+            "views-with-mixup",
+            "{ epochs = 1, views = 4, augment = { mixup = 0.2 } }",
+            &["model.s.train.views", "mixup and CutMix pair"][..],
+        ),
+    ] {
+        expect_bad_config(
+            dir,
+            case,
+            &format!("{digits}[[model]]\nname = \"s\"\narch = {{ kind = \"mlp\", hidden = [8] }}\ntrain = {train}\n"),
+            expect,
+        );
+    }
 }

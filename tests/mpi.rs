@@ -355,6 +355,14 @@ arch = { kind = "mlp", hidden = [24] }
 train = { epochs = 8, batch_size = 32, lr = 3e-3, augment = { mixup = 0.4 } }
 distill = { teacher = "own", temperature = 2.0, alpha = 0.5, hint = { teacher_layer = 0, student_layer = 0, weight = 0.1 } }
 
+# Fixed views: the teacher's outputs on 3 views per sample, computed by rank 0 into the cache,
+# each rank drawing its rows' views.
+[[model]]
+name = "kd-views"
+arch = { kind = "mlp", hidden = [24] }
+train = { epochs = 8, batch_size = 32, lr = 3e-3, views = 3, augment = { shift = 1, noise = 0.1 } }
+distill = { teacher = "mnist", temperature = 2.0, alpha = 0.7 }
+
 # Multi-task: a learned task weight, a class head with few labels beside a teacher's head.
 [[model]]
 name = "multi"
@@ -375,7 +383,7 @@ labels = false
     )
     .unwrap();
     let (a, b) = one_and_two(&cfg, dir.path());
-    assert_eq!(a["models"].as_array().unwrap().len(), 5, "{a}");
+    assert_eq!(a["models"].as_array().unwrap().len(), 6, "{a}");
     assert_close(&a, &b, 1e-4, "-np 2, few labels");
 }
 

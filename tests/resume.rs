@@ -212,6 +212,86 @@ weight = "auto"
     );
 }
 
+/// Fixed views (`train.views`): the teacher's outputs on each view go to the run's cache, one
+/// file per view of every training sample; a run killed within an epoch resumes there, reads
+/// the views from the cache instead of running the teacher again, and ends with the
+/// uninterrupted run's metrics.
+#[test]
+fn fixed_views_resume_from_the_cache_to_the_same_result() {
+    let d = tempfile::tempdir().unwrap();
+    let cfg = d.path().join("views.toml");
+    std::fs::write(
+        &cfg,
+        r#"seed = 9
+[data]
+format = "digits"
+[[model]]
+name = "t"
+arch = { kind = "mlp", hidden = [32] }
+train = { epochs = 2 }
+[[model]]
+name = "s"
+role = "student"
+arch = { kind = "mlp", hidden = [24] }
+train = { epochs = 4, batch_size = 32, lr = 3e-3, checkpoint_seconds = 1e-9, views = 3, augment = { shift = 1, noise = 0.05 } }
+distill = { teacher = "t", alpha = 1.0, temperature = 2.0 }
+"#,
+    )
+    .unwrap();
+    let cfg = cfg.to_str().unwrap();
+    let reference = d.path().join("reference");
+    let o = run(&["run", cfg, "--out", reference.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("s: the teacher runs once on each of 3 fixed augmented views"),
+        "{}",
+        stderr(&o)
+    );
+    let m = metrics(&reference);
+    let train_n = m["data"]["train"]
+        .as_u64()
+        .expect("data.train in metrics.json") as usize;
+    let views: Vec<u64> = walk(&reference.join("cache"))
+        .iter()
+        .filter(|p| p.extension().is_some_and(|e| e == "f32"))
+        .map(|p| std::fs::metadata(p).unwrap().len())
+        .collect();
+    assert_eq!(
+        views,
+        vec![(train_n * 10 * 4) as u64; 3],
+        "one file of outputs per view"
+    );
+    let out = d.path().join("killed");
+    let o = Command::new(bin())
+        .args(["run", cfg, "--out", out.to_str().unwrap(), "-q"])
+        .env("DISTILLERY_FAULT", "kill@0:mid3.5/s")
+        .current_dir(repo())
+        .output()
+        .unwrap();
+    assert!(!o.status.success(), "the fault did not stop the run");
+    let o = Command::new(bin())
+        .args(["run", cfg, "--out", out.to_str().unwrap()])
+        .current_dir(repo())
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    let err = stderr(&o);
+    assert!(
+        err.contains("s: resuming from the checkpoint in epoch 3"),
+        "{err}"
+    );
+    assert_eq!(
+        err.matches("rows read from the cache").count(),
+        3,
+        "every view read back: {err}"
+    );
+    assert_eq!(
+        metrics_without_timings(&reference),
+        metrics_without_timings(&out),
+        "resumed with fixed views, the run differs from the uninterrupted one"
+    );
+}
+
 /// Every file under the folder is complete at every moment: models, checkpoints, JSON and the
 /// config all parse.
 fn check_files_complete(out: &std::path::Path) {

@@ -9,7 +9,7 @@ use crate::rng::Rng;
 use crate::stages::tune::Tunable;
 use crate::store::{DistillSummary, Finished, Provenance, RunStore};
 use crate::train::trees::TreeLearner;
-use crate::train::{HintTerm, Learner, Objective, TeacherSignal, TrainConfig};
+use crate::train::{fixed_views, HintTerm, Learner, Objective, TeacherSignal, TrainConfig};
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 
@@ -582,133 +582,7 @@ fn train_model(m: &ModelConfig, store: &RunStore) -> Result<()> {
             Objective::embedding(e.train.clone(), e.val.clone(), ds.loss)
         }
         Some(ds) => {
-            let missing = || {
-                Error::Input(format!(
-                    "model.{}.distill.teacher: '{}' is not available",
-                    m.name, ds.teacher
-                ))
-            };
-            // A distillery model teaches through its own fast predict (and can give hints);
-            // any other teacher through the Teacher trait.
-            let model_teacher = store.get(&ds.teacher).ok().and_then(|f| f.float().ok());
-            if model_teacher.is_none()
-                && store.known(&ds.teacher).is_none()
-                && store.teacher(&ds.teacher).is_err()
-            {
-                return Err(missing());
-            }
-            let known = store.known(&ds.teacher).is_some();
-            if known && m.train.augments() {
-                let field = if m.train.jitter > 0 {
-                    "jitter"
-                } else {
-                    "augment"
-                };
-                return Err(Error::Input(format!(
-                    "model.{}.train.{field}: teacher '{}' has outputs for the samples as they are, not for shifted or augmented ones; remove {field}",
-                    m.name, ds.teacher
-                )));
-            }
-            // Consistent teaching: with augmentation the teacher runs on every batch, on the
-            // very view the student sees; otherwise its outputs are computed once.
-            let mut cached = if known || !m.train.augments() {
-                if !known {
-                    store.progress.say(&format!(
-                        "{}: computing {}'s soft targets once for the whole training set",
-                        m.name, ds.teacher
-                    ));
-                }
-                Some(store.teacher_outputs(&ds.teacher, "train")?)
-            } else {
-                teacher_cost(m, &ds.teacher, store)?;
-                None
-            };
-            if let Some(sc) = &ds.synthetic {
-                if known {
-                    return Err(Error::Input(format!(
-                        "model.{}.distill.synthetic: teacher '{}' has outputs for the data set's own samples only; synthetic samples need a teacher that runs on features (a [[model]] or an ONNX file)",
-                        m.name, ds.teacher
-                    )));
-                }
-                let teacher = store.teacher(&ds.teacher).map_err(|_| missing())?;
-                let (aug, outputs) = with_synthetic(m, sc, teacher, store)?;
-                if let Some(c) = cached.as_mut() {
-                    let mut all = c.to_vec();
-                    all.extend(outputs);
-                    *c = all.into();
-                }
-                augmented = Some(aug);
-            }
-            if let Some(tr) = &ds.transfer {
-                if known {
-                    return Err(Error::Input(format!(
-                        "model.{}.distill.transfer: teacher '{}' has outputs for the data set's own samples only; a transfer set needs a teacher that runs on features (a [[model]] or an ONNX file)",
-                        m.name, ds.teacher
-                    )));
-                }
-                let teacher = store.teacher(&ds.teacher).map_err(|_| missing())?;
-                let (aug, outputs) = with_transfer(m, tr, teacher, store)?;
-                if let Some(c) = cached.as_mut() {
-                    let mut all = c.to_vec();
-                    all.extend(outputs);
-                    *c = all.into();
-                }
-                augmented = Some(aug);
-            }
-            // The teacher on the validation split, for the agreement curves (classifiers).
-            let teacher_val = if splits.val.outputs() > 1
-                && !splits.val.is_empty()
-                && !ds.loss.is_embedding()
-                && matches!(splits.val.targets, crate::data::Targets::Classes { .. })
-            {
-                store.teacher_outputs(&ds.teacher, "val").ok()
-            } else {
-                None
-            };
-            let make = |alpha: f32, temperature: f32| -> Result<Objective> {
-                let signal = match &cached {
-                    Some(rows) => TeacherSignal::Cached(rows.clone()),
-                    None => TeacherSignal::Live(store.teacher(&ds.teacher).map_err(|_| missing())?),
-                };
-                let mut obj = Objective::distill(signal, ds.loss, temperature, alpha);
-                obj.teacher_val = teacher_val.clone();
-                obj.anneal = ds.anneal;
-                if let Some(h) = &ds.hint {
-                    obj.hint = Some(HintTerm {
-                        teacher: model_teacher.ok_or_else(missing)?,
-                        teacher_layer: h.teacher_layer,
-                        student_layer: h.student_layer,
-                        weight: h.weight,
-                    });
-                }
-                Ok(obj)
-            };
-            let (alpha, temperature) = match (ds.alpha.fixed(), ds.temperature.fixed()) {
-                (Some(a), Some(t)) => (a, t),
-                _ => {
-                    let teacher_val = if splits.val.outputs() > 1 && !splits.val.is_empty() {
-                        let out = store.teacher_outputs(&ds.teacher, "val")?;
-                        crate::eval::score_outputs(&out, &splits.val, None).accuracy
-                    } else {
-                        None
-                    };
-                    let c = crate::stages::tune::choose(
-                        store,
-                        &m.name,
-                        ds.alpha,
-                        ds.temperature,
-                        &m.train,
-                        &fresh,
-                        tree,
-                        &make,
-                        teacher_val,
-                    )?;
-                    let at = c.winner();
-                    auto_choice = Some(c);
-                    at
-                }
-            };
-            make(alpha, temperature)?
+            distill_objective(m, ds, store, &fresh, tree, &mut augmented, &mut auto_choice)?
         }
     };
     store.progress.say(&format!(
@@ -740,6 +614,164 @@ fn train_model(m: &ModelConfig, store: &RunStore) -> Result<()> {
         None,
     )?;
     Ok(())
+}
+
+/// The objective of a student distilled from `ds.teacher` (not an embedding teacher): its
+/// outputs computed once, on fixed views, or on every batch; synthetic and transfer samples added
+/// to the training split (`augmented`); α and T fixed or chosen on validation (`auto_choice`).
+fn distill_objective<'s>(
+    m: &ModelConfig,
+    ds: &DistillConfig,
+    store: &'s RunStore,
+    fresh: &dyn Fn() -> Result<Box<dyn Learner>>,
+    tree: bool,
+    augmented: &mut Option<crate::data::Dataset>,
+    auto_choice: &mut Option<crate::train::AutoChoice>,
+) -> Result<Objective<'s>> {
+    let splits = &store.splits;
+    let missing = || {
+        Error::Input(format!(
+            "model.{}.distill.teacher: '{}' is not available",
+            m.name, ds.teacher
+        ))
+    };
+    // A distillery model teaches through its own fast predict (and can give hints);
+    // any other teacher through the Teacher trait.
+    let model_teacher = store.get(&ds.teacher).ok().and_then(|f| f.float().ok());
+    if model_teacher.is_none()
+        && store.known(&ds.teacher).is_none()
+        && store.teacher(&ds.teacher).is_err()
+    {
+        return Err(missing());
+    }
+    let known = store.known(&ds.teacher).is_some();
+    if known && m.train.augments() {
+        let field = if m.train.jitter > 0 {
+            "jitter"
+        } else {
+            "augment"
+        };
+        return Err(Error::Input(format!(
+            "model.{}.train.{field}: teacher '{}' has outputs for the samples as they are, not for shifted or augmented ones; remove {field}",
+            m.name, ds.teacher
+        )));
+    }
+    // Consistent teaching: with augmentation the teacher runs on every batch, on the
+    // very view the student sees; otherwise its outputs are computed once.
+    // With fixed views (`train.views`) it runs once per view, after the transfer and
+    // synthetic samples have joined the training set (below).
+    let fixed = m.train.fixed_views() > 0 && !known;
+    let mut cached = if known || !m.train.augments() {
+        if !known {
+            store.progress.say(&format!(
+                "{}: computing {}'s soft targets once for the whole training set",
+                m.name, ds.teacher
+            ));
+        }
+        Some(store.teacher_outputs(&ds.teacher, "train")?)
+    } else {
+        if !fixed {
+            teacher_cost(m, &ds.teacher, store)?;
+        }
+        None
+    };
+    if let Some(sc) = &ds.synthetic {
+        if known {
+            return Err(Error::Input(format!(
+                "model.{}.distill.synthetic: teacher '{}' has outputs for the data set's own samples only; synthetic samples need a teacher that runs on features (a [[model]] or an ONNX file)",
+                m.name, ds.teacher
+            )));
+        }
+        let teacher = store.teacher(&ds.teacher).map_err(|_| missing())?;
+        let (aug, outputs) = with_synthetic(m, sc, teacher, store)?;
+        if let Some(c) = cached.as_mut() {
+            let mut all = c.to_vec();
+            all.extend(outputs);
+            *c = all.into();
+        }
+        *augmented = Some(aug);
+    }
+    if let Some(tr) = &ds.transfer {
+        if known {
+            return Err(Error::Input(format!(
+                "model.{}.distill.transfer: teacher '{}' has outputs for the data set's own samples only; a transfer set needs a teacher that runs on features (a [[model]] or an ONNX file)",
+                m.name, ds.teacher
+            )));
+        }
+        let teacher = store.teacher(&ds.teacher).map_err(|_| missing())?;
+        let (aug, outputs) = with_transfer(m, tr, teacher, store)?;
+        if let Some(c) = cached.as_mut() {
+            let mut all = c.to_vec();
+            all.extend(outputs);
+            *c = all.into();
+        }
+        *augmented = Some(aug);
+    }
+    let views = if fixed {
+        let teacher = store.teacher(&ds.teacher).map_err(|_| missing())?;
+        let data = augmented.as_ref().unwrap_or(&store.splits.train);
+        Some(view_outputs(m, &ds.teacher, teacher, data, store)?)
+    } else {
+        None
+    };
+    // The teacher on the validation split, for the agreement curves (classifiers).
+    let teacher_val = if splits.val.outputs() > 1
+        && !splits.val.is_empty()
+        && !ds.loss.is_embedding()
+        && matches!(splits.val.targets, crate::data::Targets::Classes { .. })
+    {
+        store.teacher_outputs(&ds.teacher, "val").ok()
+    } else {
+        None
+    };
+    let make = |alpha: f32, temperature: f32| -> Result<Objective> {
+        let signal = match (&cached, &views) {
+            (Some(rows), _) => TeacherSignal::Cached(rows.clone()),
+            (None, Some((rows, seed))) => TeacherSignal::Views {
+                rows: rows.clone(),
+                seed: *seed,
+            },
+            (None, None) => TeacherSignal::Live(store.teacher(&ds.teacher).map_err(|_| missing())?),
+        };
+        let mut obj = Objective::distill(signal, ds.loss, temperature, alpha);
+        obj.teacher_val = teacher_val.clone();
+        obj.anneal = ds.anneal;
+        if let Some(h) = &ds.hint {
+            obj.hint = Some(HintTerm {
+                teacher: model_teacher.ok_or_else(missing)?,
+                teacher_layer: h.teacher_layer,
+                student_layer: h.student_layer,
+                weight: h.weight,
+            });
+        }
+        Ok(obj)
+    };
+    let (alpha, temperature) = match (ds.alpha.fixed(), ds.temperature.fixed()) {
+        (Some(a), Some(t)) => (a, t),
+        _ => {
+            let teacher_val = if splits.val.outputs() > 1 && !splits.val.is_empty() {
+                let out = store.teacher_outputs(&ds.teacher, "val")?;
+                crate::eval::score_outputs(&out, &splits.val, None).accuracy
+            } else {
+                None
+            };
+            let c = crate::stages::tune::choose(
+                store,
+                &m.name,
+                ds.alpha,
+                ds.temperature,
+                &m.train,
+                &fresh,
+                tree,
+                &make,
+                teacher_val,
+            )?;
+            let at = c.winner();
+            *auto_choice = Some(c);
+            at
+        }
+    };
+    make(alpha, temperature)
 }
 
 /// The training split with `sc.samples` MUNGE samples added, labelled by `teacher` (its argmax,
@@ -806,6 +838,92 @@ fn with_teacher_labelled(
     let mut x = train.x.to_vec();
     x.extend(sx);
     Dataset::new(x, train.shape.clone(), targets)
+}
+
+/// The teacher's outputs on `views` fixed augmented views of every sample of `data` (the
+/// training split, with any transfer or synthetic samples), one cache file per view keyed by
+/// the teacher (its name and its outputs on the first samples), the data, the augmentation, the
+/// seed and the view: a resumed or repeated run reads them, a changed teacher, data set or
+/// augmentation computes them anew. Returns the files and the views' seed.
+fn view_outputs(
+    m: &ModelConfig,
+    name: &str,
+    teacher: &dyn crate::teachers::Teacher,
+    data: &crate::data::Dataset,
+    store: &RunStore,
+) -> Result<(Vec<crate::teachers::Rows>, u64)> {
+    use crate::teachers::cache;
+    let (n, d, views) = (data.len(), data.dim(), m.train.fixed_views());
+    let seed = Rng::derive(store.seed, "views").next_u64();
+    let fill = store.splits.normalizer.zero_value();
+    if n == 0 {
+        return Ok((vec![Vec::new().into(); views], seed));
+    }
+    let probe_n = n.min(16);
+    let probe = teacher.predict_rows(&data.x[..probe_n * d], probe_n)?;
+    let cols = probe.len() / probe_n;
+    let who = format!(
+        "{name} {}",
+        probe
+            .iter()
+            .map(|v| format!("{:08x}", v.to_bits()))
+            .collect::<String>()
+    );
+    let bytes: Vec<u8> = data.x.iter().flat_map(|v| v.to_le_bytes()).collect();
+    let data_key = cache::key(
+        "data",
+        &format!("{:?}", data.shape),
+        std::iter::once(&bytes[..]),
+    );
+    drop(bytes);
+    let how = serde_json::to_string(&m.train.augment).map_err(|e| Error::Other(e.to_string()))?;
+    let b = m.train.batch_size.clamp(1, 512);
+    let t0 = std::time::Instant::now();
+    let mut buf = Vec::new();
+    fixed_views(
+        data,
+        &m.train,
+        seed,
+        0,
+        &(0..b.min(n)).collect::<Vec<_>>(),
+        fill,
+        &mut buf,
+    )?;
+    teacher.predict_rows(&buf, b.min(n))?;
+    let per_row = t0.elapsed().as_secs_f64() / b.min(n) as f64;
+    store.progress.say(&format!(
+        "{}: the teacher runs once on each of {views} fixed augmented views of the {n} training samples (train.views), into the run's cache: about {:.0} s if none is cached yet",
+        m.name,
+        per_row * (n * views) as f64
+    ));
+    let mut all = Vec::with_capacity(views);
+    for v in 0..views {
+        let key = cache::key(
+            &who,
+            &format!(
+                "view {v} seed {seed} shift {} fill {fill} augment {how} data {data_key}",
+                m.train.image_shift()
+            ),
+            std::iter::empty(),
+        );
+        let (rows, _) = cache::rows(
+            &store.cache_dir(),
+            &key,
+            n,
+            cols,
+            (b * 8).max(256),
+            &format!("{} view {}/{views}", m.name, v + 1),
+            store.progress,
+            |r| {
+                let idx: Vec<usize> = r.collect();
+                let mut x = Vec::new();
+                fixed_views(data, &m.train, seed, v, &idx, fill, &mut x)?;
+                teacher.predict_rows(&x, idx.len())
+            },
+        )?;
+        all.push(rows);
+    }
+    Ok((all, seed))
 }
 
 /// Says, before training, what running the teacher on every batch costs: one batch timed

@@ -35,6 +35,15 @@ pub enum TeacherSignal<'a> {
     Cached(crate::teachers::Rows),
     /// Run the teacher on each (jittered) batch.
     Live(&'a dyn crate::teachers::Teacher),
+    /// The teacher's outputs on fixed augmented views (`train.views`): `rows[v]` holds its
+    /// outputs on every sample's view v, the views drawn by [`fixed_views`] from `seed`; epoch e
+    /// reads view e mod `rows.len()`, the view the student sees.
+    Views {
+        /// One file of outputs per view.
+        rows: Vec<crate::teachers::Rows>,
+        /// The seed the views were drawn from.
+        seed: u64,
+    },
     /// The current predictions, on the same batch, of these members of the set being trained
     /// together ([`fit_together`]): their averaged softened outputs (classification) or mean
     /// output (regression). Deep mutual learning.
@@ -57,6 +66,10 @@ impl TeacherSignal<'_> {
         Some(match self {
             TeacherSignal::Cached(r) => TeacherSignal::Cached(r.clone()),
             TeacherSignal::Live(_) => return None,
+            TeacherSignal::Views { rows, seed } => TeacherSignal::Views {
+                rows: rows.clone(),
+                seed: *seed,
+            },
             TeacherSignal::Peers(of) => TeacherSignal::Peers(of.clone()),
             TeacherSignal::PeersHead { of, cols, values } => TeacherSignal::PeersHead {
                 of: of.clone(),
@@ -602,6 +615,19 @@ fn fit_shared(
         first.fill,
         first.progress,
     );
+    // Fixed views: those the teacher's outputs were computed on, else the job's own.
+    let view_seed = first
+        .objective
+        .soft
+        .iter()
+        .find_map(|t| match &t.signal {
+            TeacherSignal::Views { seed, rows } => (rows.len() == cfg.fixed_views())
+                .then_some(Ok(*seed))
+                .or(Some(Err(()))),
+            _ => None,
+        })
+        .unwrap_or(Ok(seed))
+        .map_err(|_| Error::Other("the teacher's fixed views are not train.views".into()))?;
     let together = match &share {
         Some(sh) => sh.k > 1,
         None => models.len() > 1,
@@ -679,7 +705,9 @@ fn fit_shared(
                 m.progress = progress;
             }
             let ranks = dp.then_some(comm);
-            batch.gather(train, full_idx, ranks, cfg, fill, &mut rng)?;
+            let view =
+                (cfg.fixed_views() > 0).then_some((view_seed, epoch % cfg.fixed_views().max(1)));
+            batch.gather(train, full_idx, ranks, cfg, fill, &mut rng, view)?;
             let tensors = members.iter().any(|m| !m.fast);
             let (x, y) = if tensors {
                 (
@@ -974,6 +1002,8 @@ fn resume(m: &mut Member, rng: &mut Rng, patience: Option<usize>) -> Result<usiz
 struct Batch {
     /// Sample indices of this rank's rows.
     idx: Vec<usize>,
+    /// The fixed view the batch shows (`train.views`), if views are fixed.
+    view: Option<usize>,
     /// Their inputs, row after row.
     x: Vec<f32>,
     /// Their class labels (classification) …
@@ -1010,6 +1040,7 @@ struct ExtraBatch {
 impl Batch {
     /// Gathers the rows `full_idx` (this rank's slice of them under data parallelism), shifted
     /// and augmented as `cfg` asks.
+    #[allow(clippy::too_many_arguments)]
     fn gather(
         &mut self,
         train: &Dataset,
@@ -1018,6 +1049,7 @@ impl Batch {
         cfg: &TrainConfig,
         fill: f32,
         rng: &mut Rng,
+        view: Option<(u64, usize)>,
     ) -> Result<()> {
         let d = train.dim();
         let full_b = full_idx.len();
@@ -1029,13 +1061,19 @@ impl Batch {
             None => (0, full_b),
         };
         let jitter = cfg.image_shift();
-        let augment = cfg.augment.is_active();
+        // Fixed views are drawn per sample (not from the batch stream), so every rank draws its
+        // own rows' views.
+        let augment = cfg.augment.is_active() && view.is_none();
+        self.view = view.map(|(_, v)| v);
         // Under data parallelism every rank shifts and augments the whole global batch from the
         // shared stream (so the stream, and a mixed sample's partner, are the same on every
         // rank), then keeps its rows.
-        let whole = ranks.is_some() && (train.jitters(jitter) || augment);
+        let whole = ranks.is_some() && view.is_none() && (train.jitters(jitter) || augment);
         let idx = if whole { full_idx } else { &full_idx[lo..hi] };
-        train.gather(idx, jitter, fill, rng, &mut self.x);
+        match view {
+            Some((seed, v)) => fixed_views(train, cfg, seed, v, idx, fill, &mut self.x)?,
+            None => train.gather(idx, jitter, fill, rng, &mut self.x),
+        }
         self.classes.clear();
         self.values.clear();
         match &train.targets {
@@ -1252,6 +1290,42 @@ impl Forward {
 }
 
 /// A step's gradients on this rank's rows, before data-parallel ranks sum them.
+/// The fixed views `view` of the samples `idx` (`train.views`), row after row into `out`: each
+/// sample shifted and augmented as `cfg` asks from a stream of its own, drawn from `seed`, the
+/// view and the sample's index alone, so the teacher's outputs computed beforehand and the
+/// student's batch, in any order and on any rank, see the same view.
+pub fn fixed_views(
+    train: &Dataset,
+    cfg: &TrainConfig,
+    seed: u64,
+    view: usize,
+    idx: &[usize],
+    fill: f32,
+    out: &mut Vec<f32>,
+) -> Result<()> {
+    let d = train.dim();
+    out.clear();
+    out.reserve(idx.len() * d);
+    let base = Rng::derive(seed, &format!("views/{view}")).next_u64();
+    let mut one = Vec::with_capacity(d);
+    for &i in idx {
+        let mut rng = Rng::new(base ^ (i as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15));
+        train.gather(&[i], cfg.image_shift(), fill, &mut rng, &mut one);
+        if cfg.augment.is_active()
+            && cfg
+                .augment
+                .apply(&mut one, &train.shape, fill, &mut rng)
+                .is_some()
+        {
+            return Err(Error::Input(
+                "train.views: mixup and CutMix cannot be fixed per sample".into(),
+            ));
+        }
+        out.extend_from_slice(&one);
+    }
+    Ok(())
+}
+
 enum Grads {
     /// In the member's fused workspace.
     Fused,
@@ -1288,6 +1362,17 @@ fn soft_targets(
                     v
                 }
                 TeacherSignal::Live(t) => t.predict_rows(&batch.x, batch.b)?,
+                TeacherSignal::Views { rows, .. } => {
+                    let v = batch.view.ok_or_else(|| {
+                        Error::Other("a teacher's fixed views need train.views".into())
+                    })?;
+                    let all = &rows[v % rows.len()];
+                    let mut out = Vec::with_capacity(batch.b * outputs);
+                    for &i in &batch.idx {
+                        out.extend_from_slice(&all[i * outputs..(i + 1) * outputs]);
+                    }
+                    out
+                }
                 TeacherSignal::Peers(of) => {
                     let refs: Vec<&[f32]> =
                         of.iter().map(|&j| peer_outputs[j].as_slice()).collect();
@@ -2123,6 +2208,143 @@ mod tests {
         // And the views are not the raw samples: augmentation took place.
         let raw: Vec<f32> = x[..4 * 16].to_vec();
         assert!(t.iter().all(|b| *b != raw));
+    }
+
+    /// Fixed views (`train.views`): the student's batches of epoch e are view e mod N of every
+    /// sample, drawn per sample (the same rows whatever the batch, order or rank), and the
+    /// targets a batch reads are the teacher's outputs on exactly its rows, computed beforehand.
+    #[test]
+    fn fixed_views_are_the_views_the_teacher_saw_beforehand() {
+        let n = 10;
+        let x: Vec<f32> = (0..n * 16).map(|i| ((i * 7) % 11) as f32 / 10.0).collect();
+        let labels: Vec<u32> = (0..n).map(|i| (i % 2) as u32).collect();
+        let names = vec!["a".to_string(), "b".to_string()];
+        let train = Dataset::new(
+            x.clone(),
+            vec![1, 4, 4],
+            Targets::Classes {
+                labels,
+                names: names.clone(),
+            },
+        );
+        let cfg = TrainConfig {
+            epochs: 4,
+            batch_size: 4,
+            views: Some(2),
+            augment: crate::data::augment::AugmentConfig {
+                shift: 1,
+                flip: true,
+                erase: 0.5,
+                noise: 0.1,
+                ..Default::default()
+            },
+            ..TrainConfig::default()
+        };
+        cfg.check("train", true).unwrap();
+        // A stand-in teacher: (sum, first value) of a row.
+        let teach = |rows: &[f32]| -> Vec<f32> {
+            rows.chunks(16)
+                .flat_map(|r| [r.iter().sum::<f32>(), r[0]])
+                .collect()
+        };
+        let all: Vec<usize> = (0..n).collect();
+        let mut views = Vec::new();
+        let mut rows = Vec::new();
+        for v in 0..2 {
+            let mut out = Vec::new();
+            fixed_views(&train, &cfg, 9, v, &all, 0.0, &mut out).unwrap();
+            rows.push(crate::teachers::Rows::from(teach(&out)));
+            views.push(out);
+        }
+        assert_ne!(views[0], views[1], "two views differ");
+        assert_ne!(views[0], x, "a view is augmented");
+        // Any order of the samples gives each sample the same view.
+        let backwards: Vec<usize> = (0..n).rev().collect();
+        let mut out = Vec::new();
+        fixed_views(&train, &cfg, 9, 1, &backwards, 0.0, &mut out).unwrap();
+        for (k, &i) in backwards.iter().enumerate() {
+            assert_eq!(out[k * 16..(k + 1) * 16], views[1][i * 16..(i + 1) * 16]);
+        }
+        // A batch of view 1: its inputs are those rows, its targets the teacher's on them.
+        let obj = Objective::hinton(
+            TeacherSignal::Views {
+                rows: rows.clone(),
+                seed: 9,
+            },
+            2.0,
+            0.5,
+        );
+        let mut batch = Batch::default();
+        let idx = [7, 2, 9, 4];
+        let mut rng = Rng::new(1);
+        batch
+            .gather(&train, &idx, None, &cfg, 0.0, &mut rng, Some((9, 1)))
+            .unwrap();
+        for (k, &i) in idx.iter().enumerate() {
+            assert_eq!(
+                batch.x[k * 16..(k + 1) * 16],
+                views[1][i * 16..(i + 1) * 16]
+            );
+        }
+        let targets = soft_targets(&obj, &batch, &[], 2).unwrap();
+        assert_eq!(
+            targets[0],
+            teach(&batch.x),
+            "the targets are the teacher's on the view"
+        );
+        // Training: epoch e shows every sample its view e mod 2, once.
+        let spec = models::ModelSpec {
+            arch: crate::models::Arch::mlp(vec![4]),
+            input_shape: vec![1, 4, 4],
+            outputs: 2,
+        };
+        let model = Model::new(spec, &mut Rng::new(1)).unwrap();
+        let by_student = RefCell::new(Vec::new());
+        let val = Dataset::new(
+            x[..4 * 16].to_vec(),
+            vec![1, 4, 4],
+            Targets::Classes {
+                labels: vec![0, 1, 0, 1],
+                names,
+            },
+        );
+        fit(
+            &model,
+            TrainJob {
+                name: "s",
+                cfg: &cfg,
+                train: &train,
+                val: &val,
+                objective: obj,
+                fill: 0.0,
+                checkpoint: None,
+                seed: 3,
+                progress: Progress::Quiet,
+                hooks: vec![Box::new(Student { seen: &by_student })],
+            },
+        )
+        .unwrap();
+        let seen = by_student.into_inner();
+        assert_eq!(seen.len(), 4 * 3, "three batches an epoch");
+        let sorted = |rows: Vec<&[f32]>| {
+            let mut r: Vec<Vec<u32>> = rows
+                .iter()
+                .map(|r| r.iter().map(|v| v.to_bits()).collect())
+                .collect();
+            r.sort();
+            r
+        };
+        for e in 0..4 {
+            let shown: Vec<&[f32]> = seen[3 * e..3 * e + 3]
+                .iter()
+                .flat_map(|b| b.chunks(16))
+                .collect();
+            assert_eq!(
+                sorted(shown),
+                sorted(views[e % 2].chunks(16).collect()),
+                "epoch {e}"
+            );
+        }
     }
 
     /// Teacher annealing: at a quarter of training, α = 1 gives label weight 0.25 and soft

@@ -72,6 +72,14 @@ pub struct TrainConfig {
     /// CutMix), seen by the student and by a live teacher alike.
     #[serde(default, skip_serializing_if = "is_inactive")]
     pub augment: crate::data::augment::AugmentConfig,
+    /// Fixed views (unset: a fresh view every batch): each sample has this many augmented
+    /// views, drawn once from the run's seed, and epoch e shows every sample its view e mod
+    /// `views`. A teacher too slow to run on every batch then runs once per view, into the
+    /// run's disk cache (keyed by teacher, augmentation, seed and view), and the student reads
+    /// its outputs on the very view it sees. Not with mixup or CutMix, which pair samples anew
+    /// every batch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub views: Option<usize>,
     /// Stop when the validation loss has not improved for this many epochs (the best
     /// epoch's weights are kept).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -148,6 +156,7 @@ impl Default for TrainConfig {
             min_lr: 0.0,
             jitter: 0,
             augment: Default::default(),
+            views: None,
             warmup_epochs: 0,
             patience: None,
             max_loss: default_max_loss(),
@@ -166,6 +175,11 @@ fn is_inactive(a: &crate::data::augment::AugmentConfig) -> bool {
 }
 
 impl TrainConfig {
+    /// The number of fixed views per sample (`views`), 0 when every batch draws fresh ones.
+    pub fn fixed_views(&self) -> usize {
+        self.views.unwrap_or(0)
+    }
+
     /// Whether the training batches are changed (shifted, augmented): a teacher must then be
     /// run on each batch, not read from outputs computed once.
     pub fn augments(&self) -> bool {
@@ -243,6 +257,26 @@ impl TrainConfig {
                 &format!("{p}.augment.shift"),
                 "give the shift once: jitter or augment.shift",
             )?;
+        }
+        if t.views == Some(0) {
+            bad_field(
+                &format!("{p}.views"),
+                "expected at least 1 view (leave views out for a fresh view every batch)",
+            )?;
+        }
+        if t.views.is_some() {
+            if !t.augments() {
+                bad_field(
+                    &format!("{p}.views"),
+                    "fixed views are augmented views: set jitter or augment too (or remove views)",
+                )?;
+            }
+            if t.augment.mixup > 0.0 || t.augment.cutmix > 0.0 {
+                bad_field(
+                    &format!("{p}.views"),
+                    "mixup and CutMix pair the samples of each batch anew, so their views cannot be fixed beforehand: remove views (the teacher then runs on every batch) or mixup/cutmix",
+                )?;
+            }
         }
         if t.warmup_epochs >= t.epochs && t.warmup_epochs > 0 {
             bad_field(

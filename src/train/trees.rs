@@ -79,6 +79,12 @@ fn soft_targets(job: &TrainJob) -> Result<Option<(Vec<f32>, f32, f32)>> {
     let outputs = match &term.signal {
         TeacherSignal::Cached(rows) => rows.to_vec(),
         TeacherSignal::Live(t) => crate::eval::predict_all(*t, &job.train.x, job.train.dim(), 512)?,
+        TeacherSignal::Views { .. } => {
+            return Err(Error::Input(format!(
+                "{}: tree models learn from the samples as they are; remove train.views",
+                job.name
+            )))
+        }
         TeacherSignal::Peers(_) | TeacherSignal::PeersHead { .. } => {
             return Err(Error::Input(format!(
             "{}: tree models do not train in lockstep with peers (sub-model groups are networks)",
