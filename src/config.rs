@@ -302,6 +302,23 @@ impl std::ops::Deref for CheckedConfig {
 }
 
 impl ExperimentConfig {
+    /// Whether teacher or model `name` runs on any input (a [[model]], an ONNX teacher, or a
+    /// mix of such), rather than giving outputs for the data set's own samples only.
+    fn runs_on_features(&self, name: &str) -> bool {
+        if self.models.iter().any(|m| m.name == name) {
+            return true;
+        }
+        match self.teachers.iter().find(|t| t.name == name) {
+            Some(t) if t.onnx.is_some() => true,
+            // Members come earlier in the file, so the recursion ends.
+            Some(t) if !t.mix.is_empty() => t
+                .mix
+                .iter()
+                .all(|m| m.teacher != name && self.runs_on_features(&m.teacher)),
+            _ => false,
+        }
+    }
+
     /// Checks everything that can be checked without reading the data — value ranges, names,
     /// references between models, files that must exist; every error names its field — then
     /// writes the schemes out as plain models and checks the result.
@@ -404,10 +421,10 @@ impl ExperimentConfig {
                 // Synthetic and transfer samples are new inputs: their teacher must run on
                 // features, which precomputed outputs, mixes of teachers and a BERT teacher's
                 // split embeddings do not.
-                let precomputed = self.teachers.iter().find(|t| {
-                    t.name == ds.teacher
-                        && (t.outputs.is_some() || !t.mix.is_empty() || t.bert.is_some())
-                });
+                let precomputed = self
+                    .teachers
+                    .iter()
+                    .find(|t| t.name == ds.teacher && !self.runs_on_features(&t.name));
                 if let Some(t) = precomputed {
                     for (key, on) in [
                         ("synthetic", ds.synthetic.is_some()),
@@ -419,7 +436,7 @@ impl ExperimentConfig {
                                 &format!(
                                     "teacher '{}' gives outputs for the data set's own samples only ({}); {key} samples need a teacher that runs on features (a [[model]] or an ONNX file)",
                                     t.name,
-                                    if t.outputs.is_some() { "precomputed outputs" } else if t.bert.is_some() { "a BERT teacher's splits" } else { "a mix of teachers" }
+                                    if t.outputs.is_some() { "precomputed outputs" } else if t.bert.is_some() { "a BERT teacher's splits" } else { "a mix with such a member" }
                                 ),
                             )?;
                         }

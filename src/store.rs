@@ -255,7 +255,7 @@ pub struct RunStore {
     /// Model files this session read back instead of making them.
     read_back: Vec<PathBuf>,
     /// Teachers distillery did not train (ONNX files), by name.
-    teachers: Vec<(String, Box<dyn Teacher>)>,
+    teachers: Vec<(String, std::sync::Arc<dyn Teacher>)>,
     /// Outputs known per sample (text encoders, precomputed outputs, mixes), by name.
     known: Vec<(String, crate::teachers::KnownTeacher)>,
     /// The arrays of `data.format = "arrays"` (teacher outputs among them), when given.
@@ -347,7 +347,21 @@ impl RunStore {
 
     /// Adds a teacher distillery did not train.
     pub fn add_teacher(&mut self, name: &str, t: Box<dyn Teacher>) {
-        self.teachers.push((name.to_string(), t));
+        self.teachers.push((name.to_string(), t.into()));
+    }
+
+    /// A handle on teacher `name` that a mix of teachers can keep: the outside teacher itself,
+    /// or a finished model read again from its file; `None` when it only has per-sample
+    /// outputs (precomputed, a BERT teacher's splits, a mix of such).
+    pub fn shared_teacher(&self, name: &str) -> Result<Option<std::sync::Arc<dyn Teacher>>> {
+        if let Some((_, t)) = self.teachers.iter().find(|(n, _)| n == name) {
+            return Ok(Some(t.clone()));
+        }
+        if self.known(name).is_some() {
+            return Ok(None);
+        }
+        let f = self.get(name)?;
+        Ok(Some(std::sync::Arc::new(compress::load_any(&f.file)?)))
     }
 
     /// Adds a teacher whose outputs are known per sample.

@@ -80,6 +80,62 @@ impl Teacher for Ensemble<'_> {
     }
 }
 
+/// A weighted mix of teachers that run on features (`[[teacher]] mix = [...]` whose members are
+/// distillery models or ONNX teachers): the weighted mean of the members' probabilities, as a
+/// log (classification), or of their values (regression) — what the mix's precomputed outputs
+/// hold, here for inputs it has not seen (augmented views, synthetic or transfer samples).
+pub struct Mix {
+    /// The members and their weights (summing to 1).
+    pub members: Vec<(std::sync::Arc<dyn Teacher>, f32)>,
+    /// The number of outputs.
+    pub outputs: usize,
+    /// Average values rather than probabilities.
+    pub regression: bool,
+}
+
+impl Teacher for Mix {
+    fn predict_batch(&self, x: &Tensor) -> Result<Vec<f32>> {
+        let rows = x.dim(0)?;
+        crate::models::with_slice(x, |v| self.predict_rows(v, rows))?
+    }
+
+    fn predict_rows(&self, x: &[f32], rows: usize) -> Result<Vec<f32>> {
+        let mut acc = vec![0f64; rows * self.outputs];
+        for (t, w) in &self.members {
+            let out = t.predict_rows(x, rows)?;
+            let part = if self.regression {
+                out
+            } else {
+                crate::kernels::softmax::softmax_rows(&out, self.outputs, 1.0)
+            };
+            if part.len() != acc.len() {
+                return Err(crate::error::Error::Input(format!(
+                    "a mix of teachers: a member gave {} outputs for {rows} rows, expected {}",
+                    part.len(),
+                    acc.len()
+                )));
+            }
+            acc.iter_mut()
+                .zip(part)
+                .for_each(|(a, p)| *a += p as f64 * *w as f64);
+        }
+        Ok(acc
+            .into_iter()
+            .map(|v| {
+                if self.regression {
+                    v as f32
+                } else {
+                    v.max(1e-30).ln() as f32
+                }
+            })
+            .collect())
+    }
+
+    fn flops_per_sample(&self) -> Option<f64> {
+        self.members.iter().map(|(t, _)| t.flops_per_sample()).sum()
+    }
+}
+
 /// The ensemble's output from its members' outputs on the same rows: the mean (regression), or
 /// the log of the mean probabilities (classification).
 pub fn ensemble_outputs(outs: &[Vec<f32>], classes: usize, regression: bool) -> Vec<f32> {

@@ -1060,13 +1060,14 @@ fn bad_onnx_inputs() {
         &format!("[data]\nformat = \"text\"\npath = \"{data}\"\nfeatures = {{ kind = \"ngrams\", buckets = 64 }}\n[[model]]\nname = \"s\"\narch = {{ kind = \"embedding-bag\", dim = 4 }}\ntrain = {{ epochs = 1, augment = {{ noise = 0.1 }} }}\n"),
         &["model.s.train.augment", "mask and ngram only"],
     );
-    // Synthetic or transfer samples need a teacher that runs on features, not a mix of
-    // teachers (their outputs are averaged over the data set's own samples).
+    // Synthetic or transfer samples need a teacher that runs on features, not a mix with a
+    // member of precomputed outputs (known for the data set's own samples only).
+    let outputs = write(dir, "outputs.csv", b"a,b\n0.1,0.2\n");
     expect_bad_config(
         dir,
         "synthetic-from-a-mix",
-        &format!("{digits}[[teacher]]\nname = \"a\"\nonnx = \"{mlp}\"\n[[model]]\nname = \"own\"\narch = {{ kind = \"mlp\", hidden = [8] }}\ntrain = {{ epochs = 1 }}\n[[teacher]]\nname = \"t\"\nmix = [{{ teacher = \"a\", weight = 1.0 }}, {{ teacher = \"own\", weight = 1.0 }}]\n[[model]]\nname = \"s\"\nrole = \"student\"\narch = {{ kind = \"mlp\", hidden = [8] }}\ntrain = {{ epochs = 1 }}\ndistill = {{ teacher = \"t\", synthetic = {{ samples = 100 }} }}\n"),
-        &["model.s.distill.synthetic", "a mix of teachers", "runs on features"],
+        &format!("{digits}[[teacher]]\nname = \"a\"\noutputs = \"{outputs}\"\n[[model]]\nname = \"own\"\narch = {{ kind = \"mlp\", hidden = [8] }}\ntrain = {{ epochs = 1 }}\n[[teacher]]\nname = \"t\"\nmix = [{{ teacher = \"a\", weight = 1.0 }}, {{ teacher = \"own\", weight = 1.0 }}]\n[[model]]\nname = \"s\"\nrole = \"student\"\narch = {{ kind = \"mlp\", hidden = [8] }}\ntrain = {{ epochs = 1 }}\ndistill = {{ teacher = \"t\", synthetic = {{ samples = 100 }} }}\n"),
+        &["model.s.distill.synthetic", "a mix with such a member", "runs on features"],
     );
     // Fixed views: none, without augmentation, with mixup.
     for (case, train, expect) in [

@@ -148,6 +148,12 @@ role = "student"
 arch = { kind = "mlp", hidden = [24] }
 train = { epochs = 3 }
 distill = { teacher = "both", temperature = 4.0, alpha = 0.7 }
+[[model]]
+name = "student-aug"
+role = "student"
+arch = { kind = "mlp", hidden = [24] }
+train = { epochs = 2, augment = { noise = 0.05 } }
+distill = { teacher = "both", temperature = 2.0, alpha = 1.0, synthetic = { samples = 300 } }
 [[submodels]]
 name = "g"
 k = 2
@@ -180,6 +186,14 @@ qat = { teacher = "both", train = { epochs = 1 } }
         "{err}"
     );
     assert!(err.contains("torch's soft targets"), "{err}");
+    // Its members run on features, so the mix teaches augmented views and synthetic samples
+    // (and its outputs on the training samples equal its averaged ones: checked as it starts).
+    assert!(err.contains("both: every member runs on features"), "{err}");
+    assert!(
+        err.contains("student-aug: the teacher runs on every augmented batch"),
+        "{err}"
+    );
+    assert!(err.contains("student-aug: 300 synthetic samples"), "{err}");
     assert!(err.contains("with both's soft targets"), "{err}");
     let m = metrics(&out);
     let names: Vec<&str> = m["models"]
@@ -189,7 +203,15 @@ qat = { teacher = "both", train = { epochs = 1 } }
         .map(|r| r["name"].as_str().unwrap())
         .collect();
     for n in [
-        "torch", "own", "both", "student", "g-1", "g-2", "pruned", "int8",
+        "torch",
+        "own",
+        "both",
+        "student",
+        "student-aug",
+        "g-1",
+        "g-2",
+        "pruned",
+        "int8",
     ] {
         assert!(names.contains(&n), "{n} missing from {names:?}");
     }

@@ -644,7 +644,9 @@ fn distill_objective<'s>(
     {
         return Err(missing());
     }
-    let known = store.known(&ds.teacher).is_some();
+    // Outputs known for the data set's own samples only (precomputed, a BERT teacher's
+    // splits); a mix whose members all run on features runs on any input.
+    let known = store.known(&ds.teacher).is_some() && store.teacher(&ds.teacher).is_err();
     if known && m.train.augments() {
         let field = if m.train.jitter > 0 {
             "jitter"

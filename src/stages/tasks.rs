@@ -90,7 +90,7 @@ fn plan<'s>(
             (o, e.cols, HeadKind::Embedding)
         }
         Some(name) => {
-            let known = store.known(name).is_some();
+            let known = store.known(name).is_some() && store.teacher(name).is_err();
             if known && m.train.augments() {
                 return Err(Error::Input(format!(
                     "model.{}.train.augment: teacher '{name}' of task '{}' has outputs for the samples as they are, not for augmented ones; remove augment",

@@ -1128,6 +1128,22 @@ fn mix_teacher(c: &TeacherConfig, store: &mut RunStore) -> Result<()> {
         .progress
         .say(&format!("{}: a mix of teachers: {names}", c.name));
     record_known(c, store, &known, format!("mix {names}"))?;
+    // When every member runs on features, so does the mix: it can then teach on augmented
+    // views, synthetic and transfer samples, and fixed views.
+    let shared = c
+        .mix
+        .iter()
+        .map(|m| store.shared_teacher(&m.teacher))
+        .collect::<Result<Option<Vec<_>>>>()?;
+    let live = shared.map(|members| crate::teachers::Mix {
+        members: members
+            .into_iter()
+            .zip(&c.mix)
+            .map(|(t, m)| (t, m.weight / total))
+            .collect(),
+        outputs,
+        regression: !classification,
+    });
     // A static-embedding student of the mix starts from its (first) encoder's tokens.
     let encoder = c
         .mix
@@ -1136,10 +1152,36 @@ fn mix_teacher(c: &TeacherConfig, store: &mut RunStore) -> Result<()> {
     store.add_known(
         &c.name,
         KnownTeacher {
-            logits: Some(known),
+            logits: Some(known.clone()),
             embeddings: None,
             encoder,
         },
     );
+    if let Some(live) = live {
+        // The mix run on the first training samples gives its precomputed outputs there.
+        let train = &store.splits.train;
+        let n = train.len().min(64);
+        if n > 0 {
+            use crate::teachers::Teacher;
+            let got = live.predict_rows(&train.x[..n * train.dim()], n)?;
+            let want = &known.train[..n * outputs];
+            let worst = got
+                .iter()
+                .zip(want)
+                .map(|(a, b)| (a - b).abs() / b.abs().max(1.0))
+                .fold(0f32, f32::max);
+            if worst > 1e-3 {
+                return Err(Error::Other(format!(
+                    "teacher.{}: the mix run on the training samples differs from its averaged outputs by {worst:e}",
+                    c.name
+                )));
+            }
+        }
+        store.progress.say(&format!(
+            "{}: every member runs on features, so the mix teaches on augmented views, synthetic and transfer samples too",
+            c.name
+        ));
+        store.add_teacher(&c.name, Box::new(live));
+    }
     Ok(())
 }
