@@ -662,11 +662,23 @@ impl ExperimentConfig {
                 ("teacher", g.teacher.is_some()),
                 ("init", g.init == SubmodelInit::Split),
                 ("archs", !g.archs.is_empty()),
-                ("final_student", g.final_student.is_some()),
             ],
             models,
             &self.data,
         )?;
+        if let Some(f) = g
+            .final_student
+            .as_ref()
+            .filter(|f| !g.tasks.is_empty() && f.arch.is_tree())
+        {
+            bad_field(
+                &format!("{p}.final_student.arch.kind"),
+                &format!(
+                    "'{}' cannot be the shared trunk of the group's multi-task final student (mlp, cnn, conv1d, resnet or embedding-bag can)",
+                    f.arch.kind()
+                ),
+            )?;
+        }
         if !g.tasks.is_empty() && g.phase1.augments() {
             bad_field(
                 &format!("{p}.phase1"),

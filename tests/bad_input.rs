@@ -965,6 +965,16 @@ fn bad_multi_task_models() {
         ),
         &["submodels.g.teacher", "remove teacher"],
     );
+    expect_bad_config(
+        dir,
+        "group-task-final-tree",
+        &format!(
+            "{base}[[submodels]]\nname = \"g\"\nk = 2\narch = {mlp}\nfinal_student = {{ name = \"f\", arch = {{ kind = \"decision-tree\", flatten = true }} }}\n{}",
+            (task("a", "teacher = \"t\"") + &task("b", ""))
+                .replace("[[model.task]]", "[[submodels.task]]")
+        ),
+        &["submodels.g.final_student.arch.kind", "shared trunk"],
+    );
     // A head that learns 3 classes from a teacher of 10: the teacher is refused first.
     let onnx = repo().join("data/teachers/digits-torch-mlp.onnx");
     let mut csv = (0..64)

@@ -871,6 +871,7 @@ shards = {}
 arch = {{ kind = "mlp", hidden = [16] }}
 phase1 = {{ epochs = 25, lr = 3e-3 }}
 transfer = {{ rounds = 2, peer_weight = 0.5, tolerance = 1e-9, peers = "{peers}" }}
+final_student = {{ name = "final-{name}", arch = {{ kind = "mlp", hidden = [24] }}, train = {{ epochs = 20, lr = 3e-3 }}, temperature = 2.0, alpha = 0.7 }}
 [[submodels.task]]
 name = "digit"
 teacher = "t"
@@ -924,5 +925,23 @@ weight = "auto"
             distillery::compress::load_any(&out.join(format!("models/{g}-1.safetensors"))).unwrap();
         let heads: Vec<&str> = model.meta.heads.iter().map(|h| h.name.as_str()).collect();
         assert_eq!(heads, ["digit", "mimic"]);
+        // The final student carries the members' heads, each distilled from the ensemble's.
+        let fin = m["models"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|x| x["name"] == format!("final-{g}"))
+            .unwrap();
+        let tasks = fin["tasks"].as_array().unwrap();
+        assert_eq!(tasks.len(), 2, "{fin}");
+        assert!(tasks[0]["value"].as_f64().unwrap() > 0.8, "{g}: {fin}");
+        assert!(tasks[1]["value"].as_f64().unwrap() > 0.8, "{g}: {fin}");
+        assert_eq!(fin["distill"]["teacher"], format!("{g}-ensemble"));
+        let model =
+            distillery::compress::load_any(&out.join(format!("models/final-{g}.safetensors")))
+                .unwrap();
+        let heads: Vec<&str> = model.meta.heads.iter().map(|h| h.name.as_str()).collect();
+        assert_eq!(heads, ["digit", "mimic"]);
+        assert_eq!(model.meta.spec.describe(), "mlp 64-24-20");
     }
 }

@@ -155,6 +155,33 @@ impl Stage for GroupStage {
                         .iter()
                         .map(|n| store.get(n).and_then(|f| f.float()))
                         .collect::<Result<Vec<&Model>>>()?;
+                    let heads = store.get(&names[0])?.model.meta.heads.clone();
+                    if !g.tasks.is_empty() {
+                        let model = final_multi_task(store, g, f, &floats, &heads)?;
+                        store.finish(
+                            Finished {
+                                name: f.name.clone(),
+                                role: "student".into(),
+                                model,
+                                file,
+                            },
+                            Provenance {
+                                source,
+                                distill: Some(DistillSummary {
+                                    teacher: format!("{}-ensemble", g.name),
+                                    temperature: f.temperature,
+                                    alpha: f.alpha,
+                                    loss: None,
+                                    auto: None,
+                                    agreement: None,
+                                }),
+                                embedding_teacher: None,
+                                baselines: Vec::new(),
+                            },
+                            true,
+                        )?;
+                        return Ok(());
+                    }
                     let soft = ensemble_targets(store, &floats, f.temperature)?;
                     let spec = ModelSpec {
                         arch: f.arch.clone(),
@@ -237,6 +264,95 @@ impl crate::teachers::Teacher for HeadsEnsemble<'_> {
             self.width,
         ))
     }
+}
+
+/// The final student of a multi-task group: the members' heads on a trunk of its own, each head
+/// distilled from the ensemble's same head (class heads: log of the members' mean probabilities
+/// at T = 1, softened at the student's T; value and embedding heads: the members' mean), with
+/// weight α beside the head's labels (1 − α) where it has labels and weight 1 where it has none
+/// — the task weights, losses and label columns as the members learned them. Saved with its
+/// heads.
+fn final_multi_task(
+    store: &RunStore,
+    g: &SubmodelsConfig,
+    f: &submodels::FinalStudentConfig,
+    members: &[&Model],
+    heads: &[TaskHead],
+) -> Result<AnyModel> {
+    let splits = &store.splits;
+    let width = heads.iter().map(|h| h.start + h.outputs).max().unwrap_or(0);
+    let ensemble = HeadsEnsemble {
+        members: members.to_vec(),
+        heads: heads.to_vec(),
+        width,
+    };
+    let on = |d: &crate::data::Dataset| crate::eval::predict_all(&ensemble, &d.x, d.dim(), 512);
+    let (train, val) = (on(&splits.train)?, on(&splits.val)?);
+    let (_, mut tasks) = crate::stages::tasks::plan_heads(&g.multi_task(), store)?;
+    for (task, h) in tasks.iter_mut().zip(heads) {
+        let cols = h.cols();
+        let t: crate::teachers::Rows = crate::train::tasks::columns(&train, width, &cols).into();
+        let v: crate::teachers::Rows = crate::train::tasks::columns(&val, width, &cols).into();
+        let o = &mut task.objective;
+        let loss = o
+            .soft
+            .first()
+            .map_or(crate::losses::SoftLoss::Kd, |s| s.loss);
+        let (soft, label) = if task.labels {
+            (f.alpha, 1.0 - f.alpha)
+        } else {
+            (1.0, 0.0)
+        };
+        o.soft = vec![crate::train::SoftTerm {
+            signal: TeacherSignal::Cached(t),
+            temperature: f.temperature,
+            weight: soft,
+            loss,
+        }];
+        o.label_weight = label;
+        o.anneal = false;
+        if h.kind == crate::models::HeadKind::Embedding {
+            o.val_targets = Some(v);
+        } else if h.kind == crate::models::HeadKind::Classes {
+            o.teacher_val = Some(v);
+        }
+    }
+    let spec = ModelSpec {
+        arch: f.arch.clone(),
+        input_shape: splits.train.shape.clone(),
+        outputs: width,
+    };
+    let model = Model::new(
+        spec,
+        &mut Rng::derive(store.seed, &format!("init/{}", f.name)),
+    )?;
+    store.progress.say(&format!(
+        "{}: distilling the {}-ensemble into {}, head by head ({})",
+        f.name,
+        g.name,
+        model.spec.describe(),
+        heads
+            .iter()
+            .map(|h| format!("{} ×{}", h.name, h.outputs))
+            .collect::<Vec<_>>()
+            .join(", ")
+    ));
+    let ckpt = store.checkpoint_path(&f.name, "ckpt");
+    let record = store.fit(
+        &splits.train,
+        &f.name,
+        &ckpt,
+        &model,
+        &f.train,
+        Objective::multi_task(tasks),
+        Vec::new(),
+    )?;
+    let training = serde_json::to_value(&record).map_err(|e| Error::Other(e.to_string()))?;
+    let mut meta = store.meta(&f.name, "student", &model.spec, training);
+    meta.heads = heads.to_vec();
+    models::save_model(&store.model_path(&f.name), &model, &meta)?;
+    let _ = std::fs::remove_file(&ckpt);
+    Ok(AnyModel::float(model, meta))
 }
 
 /// The ensemble's soft targets on the training set: the members' averaged softened outputs
