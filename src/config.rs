@@ -448,8 +448,9 @@ impl ExperimentConfig {
         for g in &self.submodels {
             self.validate_group(g, &seen, images, text)?;
         }
-        // A multi-task model is exported (one output per head) but not yet pruned or
-        // quantized: their fine-tuning and calibration read one task's outputs.
+        // A multi-task model is exported (one output per head) and quantized after training
+        // (the heads carried over), but not yet pruned or trained quantization-aware: their
+        // fine-tuning and scores read one task's outputs.
         let multi = |name: &str| {
             self.models
                 .iter()
@@ -461,8 +462,8 @@ impl ExperimentConfig {
             }
         }
         for (i, q) in self.quantize.iter().enumerate() {
-            if multi(&q.from) {
-                bad_field(&format!("quantize[{i}].from"), &format!("'{}' is a multi-task model; quantizing one is not available yet (export it, or quantize a single-task student)", q.from))?;
+            if multi(&q.from) && q.qat.is_some() {
+                bad_field(&format!("quantize[{i}].qat"), &format!("'{}' is a multi-task model; quantization-aware training of one is not available yet (post-training quantization is: remove qat)", q.from))?;
             }
         }
         // Mixed batches do not mix the further target columns.

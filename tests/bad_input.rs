@@ -924,6 +924,15 @@ fn bad_multi_task_models() {
     );
     expect_bad_config(
         dir,
+        "task-qat",
+        &format!(
+            "{}[[quantize]]\nname = \"q\"\nfrom = \"s\"\nprecision = \"int8\"\nqat = {{ teacher = \"t\" }}\n",
+            model(mlp, &(task("a", "teacher = \"t\"") + &task("b", "")))
+        ),
+        &["quantize[0].qat", "multi-task", "remove qat"],
+    );
+    expect_bad_config(
+        dir,
         "task-unknown-column",
         &model(mlp, &(task("a", "column = \"height\"") + &task("b", ""))),
         &["model.s.task[0].column", "'height'", "data.targets"],

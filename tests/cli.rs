@@ -647,8 +647,32 @@ labels = false
 weight = "auto"
 [[export]]
 from = "multi"
+[[quantize]]
+name = "multi-int8"
+from = "multi"
+precision = "int8"
 "#,
     );
+    // Post-training int8 keeps the heads, each scored as the f32 model's.
+    let q = m["models"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|x| x["name"] == "multi-int8")
+        .unwrap()
+        .clone();
+    let qt = q["tasks"].as_array().unwrap();
+    assert_eq!(qt.len(), 2, "{q}");
+    assert_eq!(qt[1]["metric"], "agreement");
+    let qmodel = distillery::compress::load_any(&out.join("models/multi-int8.safetensors.gz"));
+    let qheads: Vec<String> = qmodel
+        .unwrap()
+        .meta
+        .heads
+        .iter()
+        .map(|h| h.name.clone())
+        .collect();
+    assert_eq!(qheads, ["digit", "mimic"]);
     let multi = m["models"]
         .as_array()
         .unwrap()
@@ -663,6 +687,10 @@ from = "multi"
     assert_eq!(tasks[1]["metric"], "agreement");
     assert!(tasks[0]["value"].as_f64().unwrap() > 0.5, "{multi}");
     assert!(tasks[1]["value"].as_f64().unwrap() > 0.5, "{multi}");
+    for (a, b) in tasks.iter().zip(qt) {
+        let (a, b) = (a["value"].as_f64().unwrap(), b["value"].as_f64().unwrap());
+        assert!((a - b).abs() < 0.05, "int8 {b} against f32 {a}");
+    }
     // The learned weight moved from 1.
     assert!(
         (tasks[1]["weight"].as_f64().unwrap() - 1.0).abs() > 1e-3,
