@@ -408,6 +408,27 @@ impl ExperimentConfig {
         }
         for m in &self.models {
             m.check(&seen, self.data.task, images, text, d)?;
+            if let Some(from) = &m.train.augment.replace_from {
+                let field = format!("model.{}.train.augment.replace_from", m.name);
+                if !seen.contains(&from.as_str()) {
+                    bad_field(
+                        &field,
+                        &format!("'{from}' is not an earlier [[model]] or [[teacher]]"),
+                    )?;
+                }
+                let table = self.models.iter().any(|x| {
+                    x.name == *from && matches!(x.arch, Some(crate::models::Arch::EmbeddingBag(_)))
+                }) || self
+                    .teachers
+                    .iter()
+                    .any(|t| t.name == *from && t.bert.is_some());
+                if !table {
+                    bad_field(
+                        &field,
+                        &format!("'{from}' has no token table; name an embedding-bag [[model]] or a bert [[teacher]]"),
+                    )?;
+                }
+            }
             if let Some(ds) = &m.distill {
                 if ds.hint.is_some() && self.teachers.iter().any(|t| t.name == ds.teacher) {
                     bad_field(

@@ -1077,7 +1077,7 @@ fn bad_onnx_inputs() {
         dir,
         "augment-noise-on-texts",
         &format!("[data]\nformat = \"text\"\npath = \"{data}\"\nfeatures = {{ kind = \"ngrams\", buckets = 64 }}\n[[model]]\nname = \"s\"\narch = {{ kind = \"embedding-bag\", dim = 4 }}\ntrain = {{ epochs = 1, augment = {{ noise = 0.1 }} }}\n"),
-        &["model.s.train.augment", "mask and ngram only"],
+        &["model.s.train.augment", "mask, ngram and replace only"],
     );
     // Synthetic or transfer samples need a teacher that runs on features, not a mix with a
     // member of precomputed outputs (known for the data set's own samples only).
@@ -1087,6 +1087,28 @@ fn bad_onnx_inputs() {
         "synthetic-from-a-mix",
         &format!("{digits}[[teacher]]\nname = \"a\"\noutputs = \"{outputs}\"\n[[model]]\nname = \"own\"\narch = {{ kind = \"mlp\", hidden = [8] }}\ntrain = {{ epochs = 1 }}\n[[teacher]]\nname = \"t\"\nmix = [{{ teacher = \"a\", weight = 1.0 }}, {{ teacher = \"own\", weight = 1.0 }}]\n[[model]]\nname = \"s\"\nrole = \"student\"\narch = {{ kind = \"mlp\", hidden = [8] }}\ntrain = {{ epochs = 1 }}\ndistill = {{ teacher = \"t\", synthetic = {{ samples = 100 }} }}\n"),
         &["model.s.distill.synthetic", "a mix with such a member", "runs on features"],
+    );
+    // Token replacement: without its table, from a name that is not there, from a model
+    // without a token table.
+    let text = format!("[data]\nformat = \"text\"\npath = \"{data}\"\nfeatures = {{ kind = \"ngrams\", buckets = 64 }}\n");
+    let bag = "arch = { kind = \"embedding-bag\", dim = 4 }";
+    expect_bad_config(
+        dir,
+        "augment-replace-without-table",
+        &format!("{text}[[model]]\nname = \"s\"\n{bag}\ntrain = {{ epochs = 1, augment = {{ replace = 0.1 }} }}\n"),
+        &["model.s.train.augment.replace_from", "token table"],
+    );
+    expect_bad_config(
+        dir,
+        "augment-replace-unknown",
+        &format!("{text}[[model]]\nname = \"s\"\n{bag}\ntrain = {{ epochs = 1, augment = {{ replace = 0.1, replace_from = \"nobody\" }} }}\n"),
+        &["model.s.train.augment.replace_from", "'nobody' is not an earlier"],
+    );
+    expect_bad_config(
+        dir,
+        "augment-replace-not-a-bag",
+        &format!("{text}[[teacher]]\nname = \"t\"\nonnx = \"{ids}\"\n[[model]]\nname = \"s\"\n{bag}\ntrain = {{ epochs = 1, augment = {{ replace = 0.1, replace_from = \"t\" }} }}\n"),
+        &["model.s.train.augment.replace_from", "no token table", "embedding-bag"],
     );
     // Fixed views: none, without augmentation, with mixup.
     for (case, train, expect) in [

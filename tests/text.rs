@@ -230,6 +230,10 @@ name = "kd"
 arch = {{ kind = "embedding-bag", dim = 8 }}
 distill = {{ teacher = "both", temperature = 2.0, alpha = 0.7, init_from_teacher = true }}
 train = {{ epochs = 8, optimizer = "adam", lr = 0.02, batch_size = 32 }}
+[[model]]
+name = "replace"
+arch = {{ kind = "embedding-bag", dim = 8 }}
+train = {{ epochs = 3, optimizer = "adam", lr = 0.02, batch_size = 32, augment = {{ replace = 0.2, replace_from = "tiny" }} }}
 [[export]]
 from = "kd"
 format = "onnx"
@@ -268,6 +272,15 @@ format = "onnx"
     );
     let rule = by("rule");
     assert!(rule["accuracy"].as_f64().is_some());
+    // Token replacement from the BERT teacher's word-embedding table.
+    assert!(
+        stderr(&o).contains(
+            "replace: token replacement draws from each token's 5 nearest in tiny's table"
+        ),
+        "{}",
+        stderr(&o)
+    );
+    assert!(by("replace")["accuracy"].as_f64().is_some());
     let kd = by("kd");
     assert!(kd["accuracy"].as_f64().unwrap() > 0.75, "{kd}");
     assert!(kd["f1"].as_f64().is_some());

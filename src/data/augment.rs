@@ -11,6 +11,8 @@
 //! - sequences and signals (a CSV row read as a sequence): `shift` (positions), `scale`;
 //! - every non-text input: `noise` (Gaussian, in normalised units), `scale` (each sample
 //!   multiplied by a factor in [1 − s, 1 + s]), `mixup` (Zhang et al. 2018).
+//! - texts (token ids): `mask`, `ngram` and `replace` (Tang et al. 2019; a token replaced by one
+//!   of its nearest tokens in a teacher's embedding table, [`Neighbours`]).
 //!
 //! Mixup and CutMix draw one λ ~ Beta(α, α) per batch and pair every sample with another of the
 //! batch (a random permutation); the inputs are mixed, the label term weighs both labels by λ
@@ -54,6 +56,99 @@ pub struct AugmentConfig {
     /// the window from the text's tokens; Tang et al. 2019's n-gram sampling).
     #[serde(default, skip_serializing_if = "is_zero")]
     pub ngram: f32,
+    /// Texts: each token replaced with this probability by one of its nearest tokens (cosine)
+    /// in the embedding table of `replace_from` (Tang et al. 2019's word replacement, the
+    /// neighbours taken from a teacher's table rather than a part-of-speech lexicon).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub replace: f32,
+    /// The model or teacher whose token table gives the neighbours: an `embedding-bag`
+    /// `[[model]]` over the run's featurizer, or a BERT `[[teacher]]` whose tokenizer is the
+    /// data's (its word-embedding table).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replace_from: Option<String>,
+    /// The neighbours themselves, filled in by the stage that trains the model.
+    #[serde(skip)]
+    pub neighbours: Option<std::sync::Arc<Neighbours>>,
+}
+
+/// Each token's nearest tokens in an embedding table: `k` ids per token of the vocabulary
+/// (a token with none — absent from the training texts, or a special token — maps to itself).
+#[derive(Clone, PartialEq)]
+pub struct Neighbours {
+    /// Neighbours per token.
+    pub k: usize,
+    /// `vocab × k` token ids.
+    pub ids: Vec<u32>,
+}
+
+impl std::fmt::Debug for Neighbours {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "Neighbours({} tokens × {})",
+            self.ids.len() / self.k.max(1),
+            self.k
+        )
+    }
+}
+
+impl Neighbours {
+    /// The `k` nearest tokens (cosine) of every token in `used`, among `used`, from the
+    /// `vocab × dim` table `table`; other tokens keep themselves.
+    pub fn nearest(table: &[f32], dim: usize, used: &[u32], k: usize) -> Neighbours {
+        let vocab = table.len() / dim.max(1);
+        let mut ids: Vec<u32> = (0..vocab as u32)
+            .flat_map(|t| std::iter::repeat_n(t, k))
+            .collect();
+        // Unit rows of the used tokens, then their similarities block by block.
+        let unit: Vec<f32> = used
+            .iter()
+            .flat_map(|&t| {
+                let r = &table[t as usize * dim..(t as usize + 1) * dim];
+                let n = r.iter().map(|v| v * v).sum::<f32>().sqrt().max(1e-12);
+                r.iter().map(move |v| v / n)
+            })
+            .collect();
+        let m = used.len();
+        let block = 256;
+        let mut sims = vec![0f32; block * m];
+        for b0 in (0..m).step_by(block) {
+            let rows = block.min(m - b0);
+            crate::kernels::gemm::matmul(
+                &mut sims[..rows * m],
+                rows,
+                m,
+                dim,
+                false,
+                &unit[b0 * dim..(b0 + rows) * dim],
+                dim,
+                1,
+                &unit,
+                1,
+                dim,
+            );
+            for r in 0..rows {
+                let s = &sims[r * m..(r + 1) * m];
+                let me = b0 + r;
+                let mut best: Vec<(f32, usize)> = Vec::with_capacity(k + 1);
+                for (j, &v) in s.iter().enumerate() {
+                    if j == me {
+                        continue;
+                    }
+                    if best.len() < k || v > best[best.len() - 1].0 {
+                        let at = best.partition_point(|&(b, _)| b >= v);
+                        best.insert(at, (v, j));
+                        best.truncate(k);
+                    }
+                }
+                let t = used[me] as usize;
+                for (slot, &(_, j)) in best.iter().enumerate() {
+                    ids[t * k + slot] = used[j];
+                }
+            }
+        }
+        Neighbours { k, ids }
+    }
 }
 
 fn is_zero(v: &f32) -> bool {
@@ -110,7 +205,11 @@ impl AugmentConfig {
         if !self.is_active() {
             return Ok(());
         }
-        for (name, v) in [("mask", self.mask), ("ngram", self.ngram)] {
+        for (name, v) in [
+            ("mask", self.mask),
+            ("ngram", self.ngram),
+            ("replace", self.replace),
+        ] {
             if !(v.is_finite() && (0.0..=1.0).contains(&v)) {
                 bad_field(
                     &format!("{p}.{name}"),
@@ -124,16 +223,30 @@ impl AugmentConfig {
                 )?;
             }
         }
+        match (self.replace > 0.0, &self.replace_from) {
+            (true, None) => bad_field(
+                &format!("{p}.replace_from"),
+                "replace needs the model or teacher whose token table gives each token's neighbours (replace_from = \"teacher\")",
+            )?,
+            (false, Some(_)) => bad_field(
+                &format!("{p}.replace_from"),
+                "set replace (the probability of replacing a token) too, or remove replace_from",
+            )?,
+            _ => {}
+        }
         if kind == InputKind::Tokens {
             let others = AugmentConfig {
                 mask: 0.0,
                 ngram: 0.0,
+                replace: 0.0,
+                replace_from: None,
+                neighbours: None,
                 ..self.clone()
             };
             if others.is_active() {
                 return bad_field(
                     p,
-                    "texts (token ids) take mask and ngram only (shifts, noise and mixing do not apply to ids)",
+                    "texts (token ids) take mask, ngram and replace only (shifts, noise and mixing do not apply to ids)",
                 );
             }
             return Ok(());
@@ -190,7 +303,7 @@ impl AugmentConfig {
         if d == 0 || x.is_empty() {
             return None;
         }
-        if self.mask > 0.0 || self.ngram > 0.0 {
+        if self.mask > 0.0 || self.ngram > 0.0 || self.replace > 0.0 {
             for row in x.chunks_exact_mut(d) {
                 self.tokens(row, rng);
             }
@@ -311,6 +424,18 @@ impl AugmentConfig {
                     .collect();
             } else {
                 ids = vec![ids[rng.below(ids.len())]];
+            }
+        }
+        if self.replace > 0.0 {
+            if let Some(nb) = &self.neighbours {
+                for v in ids.iter_mut() {
+                    if rng.uniform() < self.replace {
+                        let t = *v as usize;
+                        if t * nb.k < nb.ids.len() && nb.k > 0 {
+                            *v = nb.ids[t * nb.k + rng.below(nb.k)] as f32;
+                        }
+                    }
+                }
             }
         }
         row.fill(pad);
@@ -493,5 +618,51 @@ mod tests {
             .sum();
         let rate = 1.0 - kept as f32 / (200.0 * 20.0);
         assert!((rate - 0.25).abs() < 0.03, "removed {rate}");
+    }
+
+    /// Token replacement: each token's neighbours are its nearest tokens by cosine among the
+    /// used ones (a hand-built table: tokens 1 and 2 point nearly along x, 3 and 4 along y, 0
+    /// is unused), and a replaced token takes one of them, at the given rate.
+    #[test]
+    fn replaced_tokens_take_their_nearest_neighbours() {
+        let table = [
+            9.0, 9.0, // 0: unused, would be everyone's neighbour
+            1.0, 0.1, // 1
+            2.0, 0.3, // 2
+            0.1, 1.0, // 3
+            0.2, 3.0, // 4
+            -1.0, 0.0, // 5
+        ];
+        let nb = Neighbours::nearest(&table, 2, &[1, 2, 3, 4, 5], 1);
+        assert_eq!(nb.ids, vec![0, 2, 1, 4, 3, 4]);
+        let nb = Neighbours::nearest(&table, 2, &[1, 2, 3, 4], 2);
+        assert_eq!(&nb.ids[2..10], &[2, 3, 1, 3, 4, 2, 3, 2]);
+        assert_eq!(&nb.ids[0..2], &[0, 0], "an unused token keeps itself");
+        let pad = crate::data::text::PAD;
+        let a = AugmentConfig {
+            replace: 0.3,
+            replace_from: Some("t".into()),
+            neighbours: Some(std::sync::Arc::new(Neighbours::nearest(
+                &table,
+                2,
+                &[1, 2, 3, 4],
+                1,
+            ))),
+            ..Default::default()
+        };
+        let row = [1.0, 3.0, 1.0, 4.0, pad, pad];
+        let mut x: Vec<f32> = (0..500).flat_map(|_| row).collect();
+        assert!(a.apply(&mut x, &[6], 0.0, &mut Rng::new(3)).is_none());
+        let mut changed = 0;
+        for r in x.chunks(6) {
+            assert_eq!(&r[4..], &[pad, pad], "the text keeps its length");
+            for (&v, &was) in r.iter().zip(&row).take(4) {
+                let near = [0.0, 2.0, 0.0, 4.0, 3.0][was as usize];
+                assert!(v == was || v == near, "{was} became {v}");
+                changed += (v != was) as usize;
+            }
+        }
+        let rate = changed as f32 / 2000.0;
+        assert!((rate - 0.3).abs() < 0.04, "replaced {rate}");
     }
 }

@@ -503,6 +503,17 @@ impl Stage for ModelStage {
 
 /// Trains `m` and saves it as `store.model_path(&m.name)`.
 fn train_model(m: &ModelConfig, store: &RunStore) -> Result<()> {
+    // Token replacement's neighbours, found once in the table it names.
+    let with_nb;
+    let m = if m.train.augment.replace > 0.0 {
+        with_nb = ModelConfig {
+            train: crate::stages::text::with_neighbours(&m.train, &m.name, store)?,
+            ..m.clone()
+        };
+        &with_nb
+    } else {
+        m
+    };
     if !m.tasks.is_empty() {
         return crate::stages::tasks::train(&m.multi_task(), store);
     }

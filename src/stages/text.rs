@@ -136,3 +136,75 @@ pub fn init_from_teacher(
     }
     model.set_weights(&weights)
 }
+
+/// Neighbours per token for `augment.replace` (its documented default).
+const REPLACE_NEIGHBOURS: usize = 5;
+
+/// `t` with the token neighbours `augment.replace` draws from, when it is set: the
+/// [`REPLACE_NEIGHBOURS`] nearest tokens (cosine) of every token of the training texts among
+/// those tokens, in the table of `augment.replace_from` — an embedding-bag model's own table
+/// (over the run's featurizer), or a BERT teacher's word embeddings (its tokenizer the data's).
+pub fn with_neighbours(
+    t: &crate::train::TrainConfig,
+    name: &str,
+    store: &RunStore,
+) -> Result<crate::train::TrainConfig> {
+    let a = &t.augment;
+    let Some(from) = a.replace_from.as_deref().filter(|_| a.replace > 0.0) else {
+        return Ok(t.clone());
+    };
+    let field = format!("model.{name}.train.augment.replace_from");
+    let vocab = store
+        .splits
+        .featurizer
+        .as_ref()
+        .map(|f| f.vocab())
+        .ok_or_else(|| Error::Input(format!("{field}: the data hold no texts")))?;
+    let (table, dim) = if let Ok((m, _)) = store.float(from) {
+        let Arch::EmbeddingBag(bag) = &m.spec.arch else {
+            return Err(Error::Input(format!(
+                "{field}: '{from}' is a {} model; its token table must be an embedding-bag's",
+                m.spec.arch.kind()
+            )));
+        };
+        let e = m
+            .param_kinds()
+            .iter()
+            .position(|k| *k == ParamKind::Embedding)
+            .ok_or_else(|| Error::Other("no embedding table".into()))?;
+        (m.weights()?.swap_remove(e), bag.dim)
+    } else if let Some(enc) = store.known(from).and_then(|k| k.encoder.clone()) {
+        match &store.splits.featurizer {
+            Some(crate::data::text::Featurizer::Tokenizer { .. }) if vocab <= enc.vocab => {}
+            _ => {
+                return Err(Error::Input(format!(
+                    "{field}: '{from}''s word table is indexed by its tokenizer; the data's features must be it (data.features = {{ kind = \"tokenizer\", path = \"{}/tokenizer.json\" }})",
+                    enc.dir.display()
+                )))
+            }
+        }
+        (
+            enc.word_embeddings()[..vocab * enc.hidden].to_vec(),
+            enc.hidden,
+        )
+    } else {
+        return Err(Error::Input(format!(
+            "{field}: '{from}' has no token table; name an embedding-bag [[model]] or a bert [[teacher]]"
+        )));
+    };
+    let mut seen = vec![false; vocab];
+    for &id in store.splits.train.x.iter() {
+        if id >= 0.0 && (id as usize) < vocab {
+            seen[id as usize] = true;
+        }
+    }
+    let used: Vec<u32> = (0..vocab as u32).filter(|&t| seen[t as usize]).collect();
+    store.progress.say(&format!(
+        "{name}: token replacement draws from each token's {REPLACE_NEIGHBOURS} nearest in {from}'s table ({} tokens of the training texts)",
+        used.len()
+    ));
+    let nb = crate::data::augment::Neighbours::nearest(&table, dim, &used, REPLACE_NEIGHBOURS);
+    let mut t = t.clone();
+    t.augment.neighbours = Some(std::sync::Arc::new(nb));
+    Ok(t)
+}

@@ -189,6 +189,12 @@ impl BertEncoder {
         })
     }
 
+    /// The word-embedding table, `vocab × hidden` row-major (what `augment.replace` finds
+    /// each token's neighbours in).
+    pub fn word_embeddings(&self) -> &[f32] {
+        self.model.word_embeddings()
+    }
+
     /// Token ids (with the special tokens, truncated to `max_tokens`) of each text.
     pub fn tokenize(&self, texts: &[&str]) -> Result<Vec<Vec<u32>>> {
         let enc = self

@@ -132,6 +132,11 @@ fn layer_norm(vb: &VarBuilder, n: usize) -> candle_core::Result<(Vec<f32>, Vec<f
 }
 
 impl NativeBert {
+    /// The word-embedding table, `vocab × hidden` row-major.
+    pub fn word_embeddings(&self) -> &[f32] {
+        &self.word
+    }
+
     /// Reads the weights of a BERT model from `vb` (names as Hugging Face writes them, with or
     /// without a `bert.` or `<model_type>.` prefix).
     pub fn load(vb: &VarBuilder, c: &Config) -> Result<NativeBert> {

@@ -1102,7 +1102,8 @@ impl Batch {
         self.partner_classes.clear();
         self.mix = None;
         if augment {
-            let tokens = cfg.augment.mask > 0.0 || cfg.augment.ngram > 0.0;
+            let tokens =
+                cfg.augment.mask > 0.0 || cfg.augment.ngram > 0.0 || cfg.augment.replace > 0.0;
             if train.text.is_empty() == tokens {
                 return Err(Error::Input(if tokens {
                     "train.augment: mask and ngram augment texts; these data are not texts".into()
