@@ -147,100 +147,110 @@ impl Stage for GroupStage {
 
         // The final student distilled from the ensemble.
         if let Some(f) = &g.final_student {
-            let file = store.model_path(&f.name);
-            let model = match store.finished(&file)? {
-                Some(any) => any,
-                None => {
-                    let floats = names
-                        .iter()
-                        .map(|n| store.get(n).and_then(|f| f.float()))
-                        .collect::<Result<Vec<&Model>>>()?;
-                    let heads = store.get(&names[0])?.model.meta.heads.clone();
-                    if !g.tasks.is_empty() {
-                        let model = final_multi_task(store, g, f, &floats, &heads)?;
-                        store.finish(
-                            Finished {
-                                name: f.name.clone(),
-                                role: "student".into(),
-                                model,
-                                file,
-                            },
-                            Provenance {
-                                source,
-                                distill: Some(DistillSummary {
-                                    teacher: format!("{}-ensemble", g.name),
-                                    temperature: f.temperature,
-                                    alpha: f.alpha,
-                                    loss: None,
-                                    auto: None,
-                                    agreement: None,
-                                }),
-                                embedding_teacher: None,
-                                baselines: Vec::new(),
-                            },
-                            true,
-                        )?;
-                        return Ok(());
-                    }
-                    let soft = ensemble_targets(store, &floats, f.temperature)?;
-                    let spec = ModelSpec {
-                        arch: f.arch.clone(),
-                        input_shape: store.splits.train.shape.clone(),
-                        outputs: store.splits.train.outputs(),
-                    };
-                    let model = Model::new(
-                        spec,
-                        &mut Rng::derive(store.seed, &format!("init/{}", f.name)),
-                    )?;
-                    store.progress.say(&format!(
-                        "{}: distilling the {}-ensemble into {}",
-                        f.name,
-                        g.name,
-                        model.spec.describe()
-                    ));
-                    let objective = Objective::hinton(
-                        TeacherSignal::Cached(soft.into()),
-                        f.temperature,
-                        f.alpha,
-                    );
-                    let meta = store.fit_and_save(
-                        &store.splits.train,
-                        &f.name,
-                        "student",
-                        &model,
-                        &f.train,
-                        objective,
-                        Vec::new(),
-                        None,
-                    )?;
-                    AnyModel::float(model, meta)
-                }
-            };
-            store.finish(
-                Finished {
-                    name: f.name.clone(),
-                    role: "student".into(),
-                    model,
-                    file,
-                },
-                Provenance {
-                    source,
-                    distill: Some(DistillSummary {
-                        teacher: format!("{}-ensemble", g.name),
-                        temperature: f.temperature,
-                        alpha: f.alpha,
-                        loss: None,
-                        auto: None,
-                        agreement: None,
-                    }),
-                    embedding_teacher: None,
-                    baselines: Vec::new(),
-                },
-                true,
-            )?;
+            final_student(store, g, f, &names, source)?;
         }
         Ok(())
     }
+}
+
+/// The group's final student (`final_student`): read back when an earlier session finished it,
+/// else distilled from the members' ensemble — one task, or head by head ([`final_multi_task`]).
+fn final_student(
+    store: &mut RunStore,
+    g: &SubmodelsConfig,
+    f: &submodels::FinalStudentConfig,
+    names: &[String],
+    source: String,
+) -> Result<()> {
+    let file = store.model_path(&f.name);
+    let model = match store.finished(&file)? {
+        Some(any) => any,
+        None => {
+            let floats = names
+                .iter()
+                .map(|n| store.get(n).and_then(|f| f.float()))
+                .collect::<Result<Vec<&Model>>>()?;
+            let heads = store.get(&names[0])?.model.meta.heads.clone();
+            if !g.tasks.is_empty() {
+                let model = final_multi_task(store, g, f, &floats, &heads)?;
+                store.finish(
+                    Finished {
+                        name: f.name.clone(),
+                        role: "student".into(),
+                        model,
+                        file,
+                    },
+                    Provenance {
+                        source,
+                        distill: Some(DistillSummary {
+                            teacher: format!("{}-ensemble", g.name),
+                            temperature: f.temperature,
+                            alpha: f.alpha,
+                            loss: None,
+                            auto: None,
+                            agreement: None,
+                        }),
+                        embedding_teacher: None,
+                        baselines: Vec::new(),
+                    },
+                    true,
+                )?;
+                return Ok(());
+            }
+            let soft = ensemble_targets(store, &floats, f.temperature)?;
+            let spec = ModelSpec {
+                arch: f.arch.clone(),
+                input_shape: store.splits.train.shape.clone(),
+                outputs: store.splits.train.outputs(),
+            };
+            let model = Model::new(
+                spec,
+                &mut Rng::derive(store.seed, &format!("init/{}", f.name)),
+            )?;
+            store.progress.say(&format!(
+                "{}: distilling the {}-ensemble into {}",
+                f.name,
+                g.name,
+                model.spec.describe()
+            ));
+            let objective =
+                Objective::hinton(TeacherSignal::Cached(soft.into()), f.temperature, f.alpha);
+            let meta = store.fit_and_save(
+                &store.splits.train,
+                &f.name,
+                "student",
+                &model,
+                &f.train,
+                objective,
+                Vec::new(),
+                None,
+            )?;
+            AnyModel::float(model, meta)
+        }
+    };
+    store.finish(
+        Finished {
+            name: f.name.clone(),
+            role: "student".into(),
+            model,
+            file,
+        },
+        Provenance {
+            source,
+            distill: Some(DistillSummary {
+                teacher: format!("{}-ensemble", g.name),
+                temperature: f.temperature,
+                alpha: f.alpha,
+                loss: None,
+                auto: None,
+                agreement: None,
+            }),
+            embedding_teacher: None,
+            baselines: Vec::new(),
+        },
+        true,
+    )?;
+    Ok(())
 }
 
 /// A multi-task group's ensemble: its members' outputs combined head by head (class heads'
