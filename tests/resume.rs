@@ -187,23 +187,10 @@ weight = "auto"
     let o = run(&["run", cfg, "--out", reference.to_str().unwrap(), "-q"]);
     assert!(o.status.success(), "{}", stderr(&o));
     let out = d.path().join("killed");
-    let o = Command::new(bin())
-        .args(["run", cfg, "--out", out.to_str().unwrap(), "-q"])
-        .env("DISTILLERY_FAULT", "kill@0:mid2.5/m")
-        .current_dir(repo())
-        .output()
-        .unwrap();
-    assert!(!o.status.success(), "the fault did not stop the run");
-    let o = Command::new(bin())
-        .args(["run", cfg, "--out", out.to_str().unwrap()])
-        .current_dir(repo())
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "{}", stderr(&o));
+    let err = killed_then_resumed(cfg, &out, "kill@0:mid2.5/m");
     assert!(
-        stderr(&o).contains("m: resuming from the checkpoint in epoch 2 after batch 5"),
-        "{}",
-        stderr(&o)
+        err.contains("m: resuming from the checkpoint in epoch 2 after batch 5"),
+        "{err}"
     );
     assert_eq!(
         metrics_without_timings(&reference),
@@ -262,20 +249,7 @@ distill = { teacher = "t", alpha = 1.0, temperature = 2.0 }
         "one file of outputs per view"
     );
     let out = d.path().join("killed");
-    let o = Command::new(bin())
-        .args(["run", cfg, "--out", out.to_str().unwrap(), "-q"])
-        .env("DISTILLERY_FAULT", "kill@0:mid3.5/s")
-        .current_dir(repo())
-        .output()
-        .unwrap();
-    assert!(!o.status.success(), "the fault did not stop the run");
-    let o = Command::new(bin())
-        .args(["run", cfg, "--out", out.to_str().unwrap()])
-        .current_dir(repo())
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "{}", stderr(&o));
-    let err = stderr(&o);
+    let err = killed_then_resumed(cfg, &out, "kill@0:mid3.5/s");
     assert!(
         err.contains("s: resuming from the checkpoint in epoch 3"),
         "{err}"
@@ -290,6 +264,25 @@ distill = { teacher = "t", alpha = 1.0, temperature = 2.0 }
         metrics_without_timings(&out),
         "resumed with fixed views, the run differs from the uninterrupted one"
     );
+}
+
+/// Runs `cfg` into `out` until the fault `fault` kills it, then again to the end; returns the
+/// second run's stderr.
+fn killed_then_resumed(cfg: &str, out: &std::path::Path, fault: &str) -> String {
+    let o = Command::new(bin())
+        .args(["run", cfg, "--out", out.to_str().unwrap(), "-q"])
+        .env("DISTILLERY_FAULT", fault)
+        .current_dir(repo())
+        .output()
+        .unwrap();
+    assert!(!o.status.success(), "the fault did not stop the run");
+    let o = Command::new(bin())
+        .args(["run", cfg, "--out", out.to_str().unwrap()])
+        .current_dir(repo())
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    stderr(&o)
 }
 
 /// Every file under the folder is complete at every moment: models, checkpoints, JSON and the

@@ -172,60 +172,10 @@ fn final_student(
                 .collect::<Result<Vec<&Model>>>()?;
             let heads = store.get(&names[0])?.model.meta.heads.clone();
             if !g.tasks.is_empty() {
-                let model = final_multi_task(store, g, f, &floats, &heads)?;
-                store.finish(
-                    Finished {
-                        name: f.name.clone(),
-                        role: "student".into(),
-                        model,
-                        file,
-                    },
-                    Provenance {
-                        source,
-                        distill: Some(DistillSummary {
-                            teacher: format!("{}-ensemble", g.name),
-                            temperature: f.temperature,
-                            alpha: f.alpha,
-                            loss: None,
-                            auto: None,
-                            agreement: None,
-                        }),
-                        embedding_teacher: None,
-                        baselines: Vec::new(),
-                    },
-                    true,
-                )?;
-                return Ok(());
+                final_multi_task(store, g, f, &floats, &heads)?
+            } else {
+                final_one_task(store, g, f, &floats)?
             }
-            let soft = ensemble_targets(store, &floats, f.temperature)?;
-            let spec = ModelSpec {
-                arch: f.arch.clone(),
-                input_shape: store.splits.train.shape.clone(),
-                outputs: store.splits.train.outputs(),
-            };
-            let model = Model::new(
-                spec,
-                &mut Rng::derive(store.seed, &format!("init/{}", f.name)),
-            )?;
-            store.progress.say(&format!(
-                "{}: distilling the {}-ensemble into {}",
-                f.name,
-                g.name,
-                model.spec.describe()
-            ));
-            let objective =
-                Objective::hinton(TeacherSignal::Cached(soft.into()), f.temperature, f.alpha);
-            let meta = store.fit_and_save(
-                &store.splits.train,
-                &f.name,
-                "student",
-                &model,
-                &f.train,
-                objective,
-                Vec::new(),
-                None,
-            )?;
-            AnyModel::float(model, meta)
         }
     };
     store.finish(
@@ -251,6 +201,43 @@ fn final_student(
         true,
     )?;
     Ok(())
+}
+
+/// A one-task group's final student: Hinton's objective on the ensemble's softened outputs.
+fn final_one_task(
+    store: &RunStore,
+    g: &SubmodelsConfig,
+    f: &submodels::FinalStudentConfig,
+    floats: &[&Model],
+) -> Result<AnyModel> {
+    let soft = ensemble_targets(store, floats, f.temperature)?;
+    let spec = ModelSpec {
+        arch: f.arch.clone(),
+        input_shape: store.splits.train.shape.clone(),
+        outputs: store.splits.train.outputs(),
+    };
+    let model = Model::new(
+        spec,
+        &mut Rng::derive(store.seed, &format!("init/{}", f.name)),
+    )?;
+    store.progress.say(&format!(
+        "{}: distilling the {}-ensemble into {}",
+        f.name,
+        g.name,
+        model.spec.describe()
+    ));
+    let objective = Objective::hinton(TeacherSignal::Cached(soft.into()), f.temperature, f.alpha);
+    let meta = store.fit_and_save(
+        &store.splits.train,
+        &f.name,
+        "student",
+        &model,
+        &f.train,
+        objective,
+        Vec::new(),
+        None,
+    )?;
+    Ok(AnyModel::float(model, meta))
 }
 
 /// A multi-task group's ensemble: its members' outputs combined head by head (class heads'
