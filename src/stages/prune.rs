@@ -315,7 +315,7 @@ pub(super) fn recover_objective<'a>(
         Some(t) => {
             let signal = if !r.train.augments() {
                 TeacherSignal::Cached(store.teacher_outputs(t, "train")?)
-            } else if store.known(t).is_some() {
+            } else if store.known(t).is_some() && store.teacher(t).is_err() {
                 return Err(Error::Input(format!(
                     "{t}: this teacher has outputs for the samples as they are, not for shifted or augmented ones; fine-tune without jitter or augment"
                 )));
