@@ -186,6 +186,30 @@ pub fn markdown(m: &Metrics) -> String {
             "Run across {n} MPI ranks: in each sub-model group, sub-model i trained on rank i mod {n}; every other network trained data-parallel (each rank a slice of every batch). Latency measured on rank 0.\n"
         );
     }
+    models_table(&mut s, m);
+    text_section(&mut s, m);
+    tasks_section(&mut s, m);
+    agreement_section(&mut s, m);
+    auto_section(&mut s, m);
+    rules_section(&mut s, m);
+    compression_section(&mut s, m);
+    exports_section(&mut s, m);
+    training_section(&mut s, m);
+    for g in &m.submodel_groups {
+        group_section(&mut s, g);
+    }
+    let plots = plot_list(m);
+    if !plots.is_empty() {
+        s.push_str("\n## Plots\n\n");
+        for (file, caption) in &plots {
+            let _ = writeln!(s, "![{caption}](plots/{file})\n");
+        }
+    }
+    s
+}
+
+/// The table of every model: role, size, test score, latency and the ratios to the teacher.
+fn models_table(s: &mut String, m: &Metrics) {
     let cls = m.task == Task::Classification;
     if cls {
         s.push_str("| model | role | architecture | params | size | test accuracy | test errors | latency b=1 | latency b=256 | size vs teacher | b=1 speed-up | accuracy Δ vs teacher |\n");
@@ -267,13 +291,10 @@ pub fn markdown(m: &Metrics) -> String {
         }
     }
     s.push_str("\nLatency: median of repeated timed forward passes on this machine (after warm-up). Size: bytes of the stored weights in their precision (f32, int8 codes + scales, packed int4 + scales).\n\n");
-    text_section(&mut s, m);
-    tasks_section(&mut s, m);
-    agreement_section(&mut s, m);
-    auto_section(&mut s, m);
-    rules_section(&mut s, m);
-    compression_section(&mut s, m);
-    exports_section(&mut s, m);
+}
+
+/// Each model's training: epochs, best epoch, early stop, time, and its warnings.
+fn training_section(s: &mut String, m: &Metrics) {
     s.push_str("## Training\n\n");
     s.push_str("| model | source | epochs run | best epoch | early stop | train time |\n|---|---|---:|---:|---|---:|\n");
     for x in &m.models {
@@ -300,116 +321,110 @@ pub fn markdown(m: &Metrics) -> String {
             let _ = writeln!(s, "\n**Warning, {}:** {w}.", x.name);
         }
     }
-    for g in &m.submodel_groups {
+}
+
+/// One sub-model group: its settings, warnings, transfer choice, rounds and phase-1 scores.
+fn group_section(s: &mut String, g: &crate::submodels::GroupRecord) {
+    let _ = writeln!(
+        s,
+        "\n## Sub-models: {} (K = {}, {}, {}, peers {})\n",
+        g.name,
+        g.k,
+        match g.init {
+            crate::config::SubmodelInit::Fresh => "fresh",
+            crate::config::SubmodelInit::Split => "split from the teacher",
+        },
+        if g.shards {
+            "each on its own shard"
+        } else {
+            "all on the full training set"
+        },
+        g.peers
+    );
+    let _ = writeln!(s, "Training samples per sub-model: {:?}.", g.shard_sizes);
+    if let Some(k) = &g.weight_mass_kept {
+        let total: f64 = k.iter().sum();
+        let parts: Vec<String> = k.iter().map(|v| format!("{:.1}%", 100.0 * v)).collect();
         let _ = writeln!(
             s,
-            "\n## Sub-models: {} (K = {}, {}, {}, peers {})\n",
-            g.name,
-            g.k,
-            match g.init {
-                crate::config::SubmodelInit::Fresh => "fresh",
-                crate::config::SubmodelInit::Split => "split from the teacher",
-            },
-            if g.shards {
-                "each on its own shard"
+            "Teacher weight mass (Σ|w|) kept by each sub-model: {} — {:.1}% in all{}.",
+            parts.join(", "),
+            100.0 * total,
+            if total < 0.999 {
+                " (weights between different sub-models' units are dropped)"
             } else {
-                "all on the full training set"
-            },
-            g.peers
-        );
-        let _ = writeln!(s, "Training samples per sub-model: {:?}.", g.shard_sizes);
-        if let Some(k) = &g.weight_mass_kept {
-            let total: f64 = k.iter().sum();
-            let parts: Vec<String> = k.iter().map(|v| format!("{:.1}%", 100.0 * v)).collect();
-            let _ = writeln!(
-                s,
-                "Teacher weight mass (Σ|w|) kept by each sub-model: {} — {:.1}% in all{}.",
-                parts.join(", "),
-                100.0 * total,
-                if total < 0.999 {
-                    " (weights between different sub-models' units are dropped)"
-                } else {
-                    ""
-                }
-            );
-        }
-        for w in &g.warnings {
-            let _ = writeln!(s, "\n**Warning:** {w}");
-        }
-        if let Some(a) = &g.auto {
-            let _ = writeln!(
-                s,
-                "\nTransfer settings chosen on validation: {} candidates, each {} round(s) from phase 1 (β = 0 is phase 1 itself, no transfer; a trial's figures are its ensemble's best over its rounds); chose **β = {}{}**.\n",
-                a.trials.len(),
-                a.trial_rounds,
-                a.peer_weight,
-                if a.peer_weight == 0.0 || a.trials.iter().all(|t| t.val_accuracy.is_none()) {
-                    String::new()
-                } else {
-                    format!(", T = {}", a.temperature)
-                }
-            );
-            trials_table(&mut s, "β", &a.trials);
-        }
-        let _ = writeln!(s, "\n| round | disagreement | validation accuracy per sub-model | ensemble validation accuracy | ensemble validation loss |\n|---:|---:|---|---:|---:|");
-        for r in &g.rounds {
-            let accs: Vec<String> = if r.val_accuracy.is_empty() {
-                r.val_loss.iter().map(|l| format!("loss {l:.4}")).collect()
-            } else {
-                r.val_accuracy
-                    .iter()
-                    .map(|a| format!("{:.2}%", 100.0 * a))
-                    .collect()
-            };
-            let _ = writeln!(
-                s,
-                "| {}{} | {:.3e} | {} | {} | {:.4} |",
-                r.round,
-                if r.round == g.chosen_round {
-                    " (kept)"
-                } else {
-                    ""
-                },
-                r.disagreement,
-                accs.join(", "),
-                r.ensemble_val_accuracy
-                    .map(|a| format!("{:.2}%", 100.0 * a))
-                    .unwrap_or_else(|| "—".into()),
-                r.ensemble_val_loss
-            );
-        }
-        let _ = writeln!(
-            s,
-            "\nKept round {}: {}. Stopped: {}.",
-            g.chosen_round, g.chosen_reason, g.stop_reason
-        );
-        let alone: Vec<String> = g
-            .phase1_test
-            .iter()
-            .map(|t| match t.accuracy {
-                Some(a) => format!("{:.2}%", 100.0 * a),
-                None => format!("MSE {:.4}", t.mse.unwrap_or(f64::NAN)),
-            })
-            .collect();
-        let _ = writeln!(
-            s,
-            "After phase 1 (each sub-model trained alone{}), test: {} ; their ensemble: {}.",
-            if g.shards { " on its shard" } else { "" },
-            alone.join(", "),
-            match g.phase1_ensemble_test.accuracy {
-                Some(a) => format!("{:.2}%", 100.0 * a),
-                None => format!("MSE {:.4}", g.phase1_ensemble_test.mse.unwrap_or(f64::NAN)),
+                ""
             }
         );
     }
-    let plots = plot_list(m);
-    if !plots.is_empty() {
-        s.push_str("\n## Plots\n\n");
-        for (file, caption) in &plots {
-            let _ = writeln!(s, "![{caption}](plots/{file})\n");
-        }
+    for w in &g.warnings {
+        let _ = writeln!(s, "\n**Warning:** {w}");
     }
-    s
+    if let Some(a) = &g.auto {
+        let _ = writeln!(
+            s,
+            "\nTransfer settings chosen on validation: {} candidates, each {} round(s) from phase 1 (β = 0 is phase 1 itself, no transfer; a trial's figures are its ensemble's best over its rounds); chose **β = {}{}**.\n",
+            a.trials.len(),
+            a.trial_rounds,
+            a.peer_weight,
+            if a.peer_weight == 0.0 || a.trials.iter().all(|t| t.val_accuracy.is_none()) {
+                String::new()
+            } else {
+                format!(", T = {}", a.temperature)
+            }
+        );
+        trials_table(s, "β", &a.trials);
+    }
+    let _ = writeln!(s, "\n| round | disagreement | validation accuracy per sub-model | ensemble validation accuracy | ensemble validation loss |\n|---:|---:|---|---:|---:|");
+    for r in &g.rounds {
+        let accs: Vec<String> = if r.val_accuracy.is_empty() {
+            r.val_loss.iter().map(|l| format!("loss {l:.4}")).collect()
+        } else {
+            r.val_accuracy
+                .iter()
+                .map(|a| format!("{:.2}%", 100.0 * a))
+                .collect()
+        };
+        let _ = writeln!(
+            s,
+            "| {}{} | {:.3e} | {} | {} | {:.4} |",
+            r.round,
+            if r.round == g.chosen_round {
+                " (kept)"
+            } else {
+                ""
+            },
+            r.disagreement,
+            accs.join(", "),
+            r.ensemble_val_accuracy
+                .map(|a| format!("{:.2}%", 100.0 * a))
+                .unwrap_or_else(|| "—".into()),
+            r.ensemble_val_loss
+        );
+    }
+    let _ = writeln!(
+        s,
+        "\nKept round {}: {}. Stopped: {}.",
+        g.chosen_round, g.chosen_reason, g.stop_reason
+    );
+    let alone: Vec<String> = g
+        .phase1_test
+        .iter()
+        .map(|t| match t.accuracy {
+            Some(a) => format!("{:.2}%", 100.0 * a),
+            None => format!("MSE {:.4}", t.mse.unwrap_or(f64::NAN)),
+        })
+        .collect();
+    let _ = writeln!(
+        s,
+        "After phase 1 (each sub-model trained alone{}), test: {} ; their ensemble: {}.",
+        if g.shards { " on its shard" } else { "" },
+        alone.join(", "),
+        match g.phase1_ensemble_test.accuracy {
+            Some(a) => format!("{:.2}%", 100.0 * a),
+            None => format!("MSE {:.4}", g.phase1_ensemble_test.mse.unwrap_or(f64::NAN)),
+        }
+    );
 }
 
 /// Writes metrics.json, report.md and the plots into `out`, atomically.
