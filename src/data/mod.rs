@@ -498,18 +498,22 @@ pub struct ArrayOutputs {
     pub test: Option<Rows>,
 }
 
+/// Feeds `v`'s little-endian bytes to `h` a block at a time (no copy of the whole slice).
+pub fn hash_floats(h: &mut sha2::Sha256, v: &[f32]) {
+    use sha2::Digest;
+    let mut buf = Vec::with_capacity(4 * 4096);
+    for c in v.chunks(4096) {
+        buf.clear();
+        buf.extend(c.iter().flat_map(|x| x.to_le_bytes()));
+        h.update(&buf);
+    }
+}
+
 impl Arrays {
     /// A digest of every value, so that a run folder is never resumed on other arrays.
     pub fn digest(&self) -> String {
         use sha2::{Digest, Sha256};
-        fn floats(h: &mut Sha256, v: &[f32]) {
-            let mut buf = Vec::with_capacity(4 * 4096);
-            for c in v.chunks(4096) {
-                buf.clear();
-                buf.extend(c.iter().flat_map(|x| x.to_le_bytes()));
-                h.update(&buf);
-            }
-        }
+        let floats = hash_floats;
         let mut h = Sha256::new();
         let mut put = |d: &Dataset| {
             h.update(format!("{:?}|", d.shape));

@@ -882,13 +882,13 @@ fn view_outputs(
             .map(|v| format!("{:08x}", v.to_bits()))
             .collect::<String>()
     );
-    let bytes: Vec<u8> = data.x.iter().flat_map(|v| v.to_le_bytes()).collect();
-    let data_key = cache::key(
-        "data",
-        &format!("{:?}", data.shape),
-        std::iter::once(&bytes[..]),
-    );
-    drop(bytes);
+    let data_key = {
+        use sha2::Digest;
+        let mut h = sha2::Sha256::new();
+        h.update(format!("{:?}|", data.shape));
+        crate::data::hash_floats(&mut h, &data.x);
+        format!("{:x}", h.finalize())
+    };
     let how = serde_json::to_string(&m.train.augment).map_err(|e| Error::Other(e.to_string()))?;
     let b = m.train.batch_size.clamp(1, 512);
     let t0 = std::time::Instant::now();
