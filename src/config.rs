@@ -261,10 +261,16 @@ impl CheckedConfig {
             }
         }
         for p in &cfg.prune {
-            stages.push(Box::new(PruneStage { cfg: p.clone() }));
+            stages.push(Box::new(PruneStage {
+                cfg: p.clone(),
+                tasks: cfg.multi_task_source(&p.from).cloned(),
+            }));
         }
         for q in &cfg.quantize {
-            stages.push(Box::new(QuantizeStage { cfg: q.clone() }));
+            stages.push(Box::new(QuantizeStage {
+                cfg: q.clone(),
+                tasks: cfg.multi_task_source(&q.from).cloned(),
+            }));
         }
         for e in &cfg.exports {
             stages.push(Box::new(ExportStage { cfg: e.clone() }));
@@ -304,12 +310,44 @@ impl std::ops::Deref for CheckedConfig {
 impl ExperimentConfig {
     /// Whether teacher or model `name` runs on any input (a [[model]], an ONNX teacher, or a
     /// mix of such), rather than giving outputs for the data set's own samples only.
+    /// The `[[model]]` table of the multi-task model that `name` is, or that the pruning and
+    /// quantization stages named `name` start from.
+    fn multi_task_source(&self, name: &str) -> Option<&ModelConfig> {
+        if let Some(m) = self.models.iter().find(|m| m.name == name) {
+            return (!m.tasks.is_empty()).then_some(m);
+        }
+        let from = self
+            .prune
+            .iter()
+            .find(|p| p.name == name)
+            .map(|p| &p.from)
+            .or_else(|| {
+                self.quantize
+                    .iter()
+                    .find(|q| q.name == name)
+                    .map(|q| &q.from)
+            })?;
+        // Stages name earlier outputs only (checked), so the chain ends.
+        (from != name)
+            .then(|| self.multi_task_source(from))
+            .flatten()
+    }
+
     fn runs_on_features(&self, name: &str) -> bool {
         if self.models.iter().any(|m| m.name == name) {
             return true;
         }
         match self.teachers.iter().find(|t| t.name == name) {
             Some(t) if t.onnx.is_some() => true,
+            // A BERT teacher with a head runs on the run's token ids when they are its
+            // tokenizer's (checked again when it loads: the same tokenizer.json).
+            Some(t) if t.bert.is_some() => {
+                (t.head.is_some() || t.finetune.is_some())
+                    && matches!(
+                        self.data.features,
+                        Some(crate::data::text::FeaturesConfig::Tokenizer { .. })
+                    )
+            }
             // Members come earlier in the file, so the recursion ends.
             Some(t) if !t.mix.is_empty() => t
                 .mix
@@ -367,7 +405,7 @@ impl ExperimentConfig {
                 }
             }
             for t in &self.teachers {
-                if t.head.is_some() || t.bert.is_none() {
+                if t.head.is_some() || t.finetune.is_some() || t.bert.is_none() {
                     bad_field(
                         &format!("teacher.{}", t.name),
                         "the texts have no labels (data.labels = false): only a bert teacher without a head",
@@ -404,6 +442,12 @@ impl ExperimentConfig {
             let mut members: Vec<&str> = seen.clone();
             members.extend(self.models.iter().map(|m| m.name.as_str()));
             t.check(&p, text, d.format == DataFormat::Arrays, &members)?;
+            if t.finetune.is_some() && self.data.task == crate::data::Task::Regression {
+                bad_field(
+                    &format!("{p}.finetune"),
+                    "fine-tuning trains a classification head on the labels; data.task is regression",
+                )?;
+            }
             seen.push(&t.name);
         }
         for m in &self.models {
@@ -469,22 +513,19 @@ impl ExperimentConfig {
         for g in &self.submodels {
             self.validate_group(g, &seen, images, text)?;
         }
-        // A multi-task model is exported (one output per head) and quantized after training
-        // (the heads carried over), but not yet pruned or trained quantization-aware: their
-        // fine-tuning and scores read one task's outputs.
-        let multi = |name: &str| {
-            self.models
-                .iter()
-                .any(|m| m.name == name && !m.tasks.is_empty())
-        };
+        // A multi-task model is pruned and quantized with its heads carried over; fine-tuning
+        // and quantization-aware training train it on its own tasks again (each head's labels
+        // and teacher), so a recovery table names no teacher of its own.
         for (i, p) in self.prune.iter().enumerate() {
-            if multi(&p.from) {
-                bad_field(&format!("prune[{i}].from"), &format!("'{}' is a multi-task model; pruning one is not available yet (export it, or prune a single-task student)", p.from))?;
+            let own = p.recover.as_ref().is_some_and(|r| r.teacher.is_some());
+            if own && self.multi_task_source(&p.from).is_some() {
+                bad_field(&format!("prune[{i}].recover.teacher"), &format!("'{}' is a multi-task model: it is fine-tuned on its own tasks (each head's labels and teacher); remove teacher", p.from))?;
             }
         }
         for (i, q) in self.quantize.iter().enumerate() {
-            if multi(&q.from) && q.qat.is_some() {
-                bad_field(&format!("quantize[{i}].qat"), &format!("'{}' is a multi-task model; quantization-aware training of one is not available yet (post-training quantization is: remove qat)", q.from))?;
+            let own = q.qat.as_ref().is_some_and(|r| r.teacher.is_some());
+            if own && self.multi_task_source(&q.from).is_some() {
+                bad_field(&format!("quantize[{i}].qat.teacher"), &format!("'{}' is a multi-task model: it trains quantization-aware on its own tasks (each head's labels and teacher); remove teacher", q.from))?;
             }
         }
         // Mixed batches do not mix the further target columns.

@@ -917,19 +917,19 @@ fn bad_multi_task_models() {
         dir,
         "task-prune",
         &format!(
-            "{}[[prune]]\nname = \"p\"\nfrom = \"s\"\nmethod = \"magnitude\"\nsparsity = 0.5\n",
+            "{}[[prune]]\nname = \"p\"\nfrom = \"s\"\nmethod = \"magnitude\"\nsparsity = 0.5\nrecover = {{ teacher = \"t\" }}\n",
             model(mlp, &(task("a", "teacher = \"t\"") + &task("b", "")))
         ),
-        &["prune[0].from", "multi-task"],
+        &["prune[0].recover.teacher", "multi-task", "own tasks", "remove teacher"],
     );
     expect_bad_config(
         dir,
         "task-qat",
         &format!(
-            "{}[[quantize]]\nname = \"q\"\nfrom = \"s\"\nprecision = \"int8\"\nqat = {{ teacher = \"t\" }}\n",
+            "{}[[prune]]\nname = \"p\"\nfrom = \"s\"\nmethod = \"magnitude\"\nsparsity = 0.5\n[[quantize]]\nname = \"q\"\nfrom = \"p\"\nprecision = \"int8\"\nqat = {{ teacher = \"t\" }}\n",
             model(mlp, &(task("a", "teacher = \"t\"") + &task("b", "")))
         ),
-        &["quantize[0].qat", "multi-task", "remove qat"],
+        &["quantize[0].qat.teacher", "'p' is a multi-task model", "remove teacher"],
     );
     expect_bad_config(
         dir,
@@ -1110,6 +1110,41 @@ fn bad_onnx_inputs() {
         &format!("{text}[[teacher]]\nname = \"t\"\nonnx = \"{ids}\"\n[[model]]\nname = \"s\"\n{bag}\ntrain = {{ epochs = 1, augment = {{ replace = 0.1, replace_from = \"t\" }} }}\n"),
         &["model.s.train.augment.replace_from", "no token table", "embedding-bag"],
     );
+    // Fine-tuning a BERT teacher: with a head of its own, bad settings, on another teacher.
+    let folder = dir.display();
+    let student = format!("[[model]]\nname = \"s\"\n{bag}\ntrain = {{ epochs = 1 }}\n");
+    for (case, teacher, expect) in [
+        (
+            "finetune-with-head",
+            format!("bert = \"{folder}\"\nhead = {{}}\nfinetune = {{}}"),
+            &["teacher[0].head", "finetune trains its own linear head"][..],
+        ),
+        (
+            "finetune-lr",
+            format!("bert = \"{folder}\"\nfinetune = {{ lr = 0.0 }}"),
+            &[
+                "teacher[0].finetune.lr",
+                "expected a positive number, got 0",
+            ][..],
+        ),
+        (
+            "finetune-warmup",
+            format!("bert = \"{folder}\"\nfinetune = {{ warmup = 1.5 }}"),
+            &["teacher[0].finetune.warmup", "in [0, 1)"][..],
+        ),
+        (
+            "finetune-not-bert",
+            format!("onnx = \"{ids}\"\nfinetune = {{}}"),
+            &["teacher[0].finetune", "only for a bert teacher"][..],
+        ),
+    ] {
+        expect_bad_config(
+            dir,
+            case,
+            &format!("{text}[[teacher]]\nname = \"t\"\n{teacher}\n{student}"),
+            expect,
+        );
+    }
     // Fixed views: none, without augmentation, with mixup.
     for (case, train, expect) in [
         (

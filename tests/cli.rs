@@ -611,6 +611,110 @@ fn boosted_trees_that_keep_round_one_say_so() {
     assert!(report.contains("**Warning, trees:**"), "{report}");
 }
 
+/// A multi-task student pruned (magnitude with fine-tuning, structured without) and trained
+/// quantization-aware: every stage keeps the heads, fine-tunes on the model's own tasks (each
+/// head's labels and teacher), and is scored head by head.
+#[test]
+fn a_multi_task_student_is_pruned_and_trained_quantization_aware_on_its_tasks() {
+    let dir = tempfile::tempdir().unwrap();
+    let (out, m) = run_toml(
+        dir.path(),
+        "multi-compress",
+        r#"seed = 4
+[data]
+format = "digits"
+[[model]]
+name = "teacher"
+arch = { kind = "mlp", hidden = [64] }
+train = { epochs = 8, lr = 3e-3 }
+[[model]]
+name = "multi"
+arch = { kind = "mlp", hidden = [32] }
+train = { epochs = 8, lr = 3e-3 }
+[[model.task]]
+name = "digit"
+teacher = "teacher"
+[[model.task]]
+name = "mimic"
+teacher = "teacher"
+labels = false
+[[prune]]
+name = "multi-sparse"
+from = "multi"
+method = "magnitude"
+sparsity = 0.7
+recover = { train = { epochs = 4, lr = 1e-3 } }
+[[prune]]
+name = "multi-narrow"
+from = "multi"
+method = "structured"
+sparsity = 0.5
+[[quantize]]
+name = "multi-qat"
+from = "multi-sparse"
+precision = "int8"
+qat = { train = { epochs = 2, lr = 5e-4 } }
+"#,
+    );
+    let by = |n: &str| {
+        m["models"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|x| x["name"] == n)
+            .unwrap_or_else(|| panic!("no {n} in {m}"))
+            .clone()
+    };
+    let value = |r: &serde_json::Value, i: usize| r["tasks"][i]["value"].as_f64().unwrap();
+    let multi = by("multi");
+    for name in ["multi-sparse", "multi-narrow", "multi-qat"] {
+        let r = by(name);
+        assert_eq!(r["tasks"].as_array().unwrap().len(), 2, "{r}");
+        assert_eq!(r["tasks"][0]["metric"], "accuracy", "{r}");
+        assert_eq!(r["tasks"][1]["metric"], "agreement", "{r}");
+        // The model's own figure is its labelled head's.
+        assert_eq!(r["accuracy"], r["tasks"][0]["value"], "{r}");
+        assert!(
+            r["compression"]["before"].is_object() || name == "multi-narrow",
+            "{r}"
+        );
+    }
+    // Fine-tuned on its tasks, the 70%-sparse model keeps both heads within 5 points.
+    let sparse = by("multi-sparse");
+    let ws = sparse["compression"]["weight_sparsity"].as_f64().unwrap();
+    assert!((ws - 0.7).abs() < 0.02, "{ws}");
+    for i in 0..2 {
+        assert!(
+            value(&sparse, i) > value(&multi, i) - 0.05,
+            "{sparse} vs {multi}"
+        );
+    }
+    assert!(
+        sparse["training"]["curves"]["val_loss"]
+            .as_array()
+            .unwrap()
+            .len()
+            == 4
+    );
+    let qat = by("multi-qat");
+    assert!(qat["compression"]["method"]
+        .as_str()
+        .unwrap()
+        .contains("quantization-aware"));
+    assert!(value(&qat, 0) > value(&multi, 0) - 0.05, "{qat}");
+    // Every file names the heads.
+    for f in [
+        "models/multi-sparse.safetensors",
+        "models/multi-narrow.safetensors",
+        "models/multi-qat.safetensors.gz",
+    ] {
+        let any = distillery::compress::load_any(&out.join(f)).unwrap();
+        let heads: Vec<String> = any.meta.heads.iter().map(|h| h.name.clone()).collect();
+        assert_eq!(heads, ["digit", "mimic"], "{f}");
+    }
+    assert!(by("multi-narrow")["params"].as_u64() < multi["params"].as_u64());
+}
+
 /// A multi-task student through the binary: each head scored in the report, `predict` naming
 /// every head's output (plain lines, JSON, CSV), and the ONNX export's one output per head
 /// equal in tract to the heads as the model predicts them.

@@ -910,3 +910,204 @@ distill = {{ teacher = "onnx-ids", alpha = 1.0, temperature = 1.0 }}
         "{e}"
     );
 }
+
+/// Fine-tuning's differentiable graph (candle autograd, padded batches) gives the native
+/// encoder's sentence embeddings for the same weights — mean and CLS pooling, normalised or not.
+#[test]
+fn the_finetuning_graph_gives_the_native_embeddings() {
+    use distillery::stages::finetune::{Graph, Weights};
+    let dir = tempfile::tempdir().unwrap();
+    write_tiny_bert(dir.path());
+    let config: distillery::teachers::native::Config =
+        serde_json::from_slice(&std::fs::read(dir.path().join("config.json")).unwrap()).unwrap();
+    let w = Weights::read(&dir.path().join("model.safetensors"), &config).unwrap();
+    let ids: Vec<Vec<u32>> = IDS.iter().map(|v| v.to_vec()).collect();
+    for (pooling, normalize) in [
+        (Pooling::Auto, None),
+        (Pooling::Cls, Some(false)),
+        (Pooling::Mean, Some(false)),
+    ] {
+        let enc = BertEncoder::load(dir.path(), None, pooling, normalize).unwrap();
+        let g = Graph::new(&w, &config, enc.pooling, enc.normalize);
+        let a = g.embeddings(&ids).unwrap();
+        let b = enc.embed_ids(&ids).unwrap();
+        assert_eq!(a.len(), b.len());
+        let worst = a
+            .iter()
+            .zip(&b)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0f32, f32::max);
+        assert!(
+            worst < 1e-5,
+            "{pooling:?}/{normalize:?}: differs by {worst}"
+        );
+    }
+}
+
+/// A BERT teacher fine-tuned end to end (`finetune`) learns the texts better than a head on its
+/// frozen embeddings, writes a folder the native encoder runs, teaches a student, and a second
+/// run reads the fine-tuned folder back instead of training again.
+#[test]
+fn a_finetuned_bert_teacher_beats_its_frozen_head() {
+    let dir = tempfile::tempdir().unwrap();
+    let bert = dir.path().join("bert");
+    write_tiny_bert(&bert);
+    let data = dir.path().join("texts.jsonl");
+    write_texts(&data, 300);
+    let cfg = format!(
+        r#"
+seed = 5
+[data]
+format = "text"
+path = "{data}"
+features = {{ kind = "tokenizer", path = "{bert}/tokenizer.json", max_tokens = 16 }}
+[eval]
+latency_runs = 2
+latency_budget_ms = 1
+[[teacher]]
+name = "frozen"
+bert = "{bert}"
+head = {{ train = {{ epochs = 30, optimizer = "adam", lr = 0.01, batch_size = 32 }} }}
+[[teacher]]
+name = "tuned"
+bert = "{bert}"
+finetune = {{ epochs = 8, batch_size = 16, lr = 0.001, head_lr = 0.01 }}
+[[model]]
+name = "kd"
+arch = {{ kind = "embedding-bag", dim = 8 }}
+distill = {{ teacher = "tuned", temperature = 2.0, alpha = 0.5, init_from_teacher = true }}
+train = {{ epochs = 5, optimizer = "adam", lr = 0.02, batch_size = 32 }}
+[[model]]
+name = "kd-views"
+arch = {{ kind = "embedding-bag", dim = 8 }}
+distill = {{ teacher = "tuned", temperature = 2.0, alpha = 0.5, init_from_teacher = true }}
+train = {{ epochs = 4, optimizer = "adam", lr = 0.02, batch_size = 32, views = 2, augment = {{ mask = 0.2, replace = 0.2, replace_from = "tuned" }} }}
+"#,
+        data = data.display(),
+        bert = bert.display(),
+    );
+    let cfg_file = dir.path().join("tune.toml");
+    std::fs::write(&cfg_file, cfg).unwrap();
+    let out = dir.path().join("run");
+    let args = [
+        "run",
+        cfg_file.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ];
+    let o = run(&args);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let m = metrics_without_timings(&out);
+    let by = |n: &str| {
+        m["models"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["name"] == n)
+            .unwrap()
+            .clone()
+    };
+    let (frozen, tuned) = (by("frozen"), by("tuned"));
+    // The fine-tuned teacher ran on the student's augmented views of the token ids.
+    assert!(
+        stderr(&o).contains("the teacher runs once on each of 2 fixed augmented views"),
+        "{}",
+        stderr(&o)
+    );
+    assert!(by("kd-views")["accuracy"].as_f64().unwrap() > 0.6);
+    let acc = |r: &serde_json::Value| r["accuracy"].as_f64().unwrap();
+    // 60 test texts: 3 more right than the frozen head's 44.
+    assert!(
+        acc(&tuned) >= acc(&frozen) + 0.05,
+        "{} vs {}",
+        acc(&tuned),
+        acc(&frozen)
+    );
+    assert!(tuned["architecture"]
+        .as_str()
+        .unwrap()
+        .contains("fine-tuned end to end"));
+    let curves = &tuned["training"]["curves"];
+    assert_eq!(curves["val_loss"].as_array().unwrap().len(), 8);
+    let tl: Vec<f64> = curves["train_loss"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_f64().unwrap())
+        .collect();
+    assert!(tl[3] < tl[0], "training loss {tl:?}");
+    // The fine-tuned folder holds other weights than the source, under the same names.
+    let tuned_dir = out.join("models/tuned-finetuned");
+    let a = std::fs::read(tuned_dir.join("model.safetensors")).unwrap();
+    let b = std::fs::read(bert.join("model.safetensors")).unwrap();
+    assert_ne!(a, b);
+    let names = |bytes: &[u8]| {
+        let mut v: Vec<String> = safetensors::SafeTensors::deserialize(bytes)
+            .unwrap()
+            .names()
+            .into_iter()
+            .map(|s| s.to_string())
+            .collect();
+        v.sort();
+        v
+    };
+    assert_eq!(names(&a), names(&b));
+    assert!(BertEncoder::load(&tuned_dir, None, Pooling::Auto, None).is_ok());
+    assert!(!out.join("checkpoints").exists() || walk(&out.join("checkpoints")).is_empty());
+    // Again with the same --out: read back, the same figures.
+    let o = run(&args);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stderr(&o).contains("already fine-tuned"), "{}", stderr(&o));
+    assert_eq!(metrics_without_timings(&out), m);
+}
+
+/// A BERT teacher on a text run's token-id rows (ids without the special tokens, PAD after
+/// them — what augmentation and transfer sets give) answers as it does on the texts.
+#[test]
+fn a_bert_teacher_on_token_rows_answers_as_on_the_texts() {
+    use distillery::models::{Arch, Model, ModelSpec};
+    use distillery::teachers::bert::BertTeacher;
+    use distillery::teachers::Teacher;
+    let dir = tempfile::tempdir().unwrap();
+    write_tiny_bert(dir.path());
+    let enc =
+        std::sync::Arc::new(BertEncoder::load(dir.path(), None, Pooling::Auto, None).unwrap());
+    let head = Model::new(
+        ModelSpec {
+            arch: Arch::mlp(vec![6]),
+            input_shape: vec![enc.hidden],
+            outputs: 3,
+        },
+        &mut distillery::rng::Rng::new(4),
+    )
+    .unwrap();
+    let want = head.predict(&enc.embed(&TEXTS, 8).unwrap(), 3).unwrap();
+    let (open, close) = enc.specials().unwrap();
+    let width = 14;
+    let mut rows = Vec::new();
+    for ids in enc.tokenize(&TEXTS).unwrap() {
+        let inner: Vec<f32> = ids[1..ids.len() - 1].iter().map(|&i| i as f32).collect();
+        rows.extend(&inner);
+        rows.extend(std::iter::repeat_n(
+            distillery::data::text::PAD,
+            width - inner.len(),
+        ));
+    }
+    let t = BertTeacher {
+        encoder: enc.clone(),
+        norm: None,
+        head: head.duplicate().unwrap(),
+        specials: (open, close),
+    };
+    let got = t.predict_rows(&rows, 3).unwrap();
+    assert_eq!(got.len(), want.len());
+    for (a, b) in got.iter().zip(&want) {
+        assert!((a - b).abs() < 1e-5, "{got:?} vs {want:?}");
+    }
+    // Ids outside the vocabulary are a one-line error, not garbage.
+    let mut bad = rows.clone();
+    bad[0] = 1e6;
+    let e = t.predict_rows(&bad, 3).err().unwrap().to_string();
+    assert!(e.contains("token ids"), "{e}");
+    assert!(t.flops_per_sample().unwrap() > 0.0);
+}

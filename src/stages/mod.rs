@@ -1,9 +1,12 @@
-//! The stages of an experiment, one file each with its settings beside its code: training or
-//! distilling a `[[model]]` ([`model`]), a `[[submodels]]` group ([`group`]), `[[prune]]`
-//! ([`prune`]), `[[quantize]]` ([`quantize`]) and `[[export]]` ([`export`]). A stage reads the models it starts from by
+//! The stages of an experiment, one file each with its settings beside its code: a
+//! `[[teacher]]` ([`teacher`]; a BERT teacher fine-tuned end to end in [`finetune`]), training or
+//! distilling a `[[model]]` ([`model`]; a multi-task one in [`tasks`]), a `[[submodels]]` group
+//! ([`group`]), `[[prune]]` ([`prune`]), `[[quantize]]` ([`quantize`]) and `[[export]]`
+//! ([`export`]). A stage reads the models it starts from by
 //! name from the [`RunStore`] and hands it what it finishes; it never calls another stage.
 
 pub mod export;
+pub mod finetune;
 pub mod group;
 pub mod model;
 pub mod prune;

@@ -153,6 +153,9 @@ pub(super) fn default_calibration_samples() -> usize {
 pub struct PruneStage {
     /// Its settings.
     pub cfg: PruneConfig,
+    /// The `[[model]]` table of the multi-task model it prunes (directly or through earlier
+    /// stages), whose tasks fine-tune it again.
+    pub tasks: Option<crate::stages::model::ModelConfig>,
 }
 
 impl Stage for PruneStage {
@@ -165,7 +168,8 @@ impl Stage for PruneStage {
         let file = store.model_path(&st.name);
         store.finish_or_make(&st.name, "pruned", file.clone(), "pruned", |store| {
             let splits = &store.splits;
-            let (src, _) = store.float(&st.from)?;
+            let (src, src_meta) = store.float(&st.from)?;
+            let heads = src_meta.heads.clone();
             let params_before = src.num_params();
             let (model, method, ramp) = match st.method {
                 PruneMethod::Structured => {
@@ -210,9 +214,9 @@ impl Stage for PruneStage {
             let before = if st.method == PruneMethod::Magnitude {
                 let probe = model.duplicate()?;
                 Masks::magnitude(&probe, st.sparsity, st.scope)?.apply(&probe)?;
-                test_scores(&probe, splits)?
+                stage_scores(&probe, &heads, store)?
             } else {
-                test_scores(&model, splits)?
+                stage_scores(&model, &heads, store)?
             };
             store.progress.say(&format!("{}: {method}", st.name));
             let mut record = StageRecord {
@@ -225,7 +229,7 @@ impl Stage for PruneStage {
             };
             let meta = match &st.recover {
                 Some(r) => {
-                    let objective = recover_objective(r, store)?;
+                    let objective = recover_objective(r, self.tasks.as_ref(), store)?;
                     let hooks: Vec<Box<dyn StepHook>> = match ramp {
                         Some(e) => vec![Box::new(GradualPruning {
                             sparsity: st.sparsity,
@@ -240,10 +244,11 @@ impl Stage for PruneStage {
                         st.name,
                         model.spec.describe(),
                         r.train.epochs,
-                        match &r.teacher {
-                            Some(t) =>
+                        match (&r.teacher, &self.tasks) {
+                            (_, Some(m)) => format!("its {} tasks' objective", m.tasks.len()),
+                            (Some(t), None) =>
                                 format!("{t}'s soft targets (T={}, α={})", r.temperature, r.alpha),
-                            None => "labels".into(),
+                            (None, None) => "labels".into(),
                         }
                     ));
                     if st.method == PruneMethod::Magnitude {
@@ -261,6 +266,7 @@ impl Stage for PruneStage {
                     )?;
                     record.weight_sparsity = Some(prune::sparsity(&model)?.0);
                     meta.compression = Some(record);
+                    meta.heads = heads.clone();
                     crate::models::save_model(&file, &model, &meta)?;
                     meta
                 }
@@ -273,6 +279,7 @@ impl Stage for PruneStage {
                     let mut meta =
                         store.meta(&st.name, "pruned", &model.spec, serde_json::Value::Null);
                     meta.compression = Some(record);
+                    meta.heads = heads.clone();
                     crate::models::save_model(&file, &model, &meta)?;
                     meta
                 }
@@ -305,12 +312,33 @@ pub(super) fn sample_rows(splits: &Splits, n: usize) -> &[f32] {
     &splits.train.x[..n * d]
 }
 
+/// The test scores of a model before or after a stage: its own scores, or for a multi-task
+/// model (its `heads`) those of its head on the data's label (else its first labelled head).
+pub(super) fn stage_scores(
+    p: &dyn eval::Predictor,
+    heads: &[crate::models::TaskHead],
+    store: &RunStore,
+) -> Result<StageScores> {
+    if heads.is_empty() {
+        test_scores(p, &store.splits)
+    } else {
+        Ok(scores_of(&store.head_scores(p, heads, &[], &[])?.1))
+    }
+}
+
 /// The objective of a fine-tuning table: KD from its teacher (a distillery model or any
-/// `[[teacher]]`), or labels.
+/// `[[teacher]]`), or labels; for a multi-task model (`tasks`: its `[[model]]` table), its own
+/// tasks again — each head's labels, teacher and weight — with the table's training settings.
 pub(super) fn recover_objective<'a>(
     r: &RecoverConfig,
+    tasks: Option<&crate::stages::model::ModelConfig>,
     store: &'a RunStore,
 ) -> Result<Objective<'a>> {
+    if let Some(m) = tasks {
+        let mut mt = m.multi_task();
+        mt.train = &r.train;
+        return crate::stages::tasks::objective(&mt, store);
+    }
     Ok(match &r.teacher {
         Some(t) => {
             let signal = if !r.train.augments() {

@@ -2,7 +2,7 @@
 //! activation ranges), weight-only int8 or int4, and optional quantization-aware training from
 //! the post-training ranges.
 
-use super::prune::{recover_objective, sample_rows, test_scores, RecoverConfig};
+use super::prune::{recover_objective, sample_rows, stage_scores, RecoverConfig};
 use super::Stage;
 use crate::compress::quant::{self, Precision};
 use crate::compress::{self, AnyModel, Body, StageRecord};
@@ -99,6 +99,9 @@ fn default_calibration() -> crate::compress::quant::Calibration {
 pub struct QuantizeStage {
     /// Its settings.
     pub cfg: QuantizeConfig,
+    /// The `[[model]]` table of the multi-task model it quantizes (directly or through earlier
+    /// stages), whose tasks train it quantization-aware.
+    pub tasks: Option<crate::stages::model::ModelConfig>,
 }
 
 impl Stage for QuantizeStage {
@@ -150,7 +153,7 @@ impl Stage for QuantizeStage {
             Some(r) => {
                 // Quantization-aware training from the PTQ ranges, then conversion with the
                 // same activation quantizers the training saw.
-                record.before = Some(test_scores(&ptq, splits)?);
+                record.before = Some(stage_scores(&ptq, &src_meta.heads, store)?);
                 record.teacher = r.teacher.clone();
                 let acts = ptq
                     .meta
@@ -159,7 +162,7 @@ impl Stage for QuantizeStage {
                     .map(|q| q.activations.clone())
                     .unwrap_or_default();
                 let model = src.duplicate()?;
-                let objective = recover_objective(r, store)?;
+                let objective = recover_objective(r, self.tasks.as_ref(), store)?;
                 store.progress.say(&format!(
                     "{}: quantization-aware training for {} epochs{}",
                     st.name,

@@ -205,6 +205,19 @@ pub fn plan_heads(
     Ok((heads, tasks))
 }
 
+/// The objective `m` trains with — each task's head, labels, teacher and weight — to train a
+/// multi-task model again after pruning, or quantization-aware.
+pub fn objective<'s>(m: &MultiTask, store: &'s RunStore) -> Result<Objective<'s>> {
+    let mut tasks = Vec::with_capacity(m.tasks.len());
+    let mut start = 0;
+    for t in m.tasks {
+        let p = plan(m, t, start, store)?;
+        start += p.head.outputs;
+        tasks.push(p.into_task().1);
+    }
+    Ok(Objective::multi_task(tasks))
+}
+
 /// Trains the multi-task model `m` and saves it, with its heads, as
 /// `store.model_path(m.name)`.
 pub fn train(m: &MultiTask, store: &RunStore) -> Result<()> {

@@ -77,6 +77,10 @@ pub struct TeacherConfig {
     /// BERT: a classification head trained on the frozen embeddings (the teacher's logits).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub head: Option<HeadConfig>,
+    /// BERT: fine-tune every layer of the encoder with a linear head on the run's labels
+    /// before it teaches (`finetune = { epochs = 3, lr = 5e-5 }`); instead of `head`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finetune: Option<crate::stages::finetune::FinetuneConfig>,
     /// Precomputed outputs: one row per sample of the data file, in its order.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub outputs: Option<PathBuf>,
@@ -186,6 +190,7 @@ impl TeacherConfig {
                 ("pooling", self.pooling != Pooling::default()),
                 ("normalize", self.normalize.is_some()),
                 ("head", self.head.is_some()),
+                ("finetune", self.finetune.is_some()),
                 ("batch_size", self.batch_size != default_batch()),
             ] {
                 if set {
@@ -237,6 +242,15 @@ impl TeacherConfig {
         }
         if self.max_tokens == Some(0) || self.batch_size == 0 {
             bad_field(p, "max_tokens and batch_size must be at least 1")?;
+        }
+        if let Some(f) = &self.finetune {
+            f.check(&format!("{p}.finetune"))?;
+            if self.head.is_some() {
+                bad_field(
+                    &format!("{p}.head"),
+                    "finetune trains its own linear head with the encoder: remove head",
+                )?;
+            }
         }
         if let Some(h) = &self.head {
             h.train.check(&format!("{p}.head.train"), false)?;
@@ -560,6 +574,14 @@ fn bert_teacher(c: &TeacherConfig, dir: &Path, store: &mut RunStore) -> Result<(
         if enc.normalize { ", normalised" } else { "" },
         enc.max_tokens
     ));
+    let (enc, tuned) = match &c.finetune {
+        Some(f) => {
+            let tuned = finetune_encoder(c, f, &enc, store)?;
+            let e = BertEncoder::load(&tuned.dir, c.max_tokens, c.pooling, c.normalize)?;
+            (e, Some(tuned))
+        }
+        None => (enc, None),
+    };
     let s = &store.splits;
     let emb = SplitOutputs {
         cols: enc.hidden,
@@ -581,8 +603,28 @@ fn bert_teacher(c: &TeacherConfig, dir: &Path, store: &mut RunStore) -> Result<(
     };
     // With a head, the standardised embeddings of each split go to the cache too (streamed,
     // then mapped), so that the head trains and predicts without holding a split in memory.
-    let (head, logits) = match &c.head {
-        Some(h) => {
+    let (head, logits) = match (&c.head, &tuned) {
+        (_, Some(t)) => {
+            // The fine-tuned head reads the encoder's embeddings as they are.
+            let m = Model::new(
+                ModelSpec {
+                    arch: Arch::mlp(Vec::new()),
+                    input_shape: vec![emb.cols],
+                    outputs: s.train.outputs(),
+                },
+                &mut crate::rng::Rng::new(0),
+            )?;
+            m.set_weights(&[t.head_w.clone(), t.head_b.clone()])?;
+            let test = emb.test.clone().unwrap_or_default();
+            let l = SplitOutputs {
+                cols: m.spec.outputs,
+                train: m.predict(&emb.train, 512)?.into(),
+                val: m.predict(&emb.val, 512)?.into(),
+                test: Some(m.predict(&test, 512)?.into()),
+            };
+            (Some(m), Some(l))
+        }
+        (Some(h), None) => {
             let fp = serde_json::to_string(&norm).map_err(|e| Error::Other(e.to_string()))?;
             let std_rows = |data: &Dataset, e: &crate::teachers::Rows, split: &str| {
                 let cols = emb.cols;
@@ -622,7 +664,7 @@ fn bert_teacher(c: &TeacherConfig, dir: &Path, store: &mut RunStore) -> Result<(
             };
             (Some(m), Some(l))
         }
-        None => (None, None),
+        (None, None) => (None, None),
     };
     // Test figures: the head's scores; embeddings alone have none to compare with labels.
     let scores = match &logits {
@@ -633,7 +675,11 @@ fn bert_teacher(c: &TeacherConfig, dir: &Path, store: &mut RunStore) -> Result<(
         let ids = enc.tokenize(texts)?;
         let e = enc.embed_ids(&ids)?;
         if let Some(h) = &head {
-            h.predict(&scaled(&e), 512)?;
+            if tuned.is_some() {
+                h.predict(&e, 512)?;
+            } else {
+                h.predict(&scaled(&e), 512)?;
+            }
         }
         Ok(())
     };
@@ -663,9 +709,20 @@ fn bert_teacher(c: &TeacherConfig, dir: &Path, store: &mut RunStore) -> Result<(
         enc.max_tokens,
         enc.hidden,
         head.as_ref()
-            .map(|h| format!(" + head {}", h.spec.describe()))
+            .map(|h| format!(
+                " + head {}{}",
+                h.spec.describe(),
+                if tuned.is_some() {
+                    ", fine-tuned end to end"
+                } else {
+                    ""
+                }
+            ))
             .unwrap_or_default()
     );
+    if let Some(t) = &tuned {
+        r.training = Some(t.record.clone());
+    }
     r.params = enc.params + head_params;
     r.bytes = enc.bytes as usize + 4 * head_params;
     r.file_bytes = enc.bytes + head.as_ref().map(|_| 4 * head_params as u64).unwrap_or(0);
@@ -675,15 +732,89 @@ fn bert_teacher(c: &TeacherConfig, dir: &Path, store: &mut RunStore) -> Result<(
         r.f1 = None;
     }
     store.record(r)?;
+    let enc = Arc::new(enc);
+    // With a head, and when the data are the teacher's own token ids, the teacher also runs on
+    // new inputs: augmented views, fixed views, transfer texts.
+    let same_tokens = matches!(
+        &store.splits.featurizer,
+        Some(crate::data::text::Featurizer::Tokenizer { json, .. })
+            if crate::teachers::bert::text_digest(json) == enc.tokenizer_digest
+    );
+    if let (Some(h), true) = (&head, same_tokens) {
+        let live = crate::teachers::bert::BertTeacher {
+            encoder: enc.clone(),
+            norm: tuned.is_none().then(|| norm.clone()),
+            head: h.duplicate()?,
+            specials: enc.specials()?,
+        };
+        store.add_teacher(&c.name, Box::new(live));
+    }
     store.add_known(
         &c.name,
         KnownTeacher {
             logits,
             embeddings: Some(emb),
-            encoder: Some(Arc::new(enc)),
+            encoder: Some(enc),
         },
     );
     Ok(())
+}
+
+/// Fine-tunes the encoder and a linear head on the labelled training texts (or reads back a
+/// finished fine-tuning), into `models/<name>-finetuned/`.
+fn finetune_encoder(
+    c: &TeacherConfig,
+    f: &crate::stages::finetune::FinetuneConfig,
+    enc: &BertEncoder,
+    store: &RunStore,
+) -> Result<crate::stages::finetune::Finetuned> {
+    let s = &store.splits;
+    let labelled = |d: &Dataset| -> Result<(Vec<Vec<u32>>, Vec<u32>)> {
+        let crate::data::Targets::Classes { labels, .. } = &d.targets else {
+            return Err(Error::Input(format!(
+                "teacher.{}.finetune: fine-tuning needs class labels",
+                c.name
+            )));
+        };
+        let keep: Vec<usize> = (0..d.len())
+            .filter(|&i| labels[i] != crate::data::MISSING)
+            .collect();
+        let texts: Vec<&str> = keep.iter().map(|&i| d.text[i].as_str()).collect();
+        Ok((
+            enc.tokenize(&texts)?,
+            keep.iter().map(|&i| labels[i]).collect(),
+        ))
+    };
+    let (tr_ids, tr_y) = labelled(&s.train)?;
+    let (va_ids, va_y) = labelled(&s.val)?;
+    if tr_ids.is_empty() || va_ids.is_empty() {
+        return Err(Error::Input(format!(
+            "teacher.{}.finetune: the training and validation splits need labelled texts",
+            c.name
+        )));
+    }
+    let tokens: usize = tr_ids.iter().map(|v| v.len()).sum();
+    store.progress.say(&format!(
+        "{}: fine-tuning every layer and a linear head on {} labelled texts ({} tokens, ≤ {} each) for {} epochs, batches of {}",
+        c.name,
+        tr_ids.len(),
+        tokens,
+        enc.max_tokens,
+        f.epochs,
+        f.batch_size
+    ));
+    crate::stages::finetune::finetune(crate::stages::finetune::FinetuneJob {
+        name: &c.name,
+        cfg: f,
+        encoder: enc,
+        train: (&tr_ids, &tr_y),
+        val: (&va_ids, &va_y),
+        classes: s.train.outputs(),
+        out: store.models_dir().join(format!("{}-finetuned", c.name)),
+        checkpoint: store.checkpoint_path(&c.name, "finetune"),
+        seed: store.seed,
+        progress: store.progress,
+    })
 }
 
 /// Trains (or reads back) the classification head on the frozen embeddings.

@@ -47,6 +47,8 @@ pub struct BertEncoder {
     pub dir: PathBuf,
     /// Vocabulary size of `config.json`.
     pub vocab: usize,
+    /// A digest of `tokenizer.json` (equal digests: the same token ids).
+    pub tokenizer_digest: String,
 }
 
 fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T> {
@@ -168,6 +170,7 @@ impl BertEncoder {
                         .contains("sentence_transformers.models.Normalize")
             }
         };
+        let tokenizer_digest = crate::teachers::bert::text_digest(&tok_json);
         h.update(format!("{max_tokens}/{pooling:?}/{normalize}").as_bytes());
         let digest = h
             .finalize()
@@ -186,7 +189,45 @@ impl BertEncoder {
             digest,
             dir: dir.to_path_buf(),
             vocab: config.vocab_size,
+            tokenizer_digest,
         })
+    }
+
+    /// The same encoder (tokenizer, pooling, normalisation) over other weights of the same
+    /// shapes, named as in `model.safetensors` (a fine-tuning run's current weights).
+    pub fn with_weights(
+        &self,
+        tensors: std::collections::HashMap<String, candle_core::Tensor>,
+    ) -> Result<BertEncoder> {
+        let cfg_path = self.dir.join("config.json");
+        let config: Config =
+            serde_json::from_slice(&crate::io::read_file(&cfg_path)?).map_err(|e| {
+                Error::Input(format!(
+                    "{}: not a BERT config.json ({e})",
+                    cfg_path.display()
+                ))
+            })?;
+        let vb = candle_nn::VarBuilder::from_tensors(tensors, DType::F32, &Device::Cpu);
+        let model = NativeBert::load(&vb, &config)?;
+        Ok(BertEncoder {
+            model,
+            tokenizer: self.tokenizer.clone(),
+            hidden: self.hidden,
+            max_tokens: self.max_tokens,
+            pooling: self.pooling,
+            normalize: self.normalize,
+            params: self.params,
+            bytes: self.bytes,
+            digest: String::new(),
+            dir: self.dir.clone(),
+            vocab: self.vocab,
+            tokenizer_digest: self.tokenizer_digest.clone(),
+        })
+    }
+
+    /// Floating-point operations of one input of `tokens` tokens (its products).
+    pub fn flops(&self, tokens: usize) -> f64 {
+        self.model.flops(tokens)
     }
 
     /// The word-embedding table, `vocab × hidden` row-major (what `augment.replace` finds
@@ -284,6 +325,94 @@ impl BertEncoder {
         let open = (ids.len() > p.len() && ids.first() != p.first()).then(|| ids[0]);
         let close = (ids.len() > p.len() && ids.last() != p.last()).then(|| ids[ids.len() - 1]);
         Ok((open, close))
+    }
+}
+
+/// A SHA-256 digest of a text, in hex.
+pub fn text_digest(text: &str) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(text.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// A BERT teacher with its classification head, run on a text run's token-id rows (the ids of
+/// the teacher's own tokenizer, [`crate::data::text::PAD`] after them), as they come from an
+/// augmentation or a transfer set: `[CLS]` and `[SEP]` put around each row's ids, cut to the
+/// encoder's length, the sentence embedding (standardised, for a head trained on frozen
+/// embeddings), then the head. So a BERT teacher teaches on the very view the student sees.
+pub struct BertTeacher {
+    /// The encoder.
+    pub encoder: std::sync::Arc<BertEncoder>,
+    /// Standardises the embeddings before the head (a head on the frozen embeddings).
+    pub norm: Option<crate::data::Normalizer>,
+    /// The classification head.
+    pub head: crate::models::Model,
+    /// The ids put before and after each text.
+    pub specials: (Option<u32>, Option<u32>),
+}
+
+impl BertTeacher {
+    /// Token ids with the special tokens of each row of `x` (`rows` rows of ids, then PAD).
+    fn ids(&self, x: &[f32], rows: usize) -> Result<Vec<Vec<u32>>> {
+        let d = x.len() / rows.max(1);
+        let max = self.encoder.max_tokens;
+        let (open, close) = self.specials;
+        x.chunks(d.max(1))
+            .take(rows)
+            .map(|row| {
+                let mut ids = Vec::with_capacity(row.len() + 2);
+                ids.extend(open);
+                for &v in row {
+                    if v < 0.0 {
+                        continue;
+                    }
+                    if v.fract() != 0.0 || v as usize >= self.encoder.vocab {
+                        return Err(Error::Input(format!(
+                            "a BERT teacher got {v} among token ids; expected ids of its tokenizer (below {})",
+                            self.encoder.vocab
+                        )));
+                    }
+                    ids.push(v as u32);
+                }
+                let keep = max.saturating_sub(usize::from(close.is_some()));
+                ids.truncate(keep);
+                ids.extend(close);
+                Ok(ids)
+            })
+            .collect()
+    }
+}
+
+impl super::Teacher for BertTeacher {
+    fn predict_batch(&self, x: &candle_core::Tensor) -> Result<Vec<f32>> {
+        let rows = x.dim(0)?;
+        let v = x.flatten_all()?.to_vec1::<f32>()?;
+        self.predict_rows(&v, rows)
+    }
+
+    fn predict_rows(&self, x: &[f32], rows: usize) -> Result<Vec<f32>> {
+        let ids = self.ids(x, rows)?;
+        let hd = self.encoder.hidden;
+        let mut order: Vec<usize> = (0..ids.len()).collect();
+        order.sort_by_key(|&i| ids[i].len());
+        let mut e = vec![0f32; ids.len() * hd];
+        for chunk in order.chunks(32) {
+            let part: Vec<Vec<u32>> = chunk.iter().map(|&i| ids[i].clone()).collect();
+            let got = self.encoder.embed_ids(&part)?;
+            for (k, &i) in chunk.iter().enumerate() {
+                e[i * hd..(i + 1) * hd].copy_from_slice(&got[k * hd..(k + 1) * hd]);
+            }
+        }
+        if let Some(n) = &self.norm {
+            n.apply(&mut e, hd);
+        }
+        self.head.predict(&e, rows.max(1))
+    }
+
+    fn flops_per_sample(&self) -> Option<f64> {
+        Some(self.encoder.flops(self.encoder.max_tokens) + self.head.flops_per_sample()?)
     }
 }
 

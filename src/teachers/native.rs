@@ -235,6 +235,13 @@ impl NativeBert {
         load().map_err(|e| Error::Input(e.to_string()))
     }
 
+    /// Floating-point operations of the products for one input of `t` tokens: per layer the
+    /// Q, K, V, output, up and down projections and the two attention products.
+    pub fn flops(&self, t: usize) -> f64 {
+        let (h, i, t) = (self.hidden as f64, self.inter as f64, t as f64);
+        self.layers.len() as f64 * (2.0 * t * (4.0 * h * h + 2.0 * h * i) + 4.0 * t * t * h)
+    }
+
     /// The last hidden states of every token of every input, packed: `Σ len × hidden` values,
     /// input `i`'s tokens at rows `offsets[i]..offsets[i + 1]`.
     pub fn forward(&self, ids: &[Vec<u32>]) -> Result<(Vec<f32>, Vec<usize>)> {

@@ -197,6 +197,56 @@ impl Optimizer {
         Ok(())
     }
 
+    /// Applies one update to variables outside a [`Model`] (a fine-tuned encoder): variable
+    /// `i` (this optimizer's parameter `i`) with learning rate `lrs[i]`, decayed when
+    /// `decays[i]`, its gradient in `grads` multiplied by `scale` (a clipped norm). Variables
+    /// without a gradient are left alone.
+    pub fn step_vars(
+        &mut self,
+        vars: &[candle_core::Var],
+        lrs: &[f64],
+        decays: &[bool],
+        grads: &GradStore,
+        scale: f32,
+    ) -> Result<()> {
+        if vars.len() != self.m.len() || lrs.len() != vars.len() || decays.len() != vars.len() {
+            return Err(Error::Other(format!(
+                "{} variables, {} learning rates, {} decay flags for an optimizer of {}",
+                vars.len(),
+                lrs.len(),
+                decays.len(),
+                self.m.len()
+            )));
+        }
+        let base = self.next_params(1.0);
+        for (i, var) in vars.iter().enumerate() {
+            let Some(g) = grads.get(var.as_tensor()) else {
+                continue;
+            };
+            let g = if scale != 1.0 {
+                (g * scale as f64)?
+            } else if g.is_contiguous() {
+                g.clone()
+            } else {
+                g.contiguous()?
+            };
+            let mut sp = base;
+            sp.lr = lrs[i] as f32;
+            if !decays[i] {
+                sp.weight_decay = 0.0;
+            }
+            let op = FusedUpdate {
+                p: sp,
+                m: RefCell::new(&mut self.m[i][..]),
+                v: RefCell::new(&mut self.v[i][..]),
+            };
+            var.as_tensor()
+                .inplace_op2(&g, &op)
+                .map_err(|e| Error::Other(format!("optimizer step on variable {i}: {e}")))?;
+        }
+        Ok(())
+    }
+
     /// Applies one update with learning rate `lr` to every parameter of `model` that has a
     /// gradient in `grads`.
     pub fn step(&mut self, model: &Model, grads: &GradStore, lr: f64) -> Result<()> {
