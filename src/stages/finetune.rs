@@ -472,14 +472,7 @@ fn to_f32(t: &Tensor) -> Result<Vec<f32>> {
 /// Fine-tunes the encoder and a linear head on the labels; reads back a finished run.
 pub fn finetune(job: FinetuneJob) -> Result<Finetuned> {
     let enc = job.encoder;
-    let cfg_path = enc.dir.join("config.json");
-    let config: Config =
-        serde_json::from_slice(&crate::io::read_file(&cfg_path)?).map_err(|e| {
-            Error::Input(format!(
-                "{}: not a BERT config.json ({e})",
-                cfg_path.display()
-            ))
-        })?;
+    let config: Config = enc.config.clone();
     let done_path = job.out.join(DONE_FILE);
     let source = enc.digest.clone();
     if done_path.exists() {

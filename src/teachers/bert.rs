@@ -28,6 +28,8 @@ pub enum Pooling {
 /// A loaded BERT encoder with its tokenizer.
 pub struct BertEncoder {
     model: NativeBert,
+    /// What the folder's `config.json` says.
+    pub config: Config,
     tokenizer: tokenizers::Tokenizer,
     /// Embedding width.
     pub hidden: usize,
@@ -179,6 +181,7 @@ impl BertEncoder {
             .collect::<String>();
         Ok(BertEncoder {
             model,
+            config: config.clone(),
             tokenizer,
             hidden: config.hidden_size,
             max_tokens,
@@ -199,18 +202,11 @@ impl BertEncoder {
         &self,
         tensors: std::collections::HashMap<String, candle_core::Tensor>,
     ) -> Result<BertEncoder> {
-        let cfg_path = self.dir.join("config.json");
-        let config: Config =
-            serde_json::from_slice(&crate::io::read_file(&cfg_path)?).map_err(|e| {
-                Error::Input(format!(
-                    "{}: not a BERT config.json ({e})",
-                    cfg_path.display()
-                ))
-            })?;
         let vb = candle_nn::VarBuilder::from_tensors(tensors, DType::F32, &Device::Cpu);
-        let model = NativeBert::load(&vb, &config)?;
+        let model = NativeBert::load(&vb, &self.config)?;
         Ok(BertEncoder {
             model,
+            config: self.config.clone(),
             tokenizer: self.tokenizer.clone(),
             hidden: self.hidden,
             max_tokens: self.max_tokens,

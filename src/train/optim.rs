@@ -225,26 +225,41 @@ impl Optimizer {
             };
             let g = if scale != 1.0 {
                 (g * scale as f64)?
-            } else if g.is_contiguous() {
-                g.clone()
             } else {
-                g.contiguous()?
+                g.clone()
             };
             let mut sp = base;
             sp.lr = lrs[i] as f32;
             if !decays[i] {
                 sp.weight_decay = 0.0;
             }
-            let op = FusedUpdate {
-                p: sp,
-                m: RefCell::new(&mut self.m[i][..]),
-                v: RefCell::new(&mut self.v[i][..]),
-            };
-            var.as_tensor()
-                .inplace_op2(&g, &op)
-                .map_err(|e| Error::Other(format!("optimizer step on variable {i}: {e}")))?;
+            self.update(i, var, &g, sp, &format!("variable {i}"))?;
         }
         Ok(())
+    }
+
+    /// Parameter `i` (`var`) updated in place from gradient `g`.
+    fn update(
+        &mut self,
+        i: usize,
+        var: &candle_core::Var,
+        g: &candle_core::Tensor,
+        sp: StepParams,
+        name: &str,
+    ) -> Result<()> {
+        let g = if g.is_contiguous() {
+            g.clone()
+        } else {
+            g.contiguous()?
+        };
+        let op = FusedUpdate {
+            p: sp,
+            m: RefCell::new(&mut self.m[i][..]),
+            v: RefCell::new(&mut self.v[i][..]),
+        };
+        var.as_tensor()
+            .inplace_op2(&g, &op)
+            .map_err(|e| Error::Other(format!("optimizer step on {name}: {e}")))
     }
 
     /// Applies one update with learning rate `lr` to every parameter of `model` that has a
@@ -259,19 +274,7 @@ impl Optimizer {
             let Some(g) = grads.get(var.as_tensor()) else {
                 continue;
             };
-            let g = if g.is_contiguous() {
-                g.clone()
-            } else {
-                g.contiguous()?
-            };
-            let op = FusedUpdate {
-                p: sp,
-                m: RefCell::new(&mut self.m[i][..]),
-                v: RefCell::new(&mut self.v[i][..]),
-            };
-            var.as_tensor()
-                .inplace_op2(&g, &op)
-                .map_err(|e| Error::Other(format!("optimizer step on {name}: {e}")))?;
+            self.update(i, var, g, sp, name)?;
         }
         Ok(())
     }
