@@ -829,6 +829,9 @@ impl ExperimentConfig {
             if let Some(h) = &mut t.head {
                 h.train.epochs = h.train.epochs.min(2);
             }
+            if let Some(f) = &mut t.finetune {
+                f.epochs = f.epochs.min(2);
+            }
         }
         for p in &mut self.prune {
             p.rank_samples = p.rank_samples.min(200);

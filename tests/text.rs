@@ -1059,6 +1059,31 @@ train = {{ epochs = 4, optimizer = "adam", lr = 0.02, batch_size = 32, views = 2
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(stderr(&o).contains("already fine-tuned"), "{}", stderr(&o));
     assert_eq!(metrics_without_timings(&out), m);
+    // The folder copied into a run of other splits is not read back: it is fine-tuned again.
+    let other = dir.path().join("other");
+    std::fs::create_dir_all(other.join("models")).unwrap();
+    for f in walk(&tuned_dir) {
+        let to = other
+            .join("models/tuned-finetuned")
+            .join(f.strip_prefix(&tuned_dir).unwrap());
+        std::fs::create_dir_all(to.parent().unwrap()).unwrap();
+        std::fs::copy(&f, to).unwrap();
+    }
+    let o = run(&[
+        "run",
+        cfg_file.to_str().unwrap(),
+        "--out",
+        other.to_str().unwrap(),
+        "--set",
+        "data.val_fraction=0.3",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(!stderr(&o).contains("already fine-tuned"), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("fine-tuning every layer"),
+        "{}",
+        stderr(&o)
+    );
 }
 
 /// A BERT teacher on a text run's token-id rows (ids without the special tokens, PAD after

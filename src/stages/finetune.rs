@@ -454,6 +454,9 @@ struct Done {
 
 #[derive(Serialize, Deserialize)]
 struct CheckpointState {
+    /// The encoder and data it fine-tunes (empty in a checkpoint that did not record them).
+    #[serde(default)]
+    source: String,
     epochs_done: usize,
     step: u64,
     best_val_loss: f64,
@@ -474,7 +477,23 @@ pub fn finetune(job: FinetuneJob) -> Result<Finetuned> {
     let enc = job.encoder;
     let config: Config = enc.config.clone();
     let done_path = job.out.join(DONE_FILE);
-    let source = enc.digest.clone();
+    // The encoder and the labelled texts it learns and validates on: a folder fine-tuned on
+    // another split is not read back.
+    let bytes = |ids: &[Vec<u32>], y: &[u32]| -> Vec<u8> {
+        let mut b = Vec::new();
+        for (v, l) in ids.iter().zip(y) {
+            b.extend((v.len() as u32).to_le_bytes());
+            v.iter().for_each(|i| b.extend(i.to_le_bytes()));
+            b.extend(l.to_le_bytes());
+        }
+        b
+    };
+    let (tr, va) = (bytes(job.train.0, job.train.1), bytes(job.val.0, job.val.1));
+    let source = crate::teachers::cache::key(
+        &enc.digest,
+        "finetune: train, val",
+        [&tr[..], &va[..]].into_iter(),
+    );
     if done_path.exists() {
         if let Ok(d) = serde_json::from_slice::<Done>(&crate::io::read_file(&done_path)?) {
             if d.settings == *job.cfg && d.source == source && d.seed == job.seed {
@@ -527,6 +546,7 @@ pub fn finetune(job: FinetuneJob) -> Result<Finetuned> {
     let per_epoch = lens.len().div_ceil(job.cfg.batch_size);
     let total = per_epoch * job.cfg.epochs;
     let mut state = CheckpointState {
+        source: source.clone(),
         epochs_done: 0,
         step: 0,
         best_val_loss: f64::INFINITY,
@@ -534,6 +554,13 @@ pub fn finetune(job: FinetuneJob) -> Result<Finetuned> {
     };
     if job.checkpoint.exists() {
         state = read_checkpoint(&job.checkpoint, &all, &mut opt)?;
+        if !state.source.is_empty() && state.source != source {
+            return Err(Error::Input(format!(
+                "{}: a fine-tuning checkpoint of another encoder or other texts; delete it to start again",
+                job.checkpoint.display()
+            )));
+        }
+        state.source = source.clone();
         state.record.resumed_from_epoch = Some(state.epochs_done + 1);
         job.progress.say(&format!(
             "{}: resuming fine-tuning after epoch {} ({})",
