@@ -1201,6 +1201,14 @@ fn record_known(
     };
     let mut r = ModelMetrics::measured(&c.name, "teacher", &scores, 0.0, 0.0, what.clone());
     r.architecture = what;
+    // A mix is as large as its members together (precomputed outputs have no size).
+    for m in &c.mix {
+        if let Some(x) = store.records().iter().find(|x| x.name == m.teacher) {
+            r.params += x.params;
+            r.bytes += x.bytes;
+            r.file_bytes += x.file_bytes;
+        }
+    }
     store.record(r)
 }
 
