@@ -231,22 +231,16 @@ impl Weights {
     }
 }
 
-/// Dropout masks drawn from the run's seed (candle's own draws are not seeded).
-struct Dropout {
+/// Dropout on the hidden states, its masks drawn from the run's seed by the models' own
+/// [`crate::models::dropout`] (candle's own draws are not seeded); `Mode::Eval`: none.
+struct Dropout<'r> {
     p: f32,
-    rng: Option<Rng>,
+    mode: crate::models::Mode<'r>,
 }
 
-impl Dropout {
+impl Dropout<'_> {
     fn apply(&mut self, x: &Tensor) -> Result<Tensor> {
-        let Some(rng) = self.rng.as_mut().filter(|_| self.p > 0.0) else {
-            return Ok(x.clone());
-        };
-        let keep = 1.0 / (1.0 - self.p);
-        let m: Vec<f32> = (0..x.elem_count())
-            .map(|_| if rng.uniform() < self.p { 0.0 } else { keep })
-            .collect();
-        Ok((x * Tensor::from_vec(m, x.shape(), x.device())?)?)
+        crate::models::dropout(x, self.p, &mut self.mode)
     }
 }
 
@@ -285,7 +279,7 @@ impl<'a> Graph<'a> {
 
     /// Sentence embeddings `[b, hidden]` of the padded ids `[b, l]` (`mask` `[b, l]`: 1 for a
     /// token, 0 for padding).
-    fn embed(&self, ids: &Tensor, mask: &Tensor, drop: &mut Dropout) -> Result<Tensor> {
+    fn embed(&self, ids: &Tensor, mask: &Tensor, drop: &mut Dropout<'_>) -> Result<Tensor> {
         let (b, l) = ids.dims2()?;
         let c = self.c;
         let (h, nh) = (c.hidden_size, c.num_attention_heads);
@@ -371,7 +365,10 @@ impl Graph<'_> {
     pub fn embeddings(&self, ids: &[Vec<u32>]) -> Result<Vec<f32>> {
         let refs: Vec<&Vec<u32>> = ids.iter().collect();
         let (t, mask) = padded(&refs)?;
-        let mut none = Dropout { p: 0.0, rng: None };
+        let mut none = Dropout {
+            p: 0.0,
+            mode: crate::models::Mode::Eval,
+        };
         to_f32(&self.embed(&t, &mask, &mut none)?)
     }
 }
@@ -574,12 +571,10 @@ pub fn finetune(job: FinetuneJob) -> Result<Finetuned> {
         let started = std::time::Instant::now();
         let mut order = Rng::derive(job.seed, &format!("finetune/{}/order/{epoch}", job.name));
         let plan = batches(&lens, job.cfg.batch_size, &mut order);
+        let mut masks = Rng::derive(job.seed, &format!("finetune/{}/dropout/{epoch}", job.name));
         let mut drop = Dropout {
             p: job.cfg.dropout,
-            rng: Some(Rng::derive(
-                job.seed,
-                &format!("finetune/{}/dropout/{epoch}", job.name),
-            )),
+            mode: crate::models::Mode::Train(&mut masks),
         };
         let bar = job.progress.epoch(
             &format!("{} fine-tuning", job.name),
