@@ -9,7 +9,7 @@
 
 use crate::error::Result;
 use crate::kernels::bf16::{self, MatmulPrecision, PackedRhs};
-use crate::kernels::conv::ConvGeom;
+use crate::kernels::conv::{self, ConvGeom};
 use crate::kernels::elementwise::{add_into, relu_dropout_grad, relu_in_place};
 use crate::kernels::gemm::{gemv, matmul, matmul_rows_split, matmul_with};
 use crate::models::Model;
@@ -68,6 +68,8 @@ struct ConvScratch {
     /// Gradient sums of this chunk: weights `[c_out, ckk]`, biases `[c_out]`.
     gw: Vec<f32>,
     gb: Vec<f32>,
+    /// One pooled row, channels last (inference).
+    row: Vec<f32>,
 }
 
 impl ConvScratch {
@@ -199,7 +201,11 @@ impl Workspace {
         if let Some(r) = rng.as_deref_mut() {
             dropout_in_place(input, plan.input_dropout, r);
         }
-        if blocks > 0 {
+        if blocks > 0 && eval {
+            self.conv_eval(model, &plan, rows)?;
+            self.acts[0].clear();
+            self.acts[0].extend_from_slice(&self.conv[blocks - 1].pooled);
+        } else if blocks > 0 {
             self.conv_forward(model, &plan, rows)?;
             self.acts[0].clear();
             self.acts[0].extend_from_slice(&self.conv[blocks - 1].pooled);
@@ -376,6 +382,69 @@ impl Workspace {
                         })
                 })
             })??;
+            c = c_out;
+            h /= 2;
+            w /= 2;
+        }
+        Ok(())
+    }
+
+    /// Conv blocks for inference: as [`Workspace::conv_forward`], but each block runs the direct
+    /// kernel ([`conv::direct`]: channels-last padded image, register tiles, no im2col) on
+    /// weights repacked once per call, and keeps no pooling arg-max. Between blocks the pooled
+    /// maps stay channels last; the last block's are channels first, the order the dense layer
+    /// (and an ONNX `Flatten`) reads. Images are split into the same fixed chunks, in parallel.
+    fn conv_eval(&mut self, model: &Model, plan: &Plan, rows: usize) -> Result<()> {
+        let spec = &model.spec;
+        let Some(cp) = &plan.conv else {
+            return Ok(());
+        };
+        let k = cp.kernel;
+        let (mut c, mut h, mut w) = (
+            spec.input_shape[0],
+            spec.input_shape[1],
+            spec.input_shape[2],
+        );
+        let blocks = cp.channels.len();
+        self.conv.resize_with(blocks, ConvCache::default);
+        let span = rows.div_ceil(rows.clamp(1, CONV_CHUNKS)).max(1);
+        self.scratch
+            .resize_with(rows.div_ceil(span), ConvScratch::default);
+        for (i, &c_out) in cp.channels.iter().enumerate() {
+            let g = ConvGeom::new(c, c_out, h, w, k);
+            let (done, rest) = self.conv.split_at_mut(i);
+            let input: &[f32] = if i == 0 {
+                &self.conv_input
+            } else {
+                &done[i - 1].pooled
+            };
+            let cache = &mut rest[0];
+            let os = g.out_size();
+            cache.g = g;
+            cache.pooled.resize(rows * os, 0.0);
+            cache.arg.clear();
+            let (wt, bias) = with_param(model, 2 * i + 1, |b| {
+                with_param(model, 2 * i, |wt| conv::pack_direct(&g, wt, b))
+            })??;
+
+            let out_len = g.direct_positions() * g.direct_channels();
+            let isz = g.in_size();
+            self.scratch
+                .par_iter_mut()
+                .zip(cache.pooled.par_chunks_mut(span * os))
+                .enumerate()
+                .for_each(|(chunk, (s, pooled))| {
+                    s.xpad.clear();
+                    s.xpad.resize(g.direct_padded(), 0.0);
+                    s.out.resize(out_len, 0.0);
+                    for (t, img) in pooled.chunks_exact_mut(os).enumerate() {
+                        let b = chunk * span + t;
+                        g.pad_channels_last(&input[b * isz..][..isz], &mut s.xpad, i > 0);
+                        conv::direct(&g, &s.xpad, &wt, &bias, &mut s.out);
+                        let cl = i + 1 < blocks;
+                        g.pool_channels_last(&s.out, g.direct_channels(), img, &mut s.row, cl);
+                    }
+                });
             c = c_out;
             h /= 2;
             w /= 2;
@@ -806,6 +875,29 @@ mod cnn_tests {
             .collect();
         m.set_weights(&w).unwrap();
         m
+    }
+
+    /// Inference through the direct conv kernel (channels last between blocks) equals candle's
+    /// forward on the tensor model, for one, two and three conv blocks, one input channel and
+    /// three, odd image sizes, and a batch split over the threads' chunks.
+    #[test]
+    fn cnn_inference_matches_the_tensor_forward() {
+        for (shape, channels, rows) in [
+            (vec![1, 12, 12], vec![6], 5),
+            (vec![3, 13, 11], vec![20, 8], 37),
+            (vec![2, 16, 16], vec![16, 32, 17], 3),
+        ] {
+            let m = cnn(&shape, channels, 0.0);
+            let d: usize = shape.iter().product();
+            let mut r = Rng::new(9);
+            let x: Vec<f32> = (0..rows * d).map(|_| r.normal()).collect();
+            let want = m.predict_tensor(&x, rows).unwrap();
+            let got = forward_eval(&m, &x, rows).unwrap();
+            let scale = want.iter().fold(1f32, |a, v| a.max(v.abs()));
+            for (a, b) in got.iter().zip(&want) {
+                assert!((a - b).abs() <= 1e-5 * scale, "{shape:?}: {a} vs {b}");
+            }
+        }
     }
 
     /// The CNN fast path against the definition: the forward pass and loss equal candle's (with
