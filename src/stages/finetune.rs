@@ -474,40 +474,9 @@ pub fn finetune(job: FinetuneJob) -> Result<Finetuned> {
     let enc = job.encoder;
     let config: Config = enc.config.clone();
     let done_path = job.out.join(DONE_FILE);
-    // The encoder and the labelled texts it learns and validates on: a folder fine-tuned on
-    // another split is not read back.
-    let bytes = |ids: &[Vec<u32>], y: &[u32]| -> Vec<u8> {
-        let mut b = Vec::new();
-        for (v, l) in ids.iter().zip(y) {
-            b.extend((v.len() as u32).to_le_bytes());
-            v.iter().for_each(|i| b.extend(i.to_le_bytes()));
-            b.extend(l.to_le_bytes());
-        }
-        b
-    };
-    let (tr, va) = (bytes(job.train.0, job.train.1), bytes(job.val.0, job.val.1));
-    let source = crate::teachers::cache::key(
-        &enc.digest,
-        "finetune: train, val",
-        [&tr[..], &va[..]].into_iter(),
-    );
-    if done_path.exists() {
-        if let Ok(d) = serde_json::from_slice::<Done>(&crate::io::read_file(&done_path)?) {
-            if d.settings == *job.cfg && d.source == source && d.seed == job.seed {
-                job.progress.say(&format!(
-                    "{}: already fine-tuned ({}); skipping",
-                    job.name,
-                    job.out.display()
-                ));
-                let (head_w, head_b) = read_head(&job.out.join(HEAD_FILE))?;
-                return Ok(Finetuned {
-                    dir: job.out.clone(),
-                    head_w,
-                    head_b,
-                    record: d.record,
-                });
-            }
-        }
+    let source = source_key(&job);
+    if let Some(done) = read_back(&job, &source)? {
+        return Ok(done);
     }
     let w = Weights::read(&enc.dir.join("model.safetensors"), &config)?;
     let h = config.hidden_size;
@@ -536,9 +505,15 @@ pub fn finetune(job: FinetuneJob) -> Result<Finetuned> {
         ..Default::default()
     };
     let mut opt = Optimizer::new(&tc, &sizes);
-    // Decay on matrices (and the embedding tables) only.
-    let decays: Vec<bool> = all.iter().map(|v| v.rank() == 2).collect();
-    let head_at = w.vars.len();
+    let t = Trained {
+        decays: all.iter().map(|v| v.rank() == 2).collect(),
+        all,
+        head_w,
+        head_b,
+        head_at: w.vars.len(),
+        in_scale,
+    };
+    let (all, head_w, head_b) = (&t.all, &t.head_w, &t.head_b);
     let lens: Vec<usize> = job.train.0.iter().map(|v| v.len()).collect();
     let per_epoch = lens.len().div_ceil(job.cfg.batch_size);
     let total = per_epoch * job.cfg.epochs;
@@ -550,7 +525,7 @@ pub fn finetune(job: FinetuneJob) -> Result<Finetuned> {
         record: TrainRecord::default(),
     };
     if job.checkpoint.exists() {
-        state = read_checkpoint(&job.checkpoint, &all, &mut opt)?;
+        state = read_checkpoint(&job.checkpoint, all, &mut opt)?;
         if !state.source.is_empty() && state.source != source {
             return Err(Error::Input(format!(
                 "{}: a fine-tuning checkpoint of another encoder or other texts; delete it to start again",
@@ -586,54 +561,12 @@ pub fn finetune(job: FinetuneJob) -> Result<Finetuned> {
         let mut lr_sum = 0f64;
         for (bi, idx) in plan.iter().enumerate() {
             crate::progress::check_interrupt()?;
-            let step = epoch * per_epoch + bi;
-            let f = job.cfg.schedule(step, total);
+            let f = job.cfg.schedule(epoch * per_epoch + bi, total);
             lr_sum += f * job.cfg.lr;
-            let ids: Vec<&Vec<u32>> = idx.iter().map(|&i| &job.train.0[i]).collect();
-            let (t_ids, mask) = padded(&ids)?;
-            let y: Vec<u32> = idx.iter().map(|&i| job.train.1[i]).collect();
-            let y = Tensor::from_vec(y.clone(), y.len(), &Device::Cpu)?;
-            let e = graph.embed(&t_ids, &mask, &mut drop)?;
-            let logits = (e * in_scale)?
-                .matmul(head_w.as_tensor())?
-                .broadcast_add(head_b.as_tensor())?;
-            let loss = candle_nn::loss::cross_entropy(&logits, &y)?;
-            let lv = loss.to_scalar::<f32>()? as f64;
-            if !lv.is_finite() {
-                return Err(Error::Diverged(format!(
-                    "teacher.{}.finetune: the loss diverged ({lv}) at step {} of epoch {}; lower finetune.lr",
-                    job.name,
-                    bi + 1,
-                    epoch + 1
-                )));
-            }
-            let pred = logits.argmax(D::Minus1)?.to_vec1::<u32>()?;
-            right += pred
-                .iter()
-                .zip(idx)
-                .filter(|(p, &i)| **p == job.train.1[i])
-                .count();
+            let (lv, ok) = train_step(&job, &graph, &t, &mut opt, idx, &mut drop, f, (epoch, bi))?;
+            right += ok;
             seen += idx.len();
             loss_sum += lv * idx.len() as f64;
-            let grads = loss.backward()?;
-            // The gradient's global norm, clipped to 1.
-            let mut sq = 0f64;
-            for v in &all {
-                if let Some(g) = grads.get(v.as_tensor()) {
-                    sq += g.sqr()?.sum_all()?.to_scalar::<f32>()? as f64;
-                }
-            }
-            let clip = 1.0 / sq.sqrt().max(1.0);
-            let lrs: Vec<f64> = (0..all.len())
-                .map(|i| {
-                    f * if i >= head_at {
-                        job.cfg.head_lr
-                    } else {
-                        job.cfg.lr
-                    }
-                })
-                .collect();
-            opt.step_vars(&all, &lrs, &decays, &grads, clip as f32)?;
             bar.step(loss_sum / seen as f64, Some(right as f64 / seen as f64));
         }
         // Validation through the native encoder on the new weights.
@@ -672,7 +605,7 @@ pub fn finetune(job: FinetuneJob) -> Result<Finetuned> {
         }
         state.epochs_done = epoch + 1;
         state.step = opt.step;
-        write_checkpoint(&job.checkpoint, &all, &opt, &state)?;
+        write_checkpoint(&job.checkpoint, all, &opt, &state)?;
         bar.finish(&format!(
             "train loss {:.4} acc {:.2}% | val loss {val_loss:.4} acc {:.2}% | {:.0} s",
             loss_sum / seen.max(1) as f64,
@@ -699,6 +632,125 @@ pub fn finetune(job: FinetuneJob) -> Result<Finetuned> {
         head_b,
         record: state.record,
     })
+}
+
+/// The key of what is fine-tuned: the encoder and the labelled texts it learns and validates
+/// on (a folder fine-tuned on another split is not read back).
+fn source_key(job: &FinetuneJob) -> String {
+    let bytes = |ids: &[Vec<u32>], y: &[u32]| -> Vec<u8> {
+        let mut b = Vec::new();
+        for (v, l) in ids.iter().zip(y) {
+            b.extend((v.len() as u32).to_le_bytes());
+            v.iter().for_each(|i| b.extend(i.to_le_bytes()));
+            b.extend(l.to_le_bytes());
+        }
+        b
+    };
+    let (tr, va) = (bytes(job.train.0, job.train.1), bytes(job.val.0, job.val.1));
+    crate::teachers::cache::key(
+        &job.encoder.digest,
+        "finetune: train, val",
+        [&tr[..], &va[..]].into_iter(),
+    )
+}
+
+/// The finished folder of an earlier run with the same settings, seed and `source`, if there
+/// is one.
+fn read_back(job: &FinetuneJob, source: &str) -> Result<Option<Finetuned>> {
+    let done_path = job.out.join(DONE_FILE);
+    if !done_path.exists() {
+        return Ok(None);
+    }
+    let Ok(d) = serde_json::from_slice::<Done>(&crate::io::read_file(&done_path)?) else {
+        return Ok(None);
+    };
+    if d.settings != *job.cfg || d.source != source || d.seed != job.seed {
+        return Ok(None);
+    }
+    job.progress.say(&format!(
+        "{}: already fine-tuned ({}); skipping",
+        job.name,
+        job.out.display()
+    ));
+    let (head_w, head_b) = read_head(&job.out.join(HEAD_FILE))?;
+    Ok(Some(Finetuned {
+        dir: job.out.clone(),
+        head_w,
+        head_b,
+        record: d.record,
+    }))
+}
+
+/// What one step updates: every encoder tensor, then the head.
+struct Trained {
+    all: Vec<Var>,
+    head_w: Var,
+    head_b: Var,
+    /// Weight decay per tensor: matrices (and the embedding tables) only.
+    decays: Vec<bool>,
+    /// Where the head's two tensors start in `all`.
+    head_at: usize,
+    /// The head reads the embedding × this (√hidden when it is normalised).
+    in_scale: f64,
+}
+
+/// One step on the training texts `idx`: the graph and the head, cross-entropy, the gradient's
+/// global norm clipped to 1, AdamW at `f` of the peak learning rates (the encoder's and the
+/// head's). Returns the batch's mean loss and its right answers.
+#[allow(clippy::too_many_arguments)]
+fn train_step(
+    job: &FinetuneJob,
+    graph: &Graph,
+    t: &Trained,
+    opt: &mut Optimizer,
+    idx: &[usize],
+    drop: &mut Dropout,
+    f: f64,
+    at: (usize, usize),
+) -> Result<(f64, usize)> {
+    let ids: Vec<&Vec<u32>> = idx.iter().map(|&i| &job.train.0[i]).collect();
+    let (t_ids, mask) = padded(&ids)?;
+    let y: Vec<u32> = idx.iter().map(|&i| job.train.1[i]).collect();
+    let y = Tensor::from_vec(y.clone(), y.len(), &Device::Cpu)?;
+    let e = graph.embed(&t_ids, &mask, drop)?;
+    let logits = (e * t.in_scale)?
+        .matmul(t.head_w.as_tensor())?
+        .broadcast_add(t.head_b.as_tensor())?;
+    let loss = candle_nn::loss::cross_entropy(&logits, &y)?;
+    let lv = loss.to_scalar::<f32>()? as f64;
+    if !lv.is_finite() {
+        return Err(Error::Diverged(format!(
+            "teacher.{}.finetune: the loss diverged ({lv}) at step {} of epoch {}; lower finetune.lr",
+            job.name,
+            at.1 + 1,
+            at.0 + 1
+        )));
+    }
+    let pred = logits.argmax(D::Minus1)?.to_vec1::<u32>()?;
+    let right = pred
+        .iter()
+        .zip(idx)
+        .filter(|(p, &i)| **p == job.train.1[i])
+        .count();
+    let grads = loss.backward()?;
+    let mut sq = 0f64;
+    for v in &t.all {
+        if let Some(g) = grads.get(v.as_tensor()) {
+            sq += g.sqr()?.sum_all()?.to_scalar::<f32>()? as f64;
+        }
+    }
+    let clip = 1.0 / sq.sqrt().max(1.0);
+    let lrs: Vec<f64> = (0..t.all.len())
+        .map(|i| {
+            f * if i >= t.head_at {
+                job.cfg.head_lr
+            } else {
+                job.cfg.lr
+            }
+        })
+        .collect();
+    opt.step_vars(&t.all, &lrs, &t.decays, &grads, clip as f32)?;
+    Ok((lv, right))
 }
 
 /// Validation loss and accuracy of the current weights, through the native encoder.

@@ -604,86 +604,171 @@ fn fit_shared(
     stream: &str,
     share: Option<Share>,
 ) -> Result<Vec<TrainRecord>> {
-    let Some(first) = jobs.first() else {
+    let Some(mut run) = Lockstep::new(models, jobs, stream, share)? else {
         return Ok(Vec::new());
     };
-    let (cfg, train, val, seed, fill, progress) = (
-        first.cfg,
-        first.train,
-        first.val,
-        first.seed,
-        first.fill,
-        first.progress,
-    );
-    // Fixed views: those the teacher's outputs were computed on, else the job's own.
-    let view_seed = first
-        .objective
-        .soft
-        .iter()
-        .find_map(|t| match &t.signal {
-            TeacherSignal::Views { seed, rows } => (rows.len() == cfg.fixed_views())
-                .then_some(Ok(*seed))
-                .or(Some(Err(()))),
-            _ => None,
-        })
-        .unwrap_or(Ok(seed))
-        .map_err(|_| Error::Other("the teacher's fixed views are not train.views".into()))?;
-    let together = match &share {
-        Some(sh) => sh.k > 1,
-        None => models.len() > 1,
-    };
-    // Data-parallel: one model, several ranks; each takes its slice of every global batch.
-    let comm = crate::dist::world();
-    let dp = !together && share.is_none() && comm.size() > 1;
-    let ids: Vec<usize> = match &share {
-        Some(sh) => sh.ids.clone(),
-        None => (0..models.len()).collect(),
-    };
-    if together && jobs.iter().any(|j| j.checkpoint.is_some()) {
-        return Err(Error::Other(
-            "models trained together take no epoch checkpoints".into(),
-        ));
+    for epoch in run.start_epoch..run.cfg.epochs {
+        if run.epoch(epoch)? {
+            break;
+        }
     }
-    let n = train.len();
-    let classification = matches!(train.targets, Targets::Classes { .. });
-    let mut rng = Rng::derive(seed, stream);
-    // Members trained together draw their dropout from streams of their own, so a member's
-    // masks do not depend on which other members share its process.
-    let mut member_rngs: Vec<Rng> = ids
-        .iter()
-        .map(|i| Rng::derive(seed, &format!("{stream}/member{i}")))
-        .collect();
-    let mut members = new_members(models, jobs, together)?;
-    let patience = if together { None } else { cfg.patience };
-    let start_epoch = if together {
-        0
-    } else {
-        resume(&mut members[0], &mut rng, patience)?
-    };
-    let mut batch = Batch::default();
-    let outputs = models[0].spec.outputs;
-    let set_name = first_name(&members);
-    // Checkpoints within an epoch: one model in one process, without hooks (their per-epoch
-    // state is not saved), every `checkpoint_seconds` of training.
-    let mid_epoch = !together
-        && !dp
-        && members.len() == 1
-        && members[0].job.checkpoint.is_some()
-        && members[0].job.hooks.is_empty()
-        && cfg.checkpoint_seconds > 0.0;
-    let mut last_checkpoint = Instant::now();
-    for epoch in start_epoch..cfg.epochs {
+    run.finish()
+}
+
+/// The state of one [`fit_shared`] call: the settings every member shares, how the set is
+/// spread (together, data-parallel, over ranks), the random streams, and the members.
+struct Lockstep<'m, 'a, 'c> {
+    cfg: &'a TrainConfig,
+    train: &'a Dataset,
+    val: &'a Dataset,
+    seed: u64,
+    fill: f32,
+    progress: Progress,
+    stream: String,
+    /// The seed the fixed views (`train.views`) are drawn from.
+    view_seed: u64,
+    /// Several members trained in lockstep (here or across ranks).
+    together: bool,
+    /// Data-parallel: one model, several ranks, each taking its slice of every global batch.
+    dp: bool,
+    comm: &'static dyn crate::dist::Comm,
+    share: Option<Share<'c>>,
+    /// The batch order and, for one model in one process, its dropout.
+    rng: Rng,
+    /// Each member's dropout stream when members are trained together.
+    member_rngs: Vec<Rng>,
+    members: Vec<Member<'m, 'a>>,
+    patience: Option<usize>,
+    start_epoch: usize,
+    batch: Batch,
+    outputs: usize,
+    set_name: String,
+    /// Checkpoints within an epoch are taken (one model in one process, without hooks).
+    mid_epoch: bool,
+    last_checkpoint: Instant,
+}
+
+impl<'m, 'a, 'c> Lockstep<'m, 'a, 'c> {
+    /// The run's settings from its first job, the members, and where a checkpoint left off;
+    /// `None` without jobs.
+    fn new(
+        models: &[&'m Model],
+        jobs: Vec<TrainJob<'a>>,
+        stream: &str,
+        share: Option<Share<'c>>,
+    ) -> Result<Option<Self>> {
+        let Some(first) = jobs.first() else {
+            return Ok(None);
+        };
+        let (cfg, train, val, seed, fill, progress) = (
+            first.cfg,
+            first.train,
+            first.val,
+            first.seed,
+            first.fill,
+            first.progress,
+        );
+        // Fixed views: those the teacher's outputs were computed on, else the job's own.
+        let view_seed = first
+            .objective
+            .soft
+            .iter()
+            .find_map(|t| match &t.signal {
+                TeacherSignal::Views { seed, rows } => (rows.len() == cfg.fixed_views())
+                    .then_some(Ok(*seed))
+                    .or(Some(Err(()))),
+                _ => None,
+            })
+            .unwrap_or(Ok(seed))
+            .map_err(|_| Error::Other("the teacher's fixed views are not train.views".into()))?;
+        let together = match &share {
+            Some(sh) => sh.k > 1,
+            None => models.len() > 1,
+        };
+        let comm = crate::dist::world();
+        let dp = !together && share.is_none() && comm.size() > 1;
+        let ids: Vec<usize> = match &share {
+            Some(sh) => sh.ids.clone(),
+            None => (0..models.len()).collect(),
+        };
+        if together && jobs.iter().any(|j| j.checkpoint.is_some()) {
+            return Err(Error::Other(
+                "models trained together take no epoch checkpoints".into(),
+            ));
+        }
+        let mut rng = Rng::derive(seed, stream);
+        // Members trained together draw their dropout from streams of their own, so a member's
+        // masks do not depend on which other members share its process.
+        let member_rngs: Vec<Rng> = ids
+            .iter()
+            .map(|i| Rng::derive(seed, &format!("{stream}/member{i}")))
+            .collect();
+        let mut members = new_members(models, jobs, together)?;
+        let patience = if together { None } else { cfg.patience };
+        let start_epoch = if together {
+            0
+        } else {
+            resume(&mut members[0], &mut rng, patience)?
+        };
+        let set_name = first_name(&members);
+        // Checkpoints within an epoch: one model in one process, without hooks (their
+        // per-epoch state is not saved), every `checkpoint_seconds` of training.
+        let mid_epoch = !together
+            && !dp
+            && members.len() == 1
+            && members[0].job.checkpoint.is_some()
+            && members[0].job.hooks.is_empty()
+            && cfg.checkpoint_seconds > 0.0;
+        Ok(Some(Lockstep {
+            cfg,
+            train,
+            val,
+            seed,
+            fill,
+            progress,
+            stream: stream.to_string(),
+            view_seed,
+            together,
+            dp,
+            comm,
+            share,
+            rng,
+            member_rngs,
+            members,
+            patience,
+            start_epoch,
+            batch: Batch::default(),
+            outputs: models[0].spec.outputs,
+            set_name,
+            mid_epoch,
+            last_checkpoint: Instant::now(),
+        }))
+    }
+
+    /// One epoch: every batch of a fresh shuffle (from where a mid-epoch checkpoint left off),
+    /// then each member's validation. True when every member stops early.
+    fn epoch(&mut self, epoch: usize) -> Result<bool> {
+        let cfg = self.cfg;
+        let n = self.train.len();
         let t0 = Instant::now();
         let sent0 = crate::dist::bytes_sent();
-        crate::dist::fault_point(&format!("epoch{}/{set_name}", epoch + 1))?;
+        crate::dist::fault_point(&format!("epoch{}/{}", epoch + 1, self.set_name))?;
         let lr = learning_rate(cfg, epoch);
         // Data-parallel ranks draw dropout for their rows from a stream of their own (one per
         // epoch, so a resumed run draws the same masks).
-        let mut dp_rng = Rng::derive(seed, &format!("{stream}/rank{}/epoch{epoch}", comm.rank()));
-        let epoch_rng = rng.state();
-        let perm = rng.permutation(n);
-        let bar = progress.epoch(&set_name, epoch, cfg.epochs, n.div_ceil(cfg.batch_size));
-        for m in members.iter_mut() {
+        let mut dp_rng = Rng::derive(
+            self.seed,
+            &format!("{}/rank{}/epoch{epoch}", self.stream, self.comm.rank()),
+        );
+        let epoch_rng = self.rng.state();
+        let perm = self.rng.permutation(n);
+        let bar = self.progress.epoch(
+            &self.set_name,
+            epoch,
+            cfg.epochs,
+            n.div_ceil(cfg.batch_size),
+        );
+        for m in self.members.iter_mut() {
             for h in m.job.hooks.iter_mut() {
                 h.start_epoch(m.model, epoch)?;
             }
@@ -692,127 +777,152 @@ fn fit_shared(
         // Resumed within this epoch: the same shuffle (drawn again above), then the stream,
         // the batch and the running figures where the checkpoint left them.
         let mut skip = 0;
-        if let Some(mid) = members.first_mut().and_then(|m| m.mid.take()) {
-            rng = Rng::from_state(mid.rng);
+        if let Some(mid) = self.members.first_mut().and_then(|m| m.mid.take()) {
+            self.rng = Rng::from_state(mid.rng);
             skip = mid.next_batch;
-            members[0].tally = mid.tally;
+            self.members[0].tally = mid.tally;
         }
         let steps = n.div_ceil(cfg.batch_size.max(1));
         for (bi, full_idx) in perm.chunks(cfg.batch_size).enumerate().skip(skip) {
             crate::progress::check_interrupt()?;
             let progress = (epoch * steps + bi) as f32 / (cfg.epochs * steps).max(1) as f32;
-            for m in members.iter_mut() {
+            for m in self.members.iter_mut() {
                 m.progress = progress;
             }
-            let ranks = dp.then_some(comm);
-            let view =
-                (cfg.fixed_views() > 0).then_some((view_seed, epoch % cfg.fixed_views().max(1)));
-            batch.gather(train, full_idx, ranks, cfg, fill, &mut rng, view)?;
-            let tensors = members.iter().any(|m| !m.fast);
-            let (x, y) = if tensors {
-                (
-                    Some(Tensor::from_slice(
-                        &batch.x,
-                        (batch.b, train.dim()),
-                        &Device::Cpu,
-                    )?),
-                    Some(batch.labels_tensor()?),
-                )
-            } else {
-                (None, None)
-            };
-            // Every member's forward pass first, so that peers see each other's predictions
-            // from before this batch's steps.
-            let mut forwards: Vec<Forward> = Vec::with_capacity(members.len());
-            for (mi, m) in members.iter_mut().enumerate() {
-                let drop_rng = if together {
-                    &mut member_rngs[mi]
-                } else if dp {
-                    &mut dp_rng
-                } else {
-                    &mut rng
-                };
-                forwards.push(m.forward(&batch, x.as_ref(), drop_rng)?);
-            }
-            let peer_outputs = if together {
-                let mine = forwards
-                    .iter()
-                    .map(Forward::outputs)
-                    .collect::<Result<Vec<_>>>()?;
-                match &share {
-                    None => mine,
-                    Some(sh) => exchange_outputs(sh, mine, batch.b * outputs)?,
-                }
-            } else {
-                Vec::new()
-            };
-            for (m, fwd) in members.iter_mut().zip(forwards) {
-                let soft = soft_targets(&m.job.objective, &batch, &peer_outputs, outputs)?;
-                let (lv, hits, grads) = if m.fast {
-                    m.fused_grads(&batch, &soft, outputs)?
-                } else {
-                    m.autograd_grads(fwd, &batch, &soft, x.as_ref(), y.as_ref())?
-                };
-                let (lv, hits) = m.take_step(grads, lv, hits, &batch, ranks, lr, (epoch, bi))?;
-                for h in m.job.hooks.iter_mut() {
-                    h.after_step(m.model)?;
-                }
-                m.tally.add(lv, batch.full_b, hits, batch.labelled[0]);
-            }
-            let (loss, acc) = mean_tally(&members);
+            self.step(full_idx, (epoch, bi), lr, &mut dp_rng)?;
+            let (loss, acc) = mean_tally(&self.members);
+            let classification = matches!(self.train.targets, Targets::Classes { .. });
             bar.step(loss, classification.then_some(acc));
-            if mid_epoch
+            if self.mid_epoch
                 && bi + 1 < steps
-                && last_checkpoint.elapsed().as_secs_f64() >= cfg.checkpoint_seconds
+                && self.last_checkpoint.elapsed().as_secs_f64() >= cfg.checkpoint_seconds
             {
-                let m = &members[0];
+                let m = &self.members[0];
                 let mid = MidEpoch {
                     epoch_rng,
-                    rng: rng.state(),
+                    rng: self.rng.state(),
                     next_batch: bi + 1,
                     tally: m.tally.clone(),
                 };
                 m.save_checkpoint(epoch, epoch_rng, Some(mid))?;
-                last_checkpoint = Instant::now();
-                crate::dist::fault_point(&format!("mid{}.{}/{set_name}", epoch + 1, bi + 1))?;
+                self.last_checkpoint = Instant::now();
+                let at = format!("mid{}.{}/{}", epoch + 1, bi + 1, self.set_name);
+                crate::dist::fault_point(&at)?;
             }
         }
         let secs = t0.elapsed().as_secs_f64();
-        let mut stop_all = !members.is_empty();
+        let mut stop_all = !self.members.is_empty();
         let mut summary = Vec::new();
-        for m in members.iter_mut() {
-            let ranks = dp.then_some(comm);
-            let (stop, line) = m.end_epoch(val, epoch, lr, secs, ranks, sent0, patience, &rng)?;
+        let ranks = self.dp.then_some(self.comm);
+        for m in self.members.iter_mut() {
+            let (stop, line) = m.end_epoch(
+                self.val,
+                epoch,
+                lr,
+                secs,
+                ranks,
+                sent0,
+                self.patience,
+                &self.rng,
+            )?;
             stop_all &= stop;
             summary.push(line);
         }
-        last_checkpoint = Instant::now();
+        self.last_checkpoint = Instant::now();
         bar.finish(&format!("{}  lr {lr:.2e}  {secs:.1}s", summary.join(" | ")));
         if stop_all {
-            let m = &members[0];
-            progress.say(&format!(
+            let m = &self.members[0];
+            self.progress.say(&format!(
                 "{}: early stop after epoch {} (no val-loss improvement for {} epochs); keeping epoch {}",
                 m.job.name,
                 epoch + 1,
                 m.bad_epochs,
                 m.record.best_epoch
             ));
-            break;
         }
+        Ok(stop_all)
     }
-    let mut records = Vec::with_capacity(members.len());
-    for mut m in members {
-        if let Some(w) = &m.best_weights {
-            m.model.set_weights(w)?;
-        } else if patience.is_none() {
-            m.record.best_epoch = m.record.epochs_run;
+
+    /// One batch (`full_idx`, the global batch's sample indices): gather and augment it, every
+    /// member's forward pass first (so that peers see each other's predictions from before this
+    /// batch's steps), the outputs exchanged between members (and ranks), then each member's
+    /// step on its own objective.
+    fn step(
+        &mut self,
+        full_idx: &[usize],
+        at: (usize, usize),
+        lr: f64,
+        dp_rng: &mut Rng,
+    ) -> Result<()> {
+        let (cfg, train) = (self.cfg, self.train);
+        let ranks = self.dp.then_some(self.comm);
+        let views = cfg.fixed_views();
+        let view = (views > 0).then_some((self.view_seed, at.0 % views.max(1)));
+        let batch = &mut self.batch;
+        batch.gather(train, full_idx, ranks, cfg, self.fill, &mut self.rng, view)?;
+        let tensors = self.members.iter().any(|m| !m.fast);
+        let (x, y) = if tensors {
+            let x = Tensor::from_slice(&batch.x, (batch.b, train.dim()), &Device::Cpu)?;
+            (Some(x), Some(batch.labels_tensor()?))
+        } else {
+            (None, None)
+        };
+        let mut forwards: Vec<Forward> = Vec::with_capacity(self.members.len());
+        for (mi, m) in self.members.iter_mut().enumerate() {
+            let drop_rng = if self.together {
+                &mut self.member_rngs[mi]
+            } else if self.dp {
+                &mut *dp_rng
+            } else {
+                &mut self.rng
+            };
+            forwards.push(m.forward(batch, x.as_ref(), drop_rng)?);
         }
-        for h in m.job.hooks.iter_mut() {
-            h.finish(m.model)?;
+        let peer_outputs = if self.together {
+            let mine = forwards
+                .iter()
+                .map(Forward::outputs)
+                .collect::<Result<Vec<_>>>()?;
+            match &self.share {
+                None => mine,
+                Some(sh) => exchange_outputs(sh, mine, batch.b * self.outputs)?,
+            }
+        } else {
+            Vec::new()
+        };
+        for (m, fwd) in self.members.iter_mut().zip(forwards) {
+            let soft = soft_targets(&m.job.objective, batch, &peer_outputs, self.outputs)?;
+            let (lv, hits, grads) = if m.fast {
+                m.fused_grads(batch, &soft, self.outputs)?
+            } else {
+                m.autograd_grads(fwd, batch, &soft, x.as_ref(), y.as_ref())?
+            };
+            let (lv, hits) = m.take_step(grads, lv, hits, batch, ranks, lr, at)?;
+            for h in m.job.hooks.iter_mut() {
+                h.after_step(m.model)?;
+            }
+            m.tally.add(lv, batch.full_b, hits, batch.labelled[0]);
         }
-        records.push(m.record);
+        Ok(())
     }
-    Ok(records)
+
+    /// Each member's best weights back (when early stopping kept an epoch), its hooks
+    /// finished, and its record.
+    fn finish(self) -> Result<Vec<TrainRecord>> {
+        let mut records = Vec::with_capacity(self.members.len());
+        for mut m in self.members {
+            if let Some(w) = &m.best_weights {
+                m.model.set_weights(w)?;
+            } else if self.patience.is_none() {
+                m.record.best_epoch = m.record.epochs_run;
+            }
+            for h in m.job.hooks.iter_mut() {
+                h.finish(m.model)?;
+            }
+            records.push(m.record);
+        }
+        Ok(records)
+    }
 }
 
 /// One model's training step exactly as [`fit`] takes it — the fused pass or autograd, the
