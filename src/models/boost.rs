@@ -942,7 +942,6 @@ fn fit_boosted(
     t: f32,
 ) -> Result<FitOutcome> {
     let n = train.rows;
-    let lw = train.label_weight;
     let classify = matches!(train.labels, Labels::Classes { .. });
     // The classes that get trees: the second of two (the first logit stays 0), else all.
     let grown_outputs: Vec<usize> = if classify && k == 2 {
@@ -950,63 +949,12 @@ fn fit_boosted(
     } else {
         (0..k).collect()
     };
-    // Starting scores: the log of the mean target distribution, or the mean target.
-    let mut mean = vec![0f64; k];
-    for row in target.chunks_exact(k) {
-        for (m, &v) in mean.iter_mut().zip(row) {
-            *m += v as f64;
-        }
-    }
-    mean.iter_mut().for_each(|m| *m /= n as f64);
-    let base: Vec<f32> = if !classify {
-        vec![mean[0] as f32]
-    } else if k == 2 {
-        vec![0.0, (mean[1].max(1e-6) / mean[0].max(1e-6)).ln() as f32]
-    } else {
-        let logs: Vec<f64> = mean.iter().map(|m| m.max(1e-6).ln()).collect();
-        let c = logs.iter().sum::<f64>() / k as f64;
-        logs.iter().map(|l| (l - c) as f32).collect()
-    };
+    let base = base_scores(target, n, k, classify);
     let mut f: Vec<f32> = base.iter().copied().cycle().take(n * k).collect();
     let mut fv: Vec<f32> = val
         .map(|v| base.iter().copied().cycle().take(v.rows * k).collect())
         .unwrap_or_default();
-    let soft_q: Option<Vec<f32>> = match (train.soft, train.labels) {
-        (Some(st), Labels::Classes { classes, .. })
-            if a > 0.0 && s.fit_to == FitTo::Probabilities =>
-        {
-            Some(crate::kernels::softmax::softmax_rows(
-                st.outputs, classes, t,
-            ))
-        }
-        _ => None,
-    };
-    // Logit matching: each row's teacher logits centred (two classes: the second minus the
-    // first, since the first logit stays 0).
-    let soft_c: Option<Vec<f32>> = match (train.soft, train.labels) {
-        (Some(st), Labels::Classes { classes, .. }) if a > 0.0 && s.fit_to == FitTo::Logits => {
-            Some(
-                st.outputs
-                    .chunks_exact(classes)
-                    .flat_map(|row| {
-                        let c = if classes == 2 {
-                            row[0]
-                        } else {
-                            row.iter().sum::<f32>() / classes as f32
-                        };
-                        row.iter().map(move |&v| v - c)
-                    })
-                    .collect(),
-            )
-        }
-        _ => None,
-    };
-    // Friedman's K/(K−1) on the multiclass Hessian.
-    let factor = if classify && k > 2 {
-        k as f32 / (k as f32 - 1.0)
-    } else {
-        1.0
-    };
+    let teach = TeacherTerms::new(s, train, k, classify, a, t);
     let nt = grown_outputs.len();
     let mut g = vec![0f32; nt * n];
     let mut h = vec![0f32; nt * n];
@@ -1020,55 +968,7 @@ fn fit_boosted(
     let pools: Vec<std::sync::Mutex<Vec<Vec<f64>>>> = (0..nt).map(|_| Default::default()).collect();
     for round in 0..s.trees {
         let start = std::time::Instant::now();
-        // Gradients and Hessians of every grown output, class-major.
-        let mut loss = 0f64;
-        let mut right = 0usize;
-        match train.labels {
-            Labels::Classes { labels, classes } => {
-                let mut p = vec![0f32; classes];
-                let mut pt = vec![0f32; classes];
-                for r in 0..n {
-                    let z = &f[r * classes..(r + 1) * classes];
-                    // A row without a label: its label term's weight is 0.
-                    let (y, lw) = match labels[r] {
-                        MISSING => (0, 0.0),
-                        y => (y as usize, lw),
-                    };
-                    // Hinton's objective, its gradient and Hessian: `losses::kd`'s.
-                    let soft = soft_q.as_ref().map(|q| kd::SoftRow {
-                        q: &q[r * classes..(r + 1) * classes],
-                        alpha: a,
-                        temperature: t,
-                    });
-                    right += usize::from(labels[r] != MISSING && argmax(z) == y);
-                    loss += kd::newton_row(z, y, lw, soft, &mut p, &mut pt);
-                    for (j, &c) in grown_outputs.iter().enumerate() {
-                        let (mut gv, mut hv) = kd::newton_grad_hess(c, y, lw, &p, soft, &pt);
-                        if let Some(sc) = &soft_c {
-                            let d = z[c] - sc[r * classes + c];
-                            gv += a * d;
-                            hv += a / factor;
-                            loss += (a * d * d) as f64 / grown_outputs.len() as f64;
-                        }
-                        g[j * n + r] = gv;
-                        h[j * n + r] = (hv * factor).max(1e-6);
-                    }
-                }
-            }
-            Labels::Values(y) => {
-                let tv = train.soft.map(|st| st.outputs);
-                for r in 0..n {
-                    let mut gv = lw * (f[r] - y[r]);
-                    loss += (lw * (f[r] - y[r]).powi(2)) as f64;
-                    if let (Some(tv), true) = (tv, a > 0.0) {
-                        gv += a * (f[r] - tv[r]);
-                        loss += (a * (f[r] - tv[r]).powi(2)) as f64;
-                    }
-                    g[r] = gv;
-                    h[r] = lw + a;
-                }
-            }
-        }
+        let (loss, right) = teach.gradients(train, &f, &grown_outputs, &mut g, &mut h);
         let train_loss = loss / n as f64;
         if !train_loss.is_finite() {
             return Err(Error::Input(format!(
@@ -1156,6 +1056,144 @@ fn fit_boosted(
         best_round,
         stopped_early,
     })
+}
+
+/// The starting scores: the log of the mean target distribution (centred; two classes: the
+/// second's log-odds, the first logit staying 0), or the mean target.
+fn base_scores(target: &[f32], n: usize, k: usize, classify: bool) -> Vec<f32> {
+    let mut mean = vec![0f64; k];
+    for row in target.chunks_exact(k) {
+        for (m, &v) in mean.iter_mut().zip(row) {
+            *m += v as f64;
+        }
+    }
+    mean.iter_mut().for_each(|m| *m /= n as f64);
+    if !classify {
+        vec![mean[0] as f32]
+    } else if k == 2 {
+        vec![0.0, (mean[1].max(1e-6) / mean[0].max(1e-6)).ln() as f32]
+    } else {
+        let logs: Vec<f64> = mean.iter().map(|m| m.max(1e-6).ln()).collect();
+        let c = logs.iter().sum::<f64>() / k as f64;
+        logs.iter().map(|l| (l - c) as f32).collect()
+    }
+}
+
+/// A boosted model's teacher term: the softened teacher probabilities (`fit_to =
+/// "probabilities"`) or its centred logits (`"logits"`), its weight α and temperature, and
+/// Friedman's K/(K−1) on the multiclass Hessian.
+struct TeacherTerms {
+    q: Option<Vec<f32>>,
+    c: Option<Vec<f32>>,
+    a: f32,
+    t: f32,
+    factor: f32,
+}
+
+impl TeacherTerms {
+    fn new(s: &TreeSettings, train: &FitData, k: usize, classify: bool, a: f32, t: f32) -> Self {
+        let q: Option<Vec<f32>> = match (train.soft, train.labels) {
+            (Some(st), Labels::Classes { classes, .. })
+                if a > 0.0 && s.fit_to == FitTo::Probabilities =>
+            {
+                Some(crate::kernels::softmax::softmax_rows(
+                    st.outputs, classes, t,
+                ))
+            }
+            _ => None,
+        };
+        // Logit matching: each row's teacher logits centred (two classes: the second minus the
+        // first, since the first logit stays 0).
+        let c: Option<Vec<f32>> = match (train.soft, train.labels) {
+            (Some(st), Labels::Classes { classes, .. }) if a > 0.0 && s.fit_to == FitTo::Logits => {
+                Some(
+                    st.outputs
+                        .chunks_exact(classes)
+                        .flat_map(|row| {
+                            let c = if classes == 2 {
+                                row[0]
+                            } else {
+                                row.iter().sum::<f32>() / classes as f32
+                            };
+                            row.iter().map(move |&v| v - c)
+                        })
+                        .collect(),
+                )
+            }
+            _ => None,
+        };
+        // Friedman's K/(K−1) on the multiclass Hessian.
+        let factor = if classify && k > 2 {
+            k as f32 / (k as f32 - 1.0)
+        } else {
+            1.0
+        };
+        TeacherTerms { q, c, a, t, factor }
+    }
+
+    /// Gradients and Hessians of every grown output (class-major, into `g` and `h`) at the
+    /// scores `f`; returns the training loss summed over rows and the rows predicted right.
+    fn gradients(
+        &self,
+        train: &FitData,
+        f: &[f32],
+        grown_outputs: &[usize],
+        g: &mut [f32],
+        h: &mut [f32],
+    ) -> (f64, usize) {
+        let (n, lw) = (train.rows, train.label_weight);
+        let (a, t, factor) = (self.a, self.t, self.factor);
+        let (soft_q, soft_c) = (&self.q, &self.c);
+        let mut loss = 0f64;
+        let mut right = 0usize;
+        match train.labels {
+            Labels::Classes { labels, classes } => {
+                let mut p = vec![0f32; classes];
+                let mut pt = vec![0f32; classes];
+                for r in 0..n {
+                    let z = &f[r * classes..(r + 1) * classes];
+                    // A row without a label: its label term's weight is 0.
+                    let (y, lw) = match labels[r] {
+                        MISSING => (0, 0.0),
+                        y => (y as usize, lw),
+                    };
+                    // Hinton's objective, its gradient and Hessian: `losses::kd`'s.
+                    let soft = soft_q.as_ref().map(|q| kd::SoftRow {
+                        q: &q[r * classes..(r + 1) * classes],
+                        alpha: a,
+                        temperature: t,
+                    });
+                    right += usize::from(labels[r] != MISSING && argmax(z) == y);
+                    loss += kd::newton_row(z, y, lw, soft, &mut p, &mut pt);
+                    for (j, &c) in grown_outputs.iter().enumerate() {
+                        let (mut gv, mut hv) = kd::newton_grad_hess(c, y, lw, &p, soft, &pt);
+                        if let Some(sc) = &soft_c {
+                            let d = z[c] - sc[r * classes + c];
+                            gv += a * d;
+                            hv += a / factor;
+                            loss += (a * d * d) as f64 / grown_outputs.len() as f64;
+                        }
+                        g[j * n + r] = gv;
+                        h[j * n + r] = (hv * factor).max(1e-6);
+                    }
+                }
+            }
+            Labels::Values(y) => {
+                let tv = train.soft.map(|st| st.outputs);
+                for r in 0..n {
+                    let mut gv = lw * (f[r] - y[r]);
+                    loss += (lw * (f[r] - y[r]).powi(2)) as f64;
+                    if let (Some(tv), true) = (tv, a > 0.0) {
+                        gv += a * (f[r] - tv[r]);
+                        loss += (a * (f[r] - tv[r]).powi(2)) as f64;
+                    }
+                    g[r] = gv;
+                    h[r] = lw + a;
+                }
+            }
+        }
+        (loss, right)
+    }
 }
 
 #[cfg(test)]
