@@ -22,7 +22,7 @@ use super::{AnyModel, Body};
 use crate::data::{Normalizer, Task};
 use crate::error::{Error, Result};
 use crate::models::graph::{Node as GNode, Value as GValue};
-use crate::models::ParamKind;
+use crate::models::{Model, ModelMeta, ParamKind};
 use std::collections::HashMap;
 
 // --- protobuf wire format -------------------------------------------------------------------
@@ -434,7 +434,37 @@ fn export_graph(model: &AnyModel) -> Result<Vec<u8>> {
     let spec = &meta.spec;
     let d = spec.input_dim();
     let mut g = Graph::default();
-    // Normalisation.
+    let mut h = normalised_input(&mut g, meta, d)?;
+    let precision = model.precision();
+    match &model.body {
+        Body::Trees(t) => h = tree_ensemble(&mut g, &h, t, meta.task),
+        Body::Int8(q) => {
+            let n = q.layers.len();
+            for (l, layer) in q.layers.iter().enumerate() {
+                let x = g.qdq(&h, layer.input);
+                let w = g.dq_weight(&layer.w_q, &layer.w_scale, layer.n_out, layer.n_in);
+                let b = g.init_f32("bias", &[layer.n_out], &layer.bias);
+                h = g.op("Gemm", &[&x, &w, &b], vec![("transB", Attr::Int(1))]);
+                if l + 1 < n {
+                    h = g.op("Relu", &[&h], vec![]);
+                }
+            }
+        }
+        Body::Float(m) | Body::WeightOnly { model: m, .. } => h = float_body(&mut g, h, model, m)?,
+    }
+    let named = task_outputs(&mut g, &h, meta)?;
+    let outputs: Vec<(&str, usize)> = named.iter().map(|(n, d)| (n.as_str(), *d)).collect();
+    let doc = format!(
+        "distillery model '{}' ({}, {}); input: raw features [N, {d}]",
+        meta.name,
+        spec.describe(),
+        precision.as_str()
+    );
+    Ok(g.encode(&[d], &outputs, &doc))
+}
+
+/// The graph's input, normalised as the model's normaliser says; the value's name.
+fn normalised_input(g: &mut Graph, meta: &ModelMeta, d: usize) -> Result<String> {
     let mut h = "input".to_string();
     match &meta.normalizer {
         Normalizer::None => {}
@@ -458,179 +488,177 @@ fn export_graph(model: &AnyModel) -> Result<Vec<u8>> {
             h = g.op("Div", &[&c, &s], vec![]);
         }
     }
+    Ok(h)
+}
+
+/// A featurized row of token ids as floats (-1 for padding; the tokenizer itself runs outside
+/// the graph) to the mean of their embeddings in `table`.
+fn embedding_mean(g: &mut Graph, h: &str, table: &str) -> String {
+    let half = g.init_f32("minus_half", &[], &[-0.5]);
+    let present = g.op("Greater", &[h, &half], vec![]);
+    let mask = g.op("Cast", &[&present], vec![("to", Attr::Int(FLOAT))]);
+    let clamped = g.op("Relu", &[h], vec![]);
+    let ids = g.op("Cast", &[&clamped], vec![("to", Attr::Int(INT64))]);
+    let emb = g.op("Gather", &[table, &ids], vec![("axis", Attr::Int(0))]);
+    let ax2 = g.init_raw("axes", INT64, &[1], 2i64.to_le_bytes().to_vec());
+    let mask3 = g.op("Unsqueeze", &[&mask, &ax2], vec![]);
+    let masked = g.op("Mul", &[&emb, &mask3], vec![]);
+    let ax1 = g.init_raw("axes", INT64, &[1], 1i64.to_le_bytes().to_vec());
+    let sum = g.op(
+        "ReduceSum",
+        &[&masked, &ax1],
+        vec![("keepdims", Attr::Int(0))],
+    );
+    let count = g.op(
+        "ReduceSum",
+        &[&mask, &ax1],
+        vec![("keepdims", Attr::Int(1))],
+    );
+    let one = g.init_f32("one", &[], &[1.0]);
+    let count = g.op("Max", &[&count, &one], vec![]);
+    g.op("Div", &[&sum, &count], vec![])
+}
+
+/// The layers of a float (or weight-only) network after `h`, from its family's graph; the
+/// value's name.
+fn float_body(g: &mut Graph, mut h: String, model: &AnyModel, m: &Model) -> Result<String> {
+    let spec = &model.meta.spec;
     let precision = model.precision();
-    match &model.body {
-        Body::Trees(t) => h = tree_ensemble(&mut g, &h, t, meta.task),
-        Body::Int8(q) => {
-            let n = q.layers.len();
-            for (l, layer) in q.layers.iter().enumerate() {
-                let x = g.qdq(&h, layer.input);
-                let w = g.dq_weight(&layer.w_q, &layer.w_scale, layer.n_out, layer.n_in);
-                let b = g.init_f32("bias", &[layer.n_out], &layer.bias);
-                h = g.op("Gemm", &[&x, &w, &b], vec![("transB", Attr::Int(1))]);
-                if l + 1 < n {
-                    h = g.op("Relu", &[&h], vec![]);
+    let stored = match &model.body {
+        Body::WeightOnly { stored, .. } if precision == Precision::Int8Weights => Some(stored),
+        _ => None,
+    };
+    let weights = m.weights()?;
+    let shapes: Vec<Vec<usize>> = m.params.iter().map(|(_, v)| v.dims().to_vec()).collect();
+    // Weight `i` as an ONNX tensor name: int8 + DequantizeLinear, or f32.
+    let weight = |g: &mut Graph, i: usize, dense: bool| -> Result<String> {
+        if let Some(st) = stored {
+            if let quant::StoredWeight::I8 { q, scales } = &st[i] {
+                let rows = scales.len();
+                let cols = q.len() / rows.max(1);
+                let dq = g.dq_weight(q, scales, rows, cols);
+                if dense {
+                    return Ok(dq); // [out, in]: used with transB = 1
                 }
+                let shape: Vec<i64> = shapes[i].iter().map(|&x| x as i64).collect();
+                let sh = g.init_raw(
+                    "shape",
+                    INT64,
+                    &[shape.len()],
+                    shape.iter().flat_map(|x| x.to_le_bytes()).collect(),
+                );
+                return Ok(g.op("Reshape", &[&dq, &sh], vec![]));
             }
         }
-        Body::Float(m) | Body::WeightOnly { model: m, .. } => {
-            let stored = match &model.body {
-                Body::WeightOnly { stored, .. } if precision == Precision::Int8Weights => {
-                    Some(stored)
-                }
-                _ => None,
-            };
-            let weights = m.weights()?;
-            let shapes: Vec<Vec<usize>> = m.params.iter().map(|(_, v)| v.dims().to_vec()).collect();
-            // Weight `i` as an ONNX tensor name: int8 + DequantizeLinear, or f32.
-            let weight = |g: &mut Graph, i: usize, dense: bool| -> Result<String> {
-                if let Some(st) = stored {
-                    if let quant::StoredWeight::I8 { q, scales } = &st[i] {
-                        let rows = scales.len();
-                        let cols = q.len() / rows.max(1);
-                        let dq = g.dq_weight(q, scales, rows, cols);
-                        if dense {
-                            return Ok(dq); // [out, in]: used with transB = 1
-                        }
-                        let shape: Vec<i64> = shapes[i].iter().map(|&x| x as i64).collect();
-                        let sh = g.init_raw(
-                            "shape",
-                            INT64,
-                            &[shape.len()],
-                            shape.iter().flat_map(|x| x.to_le_bytes()).collect(),
-                        );
-                        return Ok(g.op("Reshape", &[&dq, &sh], vec![]));
-                    }
-                }
-                if dense {
-                    // Stored [in, out]; exported [out, in] for a uniform transB = 1.
-                    let (rows, cols, t) =
-                        quant::channel_major(ParamKind::DenseWeight, &shapes[i], &weights[i]);
-                    Ok(g.init_f32("weight", &[rows, cols], &t))
-                } else {
-                    Ok(g.init_f32("weight", &shapes[i], &weights[i]))
-                }
-            };
-            let graph = spec.arch.family().graph(m)?;
-            // The current value, and values kept for residual connections.
-            let mut saved: HashMap<usize, String> = HashMap::new();
-            let owned = |g: &mut Graph, name: &str, v: &GValue| -> Result<String> {
-                match v {
-                    GValue::Param(i) => Ok(g.init_f32(name, &shapes[*i], &weights[*i])),
-                    GValue::Owned { shape, data } => Ok(g.init_f32(name, shape, data)),
-                }
-            };
-            for node in &graph.nodes {
-                h = match node {
-                    GNode::Reshape(dims) => {
-                        let mut shape: Vec<i64> = vec![-1];
-                        shape.extend(dims.iter().map(|&x| x as i64));
-                        let sh = g.init_raw(
-                            "shape",
-                            INT64,
-                            &[shape.len()],
-                            shape.iter().flat_map(|x| x.to_le_bytes()).collect(),
-                        );
-                        g.op("Reshape", &[&h, &sh], vec![])
-                    }
-                    GNode::Conv { .. } => conv_node(&mut g, &h, node, &mut |g, v| match v {
-                        GValue::Param(i) => weight(g, *i, false),
-                        other => owned(g, "weight", other),
-                    })?,
-                    GNode::Relu => g.op("Relu", &[&h], vec![]),
-                    GNode::MaxPool(size) => {
-                        let k: Vec<i64> = size.iter().map(|&x| x as i64).collect();
-                        g.op(
-                            "MaxPool",
-                            &[&h],
-                            vec![
-                                ("kernel_shape", Attr::Ints(k.clone())),
-                                ("strides", Attr::Ints(k)),
-                            ],
-                        )
-                    }
-                    GNode::GlobalAvgPool => {
-                        let p = g.op("GlobalAveragePool", &[&h], vec![]);
-                        g.op("Flatten", &[&p], vec![("axis", Attr::Int(1))])
-                    }
-                    GNode::Flatten => g.op("Flatten", &[&h], vec![("axis", Attr::Int(1))]),
-                    GNode::Dense { weight: wv, bias } => {
-                        let w = match wv {
-                            GValue::Param(i) => weight(&mut g, *i, true)?,
-                            GValue::Owned { shape, data } => {
-                                // Stored [in, out]; exported [out, in] for transB = 1.
-                                let (rows, cols, t) =
-                                    quant::channel_major(ParamKind::DenseWeight, shape, data);
-                                g.init_f32("weight", &[rows, cols], &t)
-                            }
-                        };
-                        let b = owned(&mut g, "bias", bias)?;
-                        g.op("Gemm", &[&h, &w, &b], vec![("transB", Attr::Int(1))])
-                    }
-                    GNode::Save(slot) => {
-                        saved.insert(*slot, h.clone());
-                        h
-                    }
-                    GNode::AddSaved { slot, projection } => {
-                        let s = saved.get(slot).cloned().ok_or_else(|| {
-                            Error::Other(format!(
-                                "export graph: slot {slot} read before it is written"
-                            ))
-                        })?;
-                        let s = match projection {
-                            Some(p) => conv_node(&mut g, &s, p, &mut |g, v| owned(g, "weight", v))?,
-                            None => s,
-                        };
-                        g.op("Add", &[&h, &s], vec![])
-                    }
-                    GNode::EmbeddingMean { table } => {
-                        // Input: a featurized row of token ids as floats, -1 for padding (the
-                        // tokenizer itself runs outside the graph). Mean of the embeddings of
-                        // the ids.
-                        let table = owned(&mut g, "embed", table)?;
-                        let half = g.init_f32("minus_half", &[], &[-0.5]);
-                        let present = g.op("Greater", &[&h, &half], vec![]);
-                        let mask = g.op("Cast", &[&present], vec![("to", Attr::Int(FLOAT))]);
-                        let clamped = g.op("Relu", &[&h], vec![]);
-                        let ids = g.op("Cast", &[&clamped], vec![("to", Attr::Int(INT64))]);
-                        let emb = g.op("Gather", &[&table, &ids], vec![("axis", Attr::Int(0))]);
-                        let ax2 = g.init_raw("axes", INT64, &[1], 2i64.to_le_bytes().to_vec());
-                        let mask3 = g.op("Unsqueeze", &[&mask, &ax2], vec![]);
-                        let masked = g.op("Mul", &[&emb, &mask3], vec![]);
-                        let ax1 = g.init_raw("axes", INT64, &[1], 1i64.to_le_bytes().to_vec());
-                        let sum = g.op(
-                            "ReduceSum",
-                            &[&masked, &ax1],
-                            vec![("keepdims", Attr::Int(0))],
-                        );
-                        let count = g.op(
-                            "ReduceSum",
-                            &[&mask, &ax1],
-                            vec![("keepdims", Attr::Int(1))],
-                        );
-                        let one = g.init_f32("one", &[], &[1.0]);
-                        let count = g.op("Max", &[&count, &one], vec![]);
-                        g.op("Div", &[&sum, &count], vec![])
+        if dense {
+            // Stored [in, out]; exported [out, in] for a uniform transB = 1.
+            let (rows, cols, t) =
+                quant::channel_major(ParamKind::DenseWeight, &shapes[i], &weights[i]);
+            Ok(g.init_f32("weight", &[rows, cols], &t))
+        } else {
+            Ok(g.init_f32("weight", &shapes[i], &weights[i]))
+        }
+    };
+    let graph = spec.arch.family().graph(m)?;
+    // The current value, and values kept for residual connections.
+    let mut saved: HashMap<usize, String> = HashMap::new();
+    let owned = |g: &mut Graph, name: &str, v: &GValue| -> Result<String> {
+        match v {
+            GValue::Param(i) => Ok(g.init_f32(name, &shapes[*i], &weights[*i])),
+            GValue::Owned { shape, data } => Ok(g.init_f32(name, shape, data)),
+        }
+    };
+    for node in &graph.nodes {
+        h = match node {
+            GNode::Reshape(dims) => {
+                let mut shape: Vec<i64> = vec![-1];
+                shape.extend(dims.iter().map(|&x| x as i64));
+                let sh = g.init_raw(
+                    "shape",
+                    INT64,
+                    &[shape.len()],
+                    shape.iter().flat_map(|x| x.to_le_bytes()).collect(),
+                );
+                g.op("Reshape", &[&h, &sh], vec![])
+            }
+            GNode::Conv { .. } => conv_node(g, &h, node, &mut |g, v| match v {
+                GValue::Param(i) => weight(g, *i, false),
+                other => owned(g, "weight", other),
+            })?,
+            GNode::Relu => g.op("Relu", &[&h], vec![]),
+            GNode::MaxPool(size) => {
+                let k: Vec<i64> = size.iter().map(|&x| x as i64).collect();
+                g.op(
+                    "MaxPool",
+                    &[&h],
+                    vec![
+                        ("kernel_shape", Attr::Ints(k.clone())),
+                        ("strides", Attr::Ints(k)),
+                    ],
+                )
+            }
+            GNode::GlobalAvgPool => {
+                let p = g.op("GlobalAveragePool", &[&h], vec![]);
+                g.op("Flatten", &[&p], vec![("axis", Attr::Int(1))])
+            }
+            GNode::Flatten => g.op("Flatten", &[&h], vec![("axis", Attr::Int(1))]),
+            GNode::Dense { weight: wv, bias } => {
+                let w = match wv {
+                    GValue::Param(i) => weight(g, *i, true)?,
+                    GValue::Owned { shape, data } => {
+                        // Stored [in, out]; exported [out, in] for transB = 1.
+                        let (rows, cols, t) =
+                            quant::channel_major(ParamKind::DenseWeight, shape, data);
+                        g.init_f32("weight", &[rows, cols], &t)
                     }
                 };
+                let b = owned(g, "bias", bias)?;
+                g.op("Gemm", &[&h, &w, &b], vec![("transB", Attr::Int(1))])
             }
-        }
+            GNode::Save(slot) => {
+                saved.insert(*slot, h.clone());
+                h
+            }
+            GNode::AddSaved { slot, projection } => {
+                let s = saved.get(slot).cloned().ok_or_else(|| {
+                    Error::Other(format!(
+                        "export graph: slot {slot} read before it is written"
+                    ))
+                })?;
+                let s = match projection {
+                    Some(p) => conv_node(g, &s, p, &mut |g, v| owned(g, "weight", v))?,
+                    None => s,
+                };
+                g.op("Add", &[&h, &s], vec![])
+            }
+            GNode::EmbeddingMean { table } => {
+                let table = owned(g, "embed", table)?;
+                embedding_mean(g, &h, &table)
+            }
+        };
     }
-    let named: Vec<(String, usize)>;
-    let outputs: Vec<(&str, usize)> = match meta.task {
-        _ if !meta.heads.is_empty() => {
-            named = head_outputs(&mut g, &h, meta)?;
-            named.iter().map(|(n, d)| (n.as_str(), *d)).collect()
-        }
+
+    Ok(h)
+}
+
+/// The graph's named outputs and their widths: a multi-task model's heads, a classifier's
+/// logits and probabilities, a regressor's value in the target's units.
+fn task_outputs(g: &mut Graph, h: &str, meta: &ModelMeta) -> Result<Vec<(String, usize)>> {
+    let spec = &meta.spec;
+    Ok(match meta.task {
+        _ if !meta.heads.is_empty() => head_outputs(g, h, meta)?,
         Task::Classification => {
-            g.op_named("Identity", &[&h], vec![], "logits");
+            g.op_named("Identity", &[h], vec![], "logits");
             g.op_named(
                 "Softmax",
                 &["logits"],
                 vec![("axis", Attr::Int(1))],
                 "probabilities",
             );
-            vec![("logits", spec.outputs), ("probabilities", spec.outputs)]
+            vec![
+                ("logits".to_string(), spec.outputs),
+                ("probabilities".to_string(), spec.outputs),
+            ]
         }
         Task::Regression => {
             let ts = meta.target_scale.unwrap_or(crate::data::TargetScale {
@@ -639,18 +667,11 @@ fn export_graph(model: &AnyModel) -> Result<Vec<u8>> {
             });
             let s = g.init_f32("target_std", &[], &[ts.std]);
             let mu = g.init_f32("target_mean", &[], &[ts.mean]);
-            let scaled = g.op("Mul", &[&h, &s], vec![]);
+            let scaled = g.op("Mul", &[h, &s], vec![]);
             g.op_named("Add", &[&scaled, &mu], vec![], "value");
-            vec![("value", 1)]
+            vec![("value".to_string(), 1)]
         }
-    };
-    let doc = format!(
-        "distillery model '{}' ({}, {}); input: raw features [N, {d}]",
-        meta.name,
-        spec.describe(),
-        precision.as_str()
-    );
-    Ok(g.encode(&[d], &outputs, &doc))
+    })
 }
 
 /// A multi-task model's outputs: `outputs` (every head's raw columns, what the model's own

@@ -307,43 +307,7 @@ pub fn run_experiment(checked: &CheckedConfig, opts: &RunOptions) -> Result<RunS
     let out = &opts.out;
     crate::dist::check_launch()?;
     crate::dist::check_same_run(resolved, out)?;
-    std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
-    let cfg_path = out.join("config.toml");
-    if cfg_path.exists() {
-        let old = std::fs::read_to_string(&cfg_path).map_err(|e| Error::io(&cfg_path, e))?;
-        if old != *resolved {
-            return Err(Error::Input(format!(
-                "{}: this output folder holds a run of a different config; use another --out (or delete the folder) to start a new run",
-                cfg_path.display()
-            )));
-        }
-    } else {
-        crate::io::write_atomic_str(&cfg_path, resolved)?;
-        if !cfg_path.exists() {
-            return Err(Error::Input(format!(
-                "{}: rank 0 wrote it and rank {} cannot see it: --out must be a folder every rank shares (a shared file system)",
-                cfg_path.display(),
-                crate::dist::world().rank()
-            )));
-        }
-    }
-
-    if let Some(a) = &opts.arrays {
-        // A run folder is resumed only on the same arrays.
-        let digest = a.digest();
-        let f = out.join("arrays.sha256");
-        if f.exists() {
-            let old = std::fs::read_to_string(&f).map_err(|e| Error::io(&f, e))?;
-            if old.trim() != digest {
-                return Err(Error::Input(format!(
-                    "{}: this output folder holds a run on other arrays; use another out folder (or delete it) to start a new run",
-                    out.display()
-                )));
-            }
-        } else {
-            crate::io::write_atomic_str(&f, &digest)?;
-        }
-    }
+    claim_folder(out, resolved, opts.arrays.as_deref())?;
     let splits = load_splits_with(cfg, opts.arrays.as_deref())?;
     let shape = splits.train.shape.clone();
     let outputs = splits.train.outputs();
@@ -364,6 +328,107 @@ pub fn run_experiment(checked: &CheckedConfig, opts: &RunOptions) -> Result<RunS
 
     // Check every model against the data before training anything.
     let only = opts.only.as_deref();
+    check_models(cfg, opts, &splits, out)?;
+
+    for t in &cfg.teachers {
+        crate::stages::teacher::preflight(t, &splits)?;
+    }
+    let stages = checked.stages(only, opts.groups);
+    let mut store = RunStore::open(out, splits, cfg.seed, cfg.eval.clone(), progress)?;
+    store.arrays = opts.arrays.clone();
+    for stage in &stages {
+        stage.run(&mut store)?;
+    }
+
+    // The report, from the store's records alone.
+    let mut rows: Vec<ModelMetrics> = store.records().to_vec();
+    compare_with_teacher(cfg, &mut rows);
+    let splits = &store.splits;
+    let metrics = Metrics {
+        experiment: cfg.name.clone(),
+        distillery_version: env!("CARGO_PKG_VERSION").into(),
+        seed: cfg.seed,
+        task,
+        data: DataSummary {
+            source: data_source(cfg, splits),
+            input_shape: shape,
+            train: splits.train.len(),
+            val: splits.val.len(),
+            test: splits.test.len(),
+            classes: splits.train.class_names().map(|c| c.to_vec()),
+        },
+        models: rows,
+        transfer_rounds: store
+            .groups()
+            .iter()
+            .flat_map(|g| g.rounds.clone())
+            .collect(),
+        submodel_groups: store.groups().to_vec(),
+        exports: store.exports().to_vec(),
+        wall_seconds: start.elapsed().as_secs_f64(),
+        ranks: (crate::dist::world().size() > 1).then(|| crate::dist::world().size()),
+    };
+    let md = report::write_reports(out, &metrics)?;
+    Ok(RunSummary {
+        metrics,
+        report_markdown: md,
+    })
+}
+
+/// Makes `out` this run's folder: the resolved config saved there, or, when a run is already
+/// there, the same config (and the same arrays, for a run on arrays) required of it.
+fn claim_folder(out: &Path, resolved: &str, arrays: Option<&crate::data::Arrays>) -> Result<()> {
+    std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
+    let cfg_path = out.join("config.toml");
+    if cfg_path.exists() {
+        let old = std::fs::read_to_string(&cfg_path).map_err(|e| Error::io(&cfg_path, e))?;
+        if old != resolved {
+            return Err(Error::Input(format!(
+                "{}: this output folder holds a run of a different config; use another --out (or delete the folder) to start a new run",
+                cfg_path.display()
+            )));
+        }
+    } else {
+        crate::io::write_atomic_str(&cfg_path, resolved)?;
+        if !cfg_path.exists() {
+            return Err(Error::Input(format!(
+                "{}: rank 0 wrote it and rank {} cannot see it: --out must be a folder every rank shares (a shared file system)",
+                cfg_path.display(),
+                crate::dist::world().rank()
+            )));
+        }
+    }
+
+    if let Some(a) = arrays {
+        // A run folder is resumed only on the same arrays.
+        let digest = a.digest();
+        let f = out.join("arrays.sha256");
+        if f.exists() {
+            let old = std::fs::read_to_string(&f).map_err(|e| Error::io(&f, e))?;
+            if old.trim() != digest {
+                return Err(Error::Input(format!(
+                    "{}: this output folder holds a run on other arrays; use another out folder (or delete it) to start a new run",
+                    out.display()
+                )));
+            }
+        } else {
+            crate::io::write_atomic_str(&f, &digest)?;
+        }
+    }
+    Ok(())
+}
+
+/// Every model's shapes, `from` file and synthetic samples checked against the data, and a
+/// teacher trained before a student of `--only` needs it: before any work starts.
+fn check_models(
+    cfg: &ExperimentConfig,
+    opts: &RunOptions,
+    splits: &Splits,
+    out: &Path,
+) -> Result<()> {
+    let (shape, outputs) = (&splits.train.shape, splits.train.outputs());
+    let task = splits.train.targets.task();
+    let only = opts.only.as_deref();
     let selected = |m: &ModelConfig| CheckedConfig::selects(only, m);
     for m in &cfg.models {
         if let Some(a) = &m.arch {
@@ -380,7 +445,7 @@ pub fn run_experiment(checked: &CheckedConfig, opts: &RunOptions) -> Result<RunS
             let meta = &any.meta;
             models::check_fits(
                 &meta.spec,
-                &shape,
+                shape,
                 outputs,
                 &format!("model.{}.from ({})", m.name, f.display()),
             )?;
@@ -426,19 +491,12 @@ pub fn run_experiment(checked: &CheckedConfig, opts: &RunOptions) -> Result<RunS
             }
         }
     }
+    Ok(())
+}
 
-    for t in &cfg.teachers {
-        crate::stages::teacher::preflight(t, &splits)?;
-    }
-    let stages = checked.stages(only, opts.groups);
-    let mut store = RunStore::open(out, splits, cfg.seed, cfg.eval.clone(), progress)?;
-    store.arrays = opts.arrays.clone();
-    for stage in &stages {
-        stage.run(&mut store)?;
-    }
-
-    // The report, from the store's records alone.
-    let mut rows: Vec<ModelMetrics> = store.records().to_vec();
+/// Every row's size, accuracy, errors and latency against the run's teacher: its first
+/// [[model]] teacher that ran, else its first outside teacher that ran here.
+fn compare_with_teacher(cfg: &ExperimentConfig, rows: &mut [ModelMetrics]) {
     let reference = cfg
         .models
         .iter()
@@ -473,36 +531,6 @@ pub fn run_experiment(checked: &CheckedConfig, opts: &RunOptions) -> Result<RunS
             }
         }
     }
-    let splits = &store.splits;
-    let metrics = Metrics {
-        experiment: cfg.name.clone(),
-        distillery_version: env!("CARGO_PKG_VERSION").into(),
-        seed: cfg.seed,
-        task,
-        data: DataSummary {
-            source: data_source(cfg, splits),
-            input_shape: shape,
-            train: splits.train.len(),
-            val: splits.val.len(),
-            test: splits.test.len(),
-            classes: splits.train.class_names().map(|c| c.to_vec()),
-        },
-        models: rows,
-        transfer_rounds: store
-            .groups()
-            .iter()
-            .flat_map(|g| g.rounds.clone())
-            .collect(),
-        submodel_groups: store.groups().to_vec(),
-        exports: store.exports().to_vec(),
-        wall_seconds: start.elapsed().as_secs_f64(),
-        ranks: (crate::dist::world().size() > 1).then(|| crate::dist::world().size()),
-    };
-    let md = report::write_reports(out, &metrics)?;
-    Ok(RunSummary {
-        metrics,
-        report_markdown: md,
-    })
 }
 
 /// Evaluates a saved model on a data set given by raw files (the normalisation stored in the
