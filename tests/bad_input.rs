@@ -218,6 +218,12 @@ fn bad_configs() {
     );
     expect_bad_config(
         dir,
+        "bad-max-norm",
+        &format!("{base}train = {{ max_norm = 0.0 }}\n"),
+        &["model.t.train.max_norm", "positive norm"],
+    );
+    expect_bad_config(
+        dir,
         "bad-dropout",
         &base.replace("hidden = [8]", "hidden = [8], dropout = 1.5"),
         &["model.t.arch.dropout"],

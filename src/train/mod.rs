@@ -1703,6 +1703,7 @@ impl Member<'_, '_> {
             }
             let losses = std::mem::take(&mut self.task_losses);
             self.weights.update(&losses, lr);
+            self.constrain()?;
             return Ok((lv, hits));
         };
         let owned;
@@ -1761,7 +1762,16 @@ impl Member<'_, '_> {
         if let (Some(a), Some(ao)) = (&adapter, self.adapter_opt.as_mut()) {
             ao.step_slices(a, &grads[n_model..], lr)?;
         }
+        self.constrain()?;
         Ok((glv, ghits))
+    }
+
+    /// The weight constraints after a step: `train.max_norm`.
+    fn constrain(&self) -> Result<()> {
+        match self.job.cfg.max_norm {
+            Some(c) => optim::constrain_max_norm(self.model, c as f32),
+            None => Ok(()),
+        }
     }
 
     /// Validates after an epoch, records the epoch's figures, keeps the best weights, writes

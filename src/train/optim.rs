@@ -129,6 +129,74 @@ impl InplaceOp1 for SliceUpdate<'_> {
     }
 }
 
+/// Scales each column of a row-major `[rows, cols]` matrix (one unit's incoming weights) whose
+/// L2 norm exceeds `c` back to norm `c`.
+struct MaxNorm {
+    c: f32,
+    cols: usize,
+}
+
+impl InplaceOp1 for MaxNorm {
+    fn name(&self) -> &'static str {
+        "max-norm"
+    }
+
+    fn cpu_fwd(&self, dst: &mut CpuStorage, dst_l: &Layout) -> candle_core::Result<()> {
+        let w = param_slice(dst, dst_l)?;
+        max_norm_columns(w, self.cols, self.c);
+        Ok(())
+    }
+}
+
+/// [`MaxNorm`] on a slice: the columns' squared norms summed row by row (in f64), then the
+/// long columns scaled.
+pub fn max_norm_columns(w: &mut [f32], cols: usize, c: f32) {
+    let mut sq = vec![0f64; cols];
+    for row in w.chunks_exact(cols) {
+        for (s, &v) in sq.iter_mut().zip(row) {
+            *s += (v as f64) * (v as f64);
+        }
+    }
+    let scale: Vec<f32> = sq
+        .iter()
+        .map(|&s| {
+            let n = s.sqrt();
+            if n > c as f64 {
+                (c as f64 / n) as f32
+            } else {
+                1.0
+            }
+        })
+        .collect();
+    if scale.iter().all(|&f| f == 1.0) {
+        return;
+    }
+    for row in w.chunks_exact_mut(cols) {
+        for (v, &f) in row.iter_mut().zip(&scale) {
+            *v *= f;
+        }
+    }
+}
+
+/// The max-norm constraint on every dense weight matrix of `model` (`[in, out]`: each output
+/// unit's incoming weights, a column, kept at L2 norm ≤ `c`).
+pub fn constrain_max_norm(model: &Model, c: f32) -> Result<()> {
+    let kinds = model.param_kinds();
+    for (i, (name, var)) in model.params.iter().enumerate() {
+        if kinds.get(i) != Some(&crate::models::ParamKind::DenseWeight) {
+            continue;
+        }
+        let dims = var.dims();
+        if dims.len() != 2 {
+            continue;
+        }
+        var.as_tensor()
+            .inplace_op1(&MaxNorm { c, cols: dims[1] })
+            .map_err(|e| Error::Other(format!("max-norm on {name}: {e}")))?;
+    }
+    Ok(())
+}
+
 impl Optimizer {
     /// A fresh optimizer for parameters of the given sizes.
     pub fn new(cfg: &TrainConfig, sizes: &[usize]) -> Optimizer {
@@ -305,6 +373,54 @@ pub fn learning_rate(cfg: &TrainConfig, epoch: usize) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Max-norm scales exactly the columns longer than c back to c and leaves the others, and on
+    /// a model touches the dense weight matrices only (not biases).
+    #[test]
+    fn max_norm_scales_long_columns_only() {
+        // Columns: (3, 4) norm 5, (0.3, 0.4) norm 0.5, (−6, 8) norm 10.
+        let mut w = vec![3.0f32, 0.3, -6.0, 4.0, 0.4, 8.0];
+        max_norm_columns(&mut w, 3, 2.0);
+        let want = [1.2f32, 0.3, -1.2, 1.6, 0.4, 1.6];
+        for (a, b) in w.iter().zip(&want) {
+            assert!((a - b).abs() < 1e-6, "{w:?}");
+        }
+        let spec = crate::models::ModelSpec {
+            arch: crate::models::Arch::Mlp(crate::models::mlp::MlpArch {
+                hidden: vec![5],
+                ..Default::default()
+            }),
+            input_shape: vec![4],
+            outputs: 3,
+        };
+        let m = Model::new(spec, &mut crate::rng::Rng::new(1)).unwrap();
+        let big: Vec<Vec<f32>> = m
+            .weights()
+            .unwrap()
+            .iter()
+            .map(|v| v.iter().map(|x| x * 100.0 + 7.0).collect())
+            .collect();
+        m.set_weights(&big).unwrap();
+        constrain_max_norm(&m, 1.5).unwrap();
+        let after = m.weights().unwrap();
+        for ((name, var), (a, b)) in m.params.iter().zip(after.iter().zip(&big)) {
+            if name.ends_with(".bias") {
+                assert_eq!(a, b, "{name} changed");
+                continue;
+            }
+            let cols = var.dims()[1];
+            for c in 0..cols {
+                let n: f32 = a
+                    .iter()
+                    .skip(c)
+                    .step_by(cols)
+                    .map(|v| v * v)
+                    .sum::<f32>()
+                    .sqrt();
+                assert!((n - 1.5).abs() < 1e-4, "{name} column {c}: norm {n}");
+            }
+        }
+    }
 
     #[test]
     fn warm_up_then_cosine() {

@@ -65,6 +65,11 @@ pub struct TrainConfig {
     /// the remaining epochs.
     #[serde(default, skip_serializing_if = "is_zero_epochs")]
     pub warmup_epochs: usize,
+    /// Max-norm constraint (Srivastava et al. 2014, as Hinton et al. 2015 trained their MNIST
+    /// teacher): after every step, each unit's incoming weight vector of every dense layer is
+    /// scaled back to this L2 norm when it is longer. Unset: none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_norm: Option<f64>,
     /// Random shifts of the input images by up to this many pixels.
     #[serde(default)]
     pub jitter: usize,
@@ -154,6 +159,7 @@ impl Default for TrainConfig {
             step_size: default_step_size(),
             gamma: default_gamma(),
             min_lr: 0.0,
+            max_norm: None,
             jitter: 0,
             augment: Default::default(),
             views: None,
@@ -292,6 +298,14 @@ impl TrainConfig {
         }
         if t.max_loss.is_nan() || t.max_loss <= 0.0 {
             bad_field(&format!("{p}.max_loss"), "must be positive")?;
+        }
+        if let Some(c) = t.max_norm {
+            if !(c.is_finite() && c > 0.0) {
+                bad_field(
+                    &format!("{p}.max_norm"),
+                    &format!("expected a positive norm, got {c}"),
+                )?;
+            }
         }
         Ok(())
     }
