@@ -596,11 +596,9 @@ fn bert_teacher(c: &TeacherConfig, dir: &Path, store: &mut RunStore) -> Result<(
         &emb.train,
         emb.cols,
     );
-    let scaled = |v: &[f32]| {
-        let mut v = v.to_vec();
-        norm.apply(&mut v, emb.cols);
-        v
-    };
+    // What the head reads: standardised embeddings (a head trained on frozen ones), or the
+    // embeddings as they are (a head fine-tuned with the encoder).
+    let head_norm = tuned.is_none().then(|| norm.clone());
     // With a head, the standardised embeddings of each split go to the cache too (streamed,
     // then mapped), so that the head trains and predicts without holding a split in memory.
     let (head, logits) = match (&c.head, &tuned) {
@@ -625,43 +623,7 @@ fn bert_teacher(c: &TeacherConfig, dir: &Path, store: &mut RunStore) -> Result<(
             (Some(m), Some(l))
         }
         (Some(h), None) => {
-            let fp = serde_json::to_string(&norm).map_err(|e| Error::Other(e.to_string()))?;
-            let std_rows = |data: &Dataset, e: &crate::teachers::Rows, split: &str| {
-                let cols = emb.cols;
-                let key = cache::key(
-                    &enc.digest,
-                    &format!("standardised embeddings {fp}"),
-                    data.text.iter().map(|t| t.as_bytes()),
-                );
-                cache::rows(
-                    &store.cache_dir(),
-                    &key,
-                    data.len(),
-                    cols,
-                    4096,
-                    &format!("{} {split} (standardised)", c.name),
-                    crate::progress::Progress::Quiet,
-                    |r| {
-                        let mut v = e[r.start * cols..r.end * cols].to_vec();
-                        norm.apply(&mut v, cols);
-                        Ok(v)
-                    },
-                )
-                .map(|(v, _)| v)
-            };
-            let test_emb = emb.test.clone().unwrap_or_default();
-            let (tr, va, te) = (
-                std_rows(&s.train, &emb.train, "train")?,
-                std_rows(&s.val, &emb.val, "val")?,
-                std_rows(&s.test, &test_emb, "test")?,
-            );
-            let m = train_head(c, h, emb.cols, &tr, &va, &norm, store)?;
-            let l = SplitOutputs {
-                cols: m.spec.outputs,
-                train: m.predict(&tr, 512)?.into(),
-                val: m.predict(&va, 512)?.into(),
-                test: Some(m.predict(&te, 512)?.into()),
-            };
+            let (m, l) = frozen_head(c, h, &enc, &emb, &norm, store)?;
             (Some(m), Some(l))
         }
         (None, None) => (None, None),
@@ -675,11 +637,14 @@ fn bert_teacher(c: &TeacherConfig, dir: &Path, store: &mut RunStore) -> Result<(
         let ids = enc.tokenize(texts)?;
         let e = enc.embed_ids(&ids)?;
         if let Some(h) = &head {
-            if tuned.is_some() {
-                h.predict(&e, 512)?;
-            } else {
-                h.predict(&scaled(&e), 512)?;
-            }
+            match &head_norm {
+                Some(n) => {
+                    let mut v = e;
+                    n.apply(&mut v, enc.hidden);
+                    h.predict(&v, 512)?
+                }
+                None => h.predict(&e, 512)?,
+            };
         }
         Ok(())
     };
@@ -692,45 +657,15 @@ fn bert_teacher(c: &TeacherConfig, dir: &Path, store: &mut RunStore) -> Result<(
     let cfg = store.eval_config();
     let b1 = eval::time_median(cfg, 2, || run(&one))?;
     let b256 = eval::time_median(cfg, 1, || run(&many))?;
-    let head_params = head.as_ref().map(|h| h.num_params()).unwrap_or(0);
-    let mut r = ModelMetrics::measured(
-        &c.name,
-        "teacher",
+    let r = bert_record(
+        c,
+        dir,
+        &enc,
+        head.as_ref(),
+        tuned.as_ref(),
         &scores,
-        b1,
-        b256,
-        format!("BERT folder {}", dir.display()),
+        (b1, b256),
     );
-    r.architecture = format!(
-        "bert {} ({} → {}){}",
-        dir.file_name()
-            .map(|n| n.to_string_lossy().to_string())
-            .unwrap_or_default(),
-        enc.max_tokens,
-        enc.hidden,
-        head.as_ref()
-            .map(|h| format!(
-                " + head {}{}",
-                h.spec.describe(),
-                if tuned.is_some() {
-                    ", fine-tuned end to end"
-                } else {
-                    ""
-                }
-            ))
-            .unwrap_or_default()
-    );
-    if let Some(t) = &tuned {
-        r.training = Some(t.record.clone());
-    }
-    r.params = enc.params + head_params;
-    r.bytes = enc.bytes as usize + 4 * head_params;
-    r.file_bytes = enc.bytes + head.as_ref().map(|_| 4 * head_params as u64).unwrap_or(0);
-    if head.is_none() {
-        r.accuracy = None;
-        r.test_errors = None;
-        r.f1 = None;
-    }
     store.record(r)?;
     let enc = Arc::new(enc);
     // With a head, and when the data are the teacher's own token ids, the teacher also runs on
@@ -743,7 +678,7 @@ fn bert_teacher(c: &TeacherConfig, dir: &Path, store: &mut RunStore) -> Result<(
     if let (Some(h), true) = (&head, same_tokens) {
         let live = crate::teachers::bert::BertTeacher {
             encoder: enc.clone(),
-            norm: tuned.is_none().then(|| norm.clone()),
+            norm: head_norm,
             head: h.duplicate()?,
             specials: enc.specials()?,
         };
@@ -758,6 +693,110 @@ fn bert_teacher(c: &TeacherConfig, dir: &Path, store: &mut RunStore) -> Result<(
         },
     );
     Ok(())
+}
+
+/// The frozen encoder's head: trained on the standardised embeddings of each split (streamed
+/// into the cache, then mapped, so that no split has to fit in memory); the head and its
+/// outputs on every split.
+fn frozen_head(
+    c: &TeacherConfig,
+    h: &HeadConfig,
+    enc: &BertEncoder,
+    emb: &SplitOutputs,
+    norm: &crate::data::Normalizer,
+    store: &RunStore,
+) -> Result<(Model, SplitOutputs)> {
+    let s = &store.splits;
+    let fp = serde_json::to_string(norm).map_err(|e| Error::Other(e.to_string()))?;
+    let std_rows = |data: &Dataset, e: &crate::teachers::Rows, split: &str| {
+        let cols = emb.cols;
+        let key = cache::key(
+            &enc.digest,
+            &format!("standardised embeddings {fp}"),
+            data.text.iter().map(|t| t.as_bytes()),
+        );
+        cache::rows(
+            &store.cache_dir(),
+            &key,
+            data.len(),
+            cols,
+            4096,
+            &format!("{} {split} (standardised)", c.name),
+            crate::progress::Progress::Quiet,
+            |r| {
+                let mut v = e[r.start * cols..r.end * cols].to_vec();
+                norm.apply(&mut v, cols);
+                Ok(v)
+            },
+        )
+        .map(|(v, _)| v)
+    };
+    let test_emb = emb.test.clone().unwrap_or_default();
+    let (tr, va, te) = (
+        std_rows(&s.train, &emb.train, "train")?,
+        std_rows(&s.val, &emb.val, "val")?,
+        std_rows(&s.test, &test_emb, "test")?,
+    );
+    let m = train_head(c, h, emb.cols, &tr, &va, norm, store)?;
+    let l = SplitOutputs {
+        cols: m.spec.outputs,
+        train: m.predict(&tr, 512)?.into(),
+        val: m.predict(&va, 512)?.into(),
+        test: Some(m.predict(&te, 512)?.into()),
+    };
+    Ok((m, l))
+}
+
+/// A BERT teacher's row in the report: its test scores (none without a head), latencies from
+/// raw text, size with the head's, and the fine-tuning's record.
+fn bert_record(
+    c: &TeacherConfig,
+    dir: &Path,
+    enc: &BertEncoder,
+    head: Option<&Model>,
+    tuned: Option<&crate::stages::finetune::Finetuned>,
+    scores: &Scores,
+    (b1, b256): (f64, f64),
+) -> ModelMetrics {
+    let head_params = head.map(|h| h.num_params()).unwrap_or(0);
+    let mut r = ModelMetrics::measured(
+        &c.name,
+        "teacher",
+        scores,
+        b1,
+        b256,
+        format!("BERT folder {}", dir.display()),
+    );
+    r.architecture = format!(
+        "bert {} ({} → {}){}",
+        dir.file_name()
+            .map(|n| n.to_string_lossy().to_string())
+            .unwrap_or_default(),
+        enc.max_tokens,
+        enc.hidden,
+        head.map(|h| format!(
+            " + head {}{}",
+            h.spec.describe(),
+            if tuned.is_some() {
+                ", fine-tuned end to end"
+            } else {
+                ""
+            }
+        ))
+        .unwrap_or_default()
+    );
+    if let Some(t) = &tuned {
+        r.training = Some(t.record.clone());
+    }
+    r.params = enc.params + head_params;
+    r.bytes = enc.bytes as usize + 4 * head_params;
+    r.file_bytes = enc.bytes + head.map(|_| 4 * head_params as u64).unwrap_or(0);
+    if head.is_none() {
+        r.accuracy = None;
+        r.test_errors = None;
+        r.f1 = None;
+    }
+    r
 }
 
 /// Fine-tunes the encoder and a linear head on the labelled training texts (or reads back a
