@@ -307,29 +307,38 @@ impl Workspace {
 }
 
 impl Workspace {
-    /// Conv blocks on `self.conv_input` (`[rows, c, h, w]`), leaving each block's pooled output
-    /// (flattened, `[rows, c_out · h/2 · w/2]`) in its cache. Images are processed in fixed chunks in
-    /// parallel; per image and block: pad, im2col (long copies), one GEMM
-    /// `out[c_out, h·wp] = W[c_out, c·k·k] · cols[c·k·k, h·wp]` on bias-prefilled scratch, and
-    /// one pass for max-pool and ReLU. Everything an image touches stays in cache.
-    fn conv_forward(&mut self, model: &Model, plan: &Plan, rows: usize) -> Result<()> {
+    /// Walks the conv blocks for `rows` images: per block `i`, its geometry, its input (the
+    /// batch, or the block before's pooled output), its cache with `pooled` sized, the
+    /// per-chunk scratch and the chunk span (a fixed split of the batch: [`CONV_CHUNKS`]).
+    fn each_conv_block(
+        &mut self,
+        model: &Model,
+        plan: &Plan,
+        rows: usize,
+        mut block: impl FnMut(
+            usize,
+            ConvGeom,
+            &[f32],
+            &mut ConvCache,
+            &mut [ConvScratch],
+            usize,
+        ) -> Result<()>,
+    ) -> Result<()> {
         let spec = &model.spec;
         let Some(cp) = &plan.conv else {
             return Ok(());
         };
-        let k = cp.kernel;
         let (mut c, mut h, mut w) = (
             spec.input_shape[0],
             spec.input_shape[1],
             spec.input_shape[2],
         );
-        let blocks = cp.channels.len();
-        self.conv.resize_with(blocks, ConvCache::default);
+        self.conv.resize_with(cp.channels.len(), ConvCache::default);
         let span = rows.div_ceil(rows.clamp(1, CONV_CHUNKS)).max(1);
         self.scratch
             .resize_with(rows.div_ceil(span), ConvScratch::default);
         for (i, &c_out) in cp.channels.iter().enumerate() {
-            let g = ConvGeom::new(c, c_out, h, w, k);
+            let g = ConvGeom::new(c, c_out, h, w, cp.kernel);
             let (done, rest) = self.conv.split_at_mut(i);
             let input: &[f32] = if i == 0 {
                 &self.conv_input
@@ -337,12 +346,26 @@ impl Workspace {
                 &done[i - 1].pooled
             };
             let cache = &mut rest[0];
-            let os = g.out_size();
             cache.g = g;
-            cache.pooled.resize(rows * os, 0.0);
+            cache.pooled.resize(rows * g.out_size(), 0.0);
+            block(i, g, input, cache, &mut self.scratch, span)?;
+            c = c_out;
+            h /= 2;
+            w /= 2;
+        }
+        Ok(())
+    }
+
+    /// Conv blocks on `self.conv_input` (`[rows, c, h, w]`), leaving each block's pooled output
+    /// (flattened, `[rows, c_out · h/2 · w/2]`) in its cache. Images are processed in fixed chunks in
+    /// parallel; per image and block: pad, im2col (long copies), one GEMM
+    /// `out[c_out, h·wp] = W[c_out, c·k·k] · cols[c·k·k, h·wp]` on bias-prefilled scratch, and
+    /// one pass for max-pool and ReLU. Everything an image touches stays in cache.
+    fn conv_forward(&mut self, model: &Model, plan: &Plan, rows: usize) -> Result<()> {
+        self.each_conv_block(model, plan, rows, |i, g, input, cache, scratch, span| {
+            let os = g.out_size();
             cache.arg.resize(rows * os, 0);
-            let scratch = &mut self.scratch;
-            let (l, ckk) = (g.l(), g.ckk());
+            let (l, ckk, c_out) = (g.l(), g.ckk(), g.c_out);
             with_param(model, 2 * i + 1, |bias| {
                 with_param(model, 2 * i, |wt| {
                     scratch
@@ -381,12 +404,8 @@ impl Workspace {
                             }
                         })
                 })
-            })??;
-            c = c_out;
-            h /= 2;
-            w /= 2;
-        }
-        Ok(())
+            })?
+        })
     }
 
     /// Conv blocks for inference: as [`Workspace::conv_forward`], but each block runs the direct
@@ -395,41 +414,16 @@ impl Workspace {
     /// maps stay channels last; the last block's are channels first, the order the dense layer
     /// (and an ONNX `Flatten`) reads. Images are split into the same fixed chunks, in parallel.
     fn conv_eval(&mut self, model: &Model, plan: &Plan, rows: usize) -> Result<()> {
-        let spec = &model.spec;
-        let Some(cp) = &plan.conv else {
-            return Ok(());
-        };
-        let k = cp.kernel;
-        let (mut c, mut h, mut w) = (
-            spec.input_shape[0],
-            spec.input_shape[1],
-            spec.input_shape[2],
-        );
-        let blocks = cp.channels.len();
-        self.conv.resize_with(blocks, ConvCache::default);
-        let span = rows.div_ceil(rows.clamp(1, CONV_CHUNKS)).max(1);
-        self.scratch
-            .resize_with(rows.div_ceil(span), ConvScratch::default);
-        for (i, &c_out) in cp.channels.iter().enumerate() {
-            let g = ConvGeom::new(c, c_out, h, w, k);
-            let (done, rest) = self.conv.split_at_mut(i);
-            let input: &[f32] = if i == 0 {
-                &self.conv_input
-            } else {
-                &done[i - 1].pooled
-            };
-            let cache = &mut rest[0];
+        let blocks = conv_blocks(plan);
+        self.each_conv_block(model, plan, rows, |i, g, input, cache, scratch, span| {
             let os = g.out_size();
-            cache.g = g;
-            cache.pooled.resize(rows * os, 0.0);
             cache.arg.clear();
             let (wt, bias) = with_param(model, 2 * i + 1, |b| {
                 with_param(model, 2 * i, |wt| conv::pack_direct(&g, wt, b))
             })??;
-
             let out_len = g.direct_positions() * g.direct_channels();
             let isz = g.in_size();
-            self.scratch
+            scratch
                 .par_iter_mut()
                 .zip(cache.pooled.par_chunks_mut(span * os))
                 .enumerate()
@@ -445,11 +439,8 @@ impl Workspace {
                         g.pool_channels_last(&s.out, g.direct_channels(), img, &mut s.row, cl);
                     }
                 });
-            c = c_out;
-            h /= 2;
-            w /= 2;
-        }
-        Ok(())
+            Ok(())
+        })
     }
 
     /// Backward through the conv blocks from the gradient of the pooled features. Per image and
