@@ -10,6 +10,14 @@ pub const BETA1: f32 = 0.9;
 pub const BETA2: f32 = 0.999;
 /// Adam's ε.
 pub const EPS: f32 = 1e-8;
+/// A gradient component smaller than this is taken as 0 by Adam, and a moment that falls
+/// below [`FLOOR`] is stored as 0: otherwise `(1 − β₂)·g²` and the moments' decay reach
+/// subnormal floats, which x86 cores compute by microcode about a hundred times slower (a
+/// student on labels alone, whose loss nears 0, slowed from 3.1 to 9.7 s an epoch on MNIST).
+/// Neither moves a weight: such a component's step is below `lr · 1e-10`.
+pub const TINY_GRADIENT: f32 = 1e-17;
+/// See [`TINY_GRADIENT`].
+pub const FLOOR: f32 = 1e-30;
 
 /// The update rule.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -60,8 +68,11 @@ fn update_chunk_body(sp: StepParams, w: &mut [f32], g: &[f32], m: &mut [f32], v:
             let (g, m, v) = (&g[..n], &mut m[..n], &mut v[..n]);
             for (((w, g), m), v) in w.iter_mut().zip(g).zip(m.iter_mut()).zip(v.iter_mut()) {
                 let gi = g + l2 * *w;
+                let gi = if gi.abs() < TINY_GRADIENT { 0.0 } else { gi };
                 let mi = BETA1 * *m + (1.0 - BETA1) * gi;
                 let vi = BETA2 * *v + (1.0 - BETA2) * gi * gi;
+                let mi = if mi.abs() < FLOOR { 0.0 } else { mi };
+                let vi = if vi < FLOOR { 0.0 } else { vi };
                 *m = mi;
                 *v = vi;
                 *w = *w * shrink - step * mi / ((vi * inv_bc2).sqrt() + EPS);
@@ -120,5 +131,55 @@ mod tests {
                 assert_eq!(v1, v2, "{rule:?} n={n}");
             }
         }
+    }
+
+    /// Gradients near 0 (normal ones of 1e-20, subnormal ones, exact zeros among ordinary
+    /// ones) leave no subnormal moment behind over many steps, and the weights come out bit
+    /// for bit as Adam's formula without the flush gives them.
+    #[test]
+    fn tiny_gradients_leave_no_subnormal_moments() {
+        let mut r = Rng::new(41);
+        let n = 257;
+        let w0: Vec<f32> = (0..n)
+            .map(|_| {
+                let x = r.normal();
+                x.signum() * (x.abs() + 0.05)
+            })
+            .collect();
+        let (mut w, mut m, mut v) = (w0.clone(), vec![0f32; n], vec![0f32; n]);
+        let (mut wr, mut mr, mut vr) = (w0, vec![0f32; n], vec![0f32; n]);
+        for t in 1..=1000 {
+            let g: Vec<f32> = (0..n)
+                .map(|i| match (i % 4, t < 20) {
+                    (_, true) => 1e-3 * r.normal(),
+                    (0, _) => 1e-20 * r.normal(),
+                    (1, _) => 1e-39,
+                    (2, _) => 0.0,
+                    _ => 1e-3 * r.normal(),
+                })
+                .collect();
+            let sp = StepParams {
+                rule: Rule::Adam,
+                lr: 1e-3,
+                momentum: 0.0,
+                weight_decay: 0.0,
+                bc1: 1.0 - BETA1.powi(t),
+                bc2: 1.0 - BETA2.powi(t),
+                first_step: t == 1,
+            };
+            update_chunk(sp, &mut w, &g, &mut m, &mut v);
+            for i in 0..n {
+                mr[i] = BETA1 * mr[i] + (1.0 - BETA1) * g[i];
+                vr[i] = BETA2 * vr[i] + (1.0 - BETA2) * g[i] * g[i];
+                wr[i] -= sp.lr / sp.bc1 * mr[i] / ((vr[i] * (1.0 / sp.bc2)).sqrt() + EPS);
+            }
+            assert!(
+                m.iter().chain(&v).all(|x| *x == 0.0 || x.is_normal()),
+                "step {t}"
+            );
+        }
+        assert_eq!(w, wr);
+        // The reference itself went subnormal: what the flush is for.
+        assert!(mr.iter().chain(&vr).any(|x| x.is_subnormal()));
     }
 }

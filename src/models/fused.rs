@@ -264,6 +264,7 @@ impl Workspace {
         self.grads.resize_with(model.params.len(), Vec::new);
         let p = plan.dropout;
         let keep = if p > 0.0 { 1.0 / (1.0 - p) } else { 1.0 };
+        crate::kernels::elementwise::flush_tiny(&mut self.dz);
         for l in (0..layers).rev() {
             let pi = first + 2 * l;
             let (k, n) = model.params[pi].1.as_tensor().dims2()?;
