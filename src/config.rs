@@ -718,17 +718,31 @@ impl ExperimentConfig {
                 "clashes with another model or group name",
             )?;
         }
-        // A multi-task group: each task names its teacher; fresh members on the whole split.
+        // A multi-task group: each task names its teacher; a group-level teacher only names
+        // the [[model]] that init = "split" cuts (its soft targets are a task's, not `alpha`'s).
         crate::train::tasks::check(
             &g.multi_task(),
             &[
-                ("teacher", g.teacher.is_some()),
-                ("init", g.init == SubmodelInit::Split),
-                ("archs", !g.archs.is_empty()),
+                (
+                    "teacher",
+                    g.teacher.is_some() && g.init != SubmodelInit::Split,
+                ),
+                ("alpha", g.alpha > 0.0),
             ],
             models,
             &self.data,
         )?;
+        if !g.tasks.is_empty() {
+            for (i, a) in g.archs.iter().enumerate().filter(|(_, a)| a.is_tree()) {
+                bad_field(
+                    &format!("{p}.archs[{i}].kind"),
+                    &format!(
+                        "'{}' cannot be the shared trunk of a multi-task sub-model (mlp, cnn, conv1d, resnet or embedding-bag can)",
+                        a.kind()
+                    ),
+                )?;
+            }
+        }
         if let Some(f) = g
             .final_student
             .as_ref()

@@ -568,6 +568,43 @@ pub fn split_teacher(
     Ok((out, kept))
 }
 
+/// A sub-model cut from the teacher, made a multi-task member: its hidden layers as cut, and
+/// an output layer of every head side by side — the columns of each head that learns from the
+/// cut teacher itself (same width) are the cut's, every other head's start fresh (`rng`).
+pub fn with_heads(
+    cut: &Model,
+    heads: &[crate::models::TaskHead],
+    teacher: &str,
+    rng: &mut Rng,
+) -> Result<Model> {
+    let width: usize = heads.iter().map(|h| h.outputs).sum();
+    let member = Model::new(
+        ModelSpec {
+            arch: cut.spec.arch.clone(),
+            input_shape: cut.spec.input_shape.clone(),
+            outputs: width,
+        },
+        rng,
+    )?;
+    let (from, mut to) = (cut.weights()?, member.weights()?);
+    let last = from.len() - 2;
+    to[..last].clone_from_slice(&from[..last]);
+    let t_out = cut.spec.outputs;
+    let rows = from[last].len() / t_out;
+    for h in heads
+        .iter()
+        .filter(|h| h.teacher.as_deref() == Some(teacher) && h.outputs == t_out)
+    {
+        for r in 0..rows {
+            to[last][r * width + h.start..r * width + h.start + t_out]
+                .copy_from_slice(&from[last][r * t_out..(r + 1) * t_out]);
+        }
+        to[last + 1][h.start..h.start + t_out].copy_from_slice(&from[last + 1]);
+    }
+    member.set_weights(&to)?;
+    Ok(member)
+}
+
 /// Inputs for a group run.
 pub struct GroupJob<'a> {
     /// The group's config.
@@ -948,7 +985,18 @@ fn form_members(job: &GroupJob) -> Result<(Vec<Model>, Option<Vec<f64>>)> {
             })?;
             let (m, kept) = split_teacher(t, g.k, g.arch.as_ref())
                 .map_err(|e| Error::Input(format!("submodels.{}: {e}", g.name)))?;
-            (m, Some(kept))
+            if job.heads.is_empty() {
+                (m, Some(kept))
+            } else {
+                let teacher_name = g.teacher.as_deref().unwrap_or_default();
+                let mut v = Vec::with_capacity(m.len());
+                for (i, cut) in m.iter().enumerate() {
+                    let mut rng =
+                        Rng::derive(job.seed, &format!("init/{}", member_name(&g.name, i)));
+                    v.push(with_heads(cut, &job.heads, teacher_name, &mut rng)?);
+                }
+                (v, Some(kept))
+            }
         }
         SubmodelInit::Fresh => {
             let mut v = Vec::new();

@@ -978,7 +978,27 @@ fn bad_multi_task_models() {
             (task("a", "teacher = \"t\"") + &task("b", ""))
                 .replace("[[model.task]]", "[[submodels.task]]")
         ),
-        &["submodels.g.teacher", "remove teacher"],
+        &["submodels.g.teacher", "remove teacher", "init = \"split\""],
+    );
+    expect_bad_config(
+        dir,
+        "group-task-alpha",
+        &format!(
+            "{base}[[submodels]]\nname = \"g\"\nk = 2\ninit = \"split\"\nteacher = \"t\"\nalpha = 0.5\n{}",
+            (task("a", "teacher = \"t\"") + &task("b", ""))
+                .replace("[[model.task]]", "[[submodels.task]]")
+        ),
+        &["submodels.g.alpha", "remove alpha"],
+    );
+    expect_bad_config(
+        dir,
+        "group-task-archs-tree",
+        &format!(
+            "{base}[[submodels]]\nname = \"g\"\nk = 2\narchs = [{mlp}, {{ kind = \"decision-tree\", flatten = true }}]\n{}",
+            (task("a", "teacher = \"t\"") + &task("b", ""))
+                .replace("[[model.task]]", "[[submodels.task]]")
+        ),
+        &["submodels.g.archs[1].kind", "shared trunk"],
     );
     expect_bad_config(
         dir,

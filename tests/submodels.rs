@@ -449,3 +449,63 @@ fn auto_transfer_settings_are_chosen_on_validation() {
     assert!(o.status.success(), "{err}");
     assert!(!err.contains("trial β"), "{err}");
 }
+
+/// A multi-task group cut from its teacher: each member keeps the cut's hidden layers, the
+/// heads that learn from that teacher (same width) start from the cut's output columns — so
+/// the members' logits of such a head still sum to the teacher's — and any other head starts
+/// fresh.
+#[test]
+fn a_split_member_carries_every_head() {
+    use distillery::models::{HeadKind, TaskHead};
+    let teacher = mlp(&[10], 6, 4, 3);
+    let (cuts, _) = distillery::submodels::split_teacher(&teacher, 2, None).unwrap();
+    let head = |name: &str, start, outputs, teacher: &str| TaskHead {
+        name: name.into(),
+        start,
+        outputs,
+        kind: HeadKind::Classes,
+        teacher: Some(teacher.into()),
+        labels: false,
+        column: None,
+        classes: None,
+        scale: None,
+    };
+    let heads = [
+        head("digit", 0, 4, "t"),
+        head("other", 4, 3, "u"),
+        head("mimic", 7, 4, "t"),
+    ];
+    let members: Vec<Model> = cuts
+        .iter()
+        .enumerate()
+        .map(|(i, c)| {
+            distillery::submodels::with_heads(c, &heads, "t", &mut Rng::new(40 + i as u64)).unwrap()
+        })
+        .collect();
+    let x: Vec<f32> = (0..5 * 6)
+        .map(|i| ((i * 37 % 11) as f32 - 5.0) / 3.0)
+        .collect();
+    let t_out = teacher.predict(&x, 16).unwrap();
+    let outs: Vec<Vec<f32>> = members.iter().map(|m| m.predict(&x, 16).unwrap()).collect();
+    for r in 0..5 {
+        for start in [0, 7] {
+            for c in 0..4 {
+                let sum = outs[0][r * 11 + start + c] + outs[1][r * 11 + start + c];
+                close(sum as f64, t_out[r * 4 + c] as f64, 1e-5);
+            }
+        }
+    }
+    for (m, c) in members.iter().zip(&cuts) {
+        assert_eq!(m.spec.outputs, 11);
+        let (mw, cw) = (m.weights().unwrap(), c.weights().unwrap());
+        assert_eq!(mw[0], cw[0]);
+        assert_eq!(mw[1], cw[1]);
+    }
+    // The other head's columns are fresh: the two members' differ, and differ from zero.
+    let other = |m: &Model| {
+        let w = m.weights().unwrap();
+        (0..5).map(|r| w[2][r * 11 + 4]).collect::<Vec<f32>>()
+    };
+    assert_ne!(other(&members[0]), other(&members[1]));
+    assert!(other(&members[0]).iter().any(|v| *v != 0.0));
+}

@@ -126,8 +126,12 @@ pub fn check(
             bad_field(
                 &format!("{p}.{key}"),
                 &format!(
-                    "not with task tables (a multi-task {}: each task names its own teacher); remove {key}",
-                    if m.table == "model" { "model" } else { "group's fresh members" }
+                    "not with task tables (a multi-task {}); remove {key}",
+                    if m.table == "model" {
+                        "model: each task names its own teacher"
+                    } else {
+                        "group: each task names its own teacher; the group's `teacher` only names the [[model]] that init = \"split\" cuts"
+                    }
                 ),
             )?;
         }
