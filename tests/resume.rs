@@ -197,6 +197,19 @@ weight = "auto"
         metrics_without_timings(&out),
         "resumed within an epoch, the run differs from the uninterrupted one"
     );
+    // Killed within the first epoch: no validation loss is known yet (the checkpoint's best
+    // is infinite, which JSON cannot write as a number).
+    let out = d.path().join("killed-first");
+    let err = killed_then_resumed(cfg, &out, "kill@0:mid1.5/m");
+    assert!(
+        err.contains("m: resuming from the checkpoint in epoch 1 after batch 5"),
+        "{err}"
+    );
+    assert_eq!(
+        metrics_without_timings(&reference),
+        metrics_without_timings(&out),
+        "resumed within the first epoch, the run differs from the uninterrupted one"
+    );
 }
 
 /// Fixed views (`train.views`): the teacher's outputs on each view go to the run's cache, one

@@ -331,6 +331,9 @@ struct CheckpointState {
     epoch: usize,
     opt_step: u64,
     rng: [u64; 4],
+    /// Infinite until the first validation (a checkpoint within the first epoch): JSON has no
+    /// number for it, so it is written as `null` and read back as infinity.
+    #[serde(with = "infinite_as_null")]
     best_val_loss: f64,
     best_epoch: usize,
     bad_epochs: usize,
@@ -341,6 +344,23 @@ struct CheckpointState {
     /// A checkpoint taken within epoch `epoch + 1`: where to go on.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     mid: Option<MidEpoch>,
+}
+
+/// An `f64` that may be infinite, as JSON writes it: a number, or `null` for +∞.
+mod infinite_as_null {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(v: &f64, s: S) -> Result<S::Ok, S::Error> {
+        if v.is_finite() {
+            s.serialize_f64(*v)
+        } else {
+            s.serialize_none()
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
+        Ok(Option::<f64>::deserialize(d)?.unwrap_or(f64::INFINITY))
+    }
 }
 
 /// Where a checkpoint taken within an epoch stands: the stream as the epoch began (its
