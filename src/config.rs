@@ -733,28 +733,17 @@ impl ExperimentConfig {
             &self.data,
         )?;
         if !g.tasks.is_empty() {
-            for (i, a) in g.archs.iter().enumerate().filter(|(_, a)| a.is_tree()) {
-                bad_field(
-                    &format!("{p}.archs[{i}].kind"),
-                    &format!(
-                        "'{}' cannot be the shared trunk of a multi-task sub-model (mlp, cnn, conv1d, resnet or embedding-bag can)",
-                        a.kind()
-                    ),
+            use crate::train::tasks::check_trunk;
+            for (i, a) in g.archs.iter().enumerate() {
+                check_trunk(&format!("{p}.archs[{i}].kind"), a, "a multi-task sub-model")?;
+            }
+            if let Some(f) = &g.final_student {
+                check_trunk(
+                    &format!("{p}.final_student.arch.kind"),
+                    &f.arch,
+                    "the group's multi-task final student",
                 )?;
             }
-        }
-        if let Some(f) = g
-            .final_student
-            .as_ref()
-            .filter(|f| !g.tasks.is_empty() && f.arch.is_tree())
-        {
-            bad_field(
-                &format!("{p}.final_student.arch.kind"),
-                &format!(
-                    "'{}' cannot be the shared trunk of the group's multi-task final student (mlp, cnn, conv1d, resnet or embedding-bag can)",
-                    f.arch.kind()
-                ),
-            )?;
         }
         if !g.tasks.is_empty() && g.phase1.augments() {
             bad_field(

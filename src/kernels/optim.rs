@@ -100,6 +100,19 @@ mod tests {
     use super::*;
     use crate::rng::Rng;
 
+    /// Step `t`'s parameters at learning rate 1e-3.
+    fn params(rule: Rule, t: i32, momentum: f32, weight_decay: f32) -> StepParams {
+        StepParams {
+            rule,
+            lr: 1e-3,
+            momentum,
+            weight_decay,
+            bc1: 1.0 - BETA1.powi(t),
+            bc2: 1.0 - BETA2.powi(t),
+            first_step: t == 1,
+        }
+    }
+
     /// The dispatched update (AVX-512 or AVX2 where allowed) against the baseline build of
     /// the same body: bit for bit, for Adam, AdamW and SGD, on lengths with vector tails, over
     /// several steps.
@@ -114,15 +127,7 @@ mod tests {
                 let (mut v1, mut v2) = (vec![0f32; n], vec![0f32; n]);
                 for t in 1..=3 {
                     let g: Vec<f32> = (0..n).map(|_| r.normal()).collect();
-                    let sp = StepParams {
-                        rule,
-                        lr: 1e-3,
-                        momentum: 0.9,
-                        weight_decay: 0.01,
-                        bc1: 1.0 - BETA1.powi(t),
-                        bc2: 1.0 - BETA2.powi(t),
-                        first_step: t == 1,
-                    };
+                    let sp = params(rule, t, 0.9, 0.01);
                     update_chunk(sp, &mut w1, &g, &mut m1, &mut v1);
                     update_chunk_body(sp, &mut w2, &g, &mut m2, &mut v2);
                 }
@@ -158,15 +163,7 @@ mod tests {
                     _ => 1e-3 * r.normal(),
                 })
                 .collect();
-            let sp = StepParams {
-                rule: Rule::Adam,
-                lr: 1e-3,
-                momentum: 0.0,
-                weight_decay: 0.0,
-                bc1: 1.0 - BETA1.powi(t),
-                bc2: 1.0 - BETA2.powi(t),
-                first_step: t == 1,
-            };
+            let sp = params(Rule::Adam, t, 0.0, 0.0);
             update_chunk(sp, &mut w, &g, &mut m, &mut v);
             for i in 0..n {
                 mr[i] = BETA1 * mr[i] + (1.0 - BETA1) * g[i];

@@ -101,6 +101,21 @@ pub struct MultiTask<'a> {
     pub tasks: &'a [TaskConfig],
 }
 
+/// Refuses `a` as the shared trunk of `what` (a multi-task model, sub-model or final
+/// student): a tree family has no trunk to share; `field` names the offending key.
+pub fn check_trunk(field: &str, a: &Arch, what: &str) -> Result<()> {
+    if a.is_tree() {
+        bad_field(
+            field,
+            &format!(
+                "'{}' cannot be the shared trunk of {what} (mlp, cnn, conv1d, resnet or embedding-bag can)",
+                a.kind()
+            ),
+        )?;
+    }
+    Ok(())
+}
+
 /// The checks of a model's `[[model.task]]` tables: at least two, names unique and valid,
 /// teachers earlier models or teachers, weights > 0, each task learning something, a family
 /// that can be a trunk, and none of the single-task keys `given` (name, set) beside them.
@@ -137,15 +152,7 @@ pub fn check(
         }
     }
     if let Some(a) = m.arch {
-        if a.is_tree() {
-            bad_field(
-                &format!("{p}.arch.kind"),
-                &format!(
-                    "'{}' cannot be the shared trunk of a multi-task model (mlp, cnn, conv1d, resnet or embedding-bag can)",
-                    a.kind()
-                ),
-            )?;
-        }
+        check_trunk(&format!("{p}.arch.kind"), a, "a multi-task model")?;
     }
     let mut names: Vec<&str> = Vec::new();
     let mut inits = 0;
